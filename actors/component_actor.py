@@ -1,0 +1,146 @@
+"""Binds a plain component class to Ray: one async actor per component."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from actors.runtime import NAMESPACE
+from state.command import Command
+from state.controller import Controller
+from state.errors import ConfigurationError
+from state.events import Event
+
+BUS_NAME = "bus"
+log = logging.getLogger("dmcs.actors")
+
+
+def actor_name(component: str) -> str:
+    return f"component:{component}"
+
+
+def load_component_class(path: str) -> type[Controller]:
+    module_name, _, class_name = path.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigurationError(f"cannot load component class {path!r}: {e}") from e
+    if not (isinstance(cls, type) and issubclass(cls, Controller)):
+        raise ConfigurationError(f"{path!r} is not a Controller subclass")
+    return cls
+
+
+class ComponentActor:
+    """Runs one component in the actor's event loop; restarts come back in STANDBY."""
+
+    def __init__(self, spec: dict[str, Any], heartbeat_interval: float, data_dir: str) -> None:
+        self._spec = spec
+        self._bus = ray.get_actor(BUS_NAME, namespace=NAMESPACE)
+        self._restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        self._component: Controller | None = None
+        self._failure: Exception | None = None
+        self._ready = asyncio.Event()
+        self._main = asyncio.get_running_loop().create_task(
+            self._run(heartbeat_interval, Path(data_dir)), name=f"{spec['name']}-actor"
+        )
+
+    async def _run(self, heartbeat_interval: float, data_dir: Path) -> None:
+        spec = self._spec
+        try:
+            restart_count = (
+                await self._bus.note_restart.remote(spec["name"]) if self._restarted else 0
+            )
+            component = self._build(spec, heartbeat_interval, data_dir, restart_count)
+        except Exception as e:  # reported to every caller instead of leaving them waiting
+            self._failure = e
+            self._ready.set()
+            raise
+        self._component = component
+        await component.start()
+        self._ready.set()
+        try:
+            if component.listen_components:
+                await self._feed(component)
+            else:
+                await asyncio.Event().wait()
+        finally:
+            await component.close()
+
+    def _build(
+        self, spec: dict[str, Any], heartbeat_interval: float, data_dir: Path, restart_count: int
+    ) -> Controller:
+        cls = load_component_class(spec["class"])
+        return cls(
+            spec["name"],
+            sink=self._publish,
+            authorized=tuple(spec.get("authorized", ())),
+            heartbeat_interval=heartbeat_interval,
+            queue_size=int(spec.get("queue_size", 16)),
+            command_timeout=float(spec.get("command_timeout", 60.0)),
+            restart_count=restart_count,
+            settings=spec.get("settings") or {},
+            data_dir=data_dir / spec["name"],
+        )
+
+    def _publish(self, event: Event) -> None:
+        self._bus.publish.remote(event.to_wire())
+
+    async def _feed(self, component: Controller) -> None:
+        """Deliver the bus topics the component listens to; resubscribe after a bus restart."""
+        sid = f"{component.name}-{uuid.uuid4().hex[:8]}"
+        backoff = 0.1
+        while True:
+            try:
+                snapshot = await self._bus.subscribe.remote(
+                    sid, list(component.listen_components), list(component.listen_topics)
+                )
+                for wire in snapshot:
+                    if wire.get("kind") == "telemetry":
+                        await component.on_event(Event.from_wire(wire))
+                while True:
+                    batch = await self._bus.poll.remote(sid, 1000, 1.0)
+                    if not batch["known"]:
+                        break
+                    for wire in batch["events"]:
+                        await component.on_event(Event.from_wire(wire))
+                    backoff = 0.1
+            except RayActorError:
+                log.warning("event bus unreachable; retrying in %.1f s", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _component_ready(self) -> Controller:
+        await self._ready.wait()
+        if self._component is None:
+            raise ConfigurationError(
+                f"component {self._spec['name']} could not start: {self._failure}"
+            ) from self._failure
+        return self._component
+
+    async def command(self, wire: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Stream the command's acks (call with ``num_returns="streaming"``)."""
+        component = await self._component_ready()
+        async for ack in component.handle(Command.from_wire(wire)):
+            yield ack.to_wire()
+
+    async def snapshot(self) -> dict[str, Any]:
+        component = await self._component_ready()
+        return component.snapshot()
+
+    async def pid(self) -> int:
+        return os.getpid()
+
+    async def shutdown(self) -> None:
+        self._main.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._main

@@ -1,0 +1,68 @@
+"""Starts the configured system on Ray: the event bus and one actor per component."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.actor import ActorHandle
+
+from actors.bus import EventBus
+from actors.component_actor import BUS_NAME, ComponentActor, actor_name
+from actors.runtime import NAMESPACE
+from config.system import SystemConfig
+from state.errors import ConfigurationError
+
+log = logging.getLogger("dmcs.launcher")
+
+RemoteBus = ray.remote(EventBus)
+RemoteComponent = ray.remote(ComponentActor)
+
+
+@dataclass
+class System:
+    """Handles to a running system. Create with :func:`launch`; end with :meth:`stop`."""
+
+    config: SystemConfig
+    bus: ActorHandle
+    components: dict[str, ActorHandle] = field(default_factory=dict)
+
+    def handle(self, name: str) -> ActorHandle:
+        try:
+            return self.components[name]
+        except KeyError as e:
+            raise ConfigurationError(f"unknown component {name!r}") from e
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until every component answers (it has come up in STANDBY)."""
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*(h.snapshot.remote() for h in self.components.values()))
+
+    def stop(self) -> None:
+        for handle in [*self.components.values(), self.bus]:
+            ray.kill(handle, no_restart=True)
+        self.components.clear()
+
+
+def launch(config: SystemConfig) -> System:
+    """Create the bus and the component actors on the connected Ray (see actors.runtime)."""
+    bus = RemoteBus.options(
+        name=BUS_NAME, namespace=NAMESPACE, num_cpus=0, max_restarts=-1, get_if_exists=True
+    ).remote()
+    system = System(config=config, bus=bus)
+    data_dir = str(config.data_dir.resolve())
+    for spec in config.components:
+        wire: dict[str, Any] = spec.model_dump(by_alias=True)
+        system.components[spec.name] = RemoteComponent.options(
+            name=actor_name(spec.name),
+            namespace=NAMESPACE,
+            num_cpus=spec.num_cpus,
+            max_restarts=spec.max_restarts,
+            max_task_retries=0,
+            get_if_exists=True,
+        ).remote(wire, config.heartbeat_interval, data_dir)
+        log.info("started component %s (%s)", spec.name, spec.cls)
+    return system

@@ -1,0 +1,234 @@
+"""The ``dmcs`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+import structlog
+from rich.console import Console
+from rich.table import Table
+
+from commands.client import Client
+from commands.logs import configure_logging
+from state.acks import Ack
+from state.errors import AckError, DmcsError
+
+DEFAULT_URL = "ws://127.0.0.1:8765/ws"
+console = Console()
+
+
+def _run(coro: Any) -> Any:
+    try:
+        return asyncio.run(coro)
+    except AckError as e:
+        raise click.ClickException(str(e)) from e
+    except DmcsError as e:
+        raise click.ClickException(f"{type(e).__name__}: {e}") from e
+
+
+def connection_options(f: Any) -> Any:
+    f = click.option(
+        "--token",
+        default=lambda: os.environ.get("DMCS_TOKEN"),
+        help="Bearer token (default: $DMCS_TOKEN); watching needs none.",
+    )(f)
+    return click.option(
+        "--url",
+        default=lambda: os.environ.get("DMCS_URL", DEFAULT_URL),
+        show_default=DEFAULT_URL,
+        help="Gateway WebSocket URL (default: $DMCS_URL).",
+    )(f)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """dmcs: the data-management control system of a survey telescope."""
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="System configuration TOML (default: the packaged one).",
+)
+@click.option("--address", help="Address of an existing Ray cluster (default: embedded Ray).")
+@click.option("--port", type=int, help="Gateway port (default: from the configuration).")
+@click.option(
+    "--log-format", type=click.Choice(["console", "json"]), default="console", show_default=True
+)
+@click.option(
+    "--duration", type=float, help="Stop after this many seconds (default: run until interrupted)."
+)
+def run(
+    config_path: Path | None,
+    address: str | None,
+    port: int | None,
+    log_format: str,
+    duration: float | None,
+) -> None:
+    """Start the components and the gateway in the foreground."""
+    from commands.server import serve
+    from config.system import load_system_config
+
+    configure_logging(log_format)  # type: ignore[arg-type]
+    log = structlog.get_logger("dmcs.run")
+    config = _run_config(load_system_config, config_path)
+
+    async def main_loop() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with serve(config, address=address, port=port) as running:
+            log.info(
+                "dmcs running",
+                gateway=running.ws_url,
+                status=f"{running.http_url}/api/v1/status",
+                components=list(running.system.components),
+            )
+            try:
+                await asyncio.wait_for(stop.wait(), duration)
+            except TimeoutError:
+                log.info("duration reached; stopping", seconds=duration)
+        log.info("dmcs stopped")
+
+    _run(main_loop())
+
+
+def _run_config(loader: Any, path: Path | None) -> Any:
+    try:
+        return loader(path)
+    except DmcsError as e:
+        raise click.ClickException(str(e)) from e
+
+
+@main.command()
+@connection_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status(url: str, token: str | None, as_json: bool) -> None:
+    """Show every component: state, heartbeat age, error code."""
+
+    async def fetch() -> list[dict[str, Any]]:
+        async with Client(url, token=token, reconnect=False) as client:
+            return await client.status()
+
+    rows = _run(fetch())
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"dmcs components at {url}")
+    for column in ("component", "state", "heartbeat age", "lost", "error", "version", "config"):
+        table.add_column(column)
+    for row in rows:
+        age = row["heartbeatAge"]
+        age_text = "never" if age is None else f"{age:.1f} s" + (" STALE" if row["stale"] else "")
+        error = f"{row['errorCode']} {row['errorReport']}".strip() if row["errorCode"] else ""
+        table.add_row(
+            row["name"],
+            _state_markup(row["summaryState"]),
+            age_text,
+            str(row["lostHeartbeats"]),
+            error,
+            row["version"],
+            row["configuration"],
+        )
+    console.print(table)
+
+
+_STATE_STYLE = {"ENABLED": "green", "DISABLED": "yellow", "STANDBY": "yellow", "FAULT": "bold red"}
+
+
+def _state_markup(state: str) -> str:
+    style = _STATE_STYLE.get(state, "dim")
+    return f"[{style}]{state}[/{style}]"
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """``key=value``: the value as JSON when it parses (numbers, true/false, lists), else text."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise click.BadParameter(f"expected key=value, got {text!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+@main.command()
+@connection_options
+@click.argument("component")
+@click.argument("name")
+@click.argument("params", nargs=-1)
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+def command(
+    url: str, token: str | None, component: str, name: str, params: tuple[str, ...], timeout: float
+) -> None:
+    """Send COMPONENT the command NAME with key=value parameters; print its acks."""
+    values = dict(parse_param(p) for p in params)
+
+    def show(ack: Ack) -> None:
+        line = f"{ack.code.name} ({int(ack.code)})"
+        if ack.timeout:
+            line += f" remaining {ack.timeout:.1f} s"
+        if ack.result:
+            line += f": {ack.result}"
+        console.print(line, style="green" if ack.code.is_good else "red", highlight=False)
+
+    async def send() -> None:
+        async with Client(url, token=token, reconnect=False) as client:
+            await client.command(component, name, timeout=timeout, on_ack=show, **values)
+
+    _run(send())
+
+
+@main.command()
+@connection_options
+@click.option("--component", "components", multiple=True, help="Only this component (repeat).")
+@click.option("--topic", "topics", multiple=True, help="Only this topic (repeat).")
+@click.option("--count", type=int, help="Stop after this many events.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def events(
+    url: str,
+    token: str | None,
+    components: tuple[str, ...],
+    topics: tuple[str, ...],
+    count: int | None,
+    as_json: bool,
+) -> None:
+    """Tail events and telemetry (the latest of each topic first)."""
+
+    async def tail() -> None:
+        seen = 0
+        async with Client(url, token=token) as client:
+            async for event in client.subscribe(components or None, topics or None):
+                if as_json:
+                    click.echo(json.dumps(event.to_wire()))
+                else:
+                    console.print(
+                        f"[bold]{event.component}[/bold].{event.topic} "
+                        f"#{event.seq} {json.dumps(event.data)}",
+                        highlight=False,
+                    )
+                seen += 1
+                if count is not None and seen >= count:
+                    return
+
+    _run(tail())
+
+
+def _register_optional_groups() -> None:
+    try:
+        from commands.simulate_cli import simulate
+    except ImportError:
+        return
+    main.add_command(simulate)
+
+
+_register_optional_groups()

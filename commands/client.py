@@ -1,0 +1,357 @@
+"""The async Python client of the dmcs gateway.
+
+    async with Client("ws://127.0.0.1:8765/ws", token="...") as client:
+        ack = await client.command("HeaderService", "start", timeout=10)
+        await client.set_state("HeaderService", State.ENABLED)
+        async for event in client.subscribe(components=["HeaderService"]):
+            print(event.topic, event.data)
+
+A command returns its final :class:`~state.acks.Ack` when it succeeds and raises an
+:class:`~state.errors.AckError` subclass carrying the ack otherwise. The client reconnects with
+exponential backoff after a lost connection and resubscribes; commands in flight at that
+moment fail with :class:`~state.errors.ConnectionLostError` (they may or may not have run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from commands.protocol import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK, Codec, Op, frame
+from state.acks import Ack, AckCode
+from state.errors import (
+    AckError,
+    CommandAbortedError,
+    CommandFailedError,
+    CommandNoPermissionError,
+    CommandQueueFullError,
+    CommandTimeoutError,
+    ConnectionLostError,
+    InvalidInputError,
+)
+from state.events import Event
+from state.states import State, parse_state, transition_path
+
+log = logging.getLogger("dmcs.client")
+
+_ERRORS: dict[AckCode, type[AckError]] = {
+    AckCode.CMD_FAILED: CommandFailedError,
+    AckCode.CMD_NOPERM: CommandNoPermissionError,
+    AckCode.CMD_ABORTED: CommandAbortedError,
+    AckCode.CMD_TIMEOUT: CommandTimeoutError,
+    AckCode.CMD_REJECTED: CommandQueueFullError,
+}
+#: Extra seconds the client waits past a command's own timeout for the component's answer.
+TIMEOUT_MARGIN = 2.0
+DEFAULT_TIMEOUT = 60.0
+
+
+@dataclass(slots=True)
+class _Pending:
+    on_ack: Callable[[Ack], None] | None
+    final: asyncio.Future[Ack]
+
+
+@dataclass(slots=True)
+class _Subscription:
+    components: frozenset[str] | None
+    topics: frozenset[str] | None
+    snapshot: bool
+    queue: asyncio.Queue[Event]
+    dropped: int = 0
+
+    def wants(self, event: Event) -> bool:
+        return (self.components is None or event.component in self.components) and (
+            self.topics is None or event.topic in self.topics
+        )
+
+    def put(self, event: Event) -> None:
+        if self.queue.full():
+            self.queue.get_nowait()
+            self.dropped += 1
+        self.queue.put_nowait(event)
+
+
+@dataclass(slots=True)
+class GapCounter:
+    """Counts events missing from the per-topic sequences a client has seen."""
+
+    last: dict[tuple[str, str], int] = field(default_factory=dict)
+    missing: int = 0
+
+    def see(self, event: Event) -> None:
+        key = (event.component, event.topic)
+        previous = self.last.get(key)
+        if previous is not None and event.seq > previous + 1:
+            self.missing += event.seq - previous - 1
+        self.last[key] = event.seq
+
+
+class Client:
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        use_json: bool = False,
+        reconnect: bool = True,
+        max_backoff: float = 5.0,
+        subscription_queue: int = 10_000,
+    ) -> None:
+        self.url = url
+        self.token = token
+        self.reconnect = reconnect
+        self.max_backoff = max_backoff
+        self.subscription_queue = subscription_queue
+        self.identity = ""
+        self.gaps = GapCounter()
+        self.server_dropped = 0
+        self._subprotocol = SUBPROTOCOL_JSON if use_json else SUBPROTOCOL_MSGPACK
+        self._codec = Codec(self._subprotocol)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._subs: dict[int, _Subscription] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+
+    # ---------------------------------------------------------------- connection
+    async def __aenter__(self) -> Client:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self._session = aiohttp.ClientSession(headers=headers)
+        try:
+            await self._connect()
+        except BaseException:
+            await self._session.close()
+            raise
+        self._reader = asyncio.create_task(self._read_forever(), name="dmcs-client-reader")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._ws is not None:
+            await self._ws.close()
+        if self._session is not None:
+            await self._session.close()
+        self._fail_pending(ConnectionLostError("client closed"))
+
+    async def _connect(self) -> None:
+        assert self._session is not None
+        try:
+            self._ws = await self._session.ws_connect(
+                self.url, protocols=(self._subprotocol,), heartbeat=20.0, max_msg_size=0
+            )
+        except aiohttp.WSServerHandshakeError as e:
+            if e.status == 401:
+                raise InvalidInputError(f"the gateway refused the token: {e.message}") from e
+            raise ConnectionLostError(f"cannot connect to {self.url}: {e}") from e
+        except (aiohttp.ClientError, OSError) as e:
+            raise ConnectionLostError(f"cannot connect to {self.url}: {e}") from e
+        for sub_id, sub in self._subs.items():
+            await self._send(self._subscribe_frame(sub_id, sub))
+        self._connected.set()
+
+    async def _read_forever(self) -> None:
+        backoff = 0.1
+        while True:
+            assert self._ws is not None
+            async for message in self._ws:
+                if message.type in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
+                    self._dispatch(self._codec.decode(message.data))
+                    backoff = 0.1
+            self._connected.clear()
+            self._fail_pending(ConnectionLostError("connection to the gateway lost"))
+            if not self.reconnect:
+                return
+            while True:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+                try:
+                    await self._connect()
+                    break
+                except ConnectionLostError as e:
+                    log.warning("reconnect failed: %s; next try in %.1f s", e, backoff)
+
+    def _fail_pending(self, error: Exception) -> None:
+        pending, self._pending = self._pending, {}
+        for p in pending.values():
+            if not p.final.done():
+                p.final.set_exception(error)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        match message.get("op"):
+            case Op.ACK:
+                self._on_ack(message)
+            case Op.EVENT:
+                event = Event.from_wire(message["event"])
+                snapshot = bool(message.get("snapshot"))
+                if not snapshot:
+                    self.gaps.see(event)
+                target = message.get("sub")
+                for sub_id, sub in self._subs.items():
+                    if sub.wants(event) and (not snapshot or (sub.snapshot and target == sub_id)):
+                        sub.put(event)
+            case Op.ERROR:
+                pending = self._pending.pop(message.get("id"), None)  # type: ignore[arg-type]
+                error = InvalidInputError(f"{message.get('code')}: {message.get('message')}")
+                if pending is not None and not pending.final.done():
+                    pending.final.set_exception(error)
+                else:
+                    log.warning("gateway error: %s", error)
+            case Op.HELLO:
+                self.identity = str(message.get("identity", ""))
+            case Op.DROPPED:
+                self.server_dropped = int(message.get("count", 0))
+
+    def _on_ack(self, message: dict[str, Any]) -> None:
+        pending = self._pending.get(message["id"])
+        if pending is None:
+            return
+        ack = Ack.from_wire(message["ack"])
+        if pending.on_ack is not None:
+            pending.on_ack(ack)
+        if ack.code.is_final:
+            del self._pending[message["id"]]
+            if not pending.final.done():
+                pending.final.set_result(ack)
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        if self._ws is None or self._ws.closed:
+            raise ConnectionLostError("not connected to the gateway")
+        payload = self._codec.encode(message)
+        try:
+            if isinstance(payload, bytes):
+                await self._ws.send_bytes(payload)
+            else:
+                await self._ws.send_str(payload)
+        except (aiohttp.ClientError, ConnectionError) as e:
+            raise ConnectionLostError(f"send failed: {e}") from e
+
+    async def wait_connected(self, timeout: float = 30.0) -> None:
+        async with asyncio.timeout(timeout):
+            await self._connected.wait()
+
+    # ------------------------------------------------------------------ commands
+    async def command(
+        self,
+        component: str,
+        name: str,
+        *,
+        timeout: float | None = None,
+        on_ack: Callable[[Ack], None] | None = None,
+        **params: Any,
+    ) -> Ack:
+        """Run a command; return its CMD_COMPLETE ack or raise the AckError matching its end."""
+        request_id = next(self._ids)
+        final: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = _Pending(on_ack, final)
+        message = frame(Op.COMMAND, id=request_id, component=component, name=name, params=params)
+        if timeout is not None:
+            message["timeout"] = timeout
+        wait = (timeout or DEFAULT_TIMEOUT) + TIMEOUT_MARGIN
+        try:
+            await self._send(message)
+            async with asyncio.timeout(wait):
+                ack = await final
+        except TimeoutError as e:
+            ack = Ack(component, name, 0, AckCode.CMD_TIMEOUT, f"no final ack within {wait:g} s")
+            raise CommandTimeoutError(ack) from e
+        finally:
+            self._pending.pop(request_id, None)
+        if ack.code != AckCode.CMD_COMPLETE:
+            raise _ERRORS.get(ack.code, CommandFailedError)(ack)
+        return ack
+
+    def _http_url(self, path: str) -> str:
+        base = self.url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+        return base.rsplit("/ws", 1)[0] + path
+
+    async def _get_json(self, path: str) -> dict[str, Any]:
+        assert self._session is not None
+        try:
+            async with self._session.get(self._http_url(path)) as response:
+                if response.status == 404:
+                    raise InvalidInputError(await response.text())
+                response.raise_for_status()
+                return dict(await response.json())
+        except aiohttp.ClientError as e:
+            raise ConnectionLostError(f"request {path} failed: {e}") from e
+
+    async def status(self) -> list[dict[str, Any]]:
+        """Every component's status as the gateway sees it (GET /api/v1/status)."""
+        return list((await self._get_json("/api/v1/status"))["components"])
+
+    async def get_state(self, component: str) -> State:
+        """The component's summary state, asked of the component itself."""
+        detail = (await self._get_json(f"/api/v1/components/{component}"))["detail"]
+        if "summaryState" not in detail:
+            raise ConnectionLostError(f"{component} is unreachable: {detail.get('unreachable')}")
+        return parse_state(detail["summaryState"])
+
+    async def set_state(
+        self,
+        component: str,
+        target: State | str,
+        *,
+        configuration_override: str = "",
+        timeout: float = 30.0,
+    ) -> list[Ack]:
+        """Walk ``component`` to ``target`` through the state commands; return their acks."""
+        path = transition_path(await self.get_state(component), parse_state(target))
+        acks = []
+        for name in path:
+            params = {"configurationOverride": configuration_override} if name == "start" else {}
+            acks.append(await self.command(component, name, timeout=timeout, **params))
+        return acks
+
+    # ------------------------------------------------------------------- events
+    def _subscribe_frame(self, sub_id: int, sub: _Subscription) -> dict[str, Any]:
+        return frame(
+            Op.SUBSCRIBE,
+            id=sub_id,
+            components=sorted(sub.components) if sub.components else None,
+            topics=sorted(sub.topics) if sub.topics else None,
+        )
+
+    async def subscribe(
+        self,
+        components: Iterable[str] | None = None,
+        topics: Iterable[str] | None = None,
+        *,
+        snapshot: bool = True,
+    ) -> AsyncIterator[Event]:
+        """Yield matching events: first the latest of each topic (if ``snapshot``), then live."""
+        sub_id = next(self._ids)
+        sub = _Subscription(
+            frozenset(components) if components else None,
+            frozenset(topics) if topics else None,
+            snapshot,
+            asyncio.Queue(self.subscription_queue),
+        )
+        self._subs[sub_id] = sub
+        try:
+            await self._send(self._subscribe_frame(sub_id, sub))
+            while True:
+                yield await sub.queue.get()
+        finally:
+            self._subs.pop(sub_id, None)
+            with contextlib.suppress(ConnectionLostError):
+                await self._send(frame(Op.UNSUBSCRIBE, id=sub_id))
+
+    # ----------------------------------------------------------------- OCS input
+    async def send_telemetry(self, topic: str, **data: Any) -> None:
+        await self._send(frame(Op.TELEMETRY, topic=topic, data=data))
+
+    async def send_camera_event(self, name: str, **data: Any) -> None:
+        await self._send(frame(Op.CAMERA, name=name, data=data))

@@ -1,0 +1,314 @@
+"""The aiohttp gateway: WebSocket protocol, HTTP JSON API, health and Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from ray.actor import ActorHandle
+from ray.exceptions import RayError
+
+from commands.auth import Authenticator
+from commands.channel import Channel, Subscription
+from commands.hub import Hub
+from commands.metrics import GatewayMetrics
+from commands.protocol import (
+    SUBPROTOCOLS,
+    Codec,
+    ErrorCode,
+    Op,
+    error_code_of,
+    frame,
+    validate_client_frame,
+)
+from config.system import GatewayConfig
+from state.acks import AckCode
+from state.errors import InvalidInputError
+from state.events import CAMERA_EVENTS, OCS_TELEMETRY, EventKind
+
+HUB = web.AppKey("hub", Hub)
+AUTH = web.AppKey("auth", Authenticator)
+CONFIG = web.AppKey("config", GatewayConfig)
+OCS_IDENTITIES = web.AppKey("ocs_identities", frozenset)
+
+#: Commands one connection may have waiting for a final ack.
+MAX_IN_FLIGHT = 256
+#: Frames above the configured limit get an error frame and the connection stays up; frames
+#: above this multiple are cut off by aiohttp itself (close code 1009) to bound memory.
+HARD_LIMIT_FACTOR = 16
+
+HTTP_STATUS = {
+    AckCode.CMD_COMPLETE: 200,
+    AckCode.CMD_NOPERM: 403,
+    AckCode.CMD_FAILED: 422,
+    AckCode.CMD_ABORTED: 409,
+    AckCode.CMD_TIMEOUT: 504,
+    AckCode.CMD_REJECTED: 503,
+}
+
+
+def make_app(
+    config: GatewayConfig,
+    components: dict[str, ActorHandle],
+    bus: ActorHandle,
+    tokens: dict[str, str],
+    ocs_identities: frozenset[str] = frozenset({"ocs"}),
+) -> web.Application:
+    app = web.Application(client_max_size=config.max_frame_bytes)
+    app[HUB] = Hub(components, bus, GatewayMetrics())
+    app[AUTH] = Authenticator(tokens)
+    app[CONFIG] = config
+    app[OCS_IDENTITIES] = ocs_identities
+    app.cleanup_ctx.append(_run_pump)
+    app.router.add_get("/ws", websocket_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/v1/status", status)
+    app.router.add_get("/api/v1/components/{name}", component_status)
+    app.router.add_post("/api/v1/components/{name}/commands/{command}", http_command)
+    app.router.add_post("/api/v1/telemetry/{topic}", http_telemetry)
+    app.router.add_post("/api/v1/camera/{name}", http_camera)
+    return app
+
+
+async def _run_pump(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[HUB].pump(), name="gateway-bus-pump")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    for channel in list(app[HUB].channels):
+        await channel.ws.close()
+
+
+# ------------------------------------------------------------------------ HTTP
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    alive, stale = hub.board.all_alive()
+    ready = hub.pumping and alive
+    body = {"ready": ready, "busConnected": hub.pumping, "staleComponents": stale}
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    for status in hub.board.to_json():
+        hub.metrics.component_up.labels(status["name"]).set(0 if status["stale"] else 1)
+    hub.metrics.connections.set(len(hub.channels))
+    return web.Response(body=hub.metrics.render(), content_type="text/plain", charset="utf-8")
+
+
+async def status(request: web.Request) -> web.Response:
+    return web.json_response({"components": request.app[HUB].board.to_json()})
+
+
+async def component_status(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    name = request.match_info["name"]
+    handle = hub.components.get(name)
+    if handle is None:
+        raise web.HTTPNotFound(text=f"unknown component {name!r}")
+    board = next(s for s in hub.board.to_json() if s["name"] == name)
+    try:
+        async with asyncio.timeout(2.0):
+            detail = await handle.snapshot.remote()
+    except (TimeoutError, RayError) as e:  # the board still answers when the actor cannot
+        detail = {"unreachable": f"{type(e).__name__}: {e}"}
+    return web.json_response({**board, "detail": detail})
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise web.HTTPBadRequest(text=f"request body is not valid JSON: {e}") from e
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="request body must be a JSON object")
+    return body
+
+
+async def http_command(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    identity = request.app[AUTH].identify(request)
+    params = await _json_body(request)
+    timeout = request.query.get("timeout")
+    try:
+        timeout_s = float(timeout) if timeout else None
+    except ValueError as e:
+        raise web.HTTPBadRequest(text=f"timeout must be a number, got {timeout!r}") from e
+    acks: list[dict[str, Any]] = []
+    final = await hub.run_command(
+        identity,
+        request.match_info["name"],
+        request.match_info["command"],
+        params=params,
+        timeout=timeout_s,
+        on_ack=lambda ack: acks.append(ack.to_wire()),
+    )
+    return web.json_response({"acks": acks}, status=HTTP_STATUS.get(final.code, 500))
+
+
+async def _http_input(request: web.Request, name: str, kind: EventKind) -> web.Response:
+    identity = request.app[AUTH].identify(request)
+    if identity not in request.app[OCS_IDENTITIES]:
+        raise web.HTTPForbidden(
+            text=f"identity {identity or '(anonymous)'!r} may not send OCS input"
+        )
+    data = await _json_body(request)
+    source = "OCS" if kind == "telemetry" else "Camera"
+    event = await request.app[HUB].publish_input(source, name, data, kind)
+    return web.json_response({"seq": event.seq, "tai": event.tai})
+
+
+async def http_telemetry(request: web.Request) -> web.Response:
+    topic = request.match_info["topic"]
+    if topic not in OCS_TELEMETRY:
+        raise web.HTTPNotFound(text=f"unknown telemetry topic {topic!r}")
+    return await _http_input(request, topic, "telemetry")
+
+
+async def http_camera(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if name not in CAMERA_EVENTS:
+        raise web.HTTPNotFound(text=f"unknown camera event {name!r}")
+    return await _http_input(request, name, "event")
+
+
+# ------------------------------------------------------------------- WebSocket
+async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
+    hub = request.app[HUB]
+    config = request.app[CONFIG]
+    identity = request.app[AUTH].identify(request)
+    ws = web.WebSocketResponse(
+        protocols=SUBPROTOCOLS,
+        max_msg_size=config.max_frame_bytes * HARD_LIMIT_FACTOR,
+        heartbeat=20.0,
+    )
+    await ws.prepare(request)
+    channel = Channel(ws, Codec(ws.ws_protocol), identity, config.client_queue)
+    hub.channels.add(channel)
+    hub.metrics.connections.set(len(hub.channels))
+    channel.send(frame(Op.HELLO, identity=identity, server="dmcs", protocol=ws.ws_protocol))
+    try:
+        async with asyncio.TaskGroup() as tg:
+            writer = tg.create_task(channel.write_loop())
+            await _read_loop(request.app, channel, tg, config.max_frame_bytes)
+            writer.cancel()
+    finally:
+        hub.channels.discard(channel)
+        hub.metrics.connections.set(len(hub.channels))
+        hub.metrics.client_dropped.inc(channel.dropped)
+    return ws
+
+
+async def _read_loop(
+    app: web.Application, channel: Channel, tg: asyncio.TaskGroup, max_bytes: int
+) -> None:
+    hub = app[HUB]
+    async for message in channel.ws:
+        if message.type not in (WSMsgType.BINARY, WSMsgType.TEXT):
+            continue
+        payload: bytes | str = message.data
+        decoded: Any = None
+        try:
+            if len(payload) > max_bytes:
+                raise _TooLarge(f"frame of {len(payload)} bytes exceeds the {max_bytes}-byte limit")
+            decoded = channel.codec.decode(payload)
+            op = validate_client_frame(decoded)
+            await _handle_frame(app, channel, tg, op, decoded)
+        except InvalidInputError as e:
+            code = error_code_of(e)
+            hub.metrics.bad_frames.labels(code.value).inc()
+            request_id = decoded.get("id") if isinstance(decoded, dict) else None
+            channel.send(frame(Op.ERROR, id=request_id, code=code.value, message=str(e)))
+
+
+async def _handle_frame(
+    app: web.Application,
+    channel: Channel,
+    tg: asyncio.TaskGroup,
+    op: Op,
+    message: dict[str, Any],
+) -> None:
+    hub = app[HUB]
+    match op:
+        case Op.COMMAND:
+            if channel.in_flight >= MAX_IN_FLIGHT:
+                raise _Overloaded(f"more than {MAX_IN_FLIGHT} commands waiting on this connection")
+            channel.in_flight += 1
+            tg.create_task(_command(hub, channel, message))
+        case Op.SUBSCRIBE:
+            sub_id = message["id"]
+            channel.subscriptions[sub_id] = Subscription(
+                _names(message.get("components")), _names(message.get("topics"))
+            )
+            channel.send(frame(Op.SUBSCRIBED, id=sub_id))
+            hub.snapshot_for(channel, sub_id)
+        case Op.UNSUBSCRIBE:
+            channel.subscriptions.pop(message["id"], None)
+        case Op.TELEMETRY | Op.CAMERA:
+            await _ocs_input(app, channel, op, message)
+        case Op.PING:
+            channel.send(frame(Op.PONG, id=message["id"]))
+
+
+async def _ocs_input(
+    app: web.Application, channel: Channel, op: Op, message: dict[str, Any]
+) -> None:
+    if channel.identity not in app[OCS_IDENTITIES]:
+        raise _NotOcs(f"identity {channel.identity or '(anonymous)'!r} may not send OCS input")
+    if op == Op.TELEMETRY:
+        topic, known, kind, source = message["topic"], OCS_TELEMETRY, "telemetry", "OCS"
+    else:
+        topic, known, kind, source = message["name"], CAMERA_EVENTS, "event", "Camera"
+    if topic not in known:
+        raise _UnknownTopic(f"unknown {op.value} topic {topic!r}; expected one of {sorted(known)}")
+    await app[HUB].publish_input(source, topic, message["data"], kind)
+
+
+async def _command(hub: Hub, channel: Channel, message: dict[str, Any]) -> None:
+    request_id = message["id"]
+    try:
+        await hub.run_command(
+            channel.identity,
+            message["component"],
+            message["name"],
+            params=message.get("params") or {},
+            timeout=message.get("timeout"),
+            on_ack=lambda ack: channel.send(frame(Op.ACK, id=request_id, ack=ack.to_wire())),
+        )
+    finally:
+        channel.in_flight -= 1
+
+
+def _names(values: list[Any] | None) -> frozenset[str] | None:
+    if not values or "*" in values:
+        return None
+    return frozenset(str(v) for v in values)
+
+
+class _TooLarge(InvalidInputError):
+    code = ErrorCode.TOO_LARGE
+
+
+class _Overloaded(InvalidInputError):
+    code = ErrorCode.OVERLOADED
+
+
+class _NotOcs(InvalidInputError):
+    code = ErrorCode.NOT_PERMITTED
+
+
+class _UnknownTopic(InvalidInputError):
+    code = ErrorCode.UNKNOWN_TOPIC

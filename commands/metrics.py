@@ -1,0 +1,47 @@
+"""Prometheus metrics of one gateway (its own registry, so tests can run several)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.commands = Counter(
+            "dmcs_commands",
+            "Commands handled, by component, command and final ack code",
+            ["component", "command", "code"],
+            registry=self.registry,
+        )
+        self.command_seconds = Histogram(
+            "dmcs_command_seconds",
+            "Gateway-side time from receipt to final ack",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5, 30),
+            registry=self.registry,
+        )
+        self.events = Counter("dmcs_events", "Events received from the bus", registry=self.registry)
+        self.bus_dropped = Gauge(
+            "dmcs_bus_dropped", "Events the bus dropped for this gateway", registry=self.registry
+        )
+        self.client_dropped = Counter(
+            "dmcs_client_dropped", "Events dropped for slow clients", registry=self.registry
+        )
+        self.connections = Gauge(
+            "dmcs_ws_connections", "Open WebSocket connections", registry=self.registry
+        )
+        self.bad_frames = Counter(
+            "dmcs_bad_frames",
+            "Frames refused with an error frame",
+            ["code"],
+            registry=self.registry,
+        )
+        self.component_up = Gauge(
+            "dmcs_component_heartbeat_ok",
+            "1 when the component's heartbeat is fresh",
+            ["component"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

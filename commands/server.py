@@ -1,0 +1,58 @@
+"""Runs a whole dmcs: Ray, the configured components and the gateway, as one context."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from actors.launcher import System, launch
+from actors.runtime import init_ray
+from commands.gateway import make_app
+from config.system import SystemConfig, load_tokens
+
+
+@dataclass(frozen=True)
+class RunningSystem:
+    system: System
+    app: web.Application
+    host: str
+    port: int
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}/ws"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    config: SystemConfig, *, address: str | None = None, port: int | None = None
+) -> AsyncIterator[RunningSystem]:
+    """Start everything, yield while it runs, and stop everything on exit.
+
+    ``port=0`` picks a free port (tests); ``None`` takes the configured one.
+    """
+    tokens = load_tokens(config.gateway.tokens_file)
+    init_ray(address)
+    system = launch(config)
+    runner: web.AppRunner | None = None
+    try:
+        await system.wait_ready()
+        app = make_app(config.gateway, system.components, system.bus, tokens)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        host = config.gateway.host
+        site = web.TCPSite(runner, host, config.gateway.port if port is None else port)
+        await site.start()
+        bound = runner.addresses[0][1]
+        yield RunningSystem(system, app, host, bound)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        system.stop()

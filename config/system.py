@@ -1,0 +1,108 @@
+"""System configuration: which components run, who may command them, where the gateway listens.
+
+Loaded once from TOML, validated by pydantic, and immutable afterwards (frozen models).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from state.errors import ConfigurationError
+
+DEFAULTS_DIR = Path(__file__).resolve().parent / "defaults"
+DEFAULT_SYSTEM_FILE = DEFAULTS_DIR / "system.toml"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ComponentConfig(_Frozen):
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
+    #: ``module:Class`` of the component (a :class:`state.controller.Controller` subclass).
+    cls: str = Field(alias="class", pattern=r"^[\w.]+:\w+$")
+    authorized: tuple[str, ...] = ()
+    num_cpus: float = Field(default=0.0, ge=0)
+    max_restarts: int = Field(default=3, ge=-1)
+    queue_size: int = Field(default=16, ge=1)
+    command_timeout: float = Field(default=60.0, gt=0)
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class GatewayConfig(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    tokens_file: Path = Path("tokens.toml")
+    max_frame_bytes: int = Field(default=1 << 20, ge=1024)
+    #: Events queued per WebSocket client before the oldest are dropped.
+    client_queue: int = Field(default=2_000, ge=10)
+
+
+class DatabaseConfig(_Frozen):
+    #: Empty: dmcs starts its own embedded PostgreSQL under ``data_dir``.
+    dsn: str = ""
+
+
+class SystemConfig(_Frozen):
+    name: str = "dmcs"
+    data_dir: Path = Path("var")
+    heartbeat_interval: float = Field(default=1.0, gt=0)
+    gateway: GatewayConfig = GatewayConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    components: tuple[ComponentConfig, ...] = ()
+
+    @field_validator("components")
+    @classmethod
+    def _unique_names(cls, value: tuple[ComponentConfig, ...]) -> tuple[ComponentConfig, ...]:
+        names = [c.name for c in value]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"component names must be unique; repeated: {', '.join(duplicates)}")
+        return value
+
+    def component(self, name: str) -> ComponentConfig:
+        for c in self.components:
+            if c.name == name:
+                return c
+        raise ConfigurationError(f"no component named {name!r} in the system configuration")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError as e:
+        raise ConfigurationError(f"configuration file {path} does not exist") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigurationError(f"configuration file {path} is not valid TOML: {e}") from e
+
+
+def load_system_config(path: Path | None = None, **overrides: Any) -> SystemConfig:
+    """Read and validate a system file; relative paths in it are taken from its folder."""
+    path = (path or DEFAULT_SYSTEM_FILE).resolve()
+    raw = read_toml(path)
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        config = SystemConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigurationError(f"invalid system configuration {path}:\n{e}") from e
+    tokens = config.gateway.tokens_file
+    if not tokens.is_absolute():
+        tokens = path.parent / tokens
+    return config.model_copy(
+        update={"gateway": config.gateway.model_copy(update={"tokens_file": tokens})}
+    )
+
+
+def load_tokens(path: Path) -> dict[str, str]:
+    """Bearer token → identity, from ``[tokens]`` in a TOML file."""
+    tokens = read_toml(path).get("tokens")
+    if not isinstance(tokens, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and k and v for k, v in tokens.items()
+    ):
+        raise ConfigurationError(f'{path}: expected a [tokens] table of token = "identity"')
+    return dict(tokens)

@@ -1,0 +1,16 @@
+"""One clock for dmcs: TAI as seconds since the Unix epoch, as ts_salobj's ``current_tai``."""
+
+from __future__ import annotations
+
+import time
+
+#: TAI - UTC since 2017-01-01; no leap second has been announced after it.
+TAI_MINUS_UTC = 37.0
+
+
+def tai_now() -> float:
+    return time.time() + TAI_MINUS_UTC
+
+
+def tai_to_utc(tai: float) -> float:
+    return tai - TAI_MINUS_UTC

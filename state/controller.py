@@ -1,0 +1,411 @@
+"""The controller base every dmcs component derives from (after ts_salobj's ``BaseCsc``).
+
+A component is a plain Python class: it runs in any asyncio loop and publishes through a
+sink callable, so it is testable without Ray. It
+
+* accepts commands into a bounded queue and runs them one at a time;
+* maps every command outcome to an ack in one place (:meth:`_final_ack`);
+* walks the summary-state machine of :mod:`state.states` with ``begin_<cmd>``/``end_<cmd>``
+  hooks, reverting the state when either fails;
+* publishes a heartbeat at a fixed interval and the generic events;
+* keeps the safe state: only the generic events leave a component that is not ENABLED.
+
+Commands are ``async def do_<name>(self, *, param: type = default) -> dict | None`` methods;
+their keyword-only parameters are the command's schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import traceback as tb
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from state.acks import Ack, AckCode
+from state.clock import tai_now
+from state.command import Command, ParamSpec, param_specs, validate_params
+from state.errors import (
+    CommandRejected,
+    DmcsError,
+    ExpectedError,
+    NotPermittedError,
+    QueueFullError,
+)
+from state.events import GENERIC_EVENTS, Event, EventKind
+from state.states import TRANSITIONS, State
+
+EventSink = Callable[[Event], None]
+
+
+@dataclass(slots=True)
+class _Job:
+    command: Command
+    method: Callable[..., Any]
+    acks: asyncio.Queue[Ack] = field(default_factory=asyncio.Queue)
+
+
+_current_job: contextvars.ContextVar[_Job | None] = contextvars.ContextVar(
+    "_current_job", default=None
+)
+
+
+class Controller:
+    """Safe-state command controller; subclass it and add ``do_<command>`` methods."""
+
+    version: ClassVar[str] = "0.1.0"
+    #: Generic events are always allowed; a subclass lists its own topics for documentation.
+    event_topics: ClassVar[tuple[str, ...]] = ()
+    #: Bus sources and topics delivered to :meth:`on_event` (no sources: nothing delivered).
+    listen_components: ClassVar[tuple[str, ...]] = ()
+    listen_topics: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        sink: EventSink,
+        authorized: frozenset[str] | set[str] | tuple[str, ...] = (),
+        heartbeat_interval: float = 1.0,
+        queue_size: int = 16,
+        command_timeout: float = 60.0,
+        restart_count: int = 0,
+        settings: Mapping[str, Any] | None = None,
+        data_dir: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.authorized = frozenset(authorized)
+        self.heartbeat_interval = heartbeat_interval
+        self.command_timeout = command_timeout
+        self.restart_count = restart_count
+        self.settings: Mapping[str, Any] = dict(settings or {})
+        self.data_dir = data_dir or Path("var") / name
+        self.log = logging.getLogger(f"dmcs.{name}")
+        self._sink = sink
+        self._state = State.STANDBY
+        self._commanded_state = State.STANDBY
+        self._seq: dict[str, int] = {}
+        self._suppressed = 0
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_size)
+        self._runner: asyncio.Task[None] | None = None
+        self._error_code = 0
+        self._error_report = ""
+        self._specs: dict[str, tuple[ParamSpec, ...]] = {
+            attr[3:]: param_specs(getattr(self, attr))
+            for attr in dir(type(self))
+            if attr.startswith("do_") and callable(getattr(self, attr))
+        }
+
+    # ----------------------------------------------------------------- lifecycle
+    @property
+    def summary_state(self) -> State:
+        return self._state
+
+    @property
+    def commands(self) -> tuple[str, ...]:
+        return tuple(sorted(self._specs))
+
+    async def start(self) -> None:
+        """Come up in STANDBY, announce it, and start the owned background tasks."""
+        if self._runner is not None:
+            return
+        self.publish("softwareVersions", {"cscVersion": self.version, "subsystemVersions": ""})
+        self.publish("logLevel", {"level": self.log.getEffectiveLevel(), "subsystem": ""})
+        self._publish_summary_state()
+        if self.restart_count:
+            self.log_message(
+                logging.WARNING,
+                f"{self.name} restarted after a crash (restart {self.restart_count}); "
+                "it came back in STANDBY",
+            )
+        self._runner = asyncio.create_task(self._run(), name=f"{self.name}-controller")
+
+    async def close(self) -> None:
+        """Cancel every background task and abort queued commands."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            job.acks.put_nowait(self._final_ack(job.command, _Aborted("component closed")))
+
+    async def _run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._heartbeat_loop())
+            tg.create_task(self._command_loop())
+            await self.run_background(tg)
+
+    async def run_background(self, tg: asyncio.TaskGroup) -> None:
+        """Hook: start a component's own long-lived tasks in the controller's TaskGroup."""
+
+    async def on_event(self, event: Event) -> None:
+        """Hook: an event from :attr:`listen_components` arrived (in any state)."""
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            self.publish(
+                "heartbeat",
+                {
+                    "state": self._state.name,
+                    "stateCode": int(self._state),
+                    "heartbeatInterval": self.heartbeat_interval,
+                },
+            )
+            await asyncio.sleep(self.heartbeat_interval)
+
+    # ------------------------------------------------------------------ publishing
+    def publish(self, topic: str, data: dict[str, Any], kind: EventKind = "event") -> bool:
+        """Send an event or telemetry; outside ENABLED only generic events leave (safe state)."""
+        if topic not in GENERIC_EVENTS and self._state != State.ENABLED:
+            self._suppressed += 1
+            return False
+        seq = self._seq.get(topic, 0) + 1
+        self._seq[topic] = seq
+        self._sink(Event(self.name, topic, seq, tai_now(), data, kind))
+        return True
+
+    def log_message(self, level: int, message: str, **context: Any) -> None:
+        """Log locally and, at or above the component's log level, publish ``logMessage``."""
+        self.log.log(level, message, extra={"context": context} if context else None)
+        if level >= self.log.getEffectiveLevel():
+            self.publish(
+                "logMessage",
+                {
+                    "level": level,
+                    "message": message,
+                    "traceback": context.pop("traceback", ""),
+                    "context": {k: str(v) for k, v in context.items()},
+                },
+            )
+
+    def _publish_summary_state(self) -> None:
+        self.publish(
+            "summaryState",
+            {
+                "summaryState": self._state.name,
+                "stateCode": int(self._state),
+                "commandedState": self._commanded_state.name,
+                "restartCount": self.restart_count,
+            },
+        )
+
+    # ------------------------------------------------------------------- commands
+    async def handle(self, command: Command) -> AsyncIterator[Ack]:
+        """Yield the acks of ``command``: a final one at once, or CMD_ACK then the rest."""
+        try:
+            job = self._admit(command)
+        except DmcsError as e:
+            yield self._final_ack(command, e)
+            return
+        yield self._ack(command, AckCode.CMD_ACK)
+        while True:
+            ack = await job.acks.get()
+            yield ack
+            if ack.code.is_final:
+                return
+
+    def _admit(self, command: Command) -> _Job:
+        specs = self._specs.get(command.name)
+        if specs is None:
+            raise CommandRejected(
+                f"{self.name} has no command {command.name!r}; "
+                f"its commands are: {', '.join(self.commands)}"
+            )
+        if command.identity not in self.authorized:
+            raise NotPermittedError(
+                f"identity {command.identity or '(anonymous)'!r} may not command {self.name}"
+            )
+        validate_params(command.name, specs, command.params)
+        job = _Job(command, getattr(self, f"do_{command.name}"))
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull as e:
+            raise QueueFullError(
+                f"{self.name} command queue is full ({self._queue.maxsize} waiting); "
+                "command not queued"
+            ) from e
+        return job
+
+    async def _command_loop(self) -> None:
+        while True:
+            job = await self._queue.get()
+            job.acks.put_nowait(await self._execute(job))
+
+    async def _execute(self, job: _Job) -> Ack:
+        token = _current_job.set(job)
+        timeout = job.command.timeout or self.command_timeout
+        scope = asyncio.timeout(timeout)
+        try:
+            async with scope:
+                result = await job.method(**job.command.params)
+        except TimeoutError as e:
+            outcome: Exception = (
+                _Timeout(f"no completion within {timeout:g} s") if scope.expired() else e
+            )
+            return self._final_ack(job.command, outcome)
+        except asyncio.CancelledError:
+            job.acks.put_nowait(self._final_ack(job.command, _Aborted("component closed")))
+            raise
+        except Exception as e:  # noqa: BLE001 -- any failure of a command becomes CMD_FAILED
+            return self._final_ack(job.command, e)
+        finally:
+            _current_job.reset(token)
+        return self._final_ack(job.command, result)
+
+    def _final_ack(self, command: Command, outcome: Any) -> Ack:
+        """The one place where a command's outcome becomes its final ack."""
+        match outcome:
+            case NotPermittedError():
+                return self._ack(command, AckCode.CMD_NOPERM, str(outcome))
+            case QueueFullError():
+                return self._ack(command, AckCode.CMD_REJECTED, str(outcome))
+            case _Timeout():
+                return self._ack(command, AckCode.CMD_TIMEOUT, str(outcome))
+            case _Aborted():
+                return self._ack(command, AckCode.CMD_ABORTED, str(outcome))
+            case ExpectedError():
+                return self._ack(command, AckCode.CMD_FAILED, str(outcome))
+            case BaseException():
+                self.log_message(
+                    logging.ERROR,
+                    f"{command.name} failed: {type(outcome).__name__}: {outcome}",
+                    traceback="".join(tb.format_exception(outcome)),
+                )
+                return self._ack(
+                    command, AckCode.CMD_FAILED, f"{type(outcome).__name__}: {outcome}"
+                )
+            case dict() | None:
+                return self._ack(command, AckCode.CMD_COMPLETE, data=outcome)
+            case _:
+                return self._ack(command, AckCode.CMD_COMPLETE, data={"result": outcome})
+
+    def _ack(
+        self,
+        command: Command,
+        code: AckCode,
+        result: str = "",
+        timeout: float = 0.0,
+        data: dict[str, Any] | None = None,
+    ) -> Ack:
+        return Ack(self.name, command.name, command.seq, code, result, timeout, data)
+
+    def in_progress(self, remaining: float, message: str = "") -> None:
+        """From inside a ``do_`` method: send CMD_INPROGRESS with the expected remaining time."""
+        job = _current_job.get()
+        if job is None:
+            raise RuntimeError("in_progress() is only meaningful inside a command")
+        job.acks.put_nowait(self._ack(job.command, AckCode.CMD_INPROGRESS, message, remaining))
+
+    # -------------------------------------------------------------- state machine
+    async def _transition(self, command: str, *args: Any) -> None:
+        t = TRANSITIONS[command]
+        old = self._state
+        if old not in t.allowed_from:
+            allowed = ", ".join(sorted(s.name for s in t.allowed_from))
+            raise CommandRejected(f"{command} is not allowed in {old.name}; allowed in {allowed}")
+        await getattr(self, f"begin_{command}")(*args)
+        self._state = t.to
+        try:
+            await getattr(self, f"end_{command}")(*args)
+            await self.handle_summary_state()
+        except BaseException:
+            self._state = old
+            with contextlib.suppress(Exception):
+                await self.handle_summary_state()
+            raise
+        self._commanded_state = t.to
+        if old == State.FAULT:
+            self._error_code, self._error_report = 0, ""
+        self._publish_summary_state()
+
+    async def do_start(self, *, configurationOverride: str = "") -> None:
+        await self._transition("start", configurationOverride)
+
+    async def do_enable(self) -> None:
+        await self._transition("enable")
+
+    async def do_disable(self) -> None:
+        await self._transition("disable")
+
+    async def do_standby(self) -> None:
+        await self._transition("standby")
+
+    async def do_exitControl(self) -> None:
+        await self._transition("exitControl")
+
+    async def do_setLogLevel(self, *, level: int, identifier: str = "") -> None:
+        if level < 0 or level > logging.CRITICAL:
+            raise CommandRejected(f"level must be between 0 and {logging.CRITICAL}, got {level}")
+        logging.getLogger(identifier or self.log.name).setLevel(level)
+        self.publish("logLevel", {"level": level, "subsystem": identifier})
+
+    async def begin_start(self, configuration_override: str) -> None:
+        """Hook: validate and load the configuration; a failure leaves the state unchanged."""
+        applied = await self.configure(configuration_override)
+        self.publish("configurationApplied", applied)
+
+    async def end_start(self, configuration_override: str) -> None: ...
+    async def begin_enable(self) -> None: ...
+    async def end_enable(self) -> None: ...
+    async def begin_disable(self) -> None: ...
+    async def end_disable(self) -> None: ...
+    async def begin_standby(self) -> None: ...
+    async def end_standby(self) -> None: ...
+    async def begin_exitControl(self) -> None: ...
+    async def end_exitControl(self) -> None: ...
+
+    async def configure(self, override: str) -> dict[str, Any]:
+        """Hook: apply ``override``; return the ``configurationApplied`` payload."""
+        if override:
+            raise CommandRejected(f"{self.name} has no configuration {override!r}")
+        return {"configurations": "default", "version": self.version, "url": "", "otherInfo": ""}
+
+    async def handle_summary_state(self) -> None:
+        """Hook: start or stop the component's outputs to match :attr:`summary_state`."""
+
+    # ---------------------------------------------------------------------- fault
+    async def fault(self, code: int, report: str, traceback: str = "") -> None:
+        """Enter FAULT: publish ``errorCode``, stop the outputs. Only ``standby`` leaves it."""
+        if self._state == State.FAULT:
+            return
+        self._error_code, self._error_report = code, report
+        self._state = State.FAULT
+        self._commanded_state = State.FAULT
+        self.publish(
+            "errorCode", {"errorCode": code, "errorReport": report, "traceback": traceback}
+        )
+        self.log_message(logging.ERROR, f"FAULT {code}: {report}")
+        try:
+            await self.handle_summary_state()
+        finally:
+            self._publish_summary_state()
+
+    def snapshot(self) -> dict[str, Any]:
+        """What a watcher needs to know about this component right now."""
+        return {
+            "name": self.name,
+            "summaryState": self._state.name,
+            "commandedState": self._commanded_state.name,
+            "errorCode": self._error_code,
+            "errorReport": self._error_report,
+            "version": self.version,
+            "heartbeatInterval": self.heartbeat_interval,
+            "restartCount": self.restart_count,
+            "suppressedEvents": self._suppressed,
+            "queued": self._queue.qsize(),
+            "commands": list(self.commands),
+        }
+
+
+class _Timeout(Exception):
+    """A command that did not complete within its timeout (mapped to CMD_TIMEOUT)."""
+
+
+class _Aborted(Exception):
+    """A command abandoned before completion (mapped to CMD_ABORTED)."""

@@ -1,0 +1,60 @@
+"""Events and telemetry as they travel on the bus and the wire."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+EventKind = Literal["event", "telemetry"]
+
+#: Events every component may publish in any state (the safe-state allowance).
+GENERIC_EVENTS: frozenset[str] = frozenset(
+    {
+        "heartbeat",
+        "summaryState",
+        "errorCode",
+        "logMessage",
+        "logLevel",
+        "softwareVersions",
+        "configurationApplied",
+    }
+)
+
+#: Topics the OCS sends into dmcs through the gateway.
+OCS_TELEMETRY: frozenset[str] = frozenset(
+    {"pointing", "rotator", "dome", "weather", "seeing", "filter"}
+)
+CAMERA_EVENTS: frozenset[str] = frozenset({"nextVisit", "startIntegration", "endReadout"})
+OCS_SOURCES: frozenset[str] = frozenset({"OCS", "Camera"})
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    component: str
+    topic: str
+    seq: int
+    tai: float
+    data: dict[str, Any] = field(default_factory=dict)
+    kind: EventKind = "event"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "component": self.component,
+            "topic": self.topic,
+            "seq": self.seq,
+            "tai": self.tai,
+            "kind": self.kind,
+            "data": self.data,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> Event:
+        kind = wire.get("kind", "event")
+        return cls(
+            component=str(wire["component"]),
+            topic=str(wire["topic"]),
+            seq=int(wire["seq"]),
+            tai=float(wire["tai"]),
+            data=dict(wire.get("data") or {}),
+            kind="telemetry" if kind == "telemetry" else "event",
+        )
