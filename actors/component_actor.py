@@ -21,12 +21,15 @@ from state.controller import Controller
 from state.errors import ConfigurationError
 from state.events import Event
 
-BUS_NAME = "bus"
 log = logging.getLogger("dmcs.actors")
 
 
-def actor_name(component: str) -> str:
-    return f"component:{component}"
+def bus_name(system: str) -> str:
+    return f"{system}:bus"
+
+
+def actor_name(system: str, component: str) -> str:
+    return f"{system}:component:{component}"
 
 
 def load_component_class(path: str) -> type[Controller]:
@@ -43,9 +46,11 @@ def load_component_class(path: str) -> type[Controller]:
 class ComponentActor:
     """Runs one component in the actor's event loop; restarts come back in STANDBY."""
 
-    def __init__(self, spec: dict[str, Any], heartbeat_interval: float, data_dir: str) -> None:
+    def __init__(
+        self, system: str, spec: dict[str, Any], heartbeat_interval: float, data_dir: str
+    ) -> None:
         self._spec = spec
-        self._bus = ray.get_actor(BUS_NAME, namespace=NAMESPACE)
+        self._bus = ray.get_actor(bus_name(system), namespace=NAMESPACE)
         self._restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self._component: Controller | None = None
         self._failure: Exception | None = None

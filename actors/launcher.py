@@ -11,7 +11,7 @@ import ray
 from ray.actor import ActorHandle
 
 from actors.bus import EventBus
-from actors.component_actor import BUS_NAME, ComponentActor, actor_name
+from actors.component_actor import ComponentActor, actor_name, bus_name
 from actors.runtime import NAMESPACE
 from config.system import SystemConfig
 from state.errors import ConfigurationError
@@ -50,19 +50,23 @@ class System:
 def launch(config: SystemConfig) -> System:
     """Create the bus and the component actors on the connected Ray (see actors.runtime)."""
     bus = RemoteBus.options(
-        name=BUS_NAME, namespace=NAMESPACE, num_cpus=0, max_restarts=-1, get_if_exists=True
+        name=bus_name(config.name),
+        namespace=NAMESPACE,
+        num_cpus=0,
+        max_restarts=-1,
+        get_if_exists=True,
     ).remote()
     system = System(config=config, bus=bus)
     data_dir = str(config.data_dir.resolve())
     for spec in config.components:
         wire: dict[str, Any] = spec.model_dump(by_alias=True)
         system.components[spec.name] = RemoteComponent.options(
-            name=actor_name(spec.name),
+            name=actor_name(config.name, spec.name),
             namespace=NAMESPACE,
             num_cpus=spec.num_cpus,
             max_restarts=spec.max_restarts,
             max_task_retries=0,
             get_if_exists=True,
-        ).remote(wire, config.heartbeat_interval, data_dir)
+        ).remote(config.name, wire, config.heartbeat_interval, data_dir)
         log.info("started component %s (%s)", spec.name, spec.cls)
     return system

@@ -167,7 +167,7 @@ async def _http_input(request: web.Request, name: str, kind: EventKind) -> web.R
         )
     data = await _json_body(request)
     source = "OCS" if kind == "telemetry" else "Camera"
-    event = await request.app[HUB].publish_input(source, name, data, kind)
+    event = request.app[HUB].publish_input(source, name, data, kind)
     return web.json_response({"seq": event.seq, "tai": event.tai})
 
 
@@ -274,7 +274,7 @@ async def _ocs_input(
         topic, known, kind, source = message["name"], CAMERA_EVENTS, "event", "Camera"
     if topic not in known:
         raise _UnknownTopic(f"unknown {op.value} topic {topic!r}; expected one of {sorted(known)}")
-    await app[HUB].publish_input(source, topic, message["data"], kind)
+    app[HUB].publish_input(source, topic, message["data"], kind)
 
 
 async def _command(hub: Hub, channel: Channel, message: dict[str, Any]) -> None:

@@ -100,13 +100,17 @@ class Hub:
         return ack
 
     # ---------------------------------------------------------------- OCS input
-    async def publish_input(self, source: str, topic: str, data: dict[str, Any], kind: EventKind):
+    def publish_input(
+        self, source: str, topic: str, data: dict[str, Any], kind: EventKind
+    ) -> Event:
         """Put OCS telemetry or a camera event on the bus, numbered per (source, topic)."""
         key = (source, topic)
         seq = self._input_seq.get(key, 0) + 1
         self._input_seq[key] = seq
         event = Event(source, topic, seq, tai_now(), data, kind)
-        await self.bus.publish.remote(event.to_wire())
+        # Not awaited: Ray keeps one caller's calls to an actor in order, and waiting for each
+        # round trip would cap OCS input at the round-trip rate.
+        self.bus.publish.remote(event.to_wire())
         return event
 
     # ---------------------------------------------------------------- event pump

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from base.postgres import postgres_dsn
+
+if TYPE_CHECKING:
+    from commands.server import RunningSystem
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +40,51 @@ def ray_session() -> Iterator[None]:
     init_ray(address=None, num_cpus=2)
     yield
     shutdown_ray()
+
+
+TOKENS = {"ocs": "ocs-token", "operator": "operator-token", "scientist": "scientist-token"}
+
+
+@pytest.fixture(scope="session")
+def tokens_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("auth") / "tokens.toml"
+    lines = ["[tokens]", *(f'"{token}" = "{who}"' for who, token in TOKENS.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+async def system_factory(
+    ray_session: None, tokens_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Callable[..., Awaitable[RunningSystem]]]:
+    """Start a system of the given components behind a gateway on a free loopback port.
+
+    Every system has its own name, bus and data folder; all stop at the end of the session.
+    """
+    from commands.server import serve
+    from config.system import GatewayConfig, SystemConfig
+
+    async with contextlib.AsyncExitStack() as stack:
+        counter = itertools.count(1)
+
+        async def make(
+            *components: dict[str, Any], heartbeat_interval: float = 0.5, **gateway: Any
+        ) -> RunningSystem:
+            name = f"test{next(counter)}"
+            config = SystemConfig.model_validate(
+                {
+                    "name": name,
+                    "data_dir": tmp_path_factory.mktemp(name),
+                    "heartbeat_interval": heartbeat_interval,
+                    "gateway": GatewayConfig(tokens_file=tokens_file, port=0, **gateway),
+                    "components": list(components),
+                }
+            )
+            return await stack.enter_async_context(serve(config, port=0))
+
+        yield make
+
+
+def component_spec(name: str, cls: str, **extra: Any) -> dict[str, Any]:
+    """A component entry as in the system TOML; commanded by 'ocs' and 'operator'."""
+    return {"name": name, "class": cls, "authorized": ["ocs", "operator"], **extra}

@@ -1,0 +1,171 @@
+"""The controller base and state machine as plain Python (no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from state.acks import Ack, AckCode
+from state.command import Command
+from state.controller import Controller
+from state.errors import CommandRejected
+from state.events import GENERIC_EVENTS, Event
+from state.states import State, transition_path
+
+
+class Recorder(Controller):
+    """A component with hooks that can be told to fail, and commands of every duration."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.events: list[Event] = []
+        super().__init__("Recorder", sink=self.events.append, authorized={"ocs"}, **kwargs)
+        self.fail_in: str | None = None
+        self.release = asyncio.Event()
+
+    async def end_enable(self) -> None:
+        if self.fail_in == "end_enable":
+            raise RuntimeError("end hook broke")
+
+    async def begin_enable(self) -> None:
+        if self.fail_in == "begin_enable":
+            raise CommandRejected("not ready")
+
+    async def do_wait(self, *, seconds: float = 0.0) -> dict[str, Any]:
+        self.in_progress(seconds, "waiting")
+        await asyncio.wait_for(self.release.wait(), seconds or None)
+        return {"waited": seconds}
+
+    async def do_shout(self) -> None:
+        self.publish("shout", {"loud": True})
+
+
+async def run(component: Controller, name: str, identity: str = "ocs", **params: Any) -> list[Ack]:
+    command = Command("Recorder", name, identity, 1, params, timeout=params.pop("_timeout", None))
+    return [ack async for ack in component.handle(command)]
+
+
+@pytest.fixture
+async def recorder() -> Any:
+    component = Recorder(heartbeat_interval=0.05, queue_size=2)
+    await component.start()
+    yield component
+    await component.close()
+
+
+def codes(acks: list[Ack]) -> list[AckCode]:
+    return [a.code for a in acks]
+
+
+def test_transition_paths() -> None:
+    assert transition_path(State.STANDBY, State.ENABLED) == ["start", "enable"]
+    assert transition_path(State.ENABLED, State.STANDBY) == ["disable", "standby"]
+    assert transition_path(State.FAULT, State.ENABLED) == ["standby", "start", "enable"]
+    assert transition_path(State.DISABLED, State.OFFLINE) == ["standby", "exitControl"]
+    assert transition_path(State.ENABLED, State.ENABLED) == []
+    with pytest.raises(ValueError, match="FAULT is entered only"):
+        transition_path(State.ENABLED, State.FAULT)
+    with pytest.raises(ValueError, match="OFFLINE cannot be commanded"):
+        transition_path(State.OFFLINE, State.STANDBY)
+
+
+async def test_failing_begin_hook_keeps_state(recorder: Recorder) -> None:
+    await run(recorder, "start")
+    recorder.fail_in = "begin_enable"
+    acks = await run(recorder, "enable")
+    assert codes(acks) == [AckCode.CMD_ACK, AckCode.CMD_FAILED]
+    assert acks[-1].result == "not ready"
+    assert recorder.summary_state == State.DISABLED
+
+
+async def test_failing_end_hook_reverts_state(recorder: Recorder) -> None:
+    await run(recorder, "start")
+    recorder.fail_in = "end_enable"
+    acks = await run(recorder, "enable")
+    assert acks[-1].code == AckCode.CMD_FAILED
+    assert "RuntimeError: end hook broke" in acks[-1].result
+    assert recorder.summary_state == State.DISABLED
+    states = [e.data["summaryState"] for e in recorder.events if e.topic == "summaryState"]
+    assert states[-1] == "DISABLED"
+
+
+async def test_in_progress_carries_remaining_time(recorder: Recorder) -> None:
+    task = asyncio.create_task(run(recorder, "wait", seconds=5.0))
+    await asyncio.sleep(0.05)
+    recorder.release.set()
+    acks = await task
+    assert codes(acks) == [AckCode.CMD_ACK, AckCode.CMD_INPROGRESS, AckCode.CMD_COMPLETE]
+    assert acks[1].timeout == 5.0
+    assert acks[-1].data == {"waited": 5.0}
+
+
+async def test_command_timeout(recorder: Recorder) -> None:
+    acks = await run(recorder, "wait", seconds=10.0, _timeout=0.1)
+    assert acks[-1].code == AckCode.CMD_TIMEOUT
+    assert "0.1 s" in acks[-1].result
+
+
+async def test_full_queue_rejects_explicitly(recorder: Recorder) -> None:
+    def stream(seq: int) -> Any:
+        return recorder.handle(Command("Recorder", "wait", "ocs", seq, {"seconds": 5.0}))
+
+    first = stream(1)
+    assert (await anext(first)).code == AckCode.CMD_ACK
+    assert (await anext(first)).code == AckCode.CMD_INPROGRESS  # now running, queue empty
+    waiting = [stream(2), stream(3)]
+    for gen in waiting:
+        assert (await anext(gen)).code == AckCode.CMD_ACK  # queued: the queue holds 2
+    rejected = [ack async for ack in stream(4)]
+    assert codes(rejected) == [AckCode.CMD_REJECTED]
+    assert "queue is full" in rejected[0].result
+    recorder.release.set()
+    assert [ack.code async for ack in first] == [AckCode.CMD_COMPLETE]
+    for gen in waiting:
+        assert [ack.code async for ack in gen][-1] == AckCode.CMD_COMPLETE
+
+
+async def test_queued_commands_are_aborted_on_close() -> None:
+    component = Recorder(queue_size=4)
+    await component.start()
+    tasks = [asyncio.create_task(run(component, "wait", seconds=30.0)) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    await component.close()
+    results = [await t for t in tasks]
+    assert all(r[-1].code == AckCode.CMD_ABORTED for r in results)
+
+
+async def test_noperm_before_anything_runs(recorder: Recorder) -> None:
+    acks = await run(recorder, "start", identity="mallory")
+    assert codes(acks) == [AckCode.CMD_NOPERM]
+    assert recorder.summary_state == State.STANDBY
+
+
+async def test_safe_state_gates_component_events(recorder: Recorder) -> None:
+    await run(recorder, "shout")
+    assert not [e for e in recorder.events if e.topic == "shout"]
+    await run(recorder, "start")
+    await run(recorder, "enable")
+    await run(recorder, "shout")
+    assert [e.topic for e in recorder.events if e.topic == "shout"] == ["shout"]
+    await recorder.fault(7, "broken")
+    await run(recorder, "shout")
+    assert len([e for e in recorder.events if e.topic == "shout"]) == 1
+    assert {e.topic for e in recorder.events} - {"shout"} <= GENERIC_EVENTS
+
+
+async def test_fault_publishes_error_code_and_only_standby_leaves(recorder: Recorder) -> None:
+    await run(recorder, "start")
+    await recorder.fault(42, "detector on fire")
+    error = [e for e in recorder.events if e.topic == "errorCode"][-1]
+    assert error.data == {"errorCode": 42, "errorReport": "detector on fire", "traceback": ""}
+    assert (await run(recorder, "enable"))[-1].code == AckCode.CMD_FAILED
+    assert (await run(recorder, "standby"))[-1].code == AckCode.CMD_COMPLETE
+    assert recorder.snapshot()["errorCode"] == 0
+
+
+async def test_heartbeat_sequence_is_contiguous(recorder: Recorder) -> None:
+    await asyncio.sleep(0.3)
+    seqs = [e.seq for e in recorder.events if e.topic == "heartbeat"]
+    assert len(seqs) >= 4
+    assert seqs == list(range(1, len(seqs) + 1))
