@@ -16,6 +16,7 @@ from rich.table import Table
 
 from commands.client import Client
 from commands.logs import configure_logging
+from commands.simulate_cli import simulate
 from state.acks import Ack
 from state.errors import AckError, DmcsError
 
@@ -223,12 +224,4 @@ def events(
     _run(tail())
 
 
-def _register_optional_groups() -> None:
-    try:
-        from commands.simulate_cli import simulate
-    except ImportError:
-        return
-    main.add_command(simulate)
-
-
-_register_optional_groups()
+main.add_command(simulate)

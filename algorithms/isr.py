@@ -1,0 +1,204 @@
+"""Instrument signature removal: raw amplifier arrays → calibrated image, variance and mask."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from algorithms import mask as mk
+from algorithms.geometry import AmpGeometry, CcdGeometry
+
+
+@dataclass(frozen=True)
+class Calibrations:
+    """Master calibrations on the assembled CCD grid; any may be absent.
+
+    ``bias`` is in electrons, ``dark`` in electrons per second, ``flat`` is normalised to
+    about 1, ``defects`` is True on bad pixels, ``crosstalk[victim, source]`` is the fraction
+    of the source amplifier's signal (in readout order) that appears on the victim.
+    """
+
+    bias: np.ndarray | None = None
+    dark: np.ndarray | None = None
+    flat: np.ndarray | None = None
+    defects: np.ndarray | None = None
+    crosstalk: np.ndarray | None = None
+
+
+@dataclass
+class IsrResult:
+    image: np.ndarray
+    variance: np.ndarray
+    mask: np.ndarray
+    overscan_levels: dict[str, float]
+    flags: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class IsrConfig:
+    bleed_fraction: float = 0.8
+    sat_grow: int = 1
+    edge_width: int = 4
+    overscan_skip: int = 2
+
+
+def overscan_profile(raw: np.ndarray, amp: AmpGeometry, skip: int = 2) -> np.ndarray:
+    """Row-wise robust serial overscan level: per-row median over the BIASSEC columns.
+
+    The first ``skip`` overscan columns are dropped because charge-transfer inefficiency
+    trails signal into them.
+    """
+    ys, xs = amp.serial_overscan.slices
+    cols = raw[ys, xs]
+    if cols.shape[1] > skip + 2:
+        cols = cols[:, skip:]
+    if not np.all(np.isfinite(cols)):
+        return np.nanmedian(cols, axis=1)
+    return np.median(cols, axis=1)
+
+
+def overscan_correct(raw: np.ndarray, amp: AmpGeometry, skip: int = 2) -> np.ndarray:
+    """Subtract the serial (row-wise) and then parallel (column-wise) overscan; returns DATASEC."""
+    if raw.ndim != 2:
+        raise ValueError(f"amp {amp.name}: raw must be 2-D, got shape {raw.shape}")
+    need_y = max(amp.data.y1, amp.serial_overscan.y1)
+    need_x = max(amp.data.x1, amp.serial_overscan.x1)
+    if raw.shape[0] < need_y or raw.shape[1] < need_x:
+        raise ValueError(f"amp {amp.name}: raw shape {raw.shape} too small for its sections")
+    prof = overscan_profile(raw, amp, skip)
+    data = raw[amp.data.slices].astype(np.float32) - prof[:, None].astype(np.float32)
+    par = amp.parallel_overscan
+    if par is not None and par.ny > 0:
+        x0, x1 = max(par.x0, amp.data.x0), min(par.x1, amp.data.x1)
+        if x1 - x0 == amp.data.nx:
+            block = raw[par.y0 : par.y1, x0:x1].astype(np.float32)
+            block -= np.median(raw[par.y0 : par.y1, amp.serial_overscan.x0 + skip :], axis=1)[
+                :, None
+            ]
+            data -= np.median(block, axis=0)[None, :]
+    return data
+
+
+def _to_detector(data: np.ndarray, amp: AmpGeometry) -> np.ndarray:
+    if amp.detector.flip_x:
+        data = data[:, ::-1]
+    if amp.detector.flip_y:
+        data = data[::-1, :]
+    return data
+
+
+def saturation_mask(raw_data: np.ndarray, saturation: float, bleed_fraction: float) -> np.ndarray:
+    """Saturated pixels plus bleed trails: column-connected pixels above bleed_fraction × sat."""
+    sat = raw_data >= saturation
+    if not sat.any():
+        return sat
+    candidates = raw_data >= bleed_fraction * saturation
+    column = np.array([[0, 1, 0], [0, 1, 0], [0, 1, 0]], dtype=bool)
+    return ndimage.binary_propagation(sat, structure=column, mask=candidates | sat)
+
+
+def crosstalk_correct(amps: list[np.ndarray | None], coeffs: np.ndarray) -> None:
+    """In-place ``victim -= Σ c[victim, source] · source`` on readout-ordered amp arrays."""
+    n = len(amps)
+    if coeffs.shape != (n, n):
+        raise ValueError(f"crosstalk matrix shape {coeffs.shape} != ({n}, {n})")
+    present = [i for i, a in enumerate(amps) if a is not None]
+    shapes = {amps[i].shape for i in present}  # type: ignore[union-attr]
+    if len(shapes) != 1:
+        raise ValueError("crosstalk correction needs equally sized amplifiers")
+    shape = shapes.pop()
+    stack = np.stack([amps[i] for i in present]).reshape(len(present), -1)  # type: ignore[misc]
+    c = coeffs[np.ix_(present, present)].astype(np.float32).copy()
+    np.fill_diagonal(c, 0.0)
+    corr = (c @ stack).reshape(len(present), *shape)
+    for k, i in enumerate(present):
+        amps[i] -= corr[k]  # type: ignore[operator]
+
+
+def _check_calib(name: str, arr: np.ndarray | None, shape: tuple[int, int]) -> None:
+    if arr is not None and arr.shape != shape:
+        raise ValueError(f"{name} shape {arr.shape} != CCD shape {shape}")
+
+
+def run_isr(
+    raw_amps: Sequence[np.ndarray | None],
+    geometry: CcdGeometry,
+    calibs: Calibrations,
+    exptime: float,
+    config: IsrConfig | None = None,
+) -> IsrResult:
+    """Overscan, assembly, gain, crosstalk, bias, dark, flat, saturation/defect masks, variance.
+
+    ``raw_amps`` follows ``geometry.amps``; a missing amplifier is ``None`` and its pixels are
+    marked NO_DATA. Output image and variance are in electrons (flat-fielded).
+    """
+    cfg = config or IsrConfig()
+    if len(raw_amps) != len(geometry.amps):
+        raise ValueError(f"{len(raw_amps)} raw arrays for {len(geometry.amps)} amplifiers")
+    shape = (geometry.ny, geometry.nx)
+    for name in ("bias", "dark", "flat", "defects"):
+        _check_calib(name, getattr(calibs, name), shape)
+    flags: list[str] = []
+    msk = mk.new_mask(shape)
+    amp_data: list[np.ndarray | None] = []
+    sat_masks: list[np.ndarray | None] = []
+    levels: dict[str, float] = {}
+    for raw, amp in zip(raw_amps, geometry.amps, strict=True):
+        if raw is None:
+            flags.append(f"missing_amplifier:{amp.name}")
+            amp_data.append(None)
+            sat_masks.append(None)
+            msk[amp.detector.slices] |= mk.NO_DATA
+            continue
+        raw_data = raw[amp.data.slices]
+        sat_masks.append(saturation_mask(raw_data, amp.saturation, cfg.bleed_fraction))
+        data = overscan_correct(raw, amp, cfg.overscan_skip)
+        levels[amp.name] = float(np.nanmedian(overscan_profile(raw, amp, cfg.overscan_skip)))
+        data *= np.float32(amp.gain)
+        amp_data.append(data)
+    if all(a is None for a in amp_data):
+        raise ValueError("no amplifier data at all")
+    if calibs.crosstalk is not None:
+        crosstalk_correct(amp_data, np.asarray(calibs.crosstalk))
+    image = np.zeros(shape, dtype=np.float32)
+    rn2 = np.zeros(shape, dtype=np.float32)
+    for data, sat, amp in zip(amp_data, sat_masks, geometry.amps, strict=True):
+        if data is None or sat is None:
+            continue
+        sl = amp.detector.slices
+        image[sl] = _to_detector(data, amp)
+        rn2[sl] = np.float32(amp.read_noise**2)
+        msk[sl] |= np.where(_to_detector(sat, amp), mk.SAT, 0).astype(mk.MASK_DTYPE)
+    nan = ~np.isfinite(image)
+    if nan.any():
+        flags.append(f"nan_pixels:{int(nan.sum())}")
+        msk[nan] |= mk.NO_DATA
+        image[nan] = 0.0
+    if calibs.bias is not None:
+        image -= calibs.bias.astype(np.float32)
+    if calibs.dark is not None:
+        image -= calibs.dark.astype(np.float32) * np.float32(exptime)
+    variance = np.maximum(image, 0.0) + rn2
+    if calibs.flat is not None:
+        flat = calibs.flat.astype(np.float32)
+        good = np.isfinite(flat) & (flat > 0.05)
+        msk[~good] |= mk.BAD
+        safe = np.where(good, flat, 1.0).astype(np.float32)
+        image /= safe
+        variance /= safe * safe
+    if calibs.defects is not None:
+        msk[calibs.defects.astype(bool)] |= mk.BAD
+    if cfg.sat_grow > 0 and (msk & mk.SAT).any():
+        grown = ndimage.binary_dilation(msk & mk.SAT != 0, iterations=cfg.sat_grow)
+        msk[grown] |= mk.SAT
+    if cfg.edge_width > 0:
+        e = cfg.edge_width
+        for sl in (np.s_[:e, :], np.s_[-e:, :], np.s_[:, :e], np.s_[:, -e:]):
+            msk[sl] |= mk.EDGE
+    nodata = (msk & mk.NO_DATA) != 0
+    image[nodata] = 0.0
+    variance[nodata] = np.inf
+    return IsrResult(image=image, variance=variance, mask=msk, overscan_levels=levels, flags=flags)

@@ -1,0 +1,333 @@
+"""The per-CCD chain: raw amplifiers → calibrated exposure → difference image → DIASources."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from algorithms import mask as mk
+from algorithms.astrometry import AstrometryResult, fit_astrometry
+from algorithms.background import BackgroundModel, fit_background
+from algorithms.cosmicray import find_cosmic_rays
+from algorithms.cutouts import Cutout, Plane, make_cutouts
+from algorithms.detection import detect_sources
+from algorithms.diasource import DIASOURCE_DTYPE, DiaImages, measure_diasources
+from algorithms.geometry import CcdGeometry
+from algorithms.interp import interpolate_masked
+from algorithms.isr import Calibrations, IsrConfig, run_isr
+from algorithms.measure import psf_fit
+from algorithms.photocal import PhotoCalib, fit_zeropoint
+from algorithms.psf import KernelPsf, Psf, fit_psf, select_psf_stars
+from algorithms.warp import warp_image
+from algorithms.wcs import TanSipWcs
+from algorithms.zogy import ZogyResult, scale_variance, zogy_subtract
+
+
+@dataclass(frozen=True)
+class ExposureInfo:
+    visit: int
+    detector: int
+    exptime: float
+    initial_wcs: TanSipWcs
+    band: str = "r"
+    nominal_calibration: float | None = None
+
+
+@dataclass(frozen=True)
+class ReferenceCatalog:
+    ra: np.ndarray
+    dec: np.ndarray
+    flux: np.ndarray
+
+
+@dataclass(frozen=True)
+class Template:
+    """A background-subtracted coadd in ``calibration`` nJy per unit, with its PSF kernel."""
+
+    image: np.ndarray
+    variance: np.ndarray
+    wcs: TanSipWcs
+    psf: np.ndarray
+    calibration: float = 1.0
+    mask: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    detection_threshold: float = 5.0
+    dia_threshold: float = 5.0
+    background_cell: int = 256
+    initial_psf_sigma: float = 2.0
+    psf_star_snr: float = 25.0
+    astrometry_stars: int = 400
+    astrometry_min_snr: float = 25.0
+    min_reference_stars: int = 5
+    max_bad_fraction: float = 0.5
+    min_template_coverage: float = 0.5
+    aperture_radius: float = 12.0
+    fft_workers: int = 1
+    make_cutouts: bool = True
+    isr: IsrConfig = field(default_factory=IsrConfig)
+
+
+@dataclass
+class CcdResult:
+    """Every product of ``run_ccd``; ``ok`` is False when a stage could not run (see flags)."""
+
+    ok: bool
+    flags: list[str]
+    timings: dict[str, float]
+    image: np.ndarray | None = None
+    variance: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    background: BackgroundModel | None = None
+    psf: Psf | None = None
+    wcs: TanSipWcs | None = None
+    astrometry: AstrometryResult | None = None
+    photocalib: PhotoCalib | None = None
+    sources: np.ndarray | None = None
+    template: Plane | None = None
+    difference: ZogyResult | None = None
+    diasources: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=DIASOURCE_DTYPE))
+    cutouts: list[dict[str, Cutout]] = field(default_factory=list)
+    summary: dict[str, float | int | str] = field(default_factory=dict)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+
+def _image_sanity(image: np.ndarray, mask: np.ndarray, cfg: PipelineConfig) -> str | None:
+    nodata = (mask & mk.NO_DATA) != 0
+    if nodata.mean() > cfg.max_bad_fraction:
+        return f"too_much_missing_data:{nodata.mean():.2f}"
+    valid = image[~nodata]
+    if (valid.size and np.mean(valid == 0.0) > 0.9) or float(np.std(valid[::97])) == 0.0:
+        return "all_zero_or_constant_image"
+    sat = ((mask & mk.SAT) != 0) & ~nodata
+    if sat.mean() > cfg.max_bad_fraction:
+        return f"saturated_image:{sat.mean():.2f}"
+    return None
+
+
+STAR_DTYPE = np.dtype(
+    [("x", "f8"), ("y", "f8"), ("xErr", "f4"), ("yErr", "f4"), ("flux", "f8"), ("fluxErr", "f8"),
+     ("chi2", "f4"), ("ndata", "i4"), ("ok", "?")]
+)  # fmt: skip
+
+
+def _measure_stars(
+    img: np.ndarray, var: np.ndarray, msk: np.ndarray, psf: Psf, peaks: np.ndarray
+) -> np.ndarray:
+    out = np.zeros(len(peaks), dtype=STAR_DTYPE)
+    for k, p in enumerate(peaks):
+        f = psf_fit(img, var, msk, psf, float(p["x"]), float(p["y"]), n_iter=3)
+        out[k] = (f.x, f.y, f.x_err, f.y_err, f.flux, f.flux_err, f.chi2, f.ndata, f.ok)
+    return out
+
+
+def _astrometry(
+    stars: np.ndarray,
+    refcat: ReferenceCatalog,
+    wcs: TanSipWcs,
+    shape: tuple[int, int],
+    cfg: PipelineConfig,
+) -> tuple[AstrometryResult, np.ndarray]:
+    """Fit with high-S/N stars (centroid noise ≪ 50 mas); fall back to all if too few match."""
+    snr = stars["flux"] / stars["fluxErr"]
+    args = (refcat.ra, refcat.dec, refcat.flux, wcs, shape)
+    bright = stars[snr >= cfg.astrometry_min_snr]
+    if len(bright) >= 3 * cfg.min_reference_stars:
+        try:
+            res = fit_astrometry(bright["x"], bright["y"], bright["flux"], *args,
+                                 min_matches=cfg.min_reference_stars)  # fmt: skip
+            if res.n_matched >= 2 * cfg.min_reference_stars:
+                return res, bright
+        except ValueError:
+            pass
+    res = fit_astrometry(
+        stars["x"], stars["y"], stars["flux"], *args, min_matches=cfg.min_reference_stars
+    )
+    return res, stars
+
+
+def run_ccd(
+    raw_amps: Sequence[np.ndarray | None],
+    geometry: CcdGeometry,
+    calibs: Calibrations,
+    exposure: ExposureInfo,
+    refcat: ReferenceCatalog,
+    template: Template | None,
+    config: PipelineConfig | None = None,
+) -> CcdResult:
+    """Process one CCD. Never raises on bad data: problems end up in ``flags``."""
+    cfg = config or PipelineConfig()
+    t = _Timer()
+    res = CcdResult(ok=False, flags=[], timings=t.timings)
+    t0 = time.perf_counter()
+    try:
+        _run(raw_amps, geometry, calibs, exposure, refcat, template, cfg, t, res)
+    except ValueError as e:
+        res.flags.append(f"failed:{e}")
+        res.ok = False
+    t.timings["total"] = time.perf_counter() - t0
+    res.summary.update(n_diasources=len(res.diasources), flags=";".join(res.flags))
+    return res
+
+
+def _run(
+    raw_amps: Sequence[np.ndarray | None], geometry: CcdGeometry, calibs: Calibrations,
+    exposure: ExposureInfo, refcat: ReferenceCatalog, template: Template | None,
+    cfg: PipelineConfig, t: _Timer, res: CcdResult,
+) -> None:  # fmt: skip
+    present = [(a, g) for a, g in zip(raw_amps, geometry.amps, strict=False) if a is not None]
+    if present and all(np.nanmax(a) == np.nanmin(a) for a, _ in present):
+        sat = all(np.nanmax(a) >= g.saturation for a, g in present)
+        res.flags.append("saturated_image:1.00" if sat else "all_zero_or_constant_image")
+        return
+    with t.stage("isr"):
+        isr = run_isr(raw_amps, geometry, calibs, exposure.exptime, cfg.isr)
+    res.flags += isr.flags
+    img, var, msk = isr.image, isr.variance, isr.mask
+    res.image, res.variance, res.mask = img, var, msk
+    reason = _image_sanity(img, msk, cfg)
+    if reason:
+        res.flags.append(reason)
+        return
+    with t.stage("background"):
+        bkg = fit_background(img, msk, cfg.background_cell)
+        sub = img - bkg.evaluate()
+    with t.stage("detection"):
+        det = detect_sources(sub, var, msk, cfg.initial_psf_sigma, cfg.detection_threshold)
+    with t.stage("cosmic_rays"):
+        pk = det.peaks
+        _, locus = select_psf_stars(
+            sub, msk, pk["x"], pk["y"], pk["significance"], 25, cfg.psf_star_snr, 60
+        )
+        sigma0 = locus if np.isfinite(locus) else cfg.initial_psf_sigma
+        ncr = find_cosmic_rays(sub, var, 0.0, msk, sigma0)
+        interpolate_masked(sub, msk, mk.CR | mk.BAD)
+        res.summary["n_cosmic_rays"] = ncr
+    with t.stage("background"):
+        bkg = fit_background(img, msk, cfg.background_cell)
+        model = bkg.evaluate()
+        img -= model
+        interpolate_masked(img, msk, mk.CR | mk.BAD)
+        del sub
+        res.background = bkg
+        res.summary["background_median"] = float(np.median(bkg.values))
+    with t.stage("psf"):
+        try:
+            pfit = fit_psf(
+                img, var, msk, pk["x"], pk["y"], pk["significance"], min_stars=5,
+                min_snr=cfg.psf_star_snr, labels=det.labels,
+            )  # fmt: skip
+        except ValueError as e:
+            res.flags.append(f"psf_failed:{e}")
+            return
+        psf = pfit.psf
+        res.psf = psf
+        res.summary.update(psf_fwhm_pix=pfit.fwhm, psf_nstars=int(pfit.used.sum()))
+    with t.stage("measure_stars"):
+        usable = (msk[pk["y"], pk["x"]] & (mk.SAT | mk.NO_DATA | mk.CR)) == 0
+        bright = pk[usable & (pk["significance"] >= 10.0)]
+        bright = bright[np.argsort(-bright["significance"])][: cfg.astrometry_stars]
+        stars = _measure_stars(img, var, msk, psf, bright)
+        stars = stars[stars["ok"] & (stars["flux"] > 10.0 * stars["fluxErr"])]
+        res.sources = stars
+    wcs = exposure.initial_wcs
+    with t.stage("astrometry"):
+        try:
+            ast, astars = _astrometry(stars, refcat, wcs, img.shape, cfg)
+            wcs = ast.wcs
+            res.astrometry = ast
+            res.summary.update(astrom_rms_mas=ast.rms_mas, astrom_n_matched=ast.n_matched)
+        except ValueError as e:
+            res.flags.append(f"astrometry_failed:{e}")
+            ast = None
+    res.wcs = wcs
+    with t.stage("photocal"):
+        calib = exposure.nominal_calibration
+        if ast is not None:
+            try:
+                pc = fit_zeropoint(
+                    astars["flux"][ast.matches[:, 0]], astars["fluxErr"][ast.matches[:, 0]],
+                    refcat.flux[ast.matches[:, 1]],
+                )  # fmt: skip
+                res.photocalib, calib = pc, pc.calibration
+                res.summary["zeropoint"] = pc.zeropoint
+            except ValueError as e:
+                res.flags.append(f"photocal_failed:{e}")
+        if calib is None:
+            res.flags.append("no_photometric_calibration")
+            return
+    if template is None:
+        res.flags.append("no_template")
+        return
+    with t.stage("warp"):
+        tmask = (
+            template.mask
+            if template.mask is not None
+            else np.zeros(template.image.shape, mk.MASK_DTYPE)
+        )
+        wr = warp_image(template.image, template.variance, tmask, template.wcs, wcs, img.shape)
+        res.summary["template_coverage"] = wr.coverage
+        if wr.coverage < cfg.min_template_coverage:
+            res.flags.append(f"template_insufficient_coverage:{wr.coverage:.2f}")
+            return
+        if wr.coverage < 0.999:
+            res.flags.append(f"template_partial_coverage:{wr.coverage:.3f}")
+        scale = np.float32(template.calibration / calib)
+        timg = wr.image * scale
+        tvar = wr.variance * scale**2
+        res.template = Plane(timg, tvar, wr.mask)
+    with t.stage("subtraction"):
+        spsf = psf.kernel_at(img.shape[1] / 2, img.shape[0] / 2)
+        zr = zogy_subtract(img, var, msk, timg, tvar, wr.mask, spsf, template.psf, cfg.fft_workers)
+        res.difference = zr
+    with t.stage("diff_background"):
+        dbkg = fit_background(zr.image, zr.mask, cfg.background_cell)
+        zr.image -= dbkg.evaluate()
+        res.summary["diff_background_rms"] = float(np.std(dbkg.values))
+        ratio = scale_variance(zr.image, zr.variance, zr.mask)
+        res.summary["diff_variance_scale"] = ratio
+    with t.stage("dia_detection"):
+        dpsf = KernelPsf(zr.psf)
+        dsig = dpsf.sigma_at(0, 0)
+        ddet = detect_sources(
+            zr.image, zr.variance, zr.mask, dsig, cfg.dia_threshold, negative=True,
+            exclude_bits=mk.NO_DATA | mk.SAT | mk.BAD,
+        )  # fmt: skip
+    with t.stage("dia_measurement"):
+        imgs = DiaImages(
+            diff=zr.image, diff_var=zr.variance, diff_mask=zr.mask, diff_psf=dpsf,
+            science=img, science_var=var, science_psf=psf, template=timg, template_var=tvar,
+            template_psf=KernelPsf(template.psf), template_background=None, wcs=wcs,
+            calibration=calib,
+        )  # fmt: skip
+        res.diasources = measure_diasources(
+            ddet, imgs, exposure.visit, exposure.detector, cfg.aperture_radius
+        )
+    if cfg.make_cutouts:
+        with t.stage("cutouts"):
+            planes = {
+                "science": Plane(img, var, msk),
+                "template": res.template,
+                "difference": Plane(zr.image, zr.variance, zr.mask),
+            }
+            psfs = {"science": spsf, "template": template.psf, "difference": zr.psf}
+            res.cutouts = make_cutouts(res.diasources, planes, wcs, pfit.fwhm, psfs)
+    res.ok = True

@@ -1,0 +1,145 @@
+"""Alert fan-out to subscribers: the filter + queue core of the alert stream, network-free.
+
+The gateway owns the sockets; this class owns who gets what. A visit is published once as its
+serialized packets plus a columnar filter table; every filtered subscriber's filter runs over
+the whole visit as one vectorised mask, and the first ``per_visit_limit`` (20, DMS-REQ-0343)
+passing alerts are offered to its queue. Full-stream subscribers (authorised brokers) get
+everything. Queues are bounded; ``put_nowait`` never waits: an alert that does not fit is
+dropped and counted, and a subscriber whose drops pass ``max_drops`` is marked ``lagging``
+so the gateway can disconnect it. Each delivered message carries a per-subscriber sequence
+number, so a reader sees its gaps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from state.errors import InvalidInputError
+
+from .filters import AlertFilter
+
+
+@dataclass(frozen=True)
+class StreamMessage:
+    seq: int  # per-subscriber, consecutive over offered messages (dropped ones leave gaps)
+    visit: int
+    dia_source_id: int
+    packet: bytes  # Confluent-framed Avro
+
+
+@dataclass
+class Subscription:
+    name: str
+    filter: AlertFilter | None  # None = full stream
+    queue: asyncio.Queue[StreamMessage]
+    per_visit_limit: int | None
+    max_drops: int
+    delivered: int = 0
+    dropped: int = 0
+    seq: int = 0
+    lagging: bool = False
+    last_visit_matches: int = 0
+    filter_seconds: float = 0.0
+
+    def offer(self, msg_visit: int, ids: Sequence[int], packets: Sequence[bytes]) -> None:
+        for sid, packet in zip(ids, packets, strict=True):
+            self.seq += 1
+            try:
+                self.queue.put_nowait(StreamMessage(self.seq, msg_visit, sid, packet))
+                self.delivered += 1
+            except asyncio.QueueFull:
+                self.dropped += 1
+        if self.dropped > self.max_drops:
+            self.lagging = True
+
+
+@dataclass(frozen=True)
+class PublishStats:
+    visit: int
+    n_alerts: int
+    seconds: float
+    delivered: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+class AlertFanout:
+    """Filter and distribute each visit's alerts to bounded subscriber queues."""
+
+    def __init__(
+        self,
+        queue_size: int = 1000,
+        per_visit_limit: int = 20,
+        max_drops: int = 1000,
+        full_stream_queue_size: int = 200_000,
+    ) -> None:
+        if queue_size < 1 or per_visit_limit < 1:
+            raise InvalidInputError("queue_size and per_visit_limit must be positive")
+        self.queue_size = queue_size
+        self.per_visit_limit = per_visit_limit
+        self.max_drops = max_drops
+        self.full_stream_queue_size = full_stream_queue_size
+        self._subs: dict[str, Subscription] = {}
+
+    def subscribe(
+        self, name: str, alert_filter: AlertFilter | None = None, full_stream: bool = False
+    ) -> Subscription:
+        """Add a subscriber: a filtered one (``alert_filter``) or the full stream."""
+        if name in self._subs:
+            raise InvalidInputError(f"subscriber {name!r} already exists")
+        if (alert_filter is None) != full_stream:
+            raise InvalidInputError("give a filter, or full_stream=True, not both or neither")
+        sub = Subscription(
+            name=name,
+            filter=alert_filter,
+            queue=asyncio.Queue(
+                maxsize=self.full_stream_queue_size if full_stream else self.queue_size
+            ),
+            per_visit_limit=None if full_stream else self.per_visit_limit,
+            max_drops=self.max_drops,
+        )
+        self._subs[name] = sub
+        return sub
+
+    def unsubscribe(self, name: str) -> None:
+        self._subs.pop(name, None)
+
+    @property
+    def subscribers(self) -> dict[str, Subscription]:
+        return dict(self._subs)
+
+    def publish_visit(
+        self,
+        visit: int,
+        dia_source_ids: np.ndarray,
+        packets: Sequence[bytes],
+        table: Mapping[str, np.ndarray],
+    ) -> PublishStats:
+        """Offer one visit's alerts; returns at once (never waits for a subscriber)."""
+        n = len(packets)
+        if len(dia_source_ids) != n:
+            raise InvalidInputError(f"{len(dia_source_ids)} ids for {n} packets")
+        ids = np.asarray(dia_source_ids, dtype=np.int64).tolist()
+        t0 = time.perf_counter()
+        for sub in list(self._subs.values()):
+            if sub.lagging:
+                continue
+            if sub.filter is None:
+                sub.offer(visit, ids, packets)
+                continue
+            t = time.perf_counter()
+            hits = np.flatnonzero(sub.filter.mask(table, n))[: sub.per_visit_limit]
+            sub.filter_seconds += time.perf_counter() - t
+            sub.last_visit_matches = len(hits)
+            sub.offer(visit, [ids[i] for i in hits], [packets[i] for i in hits])
+        return PublishStats(
+            visit,
+            n,
+            time.perf_counter() - t0,
+            {s.name: s.delivered for s in self._subs.values()},
+            {s.name: s.dropped for s in self._subs.values()},
+        )

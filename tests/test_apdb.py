@@ -1,0 +1,171 @@
+"""APDB on a real PostgreSQL: schema from apdb.yaml, migrations, idempotent store, preload."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import numpy as np
+import pytest
+import pytest_asyncio
+
+from base.apdb import Apdb, DatabaseUnavailableError, IdPacker, Region, pixel_ids
+from base.apdb import schema as sch
+from base.apdb.simulate import dia_objects_from_sources, dia_sources, random_sky
+from state.errors import RetriableError, StorageError
+
+SCHEMA = "apdb_test_apdb"
+MJD = 60800.2
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def apdb(pg_dsn: str) -> AsyncIterator[Apdb]:
+    conn = await asyncpg.connect(pg_dsn)
+    await conn.execute(f'DROP SCHEMA IF EXISTS "{SCHEMA}" CASCADE')
+    await conn.close()
+    db = await Apdb.connect(pg_dsn, schema=SCHEMA)
+    yield db
+    await db.close()
+
+
+def test_tables_follow_apdb_yaml() -> None:
+    tables = sch.tables()
+    src = tables["DiaSource"]
+    assert src.primary_key == ("diaSourceId",)
+    assert src.column("psfFlux").pg_type == "real"
+    assert src.column("midpointMjdTai").pg_type == "double precision"
+    assert not src.column("midpointMjdTai").nullable
+    assert tables["DiaForcedSource"].primary_key == ("diaObjectId", "visit", "detector")
+    # DiaObjectLast carries every DiaObject column so the preload reads one table.
+    assert tables["DiaObjectLast"].names == tables["DiaObject"].names
+    assert len(src.columns) > 100
+
+
+async def test_columns_in_database_match_yaml(apdb: Apdb, pg_dsn: str) -> None:
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT column_name, data_type, is_nullable FROM information_schema.columns"
+            " WHERE table_schema = $1 AND table_name = 'DiaSource'",
+            SCHEMA,
+        )
+    finally:
+        await conn.close()
+    db_cols = {r["column_name"]: (r["data_type"], r["is_nullable"]) for r in rows}
+    for c in sch.tables()["DiaSource"].columns:
+        assert db_cols[c.name][0] == c.pg_type
+        assert (db_cols[c.name][1] == "YES") == c.nullable
+    assert await apdb.schema_version() == 1
+
+
+async def test_migrations_rerun_is_noop(apdb: Apdb, pg_dsn: str) -> None:
+    again = await Apdb.connect(pg_dsn, schema=SCHEMA)
+    try:
+        assert await again.schema_version() == 1
+    finally:
+        await again.close()
+
+
+def test_ids_unique_across_releases_and_kinds() -> None:
+    a = IdPacker(release=0).dia_source_ids(1234, 17, 1000)
+    b = IdPacker(release=1).dia_source_ids(1234, 17, 1000)
+    c = IdPacker(release=0).forced_source_ids(1234, 17, 1000)
+    d = IdPacker(release=0).dia_source_ids(1234, 18, 1000)
+    allv = np.concatenate([a, b, c, d])
+    assert len(np.unique(allv)) == 4000 and allv.min() > 0
+    u = IdPacker.unpack(int(b[5]))
+    assert (u.release, u.kind, u.visit, u.detector, u.index) == (1, 0, 1234, 17, 5)
+
+
+def _visit(rng: np.random.Generator, visit: int, detector: int, n: int) -> tuple[dict, dict]:
+    ra, dec = random_sky(rng, n, 150.0, 2.0, 0.1)
+    src = dia_sources(rng, ra, dec, visit, detector, MJD + visit * 1e-3)
+    src["diaObjectId"] = src["diaSourceId"].copy()
+    obj = dia_objects_from_sources(src, MJD + visit * 1e-3)
+    return src, obj
+
+
+async def test_store_is_idempotent(apdb: Apdb) -> None:
+    rng = np.random.default_rng(1)
+    src, obj = _visit(rng, 11, 3, 500)
+    first = await apdb.store(11, 3, src, obj)
+    assert first.stored and first.counts["DiaSource"] == 500
+    n_src, n_obj = await apdb.count("DiaSource"), await apdb.count("DiaObject")
+    again = await apdb.store(11, 3, src, obj)
+    assert not again.stored
+    assert await apdb.count("DiaSource") == n_src
+    assert await apdb.count("DiaObject") == n_obj
+    assert await apdb.is_stored(11, 3)
+    # Two concurrent retries of the same CCD: exactly one stores.
+    src2, obj2 = _visit(rng, 12, 3, 200)
+    results = await asyncio.gather(apdb.store(12, 3, src2, obj2), apdb.store(12, 3, src2, obj2))
+    assert sorted(r.stored for r in results) == [False, True]
+    assert await apdb.count("DiaSource") == n_src + 200
+
+
+async def test_failed_store_leaves_nothing(apdb: Apdb) -> None:
+    rng = np.random.default_rng(2)
+    src, obj = _visit(rng, 21, 4, 50)
+    src["diaSourceId"][1] = src["diaSourceId"][0]  # primary-key violation mid-COPY
+    before = await apdb.count("DiaObject")
+    with pytest.raises(StorageError, match="UniqueViolation"):
+        await apdb.store(21, 4, src, obj)
+    assert await apdb.count("DiaObject") == before
+    assert not await apdb.is_stored(21, 4)
+
+
+async def test_preload_returns_region_contents(apdb: Apdb) -> None:
+    rng = np.random.default_rng(3)
+    ra, dec = random_sky(rng, 3000, 200.0, -30.0, 0.5)
+    src = dia_sources(rng, ra, dec, 31, 5, MJD)
+    src["diaObjectId"] = src["diaSourceId"].copy()
+    obj = dia_objects_from_sources(src, MJD)
+    assert (await apdb.store(31, 5, src, obj)).stored
+    region = Region.box(200.0, -30.0, 0.2, pad_arcsec=10.0)
+    pre = await apdb.preload(region, MJD + 1.0)
+    expect = region.contains(ra, dec)
+    assert expect.sum() > 100
+    assert set(pre.objects["diaObjectId"].tolist()) == set(src["diaSourceId"][expect].tolist())
+    assert np.all(np.diff(pre.objects["pixelId"]) >= 0)
+    assert set(pre.sources["diaSourceId"].tolist()) == set(src["diaSourceId"][expect].tolist())
+    # Values round-trip (float32 columns within float32 precision; NULL -> NaN).
+    k = np.argsort(pre.sources["diaSourceId"])
+    sel = np.flatnonzero(expect)
+    np.testing.assert_allclose(pre.sources["psfFlux"][k], src["psfFlux"][sel], rtol=1e-6)
+    np.testing.assert_array_equal(pre.sources["ra"][k], src["ra"][sel])
+    assert np.isnan(pre.sources["trailFlux"]).all()
+    np.testing.assert_array_equal(
+        pre.objects["pixelId"], pixel_ids(pre.objects["ra"], pre.objects["dec"])
+    )
+    # The 12-month window: a preload two years later finds the objects but no history.
+    late = await apdb.preload(region, MJD + 730.0)
+    assert len(late.objects["diaObjectId"]) == expect.sum()
+    assert len(late.sources["diaSourceId"]) == 0
+
+
+async def test_new_version_replaces_last(apdb: Apdb) -> None:
+    rng = np.random.default_rng(4)
+    ra, dec = random_sky(rng, 20, 10.0, 10.0, 0.01)
+    src = dia_sources(rng, ra, dec, 41, 6, MJD)
+    src["diaObjectId"] = src["diaSourceId"].copy()
+    obj = dia_objects_from_sources(src, MJD)
+    await apdb.store(41, 6, src, obj)
+    obj2 = {k: v.copy() for k, v in obj.items()}
+    obj2["validityStartMjdTai"][:] = MJD + 1
+    obj2["nDiaSources"][:] = 2
+    src2 = dia_sources(rng, ra, dec, 42, 6, MJD + 1)
+    src2["diaObjectId"] = obj["diaObjectId"].copy()
+    await apdb.store(42, 6, src2, obj2)
+    pre = await apdb.preload(Region.box(10.0, 10.0, 0.02), MJD + 2)
+    assert len(pre.objects["diaObjectId"]) == 20
+    assert set(pre.objects["nDiaSources"].tolist()) == {2}
+    assert len(pre.sources["diaSourceId"]) == 40
+
+
+async def test_unreachable_database_is_retriable(tmp_path) -> None:
+    dsn = f"postgresql://nobody@/nodb?host={tmp_path}&port=1"
+    with pytest.raises(DatabaseUnavailableError) as info:
+        await Apdb.connect(dsn, schema="x")
+    assert isinstance(info.value, RetriableError)
+    assert info.value.__cause__ is not None
