@@ -15,21 +15,15 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
-from actors.runtime import NAMESPACE
+from actors.peers import RayPeers
+from actors.runtime import NAMESPACE, bus_name
 from state.command import Command
 from state.controller import Controller
 from state.errors import ConfigurationError
 from state.events import Event
+from state.peers import rpc_method
 
 log = logging.getLogger("dmcs.actors")
-
-
-def bus_name(system: str) -> str:
-    return f"{system}:bus"
-
-
-def actor_name(system: str, component: str) -> str:
-    return f"{system}:component:{component}"
 
 
 def load_component_class(path: str) -> type[Controller]:
@@ -50,6 +44,7 @@ class ComponentActor:
         self, system: str, spec: dict[str, Any], heartbeat_interval: float, data_dir: str
     ) -> None:
         self._spec = spec
+        self._system = system
         self._bus = ray.get_actor(bus_name(system), namespace=NAMESPACE)
         self._restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self._component: Controller | None = None
@@ -95,6 +90,7 @@ class ComponentActor:
             restart_count=restart_count,
             settings=spec.get("settings") or {},
             data_dir=data_dir / spec["name"],
+            peers=RayPeers(self._system),
         )
 
     def _publish(self, event: Event) -> None:
@@ -137,6 +133,11 @@ class ComponentActor:
         component = await self._component_ready()
         async for ack in component.handle(Command.from_wire(wire)):
             yield ack.to_wire()
+
+    async def rpc(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """A data-plane call: ``rpc_<method>`` on the component (see ``state.peers``)."""
+        component = await self._component_ready()
+        return await rpc_method(component, method)(*args, **kwargs)
 
     async def snapshot(self) -> dict[str, Any]:
         component = await self._component_ready()

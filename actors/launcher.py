@@ -11,8 +11,8 @@ import ray
 from ray.actor import ActorHandle
 
 from actors.bus import EventBus
-from actors.component_actor import ComponentActor, actor_name, bus_name
-from actors.runtime import NAMESPACE
+from actors.component_actor import ComponentActor
+from actors.runtime import NAMESPACE, actor_name, bus_name
 from config.system import SystemConfig
 from state.errors import ConfigurationError
 

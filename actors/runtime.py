@@ -28,3 +28,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 def shutdown_ray() -> None:
     if ray.is_initialized():
         ray.shutdown()
+
+
+def bus_name(system: str) -> str:
+    return f"{system}:bus"
+
+
+def actor_name(system: str, component: str) -> str:
+    return f"{system}:component:{component}"

@@ -37,6 +37,7 @@ from state.errors import (
     QueueFullError,
 )
 from state.events import GENERIC_EVENTS, Event, EventKind
+from state.peers import NoPeers, Peers
 from state.states import TRANSITIONS, State
 
 EventSink = Callable[[Event], None]
@@ -76,6 +77,7 @@ class Controller:
         restart_count: int = 0,
         settings: Mapping[str, Any] | None = None,
         data_dir: Path | None = None,
+        peers: Peers | None = None,
     ) -> None:
         self.name = name
         self.authorized = frozenset(authorized)
@@ -84,6 +86,7 @@ class Controller:
         self.restart_count = restart_count
         self.settings: Mapping[str, Any] = dict(settings or {})
         self.data_dir = data_dir or Path("var") / name
+        self.peers: Peers = peers or NoPeers()
         self.log = logging.getLogger(f"dmcs.{name}")
         self._sink = sink
         self._state = State.STANDBY

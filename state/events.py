@@ -22,9 +22,11 @@ GENERIC_EVENTS: frozenset[str] = frozenset(
 
 #: Topics the OCS sends into dmcs through the gateway.
 OCS_TELEMETRY: frozenset[str] = frozenset(
-    {"pointing", "rotator", "dome", "weather", "seeing", "filter"}
+    {"pointing", "rotator", "dome", "weather", "seeing", "filter", "predictedSchedule"}
 )
-CAMERA_EVENTS: frozenset[str] = frozenset({"nextVisit", "startIntegration", "endReadout"})
+CAMERA_EVENTS: frozenset[str] = frozenset(
+    {"nextVisit", "startIntegration", "endIntegration", "endReadout"}
+)
 OCS_SOURCES: frozenset[str] = frozenset({"OCS", "Camera"})
 
 
