@@ -9,7 +9,7 @@ from ray.actor import ActorHandle
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
 from actors.runtime import NAMESPACE, actor_name
-from state.errors import ConnectionLostError, DmcsError
+from state.errors import ConnectionLostError, DmcsError, PeerFailedError
 
 
 class _RayPeer:
@@ -25,7 +25,7 @@ class _RayPeer:
             cause = e.as_instanceof_cause()
             if isinstance(cause, DmcsError):
                 raise cause from e
-            raise
+            raise PeerFailedError(f"{self._name}.{method} failed: {e.cause!r}") from e
         except (ActorDiedError, ActorUnavailableError, RayActorError) as e:
             self._peers.forget(self._name)
             raise ConnectionLostError(f"peer {self._name!r} is not reachable: {e}") from e

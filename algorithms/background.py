@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.interpolate import RectBivariateSpline
+from scipy.interpolate import BSpline, RectBivariateSpline
 
 from algorithms import mask as mk
 
@@ -27,7 +27,9 @@ class BackgroundModel:
         if kx < 1 or ky < 1:
             return np.full(self.shape, float(np.mean(self.values)), dtype=np.float32)
         spl = RectBivariateSpline(self.yc, self.xc, self.values, kx=kx, ky=ky)
-        return spl(np.arange(ny), np.arange(nx), grid=True).astype(np.float32)
+        ty, tx, c = spl.tck
+        coef = c.reshape(len(ty) - ky - 1, len(tx) - kx - 1).astype(np.float32)
+        return (_design(ny, ty, ky) @ coef) @ _design(nx, tx, kx).T
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -38,16 +40,31 @@ class BackgroundModel:
         }
 
 
+def _design(n: int, t: np.ndarray, k: int) -> np.ndarray:
+    """B-spline basis at 0..n−1, clamped to the knot span as FITPACK's ``bispev`` does.
+
+    The tensor-product spline is then two thin matrix products (~10× faster than bispev).
+    """
+    x = np.clip(np.arange(n, dtype=np.float64), t[k], t[-k - 1])
+    return BSpline.design_matrix(x, t, k).toarray().astype(np.float32)
+
+
 def _cell_stat(block: np.ndarray) -> tuple[float, int]:
-    vals = block[np.isfinite(block)]
-    if vals.size < 20:
+    """Clipped mode of a cell. The clipping bounds come from every 4th sample (they need
+    little precision); the final median and mean use every sample inside them."""
+    allvals = block[np.isfinite(block)]
+    if allvals.size < 20:
         return np.nan, 0
+    vals = allvals[::4] if allvals.size >= 400 else allvals
+    med = mad = 0.0
     for _ in range(3):
         med = np.median(vals)
         mad = 1.4826 * np.median(np.abs(vals - med))
         if mad <= 0:
             break
         vals = vals[np.abs(vals - med) < 3.0 * mad]
+    if mad > 0:
+        vals = allvals[np.abs(allvals - med) < 3.0 * mad]
     med = float(np.median(vals))
     mean = float(np.mean(vals))
     # Mode estimator (2.5·median − 1.5·mean) is less biased by faint sources than the median.
@@ -59,10 +76,15 @@ def fit_background(
     image: np.ndarray,
     mask: np.ndarray,
     cell: int = 256,
-    stride: int = 2,
+    stride: int | None = None,
     bad_bits: int = mk.UNUSABLE | mk.DETECTED,
 ) -> BackgroundModel:
     """Clipped statistics per ``cell``×``cell`` block (subsampled by ``stride``).
+
+    The default stride keeps about 16,000 samples a cell (stride 2 for 256-pixel cells).
+    Fewer do not pay: a sky error δ biases a PSF flux by δ·N_eff, i.e. by δ/σ·√N_eff ≈ 7δ/σ
+    standard deviations, so the cell error must stay near 1 % of the pixel noise σ (with
+    stride 4 the PSF-flux pulls of the difference image widened from 1.00 to 1.06).
 
     Empty cells are filled from the median of their neighbours so the spline stays defined.
     """
@@ -71,6 +93,8 @@ def fit_background(
     ny, nx = image.shape
     if cell < 8:
         raise ValueError("background cell must be ≥ 8 pixels")
+    if stride is None:
+        stride = int(np.clip(cell // 128, 1, 4))
     nyc = max(1, round(ny / cell))
     nxc = max(1, round(nx / cell))
     yedges = np.linspace(0, ny, nyc + 1).astype(int)

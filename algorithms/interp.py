@@ -9,17 +9,19 @@ from algorithms import mask as mk
 
 
 @numba.njit(cache=True, nogil=True)
-def _interp_rows(image: np.ndarray, bad: np.ndarray, max_gap: int) -> np.ndarray:
+def _interp_rows(
+    image: np.ndarray, mask: np.ndarray, bits: int, max_gap: int, intrp: int
+) -> np.ndarray:
     ny, nx = image.shape
     done = np.zeros(image.shape, dtype=np.bool_)
     for y in range(ny):
         x = 0
         while x < nx:
-            if not bad[y, x]:
+            if not mask[y, x] & bits:
                 x += 1
                 continue
             start = x
-            while x < nx and bad[y, x]:
+            while x < nx and mask[y, x] & bits:
                 x += 1
             stop = x
             if stop - start > max_gap:
@@ -44,6 +46,9 @@ def _interp_rows(image: np.ndarray, bad: np.ndarray, max_gap: int) -> np.ndarray
                     t = (k - left) / span
                     image[y, k] = vl + (vr - vl) * t
                     done[y, k] = True
+            for k in range(start, stop):
+                if done[y, k]:
+                    mask[y, k] |= intrp
     return done
 
 
@@ -58,9 +63,4 @@ def interpolate_masked(
     """
     if image.shape != mask.shape:
         raise ValueError("image and mask shapes differ")
-    bad = (mask & bits) != 0
-    if not bad.any():
-        return bad
-    done = _interp_rows(image, bad, max_gap)
-    mask[done] |= mk.INTRP
-    return done
+    return _interp_rows(image, mask, bits, max_gap, mk.INTRP)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 from scipy import ndimage
 
@@ -118,6 +119,61 @@ def crosstalk_correct(amps: list[np.ndarray | None], coeffs: np.ndarray) -> None
         amps[i] -= corr[k]  # type: ignore[operator]
 
 
+_EMPTY = np.zeros((0, 0), dtype=np.float32)
+
+
+@numba.njit(cache=True, nogil=True)
+def _calibrate(
+    image: np.ndarray, variance: np.ndarray, rn2: np.ndarray, bad: np.ndarray,
+    exptime: np.float32, bias: np.ndarray, dark: np.ndarray, flat: np.ndarray,
+) -> None:  # fmt: skip
+    """In one pass: image −= bias + dark·t; variance = max(image, 0) + rn²; ÷ flat (and flat²).
+
+    A calibration given as an empty array is skipped; flat values ≤ 0.05 or non-finite mark
+    the pixel bad and are treated as 1.
+    """
+    ny, nx = image.shape
+    hb, hd, hf = bias.size > 0, dark.size > 0, flat.size > 0
+    for y in range(ny):
+        for x in range(nx):
+            v = image[y, x]
+            if hb:
+                v -= bias[y, x]
+            if hd:
+                v -= dark[y, x] * exptime
+            var = max(v, np.float32(0.0)) + rn2[y, x]
+            if hf:
+                f = flat[y, x]
+                if not (np.isfinite(f) and f > 0.05):
+                    bad[y, x] = True
+                    f = np.float32(1.0)
+                v /= f
+                var /= f * f
+            image[y, x] = v
+            variance[y, x] = var
+
+
+def _grow_saturation(msk: np.ndarray, grow: int) -> None:
+    """Dilate SAT by ``grow`` pixels (4-connected, as ``binary_dilation`` iterated)."""
+    ys, xs = np.nonzero(msk & mk.SAT)
+    if ys.size:
+        _dilate_bit(msk, ys, xs, grow, mk.SAT)
+
+
+@numba.njit(cache=True, nogil=True)
+def _dilate_bit(msk: np.ndarray, ys: np.ndarray, xs: np.ndarray, r: int, bit: int) -> None:
+    ny, nx = msk.shape
+    for k in range(ys.size):
+        for dy in range(-r, r + 1):
+            y = ys[k] + dy
+            if y < 0 or y >= ny:
+                continue
+            for dx in range(-r + abs(dy), r - abs(dy) + 1):
+                x = xs[k] + dx
+                if 0 <= x < nx:
+                    msk[y, x] |= bit
+
+
 def _check_calib(name: str, arr: np.ndarray | None, shape: tuple[int, int]) -> None:
     if arr is not None and arr.shape != shape:
         raise ValueError(f"{name} shape {arr.shape} != CCD shape {shape}")
@@ -171,29 +227,30 @@ def run_isr(
         sl = amp.detector.slices
         image[sl] = _to_detector(data, amp)
         rn2[sl] = np.float32(amp.read_noise**2)
-        msk[sl] |= np.where(_to_detector(sat, amp), mk.SAT, 0).astype(mk.MASK_DTYPE)
+        if sat.any():
+            view = msk[sl]
+            view[_to_detector(sat, amp)] |= mk.SAT
     nan = ~np.isfinite(image)
     if nan.any():
         flags.append(f"nan_pixels:{int(nan.sum())}")
         msk[nan] |= mk.NO_DATA
         image[nan] = 0.0
-    if calibs.bias is not None:
-        image -= calibs.bias.astype(np.float32)
-    if calibs.dark is not None:
-        image -= calibs.dark.astype(np.float32) * np.float32(exptime)
-    variance = np.maximum(image, 0.0) + rn2
-    if calibs.flat is not None:
-        flat = calibs.flat.astype(np.float32)
-        good = np.isfinite(flat) & (flat > 0.05)
-        msk[~good] |= mk.BAD
-        safe = np.where(good, flat, 1.0).astype(np.float32)
-        image /= safe
-        variance /= safe * safe
+    bias = None if calibs.bias is None else np.asarray(calibs.bias, dtype=np.float32)
+    dark = None if calibs.dark is None else np.asarray(calibs.dark, dtype=np.float32)
+    flat = None if calibs.flat is None else np.asarray(calibs.flat, dtype=np.float32)
+    variance = np.empty(shape, dtype=np.float32)
+    bad = np.zeros(shape, dtype=np.bool_)
+    _calibrate(
+        image, variance, rn2, bad, np.float32(exptime),
+        bias if bias is not None else _EMPTY, dark if dark is not None else _EMPTY,
+        flat if flat is not None else _EMPTY,
+    )  # fmt: skip
+    del rn2
+    msk[bad] |= mk.BAD
     if calibs.defects is not None:
-        msk[calibs.defects.astype(bool)] |= mk.BAD
-    if cfg.sat_grow > 0 and (msk & mk.SAT).any():
-        grown = ndimage.binary_dilation(msk & mk.SAT != 0, iterations=cfg.sat_grow)
-        msk[grown] |= mk.SAT
+        msk[np.asarray(calibs.defects, dtype=bool)] |= mk.BAD
+    if cfg.sat_grow > 0:
+        _grow_saturation(msk, cfg.sat_grow)
     if cfg.edge_width > 0:
         e = cfg.edge_width
         for sl in (np.s_[:e, :], np.s_[-e:, :], np.s_[:, :e], np.s_[:, -e:]):

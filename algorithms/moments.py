@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 
@@ -37,34 +38,49 @@ def adaptive_moments(
     For a Gaussian object of covariance C, moments under a weight of covariance C equal C/2,
     hence the factor 2. Returns ``ok=False`` if the iteration diverges.
     """
+    img = image if image.dtype in (np.float32, np.float64) else image.astype(np.float64)
+    cx, cy, cxx, cyy, cxy, flux, ok = _adaptive(img, float(x), float(y), sigma0, max_iter, tol)
+    return Moments(x=cx, y=cy, ixx=cxx, iyy=cyy, ixy=cxy, flux=flux, ok=ok)
+
+
+@numba.njit(cache=True, nogil=True)
+def _adaptive(
+    image: np.ndarray, x: float, y: float, sigma0: float, max_iter: int, tol: float
+) -> tuple[float, float, float, float, float, float, bool]:
     ny, nx = image.shape
     cxx, cyy, cxy = sigma0**2, sigma0**2, 0.0
-    cx, cy = float(x), float(y)
+    cx, cy = x, y
     ok = False
-    flux = float("nan")
+    flux = np.nan
     for _ in range(max_iter):
         half = int(np.ceil(4.0 * np.sqrt(max(cxx, cyy))))
-        x0, x1 = max(0, round(cx) - half), min(nx, round(cx) + half + 1)
-        y0, y1 = max(0, round(cy) - half), min(ny, round(cy) + half + 1)
+        rx, ry = int(np.round(cx)), int(np.round(cy))
+        x0, x1 = max(0, rx - half), min(nx, rx + half + 1)
+        y0, y1 = max(0, ry - half), min(ny, ry + half + 1)
         if x1 - x0 < 3 or y1 - y0 < 3:
             break
-        sub = image[y0:y1, x0:x1]
-        yy, xx = np.mgrid[y0:y1, x0:x1]
-        dx = xx - cx
-        dy = yy - cy
         det = cxx * cyy - cxy * cxy
         if det <= 0:
             break
-        q = (cyy * dx * dx - 2 * cxy * dx * dy + cxx * dy * dy) / det
-        w = np.exp(-0.5 * q) * sub
-        s = w.sum()
+        s = sx = sy = sxx = syy = sxy = 0.0
+        for yy in range(y0, y1):
+            dy = yy - cy
+            for xx in range(x0, x1):
+                dx = xx - cx
+                q = (cyy * dx * dx - 2 * cxy * dx * dy + cxx * dy * dy) / det
+                w = np.exp(-0.5 * q) * image[yy, xx]
+                s += w
+                sx += w * dx
+                sy += w * dy
+                sxx += w * dx * dx
+                syy += w * dy * dy
+                sxy += w * dx * dy
         if not np.isfinite(s) or s <= 0:
             break
-        mx = (w * dx).sum() / s
-        my = (w * dy).sum() / s
-        mxx = (w * (dx - mx) ** 2).sum() / s
-        myy = (w * (dy - my) ** 2).sum() / s
-        mxy = (w * (dx - mx) * (dy - my)).sum() / s
+        mx, my = sx / s, sy / s
+        mxx = sxx / s - mx * mx
+        myy = syy / s - my * my
+        mxy = sxy / s - mx * my
         nxx, nyy, nxy = 2 * mxx, 2 * myy, 2 * mxy
         if nxx <= 0.05 or nyy <= 0.05 or nxx * nyy - nxy**2 <= 0:
             break
@@ -72,10 +88,10 @@ def adaptive_moments(
         change = abs(nxx - cxx) + abs(nyy - cyy) + abs(nxy - cxy)
         cx, cy = cx + mx, cy + my
         cxx, cyy, cxy = nxx, nyy, nxy
-        flux = float(2.0 * s)
+        flux = 2.0 * s
         if abs(cx - x) > 3 * half or abs(cy - y) > 3 * half or cxx > 400 or cyy > 400:
             break
         if shift < tol and change < tol * (cxx + cyy):
             ok = True
             break
-    return Moments(x=cx, y=cy, ixx=cxx, iyy=cyy, ixy=cxy, flux=flux, ok=ok)
+    return cx, cy, cxx, cyy, cxy, flux, ok

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from algorithms import mask as mk
+from algorithms.alard_lupton import alard_lupton_subtract
 from algorithms.astrometry import AstrometryResult, fit_astrometry
 from algorithms.background import BackgroundModel, fit_background
 from algorithms.cosmicray import find_cosmic_rays
@@ -21,7 +22,14 @@ from algorithms.interp import interpolate_masked
 from algorithms.isr import Calibrations, IsrConfig, run_isr
 from algorithms.measure import psf_fit
 from algorithms.photocal import PhotoCalib, fit_zeropoint
-from algorithms.psf import KernelPsf, Psf, fit_psf, select_psf_stars
+from algorithms.psf import (
+    KernelPsf,
+    Psf,
+    PsfFitResult,
+    fit_psf,
+    gaussian_kernel,
+    select_psf_stars,
+)
 from algorithms.warp import warp_image
 from algorithms.wcs import TanSipWcs
 from algorithms.zogy import ZogyResult, scale_variance, zogy_subtract
@@ -35,6 +43,7 @@ class ExposureInfo:
     initial_wcs: TanSipWcs
     band: str = "r"
     nominal_calibration: float | None = None
+    seeing_fwhm_pix: float | None = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +79,13 @@ class PipelineConfig:
     min_template_coverage: float = 0.5
     aperture_radius: float = 12.0
     fft_workers: int = 1
+    subtraction: str = "zogy"
+    al_kernel_size: int = 21
+    al_spatial_order: int = 1
+    al_min_snr: float = 30.0
+    al_max_stamps: int = 300
     make_cutouts: bool = True
+    psf_fallback: bool = True
     isr: IsrConfig = field(default_factory=IsrConfig)
 
 
@@ -95,19 +110,28 @@ class CcdResult:
     diasources: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=DIASOURCE_DTYPE))
     cutouts: list[dict[str, Cutout]] = field(default_factory=list)
     summary: dict[str, float | int | str] = field(default_factory=dict)
+    cpu_timings: dict[str, float] = field(default_factory=dict)
 
 
 class _Timer:
-    def __init__(self) -> None:
+    """Wall-clock and CPU (process) seconds per stage; CPU time is what a shared machine
+    does not disturb."""
+
+    def __init__(self, on_stage: Callable[[str], None] | None = None) -> None:
         self.timings: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self.on_stage = on_stage
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+            self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - c0
+        if self.on_stage is not None:
+            self.on_stage(name)
 
 
 def _image_sanity(image: np.ndarray, mask: np.ndarray, cfg: PipelineConfig) -> str | None:
@@ -121,6 +145,20 @@ def _image_sanity(image: np.ndarray, mask: np.ndarray, cfg: PipelineConfig) -> s
     if sat.mean() > cfg.max_bad_fraction:
         return f"saturated_image:{sat.mean():.2f}"
     return None
+
+
+def _fallback_psf(locus_sigma: float, exposure: ExposureInfo, default: float) -> PsfFitResult:
+    """A Gaussian PSF for fields too sparse to model one (flagged ``psf_fallback``): its width
+    is the stellar locus of the few stars found, else the exposure's nominal seeing."""
+    sigma = locus_sigma
+    if not np.isfinite(sigma):
+        sigma = exposure.seeing_fwhm_pix / 2.3548 if exposure.seeing_fwhm_pix else default
+    size = int(np.clip(2 * np.ceil(3.0 * 2.3548 * sigma) + 1, 15, 51))
+    psf = KernelPsf(gaussian_kernel(sigma, size))
+    s = psf.sigma_at(0, 0)
+    empty = np.zeros(0, dtype=int)
+    return PsfFitResult(psf=psf, stars=empty, used=np.zeros(0, bool), sigma=s, fwhm=2.3548 * s,
+                        residual_rms=float("nan"))  # fmt: skip
 
 
 STAR_DTYPE = np.dtype(
@@ -172,18 +210,24 @@ def run_ccd(
     refcat: ReferenceCatalog,
     template: Template | None,
     config: PipelineConfig | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> CcdResult:
-    """Process one CCD. Never raises on bad data: problems end up in ``flags``."""
+    """Process one CCD. Never raises on bad data: problems end up in ``flags``.
+
+    ``on_stage(name)`` is called as each stage completes (it does not run if the stage
+    raised), so a caller can time-stamp milestones such as the end of ISR.
+    """
     cfg = config or PipelineConfig()
-    t = _Timer()
-    res = CcdResult(ok=False, flags=[], timings=t.timings)
-    t0 = time.perf_counter()
+    t = _Timer(on_stage)
+    res = CcdResult(ok=False, flags=[], timings=t.timings, cpu_timings=t.cpu)
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         _run(raw_amps, geometry, calibs, exposure, refcat, template, cfg, t, res)
     except ValueError as e:
         res.flags.append(f"failed:{e}")
         res.ok = False
     t.timings["total"] = time.perf_counter() - t0
+    t.cpu["total"] = time.process_time() - c0
     res.summary.update(n_diasources=len(res.diasources), flags=";".join(res.flags))
     return res
 
@@ -236,8 +280,11 @@ def _run(
                 min_snr=cfg.psf_star_snr, labels=det.labels,
             )  # fmt: skip
         except ValueError as e:
-            res.flags.append(f"psf_failed:{e}")
-            return
+            if not cfg.psf_fallback:
+                res.flags.append(f"psf_failed:{e}")
+                return
+            pfit = _fallback_psf(locus, exposure, cfg.initial_psf_sigma)
+            res.flags.append(f"psf_fallback:{e}")
         psf = pfit.psf
         res.psf = psf
         res.summary.update(psf_fwhm_pix=pfit.fwhm, psf_nstars=int(pfit.used.sum()))
@@ -296,7 +343,25 @@ def _run(
         res.template = Plane(timg, tvar, wr.mask)
     with t.stage("subtraction"):
         spsf = psf.kernel_at(img.shape[1] / 2, img.shape[0] / 2)
-        zr = zogy_subtract(img, var, msk, timg, tvar, wr.mask, spsf, template.psf, cfg.fft_workers)
+        if cfg.subtraction == "alard_lupton":
+            snr = stars["flux"] / stars["fluxErr"]
+            ks = stars[snr >= cfg.al_min_snr]
+            ks = ks[np.argsort(-ks["flux"])][: cfg.al_max_stamps]
+            try:
+                zr, ksol = alard_lupton_subtract(
+                    img, var, msk, timg, tvar, wr.mask, spsf, ks["x"], ks["y"],
+                    cfg.al_kernel_size, cfg.al_spatial_order, cfg.fft_workers,
+                )  # fmt: skip
+            except ValueError as e:
+                res.flags.append(f"subtraction_failed:{e}")
+                return
+            res.summary.update(al_n_stamps=ksol.n_stamps, al_chi2=ksol.chi2)
+        elif cfg.subtraction == "zogy":
+            zr = zogy_subtract(
+                img, var, msk, timg, tvar, wr.mask, spsf, template.psf, cfg.fft_workers
+            )
+        else:
+            raise ValueError(f"unknown subtraction algorithm {cfg.subtraction!r}")
         res.difference = zr
     with t.stage("diff_background"):
         dbkg = fit_background(zr.image, zr.mask, cfg.background_cell)
@@ -309,8 +374,9 @@ def _run(
         dsig = dpsf.sigma_at(0, 0)
         ddet = detect_sources(
             zr.image, zr.variance, zr.mask, dsig, cfg.dia_threshold, negative=True,
-            exclude_bits=mk.NO_DATA | mk.SAT | mk.BAD,
+            exclude_bits=mk.NO_DATA | mk.SAT | mk.BAD, normalize_noise=True,
         )  # fmt: skip
+        res.summary["dia_significance_scale"] = ddet.noise_scale
     with t.stage("dia_measurement"):
         imgs = DiaImages(
             diff=zr.image, diff_var=zr.variance, diff_mask=zr.mask, diff_psf=dpsf,

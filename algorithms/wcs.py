@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -143,6 +144,30 @@ class TanSipWcs:
             for (p, q), c in self.sip_b.items():
                 hdr[f"B_{p}_{q}"] = float(c)
         return hdr
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, object]) -> TanSipWcs:
+        """Parse TAN or TAN-SIP FITS cards (``CDi_j``, 1-based ``CRPIXi``, ``A_p_q``/``B_p_q``).
+
+        Raises ``ValueError`` when a card is missing or the projection is not TAN.
+        """
+        try:
+            ctype = str(header["CTYPE1"])
+            if "TAN" not in ctype:
+                raise ValueError(f"unsupported projection {ctype!r}")
+            crpix = (float(header["CRPIX1"]) - 1.0, float(header["CRPIX2"]) - 1.0)  # type: ignore[arg-type]
+            crval = (float(header["CRVAL1"]), float(header["CRVAL2"]))  # type: ignore[arg-type]
+            cd = np.array(
+                [[float(header[f"CD{i}_{j}"]) for j in (1, 2)] for i in (1, 2)]  # type: ignore[arg-type]
+            )
+        except KeyError as e:
+            raise ValueError(f"WCS card {e} missing") from e
+        sip: dict[str, dict[tuple[int, int], float]] = {"A": {}, "B": {}}
+        for key in header:
+            parts = str(key).split("_")
+            if len(parts) == 3 and parts[0] in sip and parts[1].isdigit() and parts[2].isdigit():
+                sip[parts[0]][(int(parts[1]), int(parts[2]))] = float(header[key])  # type: ignore[arg-type]
+        return cls(crpix=crpix, crval=crval, cd=cd, sip_a=sip["A"], sip_b=sip["B"])
 
     @classmethod
     def simple(

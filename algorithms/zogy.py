@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from scipy import fft as sfft
 
@@ -37,13 +38,29 @@ def _centre_kernel(k: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.roll(out, (-h, -h), axis=(0, 1))
 
 
+def _kernel_rfft2(k: np.ndarray, shape: tuple[int, int], workers: int) -> np.ndarray:
+    """``rfft2`` of a centred odd kernel wrapped onto ``shape``, transforming only its rows.
+
+    Equal to ``rfft2(_centre_kernel(k, shape))`` in single precision, at about half the cost.
+    """
+    n, h = k.shape[0], k.shape[0] // 2
+    rows = np.zeros((n, shape[1]), dtype=np.float32)
+    rows[:, :n] = k
+    rows = np.roll(rows, -h, axis=1)
+    spec = sfft.rfft(rows, axis=1, workers=workers)
+    full = np.zeros((shape[0], spec.shape[1]), dtype=np.complex64)
+    full[: n - h] = spec[h:]
+    full[shape[0] - h :] = spec[:h]
+    return sfft.fft(full, axis=0, overwrite_x=True, workers=workers)
+
+
 def _extract_kernel(full: np.ndarray, size: int) -> np.ndarray:
     h = size // 2
     return np.roll(full, (h, h), axis=(0, 1))[:size, :size].copy()
 
 
 def _robust_sigma(image: np.ndarray, variance: np.ndarray, good: np.ndarray) -> float:
-    v = variance[good]
+    v = variance[::4, ::4][good[::4, ::4]]
     v = v[np.isfinite(v)]
     if v.size == 0:
         raise ValueError("no pixel with finite variance")
@@ -80,6 +97,53 @@ def _kernel_hats(
     return kn_hat, kr_hat, pd_hat
 
 
+@numba.njit(cache=True, nogil=True)
+def _combine(
+    s_hat: np.ndarray, t_hat: np.ndarray, pn: np.ndarray, pr: np.ndarray, sn: float, sr: float
+) -> None:
+    """In place: Ŝ ← (P̂r·Ŝ − P̂n·T̂) / √(σn²|P̂r|² + σr²|P̂n|²) · √(σn² + σr²).
+
+    The kernel algebra runs in double precision, so |P̂|² never becomes a float32 denormal;
+    the denominator has a relative floor of 1e-12 (|P̂(0)| = 1 is the maximum).
+    """
+    sn2, sr2 = sn * sn, sr * sr
+    floor = 1e-12 * (sn2 + sr2)
+    fd = np.sqrt(sn2 + sr2)
+    ny, nx = s_hat.shape
+    for y in range(ny):
+        for x in range(nx):
+            a = complex(pn[y, x])
+            b = complex(pr[y, x])
+            d2 = sn2 * (b.real * b.real + b.imag * b.imag) + sr2 * (
+                a.real * a.real + a.imag * a.imag
+            )
+            scale = fd / np.sqrt(max(d2, floor))
+            v = (b * complex(s_hat[y, x]) - a * complex(t_hat[y, x])) * scale
+            if abs(v.real) < 1e-30:
+                v = complex(0.0, v.imag)
+            if abs(v.imag) < 1e-30:
+                v = complex(v.real, 0.0)
+            s_hat[y, x] = v
+
+
+def _padded(img: np.ndarray, bad: np.ndarray, fshape: tuple[int, int], p: int) -> np.ndarray:
+    """``img`` (bad pixels zeroed) mirror-padded by ``p`` into a zero buffer of ``fshape``."""
+    ny, nx = img.shape
+    buf = np.zeros(fshape, dtype=np.float32)
+    c = buf[p : p + ny, p : p + nx]
+    c[...] = img
+    c[bad] = 0.0
+    if p > 0 and min(ny, nx) <= p + 1:
+        buf[: ny + 2 * p, : nx + 2 * p] = np.pad(c.copy(), p, mode="reflect")
+    elif p > 0:
+        buf[p : p + ny, :p] = c[:, p:0:-1]
+        buf[p : p + ny, p + nx : 2 * p + nx] = c[:, nx - 2 : nx - 2 - p : -1]
+        w = nx + 2 * p
+        buf[:p, :w] = buf[2 * p : p : -1, :w]
+        buf[p + ny : 2 * p + ny, :w] = buf[p + ny - 2 : ny - 2 : -1, :w]
+    return buf
+
+
 def zogy_subtract(
     science: np.ndarray,
     science_var: np.ndarray,
@@ -108,7 +172,8 @@ def zogy_subtract(
     ksize = max(psf_science.shape[0], psf_template.shape[0])
     p = pad if pad is not None else ksize
     fshape = (sfft.next_fast_len(ny + 2 * p, real=True), sfft.next_fast_len(nx + 2 * p, real=True))
-    bad = ((science_mask | template_mask) & mk.NO_DATA) != 0
+    union = np.asarray(science_mask | template_mask, dtype=mk.MASK_DTYPE)
+    bad = (union & mk.NO_DATA) != 0
     good = ~bad
     sn = _robust_sigma(science, science_var, good)
     sr = _robust_sigma(template, template_var, good)
@@ -122,24 +187,17 @@ def zogy_subtract(
     kn_small, kr_small = _extract_kernel(kn_s, out_k), _extract_kernel(kr_s, out_k)
     psf_small = _extract_kernel(pd_s, ksize)
     skn, skr = np.float32((kn_s**2).sum()), np.float32((kr_s**2).sum())
-    kn_hat32, kr_hat32, _ = _kernel_hats(ps, pt, sn, sr, fshape, np.float32, workers)
-
-    def _padded(img: np.ndarray) -> np.ndarray:
-        a = np.where(bad, 0.0, img).astype(np.float32)
-        buf = np.zeros(fshape, dtype=np.float32)
-        buf[: ny + 2 * p, : nx + 2 * p] = np.pad(a, p, mode="reflect")
-        return buf
-
-    acc = sfft.rfft2(_padded(science), workers=workers)
-    acc *= kn_hat32
-    tmp = sfft.rfft2(_padded(template), workers=workers)
-    tmp *= kr_hat32
-    acc -= tmp
-    del tmp
+    pn = _kernel_rfft2(ps, fshape, workers)
+    pr = _kernel_rfft2(pt, fshape, workers)
+    acc = sfft.rfft2(_padded(science, bad, fshape, p), workers=workers)
+    tmp = sfft.rfft2(_padded(template, bad, fshape, p), workers=workers)
+    _combine(acc, tmp, pn, pr, sn, sr)
+    del tmp, pn, pr
     diff = sfft.irfft2(acc, s=fshape, workers=workers)[p : p + ny, p : p + nx]
     diff = np.ascontiguousarray(diff, dtype=np.float32)
-    var = science_var.astype(np.float32) * skn + template_var.astype(np.float32) * skr
-    msk = (science_mask | template_mask).astype(mk.MASK_DTYPE)
+    var = np.asarray(science_var, dtype=np.float32) * skn
+    var += np.asarray(template_var, dtype=np.float32) * skr
+    msk = union
     msk &= ~np.int32(mk.DETECTED | mk.DETECTED_NEGATIVE)
     diff[bad] = 0.0
     var[bad] = np.inf

@@ -34,7 +34,7 @@ def cutout_to_fits(cutout: Cutout, extra: dict[str, object] | None = None) -> by
             hdu.header[k] = v
         if name == "MASK":
             for k, v in mk.header_cards().items():
-                hdu.header[k] = v
+                hdu.header[k if len(k) <= 8 else f"HIERARCH {k}"] = v
         if name == "IMAGE":
             hdu.header["BUNIT"] = "electron"
         hdus.append(hdu)

@@ -14,6 +14,7 @@ import structlog
 from rich.console import Console
 from rich.table import Table
 
+from commands.alerts_cli import alerts
 from commands.client import Client
 from commands.logs import configure_logging
 from commands.simulate_cli import simulate
@@ -191,6 +192,72 @@ def command(
 
 @main.command()
 @connection_options
+@click.argument("target", type=click.Choice(["enabled", "disabled", "standby", "offline"]))
+@click.option("--component", "components", multiple=True, help="Only this component (repeat).")
+@click.option("--timeout", type=float, default=60.0, show_default=True)
+def system(
+    url: str, token: str | None, target: str, components: tuple[str, ...], timeout: float
+) -> None:
+    """Walk every component (or the named ones) to TARGET state at once."""
+
+    async def walk() -> dict[str, Any]:
+        async with Client(url, token=token, reconnect=False) as client:
+            return await client.set_system_state(target, components or None, timeout=timeout)
+
+    for name, state in _run(walk()).items():
+        console.print(f"{name}: {_state_markup(state.name)}")
+
+
+@main.command()
+@click.option("--camera", default="mini", show_default=True, help="Focal plane to simulate.")
+@click.option("--visits", type=int, default=4, show_default=True, help="Visits in the night.")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--speed", type=float, default=10.0, show_default=True, help="1 = real time.")
+@click.option("--processors", type=int, default=2, show_default=True, help="CCD processors.")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("var/replay"), show_default=True
+)
+@click.option("--night", type=click.Path(path_type=Path), help="An already simulated night.")
+@click.option("--opsim", type=click.Path(path_type=Path), help="Replay an OpSim SQLite schedule.")
+@click.option("--dsn", help="PostgreSQL DSN (default: an embedded server under --out).")
+@click.option("--address", help="Address of an existing Ray cluster (default: embedded Ray).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="System file.")
+@click.option("--drain", type=float, default=300.0, show_default=True,
+              help="Seconds the pipeline may take after the last readout.")  # fmt: skip
+@click.option("--no-progress", is_flag=True, help="No live progress display.")
+def replay(
+    camera: str,
+    visits: int,
+    seed: int,
+    speed: float,
+    processors: int,
+    out: Path,
+    night: Path | None,
+    opsim: Path | None,
+    dsn: str | None,
+    address: str | None,
+    config_path: Path | None,
+    drain: float,
+    no_progress: bool,
+) -> None:
+    """Replay a simulated night through the whole system; print the summary and reports."""
+    from commands.replay.main import ReplayOptions, run_replay
+    from commands.replay.report_cli import print_summary
+
+    configure_logging("console")
+    options = ReplayOptions(
+        out=out, camera=camera, visits=visits, seed=seed, speed=speed, night=night, opsim=opsim,
+        processors=processors, dsn=dsn, address=address, config=config_path,
+        drain_seconds=drain, progress=not no_progress,
+    )  # fmt: skip
+    summary = _run(run_replay(options, console))
+    print_summary(summary, console)
+    if not summary["complete"]:
+        raise click.ClickException("the night did not complete; see the summary above")
+
+
+@main.command()
+@connection_options
 @click.option("--component", "components", multiple=True, help="Only this component (repeat).")
 @click.option("--topic", "topics", multiple=True, help="Only this topic (repeat).")
 @click.option("--count", type=int, help="Stop after this many events.")
@@ -225,3 +292,4 @@ def events(
 
 
 main.add_command(simulate)
+main.add_command(alerts)

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -314,6 +314,27 @@ class Client:
             params = {"configurationOverride": configuration_override} if name == "start" else {}
             acks.append(await self.command(component, name, timeout=timeout, **params))
         return acks
+
+    async def set_system_state(
+        self,
+        target: State | str,
+        components: Sequence[str] | None = None,
+        *,
+        timeout: float = 60.0,
+    ) -> dict[str, State]:
+        """Walk every component (or ``components``) to ``target`` at once; their new states.
+
+        A component that refuses raises its :class:`AckError` after the others have finished.
+        """
+        names = list(components) if components else [c["name"] for c in await self.status()]
+        results = await asyncio.gather(
+            *(self.set_state(name, target, timeout=timeout) for name in names),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return {name: parse_state(target) for name in names}
 
     # ------------------------------------------------------------------- events
     def _subscribe_frame(self, sub_id: int, sub: _Subscription) -> dict[str, Any]:

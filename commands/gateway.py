@@ -12,8 +12,10 @@ from aiohttp import WSMsgType, web
 from ray.actor import ActorHandle
 from ray.exceptions import RayError
 
+from commands.alert_stream import setup_alert_stream
 from commands.auth import Authenticator
 from commands.channel import Channel, Subscription
+from commands.dashboard.routes import setup_dashboard
 from commands.hub import Hub
 from commands.metrics import GatewayMetrics
 from commands.protocol import (
@@ -25,7 +27,7 @@ from commands.protocol import (
     frame,
     validate_client_frame,
 )
-from config.system import GatewayConfig
+from config.system import ComponentConfig, GatewayConfig
 from state.acks import AckCode
 from state.errors import InvalidInputError
 from state.events import CAMERA_EVENTS, OCS_TELEMETRY, EventKind
@@ -57,6 +59,7 @@ def make_app(
     bus: ActorHandle,
     tokens: dict[str, str],
     ocs_identities: frozenset[str] = frozenset({"ocs"}),
+    component_configs: tuple[ComponentConfig, ...] = (),
 ) -> web.Application:
     app = web.Application(client_max_size=config.max_frame_bytes)
     app[HUB] = Hub(components, bus, GatewayMetrics())
@@ -73,6 +76,8 @@ def make_app(
     app.router.add_post("/api/v1/components/{name}/commands/{command}", http_command)
     app.router.add_post("/api/v1/telemetry/{topic}", http_telemetry)
     app.router.add_post("/api/v1/camera/{name}", http_camera)
+    setup_dashboard(app, app[HUB], app[AUTH], component_configs)
+    setup_alert_stream(app, app[AUTH], components, component_configs)
     return app
 
 

@@ -42,8 +42,12 @@ class Hub:
         self.channels: set[Channel] = set()
         self.latest: dict[tuple[str, str], dict[str, Any]] = {}
         self.pumping = False
+        #: Called with every event from the bus before it is fanned out (the dashboard).
+        self.listeners: list[Callable[[Event], None]] = []
         self._seq = itertools.count(1)
         self._input_seq: dict[tuple[str, str], int] = {}
+        self._outbox: list[dict[str, Any]] = []
+        self._flusher: asyncio.Task[None] | None = None
         self._codecs = {True: Codec(None), False: Codec("dmcs.v1.json")}
 
     # ------------------------------------------------------------------- commands
@@ -108,10 +112,26 @@ class Hub:
         seq = self._input_seq.get(key, 0) + 1
         self._input_seq[key] = seq
         event = Event(source, topic, seq, tai_now(), data, kind)
-        # Not awaited: Ray keeps one caller's calls to an actor in order, and waiting for each
-        # round trip would cap OCS input at the round-trip rate.
-        self.bus.publish.remote(event.to_wire())
+        self._outbox.append(event.to_wire())
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush_input(), name="gateway-ocs-input"
+            )
         return event
+
+    async def _flush_input(self) -> None:
+        """Send OCS input to the bus in batches, one call at a time, until none is left.
+
+        An async Ray actor may run concurrent calls out of order, so fire-and-forget calls
+        could let a camera event overtake the telemetry sent before it (the HeaderService
+        snapshots telemetry at ``startIntegration``); batching keeps the rate up.
+        """
+        while self._outbox:
+            batch, self._outbox = self._outbox, []
+            try:
+                await self.bus.publish_many.remote(batch)
+            except RayError as e:
+                log.error("lost %d OCS input events: the bus is unreachable: %s", len(batch), e)
 
     # ---------------------------------------------------------------- event pump
     async def pump(self) -> None:
@@ -140,6 +160,8 @@ class Hub:
     def _dispatch(self, wire: dict[str, Any]) -> None:
         event = Event.from_wire(wire)
         self.board.update(event)
+        for listener in self.listeners:
+            listener(event)
         self.latest[(event.component, event.topic)] = wire
         self.metrics.events.inc()
         encoded: dict[bool, bytes | str] = {}

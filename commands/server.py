@@ -10,6 +10,7 @@ from aiohttp import web
 
 from actors.launcher import System, launch
 from actors.runtime import init_ray
+from commands.database import system_database
 from commands.gateway import make_app
 from config.system import SystemConfig, load_tokens
 
@@ -36,15 +37,31 @@ async def serve(
 ) -> AsyncIterator[RunningSystem]:
     """Start everything, yield while it runs, and stop everything on exit.
 
-    ``port=0`` picks a free port (tests); ``None`` takes the configured one.
+    ``port=0`` picks a free port (tests); ``None`` takes the configured one. Components
+    that use the database get its DSN (an embedded PostgreSQL when none is configured).
     """
+    with system_database(config) as wired:
+        async with _serve(wired, address=address, port=port) as running:
+            yield running
+
+
+@contextlib.asynccontextmanager
+async def _serve(
+    config: SystemConfig, *, address: str | None, port: int | None
+) -> AsyncIterator[RunningSystem]:
     tokens = load_tokens(config.gateway.tokens_file)
     init_ray(address)
     system = launch(config)
     runner: web.AppRunner | None = None
     try:
         await system.wait_ready()
-        app = make_app(config.gateway, system.components, system.bus, tokens)
+        app = make_app(
+            config.gateway,
+            system.components,
+            system.bus,
+            tokens,
+            component_configs=config.components,
+        )
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         host = config.gateway.host

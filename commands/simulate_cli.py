@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 from pathlib import Path
 
 import click
 
 from state.errors import DmcsError
+
+DEFAULT_URL = "ws://127.0.0.1:8765/ws"
 
 
 @click.group(name="simulate")
@@ -61,3 +65,82 @@ def night(
     except DmcsError as e:
         raise click.ClickException(str(e)) from e
     click.echo(json.dumps(manifest, indent=1))
+
+
+@simulate.command(name="drive")
+@click.option(
+    "--night",
+    "night_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="a night directory (dmcs simulate night --out) or an OpSim SQLite",
+)
+@click.option(
+    "--speed",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.0, min_open=True),
+    help="time compression; 1 = real time",
+)
+@click.option("--visits", type=int, default=None, help="drive only the first N visits")
+@click.option(
+    "--staging",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="the camera's DAQ staging area (default: NIGHT/staging, or beside an OpSim file)",
+)
+@click.option("--camera", default=None, help="camera of an OpSim file (default comcam)")
+@click.option("--seed", type=int, default=None, help="sky seed of an OpSim file (default 1)")
+@click.option(
+    "--url",
+    default=lambda: os.environ.get("DMCS_URL", DEFAULT_URL),
+    show_default=DEFAULT_URL,
+    help="Gateway WebSocket URL (default: $DMCS_URL).",
+)
+@click.option(
+    "--token",
+    default=lambda: os.environ.get("DMCS_TOKEN"),
+    help="Bearer token of an OCS identity (default: $DMCS_TOKEN).",
+)
+def drive(
+    night_path: Path,
+    speed: float,
+    visits: int | None,
+    staging: Path | None,
+    camera: str | None,
+    seed: int | None,
+    url: str,
+    token: str | None,
+) -> None:
+    """Replay a night against a running system (dmcs run) as the OCS and the camera."""
+    from commands.client import Client
+    from commands.night_driver import DriveProgress, NightDriver
+    from summit.night_files import open_night
+
+    try:
+        source = open_night(night_path, visits=visits, camera=camera, seed=seed)
+    except DmcsError as e:
+        raise click.ClickException(f"{type(e).__name__}: {e}") from e
+    if staging is None:
+        staging = (night_path if night_path.is_dir() else night_path.parent) / "staging"
+
+    def show(p: DriveProgress) -> None:
+        if p.topic == "endReadout":
+            click.echo(
+                f"visit {p.visits_sent}/{p.visits_total}  events {p.events_sent}/"
+                f"{p.events_total}  ccds {p.ccds_staged}  late {p.lateness_s:.3f} s",
+                err=True,
+            )
+
+    async def go() -> dict[str, object]:
+        async with Client(url, token=token, reconnect=False) as client:
+            driver = NightDriver(client, source, staging, speed=speed, on_progress=show)
+            return (await driver.run()).as_dict()
+
+    try:
+        summary = asyncio.run(go())
+    except DmcsError as e:
+        raise click.ClickException(f"{type(e).__name__}: {e}") from e
+    click.echo(json.dumps(summary, indent=1))
+    if not summary["ok"]:
+        raise click.ClickException(f"{len(summary['problems'])} problem(s); see the summary")  # type: ignore[arg-type]

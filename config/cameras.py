@@ -1,11 +1,13 @@
 """Camera focal planes: load, expand and validate the TOML files in ``config/cameras/``.
 
 A camera file gives the geometry (rafts of 3 x 3 CCDs, or an explicit detector list), the
-photometric system and the pixel scale; ``layouts.toml`` gives each CCD type's amplifier layout
-and the statistics of its electronics. Per-amplifier gain, read noise, bias level, full well,
-the crosstalk matrix and the defects (bad columns, hot pixels) are drawn from those statistics
-with ``random.Random`` seeded by the camera seed and the detector id, so a camera is the same
-object on every machine. The result is a tree of frozen pydantic models, validated once.
+photometric system, the pixel scale and optionally a ``[sky]`` section (the simulated sky's
+star and transient densities, :class:`SkyConfig`); ``layouts.toml`` gives each CCD type's
+amplifier layout and the statistics of its electronics. Per-amplifier gain, read noise, bias
+level, full well, the crosstalk matrix and the defects (bad columns, hot pixels) are drawn from
+those statistics with ``random.Random`` seeded by the camera seed and the detector id, so a
+camera is the same object on every machine. The result is a tree of frozen pydantic models,
+validated once.
 """
 
 from __future__ import annotations
@@ -108,6 +110,23 @@ class Photometry(_Frozen):
         return self
 
 
+class SkyConfig(_Frozen):
+    """A camera's optional ``[sky]`` section: the sky its simulated nights look at.
+
+    Each key set overrides the same-named knob of ``summit.sky.SkyParams`` (absent keys keep
+    the high-latitude survey defaults). A toy camera with tiny CCDs points at a crowded
+    field so that every CCD holds enough stars for its PSF and astrometric fit.
+    """
+
+    star_density_pole: float | None = Field(None, ge=0, description="stars/deg^2 far from b=0")
+    star_density_plane: float | None = Field(None, ge=0, description="extra stars/deg^2 at b=0")
+    transient_density: float | None = Field(None, ge=0, description="transients/deg^2")
+
+    def overrides(self) -> dict[str, float]:
+        """The knobs this camera sets, by ``SkyParams`` field name."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
 class Camera(_Frozen):
     name: str
     telescope: str
@@ -120,6 +139,7 @@ class Camera(_Frozen):
     cosmic_ray_rate_per_cm2_s: float = Field(ge=0)
     photometry: Photometry
     detectors: tuple[Detector, ...]
+    sky: SkyConfig = SkyConfig()
 
     @model_validator(mode="after")
     def _ids(self) -> Camera:

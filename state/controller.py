@@ -21,7 +21,7 @@ import contextlib
 import contextvars
 import logging
 import traceback as tb
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -48,6 +48,32 @@ class _Job:
     command: Command
     method: Callable[..., Any]
     acks: asyncio.Queue[Ack] = field(default_factory=asyncio.Queue)
+
+
+#: errorCode of a FAULT caused by a component's own background task raising.
+BACKGROUND_TASK_FAILED = 1
+
+FailureHandler = Callable[[str, BaseException, str], Awaitable[None]]
+
+
+class SupervisedGroup:
+    """A component's view of the controller's TaskGroup: a failing task reports, not kills."""
+
+    def __init__(self, tg: asyncio.TaskGroup, on_failure: FailureHandler) -> None:
+        self._tg = tg
+        self._on_failure = on_failure
+
+    def create_task(
+        self, coro: Coroutine[Any, Any, Any], name: str | None = None
+    ) -> asyncio.Task[None]:
+        label = name or getattr(coro, "__qualname__", "task")
+        return self._tg.create_task(self._guard(coro, label), name=label)
+
+    async def _guard(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        try:
+            await coro
+        except Exception as e:  # noqa: BLE001 -- any failure of a component's own task
+            await self._on_failure(name, e, tb.format_exc())
 
 
 _current_job: contextvars.ContextVar[_Job | None] = contextvars.ContextVar(
@@ -142,10 +168,19 @@ class Controller:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._heartbeat_loop())
             tg.create_task(self._command_loop())
-            await self.run_background(tg)
+            await self.run_background(SupervisedGroup(tg, self._background_failed))
 
-    async def run_background(self, tg: asyncio.TaskGroup) -> None:
-        """Hook: start a component's own long-lived tasks in the controller's TaskGroup."""
+    async def run_background(self, tg: SupervisedGroup) -> None:
+        """Hook: start a component's own long-lived tasks in the controller's TaskGroup.
+
+        A task that raises puts the component in FAULT (with the traceback) instead of taking
+        the heartbeat and the command loop down with it, so the failure is seen and ``standby``
+        still answers.
+        """
+
+    async def _background_failed(self, name: str, error: BaseException, trace: str) -> None:
+        self.log.error("background task %s failed: %r\n%s", name, error, trace)
+        await self.fault(BACKGROUND_TASK_FAILED, f"background task {name} failed: {error!r}", trace)
 
     async def on_event(self, event: Event) -> None:
         """Hook: an event from :attr:`listen_components` arrived (in any state)."""

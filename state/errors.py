@@ -23,11 +23,15 @@ three families that tell the caller what to do with it:
     down). Retrying later may succeed; the caller decides how often.
 
         ``ConnectionLostError``  the peer (gateway, database, link) went away.
+        ``NotReadyError``        a peer asked for data-plane work while not ENABLED.
+        ``ChecksumMismatchError`` data arrived corrupted (checksum differs); send it again.
+        ``BufferFullError``      a bounded store (the summit buffer) has no room now.
 
     ``NonRetriableError`` -- the work cannot succeed by retrying (a corrupt file, a bug, a
     failed invariant). Record the reason and move on; a component may go to FAULT.
 
         ``StorageError``         a durable write that failed (disk full, unwritable path).
+        ``PeerFailedError``      a peer's data-plane method failed unexpectedly (its bug).
 
 Algorithms (pure functions) raise ``ValueError`` on bad arrays; the adapters that call them
 wrap those as ``InvalidInputError`` with ``raise ... from e``.
@@ -74,12 +78,28 @@ class ConnectionLostError(RetriableError):
     """The peer went away (gateway, database or summit-base link)."""
 
 
+class ChecksumMismatchError(RetriableError):
+    """Data arrived with a checksum other than the sender's; the sender should send it again."""
+
+
+class BufferFullError(RetriableError):
+    """A bounded store has no room for more data until some is sent or deleted."""
+
+
+class NotReadyError(RetriableError):
+    """A component asked for data-plane work while not ENABLED (down, recovering, in FAULT)."""
+
+
 class NonRetriableError(DmcsError):
     """A failure that retrying cannot fix."""
 
 
 class StorageError(NonRetriableError):
     """A durable write failed."""
+
+
+class PeerFailedError(NonRetriableError):
+    """A peer's data-plane method failed with an unexpected (non-dmcs) error; a bug there."""
 
 
 class AckError(ExpectedError):

@@ -8,20 +8,16 @@ from typing import Any
 
 from algorithms.airmass import airmass_kasten_young
 from config.components import HeaderServiceSettings
+from state.clock import tai_mjd
 
 Card = tuple[str, Any, str]
 
 #: MJD of the Unix epoch; TAI seconds since then map to MJD(TAI) without leap-second tables.
-MJD_UNIX_EPOCH = 40587.0
 
 
 def tai_isot(tai: float) -> str:
     """TAI seconds (Unix-epoch based) as an ISO-8601 TAI calendar string."""
     return datetime.fromtimestamp(tai, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
-
-
-def tai_mjd(tai: float) -> float:
-    return MJD_UNIX_EPOCH + tai / 86400.0
 
 
 def _number(source: dict[str, Any], key: str) -> float | None:

@@ -24,8 +24,13 @@ def section(x1: int, x2: int, y1: int, y2: int) -> str:
     return f"[{x1}:{x2},{y1}:{y2}]"
 
 
+#: Rubin obsid prefixes (docs/events.md); cameras without one get ``SM``.
+OBS_PREFIX = {"lsstcam": "MC", "comcam": "CC", "latiss": "AT", "mini": "MN"}
+
+
 def obs_id(camera: Camera, visit: Visit) -> str:
-    prefix = {"lsstcam": "MC", "comcam": "CC", "latiss": "AT"}.get(camera.name, "SM")
+    """Rubin's obsid, the contract's ``imageName``: ``{prefix}_O_{dayObs}_{seqNum:06d}``."""
+    prefix = OBS_PREFIX.get(camera.name, "SM")
     return f"{prefix}_O_{visit.day_obs}_{visit.visit_id % 100000:06d}"
 
 

@@ -34,7 +34,9 @@ class NightPlan:
     out: Path
 
     def sky(self, params: SkyParams | None = None) -> Sky:
-        """The night's sky: objects evolve from 0.1 d before the first visit to the last."""
+        """The night's sky: objects evolve from 0.1 d before the first visit to the last;
+        by default populated as the camera's ``[sky]`` section says."""
+        params = params or SkyParams.for_camera(self.camera.sky)
         return Sky(
             self.seed, self.visits[0].mjd_start - 0.1, self.visits[-1].mjd_start + 0.1, params
         )

@@ -13,17 +13,21 @@ Populations (r-band AB magnitudes; other bands by colour):
   40 % of them exploding within the night, a third of them fast (tau_r < 0.6 d);
 * moving objects near the ecliptic: main belt (0.12-0.35 deg/day, along the ecliptic,
   retrograde) and near-Earth objects (0.5-10 deg/day, any direction), great-circle motion.
+
+The densities are :class:`SkyParams` defaults; a camera's ``[sky]`` section overrides them
+(:meth:`SkyParams.for_camera`), e.g. the toy ``mini`` camera looks at a crowded field.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 
 import numpy as np
 from numpy.typing import NDArray
 
 from algorithms.render_wcs import angular_separation, offset_by
+from config.cameras import SkyConfig
 
 BANDS = ("u", "g", "r", "i", "z", "y")
 STAR, VARIABLE, TRANSIENT, MOVING = 1, 2, 3, 4
@@ -54,6 +58,11 @@ class SkyParams:
     mover_density_floor: float = 2.0
     mover_density_ecliptic: float = 100.0
     neo_fraction: float = 0.1
+
+    @classmethod
+    def for_camera(cls, sky: SkyConfig) -> SkyParams:
+        """The defaults with a camera's ``[sky]`` overrides applied."""
+        return replace(cls(), **sky.overrides())
 
 
 @dataclass(frozen=True)

@@ -88,3 +88,14 @@ async def system_factory(
 def component_spec(name: str, cls: str, **extra: Any) -> dict[str, Any]:
     """A component entry as in the system TOML; commanded by 'ocs' and 'operator'."""
     return {"name": name, "class": cls, "authorized": ["ocs", "operator"], **extra}
+
+
+@pytest.fixture(scope="session")
+def mini_night(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A simulated ``mini`` night, shared read-only: seed 1, 2 visits (one field, a pair),
+    schedule, truth, calibrations, templates and pre-rendered raws (``dmcs simulate night``)."""
+    from summit.simulation import plan_night, run_night
+
+    out = tmp_path_factory.mktemp("mini_night")
+    run_night(plan_night("mini", 2, 1, out), raws=True)
+    return out

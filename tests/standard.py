@@ -70,7 +70,9 @@ class StandardComponentTests:
         await events.aclose()
 
     async def test_standard_transitions(self, ocs: Client) -> None:
-        events = ocs.subscribe([self.name], ["summaryState"], snapshot=False)
+        events = ocs.subscribe([self.name], ["summaryState"], snapshot=True)
+        now = await wait_for_event(events, lambda e: True)  # the snapshot: subscribed from here
+        assert now.data["summaryState"] == "STANDBY"
         walk = [
             ("start", State.DISABLED),
             ("enable", State.ENABLED),
@@ -83,7 +85,7 @@ class StandardComponentTests:
             assert [a.code for a in acks] == [AckCode.CMD_ACK, AckCode.CMD_COMPLETE]
             assert final.code == AckCode.CMD_COMPLETE
             event = await wait_for_event(events, lambda e: True)
-            assert event.data["summaryState"] == expected.name
+            assert event.data["summaryState"] == expected.name, (command, event)
             assert event.data["commandedState"] == expected.name
             assert await ocs.get_state(self.name) == expected
         await events.aclose()

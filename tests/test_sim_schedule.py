@@ -1,4 +1,4 @@
-"""Camera configurations, OpSim schedules, the night event generator and the CLI."""
+"""Camera configurations, OpSim schedules and the `simulate night` CLI."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from click.testing import CliRunner
 from commands.simulate_cli import simulate
 from config.cameras import available_cameras, load_camera
 from state.errors import ConfigurationError, InvalidInputError
-from summit.night import night_events
 from summit.schedule import generate_schedule, read_schedule, write_schedule
 
 OPSIM_COLUMNS = {
@@ -113,27 +112,6 @@ def test_schedule_bad_input(tmp_path: Path) -> None:
     (tmp_path / "junk.db").write_text("not a database")
     with pytest.raises(InvalidInputError):
         read_schedule(tmp_path / "junk.db")
-
-
-def test_night_events_order_and_speed() -> None:
-    cam = load_camera("mini")
-    visits = generate_schedule(cam, 4, seed=2)
-    events = list(night_events(cam, visits, speed=10.0, telemetry_s=5.0))
-    assert [e.tai_mjd for e in events] == sorted(e.tai_mjd for e in events)
-    for v in visits:
-        names = [e.name for e in events if e.payload.get("visit") == v.visit_id]
-        assert names == ["nextVisit", "startIntegration", "endIntegration", "endReadout"]
-    for v in visits:
-        mine = {e.name: e for e in events if e.payload.get("visit") == v.visit_id}
-        assert (mine["startIntegration"].tai_mjd - mine["nextVisit"].tai_mjd) * 86400 >= 20 - 1e-6
-        lag = (mine["endReadout"].tai_mjd - mine["startIntegration"].tai_mjd) * 86400
-        assert abs(lag - (v.exptime + cam.readout_time_s)) < 1e-3
-        dwall = mine["endReadout"].wall_s - mine["startIntegration"].wall_s
-        assert abs(dwall - lag / 10.0) < 1e-3
-    tel = [e for e in events if e.name == "telemetry"]
-    assert tel and {"pointing", "weather", "seeing", "dome"} <= set(tel[0].payload)
-    with pytest.raises(InvalidInputError):
-        list(night_events(cam, [], speed=1.0))
 
 
 def test_cli_night_and_bad_input(tmp_path: Path) -> None:

@@ -2,22 +2,25 @@
 
 fastavro walks every field of every dict (about 1,300 fields per alert with ten previous
 DIASources and ten forced sources), about a microsecond each. Avro's binary encoding is a plain
-concatenation of field encodings, so each table is instead encoded column by column with numpy
-(zig-zag varints, little-endian floats, union branch bytes), rows are scattered into one
-buffer, and each alert body is then a join of a few byte slices: its DIASource, the contiguous
-run of its object's history rows, its DIAObject, its cutouts. ``tests/test_alerts_columnar.py``
+concatenation of field encodings, so each table is instead encoded at once (``avro_rows``:
+numpy per column, then numba per row) into one buffer, and each alert body is then a join of
+a few byte slices: its DIASource, the contiguous run of its object's history rows, its
+DIAObject, its cutouts. ``tests/test_alerts_columnar.py``
 checks byte equality with ``packet.serialize(packet.build_alerts(...))``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from algorithms.association import Columns
 from state.errors import ConfigurationError, InvalidInputError
 
+from .avro_rows import encode_rows
+from .batch import N_SEGMENTS, AlertBatch, BufferPool, assemble
 from .packet import Cutouts, frame_header
 from .schema import AlertSchema, Field, latest_schema
 
@@ -54,85 +57,31 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _with_union(
-    mat: np.ndarray, lens: np.ndarray, null: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Prefix the ["null", T] branch byte: 0x00 alone for null rows, 0x02 + value otherwise."""
-    out = np.zeros((mat.shape[0], mat.shape[1] + 1), dtype=np.uint8)
-    out[:, 0] = np.where(null, 0, 2)
-    out[:, 1:] = mat
-    return out, np.where(null, 1, lens + 1)
+@dataclass(frozen=True)
+class _Group:
+    buf: np.ndarray  # encoded rows, sorted by key then time
+    offsets: np.ndarray  # row offsets into buf (rows + 1)
+    keys: np.ndarray  # distinct keys, sorted
+    first: np.ndarray  # first row of each key
+    end: np.ndarray  # one past the last row of each key
+
+    def lookup(self, want: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For each wanted key (0 = none): (present, start byte, end byte) of its rows."""
+        if len(self.keys) == 0:
+            zero = np.zeros(len(want), dtype=np.int64)
+            return np.zeros(len(want), dtype=bool), zero, zero
+        pos = np.clip(np.searchsorted(self.keys, want), 0, len(self.keys) - 1)
+        has = (self.keys[pos] == want) & (want != 0)
+        a = np.where(has, self.offsets[self.first[pos]], 0)
+        b = np.where(has, self.offsets[self.end[pos]], 0)
+        return has, a, b
 
 
-def _field(f: Field, cols: Columns, n: int) -> tuple[np.ndarray, np.ndarray]:
-    if f.name not in cols:
-        if f.nullable or f.type in ("int", "long"):
-            return np.zeros((n, 1), dtype=np.uint8), np.ones(n, dtype=np.int64)
-        raise InvalidInputError(f"required field {f.name!r} missing")
-    col = np.asarray(cols[f.name])
-    null = np.zeros(n, dtype=bool)
-    if f.type in ("double", "float"):
-        arr = col.astype("<f8" if f.type == "double" else "<f4")
-        if f.nullable:
-            null = ~np.isfinite(arr)
-        mat = arr.view(np.uint8).reshape(n, arr.itemsize)
-        lens = np.full(n, arr.itemsize, dtype=np.int64)
-    elif f.type in ("long", "int"):
-        v = col.astype(np.int64)
-        if f.nullable and f.name.endswith("Id"):
-            null = v == 0
-        mat, lens = _varint_matrix(v)
-    elif f.type == "boolean":
-        mat = col.astype(bool).astype(np.uint8).reshape(n, 1)
-        lens = np.ones(n, dtype=np.int64)
-    elif f.type == "string":
-        raw = [b"" if v is None else str(v).encode() for v in col.tolist()]
-        if f.nullable:
-            null = np.array([len(r) == 0 for r in raw], dtype=bool)
-        slen = np.array([len(r) for r in raw], dtype=np.int64)
-        vmat, vlens = _varint_matrix(slen)
-        width = max(int(slen.max(initial=0)), 1)
-        smat = np.frombuffer(b"".join(r.ljust(width, b"\0") for r in raw), dtype=np.uint8)
-        mat = np.zeros((n, 10 + width), dtype=np.uint8)
-        # Varint then text, packed left: place text after each row's varint length.
-        rows = np.arange(n)[:, None]
-        mat[rows, np.arange(10)[None, :]] = vmat
-        mat[rows, vlens[:, None] + np.arange(width)[None, :]] = smat.reshape(n, width)
-        lens = vlens + slen
-    else:
-        raise InvalidInputError(f"no columnar encoding for {f.name!r} of type {f.type!r}")
-    if f.nullable:
-        return _with_union(mat, lens, null)
-    return mat, lens
-
-
-def encode_rows(fields: Sequence[Field], cols: Columns, n: int) -> tuple[bytes, np.ndarray]:
-    """Avro encodings of ``n`` records: one buffer and row offsets (n + 1)."""
-    parts = [_field(f, cols, n) for f in fields]
-    lens = np.stack([p[1] for p in parts], axis=1) if parts else np.zeros((n, 0), np.int64)
-    row_len = lens.sum(axis=1)
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(row_len, out=offsets[1:])
-    out = np.zeros(int(offsets[-1]), dtype=np.uint8)
-    start = offsets[:-1, None] + np.cumsum(lens, axis=1) - lens
-    for k, (mat, flen) in enumerate(parts):
-        width = mat.shape[1]
-        if width == 1 or np.all(flen == width):
-            idx = start[:, k, None] + np.arange(width)[None, :]
-            out[idx[:, : int(flen.max(initial=0))]] = mat[:, : int(flen.max(initial=0))]
-            continue
-        ar = np.arange(width)[None, :]
-        valid = ar < flen[:, None]
-        out[(start[:, k, None] + ar)[valid]] = mat[valid]
-    return out.tobytes(), offsets
-
-
-def _grouped(
-    fields: Sequence[Field], cols: Columns | None, key: str = "diaObjectId"
-) -> tuple[bytes, np.ndarray, dict[int, tuple[int, int]]]:
-    """Encode rows sorted by ``key`` (then time); map key -> (first row, end row)."""
+def _grouped(fields: Sequence[Field], cols: Columns | None, key: str = "diaObjectId") -> _Group:
+    """Encode rows sorted by ``key`` (then time), with the row range of every key."""
+    empty = np.zeros(0, dtype=np.int64)
     if cols is None or len(cols.get(key, ())) == 0:
-        return b"", np.zeros(1, dtype=np.int64), {}
+        return _Group(np.zeros(0, np.uint8), np.zeros(1, np.int64), empty, empty, empty)
     keys = np.asarray(cols[key], dtype=np.int64)
     t = np.asarray(cols.get("midpointMjdTai", np.zeros(len(keys))), dtype=np.float64)
     order = np.lexsort((t, keys))
@@ -141,13 +90,7 @@ def _grouped(
     ks = keys[order]
     starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
     ends = np.r_[starts[1:], len(ks)]
-    return (
-        buf,
-        offs,
-        dict(
-            zip(ks[starts].tolist(), zip(starts.tolist(), ends.tolist(), strict=True), strict=True)
-        ),
-    )
+    return _Group(np.frombuffer(buf, dtype=np.uint8), offs, ks[starts], starts, ends)
 
 
 def _opt_string(value: str | None) -> bytes:
@@ -157,56 +100,138 @@ def _opt_string(value: str | None) -> bytes:
     return b"\x02" + varint(len(raw)) + raw
 
 
+@dataclass(frozen=True)
+class CutoutPlanes:
+    """Cutouts of a CCD as arrays: row k of each (n, nbytes) uint8 array is source k's FITS
+    file (``CutoutTemplate.render``); None where that kind of cutout is not sent."""
+
+    difference: np.ndarray | None
+    science: np.ndarray | None
+    template: np.ndarray | None
+
+
+def _cutout_columns(
+    cutouts: Sequence[Cutouts] | CutoutPlanes | None, n: int
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per kind: (byte pool, start per source, size per source with -1 for none)."""
+    none = (np.zeros(1, np.uint8), np.zeros(n, np.int64), np.full(n, -1, np.int64))
+    if cutouts is None:
+        return [none] * 3
+    if isinstance(cutouts, CutoutPlanes):
+        out = []
+        for arr in (cutouts.difference, cutouts.science, cutouts.template):
+            if arr is None:
+                out.append(none)
+                continue
+            if arr.dtype != np.uint8 or arr.ndim != 2 or len(arr) != n:
+                raise InvalidInputError(f"cutout planes must be ({n}, nbytes) uint8 arrays")
+            size = arr.shape[1]
+            out.append((arr, np.arange(n, dtype=np.int64) * size, np.full(n, size, np.int64)))
+        return out
+    if len(cutouts) != n:
+        raise InvalidInputError(f"{len(cutouts)} cutout triples for {n} DIASources")
+    out = []
+    for c in range(3):
+        items = [t[c] for t in cutouts]
+        size = np.array([-1 if x is None else memoryview(x).nbytes for x in items], np.int64)
+        start = np.zeros(n, dtype=np.int64)
+        np.cumsum(np.maximum(size, 0)[:-1], out=start[1:])
+        pool = b"".join(x for x in items if x is not None) or b"\0"
+        out.append((np.frombuffer(pool, dtype=np.uint8), start, size))
+    return out
+
+
+def encode_alert_batch(
+    sources: Columns,
+    objects: Columns | None = None,
+    history: Columns | None = None,
+    forced_history: Columns | None = None,
+    ss_sources: Columns | None = None,
+    cutouts: Sequence[Cutouts] | CutoutPlanes | None = None,
+    observation_reason: str | None = None,
+    target_name: str | None = None,
+    schema: AlertSchema | None = None,
+    pool: BufferPool | None = None,
+) -> AlertBatch:
+    """One CCD's framed packets in one buffer (from ``pool`` if given); packet k has the same
+    bytes as ``serialize(build_alerts(...same args...))[k]``."""
+    schema = schema or latest_schema()
+    if tuple(schema.field_names("alert")) != ALERT_FIELDS:
+        raise ConfigurationError(f"alert schema {schema.version} has an unexpected field layout")
+    n = len(sources["diaSourceId"])
+    cut = _cutout_columns(cutouts, n)
+    src_ids = np.asarray(sources["diaSourceId"], dtype=np.int64)
+    src_buf, src_off = encode_rows(schema.fields("diaSource"), sources, n)
+    if history is not None and len(history.get("diaSourceId", ())):
+        keep = ~np.isin(np.asarray(history["diaSourceId"]), src_ids)
+        history = {k: np.asarray(v)[keep] for k, v in history.items()}
+    prv = _grouped(schema.fields("diaSource"), history)
+    fs = _grouped(schema.fields("diaForcedSource"), forced_history)
+    obj = _grouped(schema.fields("diaObject"), objects)
+    ss = _grouped(schema.fields("ssSource"), ss_sources, "diaSourceId")
+    obj_ids = np.asarray(sources.get("diaObjectId", np.zeros(n)), dtype=np.int64)
+    head_tail = np.frombuffer(_opt_string(observation_reason) + _opt_string(target_name), np.uint8)
+    row10 = np.arange(n, dtype=np.int64) * 10
+    start = np.zeros((n, N_SEGMENTS), dtype=np.int64)
+    length = np.zeros((n, N_SEGMENTS), dtype=np.int64)
+    union = np.array([0, 2], dtype=np.uint8)
+    arrays: list[np.ndarray] = [
+        union, np.frombuffer(frame_header(schema.schema_id), np.uint8), head_tail,
+    ]  # fmt: skip
+    which: list[int] = []
+
+    def segment(array: int, s: np.ndarray | int, size: np.ndarray | int) -> None:
+        start[:, len(which)] = s
+        length[:, len(which)] = size
+        which.append(array)
+
+    def add(array: np.ndarray) -> int:
+        arrays.append(array)
+        return len(arrays) - 1
+
+    segment(1, 0, 5)
+    sid_mat, sid_len = _varint_matrix(src_ids)
+    segment(add(sid_mat), row10, sid_len)
+    segment(2, 0, len(head_tail))
+    segment(add(np.frombuffer(src_buf, np.uint8)), src_off[:-1], np.diff(src_off))
+    for group, key in ((prv, obj_ids), (fs, obj_ids)):  # arrays: branch, count, rows, end
+        has, a, b = group.lookup(key)
+        count_mat, count_len = _varint_matrix(np.searchsorted(group.offsets, b) -
+                                              np.searchsorted(group.offsets, a))  # fmt: skip
+        segment(0, has.astype(np.int64), 1)
+        segment(add(count_mat), row10, np.where(has, count_len, 0))
+        segment(add(group.buf), a, b - a)
+        segment(0, 0, has.astype(np.int64))
+    for group, key in ((obj, obj_ids), (ss, src_ids)):  # one record: branch, the record
+        has, a, _ = group.lookup(key)
+        first = np.searchsorted(group.offsets, a)
+        b = group.offsets[np.minimum(first + 1, len(group.offsets) - 1)]
+        segment(0, has.astype(np.int64), 1)
+        segment(add(group.buf), a, np.where(has, b - a, 0))
+    segment(0, 0, 1)  # mpc_orbits: null
+    for cut_bytes, s, size in cut:
+        has = size >= 0
+        len_mat, len_len = _varint_matrix(np.maximum(size, 0))
+        segment(0, has.astype(np.int64), 1)
+        segment(add(len_mat), row10, np.where(has, len_len, 0))
+        segment(add(cut_bytes), s, np.maximum(size, 0))
+    return assemble(src_ids, arrays, which, start, length, pool)
+
+
 def encode_alerts(
     sources: Columns,
     objects: Columns | None = None,
     history: Columns | None = None,
     forced_history: Columns | None = None,
     ss_sources: Columns | None = None,
-    cutouts: Sequence[Cutouts] | None = None,
+    cutouts: Sequence[Cutouts] | CutoutPlanes | None = None,
     observation_reason: str | None = None,
     target_name: str | None = None,
     schema: AlertSchema | None = None,
 ) -> list[bytes]:
-    """Framed alert packets, the same bytes as ``serialize(build_alerts(...same args...))``."""
-    schema = schema or latest_schema()
-    if tuple(schema.field_names("alert")) != ALERT_FIELDS:
-        raise ConfigurationError(f"alert schema {schema.version} has an unexpected field layout")
-    n = len(sources["diaSourceId"])
-    if cutouts is not None and len(cutouts) != n:
-        raise InvalidInputError(f"{len(cutouts)} cutout triples for {n} DIASources")
-    src_ids = np.asarray(sources["diaSourceId"], dtype=np.int64)
-    src_buf, src_off = encode_rows(schema.fields("diaSource"), sources, n)
-    if history is not None and len(history.get("diaSourceId", ())):
-        keep = ~np.isin(np.asarray(history["diaSourceId"]), src_ids)
-        history = {k: np.asarray(v)[keep] for k, v in history.items()}
-    prv_buf, prv_off, prv_rng = _grouped(schema.fields("diaSource"), history)
-    fs_buf, fs_off, fs_rng = _grouped(schema.fields("diaForcedSource"), forced_history)
-    obj_buf, obj_off, obj_rng = _grouped(schema.fields("diaObject"), objects)
-    ss_buf, ss_off, ss_rng = _grouped(schema.fields("ssSource"), ss_sources, "diaSourceId")
-    header = frame_header(schema.schema_id)
-    head_tail = _opt_string(observation_reason) + _opt_string(target_name)
-    sid_mat, sid_len = _varint_matrix(src_ids)
-    obj_ids = np.asarray(sources.get("diaObjectId", np.zeros(n)), dtype=np.int64).tolist()
-    out = []
-    for k in range(n):
-        oid, sid = obj_ids[k], int(src_ids[k])
-        parts = [header, sid_mat[k, : sid_len[k]].tobytes(), head_tail,
-                 src_buf[src_off[k] : src_off[k + 1]]]  # fmt: skip
-        for buf, offs, rng in ((prv_buf, prv_off, prv_rng), (fs_buf, fs_off, fs_rng)):
-            r = rng.get(oid) if oid else None
-            if r is None:
-                parts.append(b"\x00")
-            else:
-                parts += [b"\x02", varint(r[1] - r[0]), buf[offs[r[0]] : offs[r[1]]], b"\x00"]
-        for buf, offs, rng, key in (
-            (obj_buf, obj_off, obj_rng, oid),
-            (ss_buf, ss_off, ss_rng, sid),
-        ):
-            r = rng.get(key) if key else None
-            parts.append(b"\x00" if r is None else b"\x02" + buf[offs[r[0]] : offs[r[0] + 1]])
-        parts.append(b"\x00")  # mpc_orbits
-        for c in cutouts[k] if cutouts is not None else (None, None, None):
-            parts.append(b"\x00" if c is None else b"\x02" + varint(len(c)) + c)
-        out.append(b"".join(parts))
-    return out
+    """Framed alert packets as bytes, the same as ``serialize(build_alerts(...same args...))``."""
+    batch = encode_alert_batch(
+        sources, objects, history, forced_history, ss_sources, cutouts,
+        observation_reason, target_name, schema,
+    )  # fmt: skip
+    return [bytes(p) for p in batch]

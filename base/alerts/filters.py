@@ -336,6 +336,11 @@ def alert_table(
     return _MissingAsNull(table, n)
 
 
+def filter_table(columns: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """Columns from :func:`alert_table` (e.g. after a trip through Ray) ready for ``mask``."""
+    return _MissingAsNull({k: np.asarray(v) for k, v in columns.items()}, n)
+
+
 class _MissingAsNull(dict):
     """A visit table where a field no alert carries reads as all-null (NaN)."""
 

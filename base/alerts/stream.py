@@ -1,19 +1,21 @@
 """Alert fan-out to subscribers: the filter + queue core of the alert stream, network-free.
 
-The gateway owns the sockets; this class owns who gets what. A visit is published once as its
-serialized packets plus a columnar filter table; every filtered subscriber's filter runs over
-the whole visit as one vectorised mask, and the first ``per_visit_limit`` (20, DMS-REQ-0343)
-passing alerts are offered to its queue. Full-stream subscribers (authorised brokers) get
-everything. Queues are bounded; ``put_nowait`` never waits: an alert that does not fit is
-dropped and counted, and a subscriber whose drops pass ``max_drops`` is marked ``lagging``
-so the gateway can disconnect it. Each delivered message carries a per-subscriber sequence
-number, so a reader sees its gaps.
+The gateway owns the sockets; this class owns who gets what. A visit arrives as one or more
+batches (one per CCD) of serialized packets plus a columnar filter table; every filtered
+subscriber's filter runs over a whole batch as one vectorised mask, and the first
+``per_visit_limit`` (20, DMS-REQ-0343) passing alerts of each visit, over all its batches, are
+offered to its queue; a subscriber that has its 20 for a visit is not filtered again for that
+visit. Full-stream subscribers (authorised brokers) get everything. Queues are bounded;
+``put_nowait`` never waits: an alert that does not fit is dropped and counted, and a subscriber
+whose drops pass ``max_drops`` is marked ``lagging`` so the gateway can disconnect it. Each
+delivered message carries a per-subscriber sequence number, so a reader sees its gaps.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -23,13 +25,16 @@ from state.errors import InvalidInputError
 
 from .filters import AlertFilter
 
+#: Visits whose per-subscriber counts are kept (visits interleave only at their boundaries).
+_VISITS_REMEMBERED = 16
+
 
 @dataclass(frozen=True)
 class StreamMessage:
     seq: int  # per-subscriber, consecutive over offered messages (dropped ones leave gaps)
     visit: int
     dia_source_id: int
-    packet: bytes  # Confluent-framed Avro
+    packet: bytes | memoryview  # Confluent-framed Avro
 
 
 @dataclass
@@ -45,8 +50,23 @@ class Subscription:
     lagging: bool = False
     last_visit_matches: int = 0
     filter_seconds: float = 0.0
+    visit_counts: OrderedDict[int, int] = field(default_factory=OrderedDict)
 
-    def offer(self, msg_visit: int, ids: Sequence[int], packets: Sequence[bytes]) -> None:
+    def remaining(self, visit: int) -> int | None:
+        """How many more alerts of ``visit`` this subscriber may get (None: no limit)."""
+        if self.per_visit_limit is None:
+            return None
+        return self.per_visit_limit - self.visit_counts.get(visit, 0)
+
+    def count(self, visit: int, n: int) -> None:
+        self.visit_counts[visit] = self.visit_counts.get(visit, 0) + n
+        self.visit_counts.move_to_end(visit)
+        while len(self.visit_counts) > _VISITS_REMEMBERED:
+            self.visit_counts.popitem(last=False)
+
+    def offer(
+        self, msg_visit: int, ids: Sequence[int], packets: Sequence[bytes | memoryview]
+    ) -> None:
         for sid, packet in zip(ids, packets, strict=True):
             self.seq += 1
             try:
@@ -116,10 +136,11 @@ class AlertFanout:
         self,
         visit: int,
         dia_source_ids: np.ndarray,
-        packets: Sequence[bytes],
+        packets: Sequence[bytes | memoryview],
         table: Mapping[str, np.ndarray],
     ) -> PublishStats:
-        """Offer one visit's alerts; returns at once (never waits for a subscriber)."""
+        """Offer one batch (a CCD, or a whole visit) of ``visit``'s alerts; returns at once
+        (never waits for a subscriber)."""
         n = len(packets)
         if len(dia_source_ids) != n:
             raise InvalidInputError(f"{len(dia_source_ids)} ids for {n} packets")
@@ -131,10 +152,14 @@ class AlertFanout:
             if sub.filter is None:
                 sub.offer(visit, ids, packets)
                 continue
+            room = sub.remaining(visit)
+            if room is not None and room <= 0:
+                continue
             t = time.perf_counter()
-            hits = np.flatnonzero(sub.filter.mask(table, n))[: sub.per_visit_limit]
+            hits = np.flatnonzero(sub.filter.mask(table, n))[:room]
             sub.filter_seconds += time.perf_counter() - t
             sub.last_visit_matches = len(hits)
+            sub.count(visit, len(hits))
             sub.offer(visit, [ids[i] for i in hits], [packets[i] for i in hits])
         return PublishStats(
             visit,

@@ -4,16 +4,17 @@
   plus their DiaSources and DiaForcedSources of the last ``history_days`` (DMS-REQ-0319).
 * ``store(visit, detector, ...)``: one transaction per (visit, detector) with a ledger row
   inserted first; if the row already exists the call adds nothing and says so (a retry after a
-  lost acknowledgement is harmless). Rows go in with COPY (``copy_records_to_table``).
+  lost acknowledgement is harmless). Rows go in as binary COPY (``copywrite.py``).
   DiaObject is versioned: the previous version gets ``validityEndMjdTai`` and a new version is
-  appended, and DiaObjectLast (one row per object, indexed by ``pixelId``) is replaced.
+  appended, and DiaObjectLast (one row per object, indexed by ``pixelId``) is updated in place;
+  concurrent writers of one object are serialized on its DiaObjectLast row (``store.py``).
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import asyncpg
 import numpy as np
@@ -21,11 +22,16 @@ import numpy as np
 from algorithms.association import Columns
 
 from . import schema as sch
+from . import store as store_mod
+from .copyread import fetch_columns, int_array
+from .copywrite import copy_payload
 from .db import columns_from_row, mapped_errors, migrate, records
 from .schema import q
 from .spatial import Region, pixel_ids
 
 LEDGER = "apdb_visit_detector"
+#: Extra margin of the history read: a source may lie this far outside its object's region.
+HISTORY_PAD_ARCSEC = 5.0
 
 
 async def _create_tables(conn: asyncpg.Connection, schema: str) -> None:
@@ -105,39 +111,48 @@ class Apdb:
 
     # ---------------------------------------------------------------- reads
     async def preload(self, region: Region, mjd: float, history_days: float = 365.0) -> Preload:
-        """Latest DiaObjects in ``region`` and their ``history_days`` of sources before ``mjd``."""
-        lo, hi = region.pixel_ranges()
-        obj_t = self._tables["DiaObjectLast"]
+        """Latest DiaObjects in ``region`` and their ``history_days`` of sources before ``mjd``.
+
+        Every table is read by ``pixelId`` ranges (index range scans, sequential once the
+        tables are clustered, see :meth:`cluster`); the history by the ranges of the region
+        grown by :data:`HISTORY_PAD_ARCSEC`, then kept for the objects found.
+        """
+        since = float(mjd - history_days)
+        wider = Region(region.ra, region.dec, region.pad_arcsec + HISTORY_PAD_ARCSEC)
         async with mapped_errors("APDB preload"), self._pool.acquire() as conn:
-            row = await conn.fetchrow(
-                f"SELECT {sch.select_columns_sql(obj_t, 'o')} FROM ("
-                f" SELECT o.* FROM {self._t('DiaObjectLast')} o"
-                " JOIN unnest($1::bigint[], $2::bigint[]) AS r(lo, hi)"
-                ' ON o."pixelId" >= r.lo AND o."pixelId" < r.hi'
-                ' ORDER BY o."pixelId") o',
-                lo.tolist(),
-                hi.tolist(),
-            )
-            objects = columns_from_row(obj_t, row)
-            inside = region.contains(objects["ra"], objects["dec"])
+            objects = await self._in_ranges(conn, "DiaObjectLast", region, "")
+            inside = np.flatnonzero(region.contains(objects["ra"], objects["dec"]))
+            inside = inside[np.argsort(objects["pixelId"][inside], kind="stable")]
             objects = {k: v[inside] for k, v in objects.items()}
-            ids = objects["diaObjectId"].tolist()
-            since = mjd - history_days
-            sources = await self._history(conn, "DiaSource", ids, since)
-            forced = await self._history(conn, "DiaForcedSource", ids, since)
+            when = f' AND o."midpointMjdTai" > {since!r}'
+            sources = await self._in_ranges(conn, "DiaSource", wider, when)
+            forced = await self._in_ranges(conn, "DiaForcedSource", wider, when)
+        ids = objects["diaObjectId"]
+        keep = np.isin(sources["diaObjectId"], ids)
+        sources = {k: v[keep] for k, v in sources.items()}
+        keep = np.isin(forced["diaObjectId"], ids)
+        forced = {k: v[keep] for k, v in forced.items()}
         return Preload(objects, sources, forced)
 
-    async def _history(
-        self, conn: asyncpg.Connection, name: str, ids: list[int], since: float
+    async def _in_ranges(
+        self, conn: asyncpg.Connection, name: str, region: Region, where: str
     ) -> Columns:
-        t = self._tables[name]
-        row = await conn.fetchrow(
-            f"SELECT {sch.select_columns_sql(t)} FROM {self._t(name)}"
-            ' WHERE "diaObjectId" = ANY($1::bigint[]) AND "midpointMjdTai" > $2',
-            ids,
-            since,
-        )
-        return columns_from_row(t, row)
+        lo, hi = region.pixel_ranges()
+        return await fetch_columns(
+            conn, self._tables[name],
+            f"SELECT o.* FROM unnest({int_array(lo)}, {int_array(hi)}) AS r(lo, hi)"
+            f" CROSS JOIN LATERAL (SELECT * FROM {self._t(name)} o"
+            f'  WHERE o."pixelId" >= r.lo AND o."pixelId" < r.hi{where}) o',
+        )  # fmt: skip
+
+    async def cluster(self) -> None:
+        """Daytime maintenance: order the spatial tables physically by ``pixelId`` (CLUSTER) and
+        refresh the planner's statistics, so a region read touches contiguous pages."""
+        async with mapped_errors("APDB cluster"), self._pool.acquire() as conn:
+            for name in ("DiaObjectLast", "DiaSource", "DiaForcedSource"):
+                index = q(f"idx_{name}_pixelId")
+                await conn.execute(f"CLUSTER {self._t(name)} USING {index}", timeout=None)
+                await conn.execute(f"ANALYZE {self._t(name)}")
 
     async def is_stored(self, visit: int, detector: int) -> bool:
         async with mapped_errors("APDB is_stored"), self._pool.acquire() as conn:
@@ -194,18 +209,18 @@ class Apdb:
 
         ``objects`` are the new versions of every DiaObject touched by this CCD (their
         ``validityStartMjdTai`` set); ``pixelId`` is computed here for every spatial table.
+        Concurrent stores touching the same DiaObjects are serialized per object and leave
+        exactly one open version of each (see :mod:`base.apdb.store`).
         """
         tables = self._tables
         n_src = len(sources["ra"])
-        n_obj = len(objects["ra"])
+        n_obj = len(objects.get("ra", ()))
         forced_sources = forced_sources or {}
         ss_sources = ss_sources or {}
         n_fs = len(forced_sources.get("ra", ()))
         n_ss = len(ss_sources.get("diaSourceId", ()))
-        prepared: list[tuple[str, list[str], list[tuple[Any, ...]]]] = []
+        prepared: list[tuple[str, list[str], bytes]] = []
         for name, cols, n in (
-            ("DiaObject", objects, n_obj),
-            ("DiaObjectLast", objects, n_obj),
             ("DiaSource", sources, n_src),
             ("DiaForcedSource", forced_sources, n_fs),
             ("SSSource", ss_sources, n_ss),
@@ -214,8 +229,9 @@ class Apdb:
                 continue
             if name in sch.SPATIAL_TABLES:
                 cols = {**cols, "pixelId": pixel_ids(cols["ra"], cols["dec"])}  # noqa: PLW2901
-            names, rows = records(tables[name], cols, n)
-            prepared.append((name, names, rows))
+            names, payload = copy_payload(tables[name], cols, n)
+            prepared.append((name, names, payload))
+        versions = store_mod.object_records(objects) if n_obj else {}
         obj_ids = np.asarray(objects.get("diaObjectId", []), dtype=np.int64).tolist()
         counts = {"DiaSource": n_src, "DiaObject": n_obj, "DiaForcedSource": n_fs, "SSSource": n_ss}
         async with (
@@ -231,32 +247,21 @@ class Apdb:
                 )  # fmt: skip
             if not claimed:
                 return StoreResult(visit, detector, stored=False)
+            current = (
+                await store_mod.lock_current(conn, self._t("DiaObjectLast"), obj_ids)
+                if obj_ids
+                else {}
+            )
+            for name, names, payload in prepared:
+                await conn.copy_to_table(
+                    name, source=io.BytesIO(payload), schema_name=self.schema, columns=names,
+                    format="binary",
+                )  # fmt: skip
             if obj_ids:
-                await self._retire(conn, obj_ids, objects)
-            for name, names, rows in prepared:
-                await conn.copy_records_to_table(
-                    name, schema_name=self.schema, columns=names, records=rows
-                )
+                late = store_mod.contended(objects, current)
+                if late.any():
+                    objects = await store_mod.recompute(conn, self.schema, objects, late, current)
+                    versions = store_mod.object_records(objects)
+                    counts["contended"] = int(late.sum())
+                await store_mod.write_versions(conn, self.schema, objects, versions, late)
         return StoreResult(visit, detector, stored=True, counts=counts)
-
-    async def _retire(self, conn: asyncpg.Connection, ids: list[int], objects: Columns) -> None:
-        """Close the open DiaObject versions of ``ids`` and drop their DiaObjectLast rows."""
-        start = np.asarray(objects["validityStartMjdTai"], dtype=np.float64).tolist()
-        await conn.execute(
-            f'UPDATE {self._t("DiaObject")} d SET "validityEndMjdTai" = u.t'
-            " FROM unnest($1::bigint[], $2::float8[]) AS u(id, t)"
-            ' WHERE d."diaObjectId" = u.id AND d."validityEndMjdTai" IS NULL',
-            ids,
-            start,
-        )
-        # Lock first, then delete in a new statement: a concurrent writer of the same object
-        # waits here, and its DELETE then sees (and removes) the row this one inserts.
-        await conn.execute(
-            f'SELECT 1 FROM {self._t("DiaObjectLast")} WHERE "diaObjectId" = ANY($1::bigint[])'
-            ' ORDER BY "diaObjectId" FOR UPDATE',
-            ids,
-        )
-        await conn.execute(
-            f'DELETE FROM {self._t("DiaObjectLast")} WHERE "diaObjectId" = ANY($1::bigint[])',
-            ids,
-        )

@@ -66,12 +66,15 @@ async def migrate(
     Migration ``k`` (1-based) runs in its own transaction with its version row, under an
     advisory lock, so concurrent starters apply each migration exactly once.
     """
-    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {q(schema)}")
-    await conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {q(schema)}.schema_version ("
-        " component text NOT NULL, version integer NOT NULL,"
-        " applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (component, version))"
-    )
+    async with conn.transaction():
+        # IF NOT EXISTS is not safe against a concurrent creator; the lock makes it so.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{schema}.schema")
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {q(schema)}")
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {q(schema)}.schema_version ("
+            " component text NOT NULL, version integer NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (component, version))"
+        )
     for version, step in enumerate(migrations, start=1):
         async with conn.transaction():
             await conn.execute(

@@ -7,12 +7,15 @@ Layout, most significant first (63 bits)::
 ``release`` numbers the processing campaign (0 = prompt processing, 1.. = data releases or
 reprocessing runs), so a reprocessing of the same visit can never reuse an id; ``kind``
 separates DiaSource from DiaForcedSource ids; ``index`` counts rows within one
-(visit, detector). A new DiaObject takes the id of the DiaSource that founded it, as Rubin does.
+(visit, detector). Rubin-style visit numbers (``dayObs * 100000 + seqNum``) are folded into the
+32 visit bits by :func:`compact_visit`. A new DiaObject takes the id of the DiaSource that
+founded it, as Rubin does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 
 import numpy as np
 
@@ -20,6 +23,25 @@ from state.errors import InvalidInputError
 
 RELEASE_BITS, KIND_BITS, VISIT_BITS, DETECTOR_BITS, INDEX_BITS = 5, 1, 32, 8, 17
 KIND_DIA_SOURCE, KIND_FORCED_SOURCE = 0, 1
+
+
+#: Rubin numbers exposures ``dayObs * 100000 + seqNum``; ids pack the day as days since this.
+_DAY_ZERO = date(2020, 1, 1)
+
+
+def compact_visit(visit: int) -> int:
+    """A Rubin-style visit number folded into 32 bits: days since 2020 * 100000 + seqNum.
+
+    Visit numbers that already fit (small test numbers) are kept as they are.
+    """
+    if visit < 1 << VISIT_BITS:
+        return visit
+    day_obs, seq = divmod(visit, 100000)
+    try:
+        day = date(day_obs // 10000, day_obs // 100 % 100, day_obs % 100)
+    except ValueError as e:
+        raise InvalidInputError(f"visit {visit} is not dayObs * 100000 + seqNum") from e
+    return (day - _DAY_ZERO).days * 100000 + seq
 
 
 @dataclass(frozen=True)
@@ -43,6 +65,7 @@ class IdPacker:
 
     def ids(self, visit: int, detector: int, n: int, kind: int = KIND_DIA_SOURCE) -> np.ndarray:
         """``n`` consecutive ids for one (visit, detector)."""
+        visit = compact_visit(visit)
         if not 0 <= visit < 1 << VISIT_BITS:
             raise InvalidInputError(f"visit {visit} does not fit in {VISIT_BITS} bits")
         if not 0 <= detector < 1 << DETECTOR_BITS:

@@ -86,13 +86,21 @@ class Region:
         return inside
 
     def pixel_ranges(self) -> tuple[np.ndarray, np.ndarray]:
-        """Half-open ``[lo, hi)`` ranges of ``pixelId`` covering the padded region, merged."""
+        """Half-open ``[lo, hi)`` ranges of ``pixelId`` covering the padded region, merged.
+
+        Coarse pixels (~1/32 of the radius) from a cone search, kept only where the pixel can
+        touch the polygon (its centre within the polygon grown by the pixel's radius), so the
+        ranges cover little more than the region itself.
+        """
         radius = self.radius_deg()
-        # A coarse order whose pixels are ~1/4 of the radius keeps the range count small.
-        coarse = int(np.clip(math.floor(math.log2(58.6 / max(radius / 4, 1e-6))), 0, ORDER))
+        coarse = int(np.clip(math.floor(math.log2(58.6 / max(radius / 32, 1e-6))), 0, ORDER))
         ra0, dec0 = self.center
         hp = HEALPix(nside=1 << coarse, order="nested")
         pix = np.sort(hp.cone_search_lonlat(ra0 * u.deg, dec0 * u.deg, radius * u.deg))
+        lon, lat = hp.healpix_to_lonlat(pix)
+        reach = 1.5 * hp.pixel_resolution.to_value(u.arcsec)
+        grown = Region(self.ra, self.dec, self.pad_arcsec + reach)
+        pix = pix[grown.contains(lon.to_value(u.deg), lat.to_value(u.deg))]
         shift = 2 * (ORDER - coarse)
         lo = pix.astype(np.int64) << shift
         hi = (pix.astype(np.int64) + 1) << shift

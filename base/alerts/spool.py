@@ -1,0 +1,164 @@
+"""The publishing side of the alert stream: a bounded spool of published CCD batches that the
+gateway long-polls (``rpc_poll_alerts``), so the pipeline never waits for a reader.
+
+The AlertPublisher calls :meth:`AlertSpool.publish` once per (visit, detector) after the batch
+is archived: a synchronous append that evicts the oldest batches beyond ``max_batches`` or
+``max_bytes`` (counted). Readers keep a cursor (the last ``seq`` they have) and ask for what
+follows; a reader that fell behind the eviction learns how many batches it missed. Batches
+travel as numpy arrays (ids, packet offsets, one packet buffer, the filter columns), which Ray
+passes without pickling the packets one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from state.clock import tai_now
+from state.errors import InvalidInputError
+
+from .batch import AlertBatch
+
+
+@dataclass(frozen=True)
+class SpooledBatch:
+    seq: int
+    visit: int
+    detector: int
+    ids: np.ndarray  # diaSourceId per packet
+    offsets: np.ndarray  # int64, n + 1, into data
+    data: np.ndarray  # uint8: the framed packets back to back
+    table: dict[str, np.ndarray]  # filter columns ("diaSource.snr", ...), one row per packet
+    tai: float  # when it was published
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq, "visit": self.visit, "detector": self.detector, "ids": self.ids,
+            "offsets": self.offsets, "data": self.data, "table": self.table, "tai": self.tai,
+        }  # fmt: skip
+
+
+def _as_batch(ids: np.ndarray, packets: AlertBatch | Sequence[bytes | memoryview]) -> AlertBatch:
+    if isinstance(packets, AlertBatch):
+        return packets
+    sizes = np.array([memoryview(p).nbytes for p in packets], dtype=np.int64)
+    offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    data = (
+        np.frombuffer(b"".join(packets), dtype=np.uint8) if len(packets) else np.zeros(0, np.uint8)
+    )
+    return AlertBatch(np.asarray(ids, dtype=np.int64), offsets, data)
+
+
+class AlertSpool:
+    """Published batches, newest last, bounded; ``poll`` is a long poll by cursor."""
+
+    def __init__(self, max_batches: int = 4096, max_bytes: int = 8 << 30) -> None:
+        if max_batches < 1 or max_bytes < 1:
+            raise InvalidInputError("the alert spool needs room for at least one batch")
+        self.max_batches = max_batches
+        self.max_bytes = max_bytes
+        self._batches: deque[SpooledBatch] = deque()
+        self._bytes = 0
+        self._seq = 0
+        self.evicted = 0
+        self._new = asyncio.Event()
+
+    @property
+    def head(self) -> int:
+        """The seq of the newest batch (0 before the first)."""
+        return self._seq
+
+    def publish(
+        self,
+        visit: int,
+        detector: int,
+        ids: np.ndarray,
+        packets: AlertBatch | Sequence[bytes | memoryview],
+        table: Mapping[str, np.ndarray],
+    ) -> int:
+        """Append one CCD's alerts; never waits. Returns the batch's seq."""
+        batch = _as_batch(ids, packets)
+        n = len(batch.offsets) - 1
+        sizes = (len(np.asarray(ids)), len(batch.ids), *(len(v) for v in table.values()))
+        if any(size != n for size in sizes):
+            raise InvalidInputError(f"batch {visit}/{detector}: ids, packets and table differ")
+        self._seq += 1
+        spooled = SpooledBatch(
+            self._seq, int(visit), int(detector), batch.ids, batch.offsets, batch.data,
+            {k: np.asarray(v) for k, v in table.items()}, tai_now(),
+        )  # fmt: skip
+        self._batches.append(spooled)
+        self._bytes += int(batch.offsets[-1])
+        while len(self._batches) > 1 and (
+            len(self._batches) > self.max_batches or self._bytes > self.max_bytes
+        ):
+            old = self._batches.popleft()
+            self._bytes -= int(old.offsets[-1])
+            self.evicted += 1
+        new, self._new = self._new, asyncio.Event()
+        new.set()
+        return self._seq
+
+    def after(self, cursor: int, max_batches: int) -> tuple[list[SpooledBatch], int]:
+        """Batches with seq > cursor (at most ``max_batches``) and how many were evicted."""
+        first = self._batches[0].seq if self._batches else self._seq + 1
+        missed = max(0, first - cursor - 1)
+        skip = max(0, cursor + 1 - first)
+        out = [self._batches[i] for i in range(skip, min(len(self._batches), skip + max_batches))]
+        return out, missed
+
+    async def poll(
+        self, cursor: int | None, max_batches: int = 64, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """What follows ``cursor``, waiting up to ``timeout`` s for something new.
+
+        ``cursor=None`` starts a reader at the head (the live stream), at once. The answer:
+        ``{"cursor": last seq returned, "missed": batches evicted before they were read,
+        "reset": the cursor was ahead of this spool (the publisher restarted) and reading
+        restarted from its oldest batch, "batches": [SpooledBatch.to_wire(), ...]}``.
+        """
+        if cursor is None:
+            return {"cursor": self._seq, "missed": 0, "reset": False, "batches": []}
+        if max_batches < 1:
+            raise InvalidInputError("max_batches must be at least 1")
+        reset = cursor > self._seq
+        if reset:
+            cursor = 0
+        if cursor >= self._seq:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._new.wait(), timeout)
+        batches, missed = self.after(cursor, max_batches)
+        last = batches[-1].seq if batches else cursor
+        return {
+            "cursor": last, "missed": missed, "reset": reset,
+            "batches": [b.to_wire() for b in batches],
+        }  # fmt: skip
+
+
+class AlertStreamRpc:
+    """Mix into the AlertPublisher component: the gateway's data-plane calls.
+
+    The component sets ``self.spool`` (an :class:`AlertSpool`) and, once its archive is open,
+    ``self.alert_archive`` (an :class:`~base.alerts.archive.AlertArchive`).
+    """
+
+    spool: AlertSpool
+    alert_archive: Any = None
+
+    async def rpc_poll_alerts(
+        self, cursor: int | None, max_batches: int = 64, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        return await self.spool.poll(cursor, max_batches, min(float(timeout), 30.0))
+
+    async def rpc_fetch_alert(self, dia_source_id: int) -> bytes | None:
+        """The archived framed alert of ``dia_source_id`` (None: not archived)."""
+        if self.alert_archive is None:
+            raise InvalidInputError("this publisher has no alert archive open")
+        return await self.alert_archive.fetch_packet(int(dia_source_id))

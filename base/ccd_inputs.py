@@ -1,0 +1,255 @@
+"""Inputs of per-CCD processing: what the adapter needs from a repository, and readers.
+
+``CcdRepository`` is the small protocol the adapter uses (file paths only); the registry in
+``base/registry`` will be connected to it. ``NightDirectoryRepository`` implements it on the
+layout ``dmcs simulate night --out DIR`` writes (docs/simulation.md), with the night's truth
+as the reference catalogue. The readers turn those files into the in-memory inputs of
+``algorithms.pipeline.run_ccd``; they raise ``InvalidInputError`` on unreadable or
+inconsistent files.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from astropy.io import fits
+from astropy.utils.exceptions import AstropyUserWarning
+
+from algorithms.geometry import AmpGeometry, CcdGeometry, Section
+from algorithms.isr import Calibrations
+from algorithms.pipeline import ReferenceCatalog, Template
+from algorithms.wcs import TanSipWcs
+from config.cameras import Amplifier, Detector
+from state.errors import InvalidInputError
+
+#: m_AB = 31.4 − 2.5 log10(f / nJy)
+AB_NJY_ZERO = 31.4
+BANDS = "ugrizy"
+_READ_ERRORS = (OSError, ValueError, TypeError, KeyError, IndexError)
+
+
+@dataclass(frozen=True)
+class CalibPaths:
+    """Master calibrations of one detector; any may be missing (None)."""
+
+    bias: Path | None = None
+    dark: Path | None = None
+    flat: Path | None = None
+    bpm: Path | None = None
+    crosstalk: Path | None = None
+
+
+@runtime_checkable
+class CcdRepository(Protocol):
+    """What per-CCD processing needs from a data repository: file paths, None if absent."""
+
+    def get_raw(self, visit: int, detector: int) -> Path | None: ...
+
+    def get_calibs(self, detector: int, band: str, time: float) -> CalibPaths: ...
+
+    def get_template(self, field_id: int, band: str, detector: int) -> Path | None: ...
+
+    def get_refcat(self) -> Path | None:
+        """A SQLite file with an ``objects`` table (object_id, kind, ra, dec, u..y)."""
+        ...
+
+
+class NightDirectoryRepository:
+    """``CcdRepository`` over a ``dmcs simulate night`` output directory."""
+
+    def __init__(self, root: Path) -> None:
+        if not (root / "manifest.json").is_file():
+            raise InvalidInputError(f"{root} is not a simulated night (no manifest.json)")
+        self.root = root
+
+    def get_raw(self, visit: int, detector: int) -> Path | None:
+        hits = sorted(self.root.glob(f"raws/*/{visit}/raw_{visit}_{detector:03d}.fits"))
+        return hits[0] if hits else None
+
+    def get_calibs(self, detector: int, band: str, time: float) -> CalibPaths:
+        d = self.root / "calibs" / f"det{detector:03d}"
+
+        def path(name: str) -> Path | None:
+            return d / name if (d / name).is_file() else None
+
+        return CalibPaths(
+            bias=path("bias.fits"), dark=path("dark.fits"), flat=path(f"flat_{band}.fits"),
+            bpm=path("bpm.fits"), crosstalk=path("crosstalk.json"),
+        )  # fmt: skip
+
+    def get_template(self, field_id: int, band: str, detector: int) -> Path | None:
+        p = self.root / "templates" / band / f"field{field_id:04d}" / f"det{detector:03d}.fits"
+        return p if p.is_file() else None
+
+    def get_refcat(self) -> Path | None:
+        p = self.root / "truth.sqlite"
+        return p if p.is_file() else None
+
+
+def amp_geometry(a: Amplifier) -> AmpGeometry:
+    """The raw layout of one amplifier from the camera configuration (docs/raw_format.md)."""
+    rows, cols = a.raw_shape
+    par = Section(a.prescan, a.prescan + a.nx, a.ny, rows) if a.parallel_overscan else None
+    return AmpGeometry(
+        name=a.name,
+        data=Section(a.prescan, a.prescan + a.nx, 0, a.ny),
+        serial_overscan=Section(a.prescan + a.nx, cols, 0, a.ny),
+        parallel_overscan=par,
+        detector=Section(a.x0, a.x0 + a.nx, a.y0, a.y0 + a.ny, a.flip_x, a.flip_y),
+        gain=a.gain,
+        read_noise=a.read_noise,
+        saturation=float(a.saturation_adu),
+    )
+
+
+def ccd_geometry(det: Detector) -> CcdGeometry:
+    return CcdGeometry(tuple(amp_geometry(a) for a in det.amplifiers), det.nx, det.ny)
+
+
+def _image(path: Path, hdu: int | str = 0) -> np.ndarray:
+    try:
+        with fits.open(path, memmap=False) as h:
+            data = h[hdu].data
+            if data is None:
+                raise ValueError(f"HDU {hdu} has no data")
+            return np.asarray(data)
+    except _READ_ERRORS as e:
+        raise InvalidInputError(f"cannot read {path}: {e}") from e
+
+
+def read_calibrations(paths: CalibPaths, det: Detector) -> tuple[Calibrations, list[str]]:
+    """Calibrations on the assembled grid, and a flag for each one that is missing."""
+    shape = (det.ny, det.nx)
+    flags: list[str] = []
+    arrays: dict[str, np.ndarray | None] = {}
+    for name in ("bias", "dark", "flat", "bpm"):
+        p = getattr(paths, name)
+        if p is None:
+            flags.append(f"missing_calib:{name}")
+            arrays[name] = None
+            continue
+        a = _image(p)
+        if a.shape != shape:
+            raise InvalidInputError(f"{p}: shape {a.shape} is not the CCD's {shape}")
+        arrays[name] = a.astype(np.float32) if name != "bpm" else a != 0
+    xt = None
+    if paths.crosstalk is None:
+        flags.append("missing_calib:crosstalk")
+    else:
+        try:
+            coeffs = np.asarray(json.loads(paths.crosstalk.read_text())["coefficients"], float)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise InvalidInputError(f"cannot read {paths.crosstalk}: {e}") from e
+        n = len(det.amplifiers)
+        if coeffs.shape != (n, n):
+            raise InvalidInputError(f"{paths.crosstalk}: matrix {coeffs.shape} for {n} amps")
+        xt = coeffs.T  # the file is [source][victim]; the ISR wants [victim, source]
+    cal = Calibrations(
+        bias=arrays["bias"], dark=arrays["dark"], flat=arrays["flat"], defects=arrays["bpm"],
+        crosstalk=xt,
+    )  # fmt: skip
+    return cal, flags
+
+
+def read_template(path: Path) -> Template:
+    """A template coadd in nJy (IMAGE, VARIANCE, PSF HDUs, TAN-SIP WCS in the IMAGE header)."""
+    try:
+        with fits.open(path, memmap=False) as h:
+            wcs = TanSipWcs.from_header(h["IMAGE"].header)
+            img = np.asarray(h["IMAGE"].data, dtype=np.float32)
+            var = np.asarray(h["VARIANCE"].data, dtype=np.float32)
+            psf = np.asarray(h["PSF"].data, dtype=np.float64)
+    except _READ_ERRORS as e:
+        raise InvalidInputError(f"cannot read template {path}: {e}") from e
+    if img.shape != var.shape or psf.ndim != 2 or psf.shape[0] % 2 == 0:
+        raise InvalidInputError(f"template {path}: inconsistent planes")
+    bad = ~np.isfinite(img) | ~np.isfinite(var)
+    mask = None
+    if bad.any():
+        from algorithms import mask as mk
+
+        mask = np.where(bad, mk.NO_DATA, 0).astype(mk.MASK_DTYPE)
+        img[bad], var[bad] = 0.0, np.inf
+    return Template(image=img, variance=var, wcs=wcs, psf=psf / psf.sum(), calibration=1.0,
+                    mask=mask)  # fmt: skip
+
+
+def read_reference_catalog(
+    path: Path, band: str, ra: float, dec: float, radius_deg: float, max_mag: float = 23.0
+) -> ReferenceCatalog:
+    """Non-variable stars within ``radius_deg`` of (ra, dec) brighter than ``max_mag``."""
+    if band not in BANDS:
+        raise InvalidInputError(f"unknown band {band!r}")
+    cosd = max(np.cos(np.deg2rad(dec)), 1e-3)
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            rows = db.execute(
+                f"SELECT ra, dec, {band} FROM objects WHERE kind = 'star'"
+                " AND dec BETWEEN ? AND ? AND ra BETWEEN ? AND ?",
+                (
+                    dec - radius_deg,
+                    dec + radius_deg,
+                    ra - radius_deg / cosd,
+                    ra + radius_deg / cosd,
+                ),
+            ).fetchall()
+    except sqlite3.Error as e:
+        raise InvalidInputError(f"cannot read reference catalogue {path}: {e}") from e
+    a = np.array(rows, dtype=float).reshape(-1, 3)
+    a = a[np.isfinite(a).all(axis=1) & (a[:, 2] < max_mag)]
+    return ReferenceCatalog(ra=a[:, 0], dec=a[:, 1], flux=10 ** ((AB_NJY_ZERO - a[:, 2]) / 2.5))
+
+
+@dataclass
+class RawCcd:
+    """The amplifier arrays of one raw (None where an amplifier is missing) and its header."""
+
+    amps: list[np.ndarray | None]
+    header: dict[str, object]
+    flags: list[str]
+
+
+def read_raw(source: Path | str | fits.HDUList, det: Detector) -> RawCcd:
+    """Amplifier arrays in camera order; checksums are verified when present.
+
+    A missing or wrongly shaped amplifier HDU becomes None with a flag; a file that cannot be
+    opened, or whose checksum does not match, raises ``InvalidInputError``.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", AstropyUserWarning)
+        try:
+            if isinstance(source, fits.HDUList):
+                hdul, close = source, False
+            else:
+                hdul, close = fits.open(source, memmap=False, checksum=True), True
+            try:
+                header = dict(hdul[0].header)
+                by_name = {str(h.header.get("EXTNAME", "")): h for h in hdul[1:]}
+                flags: list[str] = []
+                amps: list[np.ndarray | None] = []
+                for a in det.amplifiers:
+                    h = by_name.get(a.name)
+                    data = None if h is None else h.data
+                    if data is None or data.shape != a.raw_shape:
+                        flags.append(f"missing_amplifier_hdu:{a.name}")
+                        amps.append(None)
+                        continue
+                    amps.append(np.asarray(data, dtype=np.float32))
+            finally:
+                if close:
+                    hdul.close()
+        except _READ_ERRORS as e:
+            raise InvalidInputError(f"cannot read raw {source}: {e}") from e
+    signs = ("verification failed", "truncated")
+    bad = [str(w.message) for w in caught if any(k in str(w.message).lower() for k in signs)]
+    if bad:
+        raise InvalidInputError(f"raw {source}: {bad[0]}")
+    if all(a is None for a in amps):
+        raise InvalidInputError(f"raw {source}: none of the {len(amps)} amplifiers is readable")
+    return RawCcd(amps=amps, header=header, flags=flags)

@@ -1,0 +1,367 @@
+"""Ingest: receives raws from the summit buffer, merges their headers, registers them.
+
+``rpc_receive_raw(meta, data)`` (the summit buffer's data-plane call) verifies the checksum
+(a mismatch raises ``ChecksumMismatchError``: send again), writes the raw with fsync into
+base storage, records it in the ledger and answers with the checksum; a raw it already has
+answers at once and adds nothing. Registration follows in the background: wait for the header
+service's ``largeFileObjectAvailable`` (up to ``header_timeout`` after the raw arrived), merge
+it into the primary header (rule in :mod:`base.header_merge`), insert exposure, detector and
+raw rows in PostgreSQL (retried while the database is down), then publish ``imageIngested``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import unquote, urlparse
+
+from astropy.io import fits
+
+from base.header_merge import merged_parts, split_primary
+from base.ingest_ledger import Ledger, Received
+from base.ingest_records import raw_records
+from base.raw_storage import store_parts
+from base.registry import DetectorRecord, ExposureRecord, RawRecord, Repository
+from config.components import resolve_settings, validate_settings
+from config.data_path import IngestSettings
+from state.clock import tai_now
+from state.controller import Controller, SupervisedGroup
+from state.durable import sha256_hex
+from state.errors import (
+    ChecksumMismatchError,
+    ConfigurationError,
+    DmcsError,
+    InvalidInputError,
+    RetriableError,
+    StorageError,
+)
+from state.events import Event
+from state.states import State
+
+#: errorCode published when ingest cannot write to base storage.
+INGEST_WRITE_FAILED = 300
+_HEADER_CACHE = 4096
+_HEAD_BYTES = 64 * 2880
+
+
+class Ingest(Controller):
+    version = "0.1.0"
+    event_topics = ("imageIngested", "ingestStatus")
+    listen_components = ("HeaderService",)
+    listen_topics = ("largeFileObjectAvailable",)
+    #: The launcher gives components that say so the system's database DSN (``dsn``).
+    uses_database: ClassVar[bool] = True
+
+    def __init__(self, name: str, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.config = validate_settings(IngestSettings, self.settings, name)
+        root = self.data_dir.absolute()
+        self.ledger = Ledger(root / "ledger.sqlite")
+        self.storage = root / "raws"
+        self._headers: OrderedDict[str, fits.Header] = OrderedDict()
+        self._waiters: dict[str, asyncio.Event] = {}
+        self._receiving: dict[tuple[int, int], asyncio.Future[None]] = {}
+        self._todo: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+        self._repo: Repository | None = None
+        self._repo_lock = asyncio.Lock()
+        self._db_down = False
+        self._enabled = asyncio.Event()
+        self.counters = {"ingested": 0, "failed": 0, "duplicates": 0, "corrupt": 0, "retries": 0}
+        self.last_lag = 0.0
+
+    async def configure(self, override: str) -> dict[str, Any]:
+        config, applied = resolve_settings(IngestSettings, self.settings, self.name, override)
+        if not config.dsn:
+            raise ConfigurationError(
+                f"{self.name} needs the registry's PostgreSQL DSN (settings.dsn); "
+                "`dmcs run` fills it from [database]"
+            )
+        self.config = config
+        return {**applied, "version": self.version}
+
+    async def handle_summary_state(self) -> None:
+        if self.summary_state == State.ENABLED:
+            self._enabled.set()
+        else:
+            self._enabled.clear()
+
+    async def close(self) -> None:
+        await super().close()
+        if self._repo is not None:
+            await self._repo.close()
+        self.ledger.close()
+
+    # ------------------------------------------------------------------ headers
+    async def on_event(self, event: Event) -> None:
+        if event.topic != "largeFileObjectAvailable":
+            return
+        name = str(event.data.get("id", ""))
+        url, checksum = str(event.data.get("url", "")), str(event.data.get("checksum", ""))
+        try:
+            header = await asyncio.to_thread(_read_header, url, checksum)
+            self.ledger.add_header(name, url, checksum)
+        except DmcsError as e:
+            self.log_message(logging.WARNING, f"header of {name!r} unusable: {e}")
+            return
+        self._remember(name, header)
+
+    def _remember(self, name: str, header: fits.Header) -> None:
+        self._headers[name] = header
+        self._headers.move_to_end(name)
+        while len(self._headers) > _HEADER_CACHE:
+            self._headers.popitem(last=False)
+        waiter = self._waiters.pop(name, None)
+        if waiter is not None:
+            waiter.set()
+
+    async def _header(self, name: str) -> fits.Header | None:
+        if name in self._headers:
+            return self._headers[name]
+        known = self.ledger.header(name)
+        if known is None:
+            return None
+        try:
+            header = await asyncio.to_thread(_read_header, *known)
+        except DmcsError as e:
+            self.log.warning("header of %s no longer readable: %s", name, e)
+            return None
+        self._remember(name, header)
+        return header
+
+    async def _await_header(self, name: str, deadline: float) -> fits.Header | None:
+        header = await self._header(name)
+        if header is not None:
+            return header
+        waiter = self._waiters.setdefault(name, asyncio.Event())
+        try:
+            async with asyncio.timeout(max(deadline - tai_now(), 0.0)):
+                await waiter.wait()
+        except TimeoutError:
+            pass
+        return self._headers.get(name)
+
+    # --------------------------------------------------------------- receiving
+    async def rpc_receive_raw(self, meta: dict[str, Any], data: bytes) -> dict[str, Any]:
+        if self.summary_state != State.ENABLED:
+            raise RetriableError(f"{self.name} is {self.summary_state.name}; not taking raws")
+        try:
+            name, visit, detector = (
+                str(meta["imageName"]),
+                int(meta["visit"]),
+                int(meta["detector"]),
+            )
+            checksum = str(meta["checksum"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise InvalidInputError(
+                f"receive_raw needs imageName, visit, detector, checksum: {e}"
+            ) from e
+        actual = await asyncio.to_thread(sha256_hex, data)
+        if actual != checksum:
+            self.counters["corrupt"] += 1
+            raise ChecksumMismatchError(
+                f"{name} detector {detector} arrived with sha256 {actual[:12]}…, "
+                f"sent as {checksum[:12]}…"
+            )
+        key = (visit, detector)
+        while key in self._receiving:
+            await asyncio.shield(self._receiving[key])
+        existing = self.ledger.find(visit, detector)
+        if existing is not None:
+            if existing.checksum != checksum:
+                raise InvalidInputError(
+                    f"{name} detector {detector} was already received with another checksum"
+                )
+            self.counters["duplicates"] += 1
+            return {"checksum": checksum, "duplicate": True}
+        done = asyncio.get_running_loop().create_future()
+        self._receiving[key] = done
+        try:
+            await self._store(meta, name, visit, detector, checksum, data)
+        finally:
+            del self._receiving[key]
+            done.set_result(None)
+        return {"checksum": checksum, "duplicate": False}
+
+    async def _store(
+        self, meta: dict[str, Any], name: str, visit: int, detector: int, checksum: str, data: bytes
+    ) -> None:
+        header = await self._header(name)
+        parts = await asyncio.to_thread(merged_parts, data, header) if header else (data,)
+        path = self.storage / str(visit) / f"{name}_{detector:03d}.fits"
+        try:
+            file_checksum, size = await asyncio.to_thread(store_parts, path, parts)
+        except OSError as e:
+            error = StorageError(f"cannot write {name} detector {detector} to {path}: {e}")
+            await self.fault(INGEST_WRITE_FAILED, str(error))
+            raise error from e
+        self.ledger.add(
+            Received(
+                visit=visit,
+                detector=detector,
+                image_name=name,
+                camera=str(meta.get("camera", "")),
+                checksum=checksum,
+                file_checksum=file_checksum,
+                byte_size=size,
+                path=str(path),
+                end_readout_tai=float(meta.get("endReadoutTai") or tai_now()),
+                received_tai=tai_now(),
+                header_merged=header is not None,
+                state="received",
+            )
+        )
+        self._todo.put_nowait((visit, detector))
+
+    # ------------------------------------------------------------- registering
+    async def run_background(self, tg: SupervisedGroup) -> None:
+        for r in self.ledger.pending():
+            self._todo.put_nowait((r.visit, r.detector))
+        tg.create_task(self._register_loop(), name=f"{self.name}-register")
+        tg.create_task(self._status_loop(), name=f"{self.name}-status")
+
+    async def _register_loop(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                key = await self._todo.get()
+                tg.create_task(self._finish(*key))
+
+    async def _finish(self, visit: int, detector: int) -> None:
+        await self._enabled.wait()
+        r = self.ledger.find(visit, detector)
+        if r is None or r.state != "received":
+            return
+        try:
+            r, description = await self._merge_late_header(r)
+            head = await asyncio.to_thread(_read_head, r.path)
+            header, _ = split_primary(head)
+            await self._register(*raw_records(r, header))
+        except DmcsError as e:
+            self.counters["failed"] += 1
+            self.log_message(logging.ERROR, f"ingest of {r.image_name}/{detector} failed: {e}")
+            self._announce(r, 1, f"ingest failed: {e}")
+            return
+        self.ledger.update(
+            visit,
+            detector,
+            state="registered",
+            header_merged=r.header_merged,
+            file_checksum=r.file_checksum,
+        )
+        self.counters["ingested"] += 1
+        self.last_lag = tai_now() - r.end_readout_tai
+        self._announce(r, 0, description)
+
+    async def _merge_late_header(self, r: Received) -> tuple[Received, str]:
+        if r.header_merged:
+            return r, "ingested with the header service's header merged"
+        timeout = self.config.header_timeout
+        header = await self._await_header(r.image_name, r.received_tai + timeout)
+        if header is None:
+            return r, (
+                f"no header from the header service within {timeout:g} s; "
+                "ingested with the raw's own headers only"
+            )
+        data = await asyncio.to_thread(Path(r.path).read_bytes)
+        parts = await asyncio.to_thread(merged_parts, data, header)
+        try:
+            file_checksum, size = await asyncio.to_thread(store_parts, Path(r.path), parts)
+        except OSError as e:
+            raise StorageError(f"cannot rewrite {r.path} with its header: {e}") from e
+        self.ledger.update(
+            r.visit, r.detector, state="received", header_merged=True, file_checksum=file_checksum
+        )
+        merged = Received(
+            **{
+                **_fields(r),
+                "header_merged": True,
+                "file_checksum": file_checksum,
+                "byte_size": size,
+            }
+        )
+        return merged, "ingested with the header service's header merged (it came late)"
+
+    async def _register(
+        self, raw: RawRecord, exposure: ExposureRecord, detector: DetectorRecord
+    ) -> bool:
+        """Insert the rows, retrying for as long as the database is unreachable."""
+        delay = self.config.retry_initial
+        while True:
+            try:
+                repo = await self._repository()
+                added = await repo.register_raw(raw, exposure, detector)
+            except RetriableError as e:
+                self.counters["retries"] += 1
+                if not self._db_down:
+                    self._db_down = True
+                    self.log_message(logging.WARNING, f"registry unreachable, retrying: {e}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.config.retry_max)
+                continue
+            if self._db_down:
+                self._db_down = False
+                self.log_message(logging.WARNING, "registry reachable again; ingest resumed")
+            return added
+
+    async def _repository(self) -> Repository:
+        async with self._repo_lock:
+            if self._repo is None:
+                if not self.config.dsn:
+                    raise ConfigurationError(f"{self.name} has no registry DSN")
+                self._repo = await Repository.connect(self.config.dsn, self.config.registry_schema)
+            return self._repo
+
+    def _announce(self, r: Received, status: int, description: str) -> None:
+        self.publish(
+            "imageIngested",
+            {
+                "camera": r.camera,
+                "imageName": r.image_name,
+                "visit": r.visit,
+                "detector": r.detector,
+                "statusCode": status,
+                "description": description,
+                "checksum": r.checksum,
+            },
+        )
+
+    async def _status_loop(self) -> None:
+        while True:
+            if self.summary_state == State.ENABLED:
+                self.publish("ingestStatus", self.status(), kind="telemetry")
+            await asyncio.sleep(self.config.status_interval)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "ingestedCount": self.counters["ingested"],
+            "failedCount": self.counters["failed"],
+            "pendingHeaders": len(self._waiters),
+            "lagSeconds": round(self.last_lag, 4),
+        }
+
+    async def rpc_status(self) -> dict[str, Any]:
+        return {**self.status(), **self.counters, "pending": len(self.ledger.pending())}
+
+
+def _fields(r: Received) -> dict[str, Any]:
+    return {name: getattr(r, name) for name in Received.__dataclass_fields__}
+
+
+def _read_header(url: str, checksum: str) -> fits.Header:
+    parsed = urlparse(url)
+    if parsed.scheme != "file":
+        raise InvalidInputError(f"header URL must be file://, got {url!r}")
+    try:
+        data = Path(unquote(parsed.path)).read_bytes()
+    except OSError as e:
+        raise InvalidInputError(f"cannot read header {url}: {e}") from e
+    if checksum and sha256_hex(data) != checksum:
+        raise ChecksumMismatchError(f"header {url} does not match its checksum")
+    return split_primary(data)[0]
+
+
+def _read_head(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(_HEAD_BYTES)

@@ -1,0 +1,1 @@
+"""Prompt processing components: CcdProcessor, Association and AlertPublisher."""

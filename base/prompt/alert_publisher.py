@@ -1,0 +1,212 @@
+"""AlertPublisher: one Rubin-schema alert per DIASource, archived, then offered to the stream.
+
+Publication is idempotent per (visit, detector): the archive claims the batch in PostgreSQL
+first, and a repeat publishes nothing, so no broker ever sees an alert twice. Latency is
+measured from the CCD's end of readout (carried in its stage times) to publication.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import asyncpg
+import numpy as np
+
+from base.alerts import AlertArchive, AlertFanout, alert_table, build_alerts, serialize
+from base.alerts.schema import AlertSchema, latest_schema
+from base.prompt.settings import AlertPublisherSettings
+from base.prompt.visit_tracker import VisitLatency, VisitTracker
+from base.prompt_records import PromptRecords, VisitRecord
+from config.components import resolve_settings, validate_settings
+from state.clock import tai_now
+from state.controller import Controller, SupervisedGroup
+from state.errors import DmcsError, InvalidInputError, NotReadyError
+from state.events import Event
+from state.states import State
+
+#: Sky positions sent per CCD in ``alertsPublished`` for the dashboard's sky map.
+MAX_POSITIONS = 50
+
+
+class AlertPublisher(Controller):
+    version = "0.1.0"
+    event_topics = ("alertsPublished", "visitLatency", "processingStatus")
+    listen_components = ("*",)
+    listen_topics = ("nextVisit", "ccdProcessed")
+
+    def __init__(self, name: str, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.config = validate_settings(AlertPublisherSettings, self.settings, name)
+        self._archive: AlertArchive | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._records: PromptRecords | None = None
+        self._schema: AlertSchema | None = None
+        self.fanout = AlertFanout(
+            queue_size=self.config.subscriber_queue, max_drops=self.config.max_drops
+        )
+        self.tracker = VisitTracker(self.config.latency_budget)
+        self.counts = {"published": 0, "alerts": 0, "duplicates": 0}
+
+    async def configure(self, override: str) -> dict[str, Any]:
+        self.config, applied = resolve_settings(
+            AlertPublisherSettings, self.settings, self.name, override
+        )
+        return {**applied, "version": self.version}
+
+    async def end_start(self, configuration_override: str) -> None:
+        if self._archive is None:
+            self._schema = await asyncio.to_thread(latest_schema)
+            self._archive = await AlertArchive.open(
+                self.config.dsn,
+                self.data_dir.absolute() / "archive",
+                self.config.archive_schema,
+                self._schema,
+            )
+
+        if self._pool is None:
+            self._pool = await asyncpg.create_pool(self.config.dsn, min_size=1, max_size=2)
+            self._records = await PromptRecords.connect(self._pool, self.config.records_schema)
+
+    async def end_standby(self) -> None:
+        archive, self._archive = self._archive, None
+        if archive is not None:
+            await archive.close()
+        pool, self._pool, self._records = self._pool, None, None
+        if pool is not None:
+            await pool.close()
+
+    async def close(self) -> None:
+        await super().close()
+        await self.end_standby()
+
+    async def run_background(self, tg: SupervisedGroup) -> None:
+        tg.create_task(self._status_loop())
+
+    async def on_event(self, event: Event) -> None:
+        data = event.data
+        if event.topic == "nextVisit" and "detectors" in data:
+            self.tracker.expect(int(data["visit"]), list(data["detectors"]))
+            await self._record_visit(data)
+        elif event.topic == "ccdProcessed" and int(data.get("statusCode", 0)) != 0:
+            self._report(self.tracker.failed(int(data["visit"]), int(data["detector"])))
+
+    # ------------------------------------------------------------ data plane
+    async def rpc_publish(self, handoff: dict[str, Any]) -> dict[str, Any]:
+        if self.summary_state != State.ENABLED or self._archive is None or self._schema is None:
+            raise NotReadyError(f"{self.name} is {self.summary_state.name}, not ENABLED")
+        try:
+            visit, detector = int(handoff["visit"]), int(handoff["detector"])
+            sources = handoff["sources"]
+            stages = dict(handoff["stages"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise InvalidInputError(f"malformed alert hand-off: {e}") from e
+        ids = np.asarray(sources["diaSourceId"], dtype=np.int64)
+        packets = await asyncio.to_thread(self._packets, handoff, self._schema)
+        fresh = await self._archive.archive(
+            int(handoff["dayObs"]), visit, detector, ids.tolist(), packets
+        )
+        if packets and not fresh:
+            self.counts["duplicates"] += 1
+            return {"published": 0, "duplicate": True}
+        self.fanout.publish_visit(
+            visit,
+            ids,
+            packets,
+            alert_table(sources, handoff.get("objects"), handoff.get("ssSources")),
+        )
+        now = tai_now()
+        stages["alertsPublished"] = now
+        latency = now - stages["endReadout"] if "endReadout" in stages else float("nan")
+        self.counts["published"] += 1
+        self.counts["alerts"] += len(packets)
+        positions = np.column_stack(
+            [np.asarray(sources["ra"])[:MAX_POSITIONS], np.asarray(sources["dec"])[:MAX_POSITIONS]]
+        )
+        self.publish(
+            "alertsPublished",
+            {
+                "visit": visit,
+                "detector": detector,
+                "nAlerts": len(packets),
+                "latencySeconds": latency,
+                "positions": positions.round(6).tolist(),
+                "stages": stages,
+            },
+        )
+        self._report(self.tracker.published(visit, detector, len(packets), latency))
+        await self._record_published(visit, detector, len(packets), now)
+        return {"published": len(packets), "duplicate": False, "stages": stages}
+
+    async def _record_visit(self, data: dict[str, Any]) -> None:
+        if self._records is None:
+            return
+        try:
+            await self._records.record_visit(
+                VisitRecord(
+                    visit=int(data["visit"]),
+                    day_obs=int(data["dayObs"]),
+                    camera=str(data.get("camera", "")),
+                    band=str(data.get("band", "")),
+                    ra=float(data["ra"]),
+                    dec=float(data["dec"]),
+                    obs_mjd=float(data["startMjd"]),
+                    exposure_time=float(data["exposureTime"]),
+                    n_detectors=len(data["detectors"]),
+                    field_id=int(data["fieldId"]) if data.get("fieldId") is not None else None,
+                )
+            )
+        except (KeyError, TypeError, ValueError, DmcsError) as e:
+            self.log_message(logging.WARNING, f"visit not recorded: {e}")
+
+    async def _record_published(self, visit: int, detector: int, n: int, tai: float) -> None:
+        if self._records is None:
+            return
+        try:
+            await self._records.record_alerts(visit, detector, n, tai)
+        except DmcsError as e:
+            self.log_message(logging.WARNING, f"latency of visit {visit} not recorded: {e}")
+
+    @staticmethod
+    def _packets(handoff: dict[str, Any], schema: AlertSchema) -> list[bytes]:
+        alerts = build_alerts(
+            handoff["sources"],
+            objects=handoff.get("objects"),
+            history=handoff.get("history"),
+            forced_history=handoff.get("forcedHistory"),
+            ss_sources=handoff.get("ssSources"),
+            cutouts=handoff.get("cutouts") or None,
+            schema=schema,
+        )
+        return serialize(alerts, schema)
+
+    def _report(self, done: VisitLatency | None) -> None:
+        if done is None:
+            return
+        self.publish(
+            "visitLatency",
+            {
+                "visit": done.visit,
+                "nAlerts": done.n_alerts,
+                "nCcds": done.n_ccds,
+                "nFailed": done.n_failed,
+                "latencySeconds": done.latency_seconds,
+                "withinBudget": done.within_budget,
+            },
+        )
+        if done.latency_seconds is not None and done.latency_seconds > self.config.latency_budget:
+            self.log_message(
+                logging.WARNING,
+                f"visit {done.visit}: alerts {done.latency_seconds:.1f} s after end of readout "
+                f"(budget {self.config.latency_budget:.0f} s)",
+            )
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.heartbeat_interval, 1.0))
+            self.publish(
+                "processingStatus",
+                {**self.counts, "subscribers": len(self.fanout.subscribers)},
+                "telemetry",
+            )

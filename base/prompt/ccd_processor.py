@@ -1,0 +1,307 @@
+"""CcdProcessor: one of a pool; preloads on ``nextVisit``, processes each ingested CCD it owns.
+
+Detector ``d`` belongs to the processor with ``index == d % pool_size``. The CPU work runs in
+a child process (:mod:`base.isolated`) so that a hung CCD is abandoned by killing it. Work is
+listed durably (:mod:`base.prompt.work_queue`) before it is acknowledged, so an actor killed
+mid-CCD finds it again when it is enabled after its restart.
+
+Failure policy (Rubin's, DMTN-260): a CCD is retried only before its APDB write. A worker
+that dies is retried up to ``max_attempts``; an association peer that is not ready is waited
+for up to ``association_wait``; a timeout abandons the CCD; bad data fails it at once. Once
+Association has stored the CCD, it is never processed again (a repeat is a no-op there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import asyncpg
+
+from base.isolated import IsolatedWorker, RemoteError, WorkerDiedError, WorkTimeoutError
+from base.prompt.outcomes import Outcome, failure, success
+from base.prompt.settings import CcdProcessorSettings
+from base.prompt.work_queue import WorkItem, WorkQueue
+from base.prompt_records import CcdOutcome, PromptRecords, StageTime
+from base.registry.repository import Repository
+from config.components import resolve_settings, validate_settings
+from state.clock import tai_now
+from state.controller import Controller, SupervisedGroup
+from state.errors import DmcsError, InvalidInputError, NotReadyError, RetriableError
+from state.events import Event
+from state.states import State
+
+WORK = "base.prompt.ccd_work"
+#: Tries to write a CCD's records while the database is restarting.
+RECORD_ATTEMPTS = 6
+#: Stages this component records itself (the rest come back from its peers).
+OWN_STAGES = ("endReadout", "inBuffer", "ingested", "preloadReady", "isrDone",
+              "differenceDone", "diaSourcesMeasured")  # fmt: skip
+
+
+class CcdProcessor(Controller):
+    version = "0.1.0"
+    event_topics = ("ccdStage", "ccdProcessed", "processingStatus")
+    listen_components = ("Camera", "SummitBuffer", "Ingest")
+    listen_topics = ("nextVisit", "endReadout", "imageInBuffer", "imageIngested")
+
+    def __init__(self, name: str, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.config = validate_settings(CcdProcessorSettings, self.settings, name)
+        self.queue = WorkQueue(self.data_dir / "work.sqlite")
+        self.worker = IsolatedWorker(f"{name}-worker")
+        self._pool: asyncpg.Pool | None = None
+        self._records: PromptRecords | None = None
+        self._repository: Repository | None = None
+        self._stages: dict[tuple[int, int], dict[str, float]] = {}
+        self._preloads: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+        self._wakeup = asyncio.Event()
+        self.counts = {"processed": 0, "failed": 0, "abandoned": 0, "retried": 0}
+
+    def owns(self, detector: int) -> bool:
+        return detector % self.config.pool_size == self.config.index
+
+    async def configure(self, override: str) -> dict[str, Any]:
+        self.config, applied = resolve_settings(
+            CcdProcessorSettings, self.settings, self.name, override
+        )
+        return {**applied, "version": self.version}
+
+    async def end_start(self, configuration_override: str) -> None:
+        if self._pool is None:
+            self._pool = await asyncpg.create_pool(self.config.dsn, min_size=1, max_size=2)
+            self._records = await PromptRecords.connect(self._pool, self.config.records_schema)
+        if self._repository is None:
+            self._repository = await Repository.connect(
+                self.config.dsn, self.config.registry_schema
+            )
+
+    async def end_standby(self) -> None:
+        pool, self._pool, self._records = self._pool, None, None
+        if pool is not None:
+            await pool.close()
+        repository, self._repository = self._repository, None
+        if repository is not None:
+            await repository.close()
+
+    async def close(self) -> None:
+        await super().close()
+        await self.end_standby()
+        self.worker.close()
+        self.queue.close()
+
+    async def handle_summary_state(self) -> None:
+        if self.summary_state == State.ENABLED:
+            recovered = self.queue.recover()
+            for item in recovered:
+                await self._record(
+                    item,
+                    failure("actor_died", "interrupted by a restart", recovery="retried"),
+                    final=False,
+                )
+            if recovered:
+                self.log_message(logging.WARNING, f"{len(recovered)} interrupted CCD(s) requeued")
+            self._wakeup.set()
+
+    async def run_background(self, tg: SupervisedGroup) -> None:
+        tg.create_task(self._work_loop())
+        tg.create_task(self._status_loop())
+
+    # ---------------------------------------------------------------- events
+    async def on_event(self, event: Event) -> None:
+        data = event.data
+        try:
+            visit = int(data["visit"])
+        except (KeyError, TypeError, ValueError):
+            return
+        if event.topic == "nextVisit":
+            mine = [int(d) for d in data.get("detectors", ()) if self.owns(int(d))]
+            if mine:
+                self.queue.remember_visit(visit, dict(data))
+                for detector in mine:
+                    self._preloads.put_nowait((visit, detector))
+                self._wakeup.set()
+        elif event.topic == "endReadout":
+            for detector in data.get("detectors", ()):
+                if self.owns(int(detector)):
+                    self._stage(visit, int(detector), "endReadout", event.tai)
+        elif "detector" in data and self.owns(int(data["detector"])):
+            detector = int(data["detector"])
+            if event.topic == "imageInBuffer":
+                self._stage(visit, detector, "inBuffer", event.tai)
+            elif event.topic == "imageIngested":
+                await self._ingested(visit, detector, event)
+
+    async def _ingested(self, visit: int, detector: int, event: Event) -> None:
+        self._stage(visit, detector, "ingested", event.tai)
+        if int(event.data.get("statusCode", 0)) != 0:
+            item = WorkItem(visit, detector, "failed", 0, "")
+            await self._finish(item, failure("ingest_failed", str(event.data.get("description"))))
+            return
+        if self.queue.enqueue(visit, detector):
+            self._wakeup.set()
+
+    def _stage(self, visit: int, detector: int, stage: str, tai: float) -> None:
+        stages = self._stages.setdefault((visit, detector), {})
+        if stage not in stages:
+            stages[stage] = tai
+            self.publish(
+                "ccdStage", {"visit": visit, "detector": detector, "stage": stage, "stageTai": tai}
+            )
+
+    # ------------------------------------------------------------------ work
+    async def _work_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self.summary_state == State.ENABLED:
+                if not self._preloads.empty():
+                    await self._preload(*self._preloads.get_nowait())
+                    continue
+                item = self.queue.next()
+                if item is None:
+                    break
+                item = self.queue.start(item)
+                try:
+                    await self._process(item)
+                except Exception as e:
+                    self.log.exception("visit %s detector %s", item.visit, item.detector)
+                    await self._finish(item, failure("internal_error", repr(e)))
+
+    async def _preload(self, visit: int, detector: int) -> None:
+        info = self.queue.visit_info(visit)
+        if info is None or self.queue.known(visit, detector):
+            return
+        try:
+            await self.worker.run(
+                f"{WORK}:preload", self.config.night_dir, info, detector,
+                timeout=self.config.ccd_timeout,
+            )  # fmt: skip
+            self._stage(visit, detector, "preloadReady", tai_now())
+        except DmcsError as e:
+            self.log.warning("preload of visit %s detector %s failed: %s", visit, detector, e)
+
+    async def _process(self, item: WorkItem) -> None:
+        info = self.queue.visit_info(item.visit)
+        if info is None:
+            await self._finish(item, failure("bad_input", "no nextVisit was seen for this visit"))
+            return
+        try:
+            raw = await self._raw_path(item.visit, item.detector)
+            result = await self.worker.run(
+                f"{WORK}:process", self.config.night_dir, info, item.detector, raw,
+                timeout=self.config.ccd_timeout,
+            )  # fmt: skip
+        except WorkTimeoutError as e:
+            await self._finish(item, failure("timeout", str(e), status="abandoned"))
+            return
+        except (WorkerDiedError, RetriableError) as e:
+            kind = "worker_died" if isinstance(e, WorkerDiedError) else type(e).__name__
+            if item.attempts < self.config.max_attempts:
+                await self._retry(item, failure(kind, str(e), recovery="retried"))
+                return
+            await self._finish(item, failure(kind, str(e)))
+            return
+        except (RemoteError, InvalidInputError) as e:
+            await self._finish(item, failure(type(e).__name__, str(e)))
+            return
+        for stage, tai in result["stages"].items():
+            self._stage(item.visit, item.detector, stage, tai)
+        if not result["ok"]:
+            await self._finish(item, failure("bad_input", result["reason"], metrics=result))
+            return
+        await self._finish(item, await self._associate(item, result))
+
+    async def _associate(self, item: WorkItem, result: dict[str, Any]) -> Outcome:
+        wire = dict(result["ccd"])
+        wire["stages"] = dict(self._stages.get((item.visit, item.detector), {}))
+        wire["attempt"] = item.attempts
+        peer = self.peers(self.config.association)
+        deadline = asyncio.get_running_loop().time() + self.config.association_wait
+        while True:
+            try:
+                reply = await peer.call("associate", wire)
+                break
+            except InvalidInputError as e:
+                return failure("bad_input", f"association rejected the CCD: {e}", metrics=result)
+            except RetriableError as e:
+                if asyncio.get_running_loop().time() > deadline:
+                    return failure(
+                        "association_unavailable", f"{e}", metrics=result, recovery="left for batch"
+                    )
+                await asyncio.sleep(self.config.retry_backoff)
+            except DmcsError as e:
+                return failure(type(e).__name__, f"association failed: {e}", metrics=result)
+        for stage, tai in (reply.get("stages") or {}).items():
+            self._stage(item.visit, item.detector, stage, tai)
+        return success(result, int(reply.get("nDiaSources", 0)), duplicate=not reply["stored"])
+
+    async def _raw_path(self, visit: int, detector: int) -> str:
+        if self._repository is None:
+            raise NotReadyError(f"{self.name} has no registry connection")
+        raw = await self._repository.get_raw(visit, detector)
+        if raw is None:
+            raise InvalidInputError(f"visit {visit} detector {detector} is not in the registry")
+        return raw.path
+
+    async def _retry(self, item: WorkItem, outcome: Outcome) -> None:
+        self.counts["retried"] += 1
+        self.queue.finish(item, "queued", outcome.reason)
+        await self._record(item, outcome, final=False)
+        await asyncio.sleep(self.config.retry_backoff)
+
+    async def _finish(self, item: WorkItem, outcome: Outcome) -> None:
+        state = {"processed": "done"}.get(outcome.status, outcome.status)
+        self.queue.finish(item, state, outcome.reason)
+        self.counts[outcome.status if outcome.status in self.counts else "failed"] += 1
+        self.publish(
+            "ccdProcessed",
+            {
+                "visit": item.visit,
+                "detector": item.detector,
+                "statusCode": 0 if outcome.status == "processed" else 1,
+                "status": outcome.status,
+                "reason": outcome.reason,
+                "failureType": outcome.failure_type,
+                "nDiaSources": outcome.n_dia_sources,
+                "attempt": max(item.attempts, 1),
+            },
+        )
+        await self._record(item, outcome)
+
+    async def _record(self, item: WorkItem, outcome: Outcome, *, final: bool = True) -> None:
+        """Stage times and this attempt's outcome; retried while the database is away."""
+        if self._records is None:
+            return
+        key = (item.visit, item.detector)
+        stages = self._stages.pop(key, {}) if final else dict(self._stages.get(key, {}))
+        record = CcdOutcome(
+            visit=item.visit,
+            detector=item.detector,
+            attempt=max(item.attempts, 1),
+            status=outcome.status,
+            failure_type=outcome.failure_type,
+            reason=outcome.reason,
+            recovery=outcome.recovery,
+            n_dia_sources=outcome.n_dia_sources,
+            **outcome.metrics,
+        )
+        rows = [StageTime(item.visit, item.detector, s, t) for s, t in stages.items()]
+        for attempt in range(RECORD_ATTEMPTS):
+            try:
+                await self._records.record_stages(rows)
+                await self._records.record_outcome(record)
+                return
+            except RetriableError as e:
+                if attempt == RECORD_ATTEMPTS - 1:
+                    self.log_message(logging.ERROR, f"visit {item.visit} not recorded: {e}")
+                await asyncio.sleep(self.config.retry_backoff * 2**attempt)
+            except DmcsError as e:
+                self.log_message(logging.ERROR, f"visit {item.visit} not recorded: {e}")
+                return
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.heartbeat_interval, 1.0))
+            self.publish("processingStatus", {**self.counts, **self.queue.counts()}, "telemetry")

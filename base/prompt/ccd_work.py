@@ -1,0 +1,116 @@
+"""The CCD processor's CPU work, run inside its child process (:mod:`base.isolated`).
+
+The child keeps the adapter and the preloaded inputs of the visits announced by
+``nextVisit`` in this module's memory, so ``process`` finds them when the raw arrives.
+Results go back as plain dicts and numpy arrays (pickled through the pipe).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from algorithms.wcs import TanSipWcs
+from base.apdb.ids import IdPacker
+from base.ccd_inputs import NightDirectoryRepository
+from base.ccd_processing import CcdOutputs, CcdProcessing, Preloaded
+from base.prompt.requests import CcdResults
+from state.clock import tai_mjd, tai_now
+
+#: Preloaded (visit, detector) inputs kept at most (a few visits of one processor's CCDs).
+MAX_PRELOADED = 16
+
+_adapters: dict[str, CcdProcessing] = {}
+_preloaded: OrderedDict[tuple[int, int], Preloaded] = OrderedDict()
+_ids = IdPacker(release=0)
+
+
+def _adapter(night_dir: str) -> CcdProcessing:
+    adapter = _adapters.get(night_dir)
+    if adapter is None:
+        adapter = _adapters[night_dir] = CcdProcessing(NightDirectoryRepository(Path(night_dir)))
+    return adapter
+
+
+def preload(night_dir: str, visit_info: dict[str, Any], detector: int) -> list[str]:
+    """Read everything but the raw for (visit, detector); returns the preload's flags."""
+    pre = _adapter(night_dir).preload(visit_info, detector)
+    _preloaded[(pre.visit, detector)] = pre
+    while len(_preloaded) > MAX_PRELOADED:
+        _preloaded.popitem(last=False)
+    return list(pre.flags)
+
+
+def process(
+    night_dir: str, visit_info: dict[str, Any], detector: int, raw_path: str
+) -> dict[str, Any]:
+    """Process one raw; ``{"ok", "reason", "stages", "summary", "ccd"}`` (``ccd`` when ok)."""
+    adapter = _adapter(night_dir)
+    key = (int(visit_info["visit"]), detector)
+    pre = _preloaded.pop(key, None) or adapter.preload(visit_info, detector)
+    out = adapter.process(raw_path, pre)
+    stages = {"preloadReady": pre.preload_tai, **out.stages}
+    summary = quality(out)
+    if not out.ok:
+        return {"ok": False, "reason": out.reason or "failed", "stages": stages, "summary": summary}
+    ccd = CcdResults(
+        visit=pre.visit,
+        detector=detector,
+        band=pre.band,
+        day_obs=int(visit_info["dayObs"]),
+        midpoint_mjd=float(visit_info["startMjd"])
+        + float(visit_info["exposureTime"]) / 2.0 / 86400.0,
+        footprint_ra=(),
+        footprint_dec=(),
+        sources={},
+        cutouts=[(c.get("difference"), c.get("science"), c.get("template")) for c in out.cutouts],
+    )
+    ccd.sources = dia_columns(out, ccd)
+    ccd.footprint_ra, ccd.footprint_dec = footprint(out, pre)
+    ccd.validate()
+    return {"ok": True, "reason": "", "stages": stages, "summary": summary, "ccd": ccd.to_wire()}
+
+
+def dia_columns(out: CcdOutputs, ccd: CcdResults) -> dict[str, np.ndarray]:
+    """The DIASource table as columns, with ids unique across CCDs, runs and releases."""
+    table = out.diasources
+    n = len(table)
+    cols = {name: np.asarray(table[name]) for name in table.dtype.names or ()}
+    cols["diaSourceId"] = _ids.dia_source_ids(ccd.visit, ccd.detector, n)
+    cols["visit"] = np.full(n, ccd.visit, dtype=np.int64)
+    cols["detector"] = np.full(n, ccd.detector, dtype=np.int64)
+    cols["midpointMjdTai"] = np.full(n, ccd.midpoint_mjd)
+    cols["band"] = np.full(n, ccd.band, dtype=object)
+    # The trail is fitted on the same footprint pixels as the PSF.
+    cols.setdefault("trailNdata", np.asarray(cols.get("psfNdata", np.zeros(n)), dtype=np.int32))
+    cols["timeProcessedMjdTai"] = np.full(n, tai_mjd(tai_now()))
+    return cols
+
+
+def footprint(out: CcdOutputs, pre: Preloaded) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The CCD's corners on the sky, from the fitted WCS."""
+    det = pre.camera.detector(pre.detector)
+    nx, ny = det.nx, det.ny
+    if out.wcs is None:
+        raise ValueError("a processed CCD without a WCS")
+    wcs = TanSipWcs.from_header(out.wcs)
+    x = np.array([0.0, nx - 1.0, nx - 1.0, 0.0])
+    y = np.array([0.0, 0.0, ny - 1.0, ny - 1.0])
+    ra, dec = wcs.pixel_to_sky(x, y)
+    return tuple(float(v) for v in ra), tuple(float(v) for v in dec)
+
+
+def quality(out: CcdOutputs) -> dict[str, Any]:
+    """The data-quality figures of the CCD, named as the outcome records name them."""
+    s = out.summary
+    return {
+        "zeropoint": s.get("zeropoint"),
+        "sky_level": s.get("sky_level_electrons"),
+        "seeing_arcsec": s.get("psf_fwhm_arcsec"),
+        "psf_fwhm_px": s.get("psf_fwhm_pixels"),
+        "astrom_rms_mas": s.get("astrometric_scatter_mas"),
+        "n_sources": s.get("n_sources"),
+    }

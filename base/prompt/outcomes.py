@@ -1,0 +1,40 @@
+"""How one CCD ended, as the CCD processor records and announces it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: The data-quality figures a processed CCD reports (names of ``CcdOutcome`` fields).
+QUALITY = ("zeropoint", "sky_level", "seeing_arcsec", "psf_fwhm_px", "astrom_rms_mas", "n_sources")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # processed | failed | abandoned
+    failure_type: str | None = None
+    reason: str = ""
+    recovery: str = "none"
+    n_dia_sources: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _quality(result: dict[str, Any] | None) -> dict[str, Any]:
+    summary = (result or {}).get("summary") or {}
+    return {k: summary[k] for k in QUALITY if summary.get(k) is not None}
+
+
+def failure(
+    failure_type: str,
+    reason: str,
+    *,
+    status: str = "failed",
+    metrics: dict[str, Any] | None = None,
+    recovery: str = "left for batch",
+) -> Outcome:
+    return Outcome(status, failure_type, reason, recovery, metrics=_quality(metrics))
+
+
+def success(result: dict[str, Any], n_dia_sources: int, *, duplicate: bool) -> Outcome:
+    reason = "already stored by an earlier attempt; not repeated" if duplicate else ""
+    return Outcome("processed", None, reason, "none", n_dia_sources, _quality(result))

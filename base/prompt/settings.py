@@ -1,0 +1,52 @@
+"""Validated settings of the prompt-processing components."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    #: PostgreSQL DSN (filled by the launcher from the system's database when empty).
+    dsn: str = ""
+
+
+class CcdProcessorSettings(_Settings):
+    #: This processor serves the detectors with ``detector % pool_size == index``.
+    index: int = Field(default=0, ge=0)
+    pool_size: int = Field(default=1, ge=1)
+    #: The simulated night directory holding calibrations, templates and the reference truth.
+    night_dir: str = ""
+    #: Seconds one CCD may take before it is abandoned (its worker process killed).
+    ccd_timeout: float = Field(default=120.0, gt=0)
+    #: Attempts per CCD before its APDB write (Rubin: no retry after it).
+    max_attempts: int = Field(default=3, ge=1)
+    #: Seconds between retries of a CCD whose association peer is not ready.
+    retry_backoff: float = Field(default=1.0, gt=0)
+    #: Seconds a CCD waits in total for the association peer before it is failed.
+    association_wait: float = Field(default=120.0, gt=0)
+    association: str = "Association"
+    registry_schema: str = "registry"
+    records_schema: str = "prompt"
+
+
+class AssociationSettings(_Settings):
+    apdb_schema: str = "apdb"
+    radius_arcsec: float = Field(default=1.0, gt=0)
+    #: Padding of the CCD footprint for the APDB preload, arcsec.
+    pad_arcsec: float = Field(default=10.0, ge=0)
+    history_days: float = Field(default=365.0, gt=0)
+    alert_publisher: str = "AlertPublisher"
+    #: Alert hand-offs kept in memory while the publisher is unreachable.
+    max_pending_alerts: int = Field(default=256, ge=1)
+    records_schema: str = "prompt"
+
+
+class AlertPublisherSettings(_Settings):
+    archive_schema: str = "alerts"
+    #: The alert latency requirement, seconds from end of readout (LSE-61 OTT1).
+    latency_budget: float = Field(default=60.0, gt=0)
+    #: Queue length per stream subscriber and drops before it is marked lagging.
+    subscriber_queue: int = Field(default=10000, ge=1)
+    max_drops: int = Field(default=1000, ge=0)
+    records_schema: str = "prompt"

@@ -1,0 +1,137 @@
+"""A CCD processor's durable list of work: what it was told to do survives an actor restart.
+
+SQLite in WAL mode with synchronous=FULL: a row is on disk before the event that created it
+is considered handled. States: ``queued`` → ``running`` → ``done`` | ``failed`` |
+``abandoned``. After a crash, :meth:`recover` puts ``running`` work back in the queue with its
+attempt count kept, so the retry limit still holds.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from state.errors import StorageError
+
+FINAL_STATES = ("done", "failed", "abandoned")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS visits (
+    visit INTEGER PRIMARY KEY, info TEXT NOT NULL, received REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS work (
+    visit INTEGER NOT NULL, detector INTEGER NOT NULL, state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, reason TEXT NOT NULL DEFAULT '',
+    updated REAL NOT NULL, PRIMARY KEY (visit, detector));
+CREATE INDEX IF NOT EXISTS work_state ON work (state, visit, detector);
+"""
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    visit: int
+    detector: int
+    state: str
+    attempts: int
+    reason: str
+
+
+class WorkQueue:
+    def __init__(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as e:
+            raise StorageError(f"cannot open the work queue {path}: {e}") from e
+
+    def _write(self, sql: str, *args: Any) -> int:
+        try:
+            return self._db.execute(sql, args).rowcount
+        except sqlite3.Error as e:
+            raise StorageError(f"work queue write failed: {e}") from e
+
+    def remember_visit(self, visit: int, info: dict[str, Any]) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO visits (visit, info, received) VALUES (?, ?, ?)",
+            visit,
+            json.dumps(info),
+            time.time(),
+        )
+
+    def visit_info(self, visit: int) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT info FROM visits WHERE visit = ?", (visit,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def enqueue(self, visit: int, detector: int) -> bool:
+        """Add work once; False when (visit, detector) is already known in any state."""
+        return (
+            self._write(
+                "INSERT OR IGNORE INTO work (visit, detector, state, updated)"
+                " VALUES (?, ?, 'queued', ?)",
+                visit,
+                detector,
+                time.time(),
+            )
+            == 1
+        )
+
+    def next(self) -> WorkItem | None:
+        """The oldest queued work (visits in time order, then detector)."""
+        row = self._db.execute(
+            "SELECT visit, detector, state, attempts, reason FROM work WHERE state = 'queued'"
+            " ORDER BY visit, detector LIMIT 1"
+        ).fetchone()
+        return WorkItem(*row) if row else None
+
+    def start(self, item: WorkItem) -> WorkItem:
+        self._write(
+            "UPDATE work SET state = 'running', attempts = attempts + 1, updated = ?"
+            " WHERE visit = ? AND detector = ?",
+            time.time(),
+            item.visit,
+            item.detector,
+        )
+        return WorkItem(item.visit, item.detector, "running", item.attempts + 1, item.reason)
+
+    def finish(self, item: WorkItem, state: str, reason: str = "") -> None:
+        if state not in (*FINAL_STATES, "queued"):
+            raise ValueError(f"unknown work state {state!r}")
+        self._write(
+            "UPDATE work SET state = ?, reason = ?, updated = ? WHERE visit = ? AND detector = ?",
+            state,
+            reason,
+            time.time(),
+            item.visit,
+            item.detector,
+        )
+
+    def recover(self) -> list[WorkItem]:
+        """Requeue the work that was running when the process died; returns it."""
+        rows = self._db.execute(
+            "SELECT visit, detector, state, attempts, reason FROM work WHERE state = 'running'"
+        ).fetchall()
+        self._write(
+            "UPDATE work SET state = 'queued', reason = 'interrupted', updated = ?"
+            " WHERE state = 'running'",
+            time.time(),
+        )
+        return [WorkItem(*row) for row in rows]
+
+    def known(self, visit: int, detector: int) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM work WHERE visit = ? AND detector = ?", (visit, detector)
+        ).fetchone()
+        return row is not None
+
+    def counts(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT state, count(*) FROM work GROUP BY state").fetchall()
+        return {state: int(n) for state, n in rows}
+
+    def close(self) -> None:
+        self._db.close()

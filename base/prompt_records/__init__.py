@@ -1,0 +1,40 @@
+"""Latency and outcome records of prompt processing (PostgreSQL) and their latency summary."""
+
+from .latency import BUDGET_S, Distribution, LatencySummary, StageStep, latency_summary
+from .model import (
+    METRICS,
+    STAGES,
+    STATUSES,
+    VISIT_DETECTOR,
+    VISIT_STAGES,
+    Attempt,
+    CcdOutcome,
+    CcdTimes,
+    NightRecords,
+    StageTime,
+    VisitRecord,
+    stage_array,
+)
+from .store import MIGRATIONS, PromptRecords
+
+__all__ = [
+    "BUDGET_S",
+    "METRICS",
+    "MIGRATIONS",
+    "STAGES",
+    "STATUSES",
+    "VISIT_DETECTOR",
+    "VISIT_STAGES",
+    "Attempt",
+    "CcdOutcome",
+    "CcdTimes",
+    "Distribution",
+    "LatencySummary",
+    "NightRecords",
+    "PromptRecords",
+    "StageStep",
+    "StageTime",
+    "VisitRecord",
+    "latency_summary",
+    "stage_array",
+]

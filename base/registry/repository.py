@@ -1,0 +1,238 @@
+"""The data repository registry on PostgreSQL (asyncpg): register datasets and find them.
+
+Every insert is keyed by its natural key (``(visit, detector)`` for a raw) and does nothing
+when the row exists, so a repeated registration adds nothing. Connection failures (a
+restarting server) raise ``ConnectionLostError``, which callers retry; anything else the
+database refuses raises ``StorageError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, fields
+from typing import Any, TypeVar
+
+import asyncpg
+
+from base.registry.migrations import migrate
+from base.registry.records import (
+    CalibRecord,
+    DetectorRecord,
+    ExposureRecord,
+    RawRecord,
+    TemplateRecord,
+)
+from state.errors import ConnectionLostError, InvalidInputError, RetriableError, StorageError
+
+R = TypeVar("R")
+
+_CONNECTION_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.InterfaceError,
+)
+
+
+@contextlib.contextmanager
+def _database(what: str) -> Iterator[None]:
+    try:
+        yield
+    except _CONNECTION_ERRORS as e:
+        raise ConnectionLostError(f"registry database unreachable while {what}: {e}") from e
+    except asyncpg.exceptions.TransactionRollbackError as e:
+        raise RetriableError(f"registry transaction rolled back while {what}: {e}") from e
+    except asyncpg.PostgresError as e:
+        raise StorageError(f"registry database refused {what}: {e}") from e
+
+
+def _insert_sql(table: str, record: object) -> tuple[str, list[Any]]:
+    """An insert that does nothing when any unique key already holds the row.
+
+    No conflict target: concurrent registrations of two detectors of one new exposure both
+    insert its row, and the loser may trip over ``image_name`` before ``visit``.
+    """
+    values = asdict(record)  # type: ignore[call-overload]
+    cols = list(values)
+    marks = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
+    sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks}) ON CONFLICT DO NOTHING"
+    return sql, list(values.values())
+
+
+def _record(cls: type[R], row: asyncpg.Record) -> R:
+    return cls(**{f.name: row[f.name] for f in fields(cls)})  # type: ignore[arg-type]
+
+
+class Repository:
+    """Create with :meth:`connect`; :meth:`close` when done."""
+
+    def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
+        self._pool = pool
+        self.schema = schema
+
+    @classmethod
+    async def connect(cls, dsn: str, schema: str = "registry") -> Repository:
+        """Open a pool on ``dsn`` and bring ``schema`` up to the latest migration."""
+        with _database("connecting"):
+            pool = await asyncpg.create_pool(
+                dsn, min_size=0, max_size=4, server_settings={"search_path": schema}
+            )
+        try:
+            with _database("migrating"):
+                async with pool.acquire() as conn:
+                    await migrate(conn, schema)
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool, schema)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    # ---------------------------------------------------------------- register
+    async def register_raw(
+        self, raw: RawRecord, exposure: ExposureRecord, detector: DetectorRecord
+    ) -> bool:
+        """Register a raw with its exposure and detector; False when it was already there."""
+        with _database(f"registering raw {raw.visit}/{raw.detector}"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(*_split(_insert_sql("exposures", exposure)))
+                await conn.execute(*_split(_insert_sql("detectors", detector)))
+                status = await conn.execute(*_split(_insert_sql("raws", raw)))
+        return status.endswith(" 1")
+
+    async def register_detector(self, detector: DetectorRecord) -> bool:
+        return await self._insert("detectors", detector)
+
+    async def register_calib(self, calib: CalibRecord) -> bool:
+        return await self._insert("calibrations", calib)
+
+    async def register_template(self, template: TemplateRecord) -> bool:
+        return await self._insert("templates", template)
+
+    async def _insert(self, table: str, record: object) -> bool:
+        with _database(f"registering into {table}"):
+            status = await self._pool.execute(*_split(_insert_sql(table, record)))
+        return status.endswith(" 1")
+
+    # ------------------------------------------------------------------- query
+    async def _fetch(self, what: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+        with _database(what):
+            return list(await self._pool.fetch(sql, *args))
+
+    async def get_raw(self, visit: int, detector: int) -> RawRecord | None:
+        rows = await self._fetch(
+            "reading a raw",
+            "SELECT * FROM raws WHERE visit = $1 AND detector = $2",
+            visit,
+            detector,
+        )
+        return _record(RawRecord, rows[0]) if rows else None
+
+    async def raws(self) -> list[RawRecord]:
+        """Every registered raw, in ingest order."""
+        rows = await self._fetch("listing raws", "SELECT * FROM raws ORDER BY ingested_at, visit")
+        return [_record(RawRecord, r) for r in rows]
+
+    async def get_exposure(self, visit: int) -> ExposureRecord | None:
+        rows = await self._fetch(
+            "reading an exposure", "SELECT * FROM exposures WHERE visit = $1", visit
+        )
+        return _record(ExposureRecord, rows[0]) if rows else None
+
+    async def get_calibs(
+        self, detector: int, band: str, time: float, *, camera: str | None = None
+    ) -> dict[str, CalibRecord]:
+        """The calibrations valid at ``time`` (MJD): bias, dark, bpm and the band's flat.
+
+        Where validity ranges overlap the one that started last wins.
+        """
+        rows = await self._fetch(
+            "reading calibrations",
+            "SELECT DISTINCT ON (calib_type) * FROM calibrations"
+            " WHERE detector = $1 AND (band = '' OR band = $2)"
+            " AND valid_start <= $3 AND $3 < valid_end AND ($4::text IS NULL OR camera = $4)"
+            " ORDER BY calib_type, valid_start DESC",
+            detector,
+            band,
+            time,
+            camera,
+        )
+        cameras = {r["camera"] for r in rows}
+        if len(cameras) > 1:
+            raise InvalidInputError(
+                f"calibrations of several cameras ({', '.join(sorted(cameras))}); name one"
+            )
+        return {r["calib_type"]: _record(CalibRecord, r) for r in rows}
+
+    async def get_template(
+        self,
+        band: str,
+        *,
+        field_id: int | None = None,
+        ra: float | None = None,
+        dec: float | None = None,
+        detector: int | None = None,
+        camera: str | None = None,
+        radius_deg: float = 1.0,
+    ) -> list[TemplateRecord]:
+        """Templates of a field (``field_id``) or of the field nearest ``ra, dec``.
+
+        A region lookup takes the field whose centre is nearest and within ``radius_deg``;
+        ``detector`` narrows the answer to one detector. Empty when nothing matches.
+        """
+        if field_id is None:
+            if ra is None or dec is None:
+                raise InvalidInputError("get_template needs field_id, or ra and dec")
+            field_id = await self._nearest_field(band, ra, dec, camera, radius_deg)
+            if field_id is None:
+                return []
+        rows = await self._fetch(
+            "reading templates",
+            "SELECT * FROM templates WHERE band = $1 AND field_id = $2"
+            " AND ($3::int IS NULL OR detector = $3) AND ($4::text IS NULL OR camera = $4)"
+            " ORDER BY camera, detector",
+            band,
+            field_id,
+            detector,
+            camera,
+        )
+        return [_record(TemplateRecord, r) for r in rows]
+
+    async def _nearest_field(
+        self, band: str, ra: float, dec: float, camera: str | None, radius_deg: float
+    ) -> int | None:
+        rows = await self._fetch(
+            "searching templates",
+            "SELECT DISTINCT field_id, ra, dec FROM templates"
+            " WHERE band = $1 AND ($2::text IS NULL OR camera = $2)",
+            band,
+            camera,
+        )
+        best: tuple[float, int] | None = None
+        for r in rows:
+            sep = _separation_deg(ra, dec, r["ra"], r["dec"])
+            if sep <= radius_deg and (best is None or sep < best[0]):
+                best = (sep, int(r["field_id"]))
+        return None if best is None else best[1]
+
+    async def counts(self) -> dict[str, int]:
+        out = {}
+        for table in ("exposures", "detectors", "raws", "calibrations", "templates"):
+            with _database(f"counting {table}"):
+                out[table] = int(await self._pool.fetchval(f"SELECT COUNT(*) FROM {table}"))
+        return out
+
+
+def _split(sql_args: tuple[str, list[Any]]) -> tuple[Any, ...]:
+    sql, args = sql_args
+    return (sql, *args)
+
+
+def _separation_deg(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
+    r1, d1, r2, d2 = map(math.radians, (ra1, dec1, ra2, dec2))
+    hav = math.sin((d2 - d1) / 2) ** 2 + math.cos(d1) * math.cos(d2) * math.sin((r2 - r1) / 2) ** 2
+    return math.degrees(2 * math.asin(min(1.0, math.sqrt(hav))))

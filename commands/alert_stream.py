@@ -1,0 +1,367 @@
+"""The alert stream and the alert archive on the gateway (DMS-REQ-0342/0343/0348, 0094).
+
+* ``GET /alerts/v1/stream`` (WebSocket, token required): one subscription per connection. The
+  client sends one JSON text frame, ``{"v":1,"op":"subscribe","filter":"<predefined name>"}``,
+  ``{"v":1,"op":"subscribe","expression":"<filter language>"}`` or, for identities authorized
+  as brokers, ``{"v":1,"op":"subscribe","full":true}``; the answer is ``subscribed`` or an
+  ``error`` (``bad_filter``, ``not_permitted``, ...; the connection stays open). Alerts then
+  arrive as binary frames, each exactly one Confluent-framed Avro alert. A filtered
+  subscription gets the first 20 passing alerts of each visit. Text frames report
+  ``{"op":"dropped","count":N}`` when the bounded queue overflowed; a subscriber that keeps
+  overflowing is closed with code 4001 (too slow). ``{"op":"ping"}`` is answered with ``pong``.
+* ``GET /api/v1/alerts/{diaSourceId}`` (token required): the archived alert, as the framed
+  Avro bytes, or decoded JSON with ``?format=json`` (cutouts base64).
+* ``GET /api/v1/alert-stream``: subscribers and counters.
+
+The alerts come from the AlertPublisher component: a pump task long-polls its
+``rpc_poll_alerts`` (see :mod:`base.alerts.spool`) and offers each CCD batch to the fan-out,
+which never waits for a subscriber; each subscriber's own writer task does the sending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from ray.actor import ActorHandle
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+
+from base.alerts import AlertFanout, FilterError, compile_filter, decode, predefined
+from base.alerts.filters import filter_table
+from base.alerts.stream import Subscription
+from commands.auth import Authenticator
+from config.system import ComponentConfig
+from state.errors import ConnectionLostError, DmcsError, InvalidInputError, NonRetriableError
+from state.peers import Peer
+
+log = logging.getLogger("dmcs.gateway.alerts")
+DEFAULT_BROKERS = frozenset({"broker"})
+PUBLISHER = "AlertPublisher"
+CLOSE_TOO_SLOW = 4001
+
+
+class ActorPeer:
+    """A data-plane peer over one component actor handle (the gateway holds the handles)."""
+
+    def __init__(self, handle: ActorHandle) -> None:
+        self._handle = handle
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await self._handle.rpc.remote(method, *args, **kwargs)
+        except RayTaskError as e:
+            cause = e.as_instanceof_cause()
+            if isinstance(cause, DmcsError):
+                raise cause from e
+            raise NonRetriableError(f"the alert publisher failed in {method}: {cause}") from e
+        except (ActorDiedError, ActorUnavailableError, RayActorError) as e:
+            raise ConnectionLostError(f"the alert publisher is not reachable: {e}") from e
+
+
+class AlertStream:
+    """Pulls published batches from the publisher and fans them out to the subscribers."""
+
+    def __init__(
+        self,
+        peer: Peer | None,
+        brokers: frozenset[str] = DEFAULT_BROKERS,
+        fanout: AlertFanout | None = None,
+        poll_timeout: float = 5.0,
+        max_batches: int = 64,
+    ) -> None:
+        self.peer = peer
+        self.brokers = brokers
+        self.fanout = fanout or AlertFanout(queue_size=1000, max_drops=1000)
+        self.poll_timeout = poll_timeout
+        self.max_batches = max_batches
+        self.cursor: int | None = None
+        self.batches = self.alerts = self.missed = self.poll_errors = 0
+        self._kick: dict[str, asyncio.Event] = {}
+        self._names = itertools.count(1)
+
+    def publish(self, batch: Mapping[str, Any]) -> None:
+        """Offer one spooled batch (``SpooledBatch.to_wire()``) to every subscriber."""
+        view = memoryview(batch["data"])
+        offsets = batch["offsets"].tolist()
+        packets = [view[a:b] for a, b in itertools.pairwise(offsets)]
+        table = filter_table(batch["table"], len(packets))
+        self.fanout.publish_visit(batch["visit"], batch["ids"], packets, table)
+        self.batches += 1
+        self.alerts += len(packets)
+        for name, sub in self.fanout.subscribers.items():
+            if sub.lagging and name in self._kick:
+                self._kick.pop(name).set()
+
+    async def pump(self) -> None:
+        """Long-poll the publisher forever; an unreachable one is retried with backoff."""
+        if self.peer is None:
+            return
+        backoff = 0.2
+        while True:
+            try:
+                answer = await self.peer.call(
+                    "poll_alerts", self.cursor, self.max_batches, self.poll_timeout
+                )
+            except ConnectionLostError as e:
+                self.poll_errors += 1
+                log.debug("alert publisher not reachable: %s", e)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            except DmcsError as e:
+                self.poll_errors += 1
+                log.warning("alert poll failed: %s", e)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.2
+            self.missed += int(answer.get("missed", 0))
+            self.cursor = int(answer["cursor"])
+            for batch in answer["batches"]:
+                self.publish(batch)
+
+    def subscribe(self, identity: str, request: Mapping[str, Any]) -> Subscription:
+        """A subscription from a client's ``subscribe`` frame; clear errors for bad ones."""
+        name = f"{identity}#{next(self._names)}"
+        if request.get("full"):
+            if identity not in self.brokers:
+                raise _NotPermitted(f"identity {identity!r} is not authorized for the full stream")
+            sub = self.fanout.subscribe(name, full_stream=True)
+        elif isinstance(request.get("filter"), str):
+            sub = self.fanout.subscribe(name, predefined(request["filter"]))
+        elif isinstance(request.get("expression"), str):
+            sub = self.fanout.subscribe(name, compile_filter(request["expression"]))
+        else:
+            raise _BadFrame("subscribe needs 'filter' (a name), 'expression', or 'full': true")
+        self._kick[name] = asyncio.Event()
+        return sub
+
+    def unsubscribe(self, name: str) -> None:
+        self.fanout.unsubscribe(name)
+        self._kick.pop(name, None)
+
+    def kicked(self, name: str) -> asyncio.Event:
+        return self._kick.get(name) or asyncio.Event()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "connected": self.peer is not None, "cursor": self.cursor, "batches": self.batches,
+            "alerts": self.alerts, "missedBatches": self.missed, "pollErrors": self.poll_errors,
+            "subscribers": [
+                {"name": s.name, "full": s.filter is None,
+                 "filter": s.filter.expression if s.filter else None, "delivered": s.delivered,
+                 "dropped": s.dropped, "queued": s.queue.qsize(), "lagging": s.lagging}
+                for s in self.fanout.subscribers.values()
+            ],
+        }  # fmt: skip
+
+
+ALERT_STREAM = web.AppKey("alert_stream", AlertStream)
+ALERT_AUTH = web.AppKey("alert_auth", Authenticator)
+
+
+def publisher_name(component_configs: tuple[ComponentConfig, ...]) -> str:
+    """The component that publishes alerts: the one whose class is an AlertPublisher."""
+    for c in component_configs:
+        if c.cls.rsplit(":", 1)[-1] == PUBLISHER:
+            return c.name
+    return PUBLISHER
+
+
+def setup_alert_stream(
+    app: web.Application,
+    auth: Authenticator,
+    components: Mapping[str, ActorHandle],
+    component_configs: tuple[ComponentConfig, ...] = (),
+    brokers: frozenset[str] = DEFAULT_BROKERS,
+) -> AlertStream:
+    """Add the stream and archive routes to the gateway, fed by the AlertPublisher if any."""
+    handle = components.get(publisher_name(component_configs))
+    return setup_alert_routes(app, auth, ActorPeer(handle) if handle else None, brokers)
+
+
+def setup_alert_routes(
+    app: web.Application,
+    auth: Authenticator,
+    peer: Peer | None,
+    brokers: frozenset[str] = DEFAULT_BROKERS,
+    fanout: AlertFanout | None = None,
+) -> AlertStream:
+    stream = AlertStream(peer, brokers, fanout)
+    app[ALERT_STREAM] = stream
+    app[ALERT_AUTH] = auth
+    app.cleanup_ctx.append(_run_pump)
+    app.router.add_get("/alerts/v1/stream", stream_handler)
+    app.router.add_get("/api/v1/alert-stream", stream_status)
+    app.router.add_get("/api/v1/alerts/{diaSourceId}", fetch_alert)
+    return stream
+
+
+async def _run_pump(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[ALERT_STREAM].pump(), name="gateway-alert-pump")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _identity(request: web.Request) -> str:
+    identity = request.app[ALERT_AUTH].identify(request)
+    if not identity:
+        raise web.HTTPUnauthorized(
+            text="alerts need a bearer token", headers={"WWW-Authenticate": "Bearer"}
+        )
+    return identity
+
+
+async def stream_status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[ALERT_STREAM].status())
+
+
+async def fetch_alert(request: web.Request) -> web.Response:
+    _identity(request)
+    text = request.match_info["diaSourceId"]
+    try:
+        dia_source_id = int(text)
+    except ValueError as e:
+        raise web.HTTPBadRequest(text=f"diaSourceId must be an integer, got {text!r}") from e
+    peer = request.app[ALERT_STREAM].peer
+    if peer is None:
+        raise web.HTTPServiceUnavailable(text="no alert publisher in this system")
+    try:
+        packet = await peer.call("fetch_alert", dia_source_id)
+    except (ConnectionLostError, InvalidInputError) as e:
+        raise web.HTTPServiceUnavailable(text=f"the alert archive is not available: {e}") from e
+    if packet is None:
+        raise web.HTTPNotFound(text=f"no archived alert with diaSourceId {dia_source_id}")
+    if request.query.get("format") == "json":
+        return web.json_response(decode(packet), dumps=_dumps)
+    return web.Response(
+        body=bytes(packet),
+        content_type="application/octet-stream",
+        headers={"X-Alert-Schema-Id": str(int.from_bytes(bytes(packet[1:5]), "big"))},
+    )
+
+
+def _dumps(value: Any) -> str:
+    def default(o: Any) -> Any:
+        if isinstance(o, bytes | bytearray | memoryview):
+            return base64.b64encode(bytes(o)).decode("ascii")
+        raise TypeError(f"{type(o).__name__} is not JSON serializable")
+
+    return json.dumps(value, default=default)
+
+
+def _frame(op: str, **fields: Any) -> str:
+    return json.dumps({"v": 1, "op": op, **fields})
+
+
+async def stream_handler(request: web.Request) -> web.WebSocketResponse:
+    identity = _identity(request)
+    stream = request.app[ALERT_STREAM]
+    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=1 << 16, timeout=2.0)
+    await ws.prepare(request)
+    sub: Subscription | None = None
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        async for message in ws:
+            if message.type == WSMsgType.BINARY:
+                await ws.send_str(_frame("error", code="bad_frame", message="send JSON text"))
+                continue
+            if message.type != WSMsgType.TEXT:
+                break
+            try:
+                request_frame = _parse(message.data)
+                if request_frame["op"] == "ping":
+                    await ws.send_str(_frame("pong", id=request_frame.get("id")))
+                    continue
+                if sub is not None:
+                    raise _BadFrame("this connection already has a subscription")
+                sub = stream.subscribe(identity, request_frame)
+            except InvalidInputError as e:
+                await ws.send_str(_frame("error", code=_code(e), message=str(e)))
+                continue
+            await ws.send_str(_subscribed(sub))
+            writer = asyncio.create_task(_writer(ws, sub))
+            evict = _evict(request, ws, stream.kicked(sub.name), writer)
+            tasks += [writer, asyncio.create_task(evict)]
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if sub is not None:
+            stream.unsubscribe(sub.name)
+    return ws
+
+
+def _subscribed(sub: Subscription) -> str:
+    return _frame(
+        "subscribed", name=sub.name, full=sub.filter is None,
+        expression=sub.filter.expression if sub.filter else None,
+        perVisitLimit=sub.per_visit_limit,
+    )  # fmt: skip
+
+
+async def _writer(ws: web.WebSocketResponse, sub: Subscription) -> None:
+    """Send this subscriber's queue, reporting drops; it may wait on a slow socket alone."""
+    reported = 0
+    try:
+        while not ws.closed:
+            message = await sub.queue.get()
+            if sub.dropped != reported:
+                reported = sub.dropped
+                await ws.send_str(_frame("dropped", count=sub.dropped))
+            await ws.send_bytes(message.packet)
+    except ConnectionError as e:
+        log.info("alert subscriber %s went away: %s", sub.name, e)
+
+
+async def _evict(
+    request: web.Request, ws: web.WebSocketResponse, kicked: asyncio.Event, writer: asyncio.Task
+) -> None:
+    """Close a subscriber the fan-out marked too slow (its writer may be stuck on the socket)."""
+    await kicked.wait()
+    writer.cancel()
+    try:
+        async with asyncio.timeout(2.0):
+            await ws.close(code=CLOSE_TOO_SLOW, message=b"too slow: alerts were dropped")
+    except (TimeoutError, ConnectionError):
+        if request.transport is not None:
+            request.transport.abort()
+
+
+def _parse(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _BadFrame(f"frame is not JSON: {e}") from e
+    if not isinstance(value, dict) or value.get("v") != 1:
+        raise _BadFrame('frames are JSON objects with "v": 1')
+    if value.get("op") not in ("subscribe", "ping"):
+        raise _BadFrame(f"unknown op {value.get('op')!r}; expected subscribe or ping")
+    return value
+
+
+def _code(e: InvalidInputError) -> str:
+    if isinstance(e, FilterError):
+        return "bad_filter"
+    if isinstance(e, _NotPermitted):
+        return "not_permitted"
+    return "bad_frame"
+
+
+class _BadFrame(InvalidInputError):
+    """A frame that is not a valid stream request."""
+
+
+class _NotPermitted(InvalidInputError):
+    """The full stream asked for by an identity that is not a broker."""

@@ -1,0 +1,168 @@
+"""``dmcs alerts get ID`` and ``dmcs alerts stream``: the alert archive and stream from a shell."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import click
+
+from base.alerts import decode
+from state.errors import DmcsError
+
+DEFAULT_URL = "ws://127.0.0.1:8765/ws"
+STREAM_PATH = "/alerts/v1/stream"
+
+
+def base_url(url: str, websocket: bool = False) -> str:
+    """``scheme://host:port`` of the gateway from its WebSocket URL (``ws://h:p/ws``)."""
+    parts = urlsplit(url)
+    secure = parts.scheme in ("wss", "https")
+    scheme = {(True, True): "wss", (True, False): "ws", (False, True): "https"}.get(
+        (websocket, secure), "http"
+    )
+    return urlunsplit((scheme, parts.netloc, "", "", ""))
+
+
+def _options(f: Any) -> Any:
+    f = click.option(
+        "--token",
+        default=lambda: os.environ.get("DMCS_TOKEN"),
+        help="Bearer token (default: $DMCS_TOKEN); alerts need one.",
+    )(f)
+    return click.option(
+        "--url",
+        default=lambda: os.environ.get("DMCS_URL", DEFAULT_URL),
+        show_default=DEFAULT_URL,
+        help="Gateway WebSocket URL (default: $DMCS_URL).",
+    )(f)
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    if not token:
+        raise click.ClickException("alerts need a token (--token or $DMCS_TOKEN)")
+    return {"Authorization": f"Bearer {token}"}
+
+
+def summary(alert: dict[str, Any]) -> dict[str, Any]:
+    """The few fields a person reads first."""
+    src = alert["diaSource"]
+    return {
+        "diaSourceId": alert["diaSourceId"],
+        "visit": src["visit"],
+        "detector": src["detector"],
+        "ra": src["ra"],
+        "dec": src["dec"],
+        "band": src.get("band"),
+        "psfFlux": src.get("psfFlux"),
+        "snr": src.get("snr"),
+        "diaObjectId": (alert.get("diaObject") or {}).get("diaObjectId"),
+        "prvDiaSources": len(alert.get("prvDiaSources") or ()),
+    }
+
+
+def _run(coro: Any) -> Any:
+    try:
+        return asyncio.run(coro)
+    except (aiohttp.ClientError, OSError) as e:
+        raise click.ClickException(f"cannot reach the gateway: {e}") from e
+    except DmcsError as e:
+        raise click.ClickException(f"{type(e).__name__}: {e}") from e
+
+
+@click.group()
+def alerts() -> None:
+    """Fetch archived alerts and follow the alert stream."""
+
+
+@alerts.command("get")
+@_options
+@click.argument("dia_source_id", type=int)
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Save the packet.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole alert (cutouts omitted).")
+def get(url: str, token: str | None, dia_source_id: int, out: Path | None, as_json: bool) -> None:
+    """Fetch one archived alert by its diaSourceId."""
+
+    async def fetch() -> bytes:
+        async with (
+            aiohttp.ClientSession(headers=_headers(token)) as session,
+            session.get(f"{base_url(url)}/api/v1/alerts/{dia_source_id}") as response,
+        ):
+            if response.status != 200:
+                raise click.ClickException(f"HTTP {response.status}: {await response.text()}")
+            return await response.read()
+
+    packet = _run(fetch())
+    if out is not None:
+        out.write_bytes(packet)
+    alert = decode(packet)
+    if as_json:
+        for name in ("cutoutDifference", "cutoutScience", "cutoutTemplate"):
+            alert[name] = None if alert[name] is None else f"<{len(alert[name])} bytes of FITS>"
+        click.echo(json.dumps(alert, indent=2))
+    else:
+        click.echo(json.dumps(summary(alert)))
+
+
+@alerts.command("stream")
+@_options
+@click.option("--filter", "filter_name", help="A predefined filter by name.")
+@click.option("--expression", help="A filter in the filter language (quote it).")
+@click.option("--full", is_flag=True, help="The whole stream (broker identities only).")
+@click.option("--count", type=int, help="Stop after this many alerts.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Save packets here.")
+def stream(
+    url: str,
+    token: str | None,
+    filter_name: str | None,
+    expression: str | None,
+    full: bool,
+    count: int | None,
+    out: Path | None,
+) -> None:
+    """Follow the alert stream: one JSON line per alert."""
+    chosen = [x for x in (filter_name, expression, full or None) if x]
+    if len(chosen) != 1:
+        raise click.UsageError("give exactly one of --filter, --expression, --full")
+    request: dict[str, Any] = {"v": 1, "op": "subscribe"}
+    if full:
+        request["full"] = True
+    elif filter_name:
+        request["filter"] = filter_name
+    else:
+        request["expression"] = expression
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+
+    async def follow() -> None:
+        seen = 0
+        async with (
+            aiohttp.ClientSession(headers=_headers(token)) as session,
+            session.ws_connect(f"{base_url(url, websocket=True)}{STREAM_PATH}") as ws,
+        ):
+            await ws.send_str(json.dumps(request))
+            async for message in ws:
+                if message.type == aiohttp.WSMsgType.TEXT:
+                    frame = json.loads(message.data)
+                    if frame.get("op") == "error":
+                        raise click.ClickException(f"{frame['code']}: {frame['message']}")
+                    click.echo(json.dumps(frame), err=True)
+                    continue
+                if message.type != aiohttp.WSMsgType.BINARY:
+                    break
+                alert = decode(message.data)
+                if out is not None:
+                    (out / f"{alert['diaSourceId']}.avro").write_bytes(message.data)
+                click.echo(json.dumps(summary(alert)))
+                seen += 1
+                if count is not None and seen >= count:
+                    return
+            if ws.close_code not in (None, 1000):
+                raise click.ClickException(f"stream closed by the gateway ({ws.close_code})")
+
+    _run(follow())

@@ -1,0 +1,46 @@
+"""The system's PostgreSQL: the configured DSN, or an embedded server that dmcs starts itself.
+
+Components whose class sets ``uses_database = True`` get the DSN as their ``dsn`` setting
+unless their settings already name one. The DSN comes from ``[database] dsn`` in the system
+file, else the ``DMCS_DATABASE_DSN`` environment variable (read when the system starts), else
+an embedded PostgreSQL (``pgserver``) in ``<data_dir>/postgres``, stopped with the system.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from actors.component_actor import load_component_class
+from base.postgres import postgres_dsn
+from config.system import SystemConfig
+
+DSN_ENV = "DMCS_DATABASE_DSN"
+
+
+def database_users(config: SystemConfig) -> list[str]:
+    """Names of the components that need the DSN and were not given one."""
+    return [
+        c.name
+        for c in config.components
+        if not c.settings.get("dsn")
+        and getattr(load_component_class(c.cls), "uses_database", False)
+    ]
+
+
+@contextlib.contextmanager
+def system_database(config: SystemConfig) -> Iterator[SystemConfig]:
+    """Yield ``config`` with the DSN filled in where needed (starting PostgreSQL if must be)."""
+    users = set(database_users(config))
+    if not users:
+        yield config
+        return
+    configured = config.database.dsn or os.environ.get(DSN_ENV, "")
+    with postgres_dsn(configured, config.data_dir.resolve() / "postgres") as dsn:
+        components = tuple(
+            c.model_copy(update={"settings": {**c.settings, "dsn": dsn}}) if c.name in users else c
+            for c in config.components
+        )
+        database = config.database.model_copy(update={"dsn": dsn})
+        yield config.model_copy(update={"components": components, "database": database})

@@ -1,0 +1,1 @@
+"""``dmcs replay``: a simulated (or OpSim) night through the whole running system."""

@@ -1,0 +1,37 @@
+"""The replay summary as a terminal table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def print_summary(summary: dict[str, Any], console: Console) -> None:
+    lat = summary["latencySeconds"]
+    share = summary.get("visitShareWithin60s")
+    table = Table(title="night summary", show_header=False)
+    rows = [
+        ("complete", "yes" if summary["complete"] else "NO"),
+        ("visits", str(summary["visits"])),
+        ("CCDs expected / ingested", f"{summary['ccdsExpected']} / {summary['ccdsIngested']}"),
+        ("CCDs processed / failed", f"{summary['ccdsProcessed']} / {summary['ccdsFailed']}"),
+        ("alerts", str(summary["alerts"])),
+        ("latency p50 / p95 / max", f"{_s(lat['p50'])} / {_s(lat['p95'])} / {_s(lat['max'])}"),
+        ("visits within 60 s", "-" if share is None else f"{100 * share:.0f} %"),
+        ("wall time", f"{summary['wallSeconds']:.0f} s"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+    for name, why in summary.get("failures", {}).items():
+        console.print(f"[red]failed[/red] {name}: {why}", highlight=False)
+    for line in summary.get("recoveries", []):
+        console.print(f"[yellow]recovered[/yellow] {line}", highlight=False)
+    for kind, path in summary.get("reports", {}).items():
+        console.print(f"{kind}: {path}", highlight=False)

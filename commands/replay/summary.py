@@ -1,0 +1,98 @@
+"""The end of a replay: counts, latency and the nightly reports, from what was recorded."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import numpy as np
+
+from base.prompt.settings import AssociationSettings, CcdProcessorSettings
+from base.prompt_records import NightRecords, PromptRecords
+from base.reports.documents import write_night_reports
+from base.reports.truth import load_truth
+from commands.replay.night_system import PROCESSOR_CLASS
+from commands.replay.runner import ReplayOutcome
+from config.system import SystemConfig
+
+_DIA_COLUMNS = ("visit", "detector", "ra", "dec", "psfFlux", "psfFluxErr", "midpointMjdTai", "band")
+
+
+def _schema(config: SystemConfig, cls: str, key: str, default: str) -> str:
+    for spec in config.components:
+        if spec.cls == cls:
+            return str(spec.settings.get(key, default))
+    return default
+
+
+async def _records(pool: asyncpg.Pool, config: SystemConfig, visits: list[int]) -> NightRecords:
+    schema = _schema(
+        config, PROCESSOR_CLASS, "records_schema", CcdProcessorSettings().records_schema
+    )
+    records = await PromptRecords.connect(pool, schema)
+    return await records.fetch_night(visits=visits)
+
+
+async def _diasources(
+    pool: asyncpg.Pool, config: SystemConfig, visits: list[int]
+) -> dict[str, Any]:
+    schema = _schema(
+        config,
+        "base.prompt.association:Association",
+        "apdb_schema",
+        AssociationSettings().apdb_schema,
+    )
+    cols = ", ".join(f'"{c}"' for c in _DIA_COLUMNS)
+    rows = await pool.fetch(
+        f'SELECT {cols} FROM "{schema}"."DiaSource" WHERE visit = ANY($1::bigint[])', visits
+    )
+    return {c: np.array([r[c] for r in rows]) for c in _DIA_COLUMNS}
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.quantile(finite, q)) if finite else None
+
+
+async def night_summary(
+    pool: asyncpg.Pool, config: SystemConfig, outcome: ReplayOutcome
+) -> dict[str, Any]:
+    p = outcome.progress
+    records = await _records(pool, config, outcome.visits)
+    from base.prompt_records import latency_summary
+
+    latency = latency_summary(records)
+    ccd_latency = list(p.latencies.values())
+    return {
+        "complete": outcome.complete,
+        "wallSeconds": round(outcome.wall_seconds, 1),
+        "visits": len(outcome.visits),
+        "ccdsExpected": len(p.expected),
+        "ccdsIngested": len(p.ingested),
+        "ccdsProcessed": len(p.processed),
+        "ccdsFailed": len(p.failed),
+        "failures": {f"{v}/{d}": why for (v, d), why in sorted(p.failed.items())},
+        "alerts": p.alerts,
+        "duplicatePublications": p.duplicate_publications,
+        "recoveries": p.recoveries,
+        "latencySeconds": {
+            "p50": _quantile(ccd_latency, 0.5),
+            "p95": _quantile(ccd_latency, 0.95),
+            "max": _quantile(ccd_latency, 1.0),
+        },
+        "visitShareWithin60s": latency.visit_share_within_budget,
+        "latencySummary": latency.to_dict(),
+        "drive": outcome.drive.as_dict(),
+    }
+
+
+async def write_reports(
+    pool: asyncpg.Pool, config: SystemConfig, outcome: ReplayOutcome, night: Path, out: Path
+) -> dict[str, str]:
+    records = await _records(pool, config, outcome.visits)
+    truth = load_truth(night / "truth.sqlite", outcome.visits)
+    dia = await _diasources(pool, config, outcome.visits)
+    paths = write_night_reports(records, out / "reports", truth=truth, diasources=dia)
+    return {k: str(v) for k, v in paths.items()}

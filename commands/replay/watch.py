@@ -1,0 +1,128 @@
+"""Watches a night from the outside, as the OCS would: completion, and restarted components.
+
+It subscribes through the real client to the pipeline's contract events (docs/events.md),
+counts each CCD once when it ends (processed or failed), and, acting for the OCS, brings a
+component that came back from a crash (STANDBY with a higher restartCount) to ENABLED again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from commands.client import Client
+from state.errors import DmcsError
+from state.events import Event
+from state.states import State
+
+log = logging.getLogger("dmcs.replay")
+
+TOPICS = ("ccdProcessed", "alertsPublished", "visitLatency", "summaryState", "imageIngested")
+
+
+@dataclass
+class NightProgress:
+    expected: set[tuple[int, int]] = field(default_factory=set)
+    ingested: set[tuple[int, int]] = field(default_factory=set)
+    processed: set[tuple[int, int]] = field(default_factory=set)
+    failed: dict[tuple[int, int], str] = field(default_factory=dict)
+    alerts: int = 0
+    alerts_by_ccd: dict[tuple[int, int], int] = field(default_factory=dict)
+    duplicate_publications: int = 0
+    latencies: dict[tuple[int, int], float] = field(default_factory=dict)
+    visit_latencies: dict[int, float] = field(default_factory=dict)
+    recoveries: list[str] = field(default_factory=list)
+
+    @property
+    def published(self) -> set[tuple[int, int]]:
+        return set(self.alerts_by_ccd)
+
+    @property
+    def finished(self) -> set[tuple[int, int]]:
+        """CCDs that failed, or were processed and had their alerts published (maybe none)."""
+        return (self.processed & self.published) | set(self.failed)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.expected) and self.expected <= self.finished
+
+
+class NightWatcher:
+    def __init__(
+        self,
+        client: Client,
+        *,
+        recover: bool = True,
+        on_change: Callable[[NightProgress], None] = lambda _: None,
+    ) -> None:
+        self.client = client
+        self.recover = recover
+        self.progress = NightProgress()
+        self._on_change = on_change
+        self._changed = asyncio.Event()
+        self._restarts: dict[str, int] = {}
+        self.wanted_state = State.ENABLED
+
+    def expect(self, visit: int, detectors: list[int]) -> None:
+        self.progress.expected.update((visit, d) for d in detectors)
+
+    async def run(self) -> None:
+        """Consume events until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            async for event in self.client.subscribe(None, list(TOPICS), snapshot=False):
+                self._see(event, tg)
+                self._on_change(self.progress)
+                self._changed.set()
+
+    def _see(self, event: Event, tg: asyncio.TaskGroup) -> None:
+        d, p = event.data, self.progress
+        if event.topic == "summaryState":
+            self._maybe_recover(event, tg)
+            return
+        if "visit" not in d or "detector" not in d:
+            return
+        key = (int(d["visit"]), int(d["detector"]))
+        if event.topic == "imageIngested" and int(d.get("statusCode", 0)) == 0:
+            p.ingested.add(key)
+        elif event.topic == "ccdProcessed":
+            if int(d.get("statusCode", 1)) == 0:
+                p.processed.add(key)
+                p.failed.pop(key, None)
+            elif key not in p.processed:
+                p.failed[key] = f"{d.get('failureType')}: {d.get('reason')}"
+        elif event.topic == "alertsPublished":
+            if key in p.alerts_by_ccd:
+                p.duplicate_publications += 1
+            p.alerts_by_ccd[key] = int(d.get("nAlerts", 0))
+            p.alerts += int(d.get("nAlerts", 0))
+            p.latencies[key] = float(d.get("latencySeconds", float("nan")))
+
+    def _maybe_recover(self, event: Event, tg: asyncio.TaskGroup) -> None:
+        restarts = int(event.data.get("restartCount", 0))
+        name = event.component
+        previous = self._restarts.get(name, 0)
+        self._restarts[name] = max(previous, restarts)
+        state = str(event.data.get("summaryState", ""))
+        if self.recover and restarts > previous and state == State.STANDBY.name:
+            self.progress.recoveries.append(f"{name} restarted (restart {restarts}); re-enabled")
+            tg.create_task(self._reenable(name))
+
+    async def _reenable(self, name: str) -> None:
+        try:
+            await self.client.set_state(name, self.wanted_state)
+            log.warning("%s came back from a restart; re-enabled", name)
+        except DmcsError as e:
+            log.error("could not re-enable %s after its restart: %s", name, e)
+
+    async def wait_complete(self, timeout: float) -> bool:
+        """True when every expected CCD ended within ``timeout`` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not self.progress.complete:
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            return False
+        return True

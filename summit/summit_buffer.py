@@ -1,0 +1,362 @@
+"""SummitBuffer: takes every raw from the camera durably and sends it to the base in order.
+
+Camera handoff: the ``endReadout`` event (each ``images`` entry points at the camera's DAQ
+staging file) or the ``acceptImage`` command, which acks the handoff (CMD_FAILED and a
+``bufferAlarm`` when the buffer is full). A raw is verified (checksum, FITS layout), written
+with fsync and recorded in the manifest before ``imageInBuffer`` goes out.
+
+Transfer: one loop sends the unsent raws through the summit-base :class:`~summit.link.Link`
+to ingest's ``rpc_receive_raw``, visit by visit in acquisition order (up to
+``max_in_flight`` detectors of a visit in flight), retrying with backoff while the link or the
+base is down and at once when the base reports a checksum mismatch. A raw is deleted only
+after the base answered with its checksum (then after ``retention_seconds``). The manifest
+survives a crash: a restarted buffer resends whatever was not confirmed (ingest is
+idempotent, so nothing is lost or duplicated).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from config.components import resolve_settings, validate_settings
+from config.data_path import SummitBufferSettings
+from state.clock import tai_now
+from state.controller import Controller, SupervisedGroup
+from state.errors import (
+    BufferFullError,
+    ChecksumMismatchError,
+    CommandRejected,
+    DmcsError,
+    RetriableError,
+    StorageError,
+)
+from state.events import Event
+from state.states import State
+from summit.buffer_manifest import Entry
+from summit.buffer_store import BufferStore, Offer
+from summit.link import MB, Link
+
+#: errorCode published when the buffer cannot write to its own storage.
+BUFFER_WRITE_FAILED = 200
+SEVERITIES = ("NONE", "WARNING", "SERIOUS", "CRITICAL")
+
+
+class SummitBuffer(Controller):
+    version = "0.1.0"
+    event_topics = ("imageInBuffer", "imageTransferred", "bufferAlarm", "bufferStatus")
+    listen_components = ("Camera",)
+    listen_topics = ("endReadout",)
+
+    def __init__(self, name: str, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.config = validate_settings(SummitBufferSettings, self.settings, name)
+        self.link = Link(self.config.link)
+        self.store = BufferStore(self.data_dir.absolute(), self.config.capacity_bytes)
+        self._wake = asyncio.Event()
+        self._catchup = asyncio.Lock()
+        self._severity = "NONE"
+        self.resent = 0
+        self.refused = 0
+
+    async def configure(self, override: str) -> dict[str, Any]:
+        self.config, applied = resolve_settings(
+            SummitBufferSettings, self.settings, self.name, override
+        )
+        self.store.capacity = self.config.capacity_bytes
+        self.link.set_bandwidth(self.config.link.bandwidth_mbps)
+        return {**applied, "version": self.version}
+
+    async def handle_summary_state(self) -> None:
+        self._wake.set()
+
+    async def close(self) -> None:
+        await super().close()
+        self.store.close()
+
+    # ------------------------------------------------------------------ handoff
+    async def on_event(self, event: Event) -> None:
+        if event.topic != "endReadout":
+            return
+        images = event.data.get("images") or []
+        if self.summary_state != State.ENABLED:
+            if images:
+                self.log_message(
+                    logging.WARNING,
+                    f"endReadout {event.data.get('imageName')} while {self.summary_state.name}:"
+                    f" {len(images)} raws not taken; the camera keeps them",
+                )
+            return
+        sem = asyncio.Semaphore(self.config.max_in_flight)
+
+        async def take(image: dict[str, Any]) -> None:
+            async with sem:
+                try:
+                    await self.accept(self._offer(event, image))
+                except DmcsError as e:
+                    self.log_message(logging.ERROR, f"raw refused: {e}")
+
+        await asyncio.gather(*(take(i) for i in images if isinstance(i, dict)))
+
+    @staticmethod
+    def _offer(event: Event, image: dict[str, Any]) -> Offer:
+        data = event.data
+        try:
+            return Offer(
+                image_name=str(data["imageName"]),
+                visit=int(data["visit"]),
+                detector=int(image["detector"]),
+                camera=str(data.get("camera", "")),
+                url=str(image["url"]),
+                checksum=str(image["checksum"]),
+                end_readout_tai=event.tai,
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise CommandRejected(f"malformed endReadout image entry {image!r}: {e}") from e
+
+    async def do_acceptImage(
+        self,
+        *,
+        imageName: str,
+        visit: int,
+        detector: int,
+        url: str,
+        checksum: str,
+        camera: str = "",
+    ) -> dict[str, Any]:
+        """Take one raw with an ack: CMD_COMPLETE once it is durable, CMD_FAILED otherwise."""
+        if self.summary_state != State.ENABLED:
+            raise CommandRejected(f"acceptImage needs ENABLED, not {self.summary_state.name}")
+        offer = Offer(imageName, visit, detector, camera, url, checksum, tai_now())
+        entry, new = await self.accept(offer)
+        return {"checksum": entry.checksum, "byteSize": entry.byte_size, "duplicate": not new}
+
+    async def accept(self, offer: Offer) -> tuple[Entry, bool]:
+        try:
+            entry, new = await self.store.accept(offer)
+        except BufferFullError as e:
+            self.refused += 1
+            self._alarm(reason=str(e), force="CRITICAL")
+            raise
+        except StorageError as e:
+            await self.fault(BUFFER_WRITE_FAILED, str(e))
+            raise
+        if new:
+            self.publish(
+                "imageInBuffer",
+                {
+                    "imageName": entry.image_name,
+                    "visit": entry.visit,
+                    "detector": entry.detector,
+                    "checksum": entry.checksum,
+                    "byteSize": entry.byte_size,
+                },
+            )
+            self._alarm()
+            self._wake.set()
+        return entry, new
+
+    # ------------------------------------------------------------ fault injection
+    async def do_cutLink(self) -> None:
+        self.link.cut()
+        self.log_message(logging.WARNING, "summit-base link cut")
+
+    async def do_restoreLink(self) -> None:
+        self.link.restore()
+        self._wake.set()
+        self.log_message(logging.INFO, "summit-base link restored")
+
+    async def do_setLinkBandwidth(self, *, mbps: float) -> None:
+        """Limit the link to ``mbps`` MB/s (0: unlimited)."""
+        if mbps < 0:
+            raise CommandRejected(f"mbps must be >= 0, got {mbps}")
+        self.link.set_bandwidth(mbps)
+
+    async def do_setCatchupRate(self, *, mbps: float) -> None:
+        """Cap the backlog's send rate after an outage to ``mbps`` MB/s (0: no cap)."""
+        if mbps < 0:
+            raise CommandRejected(f"mbps must be >= 0, got {mbps}")
+        self.config = self.config.model_copy(update={"catchup_rate_mbps": mbps})
+
+    async def do_corruptTransfers(self, *, count: int = 1) -> None:
+        """Flip a byte in each of the next ``count`` transfers (tests the checksum path)."""
+        if count < 1:
+            raise CommandRejected(f"count must be >= 1, got {count}")
+        self.link.corrupt_next(count)
+
+    # ------------------------------------------------------------------- transfer
+    async def run_background(self, tg: SupervisedGroup) -> None:
+        recovered = await self.store.recover()
+        if recovered:
+            self.log.warning("recovered %d raws caught mid-receipt by a crash", len(recovered))
+        tg.create_task(self._transfer_loop(), name=f"{self.name}-transfer")
+        tg.create_task(self._status_loop(), name=f"{self.name}-status")
+
+    async def _idle(self, seconds: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    def _current_visit(self) -> list[Entry]:
+        """The unsent raws of the oldest visit that has any (in flight ones included)."""
+        unsent = self.store.manifest.in_state("buffered")
+        return [e for e in unsent if e.visit == unsent[0].visit]
+
+    async def _transfer_loop(self) -> None:
+        """A window of ``max_in_flight`` sends over the current visit's raws.
+
+        A raw that becomes buffered while others are in flight starts as soon as a slot is
+        free; the next visit starts only when every raw of this one is confirmed.
+        """
+        delay = self.config.retry_initial
+        sending: dict[int, asyncio.Task[str]] = {}
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                if self.summary_state == State.ENABLED and self.link.is_up:
+                    for entry in self._current_visit():
+                        if entry.seq not in sending and len(sending) < self.config.max_in_flight:
+                            sending[entry.seq] = tg.create_task(self._send(entry))
+                if not sending:
+                    await self._idle(1.0)
+                    continue
+                self._wake.clear()
+                wake = tg.create_task(self._wake.wait())
+                await asyncio.wait([*sending.values(), wake], return_when=asyncio.FIRST_COMPLETED)
+                wake.cancel()
+                done = [seq for seq, task in sending.items() if task.done()]
+                outcomes = [sending.pop(seq).result() for seq in done]
+                if "retry" in outcomes:
+                    await self._idle(delay)
+                    delay = min(delay * 2, self.config.retry_max)
+                elif outcomes:
+                    delay = self.config.retry_initial
+
+    async def _send(self, entry: Entry) -> str:
+        """Send one raw; ``sent``, ``resend`` (corrupted in transit) or ``retry`` (later)."""
+        try:
+            data = await asyncio.to_thread(_read, entry.path)
+        except OSError as e:
+            await self.fault(BUFFER_WRITE_FAILED, f"buffered raw {entry.path} unreadable: {e}")
+            return "retry"
+        meta = {
+            "imageName": entry.image_name,
+            "visit": entry.visit,
+            "detector": entry.detector,
+            "camera": entry.camera,
+            "checksum": entry.checksum,
+            "byteSize": entry.byte_size,
+            "endReadoutTai": entry.end_readout_tai,
+        }
+        await self._throttle(entry, len(data))
+        self.store.manifest.count_attempt(entry.seq)
+        started = time.monotonic()
+        try:
+            reply = await self.link.send(self.peers(self.config.ingest), "receive_raw", meta, data)
+        except ChecksumMismatchError as e:
+            self.resent += 1
+            self.log_message(logging.WARNING, f"re-sending {entry.image_name}: {e}")
+            return "resend"
+        except RetriableError as e:
+            self.log.info("send of %s deferred: %s", entry.image_name, e)
+            return "retry"
+        except DmcsError as e:
+            self.log_message(logging.ERROR, f"base refused {entry.image_name}: {e}; kept")
+            return "retry"
+        confirmed = reply.get("checksum") if isinstance(reply, dict) else None
+        if confirmed != entry.checksum:
+            self.log_message(
+                logging.ERROR, f"base confirmed {entry.image_name} with {confirmed!r}; kept"
+            )
+            return "retry"
+        self.store.manifest.set_state(entry.seq, "transferred", tai_now())
+        if self.config.retention_seconds == 0:
+            self.store.delete(entry)
+        self.publish(
+            "imageTransferred",
+            {
+                "imageName": entry.image_name,
+                "visit": entry.visit,
+                "detector": entry.detector,
+                "checksum": entry.checksum,
+                "transferSeconds": round(time.monotonic() - started, 4),
+            },
+        )
+        self._alarm()
+        return "sent"
+
+    async def _throttle(self, entry: Entry, size: int) -> None:
+        """Catch-up pacing: raws older than the newest visit go at ``catchup_rate_mbps``."""
+        rate = self.config.catchup_rate_mbps
+        if rate <= 0:
+            return
+        newest = self.store.manifest.in_state("buffered")[-1:]
+        if newest and newest[0].visit != entry.visit:
+            async with self._catchup:
+                await asyncio.sleep(size / (rate * MB))
+
+    # -------------------------------------------------------- alarms, telemetry
+    def _alarm(self, *, reason: str = "", force: str | None = None) -> None:
+        usage = self.store.usage()
+        fraction = usage.unsent_fraction
+        c = self.config
+        level = sum(
+            fraction >= t for t in (c.warning_fraction, c.serious_fraction, c.critical_fraction)
+        )
+        severity = force or SEVERITIES[level]
+        if severity == self._severity and force is None:
+            return
+        self._severity = severity
+        self.publish(
+            "bufferAlarm",
+            {
+                "severity": severity,
+                "fillFraction": round(fraction, 6),
+                "reason": reason or f"unsent raws fill {fraction:.1%} of the buffer",
+            },
+        )
+
+    def status(self) -> dict[str, Any]:
+        usage = self.store.usage()
+        unsent = self.store.manifest.in_state("buffered")
+        oldest = tai_now() - unsent[0].received_tai if unsent else 0.0
+        return {
+            "bytesUsed": usage.used_bytes,
+            "capacityBytes": usage.capacity,
+            "fillFraction": round(usage.used_bytes / usage.capacity, 6),
+            "backlogCount": usage.unsent_count,
+            "backlogBytes": usage.unsent_bytes,
+            "oldestUnsentAgeSeconds": round(max(oldest, 0.0), 3),
+            "linkState": self.link.state,
+            "linkBandwidthMBps": self.link.bandwidth_mbps,
+        }
+
+    async def _status_loop(self) -> None:
+        while True:
+            self._expire_retained()
+            if self.summary_state == State.ENABLED:
+                self.publish("bufferStatus", self.status(), kind="telemetry")
+            await asyncio.sleep(self.config.status_interval)
+
+    def _expire_retained(self) -> None:
+        cutoff = tai_now() - self.config.retention_seconds
+        for entry in self.store.manifest.retained():
+            if entry.transferred_tai is not None and entry.transferred_tai <= cutoff:
+                self.store.delete(entry)
+
+    async def rpc_status(self) -> dict[str, Any]:
+        """Buffer figures for tools and tests (the bufferStatus payload plus counters)."""
+        totals = self.store.manifest.totals()
+        return {
+            **self.status(),
+            "resent": self.resent,
+            "refused": self.refused,
+            "states": {k: v[0] for k, v in totals.items()},
+        }
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()

@@ -1,0 +1,298 @@
+"""The dashboard in a real headless Chromium (Debian's ``chromium``, driven by Playwright)
+against the real system: Ray actors, the bus, the gateway and its WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from commands.client import Client
+from commands.gateway import HUB
+from commands.server import RunningSystem
+from state.states import State
+from tests.conftest import TOKENS, component_spec
+
+EMITTER = "tests.night_emitter:NightEmitter"
+COMPONENTS = ("HeaderService", "Pipeline", "Buffer")
+
+
+def find_chromium() -> str | None:
+    """``DMCS_CHROMIUM``, else a Chromium or Chrome on PATH."""
+    candidates = [os.environ.get("DMCS_CHROMIUM", "")]
+    candidates += [shutil.which(n) or "" for n in ("chromium", "chromium-browser", "google-chrome")]
+    return next((c for c in candidates if c and Path(c).exists()), None)
+
+
+CHROMIUM = find_chromium()
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no Chromium found (apt-get install chromium, or set DMCS_CHROMIUM); "
+    "scripts/test.sh installs it when run as root",
+)
+
+
+@pytest.fixture(scope="module")
+async def running(system_factory: Any) -> RunningSystem:
+    return await system_factory(
+        component_spec("HeaderService", "summit.header_service:HeaderService"),
+        component_spec("Pipeline", EMITTER, settings={"simulation_mode": 1}),
+        component_spec("Buffer", EMITTER),
+    )
+
+
+@pytest.fixture(scope="module")
+async def ocs(running: RunningSystem) -> AsyncIterator[Client]:
+    async with Client(running.ws_url, token=TOKENS["ocs"]) as client:
+        await client.set_state("Pipeline", State.ENABLED)
+        await client.set_state("Buffer", State.ENABLED)
+        yield client
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+        )
+        yield chromium
+        await chromium.close()
+
+
+@pytest.fixture
+async def page(browser: Any, running: RunningSystem) -> AsyncIterator[Any]:
+    context = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    tab = await context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda e: errors.append(str(e)))
+    await tab.goto(f"{running.http_url}/dashboard/")
+    await tab.wait_for_selector("#conn.ok", timeout=10_000)
+    yield tab
+    await context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+async def sign_in(page: Any, who: str) -> None:
+    await page.fill("#token", TOKENS[who])
+    await page.click("#signin")
+    await page.wait_for_function(
+        f"document.querySelector('#identity').textContent.includes('{who}')", timeout=5000
+    )
+    await page.wait_for_selector("#conn.ok", timeout=10_000)
+
+
+def row(component: str) -> str:
+    return f'tr[data-component="{component}"]'
+
+
+async def test_page_shows_every_component(page: Any) -> None:
+    await page.wait_for_selector(row("Buffer"), timeout=5000)
+    names = await page.eval_on_selector_all(
+        "#components tbody tr", "rows => rows.map(r => r.dataset.component)"
+    )
+    assert sorted(names) == sorted(COMPONENTS)
+    await page.wait_for_selector(f"{row('Pipeline')} .badge.sim")
+    assert "read-only" in await page.inner_text("#identity")
+    assert await page.query_selector("button[data-cmd]") is None  # watchers get no controls
+    assert "TAI" in await page.inner_text("#clock-tai")
+    assert "UTC" in await page.inner_text("#clock-utc")
+
+
+async def test_state_change_through_the_client_appears_within_2_s(page: Any, ocs: Client) -> None:
+    if await ocs.get_state("HeaderService") != State.STANDBY:
+        await ocs.set_state("HeaderService", State.STANDBY)
+    await ocs.command("HeaderService", "start")
+    started = time.monotonic()
+    await ocs.command("HeaderService", "enable")
+    selector = f'{row("HeaderService")} td.state[data-state="ENABLED"]'
+    await page.wait_for_selector(selector, timeout=2000)
+    assert time.monotonic() - started < 2.0
+
+
+async def test_authorized_command_from_the_page_works(page: Any, ocs: Client) -> None:
+    await ocs.set_state("HeaderService", State.ENABLED)
+    await sign_in(page, "operator")
+    button = f'{row("HeaderService")} button[data-cmd="disable"]'
+    await page.wait_for_selector(button, timeout=5000)
+    await page.click(button)
+    await page.wait_for_selector(
+        f'{row("HeaderService")} td.state[data-state="DISABLED"]', timeout=5000
+    )
+    assert await ocs.get_state("HeaderService") == State.DISABLED
+    await page.wait_for_selector('#command-log tr[data-ack="CMD_COMPLETE"]', timeout=5000)
+    await page.select_option(f"{row('HeaderService')} select.level", "10")
+    await page.click(f'{row("HeaderService")} button[data-cmd="setLogLevel"]')
+    await page.wait_for_function(
+        "[...document.querySelectorAll('#command-log tr')].some("
+        "r => r.textContent.includes('setLogLevel') && r.dataset.ack === 'CMD_COMPLETE')",
+        timeout=5000,
+    )
+
+
+async def test_unauthorized_identity_is_read_only_and_refused(page: Any, ocs: Client) -> None:
+    await ocs.set_state("HeaderService", State.DISABLED)
+    await sign_in(page, "scientist")
+    assert "read-only" in await page.inner_text("#identity")
+    assert await page.query_selector("button[data-cmd]") is None
+    # Forcing a command from the page's own API: the component refuses it.
+    entry = await page.evaluate("window.dmcs.command('HeaderService', 'enable')")
+    assert entry["ack"] == "CMD_NOPERM" and "scientist" in entry["result"]
+    await page.wait_for_selector('#command-log tr[data-ack="CMD_NOPERM"]', timeout=5000)
+    assert await ocs.get_state("HeaderService") == State.DISABLED
+    refused = await page.evaluate(
+        "window.dmcs.alarmAction('Heartbeat.HeaderService', 'mute', {duration: 60})"
+    )
+    assert refused["ack"] in ("CMD_NOPERM", "CMD_FAILED")
+
+
+async def test_alarm_raised_acknowledged_and_muted(page: Any, ocs: Client) -> None:
+    await sign_in(page, "operator")
+    data = {"fillFraction": 0.9, "backlogCount": 12, "backlogBytes": 3e8, "linkState": "up"}
+    await ocs.command("Buffer", "emit", topic="bufferStatus", data=data, kind="telemetry")
+    alarm = 'tr[data-alarm="BufferFill.Buffer"]'
+    await page.wait_for_selector(f'{alarm}[data-severity="SERIOUS"]', timeout=5000)
+    assert "90% full" in await page.inner_text(alarm)
+    await page.click(f"{alarm} button.ack")
+    await page.wait_for_selector(f'{alarm}[data-acknowledged="true"]', timeout=5000)
+    assert "acknowledged by operator" in await page.inner_text(alarm)
+    await page.select_option(f"{alarm} select.mute-for", "1800")
+    await page.click(f"{alarm} button.mute")
+    await page.wait_for_selector(f'{alarm}[data-muted="true"]', timeout=5000)
+    await page.wait_for_function(
+        "/muted [1-9]/.test(document.querySelector('#alarm-counts').textContent)", timeout=5000
+    )
+    await page.click(f"{alarm} button.unmute")
+    await page.wait_for_selector(f'{alarm}[data-muted="false"]', timeout=5000)
+
+
+async def test_reconnects_and_resyncs_after_the_server_drops_it(
+    page: Any, running: RunningSystem
+) -> None:
+    before = await page.evaluate("window.dmcs.state.resyncs")
+    for channel in list(running.app[HUB].channels):
+        await channel.ws.close()
+    await page.wait_for_function(
+        f"window.dmcs.state.resyncs > {before} && window.dmcs.state.connected", timeout=10_000
+    )
+    await page.wait_for_selector("#conn.ok", timeout=5000)
+
+
+async def test_night_panels_and_screenshot(
+    page: Any, ocs: Client, running: RunningSystem, artifacts_dir: Path
+) -> None:
+    await sign_in(page, "operator")
+    await play_small_night(ocs)
+    await page.wait_for_function(
+        "window.dmcs.state.night && window.dmcs.state.night.latency.length >= 6", timeout=10_000
+    )
+    await page.wait_for_selector("#next-visit b", timeout=5000)
+    await page.select_option("#log-level", "30")
+    await asyncio.sleep(0.5)
+    levels = await page.eval_on_selector_all(
+        "#logs tbody tr td:nth-child(3)", "cells => cells.map(c => c.textContent)"
+    )
+    assert levels and set(levels) <= {"WARNING", "ERROR", "CRITICAL"}
+    await asyncio.sleep(2.5)  # longer than the page waits for a reordered event
+    gaps = await page.evaluate("window.dmcs.state.gapsByTopic")
+    assert gaps == {}  # nothing lost, nothing false
+    await page.screenshot(path=str(artifacts_dir / "dashboard.png"), full_page=True)
+    await page.goto(f"{running.http_url}/dashboard/schedule")
+    await page.wait_for_selector('#predicted tr[data-visit="108"]', timeout=5000)
+    await page.wait_for_selector('#next tr[data-field="visit"]', timeout=5000)
+    await page.screenshot(path=str(artifacts_dir / "dashboard_schedule.png"), full_page=True)
+    assert (artifacts_dir / "dashboard.png").stat().st_size > 10_000
+
+
+async def play_small_night(ocs: Client) -> None:
+    """Eight visits of nine CCDs as the pipeline's events describe them (docs/events.md)."""
+    rng = random.Random(8)
+    stages = ["isrDone", "differenceDone", "diaSourcesMeasured", "associated", "apdbStored"]
+    planned = [
+        {"visit": 100 + i, "startMjd": 61000.2 + i * 0.0004, "ra": 30.0 + 4 * i,
+         "dec": -20.0 - 2 * i, "band": "gri"[i % 3], "exposureTime": 30.0, "fieldId": i}
+        for i in range(9)
+    ]  # fmt: skip
+    await ocs.send_telemetry("predictedSchedule", visits=planned)
+    for i, plan in enumerate(planned):
+        visit = plan["visit"]
+        await ocs.send_camera_event("nextVisit", **plan, imageName=f"MN_O_20261121_{visit:06d}")
+        if i == len(planned) - 1:
+            break  # the last one is still to come
+        await ocs.send_camera_event("endReadout", visit=visit, detectors=list(range(9)), images=[])
+        events: list[list[Any]] = []
+        latencies = []
+        for det in range(9):
+            reached = stages if i < 6 or det < 5 else stages[: rng.randrange(1, 4)]
+            events += [["imageInBuffer", {"visit": visit, "detector": det}]]
+            events += [["imageIngested", {"visit": visit, "detector": det, "statusCode": 0}]]
+            events += [["ccdStage", {"visit": visit, "detector": det, "stage": s}] for s in reached]
+            if reached is stages:
+                latency = rng.uniform(18, 40) if i != 4 else rng.uniform(55, 80)
+                latencies.append(latency)
+                positions = [
+                    [plan["ra"] + rng.uniform(-1, 1), plan["dec"] + rng.uniform(-1, 1)]
+                    for _ in range(rng.randrange(3, 12))
+                ]
+                alerts = {"visit": visit, "detector": det, "nAlerts": len(positions)}
+                alerts |= {"latencySeconds": latency, "positions": positions}
+                events.append(["alertsPublished", alerts])
+        if i == 6:
+            events.append(["ccdProcessed", {"visit": visit, "detector": 8, "statusCode": 3}])
+        worst = max(latencies)
+        events.append(
+            ["visitLatency", {"visit": visit, "nAlerts": 50 + i, "nCcds": 9,
+                              "latencySeconds": worst, "withinBudget": worst <= 60}]
+        )  # fmt: skip
+        fill = 0.2 + 0.08 * i
+        buffer = {"fillFraction": fill, "backlogCount": 3 * i, "backlogBytes": 2e7 * i}
+        events.append(["bufferStatus", {**buffer, "linkState": "up", "linkBandwidthMBps": 120}])
+        events.append(["ingestStatus", {"ingestedCount": 9 * (i + 1), "failedCount": 0,
+                                        "pendingHeaders": 0, "lagSeconds": 6.0 + i}])  # fmt: skip
+        level = 30 if i == 4 else 20
+        events.append(["logMessage", {"level": level, "message": f"visit {visit}: {worst:.1f} s"}])
+        await ocs.command("Pipeline", "emitMany", events=events)
+
+
+async def test_gap_counter_counts_what_a_stalled_page_lost(
+    browser: Any, system_factory: Any
+) -> None:
+    """A page whose tab stalls while a burst arrives loses events at the gateway's bounded
+    queue (10 here): the header counts the drops and the sequence gaps, and it resyncs."""
+    small = await system_factory(component_spec("Flood", EMITTER), client_queue=10)
+    context = await browser.new_context()
+    tab = await context.new_page()
+    try:
+        await tab.goto(f"{small.http_url}/dashboard/")
+        await tab.wait_for_selector("#conn.ok", timeout=10_000)
+        resyncs = await tab.evaluate("window.dmcs.state.resyncs")
+        async with Client(small.ws_url, token=TOKENS["ocs"]) as client:
+            await client.set_state("Flood", State.ENABLED)
+            padding = "x" * 2000
+            burst = [["logMessage", {"level": 20, "message": padding}] for _ in range(400)]
+            stall = tab.evaluate("() => { const t = Date.now(); while (Date.now() - t < 4000); }")
+            stalled = asyncio.ensure_future(stall)
+            await asyncio.sleep(0.3)
+            for _ in range(8):
+                await client.command("Flood", "emitMany", events=burst)
+            await stalled
+            await client.command("Flood", "emit", topic="logMessage", data={"level": 20})
+        await tab.wait_for_function(
+            "window.dmcs.state.dropped > 0 && window.dmcs.state.gaps > 0"
+            f" && window.dmcs.state.resyncs > {resyncs}",
+            timeout=10_000,
+        )
+        await tab.wait_for_function(  # and the header says so
+            "!/gaps 0 |dropped 0 /.test(document.querySelector('#gaps').textContent)",
+            timeout=5000,
+        )
+    finally:
+        await context.close()

@@ -1,0 +1,292 @@
+"""The summit-to-base data path as plain objects (LocalPeers) with a real PostgreSQL.
+
+Every scenario ends with the count: images taken = images in the registry, checksums equal.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from astropy.io import fits
+
+from state.acks import AckCode
+from state.clock import tai_now
+from state.command import Command
+from state.durable import sha256_hex
+from state.errors import BufferFullError
+from state.events import Event
+from tests.data_path_helpers import (
+    Camera,
+    LocalPath,
+    enable,
+    local_path,
+    make_buffer,
+    mini_night_dir,
+    private_postgres,
+    registry_matches,
+    start_postgres,
+    stop_postgres,
+)
+
+_schemas = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return mini_night_dir(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture
+def schema() -> str:
+    return f"reg_local_{next(_schemas)}_{int(tai_now() * 1000) % 10**9}"
+
+
+@pytest.fixture
+def camera(night: Path, tmp_path: Path) -> Camera:
+    return Camera(night, tmp_path / "daq")
+
+
+def ingested(path: LocalPath) -> list[Event]:
+    return [e for e in path.topic("imageIngested") if e.data["statusCode"] == 0]
+
+
+async def test_outage_over_several_visits_loses_nothing_and_delivers_in_order(
+    tmp_path: Path, pg_dsn: str, schema: str, camera: Camera
+) -> None:
+    async with local_path(tmp_path, pg_dsn, schema) as path:
+        taken = [camera.readout(0)]
+        await path.buffer.on_event(taken[0].event())
+        await path.wait_for(lambda: len(ingested(path)) == 4)
+        await path.buffer.do_cutLink()
+        for i in (1, 2, 3, 4):
+            taken.append(camera.readout(i))
+            await path.buffer.on_event(taken[-1].event())
+        status = await path.buffer.rpc_status()
+        assert status["backlogCount"] == 16 and status["linkState"] == "down"
+        assert status["oldestUnsentAgeSeconds"] >= 0
+        assert len(path.topic("imageInBuffer")) == 20
+        assert len(ingested(path)) == 4
+        await path.buffer.do_restoreLink()
+        await path.wait_for(lambda: len(ingested(path)) == 20)
+        visits = [e.data["visit"] for e in path.topic("imageTransferred")]
+        assert visits == sorted(visits)
+        assert (await path.buffer.rpc_status())["backlogCount"] == 0
+        assert not list((tmp_path / "summit" / "raws").rglob("*.fits"))
+    await registry_matches(pg_dsn, schema, taken)
+
+
+async def test_raw_corrupted_in_transit_is_detected_and_resent(
+    tmp_path: Path, pg_dsn: str, schema: str, camera: Camera
+) -> None:
+    async with local_path(tmp_path, pg_dsn, schema) as path:
+        await path.buffer.do_corruptTransfers(count=3)
+        taken = [camera.readout(0), camera.readout(1)]
+        for r in taken:
+            await path.buffer.on_event(r.event())
+        await path.wait_for(lambda: len(ingested(path)) == 8)
+        assert path.buffer.link.corrupted == 3
+        assert path.buffer.resent == 3
+        assert path.ingest.counters["corrupt"] == 3
+        warnings = [e for e in path.topic("logMessage") if "re-sending" in e.data["message"]]
+        assert len(warnings) == 3
+    await registry_matches(pg_dsn, schema, taken)
+
+
+async def test_full_buffer_refuses_loudly_and_keeps_what_it_took(
+    tmp_path: Path, pg_dsn: str, schema: str, camera: Camera
+) -> None:
+    first = camera.readout(0)
+    room = sum(i["byteSize"] for i in first.images[:2]) + 1000
+    async with local_path(tmp_path, pg_dsn, schema, buffer={"capacity_bytes": room}) as path:
+        await path.buffer.do_cutLink()
+        await path.buffer.on_event(first.event())
+        assert len(path.topic("imageInBuffer")) == 2
+        alarms = path.topic("bufferAlarm")
+        assert alarms[-1].data["severity"] == "CRITICAL"
+        assert "full" in alarms[-1].data["reason"]
+        taken_dets = {e.data["detector"] for e in path.topic("imageInBuffer")}
+        left = [i for i in first.images if i["detector"] not in taken_dets]
+        refused = left[0]
+        command = Command(
+            "SummitBuffer",
+            "acceptImage",
+            "ocs",
+            1,
+            {
+                "imageName": first.payload["imageName"],
+                "visit": first.payload["visit"],
+                "detector": refused["detector"],
+                "url": refused["url"],
+                "checksum": refused["checksum"],
+            },
+        )
+        acks = [a async for a in path.buffer.handle(command)]
+        assert acks[-1].code == AckCode.CMD_FAILED
+        assert "buffer full" in acks[-1].result
+        assert path.buffer.refused == 3
+        await path.buffer.do_restoreLink()
+        await path.wait_for(lambda: len(ingested(path)) == 2)
+        for image in left:
+            _entry, new = await path.buffer.accept(_offer(first.payload, image))
+            assert new
+        await path.wait_for(lambda: len(ingested(path)) == 4)
+        assert path.topic("bufferAlarm")[-1].data["severity"] == "NONE"
+    await registry_matches(pg_dsn, schema, [first])
+
+
+def _offer(payload: dict, image: dict):  # type: ignore[no-untyped-def]
+    from summit.buffer_store import Offer
+
+    return Offer(
+        payload["imageName"],
+        payload["visit"],
+        image["detector"],
+        payload["camera"],
+        image["url"],
+        image["checksum"],
+        tai_now(),
+    )
+
+
+async def test_duplicate_deliveries_register_once(
+    tmp_path: Path, pg_dsn: str, schema: str, camera: Camera
+) -> None:
+    async with local_path(tmp_path, pg_dsn, schema) as path:
+        readout = camera.readout(0)
+        await path.buffer.on_event(readout.event())
+        await path.buffer.on_event(readout.event())
+        assert len(path.topic("imageInBuffer")) == 4
+        await path.wait_for(lambda: len(ingested(path)) == 4)
+        image = readout.images[0]
+        data = Path(image["url"].removeprefix("file://")).read_bytes()
+        meta = {
+            "imageName": readout.payload["imageName"],
+            "visit": readout.payload["visit"],
+            "detector": image["detector"],
+            "checksum": image["checksum"],
+        }
+        for _ in range(3):
+            reply = await path.ingest.rpc_receive_raw(meta, data)
+            assert reply == {"checksum": image["checksum"], "duplicate": True}
+        assert path.ingest.counters["duplicates"] == 3
+        assert len(ingested(path)) == 4
+    await registry_matches(pg_dsn, schema, [readout])
+
+
+async def test_postgres_restart_during_ingest_is_retried(tmp_path: Path, camera: Camera) -> None:
+    pgdata = tmp_path / "pg"
+    with private_postgres(pgdata) as dsn:
+        async with local_path(tmp_path, dsn, "registry") as path:
+            taken = [camera.readout(0)]
+            await path.buffer.on_event(taken[0].event())
+            await path.wait_for(lambda: len(ingested(path)) == 4)
+            stop_postgres(pgdata)
+            try:
+                for i in (1, 2):
+                    taken.append(camera.readout(i))
+                    await path.buffer.on_event(taken[-1].event())
+                await path.wait_for(lambda: len(path.topic("imageTransferred")) == 12)
+                await path.wait_for(lambda: path.ingest.counters["retries"] >= 2)
+                assert len(ingested(path)) == 4
+            finally:
+                start_postgres(pgdata, dsn)
+            await path.wait_for(lambda: len(ingested(path)) == 12)
+            said = [e.data["message"] for e in path.topic("logMessage")]
+            assert any("registry unreachable" in m for m in said)
+            assert any("reachable again" in m for m in said)
+        await registry_matches(dsn, "registry", taken)
+
+
+async def test_buffer_restart_resumes_from_its_manifest(
+    tmp_path: Path, pg_dsn: str, schema: str, camera: Camera
+) -> None:
+    async with local_path(tmp_path, pg_dsn, schema) as path:
+        await path.buffer.do_cutLink()
+        taken = [camera.readout(0), camera.readout(1)]
+        for r in taken:
+            await path.buffer.on_event(r.event())
+        await path.buffer.close()
+        reborn = make_buffer(tmp_path, path.sink, path.peers)
+        path.peers.components["SummitBuffer"] = reborn
+        await reborn.start()
+        await enable(reborn)
+        try:
+            assert (await reborn.rpc_status())["backlogCount"] == 8
+            await path.wait_for(lambda: len(ingested(path)) == 8)
+        finally:
+            await reborn.close()
+    await registry_matches(pg_dsn, schema, taken)
+
+
+async def test_header_is_merged_by_the_documented_rule(
+    tmp_path: Path, pg_dsn: str, schema: str, camera: Camera
+) -> None:
+    async with local_path(tmp_path, pg_dsn, schema, ingest={"header_timeout": 5.0}) as path:
+        readout = camera.readout(0)
+        header = fits.Header()
+        header["OBSID"] = readout.payload["imageName"]
+        header["DATE-BEG"] = "2030-01-01T00:00:00.000"
+        header["SEEING"] = 0.61
+        header["AIRTEMP"] = 9.5
+        header["SHUTTIME"] = 30.02
+        file = tmp_path / "hdr.fits"
+        fits.PrimaryHDU(header=header).writeto(file)
+        data = file.read_bytes()
+        lfo = {"url": file.as_uri(), "checksum": sha256_hex(data), "id": header["OBSID"]}
+        await path.ingest.on_event(
+            Event("HeaderService", "largeFileObjectAvailable", 1, tai_now(), lfo)
+        )
+        await path.buffer.on_event(readout.event())
+        await path.wait_for(lambda: len(ingested(path)) == 4)
+        assert all("merged" in e.data["description"] for e in ingested(path))
+    raws = await registry_matches(pg_dsn, schema, [readout])
+    assert all(r.header_merged and r.file_checksum != r.checksum for r in raws)
+    first = next(r for r in raws if r.detector == readout.images[0]["detector"])
+    merged = fits.getheader(first.path)
+    camera_header = fits.getheader(readout.images[0]["url"].removeprefix("file://"))
+    assert merged["DATE-BEG"] == camera_header["DATE-BEG"]
+    assert merged["SEEING"] == pytest.approx(0.61)
+    assert merged["AIRTEMP"] == pytest.approx(9.5)
+    assert merged["SHUTTIME"] == pytest.approx(30.02)
+    assert merged["HDRSRC"] == "camera+headerService"
+    with fits.open(first.path, checksum=True) as hdul:
+        assert len(hdul) == 1 + camera_header["NAMPS"]
+
+
+async def test_missing_header_times_out_and_says_so(
+    tmp_path: Path, pg_dsn: str, schema: str, camera: Camera
+) -> None:
+    async with local_path(tmp_path, pg_dsn, schema) as path:
+        readout = camera.readout(1)
+        await path.buffer.on_event(readout.event())
+        await path.wait_for(lambda: len(ingested(path)) == 4)
+        assert all("raw's own headers only" in e.data["description"] for e in ingested(path))
+        assert path.topic("ingestStatus")
+    raws = await registry_matches(pg_dsn, schema, [readout])
+    assert not any(r.header_merged for r in raws)
+
+
+async def test_bad_handoffs_are_refused_with_reasons(
+    tmp_path: Path, pg_dsn: str, schema: str, camera: Camera
+) -> None:
+    async with local_path(tmp_path, pg_dsn, schema) as path:
+        readout = camera.readout(0)
+        bad = dict(readout.payload)
+        bad["images"] = [
+            {**readout.images[0], "checksum": "0" * 64},
+            {**readout.images[1], "url": "file:///nonexistent/raw.fits"},
+            {**readout.images[2], "detector": 3},
+            {"detector": 1},
+        ]
+        await path.buffer.on_event(Event("Camera", "endReadout", 1, tai_now(), bad))
+        said = " | ".join(e.data["message"] for e in path.topic("logMessage"))
+        assert "differs from the camera's" in said
+        assert "cannot read the staged raw" in said
+        assert "camera said" in said
+        assert "malformed endReadout" in said
+        assert not path.topic("imageInBuffer")
+        with pytest.raises(BufferFullError):
+            path.buffer.store.capacity = 10
+            await path.buffer.accept(_offer(readout.payload, readout.images[0]))

@@ -1,0 +1,129 @@
+"""The registry on a real PostgreSQL: migrations, the simulated night's products, lookups."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from base.registry import DetectorRecord, ExposureRecord, RawRecord, Repository
+from base.registry.migrations import MIGRATIONS, schema_version
+from base.registry.products import register_night
+from commands.database import database_users, system_database
+from config.system import SystemConfig
+from state.errors import ConnectionLostError, InvalidInputError
+from tests.conftest import component_spec
+from tests.data_path_helpers import mini_night_dir
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return mini_night_dir(tmp_path_factory.getbasetemp())
+
+
+async def test_migrations_are_versioned_and_applied_once(pg_dsn: str) -> None:
+    repo = await Repository.connect(pg_dsn, "reg_migrate")
+    try:
+        again = await Repository.connect(pg_dsn, "reg_migrate")
+        await again.close()
+    finally:
+        await repo.close()
+    conn = await asyncpg.connect(pg_dsn, server_settings={"search_path": "reg_migrate"})
+    try:
+        assert await schema_version(conn) == MIGRATIONS[-1].version
+        rows = await conn.fetch("SELECT version FROM registry_migrations")
+        assert [r["version"] for r in rows] == [m.version for m in MIGRATIONS]
+    finally:
+        await conn.close()
+
+
+async def test_night_products_registered_once_and_found(pg_dsn: str, night: Path) -> None:
+    repo = await Repository.connect(pg_dsn, "reg_products")
+    try:
+        added = await register_night(repo, night)
+        assert added == {"detectors": 4, "calibrations": 4 * 5, "templates": 12}
+        assert await register_night(repo, night) == {
+            "detectors": 0, "calibrations": 0, "templates": 0,
+        }  # fmt: skip
+        calibs = await repo.get_calibs(2, "r", 60800.9)
+        assert set(calibs) == {"bias", "dark", "bpm", "flat", "crosstalk"}
+        assert calibs["flat"].band == "r" and calibs["flat"].nx == 512
+        assert Path(calibs["bias"].path).is_file()
+        assert await repo.get_calibs(2, "g", 60800.9, camera="mini") == {
+            k: v for k, v in calibs.items() if k != "flat"
+        }
+        by_field = await repo.get_template("r", field_id=1)
+        assert [t.detector for t in by_field] == [0, 1, 2, 3]
+        one = await repo.get_template("r", field_id=1, detector=2)
+        assert len(one) == 1 and one[0].nx is not None and one[0].nx > 512
+        near = await repo.get_template("r", ra=one[0].ra + 0.01, dec=one[0].dec, detector=2)
+        assert near == one
+        assert await repo.get_template("r", ra=one[0].ra + 30, dec=one[0].dec) == []
+        assert await repo.get_template("u", field_id=1) == []
+        with pytest.raises(InvalidInputError, match="needs field_id"):
+            await repo.get_template("r")
+        assert await repo.get_raw(1, 0) is None
+        assert (await repo.counts())["templates"] == 12
+    finally:
+        await repo.close()
+
+
+async def test_detectors_of_one_exposure_register_concurrently(pg_dsn: str) -> None:
+    repo = await Repository.connect(pg_dsn, "reg_concurrent")
+    exposure = ExposureRecord(7, "MN_O_1_000007", "mini", 1, 7, "r", 30.0, 1.0, 2.0, 3.0, 4)
+
+    def raw(d: int) -> RawRecord:
+        return RawRecord(
+            7, d, "mini", "MN_O_1_000007", f"/r{d}", "a" * 64, "b" * 64, 1, 2, 2, 1, False
+        )
+
+    def det(d: int) -> DetectorRecord:
+        return DetectorRecord("mini", d, f"S{d}", None, 2, 2)
+
+    try:
+        added = await asyncio.gather(
+            *(repo.register_raw(raw(d), exposure, det(d)) for d in range(9))
+        )
+        assert added == [True] * 9
+        assert not await repo.register_raw(raw(0), exposure, det(0))
+        counts = await repo.counts()
+        assert (counts["exposures"], counts["raws"], counts["detectors"]) == (1, 9, 9)
+    finally:
+        await repo.close()
+
+
+async def test_not_a_night_is_refused(pg_dsn: str, tmp_path: Path) -> None:
+    repo = await Repository.connect(pg_dsn, "reg_products_bad")
+    try:
+        with pytest.raises(InvalidInputError, match="not a simulated-night manifest"):
+            await register_night(repo, tmp_path)
+    finally:
+        await repo.close()
+
+
+async def test_unreachable_database_is_retriable(tmp_path: Path) -> None:
+    dsn = f"postgresql://postgres:@/postgres?host={tmp_path}"
+    with pytest.raises(ConnectionLostError, match="unreachable"):
+        await Repository.connect(dsn)
+
+
+def test_system_database_fills_the_dsn_of_database_users(tmp_path: Path) -> None:
+    config = SystemConfig.model_validate(
+        {
+            "data_dir": tmp_path,
+            "database": {"dsn": "postgresql://db.example/dmcs"},
+            "components": [
+                component_spec("Ingest", "base.ingest:Ingest"),
+                component_spec("Other", "base.ingest:Ingest", settings={"dsn": "given"}),
+                component_spec("HeaderService", "summit.header_service:HeaderService"),
+            ],
+        }
+    )
+    assert database_users(config) == ["Ingest"]
+    with system_database(config) as wired:
+        settings = {c.name: c.settings for c in wired.components}
+    assert settings["Ingest"]["dsn"] == "postgresql://db.example/dmcs"
+    assert settings["Other"]["dsn"] == "given"
+    assert "dsn" not in settings["HeaderService"]

@@ -1,0 +1,393 @@
+"""Nightly Performance and Data Quality reports from constructed records and a simulated truth."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from base.prompt_records import (
+    STAGES,
+    Attempt,
+    CcdOutcome,
+    NightRecords,
+    StageTime,
+    VisitRecord,
+    stage_array,
+)
+from base.reports import (
+    as_diasources,
+    data_quality_report,
+    load_truth,
+    performance_report,
+    write_night_reports,
+)
+from base.reports.quality import m50
+from state.errors import InvalidInputError, StorageError
+from summit.schedule import Visit
+from summit.simulation import plan_night, run_night
+
+T0 = 1.8e9
+N_VISITS = 40
+LIMIT = 23.5  # the constructed DIASources: every changing source brighter than this
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple[Visit, ...]]:
+    """A real simulated night of the mini camera (truth only: no raws, calibs or templates)."""
+    out = tmp_path_factory.mktemp("night")
+    plan = plan_night("mini", N_VISITS, 3, out)
+    run_night(plan, calibs=False, templates=False)
+    return out / "truth.sqlite", plan.visits
+
+
+def build_night(visits: tuple[Visit, ...], n_det: int = 4) -> NightRecords:
+    """Every CCD processed, except: visit 2 det 1 failed once (actor died) then processed;
+    visit 3 det 2 timed out twice and was left for batch; visit 4 det 3 never ingested."""
+    rng = np.random.default_rng(5)
+    recs, stages, outcomes, attempts = [], [], [], []
+    for k, v in enumerate(visits):
+        recs.append(
+            VisitRecord(v.visit_id, v.day_obs, "mini", v.band, v.ra, v.dec, v.mjd_start,
+                        v.exptime, n_det, v.field_id)
+        )  # fmt: skip
+        t0 = T0 + 40.0 * k
+        stages.append(StageTime(v.visit_id, None, "endReadout", t0))
+        for d in range(n_det):
+            if (k, d) == (4, 3):
+                stages.append(StageTime(v.visit_id, d, "inBuffer", t0 + 1.0))
+                continue
+            t = t0
+            for s in STAGES[1:]:
+                t += 0.0 if s == "preloadReady" else 1.0 + rng.exponential(1.5)
+                stages.append(StageTime(v.visit_id, d, s, t if s != "preloadReady" else t0 - 8))
+                if (k, d) == (3, 2) and s == "preloadReady":
+                    break
+            ok = (k, d) != (3, 2)
+            n_attempts = 2 if (k, d) in ((2, 1), (3, 2)) else 1
+            for a in range(1, n_attempts):
+                attempts.append(
+                    Attempt(v.visit_id, d, a, "failed",
+                            "actor_died" if (k, d) == (2, 1) else "timeout", "boom", "retried")
+                )  # fmt: skip
+            outcomes.append(
+                CcdOutcome(
+                    v.visit_id, d, n_attempts,
+                    "processed" if ok else "abandoned",
+                    None if ok else "timeout",
+                    "" if ok else "exceeded 60 s",
+                    "none" if ok else "left for batch",
+                    n_dia_sources=5 if ok else 0, n_alerts=5 if ok else 0,
+                    zeropoint=31.0 + 0.05 * rng.standard_normal() - 0.2 * v.airmass,
+                    sky_level=800 + 30 * k, seeing_arcsec=v.seeing_eff,
+                    psf_fwhm_px=v.seeing_eff / 0.2, astrom_rms_mas=15 + rng.random(),
+                    n_sources=100 + d, flags=("edge",) if d == 0 else (),
+                )
+            )  # fmt: skip
+            attempts.append(
+                Attempt(v.visit_id, d, n_attempts, outcomes[-1].status,
+                        outcomes[-1].failure_type, outcomes[-1].reason, outcomes[-1].recovery)
+            )  # fmt: skip
+    return NightRecords(tuple(recs), stage_array(stages), tuple(outcomes), tuple(attempts),
+                        day_obs=visits[0].day_obs)  # fmt: skip
+
+
+def diasources_for(
+    truth_path: Path, visits: tuple[Visit, ...], limit: float, soft: bool = False
+) -> list[dict]:
+    """A DIASource 0.3″ off every true changing source brighter than ``limit`` (or, if ``soft``,
+    with a probability falling smoothly through 50 % at ``limit``), plus three artifacts."""
+    t = load_truth(truth_path, [v.visit_id for v in visits])
+    out = []
+    night = build_night(visits)
+    processed = {(o.visit, o.detector) for o in night.outcomes if o.status == "processed"}
+    rng = np.random.default_rng(4)
+    if soft:
+        seen = rng.random(len(t)) < 1 / (1 + np.exp((t.diff_mag - limit) / 0.4))
+    else:
+        seen = t.diff_mag < limit
+    for i in np.flatnonzero(seen):
+        if (int(t.visit[i]), int(t.detector[i])) not in processed:
+            continue
+        out.append({
+            "visit": int(t.visit[i]), "detector": int(t.detector[i]),
+            "ra": float(t.ra[i]) + 0.3 / 3600 / np.cos(np.radians(t.dec[i])),
+            "dec": float(t.dec[i]), "psfFlux": float(t.diff_flux_njy[i]) + 50.0,
+            "psfFluxErr": 50.0, "band": str(t.band[i]), "midpointMjdTai": 60800.0,
+        })  # fmt: skip
+    for v in visits[:3]:
+        out.append({"visit": v.visit_id, "ra": v.ra + 0.01, "dec": v.dec, "psfFlux": 1e3,
+                    "psfFluxErr": 100.0, "detector": 0, "band": v.band})  # fmt: skip
+    return out
+
+
+def test_performance_numbers(sim: tuple[Path, tuple[Visit, ...]]) -> None:
+    _, visits = sim
+    perf = performance_report(build_night(visits))
+    taken = N_VISITS * 4
+    assert perf["images"] == {
+        "taken": taken, "readOut": taken, "inBuffer": taken, "ingested": taken - 1,
+        "notIngested": 1,
+    }  # fmt: skip
+    pipes = {p["stage"]: p for p in perf["pipelines"]}
+    assert pipes["ingested"]["imagesDone"] == taken - 1
+    assert pipes["alertsPublished"]["imagesDone"] == taken - 2
+    assert pipes["alertsPublished"]["visitsComplete"] == N_VISITS - 2
+    assert pipes["preloadReady"]["imagesDone"] == taken - 1
+    assert perf["outcomes"]["processed"] == taken - 2
+    assert perf["outcomes"]["abandoned"] == 1 and perf["outcomes"]["noOutcome"] == 1
+    assert perf["outcomes"]["retriedCcds"] == 2
+    assert perf["products"] == {"diaSources": 5 * (taken - 2), "alerts": 5 * (taken - 2)}
+    f = perf["failures"]
+    assert f["nRecoverable"] == 1 and f["nUnrecoverable"] == 1
+    assert f["recoverable"][0]["failureType"] == "actor_died"
+    assert f["unrecoverable"][0]["recovery"] == "left for batch"
+    by_type = {t["failureType"]: t for t in f["byType"]}
+    # the first timeout of the abandoned CCD was retried, the second was not: neither recovered
+    assert by_type["actor_died"] == {
+        "failureType": "actor_died", "recoverable": 1, "unrecoverable": 0,
+        "recoveries": {"retried": 1},
+    }  # fmt: skip
+    assert by_type["timeout"]["unrecoverable"] == 1
+    assert perf["latency"]["visit"]["n"] == N_VISITS  # over the CCDs that published
+    assert perf["latency"]["ccd"]["n"] == taken - 2
+
+
+def test_failures_without_an_attempt_log_still_show() -> None:
+    night = NightRecords(
+        (),
+        stage_array([]),
+        (
+            CcdOutcome(1, 0, 3, "processed"),
+            CcdOutcome(1, 1, 1, "failed", "bad_input", "corrupt FITS", "none"),
+            CcdOutcome(1, 2, 1, "failed", "InvalidInputError", "bad header", "none"),
+        ),
+    )
+    f = performance_report(night)["failures"]
+    assert f["nRecoverable"] == 2 and f["nUnrecoverable"] == 2
+    assert f["nRecoverableObservations"] == 1
+    assert {t["failureType"] for t in f["byType"]} == {"unknown", "bad_input", "InvalidInputError"}
+
+
+def test_quality_numbers_and_efficiency(sim: tuple[Path, tuple[Visit, ...]]) -> None:
+    truth_path, visits = sim
+    night = build_night(visits)
+    truth = load_truth(truth_path, [v.visit_id for v in visits])
+    assert len(truth) and "star" not in set(truth.kind.tolist())
+    dia = as_diasources(diasources_for(truth_path, visits, limit=LIMIT))
+    dq = data_quality_report(night, truth, dia)
+    band = visits[0].band
+    per = dq["perBand"][band]
+    assert per["nCcds"] == sum(o.status == "processed" for o in night.outcomes)
+    seeing = [v.seeing_eff for v in visits if v.band == band for _ in range(4)]
+    assert per["seeingArcsec"]["median"] == pytest.approx(np.median(seeing), rel=0.05)
+    assert dq["flags"] == {"edge": N_VISITS}
+    assert len(dq["visits"]) == N_VISITS
+    eff = dq["detectionEfficiency"]
+    processed = {(o.visit, o.detector) for o in night.outcomes if o.status == "processed"}
+    on_processed = np.array(
+        [(int(v), int(d)) in processed for v, d in zip(truth.visit, truth.detector, strict=True)]
+    )
+    expected = on_processed & np.isfinite(truth.diff_mag)
+    assert eff["nTruth"] == int(expected.sum())
+    assert 0 < eff["nDetected"] == int((expected & (truth.diff_mag < LIMIT)).sum())
+    assert eff["nUnmatchedDiaSources"] == 3
+    assert eff["nDetected"] < eff["nTruth"]
+    for b in eff["bins"]:  # the constructed detector is perfect to LIMIT and blind beyond
+        assert b["efficiency"] == (1.0 if b["magHi"] <= LIMIT else 0.0)
+    assert LIMIT - 0.5 <= eff["m50"] <= LIMIT + 0.5
+    assert eff["fluxPull"]["median"] == pytest.approx(1.0)
+
+
+def test_m50_interpolates_the_last_crossing() -> None:
+    bins = [
+        {"magLo": 16.0, "magHi": 17.0, "efficiency": 0.4},  # saturated
+        {"magLo": 17.0, "magHi": 18.0, "efficiency": 1.0},
+        {"magLo": 18.0, "magHi": 19.0, "efficiency": 0.8},
+        {"magLo": 19.0, "magHi": 20.0, "efficiency": 0.2},
+    ]
+    assert m50(bins) == pytest.approx(18.5 + 0.3 / 0.6)
+    assert m50(bins[1:2]) is None
+
+
+def test_truth_difference_flux_of_a_variable(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "truth.sqlite")
+    db.executescript(
+        """
+        CREATE TABLE exposures (visit INTEGER, detector INTEGER, observation_id INTEGER,
+            band TEXT, mjd_start REAL, true_wcs TEXT);
+        CREATE TABLE sources (visit INTEGER, detector INTEGER, object_id INTEGER, kind TEXT,
+            ra REAL, dec REAL, x REAL, y REAL, mag REAL, flux_njy REAL, flux_e REAL);
+        CREATE TABLE objects (object_id INTEGER PRIMARY KEY, kind TEXT, ra REAL, dec REAL,
+            u REAL, g REAL, r REAL, i REAL, z REAL, y REAL, period REAL, amplitude REAL,
+            t0 REAL, tau_rise REAL, tau_fall REAL, rate_deg_day REAL, pa_deg REAL, t_ref REAL);
+        INSERT INTO exposures VALUES (7, 0, 1, 'g', 60800.0, '{}');
+        INSERT INTO sources VALUES (7, 0, 1, 'variable', 10, 0, 0, 0, 20.0, 36307.8, 0);
+        INSERT INTO sources VALUES (7, 0, 2, 'transient', 10, 0.1, 0, 0, 21.0, 14454.4, 0);
+        INSERT INTO sources VALUES (7, 0, 3, 'star', 10, 0.2, 0, 0, 18.0, 229086.8, 0);
+        INSERT INTO sources VALUES (8, 0, 2, 'transient', 10, 0.1, 0, 0, 21.0, 14454.4, 0);
+        INSERT INTO objects (object_id, kind, ra, dec, u, g, r, i, z, y)
+            VALUES (1, 'variable', 10, 0, 21, 20.5, 20, 20, 20, 20);
+        """
+    )
+    db.commit()
+    db.close()
+    t = load_truth(tmp_path / "truth.sqlite", [7])
+    assert list(t.object_id) == [1, 2]
+    template = 10 ** ((31.4 - 20.5) / 2.5)  # the variable's mean flux in g
+    assert t.diff_flux_njy[0] == pytest.approx(36307.8 - template)
+    assert t.diff_mag[0] == pytest.approx(31.4 - 2.5 * np.log10(36307.8 - template))
+    assert t.diff_mag[1] == pytest.approx(21.0, abs=1e-4)
+    with pytest.raises(InvalidInputError, match="no truth"):
+        load_truth(tmp_path / "missing.sqlite")
+    (tmp_path / "junk.sqlite").write_text("not a database")
+    with pytest.raises(InvalidInputError, match="not a dmcs truth"):
+        load_truth(tmp_path / "junk.sqlite")
+
+
+def test_diasource_input_forms() -> None:
+    rows = [{"visit": 1, "ra": 1.0, "dec": 2.0, "psfFlux": 3.0}]
+    cols = as_diasources(rows)
+    assert cols["detector"][0] == -1 and np.isnan(cols["psfFluxErr"][0])
+    arr = np.array([(1, 1.0, 2.0)], dtype=[("visit", "i8"), ("ra", "f8"), ("dec", "f8")])
+    assert as_diasources(arr)["ra"][0] == 1.0
+    assert as_diasources({"visit": [1], "ra": [1.0], "dec": [2.0]})["dec"][0] == 2.0
+    with pytest.raises(InvalidInputError, match="lack"):
+        as_diasources({"visit": [1], "ra": [1.0]})
+    with pytest.raises(InvalidInputError, match="lacks"):
+        as_diasources([{"visit": 1, "ra": 1.0}])
+    with pytest.raises(InvalidInputError, match="non-finite"):
+        as_diasources({"visit": [1], "ra": [np.nan], "dec": [0.0]})
+    with pytest.raises(InvalidInputError, match="wrong type"):
+        as_diasources({"visit": ["a"], "ra": [1.0], "dec": [0.0]})
+    with pytest.raises(InvalidInputError):
+        as_diasources(42)
+
+
+def _assert_self_contained(html: str) -> None:
+    assert html.startswith("<!DOCTYPE html>")
+    assert not re.search(r"""(src|href)\s*=\s*["'](?!data:)""", html)
+    assert "<script" not in html and "@import" not in html and "url(" not in html
+    for data in re.findall(r'src="data:image/png;base64,([^"]+)"', html):
+        assert base64.b64decode(data).startswith(b"\x89PNG")
+
+
+def test_files_written(
+    sim: tuple[Path, tuple[Visit, ...]], tmp_path: Path, artifacts_dir: Path
+) -> None:
+    truth_path, visits = sim
+    night = build_night(visits)
+    dia = diasources_for(truth_path, visits, limit=LIMIT, soft=True)
+    out = artifacts_dir / "reports"
+    paths = write_night_reports(night, out, truth=truth_path, diasources=dia)
+    assert dict(paths.items())["quality_html"] == out / "quality.html"
+    for p in paths.all():
+        assert p.is_file() and p.stat().st_size > 0, p
+    names = {p.name for p in paths.images}
+    assert names == {
+        "performance_pipelines.png", "performance_latency.png", "performance_stages.png",
+        "quality_metrics.png", "quality_efficiency.png",
+    }  # fmt: skip
+    md = paths.performance_md.read_text()
+    for name in names & {p.name for p in paths.images if p.name.startswith("performance")}:
+        assert f"]({name})" in md
+    assert "actor_died" in md and "left for batch" in md and "### By type" in md
+    html = paths.performance_html.read_text()
+    _assert_self_contained(html)
+    assert html.count("data:image/png;base64,") == 3
+    qhtml = paths.quality_html.read_text()
+    _assert_self_contained(qhtml)
+    assert qhtml.count("data:image/png;base64,") == 2
+    perf = json.loads(paths.performance_json.read_text())
+    assert perf["failures"]["nUnrecoverable"] == 1 and perf["requirement"] == "DMS-REQ-0099"
+    dq = json.loads(paths.quality_json.read_text())
+    assert dq["detectionEfficiency"]["available"] and dq["requirement"] == "DMS-REQ-0097"
+    assert "m50" in paths.quality_md.read_text()
+
+
+def test_empty_night(tmp_path: Path) -> None:
+    night = NightRecords((), stage_array([]), (), day_obs=20260101)
+    paths = write_night_reports(night, tmp_path / "empty")
+    assert paths.images == ()
+    for p in (paths.performance_md, paths.performance_html):
+        assert "No visits, stage times or CCD outcomes were recorded" in p.read_text()
+    assert "No processed CCDs" in paths.quality_md.read_text()
+    assert "needs the truth and the DIASources" in paths.quality_md.read_text()
+    perf = json.loads(paths.performance_json.read_text())
+    assert perf["empty"] and perf["images"]["taken"] == 0
+    assert perf["latency"]["visitShareWithinBudget"] is None
+    _assert_self_contained(paths.quality_html.read_text())
+
+
+def test_night_without_failures_says_so(sim: tuple[Path, tuple[Visit, ...]]) -> None:
+    _, visits = sim
+    night = build_night(visits[:2])
+    perf = performance_report(night)
+    assert perf["failures"]["nRecoverable"] == perf["failures"]["nUnrecoverable"] == 0
+
+
+def test_unwritable_folder(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StorageError):
+        write_night_reports(NightRecords((), stage_array([]), ()), blocker / "reports")
+
+
+async def test_reports_from_the_database(
+    pg_dsn: str, sim: tuple[Path, tuple[Visit, ...]], tmp_path: Path
+) -> None:
+    """The whole path the replay takes: records in PostgreSQL -> fetch_night -> report files."""
+    import asyncpg
+
+    from base.prompt_records import PromptRecords
+
+    truth_path, visits = sim
+    built = build_night(visits[:6])
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2)
+    try:
+        await pool.execute('DROP SCHEMA IF EXISTS "prompt_test_reports" CASCADE')
+        records = await PromptRecords.connect(pool, "prompt_test_reports")
+        for v in built.visits:
+            await records.record_visit(v)
+        rows = [
+            StageTime(int(r["visit"]), None if r["detector"] < 0 else int(r["detector"]),
+                      STAGES[r["stage"]], float(r["tai"]))
+            for r in built.stages
+            if STAGES[r["stage"]] != "alertsPublished"
+        ]  # fmt: skip
+        await records.record_stages(rows)
+        for a in built.attempts:
+            o = next(o for o in built.outcomes if (o.visit, o.detector) == (a.visit, a.detector))
+            if a.attempt < o.attempt:
+                await records.record_outcome(
+                    CcdOutcome(a.visit, a.detector, a.attempt, a.status, a.failure_type,
+                               a.reason, a.recovery)
+                )  # fmt: skip
+        times = built.ccd_times()
+        published = dict(
+            zip(zip(times.visit.tolist(), times.detector.tolist(), strict=True),
+                times.stage("alertsPublished").tolist(), strict=True)
+        )  # fmt: skip
+        for o in built.outcomes:
+            await records.record_outcome(CcdOutcome(**{**o.__dict__, "n_alerts": 0}))
+            t = published[(o.visit, o.detector)]
+            if np.isfinite(t):
+                await records.record_alerts(o.visit, o.detector, 3, float(t))
+        night = await records.fetch_night(day_obs=visits[0].day_obs)
+    finally:
+        await pool.close()
+    perf = performance_report(night)
+    assert perf["images"]["taken"] == 24 and perf["images"]["ingested"] == 23
+    assert perf["products"]["alerts"] == 3 * 22
+    assert perf["failures"]["nRecoverable"] == 1 and perf["failures"]["nUnrecoverable"] == 1
+    assert perf["failures"]["recoverable"][0]["failureType"] == "actor_died"
+    assert perf["latency"] == performance_report(built)["latency"] | {
+        "alertShareWithinBudget": perf["latency"]["alertShareWithinBudget"]
+    }
+    paths = write_night_reports(night, tmp_path / "db", truth=truth_path)
+    assert "actor_died" in paths.performance_html.read_text()
