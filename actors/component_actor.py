@@ -15,6 +15,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
+from actors.ordered_sender import OrderedSender
 from actors.peers import RayPeers
 from actors.runtime import NAMESPACE, bus_name
 from state.command import Command
@@ -46,6 +47,7 @@ class ComponentActor:
         self._spec = spec
         self._system = system
         self._bus = ray.get_actor(bus_name(system), namespace=NAMESPACE)
+        self._outbox = OrderedSender(self._bus.publish_many.remote, f"{spec['name']}-events")
         self._restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self._component: Controller | None = None
         self._failure: Exception | None = None
@@ -94,7 +96,7 @@ class ComponentActor:
         )
 
     def _publish(self, event: Event) -> None:
-        self._bus.publish.remote(event.to_wire())
+        self._outbox.put(event.to_wire())
 
     async def _feed(self, component: Controller) -> None:
         """Deliver the bus topics the component listens to; resubscribe after a bus restart."""
@@ -150,3 +152,4 @@ class ComponentActor:
         self._main.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._main
+        await self._outbox.close()

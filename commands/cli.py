@@ -17,6 +17,7 @@ from rich.table import Table
 from commands.alerts_cli import alerts
 from commands.client import Client
 from commands.logs import configure_logging
+from commands.reprocess_cli import reprocess
 from commands.simulate_cli import simulate
 from state.acks import Ack
 from state.errors import AckError, DmcsError
@@ -293,3 +294,4 @@ def events(
 
 main.add_command(simulate)
 main.add_command(alerts)
+main.add_command(reprocess)

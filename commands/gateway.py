@@ -87,6 +87,7 @@ async def _run_pump(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    await app[HUB].close()
     for channel in list(app[HUB].channels):
         await channel.ws.close()
 

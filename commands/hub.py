@@ -14,6 +14,7 @@ from typing import Any
 from ray.actor import ActorHandle
 from ray.exceptions import RayActorError, RayError
 
+from actors.ordered_sender import OrderedSender
 from commands.channel import Channel
 from commands.metrics import GatewayMetrics
 from commands.protocol import Codec, Op, frame
@@ -46,8 +47,8 @@ class Hub:
         self.listeners: list[Callable[[Event], None]] = []
         self._seq = itertools.count(1)
         self._input_seq: dict[tuple[str, str], int] = {}
-        self._outbox: list[dict[str, Any]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        #: OCS input goes to the bus in order (see actors.ordered_sender).
+        self._input = OrderedSender(self.bus.publish_many.remote, "gateway-ocs-input")
         self._codecs = {True: Codec(None), False: Codec("dmcs.v1.json")}
 
     # ------------------------------------------------------------------- commands
@@ -112,26 +113,12 @@ class Hub:
         seq = self._input_seq.get(key, 0) + 1
         self._input_seq[key] = seq
         event = Event(source, topic, seq, tai_now(), data, kind)
-        self._outbox.append(event.to_wire())
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(
-                self._flush_input(), name="gateway-ocs-input"
-            )
+        self._input.put(event.to_wire())
         return event
 
-    async def _flush_input(self) -> None:
-        """Send OCS input to the bus in batches, one call at a time, until none is left.
-
-        An async Ray actor may run concurrent calls out of order, so fire-and-forget calls
-        could let a camera event overtake the telemetry sent before it (the HeaderService
-        snapshots telemetry at ``startIntegration``); batching keeps the rate up.
-        """
-        while self._outbox:
-            batch, self._outbox = self._outbox, []
-            try:
-                await self.bus.publish_many.remote(batch)
-            except RayError as e:
-                log.error("lost %d OCS input events: the bus is unreachable: %s", len(batch), e)
+    async def close(self) -> None:
+        """Send the OCS input still queued, then stop."""
+        await self._input.close()
 
     # ---------------------------------------------------------------- event pump
     async def pump(self) -> None:

@@ -7,19 +7,27 @@ APDB, the alert archive and the latency records.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import numpy as np
 import pytest
 
 from commands.client import Client
 from commands.replay.night_system import night_system_config
 from commands.replay.runner import ReplayOutcome, replay_night
+from commands.replay.watch import NightWatcher
 from commands.server import RunningSystem
 from config.system import load_system_config
+from state.errors import InvalidInputError
 from state.states import State
 from tests.conftest import TOKENS
+from tests.data_path_helpers import private_postgres, start_postgres, stop_postgres
 
 SPEED = 20.0
 
@@ -117,3 +125,102 @@ async def test_every_ccd_ends_and_alerts_match_diasources(clean_night: Any) -> N
     assert p.duplicate_publications == 0
     assert found["publishedCcds"] == len(p.processed)
     assert all(0 < latency < 60 for latency in p.latencies.values()), p.latencies
+
+
+# ----------------------------------------------------------------------------- faults
+FAULT_SPEED = 10.0
+
+
+@dataclass
+class FaultLog:
+    link_cut_ingested: int = -1
+    killed: tuple[int, int] | None = None
+    association_faulted: bool = False
+    postgres_restarted: bool = False
+
+
+def inject_faults(running: RunningSystem, client: Client, pgdata: Path, dsn: str, log: FaultLog):
+    """The four faults of issue 7, one after the other while the night goes on."""
+
+    async def during(watcher: NightWatcher) -> None:
+        p = watcher.progress
+        # 1. The summit-base link is cut across two visits' readouts.
+        await client.command("SummitBuffer", "cutLink")
+        await asyncio.sleep(10.0 / FAULT_SPEED * 10)
+        log.link_cut_ingested = len(p.ingested)
+        await client.command("SummitBuffer", "restoreLink")
+        # 2. A CCD processor is killed while it works on a CCD of its own.
+        assert await watcher.wait_for(lambda p: any(d % 2 == 1 for _, d in p.ingested), 60)
+        await asyncio.sleep(0.15)
+        handle = running.system.handle("CcdProcessor1")
+        os.kill(await handle.pid.remote(), signal.SIGKILL)
+        log.killed = next((v, d) for v, d in sorted(p.ingested) if d % 2 == 1)
+        # 3. Association gets malformed DIASources: FAULT, then recovered by command.
+        with pytest.raises(InvalidInputError):
+            await running.system.handle("Association").rpc.remote("associate", _nan_ccd())
+        log.association_faulted = await client.get_state("Association") == State.FAULT
+        await asyncio.sleep(2.0)
+        await client.set_state("Association", State.ENABLED)
+        # 4. PostgreSQL restarts under everything that uses it.
+        await asyncio.to_thread(stop_postgres, pgdata)
+        await asyncio.sleep(2.0)
+        await asyncio.to_thread(start_postgres, pgdata, dsn)
+        log.postgres_restarted = True
+
+    return during
+
+
+def _nan_ccd() -> dict[str, Any]:
+    nan = np.full(3, np.nan)
+    return {
+        "visit": 1, "detector": 0, "band": "r", "day_obs": 20250505, "midpoint_mjd": 60800.0,
+        "footprint_ra": (1.0, 1.1, 1.1), "footprint_dec": (0.0, 0.0, 0.1),
+        "sources": {"diaSourceId": np.arange(3), "ra": nan, "dec": nan,
+                    "midpointMjdTai": np.zeros(3), "psfFlux": nan, "psfFluxErr": nan},
+        "cutouts": [],
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+async def faulty_night(
+    system_factory: Any, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[ReplayOutcome, dict[str, Any], Path, FaultLog]:
+    from summit.simulation import plan_night, run_night
+
+    night = tmp_path_factory.mktemp("night4")
+    await asyncio.to_thread(run_night, plan_night("mini", 4, 3, night), raws=True)
+    pgdata = tmp_path_factory.mktemp("faultpg")
+    staging = tmp_path_factory.mktemp("staging")
+    log = FaultLog()
+    with private_postgres(pgdata) as dsn:
+        running = await night_system(system_factory, dsn, night, "")
+        async with Client(running.ws_url, token=TOKENS["ocs"]) as client:
+            outcome = await replay_night(
+                client,
+                night,
+                staging,
+                speed=FAULT_SPEED,
+                drain_seconds=240,
+                during=inject_faults(running, client, pgdata, dsn, log),
+            )
+            await client.set_system_state(State.STANDBY)
+        found = await counts(dsn, "", outcome.visits)
+    return outcome, found, staging, log
+
+
+async def test_faults_leave_the_night_complete_and_correct(faulty_night: Any) -> None:
+    outcome, found, staging, log = faulty_night
+    p = outcome.progress
+    assert log.link_cut_ingested == 0, "nothing crossed the cut link"
+    assert log.killed is not None and log.association_faulted and log.postgres_restarted
+    assert any("CcdProcessor1 restarted" in r for r in p.recoveries), p.recoveries
+    assert outcome.complete, (p.expected - p.finished, p.failed)
+    # Every image taken reached the registry, unchanged.
+    assert set(found["raws"]) == p.expected
+    assert found["raws"] == staged_checksums(outcome, staging)
+    # Every CCD processed, or failed with its reason; nothing twice.
+    assert p.finished == p.expected
+    assert all(reason for reason in p.failed.values())
+    assert found["diaSources"] == found["distinctDiaSources"] > 0
+    assert found["alerts"] == found["distinctAlerts"] == found["diaSources"]
+    assert p.duplicate_publications == 0

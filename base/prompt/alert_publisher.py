@@ -14,8 +14,11 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from base.alerts import AlertArchive, AlertFanout, alert_table, build_alerts, serialize
+from base.alerts import AlertArchive, alert_table
+from base.alerts.avro_columnar import encode_alert_batch
+from base.alerts.batch import AlertBatch, BufferPool
 from base.alerts.schema import AlertSchema, latest_schema
+from base.alerts.spool import AlertSpool, AlertStreamRpc
 from base.prompt.settings import AlertPublisherSettings
 from base.prompt.visit_tracker import VisitLatency, VisitTracker
 from base.prompt_records import PromptRecords, VisitRecord
@@ -30,7 +33,7 @@ from state.states import State
 MAX_POSITIONS = 50
 
 
-class AlertPublisher(Controller):
+class AlertPublisher(Controller, AlertStreamRpc):
     version = "0.1.0"
     event_topics = ("alertsPublished", "visitLatency", "processingStatus")
     listen_components = ("*",)
@@ -43,9 +46,8 @@ class AlertPublisher(Controller):
         self._pool: asyncpg.Pool | None = None
         self._records: PromptRecords | None = None
         self._schema: AlertSchema | None = None
-        self.fanout = AlertFanout(
-            queue_size=self.config.subscriber_queue, max_drops=self.config.max_drops
-        )
+        self.spool = AlertSpool()
+        self.buffers = BufferPool()
         self.tracker = VisitTracker(self.config.latency_budget)
         self.counts = {"published": 0, "alerts": 0, "duplicates": 0}
 
@@ -64,6 +66,7 @@ class AlertPublisher(Controller):
                 self.config.archive_schema,
                 self._schema,
             )
+            self.alert_archive = self._archive
 
         if self._pool is None:
             self._pool = await asyncpg.create_pool(self.config.dsn, min_size=1, max_size=2)
@@ -71,6 +74,7 @@ class AlertPublisher(Controller):
 
     async def end_standby(self) -> None:
         archive, self._archive = self._archive, None
+        self.alert_archive = None
         if archive is not None:
             await archive.close()
         pool, self._pool, self._records = self._pool, None, None
@@ -102,25 +106,21 @@ class AlertPublisher(Controller):
             stages = dict(handoff["stages"])
         except (KeyError, TypeError, ValueError) as e:
             raise InvalidInputError(f"malformed alert hand-off: {e}") from e
-        ids = np.asarray(sources["diaSourceId"], dtype=np.int64)
-        packets = await asyncio.to_thread(self._packets, handoff, self._schema)
+        batch = await asyncio.to_thread(self._encode, handoff, self._schema, self.buffers)
+        n = len(batch)
         fresh = await self._archive.archive(
-            int(handoff["dayObs"]), visit, detector, ids.tolist(), packets
+            int(handoff["dayObs"]), visit, detector, batch.ids.tolist(), batch.packets()
         )
-        if packets and not fresh:
+        if n and not fresh:
             self.counts["duplicates"] += 1
             return {"published": 0, "duplicate": True}
-        self.fanout.publish_visit(
-            visit,
-            ids,
-            packets,
-            alert_table(sources, handoff.get("objects"), handoff.get("ssSources")),
-        )
+        table = alert_table(sources, handoff.get("objects"), handoff.get("ssSources"))
+        self.spool.publish(visit, detector, batch.ids, batch, table)
         now = tai_now()
         stages["alertsPublished"] = now
         latency = now - stages["endReadout"] if "endReadout" in stages else float("nan")
         self.counts["published"] += 1
-        self.counts["alerts"] += len(packets)
+        self.counts["alerts"] += n
         positions = np.column_stack(
             [np.asarray(sources["ra"])[:MAX_POSITIONS], np.asarray(sources["dec"])[:MAX_POSITIONS]]
         )
@@ -129,15 +129,15 @@ class AlertPublisher(Controller):
             {
                 "visit": visit,
                 "detector": detector,
-                "nAlerts": len(packets),
+                "nAlerts": n,
                 "latencySeconds": latency,
                 "positions": positions.round(6).tolist(),
                 "stages": stages,
             },
         )
-        self._report(self.tracker.published(visit, detector, len(packets), latency))
-        await self._record_published(visit, detector, len(packets), now)
-        return {"published": len(packets), "duplicate": False, "stages": stages}
+        self._report(self.tracker.published(visit, detector, n, latency))
+        await self._record_published(visit, detector, n, now)
+        return {"published": n, "duplicate": False, "stages": stages}
 
     async def _record_visit(self, data: dict[str, Any]) -> None:
         if self._records is None:
@@ -169,8 +169,8 @@ class AlertPublisher(Controller):
             self.log_message(logging.WARNING, f"latency of visit {visit} not recorded: {e}")
 
     @staticmethod
-    def _packets(handoff: dict[str, Any], schema: AlertSchema) -> list[bytes]:
-        alerts = build_alerts(
+    def _encode(handoff: dict[str, Any], schema: AlertSchema, pool: BufferPool) -> AlertBatch:
+        return encode_alert_batch(
             handoff["sources"],
             objects=handoff.get("objects"),
             history=handoff.get("history"),
@@ -178,8 +178,8 @@ class AlertPublisher(Controller):
             ss_sources=handoff.get("ssSources"),
             cutouts=handoff.get("cutouts") or None,
             schema=schema,
+            pool=pool,
         )
-        return serialize(alerts, schema)
 
     def _report(self, done: VisitLatency | None) -> None:
         if done is None:
@@ -207,6 +207,6 @@ class AlertPublisher(Controller):
             await asyncio.sleep(max(self.heartbeat_interval, 1.0))
             self.publish(
                 "processingStatus",
-                {**self.counts, "subscribers": len(self.fanout.subscribers)},
+                {**self.counts, "spooledBatches": self.spool.head, "evicted": self.spool.evicted},
                 "telemetry",
             )

@@ -46,7 +46,4 @@ class AlertPublisherSettings(_Settings):
     archive_schema: str = "alerts"
     #: The alert latency requirement, seconds from end of readout (LSE-61 OTT1).
     latency_budget: float = Field(default=60.0, gt=0)
-    #: Queue length per stream subscriber and drops before it is marked lagging.
-    subscriber_queue: int = Field(default=10000, ge=1)
-    max_drops: int = Field(default=1000, ge=0)
     records_schema: str = "prompt"

@@ -116,13 +116,17 @@ class NightWatcher:
         except DmcsError as e:
             log.error("could not re-enable %s after its restart: %s", name, e)
 
-    async def wait_complete(self, timeout: float) -> bool:
-        """True when every expected CCD ended within ``timeout`` seconds."""
+    async def wait_for(self, predicate: Callable[[NightProgress], bool], timeout: float) -> bool:
+        """True once ``predicate(progress)`` holds, False if ``timeout`` seconds pass first."""
         try:
             async with asyncio.timeout(timeout):
-                while not self.progress.complete:
+                while not predicate(self.progress):
                     self._changed.clear()
                     await self._changed.wait()
         except TimeoutError:
             return False
         return True
+
+    async def wait_complete(self, timeout: float) -> bool:
+        """True when every expected CCD ended within ``timeout`` seconds."""
+        return await self.wait_for(lambda p: p.complete, timeout)

@@ -1,0 +1,209 @@
+"""Daytime catch-up: the CCDs prompt processing recorded as failed or abandoned, into the
+prompt products, so the night ends complete.
+
+The CCDs run through the same executor as a release (release 0: prompt ids), then, in time
+order, through the prompt association step into the prompt APDB and the prompt alert path
+(``build_alerts`` → ``serialize`` → the alert archive), with ``observation_reason`` marking
+the alerts late. Their prompt outcome is then recorded as processed (``recovery =
+"catch-up"``), so a second catch-up finds nothing to do. The APDB store and the archive are
+both claimed per (visit, detector): a CCD already stored gets no second set of rows or
+alerts. The alerts reach the archive (what brokers fetch from); the live stream of a running
+AlertPublisher is not fed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import numpy as np
+
+from base.alerts import AlertArchive, build_alerts, serialize
+from base.alerts.schema import AlertSchema, latest_schema
+from base.apdb import Apdb
+from base.apdb.db import mapped_errors
+from base.prompt.requests import CcdResults
+from base.prompt_records import CcdOutcome, PromptRecords
+from base.registry.repository import Repository
+from base.reprocess.associate import Associated, associate_ccd
+from base.reprocess.executor import Executor
+from base.reprocess.ledger import Ledger
+from base.reprocess.plan import AssociationParams, ccd_units, config_hash
+from base.reprocess.runner import Progress, run_units
+from base.reprocess.work import CcdUnit, columns_checksum
+from state.clock import tai_now
+from state.errors import DmcsError
+
+#: ``observation_reason`` of an alert published by the catch-up (the alert schema's field).
+LATE = "late:catch-up"
+MISSED = ("failed", "abandoned")
+
+
+@dataclass(frozen=True)
+class CatchUpConfig:
+    dsn: str
+    night_dir: Path
+    day_obs: int
+    archive_dir: Path
+    registry_schema: str = "registry"
+    apdb_schema: str = "apdb"
+    records_schema: str = "prompt"
+    archive_schema: str = "alerts"
+    max_attempts: int = 3
+    association: AssociationParams = field(default_factory=AssociationParams)
+
+    @property
+    def name(self) -> str:
+        return f"catchup_{self.day_obs}"
+
+
+@dataclass
+class CatchUpSummary:
+    day_obs: int
+    missed: int = 0
+    recovered: int = 0
+    already_stored: int = 0
+    alerts: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def catch_up(
+    config: CatchUpConfig, executor: Executor, progress: Progress | None = None
+) -> CatchUpSummary:
+    summary = CatchUpSummary(config.day_obs)
+    async with mapped_errors("catch-up connect"):
+        pool = await asyncpg.create_pool(config.dsn, min_size=1, max_size=8)
+    try:
+        ledger = await Ledger.connect(pool)
+        await ledger.lock(config.name)
+        status = "interrupted"
+        try:
+            await _catch_up(config, executor, pool, ledger, summary, progress)
+            status = "failed" if summary.failed else "done"
+        finally:
+            await asyncio.shield(_finish(ledger, config.name, status))
+    finally:
+        await pool.close()
+    return summary
+
+
+async def _finish(ledger: Ledger, name: str, status: str) -> None:
+    await ledger.end_release(name, status)
+    await ledger.unlock(name)
+
+
+async def _catch_up(
+    config: CatchUpConfig,
+    executor: Executor,
+    pool: asyncpg.Pool,
+    ledger: Ledger,
+    summary: CatchUpSummary,
+    progress: Progress | None,
+) -> None:
+    records = await PromptRecords.connect(pool, config.records_schema)
+    night = await records.fetch_night(config.day_obs)
+    missed = {(o.visit, o.detector): o for o in night.outcomes if o.status in MISSED}
+    summary.missed = len(missed)
+    repo = await Repository.connect(config.dsn, config.registry_schema)
+    try:
+        units = [
+            u for u in await ccd_units(repo, config.day_obs) if (u.visit, u.detector) in missed
+        ]
+    finally:
+        await repo.close()
+    for key in sorted(set(missed) - {(u.visit, u.detector) for u in units}):
+        summary.failed[f"ccd:{key[0]}/{key[1]}"] = "no raw in the registry"
+    chash = config_hash(0, config.association, {"mode": "catch-up"})
+    await ledger.begin_release(
+        config.name, 0, config.apdb_schema, chash, {"dayObs": config.day_obs}
+    )
+    todo = set(await ledger.todo(config.name, [(u.key, "ccd") for u in units], chash, False))
+    results: dict[str, dict[str, Any]] = {}
+
+    async def keep(unit: CcdUnit, ccd: dict[str, Any]) -> None:
+        results[unit.key] = ccd
+
+    pending = [u for u in units if u.key in todo]
+    failed = await run_units(
+        pending,
+        executor,
+        str(config.night_dir),
+        0,
+        config.max_attempts,
+        ledger,
+        config.name,
+        keep,
+        progress,
+    )
+    summary.failed.update(failed)
+    apdb = await Apdb.connect(config.dsn, config.apdb_schema)
+    schema = await asyncio.to_thread(latest_schema)
+    archive = await AlertArchive.open(config.dsn, config.archive_dir, config.archive_schema, schema)
+    try:
+        for unit in pending:
+            if unit.key not in results:
+                continue
+            ccd = CcdResults.from_wire(results[unit.key])
+            try:
+                done = await associate_ccd(apdb, ccd, config.association)
+                n_alerts = await _alerts(archive, schema, ccd, done) if done.stored else 0
+            except DmcsError as e:
+                await ledger.failed(config.name, unit.key, f"{type(e).__name__}: {e}", final=True)
+                summary.failed[unit.key] = str(e)
+                continue
+            summary.recovered += done.stored
+            summary.already_stored += not done.stored
+            summary.alerts += n_alerts
+            before = missed[(unit.visit, unit.detector)]
+            await records.record_outcome(
+                CcdOutcome(
+                    visit=unit.visit,
+                    detector=unit.detector,
+                    attempt=before.attempt + 1,
+                    status="processed",
+                    reason="daytime catch-up",
+                    recovery="catch-up",
+                    n_dia_sources=len(ccd.sources["diaSourceId"]),
+                )
+            )
+            if done.stored:
+                await records.record_alerts(unit.visit, unit.detector, n_alerts, tai_now())
+            await ledger.done(
+                config.name,
+                unit.key,
+                columns_checksum(ccd.sources),
+                len(ccd.sources["diaSourceId"]),
+            )
+    finally:
+        await archive.close()
+        await apdb.close()
+
+
+async def _alerts(
+    archive: AlertArchive, schema: AlertSchema, ccd: CcdResults, a: Associated
+) -> int:
+    """The prompt alert path for one stored CCD, its alerts marked late; returns how many."""
+
+    def packets() -> list[bytes]:
+        alerts = build_alerts(
+            a.result.sources,
+            objects=a.result.objects,
+            history=a.preload.sources,
+            forced_history=a.preload.forced_sources,
+            ss_sources=a.result.ss_sources,
+            cutouts=ccd.cutouts or None,
+            observation_reason=LATE,
+            schema=schema,
+        )
+        return serialize(alerts, schema)
+
+    framed = await asyncio.to_thread(packets)
+    ids = np.asarray(a.result.sources["diaSourceId"], dtype=np.int64).tolist()
+    fresh = await archive.archive(ccd.day_obs, ccd.visit, ccd.detector, ids, framed)
+    return len(framed) if fresh else 0

@@ -1,0 +1,267 @@
+"""A data-release reprocessing: CCDs in parallel, then association per sky region in time order.
+
+Phase 1 runs every CCD unit not yet done (ledger) through the executor, ``workers`` at a
+time, and keeps its results in the release schema (``staging``). Phase 2 groups the CCDs
+by HEALPix tile (``plan.region_of``) and, region after region in tile order, associates
+them in time order into the release's APDB (schema ``dr_<name>``). Every store is keyed by
+(visit, detector), so a region resumed after a kill skips what it had stored and the result
+equals an uninterrupted run. Bad data fails a CCD at once; a dead worker or a retriable
+error is retried up to ``max_attempts``; both end in the ledger with their reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from base.apdb import Apdb
+from base.apdb.db import mapped_errors
+from base.apdb.schema import q
+from base.registry.repository import Repository
+from base.reprocess.associate import associate_ccd, dia_source_checksum
+from base.reprocess.executor import Executor
+from base.reprocess.ledger import Ledger
+from base.reprocess.plan import AssociationParams, ccd_units, config_hash, region_of
+from base.reprocess.staging import Staging
+from base.reprocess.work import CcdUnit, pack
+from state.errors import DmcsError, InvalidInputError, RetriableError
+
+#: progress(phase, done, total): phase is "ccd" or "region".
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class ReprocessConfig:
+    dsn: str
+    night_dir: Path
+    release: str
+    release_id: int
+    first_night: int
+    last_night: int | None = None
+    registry_schema: str = "registry"
+    max_attempts: int = 3
+    clobber: bool = False
+    association: AssociationParams = field(default_factory=AssociationParams)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,40}", self.release):
+            raise InvalidInputError(f"release name {self.release!r}: use [a-z][a-z0-9_]*")
+        if not 0 < self.release_id < 32:
+            raise InvalidInputError(f"release id {self.release_id}: 1..31 (0 is prompt)")
+        if self.max_attempts < 1:
+            raise InvalidInputError("max_attempts must be >= 1")
+
+    @property
+    def schema(self) -> str:
+        return f"dr_{self.release}"
+
+
+@dataclass
+class RunSummary:
+    release: str
+    schema: str
+    ccds: int = 0
+    processed: int = 0
+    skipped: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    regions: int = 0
+    regions_run: int = 0
+    dia_sources: int = 0
+    checksum: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def run_units(
+    units: list[CcdUnit],
+    executor: Executor,
+    night_dir: str,
+    release_id: int,
+    max_attempts: int,
+    ledger: Ledger,
+    ledger_name: str,
+    on_result: Callable[[CcdUnit, dict[str, Any]], Any],
+    progress: Progress | None = None,
+) -> dict[str, str]:
+    """Process ``units`` through ``executor``, ``workers`` at a time; returns failures.
+
+    ``on_result(unit, ccd)`` keeps a CCD's results and returns ``(checksum, rows)`` to mark
+    the unit done, or None when the caller marks it done later.
+    """
+    failed: dict[str, str] = {}
+    gate = asyncio.Semaphore(max(executor.workers, 1))
+    done = 0
+
+    async def one(unit: CcdUnit) -> None:
+        nonlocal done
+        async with gate:
+            while True:
+                attempt = await ledger.start(ledger_name, unit.key)
+                try:
+                    result = await executor.run(night_dir, unit, release_id)
+                except RetriableError as e:
+                    final = attempt >= max_attempts
+                    await ledger.failed(
+                        ledger_name, unit.key, f"{type(e).__name__}: {e}", final=final
+                    )
+                    if not final:
+                        continue
+                    failed[unit.key] = str(e)
+                    break
+                if not result["ok"]:
+                    await ledger.failed(ledger_name, unit.key, result["reason"], final=True)
+                    failed[unit.key] = result["reason"]
+                    break
+                kept = await on_result(unit, result["ccd"])
+                if kept is not None:
+                    await ledger.done(ledger_name, unit.key, *kept)
+                break
+        done += 1
+        if progress is not None:
+            progress("ccd", done, len(units))
+
+    async with asyncio.TaskGroup() as tg:
+        for unit in units:
+            tg.create_task(one(unit))
+    return failed
+
+
+async def reprocess(
+    config: ReprocessConfig, executor: Executor, progress: Progress | None = None
+) -> RunSummary:
+    """Run (or resume) the release; see the module docstring."""
+    summary = RunSummary(config.release, config.schema)
+    async with mapped_errors("reprocess connect"):
+        pool = await asyncpg.create_pool(config.dsn, min_size=1, max_size=8)
+    try:
+        ledger = await Ledger.connect(pool)
+        await ledger.lock(config.release)
+        status = "interrupted"
+        try:
+            await _run(config, executor, pool, ledger, summary, progress)
+            status = "failed" if summary.failed else "done"
+        finally:
+            await asyncio.shield(_finish(ledger, config.release, status))
+    finally:
+        await pool.close()
+    return summary
+
+
+async def _finish(ledger: Ledger, release: str, status: str) -> None:
+    await ledger.end_release(release, status)
+    await ledger.unlock(release)
+
+
+async def _run(
+    config: ReprocessConfig,
+    executor: Executor,
+    pool: asyncpg.Pool,
+    ledger: Ledger,
+    summary: RunSummary,
+    progress: Progress | None,
+) -> None:
+    repo = await Repository.connect(config.dsn, config.registry_schema)
+    try:
+        units = await ccd_units(repo, config.first_night, config.last_night)
+    finally:
+        await repo.close()
+    if not units:
+        raise InvalidInputError(f"no raws of nights {config.first_night}..{config.last_night}")
+    manifest = (config.night_dir / "manifest.json").read_bytes()
+    chash = config_hash(
+        config.release_id, config.association, {"inputs": hashlib.sha256(manifest).hexdigest()}
+    )
+    if config.clobber:
+        async with mapped_errors("reprocess clobber"), pool.acquire() as conn:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {q(config.schema)} CASCADE")
+    params = {"nights": [config.first_night, config.last_night], "nightDir": str(config.night_dir)}
+    await ledger.begin_release(config.release, config.release_id, config.schema, chash, params)
+    if config.clobber:
+        await ledger.reset(config.release)
+    apdb = await Apdb.connect(config.dsn, config.schema)
+    try:
+        staging = await Staging.connect(pool, config.schema)
+        todo = set(
+            await ledger.todo(
+                config.release, [(u.key, "ccd") for u in units], chash, config.clobber
+            )
+        )
+        summary.ccds = len(units)
+        summary.skipped = len(units) - len(todo)
+
+        async def keep(unit: CcdUnit, ccd: dict[str, Any]) -> tuple[str, int]:
+            data, checksum = pack(ccd)
+            region = region_of(ccd["footprint_ra"], ccd["footprint_dec"])
+            n = len(ccd["sources"]["diaSourceId"])
+            mjd = float(ccd["midpoint_mjd"])
+            await staging.put(unit.visit, unit.detector, mjd, region, checksum, n, data)
+            return checksum, n
+
+        pending = [u for u in units if u.key in todo]
+        summary.failed = await run_units(
+            pending,
+            executor,
+            str(config.night_dir),
+            config.release_id,
+            config.max_attempts,
+            ledger,
+            config.release,
+            keep,
+            progress,
+        )
+        summary.processed = len(pending) - len(summary.failed)
+        done_keys = [(u.visit, u.detector) for u in units if u.key not in summary.failed]
+        await _associate_regions(
+            config, chash, pool, ledger, apdb, staging, done_keys, summary, progress
+        )
+    finally:
+        await apdb.close()
+
+
+async def _associate_regions(
+    config: ReprocessConfig,
+    chash: str,
+    pool: asyncpg.Pool,
+    ledger: Ledger,
+    apdb: Apdb,
+    staging: Staging,
+    keys: list[tuple[int, int]],
+    summary: RunSummary,
+    progress: Progress | None,
+) -> None:
+    regions = await staging.regions(keys)
+    summary.regions = len(regions)
+    checksums = []
+    for i, (region, members) in enumerate(sorted(regions.items())):
+        unit = f"region:{region}"
+        # The region is redone when its members change (a failed CCD that later succeeded).
+        rhash = hashlib.sha256(f"{chash}:{sorted(members)}".encode()).hexdigest()[:16]
+        if await ledger.todo(config.release, [(unit, "region")], rhash, config.clobber):
+            await ledger.start(config.release, unit)
+            try:
+                for visit, detector in members:
+                    if await apdb.is_stored(visit, detector):
+                        continue
+                    ccd = await staging.get(visit, detector)
+                    await associate_ccd(apdb, ccd, config.association)
+            except DmcsError as e:
+                await ledger.failed(config.release, unit, f"{type(e).__name__}: {e}", final=True)
+                summary.failed[unit] = str(e)
+                continue
+            checksum, n = await dia_source_checksum(apdb, members, pool)
+            await ledger.done(config.release, unit, checksum, n)
+            summary.regions_run += 1
+        checksum, n = await dia_source_checksum(apdb, members, pool)
+        checksums.append(checksum)
+        summary.dia_sources += n
+        if progress is not None:
+            progress("region", i + 1, len(regions))
+    summary.checksum = hashlib.sha256("".join(checksums).encode()).hexdigest()

@@ -1,0 +1,214 @@
+"""``dmcs reprocess``: a data release or the daytime catch-up of a night, and its status.
+
+dmcs reprocess --night 20250505 --release dr1 --release-id 1 --night-dir NIGHT --workers 2
+dmcs reprocess --catch-up --night 20250505 --night-dir NIGHT --archive-dir ARCHIVE
+dmcs reprocess status [RELEASE]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from state.errors import DmcsError
+
+console = Console()
+
+
+class RateColumn(ProgressColumn):
+    """Units per second since the phase began."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("-- /s" if speed is None else f"{speed:.2f} /s", style="cyan")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def _dsn(dsn: str | None) -> str:
+    if not dsn:
+        raise click.UsageError("give --dsn (or set $DMCS_DSN)")
+    return dsn
+
+
+def _fail(e: DmcsError) -> click.ClickException:
+    return click.ClickException(f"{type(e).__name__}: {e}")
+
+
+@click.group(invoke_without_command=True)
+@click.option("--dsn", default=lambda: os.environ.get("DMCS_DSN"), help="PostgreSQL DSN.")
+@click.option("--night", type=int, help="The night (dayObs) to reprocess; the first of a range.")
+@click.option("--last-night", type=int, help="The last night (dayObs) of a range.")
+@click.option(
+    "--night-dir",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="Calibrations, templates and reference catalogue (a simulated night).",
+)
+@click.option("--release", help="Release name; outputs go to schema dr_<release>.")
+@click.option("--release-id", type=int, help="Release number 1..31 in every id it mints.")
+@click.option("--catch-up", is_flag=True, help="Process the night's failed prompt CCDs instead.")
+@click.option("--workers", default=1, show_default=True, help="CCDs processed at once.")
+@click.option("--address", help="An existing Ray cluster (default: an embedded local Ray).")
+@click.option("--local", is_flag=True, help="Run in this process (threads), without Ray.")
+@click.option("--clobber", is_flag=True, help="Recompute the release from scratch.")
+@click.option("--max-attempts", default=3, show_default=True, help="Tries per CCD.")
+@click.option("--registry-schema", default="registry", show_default=True)
+@click.option("--apdb-schema", default="apdb", show_default=True, help="Prompt APDB (catch-up).")
+@click.option("--records-schema", default="prompt", show_default=True)
+@click.option("--archive-schema", default="alerts", show_default=True)
+@click.option("--archive-dir", type=click.Path(path_type=Path), help="Alert archive (catch-up).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def reprocess(ctx: click.Context, **opts: Any) -> None:
+    """Reprocess nights as a batch over Ray, exactly once and resumably."""
+    ctx.obj = opts
+    if ctx.invoked_subcommand is not None:
+        return
+    if opts["night"] is None or opts["night_dir"] is None:
+        raise click.UsageError("give --night and --night-dir")
+    dsn = _dsn(opts["dsn"])
+    from base.reprocess.catchup import CatchUpConfig
+    from base.reprocess.runner import ReprocessConfig
+
+    if opts["catch_up"]:
+        if opts["archive_dir"] is None:
+            raise click.UsageError("--catch-up needs --archive-dir (the AlertPublisher's archive)")
+        if opts["clobber"]:
+            raise click.UsageError("--clobber is not allowed on the prompt products")
+        job: Any = CatchUpConfig(
+            dsn=dsn,
+            night_dir=opts["night_dir"],
+            day_obs=opts["night"],
+            archive_dir=opts["archive_dir"],
+            registry_schema=opts["registry_schema"],
+            apdb_schema=opts["apdb_schema"],
+            records_schema=opts["records_schema"],
+            archive_schema=opts["archive_schema"],
+            max_attempts=opts["max_attempts"],
+        )
+    else:
+        if opts["release"] is None or opts["release_id"] is None:
+            raise click.UsageError("give --release and --release-id (or --catch-up)")
+        try:
+            job = ReprocessConfig(
+                dsn=dsn,
+                night_dir=opts["night_dir"],
+                release=opts["release"],
+                release_id=opts["release_id"],
+                first_night=opts["night"],
+                last_night=opts["last_night"],
+                registry_schema=opts["registry_schema"],
+                max_attempts=opts["max_attempts"],
+                clobber=opts["clobber"],
+            )
+        except DmcsError as e:
+            raise _fail(e) from e
+    try:
+        summary = asyncio.run(_run(job, opts))
+    except DmcsError as e:
+        raise _fail(e) from e
+    if opts["as_json"]:
+        click.echo(json.dumps(summary, default=str))
+    else:
+        console.print_json(json.dumps(summary, default=str))
+    if summary.get("failed"):
+        raise SystemExit(1)
+
+
+async def _run(job: Any, opts: dict[str, Any]) -> dict[str, Any]:
+    from base.reprocess.catchup import CatchUpConfig, catch_up
+    from base.reprocess.executor import Executor, InlineExecutor
+    from base.reprocess.runner import reprocess as run_release
+
+    started = False
+    if opts["local"]:
+        executor: Executor = InlineExecutor(opts["workers"])
+    else:
+        from actors.reprocess import RayExecutor, start_ray
+        from actors.runtime import shutdown_ray
+
+        started = start_ray(opts["address"], opts["workers"])
+        executor = RayExecutor(opts["workers"])
+    try:
+        with _progress() as bar:
+            tasks: dict[str, Any] = {}
+
+            def progress(phase: str, done: int, total: int) -> None:
+                if phase not in tasks:
+                    label = "CCDs" if phase == "ccd" else "sky regions"
+                    tasks[phase] = bar.add_task(label, total=total)
+                bar.update(tasks[phase], completed=done, total=total)
+
+            if isinstance(job, CatchUpConfig):
+                return (await catch_up(job, executor, progress)).to_dict()
+            return (await run_release(job, executor, progress)).to_dict()
+    finally:
+        await executor.close()
+        if started:
+            shutdown_ray()
+
+
+@reprocess.command()
+@click.argument("release", required=False)
+@click.option("--dsn", default=None, help="PostgreSQL DSN (default: the group's, $DMCS_DSN).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def status(obj: dict[str, Any], release: str | None, dsn: str | None, as_json: bool) -> None:
+    """Releases and catch-ups in the ledger; with RELEASE, its units."""
+    try:
+        rows = asyncio.run(_status(_dsn(dsn or obj.get("dsn")), release))
+    except DmcsError as e:
+        raise _fail(e) from e
+    if as_json:
+        click.echo(json.dumps(rows, default=str))
+        return
+    if not rows:
+        console.print("nothing in the ledger" if release is None else f"no units of {release}")
+        return
+    table = Table(*rows[0].keys())
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
+
+
+async def _status(dsn: str, release: str | None) -> list[dict[str, Any]]:
+    from base.reprocess.ledger import Ledger
+
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        ledger = await Ledger.connect(pool)
+        if release is None:
+            return await ledger.releases()
+        return [u.__dict__ for u in await ledger.units(release)]
+    finally:
+        await pool.close()

@@ -1,0 +1,293 @@
+"""Batch reprocessing (``base/reprocess``): same DIASources as the prompt code, exactly once,
+kill-and-resume, release namespaces, catch-up into the prompt products."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import numpy as np
+import pytest
+
+from base.apdb.ids import IdPacker
+from base.prompt import ccd_work
+from base.registry import Repository
+from base.reprocess.executor import InlineExecutor
+from base.reprocess.ledger import Ledger
+from base.reprocess.plan import ccd_units
+from base.reprocess.register import register_night_raws
+from base.reprocess.runner import ReprocessConfig, reprocess
+from state.errors import CommandRejected, InvalidInputError
+
+DAY_OBS = 20250505
+REGISTRY = "rp_registry"
+
+
+async def register_raws(dsn: str, night: Path, schema: str = REGISTRY) -> None:
+    repo = await Repository.connect(dsn, schema)
+    try:
+        assert await register_night_raws(repo, night) == 8
+        assert await register_night_raws(repo, night) == 0
+    finally:
+        await repo.close()
+
+
+@pytest.fixture(scope="module")
+async def night(pg_dsn: str, mini_night: Path) -> Path:
+    await register_raws(pg_dsn, mini_night)
+    return mini_night
+
+
+def config(dsn: str, night: Path, release: str, release_id: int, **kw: Any) -> ReprocessConfig:
+    return ReprocessConfig(
+        dsn=dsn,
+        night_dir=night,
+        release=release,
+        release_id=release_id,
+        first_night=DAY_OBS,
+        registry_schema=REGISTRY,
+        **kw,
+    )
+
+
+async def dia_sources(dsn: str, schema: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(
+            await conn.fetch(
+                'SELECT "diaSourceId", "diaObjectId", visit, detector, ra, dec, "psfFlux"'
+                f' FROM "{schema}"."DiaSource" ORDER BY visit, detector, ra'
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def test_ray_reprocess_gives_the_prompt_code_diasources(
+    night: Path, pg_dsn: str, ray_session: None
+) -> None:
+    from actors.reprocess import RayExecutor
+
+    summary = await reprocess(config(pg_dsn, night, "ray", 1), RayExecutor(workers=2))
+    assert summary.ccds == summary.processed == 8 and not summary.failed
+    rows = await dia_sources(pg_dsn, "dr_ray")
+    assert len(rows) == summary.dia_sources > 0
+    assert {IdPacker.unpack(r["diaSourceId"]).release for r in rows} == {1}
+    repo = await Repository.connect(pg_dsn, REGISTRY)
+    units = await ccd_units(repo, DAY_OBS)
+    await repo.close()
+    for unit in units:
+        prompt = ccd_work.process(str(night), unit.visit_info, unit.detector, unit.raw_path)
+        assert prompt["ok"], prompt["reason"]
+        src = prompt["ccd"]["sources"]
+        mine = sorted(
+            (r for r in rows if (r["visit"], r["detector"]) == (unit.visit, unit.detector)),
+            key=lambda r: r["ra"],
+        )
+        order = np.argsort(src["ra"])
+        assert len(mine) == len(order)
+        np.testing.assert_allclose([r["ra"] for r in mine], src["ra"][order], atol=1e-9)
+        np.testing.assert_allclose([r["dec"] for r in mine], src["dec"][order], atol=1e-9)
+        np.testing.assert_allclose([r["psfFlux"] for r in mine], src["psfFlux"][order], rtol=1e-6)
+
+
+async def test_a_rerun_is_skipped_and_a_killed_run_resumes_to_the_same_outputs(
+    night: Path, pg_dsn: str
+) -> None:
+    cfg = config(pg_dsn, night, "resume", 2)
+    whole = await reprocess(cfg, InlineExecutor())
+    assert whole.processed == 8 and whole.regions_run == whole.regions >= 1
+    rows = await dia_sources(pg_dsn, "dr_resume")
+    again = await reprocess(cfg, InlineExecutor())
+    assert (again.processed, again.skipped, again.regions_run) == (0, 8, 0)
+    assert again.checksum == whole.checksum
+
+    seen: list[int] = []
+    task: asyncio.Task[Any] | None = None
+
+    def kill_after_three(phase: str, done: int, total: int) -> None:
+        seen.append(done)
+        if phase == "ccd" and done == 3 and task is not None:
+            task.cancel()
+
+    clobber = ReprocessConfig(**{**cfg.__dict__, "clobber": True})
+    task = asyncio.create_task(reprocess(clobber, InlineExecutor(), kill_after_three))
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    resumed = await reprocess(cfg, InlineExecutor())
+    assert resumed.skipped >= 3 and resumed.processed == 8 - resumed.skipped
+    assert resumed.dia_sources == whole.dia_sources
+    assert resumed.checksum == whole.checksum
+    assert await dia_sources(pg_dsn, "dr_resume") == rows
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2)
+    try:
+        units = await (await Ledger.connect(pool)).units("resume")
+    finally:
+        await pool.close()
+    assert {u.status for u in units} == {"done"} and len(units) == 8 + whole.regions
+
+
+async def test_release_ids_and_names_are_checked(night: Path, pg_dsn: str) -> None:
+    with pytest.raises(InvalidInputError):
+        config(pg_dsn, night, "Bad-Name", 3)
+    with pytest.raises(InvalidInputError):
+        config(pg_dsn, night, "zero", 0)
+    with pytest.raises(InvalidInputError, match="clashes"):
+        await reprocess(config(pg_dsn, night, "other", 2), InlineExecutor())
+    with pytest.raises(InvalidInputError, match="no raws"):
+        await reprocess(
+            config(pg_dsn, night, "empty", 4, last_night=DAY_OBS).__class__(
+                **{**config(pg_dsn, night, "empty", 4).__dict__, "first_night": 20990101}
+            ),
+            InlineExecutor(),
+        )
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
+    try:
+        holder = await Ledger.connect(pool)
+        await holder.lock("locked")
+        with pytest.raises(CommandRejected):
+            await reprocess(config(pg_dsn, night, "locked", 5), InlineExecutor())
+        await holder.unlock("locked")
+    finally:
+        await pool.close()
+
+
+async def test_catch_up_fills_the_gaps_of_injected_prompt_failures(
+    night: Path, pg_dsn: str, tmp_path: Path
+) -> None:
+    from base.alerts import AlertArchive
+    from base.apdb import Apdb
+    from base.prompt.requests import CcdResults
+    from base.prompt_records import CcdOutcome, PromptRecords, VisitRecord
+    from base.reprocess.associate import associate_ccd
+    from base.reprocess.catchup import LATE, CatchUpConfig, catch_up
+    from base.reprocess.plan import AssociationParams
+
+    repo = await Repository.connect(pg_dsn, REGISTRY)
+    units = await ccd_units(repo, DAY_OBS)
+    await repo.close()
+    lost = {units[3].key: "abandoned", units[6].key: "failed"}
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2)
+    apdb = await Apdb.connect(pg_dsn, "cu_apdb")
+    expected = 0
+    try:
+        records = await PromptRecords.connect(pool, "cu_prompt")
+        for info in {u.visit: u.visit_info for u in units}.values():
+            await records.record_visit(
+                VisitRecord(
+                    visit=info["visit"],
+                    day_obs=DAY_OBS,
+                    camera="mini",
+                    band=info["band"],
+                    ra=info["ra"],
+                    dec=info["dec"],
+                    obs_mjd=info["startMjd"],
+                    exposure_time=info["exposureTime"],
+                    n_detectors=4,
+                    field_id=info["fieldId"],
+                )
+            )
+        for unit in units:  # prompt processing of the night, with two CCDs lost
+            out = ccd_work.process(str(night), unit.visit_info, unit.detector, unit.raw_path)
+            expected += len(out["ccd"]["sources"]["ra"])
+            if unit.key in lost:
+                outcome = CcdOutcome(
+                    unit.visit,
+                    unit.detector,
+                    1,
+                    lost[unit.key],
+                    failure_type="timeout",
+                    reason="injected",
+                )
+            else:
+                ccd = CcdResults.from_wire(out["ccd"])
+                await associate_ccd(apdb, ccd, AssociationParams())
+                outcome = CcdOutcome(unit.visit, unit.detector, 1, "processed")
+            await records.record_outcome(outcome)
+        cfg = CatchUpConfig(
+            dsn=pg_dsn,
+            night_dir=night,
+            day_obs=DAY_OBS,
+            archive_dir=tmp_path / "archive",
+            registry_schema=REGISTRY,
+            apdb_schema="cu_apdb",
+            records_schema="cu_prompt",
+            archive_schema="cu_alerts",
+        )
+        summary = await catch_up(cfg, InlineExecutor(workers=2))
+        assert summary.missed == summary.recovered == 2 and not summary.failed
+        rows = await dia_sources(pg_dsn, "cu_apdb")
+        assert len(rows) == len({r["diaSourceId"] for r in rows}) == expected
+        assert {IdPacker.unpack(r["diaSourceId"]).release for r in rows} == {0}
+        caught = [r for r in rows if f"ccd:{r['visit']}/{r['detector']}" in lost]
+        assert summary.alerts == len(caught) > 0
+        archive = await AlertArchive.open(pg_dsn, tmp_path / "archive", "cu_alerts")
+        try:
+            alert = await archive.fetch(caught[0]["diaSourceId"])
+        finally:
+            await archive.close()
+        assert alert is not None and alert["observation_reason"] == LATE
+        night_records = await records.fetch_night(DAY_OBS)
+        assert {o.status for o in night_records.outcomes} == {"processed"}
+        again = await catch_up(cfg, InlineExecutor())
+        assert (again.missed, again.recovered, again.alerts) == (0, 0, 0)
+        assert len(await dia_sources(pg_dsn, "cu_apdb")) == expected
+    finally:
+        await apdb.close()
+        await pool.close()
+
+
+async def dmcs(*args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "dmcs"),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode or 0, out.decode()
+
+
+async def test_cli_runs_a_release_and_reports_its_status(night: Path, pg_dsn: str) -> None:
+    common = ["--dsn", pg_dsn, "--registry-schema", REGISTRY]
+    rc, out = await dmcs(
+        "reprocess",
+        *common,
+        "--night",
+        str(DAY_OBS),
+        "--night-dir",
+        str(night),
+        "--release",
+        "cli",
+        "--release-id",
+        "6",
+        "--local",
+        "--json",
+    )
+    assert rc == 0, out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["processed"] == 8 and summary["schema"] == "dr_cli"
+    rc, out = await dmcs("reprocess", "status", "--dsn", pg_dsn, "--json")
+    assert rc == 0, out
+    row = next(r for r in json.loads(out) if r["name"] == "cli")
+    assert (row["status"], row["release_id"], row["failed"]) == ("done", 6, 0)
+    rc, out = await dmcs("reprocess", "status", "cli", "--dsn", pg_dsn, "--json")
+    assert rc == 0 and {u["status"] for u in json.loads(out)} == {"done"}
+    rc, out = await dmcs(
+        "reprocess",
+        *common,
+        "--night",
+        str(DAY_OBS),
+        "--night-dir",
+        str(night),
+        "--release",
+        "cli",
+        "--release-id",
+        "7",
+        "--local",
+    )
+    assert rc != 0 and "clashes" in out
