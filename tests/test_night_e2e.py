@@ -214,7 +214,7 @@ async def test_faults_leave_the_night_complete_and_correct(faulty_night: Any) ->
     assert log.link_cut_ingested == 0, "nothing crossed the cut link"
     assert log.killed is not None and log.association_faulted and log.postgres_restarted
     assert any("CcdProcessor1 restarted" in r for r in p.recoveries), p.recoveries
-    assert outcome.complete, (p.expected - p.finished, p.failed)
+    assert outcome.complete, (p.expected - p.finished, p.failed, p.recoveries, log)
     # Every image taken reached the registry, unchanged.
     assert set(found["raws"]) == p.expected
     assert found["raws"] == staged_checksums(outcome, staging)

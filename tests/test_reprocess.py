@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -291,3 +292,42 @@ async def test_cli_runs_a_release_and_reports_its_status(night: Path, pg_dsn: st
         "--local",
     )
     assert rc != 0 and "clashes" in out
+
+
+async def test_a_bad_raw_fails_with_its_reason_and_a_later_run_completes_the_release(
+    night: Path, pg_dsn: str, tmp_path: Path
+) -> None:
+    copy = tmp_path / "night"
+    shutil.copytree(night / "raws", copy / "raws")
+    bad = sorted(copy.glob("raws/*/*/raw_*.fits"))[5]
+    good = bad.read_bytes()
+    bad.write_bytes(good[: len(good) // 2])
+    repo = await Repository.connect(pg_dsn, "rp_bad_registry")
+    try:
+        assert await register_night_raws(repo, copy) == 8
+    finally:
+        await repo.close()
+    cfg = ReprocessConfig(
+        dsn=pg_dsn,
+        night_dir=night,
+        release="bad",
+        release_id=8,
+        first_night=DAY_OBS,
+        registry_schema="rp_bad_registry",
+    )
+    first = await reprocess(cfg, InlineExecutor())
+    assert list(first.failed) == [f"ccd:{bad.parent.name}/{int(bad.stem[-3:])}"]
+    assert "missing_amplifier" in next(iter(first.failed.values()))
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2)
+    try:
+        ledger = await Ledger.connect(pool)
+        failed = [u for u in await ledger.units("bad") if u.status == "failed"]
+        assert len(failed) == 1 and failed[0].attempts == 1 and failed[0].reason
+        assert [r["status"] for r in await ledger.releases() if r["name"] == "bad"] == ["failed"]
+        bad.write_bytes(good)
+        second = await reprocess(cfg, InlineExecutor())
+        assert (second.processed, second.skipped, second.failed) == (1, 7, {})
+        assert second.regions_run >= 1 and second.dia_sources > first.dia_sources
+        assert {u.status for u in await ledger.units("bad")} == {"done"}
+    finally:
+        await pool.close()

@@ -102,7 +102,48 @@ class CcdProcessor(Controller):
                 )
             if recovered:
                 self.log_message(logging.WARNING, f"{len(recovered)} interrupted CCD(s) requeued")
+            await self._reconcile()
             self._wakeup.set()
+
+    async def _reconcile(self) -> None:
+        """Queue the raws of this processor's detectors ingested while it was not listening."""
+        first = self.queue.first_visit()
+        if first is None or self._repository is None:
+            return
+        try:
+            raws = await self._repository.raws_from_visit(first)
+        except DmcsError as e:
+            self.log_message(logging.WARNING, f"could not look for missed raws: {e}")
+            return
+        missed = [
+            r for r in raws if self.owns(r.detector) and self.queue.enqueue(r.visit, r.detector)
+        ]
+        if missed:
+            self.log_message(
+                logging.WARNING, f"{len(missed)} CCD(s) ingested while not listening; queued"
+            )
+
+    async def _visit_info(self, visit: int) -> dict[str, Any] | None:
+        """The visit as ``nextVisit`` described it, or as the registry has it (missed event)."""
+        info = self.queue.visit_info(visit)
+        if info is not None or self._repository is None:
+            return info
+        exposure = await self._repository.get_exposure(visit)
+        if exposure is None or exposure.band is None or exposure.mjd_start is None:
+            return None
+        info = {
+            "visit": visit,
+            "camera": exposure.camera,
+            "dayObs": exposure.day_obs,
+            "band": exposure.band,
+            "ra": exposure.ra,
+            "dec": exposure.dec,
+            "fieldId": exposure.field_id,
+            "startMjd": exposure.mjd_start,
+            "exposureTime": exposure.exposure_time,
+        }
+        self.queue.remember_visit(visit, info)
+        return info
 
     async def run_background(self, tg: SupervisedGroup) -> None:
         tg.create_task(self._work_loop())
@@ -183,9 +224,10 @@ class CcdProcessor(Controller):
             self.log.warning("preload of visit %s detector %s failed: %s", visit, detector, e)
 
     async def _process(self, item: WorkItem) -> None:
-        info = self.queue.visit_info(item.visit)
+        info = await self._visit_info(item.visit)
         if info is None:
-            await self._finish(item, failure("bad_input", "no nextVisit was seen for this visit"))
+            reason = "neither nextVisit nor the registry describes this visit"
+            await self._finish(item, failure("bad_input", reason))
             return
         try:
             raw = await self._raw_path(item.visit, item.detector)

@@ -68,6 +68,11 @@ class WorkQueue:
         row = self._db.execute("SELECT info FROM visits WHERE visit = ?", (visit,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def first_visit(self) -> int | None:
+        """The earliest visit this processor has heard of (None: none yet)."""
+        row = self._db.execute("SELECT min(visit) FROM visits").fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
     def enqueue(self, visit: int, detector: int) -> bool:
         """Add work once; False when (visit, detector) is already known in any state."""
         return (

@@ -137,6 +137,15 @@ class Repository:
         rows = await self._fetch("listing raws", "SELECT * FROM raws ORDER BY ingested_at, visit")
         return [_record(RawRecord, r) for r in rows]
 
+    async def raws_from_visit(self, first_visit: int) -> list[RawRecord]:
+        """The raws of ``first_visit`` and every later visit, in visit and detector order."""
+        rows = await self._fetch(
+            "listing raws",
+            "SELECT * FROM raws WHERE visit >= $1 ORDER BY visit, detector",
+            first_visit,
+        )
+        return [_record(RawRecord, r) for r in rows]
+
     async def get_exposure(self, visit: int) -> ExposureRecord | None:
         rows = await self._fetch(
             "reading an exposure", "SELECT * FROM exposures WHERE visit = $1", visit

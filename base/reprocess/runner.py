@@ -33,6 +33,8 @@ from base.reprocess.staging import Staging
 from base.reprocess.work import CcdUnit, pack
 from state.errors import DmcsError, InvalidInputError, RetriableError
 
+#: Seconds before the first retry of a CCD whose worker was lost (doubling after).
+RETRY_BACKOFF = 0.5
 #: progress(phase, done, total): phase is "ccd" or "region".
 Progress = Callable[[str, int, int], None]
 
@@ -113,6 +115,7 @@ async def run_units(
                         ledger_name, unit.key, f"{type(e).__name__}: {e}", final=final
                     )
                     if not final:
+                        await asyncio.sleep(RETRY_BACKOFF * 2 ** (attempt - 1))
                         continue
                     failed[unit.key] = str(e)
                     break
@@ -175,7 +178,10 @@ async def _run(
         await repo.close()
     if not units:
         raise InvalidInputError(f"no raws of nights {config.first_night}..{config.last_night}")
-    manifest = (config.night_dir / "manifest.json").read_bytes()
+    try:
+        manifest = await asyncio.to_thread((config.night_dir / "manifest.json").read_bytes)
+    except OSError as e:
+        raise InvalidInputError(f"{config.night_dir} is not a simulated night: {e}") from e
     chash = config_hash(
         config.release_id, config.association, {"inputs": hashlib.sha256(manifest).hexdigest()}
     )
@@ -259,7 +265,8 @@ async def _associate_regions(
             checksum, n = await dia_source_checksum(apdb, members, pool)
             await ledger.done(config.release, unit, checksum, n)
             summary.regions_run += 1
-        checksum, n = await dia_source_checksum(apdb, members, pool)
+        else:
+            checksum, n = await dia_source_checksum(apdb, members, pool)
         checksums.append(checksum)
         summary.dia_sources += n
         if progress is not None:

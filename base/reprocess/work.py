@@ -19,7 +19,7 @@ import numpy as np
 from base.apdb.ids import IdPacker
 from base.prompt import ccd_work
 from base.prompt.requests import CcdResults
-from state.errors import InvalidInputError
+from state.errors import DmcsError, InvalidInputError
 
 #: Columns that differ between two runs of the same CCD by design (left out of checksums).
 VOLATILE = ("timeProcessedMjdTai",)
@@ -44,8 +44,15 @@ class CcdUnit:
 
 
 def process_ccd(night_dir: str, unit: CcdUnit, release: int) -> dict[str, Any]:
-    """``{"ok", "reason", "ccd"}``; ``ccd`` (a ``CcdResults`` wire dict) when ok."""
-    result = ccd_work.process(night_dir, unit.visit_info, unit.detector, unit.raw_path)
+    """``{"ok", "reason", "ccd"}``; ``ccd`` (a ``CcdResults`` wire dict) when ok.
+
+    Bad input (a malformed exposure description, results that fail validation) comes back
+    as ``ok: False`` with its reason, never as an exception: it is not worth a retry.
+    """
+    try:
+        result = ccd_work.process(night_dir, unit.visit_info, unit.detector, unit.raw_path)
+    except (DmcsError, ValueError, KeyError, TypeError) as e:
+        return {"ok": False, "reason": f"bad_input:{type(e).__name__}:{e}"}
     if not result["ok"]:
         return {"ok": False, "reason": result["reason"]}
     ccd = dict(result["ccd"])
