@@ -193,18 +193,22 @@ async def faulty_night(
     staging = tmp_path_factory.mktemp("staging")
     log = FaultLog()
     with private_postgres(pgdata) as dsn:
-        running = await night_system(system_factory, dsn, night, "")
-        async with Client(running.ws_url, token=TOKENS["ocs"]) as client:
-            outcome = await replay_night(
-                client,
-                night,
-                staging,
-                speed=FAULT_SPEED,
-                drain_seconds=240,
-                during=inject_faults(running, client, pgdata, dsn, log),
-            )
-            await client.set_system_state(State.STANDBY)
-        found = await counts(dsn, "", outcome.visits)
+        try:
+            running = await night_system(system_factory, dsn, night, "")
+            async with Client(running.ws_url, token=TOKENS["ocs"]) as client:
+                outcome = await replay_night(
+                    client,
+                    night,
+                    staging,
+                    speed=FAULT_SPEED,
+                    drain_seconds=240,
+                    during=inject_faults(running, client, pgdata, dsn, log),
+                )
+                await client.set_system_state(State.STANDBY)
+            found = await counts(dsn, "", outcome.visits)
+        finally:
+            # The restarted server is not the one the context started: stop it here.
+            await asyncio.to_thread(stop_postgres, pgdata)
     return outcome, found, staging, log
 
 
