@@ -6,6 +6,7 @@ import base64
 import json
 import re
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from base.reports import (
     write_night_reports,
 )
 from base.reports.quality import m50
+from config.cameras import SkyConfig
 from state.errors import InvalidInputError, StorageError
 from summit.schedule import Visit
 from summit.simulation import plan_night, run_night
@@ -39,9 +41,13 @@ LIMIT = 23.5  # the constructed DIASources: every changing source brighter than 
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple[Visit, ...]]:
-    """A real simulated night of the mini camera (truth only: no raws, calibs or templates)."""
+    """A real simulated night of the mini camera (truth only: no raws, calibs or templates).
+
+    On the default (uncrowded) sky, so that the constructed detector below sees no blends.
+    """
     out = tmp_path_factory.mktemp("night")
     plan = plan_night("mini", N_VISITS, 3, out)
+    plan = replace(plan, camera=plan.camera.model_copy(update={"sky": SkyConfig()}))
     run_night(plan, calibs=False, templates=False)
     return out / "truth.sqlite", plan.visits
 
