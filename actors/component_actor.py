@@ -8,6 +8,7 @@ import importlib
 import logging
 import os
 import uuid
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,9 @@ class ComponentActor:
         self._system = system
         self._bus = ray.get_actor(bus_name(system), namespace=NAMESPACE)
         self._outbox = OrderedSender(self._bus.publish_many.remote, f"{spec['name']}-events")
-        self._restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        with warnings.catch_warnings():  # Ray's own property uses a deprecated one inside
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self._restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self._component: Controller | None = None
         self._failure: Exception | None = None
         self._ready = asyncio.Event()

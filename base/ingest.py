@@ -23,13 +23,12 @@ from astropy.io import fits
 from base.header_merge import merged_parts, split_primary
 from base.ingest_ledger import Ledger, Received
 from base.ingest_records import raw_records
-from base.raw_storage import store_parts
 from base.registry import DetectorRecord, ExposureRecord, RawRecord, Repository
 from config.components import resolve_settings, validate_settings
 from config.data_path import IngestSettings
 from state.clock import tai_now
 from state.controller import Controller, SupervisedGroup
-from state.durable import sha256_hex
+from state.durable import sha256_hex, store_parts
 from state.errors import (
     ChecksumMismatchError,
     ConfigurationError,

@@ -8,11 +8,10 @@ re-delivered raw is recognised without asking PostgreSQL.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from state.errors import StorageError
+from state.durable_sqlite import open_durable, write
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS received (
@@ -61,24 +60,15 @@ class Received:
 
 class Ledger:
     def __init__(self, path: Path) -> None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as e:
-            raise StorageError(f"cannot open the ingest ledger {path}: {e}") from e
+        self._what = f"ingest ledger {path}"
+        self._db = open_durable(path, _SCHEMA, "ingest ledger")
         self.path = path
 
     def close(self) -> None:
         self._db.close()
 
     def _write(self, sql: str, args: tuple[object, ...]) -> None:
-        try:
-            self._db.execute(sql, args)
-        except sqlite3.Error as e:
-            raise StorageError(f"cannot update the ingest ledger {self.path}: {e}") from e
+        write(self._db, sql, args, self._what)
 
     def find(self, visit: int, detector: int) -> Received | None:
         row = self._db.execute(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -13,9 +12,9 @@ import aiohttp
 import click
 
 from base.alerts import decode
+from commands.cli_options import connection_options
 from state.errors import DmcsError
 
-DEFAULT_URL = "ws://127.0.0.1:8765/ws"
 STREAM_PATH = "/alerts/v1/stream"
 
 
@@ -27,20 +26,6 @@ def base_url(url: str, websocket: bool = False) -> str:
         (websocket, secure), "http"
     )
     return urlunsplit((scheme, parts.netloc, "", "", ""))
-
-
-def _options(f: Any) -> Any:
-    f = click.option(
-        "--token",
-        default=lambda: os.environ.get("DMCS_TOKEN"),
-        help="Bearer token (default: $DMCS_TOKEN); alerts need one.",
-    )(f)
-    return click.option(
-        "--url",
-        default=lambda: os.environ.get("DMCS_URL", DEFAULT_URL),
-        show_default=DEFAULT_URL,
-        help="Gateway WebSocket URL (default: $DMCS_URL).",
-    )(f)
 
 
 def _headers(token: str | None) -> dict[str, str]:
@@ -81,7 +66,7 @@ def alerts() -> None:
 
 
 @alerts.command("get")
-@_options
+@connection_options
 @click.argument("dia_source_id", type=int)
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Save the packet.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole alert (cutouts omitted).")
@@ -110,7 +95,7 @@ def get(url: str, token: str | None, dia_source_id: int, out: Path | None, as_js
 
 
 @alerts.command("stream")
-@_options
+@connection_options
 @click.option("--filter", "filter_name", help="A predefined filter by name.")
 @click.option("--expression", help="A filter in the filter language (quote it).")
 @click.option("--full", is_flag=True, help="The whole stream (broker identities only).")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from commands.alerts_cli import alerts
+from commands.cli_options import connection_options
 from commands.client import Client
 from commands.logs import configure_logging
 from commands.reprocess_cli import reprocess
@@ -22,7 +22,6 @@ from commands.simulate_cli import simulate
 from state.acks import Ack
 from state.errors import AckError, DmcsError
 
-DEFAULT_URL = "ws://127.0.0.1:8765/ws"
 console = Console()
 
 
@@ -33,20 +32,6 @@ def _run(coro: Any) -> Any:
         raise click.ClickException(str(e)) from e
     except DmcsError as e:
         raise click.ClickException(f"{type(e).__name__}: {e}") from e
-
-
-def connection_options(f: Any) -> Any:
-    f = click.option(
-        "--token",
-        default=lambda: os.environ.get("DMCS_TOKEN"),
-        help="Bearer token (default: $DMCS_TOKEN); watching needs none.",
-    )(f)
-    return click.option(
-        "--url",
-        default=lambda: os.environ.get("DMCS_URL", DEFAULT_URL),
-        show_default=DEFAULT_URL,
-        help="Gateway WebSocket URL (default: $DMCS_URL).",
-    )(f)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -43,3 +43,5 @@ def configure_logging(fmt: LogFormat = "console", level: int = logging.INFO) -> 
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # pgserver narrates every pg_ctl call at INFO; its warnings and errors still show.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -17,10 +18,25 @@ def write_durably(path: Path, data: bytes) -> None:
     A crash leaves either the old file or the complete new one, never a torn write.
     Raises OSError; callers map it to their own error.
     """
+    store_parts(path, (data,))
+
+
+def store_parts(path: Path, parts: Sequence[bytes | memoryview]) -> tuple[str, int]:
+    """Write ``parts`` one after the other to ``path`` as :func:`write_durably` does.
+
+    Returns (sha256 hex, size), hashed on the way. Merging a header into a 70 MB raw changes
+    only its first kilobytes; writing the new header and a view of the original amplifier
+    bytes avoids copying the pixels twice.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
+    digest = hashlib.sha256()
+    size = 0
     with tmp.open("wb") as f:
-        f.write(data)
+        for part in parts:
+            digest.update(part)
+            f.write(part)
+            size += len(part)
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
@@ -29,3 +45,4 @@ def write_durably(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    return digest.hexdigest(), size

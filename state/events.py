@@ -29,6 +29,20 @@ CAMERA_EVENTS: frozenset[str] = frozenset(
 )
 OCS_SOURCES: frozenset[str] = frozenset({"OCS", "Camera"})
 
+#: The stages of one CCD in prompt processing, in pipeline order (docs/events.md).
+PROMPT_STAGES: tuple[str, ...] = (
+    "endReadout",
+    "inBuffer",
+    "ingested",
+    "preloadReady",
+    "isrDone",
+    "differenceDone",
+    "diaSourcesMeasured",
+    "associated",
+    "apdbStored",
+    "alertsPublished",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Event:

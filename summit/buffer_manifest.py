@@ -12,7 +12,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from state.errors import StorageError
+from state.durable_sqlite import open_durable, write
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -61,24 +61,15 @@ class Entry:
 
 class Manifest:
     def __init__(self, path: Path) -> None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as e:
-            raise StorageError(f"cannot open the buffer manifest {path}: {e}") from e
+        self._what = f"buffer manifest {path}"
+        self._db = open_durable(path, _SCHEMA, "buffer manifest")
         self.path = path
 
     def close(self) -> None:
         self._db.close()
 
     def _write(self, sql: str, args: tuple[object, ...]) -> sqlite3.Cursor:
-        try:
-            return self._db.execute(sql, args)
-        except sqlite3.Error as e:
-            raise StorageError(f"cannot update the buffer manifest {self.path}: {e}") from e
+        return write(self._db, sql, args, self._what)
 
     def _select(self, where: str, args: tuple[object, ...] = ()) -> list[Entry]:
         rows = self._db.execute(f"SELECT {_COLUMNS} FROM images WHERE {where}", args)

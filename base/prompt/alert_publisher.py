@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 import asyncpg
 import numpy as np
@@ -35,6 +35,7 @@ MAX_POSITIONS = 50
 
 class AlertPublisher(Controller, AlertStreamRpc):
     version = "0.1.0"
+    uses_database: ClassVar[bool] = True
     event_topics = ("alertsPublished", "visitLatency", "processingStatus")
     listen_components = ("*",)
     listen_topics = ("nextVisit", "ccdProcessed")

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
-from algorithms.association_run import associate
-from base.apdb import Apdb, Region
+from base.apdb import Apdb
+from base.prompt.association_step import associate_ccd
 from base.prompt.requests import CcdResults
 from base.prompt.settings import AssociationSettings
 from config.components import resolve_settings, validate_settings
-from state.clock import tai_now
 from state.controller import Controller, SupervisedGroup
 from state.errors import DmcsError, InvalidInputError, NotReadyError, RetriableError
 from state.peers import call_with_retry
@@ -33,6 +32,7 @@ APDB_FAILED = 201
 
 class Association(Controller):
     version = "0.1.0"
+    uses_database: ClassVar[bool] = True
     event_topics = ("ccdStage", "processingStatus")
 
     def __init__(self, name: str, **kwargs: Any) -> None:
@@ -135,38 +135,17 @@ class Association(Controller):
         apdb = self._apdb
         if apdb is None:
             raise NotReadyError(f"{self.name} has no APDB connection")
-        region = Region(ccd.footprint_ra, ccd.footprint_dec, self.config.pad_arcsec)
         try:
-            preload = await apdb.preload(region, ccd.midpoint_mjd, self.config.history_days)
-            result = await asyncio.to_thread(
-                associate,
-                ccd.sources,
-                preload.objects,
-                preload.sources,
-                preload.forced_sources,
-                ccd.midpoint_mjd,
-                radius_arcsec=self.config.radius_arcsec,
-            )
-            ccd.stages["associated"] = tai_now()
-            store = await apdb.store(
-                ccd.visit,
-                ccd.detector,
-                result.sources,
-                result.objects,
-                ccd.forced_sources,
-                result.ss_sources,
-            )
-            ccd.stages["apdbStored"] = tai_now()
+            done = await associate_ccd(apdb, ccd, self.config)
         except RetriableError:
+            raise
+        except InvalidInputError as e:
+            await self.fault(BAD_INPUT, f"rejected CCD results: {e}")
             raise
         except DmcsError as e:
             await self.fault(APDB_FAILED, f"visit {ccd.visit} detector {ccd.detector}: {e}")
             raise
-        except (ValueError, TypeError, KeyError) as e:
-            error = InvalidInputError(f"visit {ccd.visit} detector {ccd.detector}: {e}")
-            await self.fault(BAD_INPUT, f"rejected CCD results: {error}")
-            raise error from e
-        return result, preload, store.stored
+        return done.result, done.preload, done.stored
 
     async def _handoff_loop(self) -> None:
         """Hand stored CCDs to the alert publisher; it deduplicates, so retrying is safe."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 import asyncpg
 
@@ -42,6 +42,7 @@ OWN_STAGES = ("endReadout", "inBuffer", "ingested", "preloadReady", "isrDone",
 
 class CcdProcessor(Controller):
     version = "0.1.0"
+    uses_database: ClassVar[bool] = True
     event_topics = ("ccdStage", "ccdProcessed", "processingStatus")
     listen_components = ("Camera", "SummitBuffer", "Ingest")
     listen_topics = ("nextVisit", "endReadout", "imageInBuffer", "imageIngested")

@@ -17,21 +17,11 @@ import numpy as np
 
 from algorithms.association import Columns
 from state.errors import InvalidInputError
+from state.events import PROMPT_STAGES
 
 REQUIRED_SOURCE_COLUMNS = ("diaSourceId", "ra", "dec", "midpointMjdTai", "psfFlux", "psfFluxErr")
 
-STAGES = (
-    "endReadout",
-    "inBuffer",
-    "ingested",
-    "preloadReady",
-    "isrDone",
-    "differenceDone",
-    "diaSourcesMeasured",
-    "associated",
-    "apdbStored",
-    "alertsPublished",
-)
+STAGES = PROMPT_STAGES
 
 
 @dataclass

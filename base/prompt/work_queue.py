@@ -9,13 +9,12 @@ attempt count kept, so the retry limit still holds.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from state.errors import StorageError
+from state.durable_sqlite import open_durable, write
 
 FINAL_STATES = ("done", "failed", "abandoned")
 
@@ -41,20 +40,10 @@ class WorkItem:
 
 class WorkQueue:
     def __init__(self, path: Path) -> None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as e:
-            raise StorageError(f"cannot open the work queue {path}: {e}") from e
+        self._db = open_durable(path, _SCHEMA, "work queue")
 
     def _write(self, sql: str, *args: Any) -> int:
-        try:
-            return self._db.execute(sql, args).rowcount
-        except sqlite3.Error as e:
-            raise StorageError(f"work queue write failed: {e}") from e
+        return write(self._db, sql, args, "work queue").rowcount
 
     def remember_visit(self, visit: int, info: dict[str, Any]) -> None:
         self._write(

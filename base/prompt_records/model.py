@@ -14,20 +14,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from state.errors import InvalidInputError
+from state.events import PROMPT_STAGES
 
 #: The stages of one CCD, in pipeline order (docs/events.md).
-STAGES: tuple[str, ...] = (
-    "endReadout",
-    "inBuffer",
-    "ingested",
-    "preloadReady",
-    "isrDone",
-    "differenceDone",
-    "diaSourcesMeasured",
-    "associated",
-    "apdbStored",
-    "alertsPublished",
-)
+STAGES = PROMPT_STAGES
 STAGE_INDEX = {s: i for i, s in enumerate(STAGES)}
 #: Stages that may be recorded once for the whole visit (``detector=None``).
 VISIT_STAGES = frozenset({"endReadout", "inBuffer", "ingested"})

@@ -12,20 +12,9 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from state.events import Event
+from state.events import PROMPT_STAGES, Event
 
-STAGES: tuple[str, ...] = (
-    "endReadout",
-    "inBuffer",
-    "ingested",
-    "preloadReady",
-    "isrDone",
-    "differenceDone",
-    "diaSourcesMeasured",
-    "associated",
-    "apdbStored",
-    "alertsPublished",
-)
+STAGES = PROMPT_STAGES
 STAGE_INDEX = {name: i for i, name in enumerate(STAGES)}
 
 

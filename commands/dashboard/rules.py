@@ -65,7 +65,7 @@ class Rules:
                 severity = stepped(lag, self.thresholds.ingest_lag_s)
                 reason = f"ingest lags the camera by {lag:.1f} s" if severity else ""
                 return [Verdict(f"IngestLag.{event.component}", event.component, severity, reason)]
-            case "visitLatency" | "alertsPublished" if "latencySeconds" in data:
+            case "visitLatency" | "alertsPublished" if data.get("latencySeconds") is not None:
                 return [self._latency(event)]
         return []
 

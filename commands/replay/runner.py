@@ -12,6 +12,7 @@ from commands.client import Client
 from commands.night_driver import DriveProgress, DriveSummary, NightDriver
 from commands.replay.watch import NightProgress, NightWatcher
 from state.states import State
+from summit.night_files import NightSource
 
 #: Seconds after the last endReadout that the night may still take to finish processing.
 DEFAULT_DRAIN_SECONDS = 300.0
@@ -28,7 +29,7 @@ class ReplayOutcome:
 
 async def replay_night(
     client: Client,
-    night_dir: Path,
+    night_dir: Path | NightSource,
     staging: Path,
     *,
     speed: float = 1.0,
