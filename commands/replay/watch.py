@@ -19,6 +19,9 @@ from state.states import State
 
 log = logging.getLogger("dmcs.replay")
 
+#: Seconds the watcher keeps trying to re-enable a restarted component.
+REENABLE_SECONDS = 120.0
+
 TOPICS = ("ccdProcessed", "alertsPublished", "visitLatency", "summaryState", "imageIngested")
 
 
@@ -110,11 +113,23 @@ class NightWatcher:
             tg.create_task(self._reenable(name))
 
     async def _reenable(self, name: str) -> None:
-        try:
-            await self.client.set_state(name, self.wanted_state)
-            log.warning("%s came back from a restart; re-enabled", name)
-        except DmcsError as e:
-            log.error("could not re-enable %s after its restart: %s", name, e)
+        """Bring a restarted component back to the wanted state, retrying while it refuses
+        (its database may be down too), for up to ``REENABLE_SECONDS``."""
+        deadline = asyncio.get_running_loop().time() + REENABLE_SECONDS
+        delay = 0.5
+        while True:
+            try:
+                await self.client.set_state(name, self.wanted_state)
+                log.warning("%s came back from a restart; re-enabled", name)
+                return
+            except DmcsError as e:
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    log.error("could not re-enable %s after its restart: %s", name, e)
+                    self.progress.recoveries.append(f"{name} could not be re-enabled: {e}")
+                    return
+                log.warning("re-enabling %s failed (%s); retrying in %.1f s", name, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def wait_for(self, predicate: Callable[[NightProgress], bool], timeout: float) -> bool:
         """True once ``predicate(progress)`` holds, False if ``timeout`` seconds pass first."""
