@@ -18,6 +18,7 @@ import asyncpg
 import numpy as np
 import pytest
 
+from base.reports.truth import load_truth, match
 from commands.client import Client
 from commands.replay.night_system import night_system_config
 from commands.replay.runner import ReplayOutcome, replay_night
@@ -125,6 +126,32 @@ async def test_every_ccd_ends_and_alerts_match_diasources(clean_night: Any) -> N
     assert p.duplicate_publications == 0
     assert found["publishedCcds"] == len(p.processed)
     assert all(0 < latency < 60 for latency in p.latencies.values()), p.latencies
+
+
+async def test_diasources_find_the_true_transients(
+    clean_night: Any, pg_dsn: str, mini_night: Path
+) -> None:
+    """Against the simulation's truth: bright true transients in the difference images are
+    found where the truth says, and the DIASource fluxes agree with the true ones."""
+    outcome, _, _ = clean_night
+    truth = load_truth(mini_night / "truth.sqlite", outcome.visits)
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        rows = await conn.fetch(
+            'SELECT visit, ra, dec, "psfFlux", "psfFluxErr" FROM e2e_apdb."DiaSource"'
+            " WHERE visit = ANY($1::bigint[])",
+            outcome.visits,
+        )
+    finally:
+        await conn.close()
+    dia = {k: np.array([r[k] for r in rows]) for k in ("visit", "ra", "dec", "psfFlux")}
+    nearest, _ = match(truth, dia)
+    bright = (truth.kind == "transient") & (truth.diff_mag < 21.5)
+    assert bright.sum() >= 3, "the mini night has bright transients to find"
+    found = bright & (nearest >= 0)
+    assert found.sum() / bright.sum() >= 0.9, (found.sum(), bright.sum())
+    measured = dia["psfFlux"][nearest[found]]
+    assert np.median(measured / truth.diff_flux_njy[found]) == pytest.approx(1.0, abs=0.15)
 
 
 # ----------------------------------------------------------------------------- faults
