@@ -24,7 +24,6 @@ import numpy as np
 from base.alerts import AlertArchive, build_alerts, serialize
 from base.alerts.schema import AlertSchema, latest_schema
 from base.apdb import Apdb
-from base.apdb.db import mapped_errors
 from base.prompt.requests import CcdResults
 from base.prompt_records import CcdOutcome, PromptRecords
 from base.registry.repository import Repository
@@ -32,7 +31,7 @@ from base.reprocess.associate import Associated, associate_ccd
 from base.reprocess.executor import Executor
 from base.reprocess.ledger import Ledger
 from base.reprocess.plan import AssociationParams, ccd_units, config_hash
-from base.reprocess.runner import Progress, run_units
+from base.reprocess.runner import Progress, run_locked, run_units
 from base.reprocess.work import CcdUnit, columns_checksum
 from state.clock import tai_now
 from state.errors import DmcsError
@@ -77,25 +76,13 @@ async def catch_up(
     config: CatchUpConfig, executor: Executor, progress: Progress | None = None
 ) -> CatchUpSummary:
     summary = CatchUpSummary(config.day_obs)
-    async with mapped_errors("catch-up connect"):
-        pool = await asyncpg.create_pool(config.dsn, min_size=1, max_size=8)
-    try:
-        ledger = await Ledger.connect(pool)
-        await ledger.lock(config.name)
-        status = "interrupted"
-        try:
-            await _catch_up(config, executor, pool, ledger, summary, progress)
-            status = "failed" if summary.failed else "done"
-        finally:
-            await asyncio.shield(_finish(ledger, config.name, status))
-    finally:
-        await pool.close()
+
+    async def work(pool: asyncpg.Pool, ledger: Ledger) -> bool:
+        await _catch_up(config, executor, pool, ledger, summary, progress)
+        return bool(summary.failed)
+
+    await run_locked(config.dsn, config.name, work)
     return summary
-
-
-async def _finish(ledger: Ledger, name: str, status: str) -> None:
-    await ledger.end_release(name, status)
-    await ledger.unlock(name)
 
 
 async def _catch_up(

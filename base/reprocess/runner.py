@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,20 +142,35 @@ async def reprocess(
 ) -> RunSummary:
     """Run (or resume) the release; see the module docstring."""
     summary = RunSummary(config.release, config.schema)
-    async with mapped_errors("reprocess connect"):
-        pool = await asyncpg.create_pool(config.dsn, min_size=1, max_size=8)
+
+    async def work(pool: asyncpg.Pool, ledger: Ledger) -> bool:
+        await _run(config, executor, pool, ledger, summary, progress)
+        return bool(summary.failed)
+
+    await run_locked(config.dsn, config.release, work)
+    return summary
+
+
+async def run_locked(
+    dsn: str, name: str, work: Callable[[asyncpg.Pool, Ledger], Awaitable[bool]]
+) -> None:
+    """Run ``work`` holding the ledger's lock on ``name``; record how it ended.
+
+    ``work`` returns True when some unit failed. The release ends ``done``, ``failed`` or, if
+    ``work`` raised or was cancelled, ``interrupted`` (a later run resumes it).
+    """
+    async with mapped_errors(f"{name} connect"):
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=8)
     try:
         ledger = await Ledger.connect(pool)
-        await ledger.lock(config.release)
+        await ledger.lock(name)
         status = "interrupted"
         try:
-            await _run(config, executor, pool, ledger, summary, progress)
-            status = "failed" if summary.failed else "done"
+            status = "failed" if await work(pool, ledger) else "done"
         finally:
-            await asyncio.shield(_finish(ledger, config.release, status))
+            await asyncio.shield(_finish(ledger, name, status))
     finally:
         await pool.close()
-    return summary
 
 
 async def _finish(ledger: Ledger, release: str, status: str) -> None:
