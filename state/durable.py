@@ -12,6 +12,19 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def writable_dir(path: Path) -> Path:
+    """``path`` as an absolute folder, created if needed and probed by writing in it.
+
+    Raises OSError when it cannot be created or written; callers map it to their own error.
+    """
+    path = Path(path).absolute()
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / ".dmcs-write-probe"
+    probe.write_bytes(b"")
+    probe.unlink()
+    return path
+
+
 def write_durably(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: temp file, fsync, rename, fsync the folder.
 

@@ -12,7 +12,6 @@ remote method raised is re-raised as it was when it is a ``DmcsError``.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -63,17 +62,3 @@ class NoPeers:
 
     def __call__(self, name: str) -> Peer:
         raise ConfigurationError(f"no data-plane peers configured (wanted {name!r})")
-
-
-async def call_with_retry(
-    peer: Peer, method: str, *args: Any, attempts: int = 5, backoff: float = 0.2, **kwargs: Any
-) -> Any:
-    """Retry a data-plane call on ``ConnectionLostError`` (a restarting actor), then give up."""
-    for attempt in range(attempts):
-        try:
-            return await peer.call(method, *args, **kwargs)
-        except ConnectionLostError:
-            if attempt == attempts - 1:
-                raise
-            await asyncio.sleep(backoff * 2**attempt)
-    raise AssertionError("unreachable")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config.cameras import Camera, load_camera
+from state.durable import writable_dir
 from state.errors import ConfigurationError, InvalidInputError, StorageError
 from summit.camera import CameraSimulator, raw_path
 from summit.raw_headers import obs_id
@@ -136,15 +137,10 @@ def open_night(
 
 def check_staging(staging: Path) -> Path:
     """Create the staging area if needed; ``InvalidInputError`` if it is not writable."""
-    staging = Path(staging).absolute()
     try:
-        staging.mkdir(parents=True, exist_ok=True)
-        probe = staging / ".dmcs-write-probe"
-        probe.write_bytes(b"")
-        probe.unlink()
+        return writable_dir(staging)
     except OSError as e:
         raise InvalidInputError(f"staging directory {staging} is not writable: {e}") from e
-    return staging
 
 
 def staged_path(staging: Path, camera: Camera, visit: Visit, detector: int) -> Path:

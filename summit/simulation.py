@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from config.cameras import Camera, load_camera
+from state.durable import writable_dir
 from state.errors import InvalidInputError, StorageError
 from summit.calibs import write_master_calibs
 from summit.camera import CameraSimulator, Truth, raw_path
@@ -44,10 +45,7 @@ class NightPlan:
 
 def _check_out(out: Path) -> None:
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".dmcs-write-probe"
-        probe.write_bytes(b"")
-        probe.unlink()
+        writable_dir(out)
     except OSError as e:
         raise InvalidInputError(f"output directory {out} is not writable: {e}") from e
 

@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 import pytest
+from astropy.io import fits
 
 from base.reports.truth import load_truth, match
 from commands.client import Client
@@ -25,6 +26,7 @@ from commands.replay.runner import ReplayOutcome, replay_night
 from commands.replay.watch import NightWatcher
 from commands.server import RunningSystem
 from config.system import load_system_config
+from state.durable import sha256_hex
 from state.errors import InvalidInputError
 from state.states import State
 from tests.conftest import TOKENS
@@ -84,12 +86,8 @@ async def counts(dsn: str, prefix: str, visits: list[int]) -> dict[str, Any]:
 
 
 def staged_checksums(outcome: ReplayOutcome, staging: Path) -> dict[tuple[int, int], str]:
-    from state.durable import sha256_hex
-
     found = {}
     for path in staging.rglob("*.fits"):
-        from astropy.io import fits
-
         with fits.open(path) as hdul:
             header = hdul[0].header
             found[(int(header["VISIT"]), int(header["DETECTOR"]))] = sha256_hex(path.read_bytes())

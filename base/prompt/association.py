@@ -21,7 +21,6 @@ from base.prompt.settings import AssociationSettings
 from config.components import resolve_settings, validate_settings
 from state.controller import Controller, SupervisedGroup
 from state.errors import DmcsError, InvalidInputError, NotReadyError, RetriableError
-from state.peers import call_with_retry
 from state.states import State
 
 #: errorCode of a FAULT caused by malformed CCD results.
@@ -152,13 +151,15 @@ class Association(Controller):
         while True:
             handoff = await self._handoffs.get()
             peer = self.peers(self.config.alert_publisher)
+            delay = 0.2
             while True:
                 try:
-                    await call_with_retry(peer, "publish", handoff, attempts=3)
+                    await peer.call("publish", handoff)
                     break
                 except RetriableError as e:
                     self.log.warning("alert publisher not ready (%s); retrying", e)
-                    await asyncio.sleep(1.0)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
                 except DmcsError as e:
                     self.counts["handoffFailures"] += 1
                     self.log_message(

@@ -25,7 +25,7 @@ from commands.client import Client
 from commands.replay.display import ReplayDisplay
 from commands.replay.night_system import night_system_config
 from commands.replay.runner import ReplayOutcome, replay_night
-from commands.replay.summary import night_summary, write_reports
+from commands.replay.summary import fetch_records, night_summary, write_reports
 from commands.server import serve
 from config.system import load_system_config
 from state.errors import ConfigurationError
@@ -116,8 +116,11 @@ async def run_replay(opts: ReplayOptions, console: Console | None = None) -> dic
         outcome = await _run_system(config, opts, night, token, console)
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
         try:
-            summary = await night_summary(pool, config, outcome)
-            summary["reports"] = await write_reports(pool, config, outcome, night, opts.out)
+            records = await fetch_records(pool, config, outcome.visits)
+            summary = night_summary(records, outcome)
+            summary["reports"] = await write_reports(
+                pool, config, records, outcome, night, opts.out
+            )
         finally:
             await pool.close()
     (opts.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

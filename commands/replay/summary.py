@@ -10,7 +10,7 @@ import asyncpg
 import numpy as np
 
 from base.prompt.settings import AssociationSettings, CcdProcessorSettings
-from base.prompt_records import NightRecords, PromptRecords
+from base.prompt_records import NightRecords, PromptRecords, latency_summary
 from base.reports.documents import write_night_reports
 from base.reports.truth import load_truth
 from commands.replay.night_system import PROCESSOR_CLASS
@@ -27,7 +27,10 @@ def _schema(config: SystemConfig, cls: str, key: str, default: str) -> str:
     return default
 
 
-async def _records(pool: asyncpg.Pool, config: SystemConfig, visits: list[int]) -> NightRecords:
+async def fetch_records(
+    pool: asyncpg.Pool, config: SystemConfig, visits: list[int]
+) -> NightRecords:
+    """Everything recorded about ``visits`` (stages, outcomes, alerts) by the prompt path."""
     schema = _schema(
         config, PROCESSOR_CLASS, "records_schema", CcdProcessorSettings().records_schema
     )
@@ -56,13 +59,8 @@ def _quantile(values: list[float], q: float) -> float | None:
     return float(np.quantile(finite, q)) if finite else None
 
 
-async def night_summary(
-    pool: asyncpg.Pool, config: SystemConfig, outcome: ReplayOutcome
-) -> dict[str, Any]:
+def night_summary(records: NightRecords, outcome: ReplayOutcome) -> dict[str, Any]:
     p = outcome.progress
-    records = await _records(pool, config, outcome.visits)
-    from base.prompt_records import latency_summary
-
     latency = latency_summary(records)
     ccd_latency = list(p.latencies.values())
     return {
@@ -89,9 +87,13 @@ async def night_summary(
 
 
 async def write_reports(
-    pool: asyncpg.Pool, config: SystemConfig, outcome: ReplayOutcome, night: Path, out: Path
+    pool: asyncpg.Pool,
+    config: SystemConfig,
+    records: NightRecords,
+    outcome: ReplayOutcome,
+    night: Path,
+    out: Path,
 ) -> dict[str, str]:
-    records = await _records(pool, config, outcome.visits)
     truth = load_truth(night / "truth.sqlite", outcome.visits)
     dia = await _diasources(pool, config, outcome.visits)
     paths = write_night_reports(records, out / "reports", truth=truth, diasources=dia)
