@@ -156,7 +156,8 @@ class StandardComponentTests:
         assert await ocs.get_state(self.name) == State.STANDBY
 
     async def test_set_log_level_publishes_log_level(self, ocs: Client) -> None:
-        events = ocs.subscribe([self.name], ["logLevel"], snapshot=False)
+        events = ocs.subscribe([self.name], ["logLevel"], snapshot=True)
+        await wait_for_event(events, lambda e: True)  # the snapshot: subscribed from here
         await ocs.command(self.name, "setLogLevel", level=10, timeout=10)
         event = await wait_for_event(events, lambda e: True)
         assert event.data["level"] == 10
