@@ -14,6 +14,7 @@ from commands.client import Client
 from commands.server import RunningSystem
 from state.states import State
 from tests.conftest import TOKENS, component_spec
+from tests.standard import until
 
 EMITTER = "tests.night_emitter:NightEmitter"
 
@@ -45,15 +46,6 @@ async def http(running: RunningSystem) -> AsyncIterator[Callable[..., Awaitable[
                 return response.status, body
 
         yield call
-
-
-async def until(check: Callable[[], Awaitable[Any]], timeout: float = 10.0) -> Any:
-    async with asyncio.timeout(timeout):
-        while True:
-            result = await check()
-            if result:
-                return result
-            await asyncio.sleep(0.1)
 
 
 async def alarm(http: Callable[..., Awaitable[Any]], name: str) -> dict[str, Any] | None:
@@ -244,3 +236,33 @@ async def test_schedule_api_publishes_next_visit_and_predicted_schedule(
     assert first["startUtc"].endswith("Z") and first["startTaiIso"].endswith("TAI")
     assert body["nextVisit"]["imageName"] == "MN_O_20261121_000001"
     assert body["taiMinusUtc"] == 37.0
+
+
+async def test_batch_runs_from_reprocess_telemetry(
+    running: RunningSystem, http: Callable[..., Awaitable[Any]]
+) -> None:
+    progress = {"run": "dr-api", "mode": "release", "phase": "ccd", "done": 3, "total": 12,
+                "failed": 1, "ratePerSecond": 0.5, "etaSeconds": 18.0, "status": "running",
+                "startedTai": 1.0, "workers": 2}  # fmt: skip
+    failure = {"run": "dr-api", "unit": "ccd:7001/4", "reason": "PsfFitError: <no stars>",
+               "attempt": 2, "final": True}  # fmt: skip
+    _, before = await http("GET", "/api/v1/dashboard/snapshot")
+    async with Client(running.ws_url, token=TOKENS["batch"]) as batch:
+        await batch.send_telemetry("reprocessProgress", **progress)
+        await batch.send_telemetry("reprocessFailure", **failure)
+        await batch.send_telemetry("reprocessProgress", **{**progress, "status": "exploded"})
+
+    async def shown() -> Any:
+        _, snap = await http("GET", "/api/v1/dashboard/snapshot")
+        runs = {r["run"]: r for r in snap["batch"]["runs"]}
+        run = runs.get("dr-api")
+        seen = run and run["failures"] and snap["malformedEvents"] > before["malformedEvents"]
+        return (run, snap) if seen else None
+
+    run, snap = await until(shown)
+    assert (run["done"], run["total"], run["failed"], run["status"]) == (3, 12, 1, "running")
+    assert run["mode"] == "release" and run["workers"] == 2 and not run["stale"]
+    assert abs(run["updatedTai"] - snap["tai"]) < 10
+    (kept,) = run["failures"]
+    assert {k: kept[k] for k in failure} == failure
+    assert snap["seqs"]["Reprocess/reprocessProgress"] >= 2

@@ -4,6 +4,7 @@ against the real system: Ray actors, the bus, the gateway and its WebSocket."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import shutil
@@ -296,3 +297,81 @@ async def test_gap_counter_counts_what_a_stalled_page_lost(
         )
     finally:
         await context.close()
+
+
+def batch_progress(run: str, **over: Any) -> dict[str, Any]:
+    data = {"run": run, "mode": "release", "phase": "ccd", "done": 6, "total": 24, "failed": 1,
+            "ratePerSecond": 1.25, "etaSeconds": 14.4, "status": "running", "startedTai": 1.0,
+            "workers": 2}  # fmt: skip
+    return {**data, **over}
+
+
+async def test_batch_panel_shows_runs_and_failures_as_text(
+    page: Any, running: RunningSystem, artifacts_dir: Path
+) -> None:
+    assert "no batch runs" in await page.inner_text("#batch-runs")
+    failure = {"run": "dr-browser", "unit": "ccd:7001/4", "reason": "<b>x</b> broke",
+               "attempt": 3, "final": True}  # fmt: skip
+    async with Client(running.ws_url, token=TOKENS["batch"]) as batch:
+        await batch.send_telemetry("reprocessProgress", **batch_progress("dr-browser"))
+        await batch.send_telemetry("reprocessFailure", **failure)
+        done = batch_progress("catchup-20261121", mode="catchUp", phase="region", done=9,
+                              total=9, failed=0, etaSeconds=0.0, status="done")  # fmt: skip
+        await batch.send_telemetry("reprocessProgress", **done)
+    run = '#batch-runs tr[data-run="dr-browser"]'
+    await page.wait_for_selector(f'{run}[data-status="running"][data-stale="false"]', timeout=5000)
+    assert "6/24" in await page.inner_text(f"{run} td.progress")
+    assert "1.25 /s" in await page.inner_text(run)
+    await page.wait_for_selector('#batch-runs tr[data-run="catchup-20261121"] .badge.ok')
+    row = '#batch-failures tr[data-unit="ccd:7001/4"]'
+    await page.wait_for_selector(row, timeout=5000)
+    assert await page.inner_text(f"{row} td.reason") == "<b>x</b> broke"
+    assert await page.query_selector("#batch-panel b") is None  # text, not markup
+    assert "final" in await page.inner_text(row)
+    await page.screenshot(path=str(artifacts_dir / "dashboard_batch_full.png"), full_page=True)
+    await page.locator("#batch-panel").screenshot(path=str(artifacts_dir / "dashboard_batch.png"))
+    # A running run whose driver went quiet is marked stale (limit shortened on the page).
+    await page.evaluate("window.dmcs.state.batch.staleSeconds = 0.5")
+    await page.wait_for_selector(f'{run}[data-stale="true"] .badge.stale', timeout=5000)
+    assert await page.query_selector('tr[data-run="catchup-20261121"][data-stale="true"]') is None
+
+
+async def test_page_folds_batch_events_as_the_server_does(page: Any) -> None:
+    """static/batch.js mirrors commands/dashboard/batch.py: the same events give the same runs,
+    malformed, late, evicted and over-long ones included."""
+    from commands.dashboard.batch import BatchLimits, BatchRuns
+    from state.events import Event
+
+    rng = random.Random(9)
+    events: list[dict[str, Any]] = []
+    for i in range(40):
+        run = f"r{rng.randrange(5)}"
+        tai = 1000.0 + i + rng.choice([0.0, 0.0, -3.0])  # some arrive late
+        if rng.random() < 0.5:
+            status = rng.choice(["running", "running", "done", "exploded"])
+            data = batch_progress(run, done=i, total=40, status=status)
+            events.append({"topic": "reprocessProgress", "tai": tai, "data": data})
+        else:
+            unit = rng.choice(["ccd:7/1", "region:12", "visit 7"])
+            reason = rng.choice(["<i>bad</i>", "y" * 700, "PsfFitError"])
+            data = {"run": run, "unit": unit, "reason": reason, "attempt": i % 3}
+            data["final"] = i % 2 == 0
+            events.append({"topic": "reprocessFailure", "tai": tai, "data": data})
+    limits = BatchLimits(runs=3, failures_per_run=2)
+    server = BatchRuns(limits)
+    for i, e in enumerate(events):
+        with contextlib.suppress(ValueError, TypeError, KeyError):  # the malformed ones
+            server.observe(Event("Reprocess", e["topic"], i + 1, e["tai"], e["data"], "telemetry"))
+    page_fold = await page.evaluate(
+        """(events) => {
+            const batch = { staleSeconds: 30, limits: { runs: 3, failuresPerRun: 2 }, runs: [] };
+            events.forEach((e, i) =>
+                Batch.apply(batch, { component: "Reprocess", seq: i + 1, ...e }));
+            return batch.runs;
+        }""",
+        events,
+    )
+    expected = server.to_json(0.0)["runs"]
+    drop_stale = [{k: v for k, v in r.items() if k != "stale"} for r in page_fold]
+    assert drop_stale == [{k: v for k, v in r.items() if k != "stale"} for r in expected]
+    assert any(f["reason"].endswith("…") for r in expected for f in r["failures"])

@@ -1,10 +1,10 @@
 """The dashboard's server side: a Watcher folded from the gateway's event stream.
 
 It sees every event the gateway pumps from the bus (in the same order the WebSocket clients
-get them), keeps the alarms, the night and the schedule, and publishes what it derives back
-onto the bus as the ``Watcher`` source: ``alarm`` (one alarm's state, on every change) and
-``componentStatus`` (the status board with heartbeat ages, once a second). Pages start from
-:meth:`Dashboard.snapshot` and then follow the live events.
+get them), keeps the alarms, the night, the schedule and the batch reprocessing runs, and
+publishes what it derives back onto the bus as the ``Watcher`` source: ``alarm`` (one alarm's
+state, on every change) and ``componentStatus`` (the status board with heartbeat ages, once a
+second). Pages start from :meth:`Dashboard.snapshot` and then follow the live events.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from commands.dashboard.alarms import AlarmBook, Severity
+from commands.dashboard.batch import BatchLimits, BatchRuns
 from commands.dashboard.night import Limits, Night
 from commands.dashboard.rules import Rules, Thresholds, Verdict
 from commands.dashboard.schedule import Schedule, iso_tai, iso_utc
 from commands.status import StatusBoard
 from state.clock import tai_now
 from state.errors import InvalidInputError, NotPermittedError
-from state.events import Event, EventKind
+from state.events import REPROCESS_SOURCE, Event, EventKind
 
 log = logging.getLogger("dmcs.dashboard")
 
@@ -48,6 +49,8 @@ PAGE_TOPICS: tuple[str, ...] = (
     "visitLatency",
     "bufferStatus",
     "ingestStatus",
+    "reprocessProgress",
+    "reprocessFailure",
 )
 Publish = Callable[[str, str, dict[str, Any], EventKind], Event]
 
@@ -61,6 +64,7 @@ class Dashboard:
         simulation: Mapping[str, bool] | None = None,
         thresholds: Thresholds | None = None,
         limits: Limits | None = None,
+        batch: BatchLimits | None = None,
     ) -> None:
         self.board = board
         self._publish = publish
@@ -70,6 +74,7 @@ class Dashboard:
         self.alarms = AlarmBook()
         self.night = Night(limits)
         self.schedule = Schedule()
+        self.batch = BatchRuns(batch)
         self.seqs: dict[str, int] = {}
         self._numbered_from_one: set[str] = set()
         self.malformed = 0
@@ -88,6 +93,9 @@ class Dashboard:
         if event.seq == 1:
             self._numbered_from_one.add(key)
         try:
+            if event.component == REPROCESS_SOURCE:
+                self.batch.observe(event)
+                return
             self.night.observe(event)
             self.schedule.observe(event)
             verdicts = self.rules.observe(event)
@@ -182,6 +190,7 @@ class Dashboard:
             "alarmCounts": self.alarms.counts(),
             "night": self.night.to_json(),
             "schedule": self.schedule.to_json(now),
+            "batch": self.batch.to_json(now),
             "malformedEvents": self.malformed,
         }
 

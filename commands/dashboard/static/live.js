@@ -8,7 +8,7 @@ const Live = (() => {
   const PAGE_TOPICS = ["alarm", "componentStatus", "summaryState", "errorCode", "softwareVersions",
     "configurationApplied", "logMessage", "nextVisit", "predictedSchedule", "endReadout",
     "imageInBuffer", "imageIngested", "ccdStage", "ccdProcessed", "alertsPublished",
-    "visitLatency", "bufferStatus", "ingestStatus"];
+    "visitLatency", "bufferStatus", "ingestStatus", "reprocessProgress", "reprocessFailure"];
   const state = {
     token: sessionStorage.getItem("dmcs-token") || "",
     session: { identity: "", commandable: [] },
@@ -17,6 +17,7 @@ const Live = (() => {
     counts: { active: 0, acknowledged: 0, stale: 0, muted: 0 },
     night: null,
     schedule: null,
+    batch: null,
     lastSeq: {},
     gaps: 0,
     gapsByTopic: {},
@@ -140,6 +141,7 @@ const Live = (() => {
     state.counts = snap.alarmCounts;
     state.night = snap.night;
     state.schedule = snap.schedule;
+    state.batch = snap.batch;
   }
 
   function onFrame(frame) {
@@ -243,6 +245,10 @@ const Live = (() => {
         case "softwareVersions": c.version = d.cscVersion; break;
         case "configurationApplied": c.configuration = d.configurations; break;
       }
+    }
+    if (event.component === "Reprocess") {
+      if (state.batch) Batch.apply(state.batch, event);
+      return changed(event.topic);
     }
     if (state.night) Night.apply(state.night, event);
     if (event.topic === "nextVisit" && state.schedule) state.schedule.nextVisit = { ...d, publishedTai: event.tai };
