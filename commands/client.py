@@ -79,6 +79,35 @@ class _Subscription:
         self.queue.put_nowait(event)
 
 
+class EventStream:
+    """A confirmed subscription (:meth:`Client.open_subscription`): iterate it for events."""
+
+    def __init__(self, client: Client, sub_id: int, sub: _Subscription) -> None:
+        self._client = client
+        self._id = sub_id
+        self._sub = sub
+
+    @property
+    def dropped(self) -> int:
+        """Events this client dropped because the stream was not read fast enough."""
+        return self._sub.dropped
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        return await self._sub.queue.get()
+
+    async def aclose(self) -> None:
+        await self._client._unsubscribe(self._id)
+
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
 @dataclass(slots=True)
 class GapCounter:
     """Counts events missing from the per-topic sequences a client has seen."""
@@ -118,6 +147,7 @@ class Client:
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._subs: dict[int, _Subscription] = {}
+        self._confirming: dict[int, asyncio.Future[None]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -209,6 +239,10 @@ class Client:
                     pending.final.set_exception(error)
                 else:
                     log.warning("gateway error: %s", error)
+            case Op.SUBSCRIBED:
+                confirmed = self._confirming.get(message.get("id"))  # type: ignore[arg-type]
+                if confirmed is not None and not confirmed.done():
+                    confirmed.set_result(None)
             case Op.HELLO:
                 self.identity = str(message.get("identity", ""))
             case Op.DROPPED:
@@ -345,14 +379,17 @@ class Client:
             topics=sorted(sub.topics) if sub.topics else None,
         )
 
-    async def subscribe(
+    async def open_subscription(
         self,
         components: Iterable[str] | None = None,
         topics: Iterable[str] | None = None,
         *,
         snapshot: bool = True,
-    ) -> AsyncIterator[Event]:
-        """Yield matching events: first the latest of each topic (if ``snapshot``), then live."""
+        timeout: float = 10.0,
+    ) -> EventStream:
+        """Subscribe and return once the gateway has confirmed it: no event published after
+        this returns is missed. Iterate the stream; close it (or ``async with`` it) when done.
+        """
         sub_id = next(self._ids)
         sub = _Subscription(
             frozenset(components) if components else None,
@@ -360,13 +397,39 @@ class Client:
             snapshot,
             asyncio.Queue(self.subscription_queue),
         )
+        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._subs[sub_id] = sub
+        self._confirming[sub_id] = confirmed
+        stream = EventStream(self, sub_id, sub)
         try:
             await self._send(self._subscribe_frame(sub_id, sub))
-            while True:
-                yield await sub.queue.get()
+            async with asyncio.timeout(timeout):
+                await confirmed
+        except BaseException:
+            await stream.aclose()
+            raise
         finally:
-            self._subs.pop(sub_id, None)
+            self._confirming.pop(sub_id, None)
+        return stream
+
+    async def subscribe(
+        self,
+        components: Iterable[str] | None = None,
+        topics: Iterable[str] | None = None,
+        *,
+        snapshot: bool = True,
+    ) -> AsyncIterator[Event]:
+        """Yield matching events: first the latest of each topic (if ``snapshot``), then live.
+
+        The subscription starts at the first iteration; use :meth:`open_subscription` when
+        events sent right after subscribing must not be missed.
+        """
+        async with await self.open_subscription(components, topics, snapshot=snapshot) as stream:
+            async for event in stream:
+                yield event
+
+    async def _unsubscribe(self, sub_id: int) -> None:
+        if self._subs.pop(sub_id, None) is not None:
             with contextlib.suppress(ConnectionLostError):
                 await self._send(frame(Op.UNSUBSCRIBE, id=sub_id))
 

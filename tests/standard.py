@@ -8,6 +8,7 @@ against a real Ray, a real gateway on loopback and the real client.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -37,6 +38,18 @@ async def wait_for_event(
     raise AssertionError("event stream ended")
 
 
+async def until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll ``check`` (plain or async) until it returns something truthy, and return that."""
+    async with asyncio.timeout(timeout):
+        while True:
+            result = check()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
+                return result
+            await asyncio.sleep(0.05)
+
+
 class StandardComponentTests:
     component_class: ClassVar[str]
     name: ClassVar[str]
@@ -61,7 +74,7 @@ class StandardComponentTests:
 
     # ----------------------------------------------------------------- states
     async def test_starts_in_standby_with_heartbeat(self, ocs: Client) -> None:
-        events = ocs.subscribe([self.name], ["heartbeat"], snapshot=False)
+        events = await ocs.open_subscription([self.name], ["heartbeat"], snapshot=False)
         beat = await wait_for_event(events, lambda e: True)
         assert beat.data["state"] == "STANDBY"
         assert beat.data["heartbeatInterval"] > 0
@@ -70,7 +83,7 @@ class StandardComponentTests:
         await events.aclose()
 
     async def test_standard_transitions(self, ocs: Client) -> None:
-        events = ocs.subscribe([self.name], ["summaryState"], snapshot=True)
+        events = await ocs.open_subscription([self.name], ["summaryState"], snapshot=True)
         now = await wait_for_event(events, lambda e: True)  # the snapshot: subscribed from here
         assert now.data["summaryState"] == "STANDBY"
         walk = [
@@ -156,8 +169,7 @@ class StandardComponentTests:
         assert await ocs.get_state(self.name) == State.STANDBY
 
     async def test_set_log_level_publishes_log_level(self, ocs: Client) -> None:
-        events = ocs.subscribe([self.name], ["logLevel"], snapshot=True)
-        await wait_for_event(events, lambda e: True)  # the snapshot: subscribed from here
+        events = await ocs.open_subscription([self.name], ["logLevel"], snapshot=False)
         await ocs.command(self.name, "setLogLevel", level=10, timeout=10)
         event = await wait_for_event(events, lambda e: True)
         assert event.data["level"] == 10
@@ -167,7 +179,7 @@ class StandardComponentTests:
     async def test_safe_state_publishes_only_generic_events(
         self, running: RunningSystem, ocs: Client
     ) -> None:
-        events = ocs.subscribe([self.name], snapshot=False)
+        events = await ocs.open_subscription([self.name], snapshot=False)
         await ocs.command(self.name, "start", timeout=10)
         await self.stimulate(running, ocs)
         topics: set[str] = set()
@@ -186,7 +198,9 @@ class StandardComponentTests:
     async def test_fault_and_recovery_through_standby(
         self, running: RunningSystem, ocs: Client
     ) -> None:
-        events = ocs.subscribe([self.name], ["errorCode", "summaryState"], snapshot=False)
+        events = await ocs.open_subscription(
+            [self.name], ["errorCode", "summaryState"], snapshot=False
+        )
         await ocs.set_state(self.name, State.ENABLED)
         await self.cause_fault(running, ocs)
         error = await wait_for_event(events, lambda e: e.topic == "errorCode")
@@ -210,7 +224,9 @@ class StandardComponentTests:
     async def test_restarts_in_standby_after_crash(
         self, running: RunningSystem, ocs: Client
     ) -> None:
-        events = ocs.subscribe([self.name], ["summaryState", "logMessage"], snapshot=False)
+        events = await ocs.open_subscription(
+            [self.name], ["summaryState", "logMessage"], snapshot=False
+        )
         await ocs.set_state(self.name, State.ENABLED)
         handle = running.system.handle(self.name)
         os.kill(await handle.pid.remote(), signal.SIGKILL)

@@ -149,8 +149,14 @@ async def test_http_endpoints(running: RunningSystem) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{base}/healthz") as r:
             assert r.status == 200
-        async with session.get(f"{base}/readyz") as r:
-            assert r.status == 200 and (await r.json())["ready"] is True
+        async with asyncio.timeout(10):  # 503 until the event pump has subscribed
+            while True:
+                async with session.get(f"{base}/readyz") as r:
+                    if r.status == 200:
+                        assert (await r.json())["ready"] is True
+                        break
+                    assert r.status == 503
+                await asyncio.sleep(0.1)
         async with session.get(f"{base}/api/v1/status") as r:
             names = [c["name"] for c in (await r.json())["components"]]
             assert names == [NAME]
@@ -178,6 +184,36 @@ async def test_http_endpoints(running: RunningSystem) -> None:
             text = await r.text()
             assert "dmcs_commands_total" in text
             assert f'dmcs_component_heartbeat_ok{{component="{NAME}"}} 1.0' in text
+
+
+async def test_batch_telemetry_needs_a_batch_identity(running: RunningSystem) -> None:
+    """Reprocessing telemetry is published as source Reprocess, from batch identities only;
+    a batch identity may not pose as the OCS."""
+    base = running.http_url
+    progress = {"run": "dr1", "phase": "ccd", "done": 1, "total": 4}
+
+    def auth(who: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {TOKENS[who]}"}
+
+    async with (
+        aiohttp.ClientSession() as session,
+        Client(running.ws_url, token=TOKENS["batch"]) as batch,
+        Client(running.ws_url) as watcher,
+    ):
+        url = f"{base}/api/v1/telemetry/reprocessProgress"
+        async with session.post(url, json=progress, headers=auth("ocs")) as r:
+            assert r.status == 403 and "may not send batch telemetry" in await r.text()
+        async with session.post(url, json=progress, headers=auth("batch")) as r:
+            assert r.status == 200
+        seeing = f"{base}/api/v1/telemetry/seeing"
+        async with session.post(seeing, json={"fwhm": 0.7}, headers=auth("batch")) as r:
+            assert r.status == 403
+        async with await watcher.open_subscription(
+            ["Reprocess"], ["reprocessProgress"], snapshot=False
+        ) as events:
+            await batch.send_telemetry("reprocessProgress", **{**progress, "done": 2})
+            event = await wait_for_event(events, lambda e: e.data["done"] == 2)
+    assert (event.component, event.kind, event.data["done"]) == ("Reprocess", "telemetry", 2)
 
 
 async def test_slow_subscriber_never_delays_others(running: RunningSystem) -> None:
