@@ -1,10 +1,15 @@
-"""Reprocessing on Ray: each CCD a task of ``num_cpus=1``, batch work fenced off by a resource.
+"""Reprocessing on Ray: each CCD a task, batch work fenced off by a resource and a priority.
 
-Sharing the cluster with a live night: every batch task also asks for one unit of the custom
-resource ``dmcs_batch``. A node offers as many ``dmcs_batch`` units as cores it lends to batch
-work (the embedded Ray started here offers ``workers``); prompt processors never ask for it,
-so batch work can never take more than those cores, whatever is queued. On a cluster that
-offers no ``dmcs_batch`` the tasks ask only for CPUs and ``--workers`` alone bounds them.
+Sharing the cluster with a live night takes two limits:
+
+* **How many cores** (a Ray resource): a node offers as many units of the custom resource
+  ``dmcs_batch`` as cores it lends to batch work (``batch_slots`` in the system
+  configuration; the embedded Ray started here offers ``workers``). A batch task takes one
+  unit and no logical CPU, so it never competes with the prompt actors' CPU reservations
+  and batch work never runs on more than those cores, whatever is queued. On a cluster that
+  offers no ``dmcs_batch`` a task asks for one CPU and ``--workers`` alone bounds them.
+* **Who wins a shared core** (OS priority): the worker runs at ``niceness`` (19 by
+  default), so when prompt processing and batch work share a core, prompt work gets it.
 """
 
 from __future__ import annotations
@@ -15,46 +20,60 @@ from typing import Any
 import ray
 from ray.exceptions import RayError, RayTaskError
 
-from actors.runtime import NAMESPACE
+from actors.runtime import BATCH_RESOURCE, NAMESPACE
 from base.reprocess.work import CcdUnit, process_ccd
 from state.errors import RetriableError
+from state.priority import NICENESS_ENV, lower_priority
 
-BATCH_RESOURCE = "dmcs_batch"
 log = logging.getLogger(__name__)
 
 
-def start_ray(address: str | None, workers: int) -> bool:
+def start_ray(address: str | None, workers: int, niceness: int = 19) -> bool:
     """Join ``address`` or start an embedded Ray lending ``workers`` cores to batch work.
 
-    Returns True when this call started (and so should stop) Ray.
+    This driver's job runs its worker processes at ``niceness`` from their start (Ray's
+    worker setup hook), so even their imports yield to prompt work. Workers belong to one
+    job, so the live system's processes are never affected. Returns True when this call
+    started (and so should stop) Ray.
     """
     if ray.is_initialized():
         return False
+    job = {
+        "namespace": NAMESPACE,
+        "logging_level": logging.WARNING,
+        "runtime_env": {
+            "env_vars": {NICENESS_ENV: str(niceness)},
+            "worker_process_setup_hook": "state.priority.setup_batch_worker",
+        },
+    }
     if address:
-        ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING)
+        ray.init(address=address, **job)
     else:
         ray.init(
             num_cpus=workers,
             resources={BATCH_RESOURCE: workers},
-            namespace=NAMESPACE,
             include_dashboard=False,
-            logging_level=logging.WARNING,
+            **job,
         )
     return True
 
 
 @ray.remote(num_cpus=1, max_retries=0)
-def _process(night_dir: str, unit: CcdUnit, release: int) -> dict[str, Any]:
+def _process(night_dir: str, unit: CcdUnit, release: int, niceness: int) -> dict[str, Any]:
+    lower_priority(niceness)
     return process_ccd(night_dir, unit, release)
 
 
 class RayExecutor:
     """Runs CCDs as Ray tasks, at most ``workers`` at a time (the runner's bound)."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, niceness: int = 19) -> None:
         self.workers = workers
+        self.niceness = niceness
         batch = ray.cluster_resources().get(BATCH_RESOURCE, 0)
-        self.resources = {BATCH_RESOURCE: 1} if batch else {}
+        self.options: dict[str, Any] = (
+            {"num_cpus": 0, "resources": {BATCH_RESOURCE: 1}} if batch else {}
+        )
         if not batch:
             log.warning(
                 "the cluster offers no %s resource; only --workers bounds batch work",
@@ -62,7 +81,7 @@ class RayExecutor:
             )
 
     async def run(self, night_dir: str, unit: CcdUnit, release: int) -> dict[str, Any]:
-        ref = _process.options(resources=self.resources).remote(night_dir, unit, release)
+        ref = _process.options(**self.options).remote(night_dir, unit, release, self.niceness)
         try:
             return await ref
         except RayTaskError as e:

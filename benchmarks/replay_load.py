@@ -38,13 +38,15 @@ class ReplayLoad:
             run_night(plan_night("mini", runs * visits, 1, self.night), raws=True)
         self.source = open_night(self.night)
         self.token = secrets.token_urlsafe(16)
+        self.batch_token = secrets.token_urlsafe(16)
+        self.day_obs = self.source.visits[0].day_obs
         self._next = 0
 
     @contextlib.contextmanager
     def system(self, name: str) -> Iterator[SystemConfig]:
         """The night system's configuration, on an embedded PostgreSQL for the duration."""
         tokens = self.out / "tokens.toml"
-        tokens.write_text(f'[tokens]\n"{self.token}" = "ocs"\n')
+        tokens.write_text(f'[tokens]\n"{self.token}" = "ocs"\n"{self.batch_token}" = "batch"\n')
         with postgres_dsn(None, self.out / "pg") as dsn:
             config = night_system_config(
                 load_system_config(name=name),
@@ -84,4 +86,6 @@ class ReplayLoad:
             "alerts": outcome.progress.alerts,
             "alert_latency_p50_s": latencies[len(latencies) // 2] if latencies else None,
             "latency_p95_s": p95,
+            "latencies": latencies,
+            "visits": [v.visit_id for v in part.visits],
         }

@@ -10,12 +10,9 @@ phase (the parallel part): CCDs / seconds from the call to the last CCD done; th
 Target (ARCHITECTURE.md): scaling efficiency >= 90 % per added core, where efficiency(n) =
 rate(n) / (n * rate(1)). Peer: none (the same code with one worker is the reference).
 
-Prompt latency beside batch load (target: p95 within 10 % of unloaded): measured here on the
-prompt path's own per-CCD worker (``base.isolated.IsolatedWorker`` running
-``base.prompt.ccd_work:process``, as a CcdProcessor does), raw -> DIASources per CCD, first
-alone, then while a release runs on Ray with one worker. This is the CPU-contention part of
-prompt latency; a full concurrent replay (ingest, association, alerts through the gateway)
-with and without batch load is still a TODO.
+Prompt latency beside batch load (target: p95 within 10 % of unloaded): a full concurrent
+replay through the running system, with and without ``dmcs reprocess`` beside it on the same
+Ray (``reprocess_sharing.py``). ``--skip-sharing`` leaves it out.
 """
 
 from __future__ import annotations
@@ -29,10 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from base.postgres import postgres_dsn
 from base.registry import Repository
+from base.reprocess.observer import RunObserver
 from base.reprocess.register import register_night_raws
 from base.reprocess.runner import ReprocessConfig, reprocess
 
@@ -50,15 +46,16 @@ async def one_run(dsn: str, night: Path, name: str, rid: int, workers: int) -> d
 
     marks: dict[str, float] = {}
 
-    def progress(phase: str, done: int, total: int) -> None:
-        if done == total:
-            marks[phase] = time.perf_counter()
+    class PhaseEnds(RunObserver):
+        def progress(self, phase: str, done: int, total: int) -> None:
+            if done == total:
+                marks[phase] = time.perf_counter()
 
     config = ReprocessConfig(
         dsn=dsn, night_dir=night, release=name, release_id=rid, first_night=20250505
     )
     t0, c0 = time.perf_counter(), time.process_time()
-    summary = await reprocess(config, RayExecutor(workers), progress)
+    summary = await reprocess(config, RayExecutor(workers), PhaseEnds())
     wall = time.perf_counter() - t0
     ccd_s = marks.get("ccd", t0 + wall) - t0
     return {
@@ -73,68 +70,8 @@ async def one_run(dsn: str, night: Path, name: str, rid: int, workers: int) -> d
     }
 
 
-async def prompt_latencies(
-    night: Path, units: list[Any], until: asyncio.Task[Any] | None
-) -> list[float]:
-    """Wall seconds per CCD through the prompt worker: one pass, or passes until ``until`` ends."""
-    from base.isolated import IsolatedWorker
-
-    worker = IsolatedWorker("bench-prompt")
-    out: list[float] = []
-    try:
-        while True:
-            for unit in units:
-                t0 = time.perf_counter()
-                await worker.run(
-                    "base.prompt.ccd_work:process",
-                    str(night),
-                    unit.visit_info,
-                    unit.detector,
-                    unit.raw_path,
-                    timeout=120,
-                )
-                out.append(time.perf_counter() - t0)
-                if until is not None and until.done():
-                    return out
-            if until is None:
-                return out
-    finally:
-        worker.close()
-
-
-def p95(values: list[float]) -> float:
-    return round(float(np.percentile(values, 95)), 4) if values else float("nan")
-
-
-async def latency_under_load(dsn: str, night: Path) -> dict[str, Any]:
-    from base.reprocess.plan import ccd_units
-
-    repo = await Repository.connect(dsn)
-    units = await ccd_units(repo, 20250505)
-    await repo.close()
-    await prompt_latencies(night, units[:2], None)  # warm the child's caches
-    alone = await prompt_latencies(night, units, None)
-    batch = asyncio.create_task(one_run(dsn, night, "bench_load", 30, 1))
-    await asyncio.sleep(1.0)  # let the batch start its CCD phase
-    loaded = await prompt_latencies(night, units, batch)
-    load = await batch
-    ratio = p95(loaded) / p95(alone)
-    return {
-        "ccds": {"unloaded": len(alone), "loaded": len(loaded)},
-        "p95Seconds": {"unloaded": p95(alone), "loaded": p95(loaded)},
-        "p50Seconds": {
-            "unloaded": round(float(np.median(alone)), 4),
-            "loaded": round(float(np.median(loaded)), 4),
-        },
-        "p95Ratio": round(ratio, 3),
-        "batchWorkers": 1,
-        "batchCcdsPerSecond": load["ccdsPerSecond"],
-        "target": {"p95Ratio": 1.1},
-        "met": ratio <= 1.1,
-    }
-
-
-async def main(visits: int, max_workers: int) -> dict[str, Any]:
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    visits, max_workers = args.visits, args.max_workers
     from actors.reprocess import start_ray
     from actors.runtime import shutdown_ray
 
@@ -151,9 +88,13 @@ async def main(visits: int, max_workers: int) -> dict[str, Any]:
                     await one_run(dsn, night, f"bench_w{n}", n, n)
                     for n in range(1, max_workers + 1)
                 ]
-                latency = await latency_under_load(dsn, night)
             finally:
                 shutdown_ray()
+        sharing = None
+        if not args.skip_sharing:
+            from reprocess_sharing import sharing as measure_sharing  # beside this script
+
+            sharing = await measure_sharing(Path(tmp) / "sharing", args.replay_visits, args.rounds)
     base = runs[0]["ccdsPerSecond"]
     for r in runs:
         r["scalingEfficiency"] = round(r["ccdsPerSecond"] / (r["workers"] * base), 3)
@@ -166,7 +107,7 @@ async def main(visits: int, max_workers: int) -> dict[str, Any]:
         "runs": runs,
         "target": {"scalingEfficiency": 0.9},
         "met": last["scalingEfficiency"] >= 0.9,
-        "promptLatencyUnderLoad": latency,
+        "promptLatencyUnderLoad": sharing,
         "note": "wall-clock figures; on a shared machine they are disturbed by other load",
     }
 
@@ -175,5 +116,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--visits", type=int, default=6)
     parser.add_argument("--max-workers", type=int, default=2)
-    args = parser.parse_args()
-    print(json.dumps(asyncio.run(main(args.visits, args.max_workers)), indent=2))
+    parser.add_argument("--replay-visits", type=int, default=6, help="Visits per replay.")
+    parser.add_argument("--rounds", type=int, default=2, help="Replays of each kind.")
+    parser.add_argument("--skip-sharing", action="store_true")
+    print(json.dumps(asyncio.run(main(parser.parse_args())), indent=2))

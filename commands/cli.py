@@ -75,11 +75,15 @@ def run(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with serve(config, address=address, port=port) as running:
+            from actors.runtime import ray_address
+
             log.info(
                 "dmcs running",
                 gateway=running.ws_url,
                 status=f"{running.http_url}/api/v1/status",
                 components=list(running.system.components),
+                ray=ray_address(),
+                batch_slots=config.batch_slots,
             )
             try:
                 await asyncio.wait_for(stop.wait(), duration)

@@ -30,12 +30,19 @@ from commands.protocol import (
 from config.system import ComponentConfig, GatewayConfig
 from state.acks import AckCode
 from state.errors import InvalidInputError
-from state.events import CAMERA_EVENTS, OCS_TELEMETRY, EventKind
+from state.events import (
+    CAMERA_EVENTS,
+    OCS_TELEMETRY,
+    REPROCESS_SOURCE,
+    REPROCESS_TELEMETRY,
+    EventKind,
+)
 
 HUB = web.AppKey("hub", Hub)
 AUTH = web.AppKey("auth", Authenticator)
 CONFIG = web.AppKey("config", GatewayConfig)
 OCS_IDENTITIES = web.AppKey("ocs_identities", frozenset)
+BATCH_IDENTITIES = web.AppKey("batch_identities", frozenset)
 
 #: Commands one connection may have waiting for a final ack.
 MAX_IN_FLIGHT = 256
@@ -66,6 +73,7 @@ def make_app(
     app[AUTH] = Authenticator(tokens)
     app[CONFIG] = config
     app[OCS_IDENTITIES] = ocs_identities
+    app[BATCH_IDENTITIES] = frozenset(config.batch_identities)
     app.cleanup_ctx.append(_run_pump)
     app.router.add_get("/ws", websocket_handler)
     app.router.add_get("/healthz", healthz)
@@ -167,28 +175,43 @@ async def http_command(request: web.Request) -> web.Response:
 
 async def _http_input(request: web.Request, name: str, kind: EventKind) -> web.Response:
     identity = request.app[AUTH].identify(request)
-    if identity not in request.app[OCS_IDENTITIES]:
-        raise web.HTTPForbidden(
-            text=f"identity {identity or '(anonymous)'!r} may not send OCS input"
-        )
+    try:
+        source = _input_source(request.app, identity, kind, name)
+    except _NotOcs as e:
+        raise web.HTTPForbidden(text=str(e)) from e
+    except _UnknownTopic as e:
+        raise web.HTTPNotFound(text=str(e)) from e
     data = await _json_body(request)
-    source = "OCS" if kind == "telemetry" else "Camera"
     event = request.app[HUB].publish_input(source, name, data, kind)
     return web.json_response({"seq": event.seq, "tai": event.tai})
 
 
 async def http_telemetry(request: web.Request) -> web.Response:
-    topic = request.match_info["topic"]
-    if topic not in OCS_TELEMETRY:
-        raise web.HTTPNotFound(text=f"unknown telemetry topic {topic!r}")
-    return await _http_input(request, topic, "telemetry")
+    return await _http_input(request, request.match_info["topic"], "telemetry")
 
 
 async def http_camera(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    if name not in CAMERA_EVENTS:
-        raise web.HTTPNotFound(text=f"unknown camera event {name!r}")
-    return await _http_input(request, name, "event")
+    return await _http_input(request, request.match_info["name"], "event")
+
+
+def _input_source(app: web.Application, identity: str, kind: EventKind, topic: str) -> str:
+    """The source an input is published as, once its topic and sender are checked.
+
+    Telemetry comes from the OCS, or from batch reprocessing for its own topics; events come
+    from the camera. Each source has its own list of identities allowed to send it.
+    """
+    if kind == "telemetry" and topic in REPROCESS_TELEMETRY:
+        source, allowed, what = REPROCESS_SOURCE, app[BATCH_IDENTITIES], "batch telemetry"
+    else:
+        source = "OCS" if kind == "telemetry" else "Camera"
+        allowed, what = app[OCS_IDENTITIES], "OCS input"
+        known = OCS_TELEMETRY if kind == "telemetry" else CAMERA_EVENTS
+        if topic not in known:
+            label = "telemetry" if kind == "telemetry" else "camera"
+            raise _UnknownTopic(f"unknown {label} topic {topic!r}; expected one of {sorted(known)}")
+    if identity not in allowed:
+        raise _NotOcs(f"identity {identity or '(anonymous)'!r} may not send {what}")
+    return source
 
 
 # ------------------------------------------------------------------- WebSocket
@@ -272,14 +295,9 @@ async def _handle_frame(
 async def _ocs_input(
     app: web.Application, channel: Channel, op: Op, message: dict[str, Any]
 ) -> None:
-    if channel.identity not in app[OCS_IDENTITIES]:
-        raise _NotOcs(f"identity {channel.identity or '(anonymous)'!r} may not send OCS input")
-    if op == Op.TELEMETRY:
-        topic, known, kind, source = message["topic"], OCS_TELEMETRY, "telemetry", "OCS"
-    else:
-        topic, known, kind, source = message["name"], CAMERA_EVENTS, "event", "Camera"
-    if topic not in known:
-        raise _UnknownTopic(f"unknown {op.value} topic {topic!r}; expected one of {sorted(known)}")
+    kind: EventKind = "telemetry" if op == Op.TELEMETRY else "event"
+    topic = message["topic"] if op == Op.TELEMETRY else message["name"]
+    source = _input_source(app, channel.identity, kind, topic)
     app[HUB].publish_input(source, topic, message["data"], kind)
 
 

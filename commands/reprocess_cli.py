@@ -3,11 +3,15 @@
 dmcs reprocess --night 20250505 --release dr1 --release-id 1 --night-dir NIGHT --workers 2
 dmcs reprocess --catch-up --night 20250505 --night-dir NIGHT --archive-dir ARCHIVE
 dmcs reprocess status [RELEASE]
+
+With ``--url`` (a running gateway) and a token of a batch identity, the run's progress and
+failures are also published as telemetry, which the operators' dashboard shows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -29,6 +33,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from base.reprocess.observer import Observers, RunObserver
 from state.errors import DmcsError
 
 console = Console()
@@ -40,6 +45,29 @@ class RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
         return Text("-- /s" if speed is None else f"{speed:.2f} /s", style="cyan")
+
+
+#: Seconds a run's telemetry may take to send its last messages once the run has ended.
+TELEMETRY_FLUSH_S = 5.0
+PHASE_LABELS = {"ccd": "CCDs", "region": "sky regions", "characterize": "variability"}
+
+
+class ProgressBars(RunObserver):
+    """A rich progress bar per phase, with rate and ETA."""
+
+    def __init__(self, bars: Progress) -> None:
+        self.bars = bars
+        self.tasks: dict[str, Any] = {}
+
+    def progress(self, phase: str, done: int, total: int) -> None:
+        if phase not in self.tasks:
+            label = PHASE_LABELS.get(phase, phase)
+            self.tasks[phase] = self.bars.add_task(label, total=total)
+        self.bars.update(self.tasks[phase], completed=done, total=total)
+
+    def failure(self, unit: str, reason: str, attempt: int, final: bool) -> None:
+        if final:
+            self.bars.console.print(f"[red]failed[/red] {unit}: {reason}", markup=True)
 
 
 def _progress() -> Progress:
@@ -88,14 +116,37 @@ def _fail(e: DmcsError) -> click.ClickException:
 @click.option("--archive-schema", default="alerts", show_default=True)
 @click.option("--archive-dir", type=click.Path(path_type=Path), help="Alert archive (catch-up).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option(
+    "--url",
+    default=lambda: os.environ.get("DMCS_URL"),
+    help="A running gateway (ws://host:port/ws) to publish progress to ($DMCS_URL).",
+)
+@click.option("--token", default=lambda: os.environ.get("DMCS_TOKEN"), help="Its token.")
+@click.option(
+    "--niceness",
+    default=19,
+    show_default=True,
+    type=click.IntRange(0, 19),
+    help="OS niceness of the batch work (driver and workers), to yield cores to prompt work.",
+)
 @click.pass_context
 def reprocess(ctx: click.Context, **opts: Any) -> None:
     """Reprocess nights as a batch over Ray, exactly once and resumably."""
     ctx.obj = opts
     if ctx.invoked_subcommand is not None:
         return
+    from state.priority import lower_priority
+
+    lower_priority(opts["niceness"])
     if opts["night"] is None or opts["night_dir"] is None:
         raise click.UsageError("give --night and --night-dir")
+    if opts["url"] is not None:
+        from commands.reprocess_telemetry import http_base
+
+        try:
+            http_base(opts["url"])
+        except ValueError as e:
+            raise click.UsageError(f"--url: {e}") from e
     dsn = _dsn(opts["dsn"])
     from base.reprocess.catchup import CatchUpConfig
     from base.reprocess.runner import ReprocessConfig
@@ -146,9 +197,7 @@ def reprocess(ctx: click.Context, **opts: Any) -> None:
 
 
 async def _run(job: Any, opts: dict[str, Any]) -> dict[str, Any]:
-    from base.reprocess.catchup import CatchUpConfig, catch_up
     from base.reprocess.executor import Executor, InlineExecutor
-    from base.reprocess.runner import reprocess as run_release
 
     started = False
     if opts["local"]:
@@ -157,25 +206,38 @@ async def _run(job: Any, opts: dict[str, Any]) -> dict[str, Any]:
         from actors.reprocess import RayExecutor, start_ray
         from actors.runtime import shutdown_ray
 
-        started = start_ray(opts["address"], opts["workers"])
-        executor = RayExecutor(opts["workers"])
+        started = start_ray(opts["address"], opts["workers"], opts["niceness"])
+        executor = RayExecutor(opts["workers"], opts["niceness"])
     try:
-        with _progress() as bar:
-            tasks: dict[str, Any] = {}
+        with _progress() as bars:
+            observers: list[RunObserver] = [ProgressBars(bars)]
+            if opts["url"] is None:
+                return await _job(job, executor, Observers(observers))
+            from commands.reprocess_telemetry import RunTelemetry
 
-            def progress(phase: str, done: int, total: int) -> None:
-                if phase not in tasks:
-                    label = "CCDs" if phase == "ccd" else "sky regions"
-                    tasks[phase] = bar.add_task(label, total=total)
-                bar.update(tasks[phase], completed=done, total=total)
-
-            if isinstance(job, CatchUpConfig):
-                return (await catch_up(job, executor, progress)).to_dict()
-            return (await run_release(job, executor, progress)).to_dict()
+            telemetry = RunTelemetry(opts["url"], opts["token"])
+            sender = asyncio.create_task(telemetry.run(), name="reprocess-telemetry")
+            try:
+                summary = await _job(job, executor, Observers([*observers, telemetry]))
+            finally:
+                # Also when interrupted: the run's last word ("interrupted") still goes out.
+                await telemetry.close()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(sender, TELEMETRY_FLUSH_S)
+            return {**summary, "telemetry": telemetry.stats()}
     finally:
         await executor.close()
         if started:
             shutdown_ray()
+
+
+async def _job(job: Any, executor: Any, observer: RunObserver) -> dict[str, Any]:
+    from base.reprocess.catchup import CatchUpConfig, catch_up
+    from base.reprocess.runner import reprocess as run_release
+
+    if isinstance(job, CatchUpConfig):
+        return (await catch_up(job, executor, observer)).to_dict()
+    return (await run_release(job, executor, observer)).to_dict()
 
 
 @reprocess.command()

@@ -50,7 +50,7 @@ async def _serve(
     config: SystemConfig, *, address: str | None, port: int | None
 ) -> AsyncIterator[RunningSystem]:
     tokens = load_tokens(config.gateway.tokens_file)
-    init_ray(address)
+    init_ray(address, batch_slots=config.batch_slots)
     system = launch(config)
     runner: web.AppRunner | None = None
     try:

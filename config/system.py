@@ -40,6 +40,8 @@ class GatewayConfig(_Frozen):
     max_frame_bytes: int = Field(default=1 << 20, ge=1024)
     #: Events queued per WebSocket client before the oldest are dropped.
     client_queue: int = Field(default=2_000, ge=10)
+    #: Identities that may publish batch reprocessing telemetry (``dmcs reprocess --url``).
+    batch_identities: tuple[str, ...] = ("batch", "operator")
 
 
 class DatabaseConfig(_Frozen):
@@ -51,6 +53,8 @@ class SystemConfig(_Frozen):
     name: str = "dmcs"
     data_dir: Path = Path("var")
     heartbeat_interval: float = Field(default=1.0, gt=0)
+    #: Cores of the embedded Ray lent to batch reprocessing (``dmcs reprocess --address``).
+    batch_slots: int = Field(default=0, ge=0)
     gateway: GatewayConfig = GatewayConfig()
     database: DatabaseConfig = DatabaseConfig()
     components: tuple[ComponentConfig, ...] = ()

@@ -28,6 +28,10 @@ CAMERA_EVENTS: frozenset[str] = frozenset(
     {"nextVisit", "startIntegration", "endIntegration", "endReadout"}
 )
 OCS_SOURCES: frozenset[str] = frozenset({"OCS", "Camera"})
+#: Telemetry of batch reprocessing runs (docs/events.md), sent through the gateway by
+#: ``dmcs reprocess`` and published as the source :data:`REPROCESS_SOURCE`.
+REPROCESS_TELEMETRY: frozenset[str] = frozenset({"reprocessProgress", "reprocessFailure"})
+REPROCESS_SOURCE = "Reprocess"
 
 #: The stages of one CCD in prompt processing, in pipeline order (docs/events.md).
 PROMPT_STAGES: tuple[str, ...] = (

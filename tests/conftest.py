@@ -42,7 +42,12 @@ def ray_session() -> Iterator[None]:
     shutdown_ray()
 
 
-TOKENS = {"ocs": "ocs-token", "operator": "operator-token", "scientist": "scientist-token"}
+TOKENS = {
+    "ocs": "ocs-token",
+    "operator": "operator-token",
+    "scientist": "scientist-token",
+    "batch": "batch-token",
+}
 
 
 @pytest.fixture(scope="session")

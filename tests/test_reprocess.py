@@ -19,6 +19,7 @@ from base.prompt import ccd_work
 from base.registry import Repository
 from base.reprocess.executor import InlineExecutor
 from base.reprocess.ledger import Ledger
+from base.reprocess.observer import RunObserver
 from base.reprocess.plan import ccd_units
 from base.reprocess.register import register_night_raws
 from base.reprocess.runner import ReprocessConfig, reprocess
@@ -35,6 +36,31 @@ async def register_raws(dsn: str, night: Path, schema: str = REGISTRY) -> None:
         assert await register_night_raws(repo, night) == 0
     finally:
         await repo.close()
+
+
+class Recorder(RunObserver):
+    """Keeps what a run reported."""
+
+    def __init__(self) -> None:
+        self.starts: list[tuple[str, str, int]] = []
+        self.progressed: list[tuple[str, int, int]] = []
+        self.failures: list[tuple[str, str, int, bool]] = []
+        self.ends: list[str] = []
+
+    def began(self, run: str, mode: str, workers: int) -> None:
+        self.starts.append((run, mode, workers))
+
+    def progress(self, phase: str, done: int, total: int) -> None:
+        self.progressed.append((phase, done, total))
+
+    def progress_of(self, phase: str) -> list[tuple[int, int]]:
+        return [(d, t) for p, d, t in self.progressed if p == phase]
+
+    def ended(self, status: str) -> None:
+        self.ends.append(status)
+
+    def failure(self, unit: str, reason: str, attempt: int, final: bool) -> None:
+        self.failures.append((unit, reason, attempt, final))
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +99,7 @@ async def test_ray_reprocess_gives_the_prompt_code_diasources(
 ) -> None:
     from actors.reprocess import RayExecutor
 
-    summary = await reprocess(config(pg_dsn, night, "ray", 1), RayExecutor(workers=2))
+    summary = await reprocess(config(pg_dsn, night, "ray", 1), RayExecutor(workers=2, niceness=0))
     assert summary.ccds == summary.processed == 8 and not summary.failed
     rows = await dia_sources(pg_dsn, "dr_ray")
     assert len(rows) == summary.dia_sources > 0
@@ -107,18 +133,20 @@ async def test_a_rerun_is_skipped_and_a_killed_run_resumes_to_the_same_outputs(
     assert (again.processed, again.skipped, again.regions_run) == (0, 8, 0)
     assert again.checksum == whole.checksum
 
-    seen: list[int] = []
     task: asyncio.Task[Any] | None = None
 
-    def kill_after_three(phase: str, done: int, total: int) -> None:
-        seen.append(done)
-        if phase == "ccd" and done == 3 and task is not None:
-            task.cancel()
+    class KillAfterThree(Recorder):
+        def progress(self, phase: str, done: int, total: int) -> None:
+            super().progress(phase, done, total)
+            if phase == "ccd" and done == 3 and task is not None:
+                task.cancel()
 
+    killer = KillAfterThree()
     clobber = ReprocessConfig(**{**cfg.__dict__, "clobber": True})
-    task = asyncio.create_task(reprocess(clobber, InlineExecutor(), kill_after_three))
+    task = asyncio.create_task(reprocess(clobber, InlineExecutor(), killer))
     with pytest.raises(asyncio.CancelledError):
         await task
+    assert killer.ends == ["interrupted"]
     resumed = await reprocess(cfg, InlineExecutor())
     assert resumed.skipped >= 3 and resumed.processed == 8 - resumed.skipped
     assert resumed.dia_sources == whole.dia_sources
@@ -129,7 +157,7 @@ async def test_a_rerun_is_skipped_and_a_killed_run_resumes_to_the_same_outputs(
         units = await (await Ledger.connect(pool)).units("resume")
     finally:
         await pool.close()
-    assert {u.status for u in units} == {"done"} and len(units) == 8 + whole.regions
+    assert {u.status for u in units} == {"done"} and len(units) == 8 + whole.regions + 1
 
 
 async def test_release_ids_and_names_are_checked(night: Path, pg_dsn: str) -> None:
@@ -315,8 +343,13 @@ async def test_a_bad_raw_fails_with_its_reason_and_a_later_run_completes_the_rel
         first_night=DAY_OBS,
         registry_schema="rp_bad_registry",
     )
-    first = await reprocess(cfg, InlineExecutor())
+    seen = Recorder()
+    first = await reprocess(cfg, InlineExecutor(), seen)
     assert list(first.failed) == [f"ccd:{bad.parent.name}/{int(bad.stem[-3:])}"]
+    assert seen.starts == [("bad", "release", 1)] and seen.ends == ["failed"]
+    assert [(u, a, f) for u, _, a, f in seen.failures] == [(next(iter(first.failed)), 1, True)]
+    assert seen.progress_of("ccd")[0] == (0, 8) and seen.progress_of("ccd")[-1] == (8, 8)
+    assert seen.progress_of("region")[-1] == (first.regions, first.regions)
     assert "missing_amplifier" in next(iter(first.failed.values()))
     pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2)
     try:

@@ -30,8 +30,9 @@ from base.registry.repository import Repository
 from base.reprocess.associate import Associated, associate_ccd
 from base.reprocess.executor import Executor
 from base.reprocess.ledger import Ledger
+from base.reprocess.observer import RunObserver
 from base.reprocess.plan import AssociationParams, ccd_units, config_hash
-from base.reprocess.runner import Progress, run_locked, run_units
+from base.reprocess.runner import run_locked, run_units
 from base.reprocess.work import CcdUnit, columns_checksum
 from state.clock import tai_now
 from state.errors import DmcsError
@@ -73,15 +74,17 @@ class CatchUpSummary:
 
 
 async def catch_up(
-    config: CatchUpConfig, executor: Executor, progress: Progress | None = None
+    config: CatchUpConfig, executor: Executor, observer: RunObserver | None = None
 ) -> CatchUpSummary:
     summary = CatchUpSummary(config.day_obs)
+    seen = observer or RunObserver()
 
     async def work(pool: asyncpg.Pool, ledger: Ledger) -> bool:
-        await _catch_up(config, executor, pool, ledger, summary, progress)
+        await _catch_up(config, executor, pool, ledger, summary, seen)
         return bool(summary.failed)
 
-    await run_locked(config.dsn, config.name, work)
+    seen.began(config.name, "catchUp", executor.workers)
+    await run_locked(config.dsn, config.name, work, seen)
     return summary
 
 
@@ -91,7 +94,7 @@ async def _catch_up(
     pool: asyncpg.Pool,
     ledger: Ledger,
     summary: CatchUpSummary,
-    progress: Progress | None,
+    observer: RunObserver,
 ) -> None:
     records = await PromptRecords.connect(pool, config.records_schema)
     night = await records.fetch_night(config.day_obs)
@@ -106,6 +109,7 @@ async def _catch_up(
         await repo.close()
     for key in sorted(set(missed) - {(u.visit, u.detector) for u in units}):
         summary.failed[f"ccd:{key[0]}/{key[1]}"] = "no raw in the registry"
+        observer.failure(f"ccd:{key[0]}/{key[1]}", "no raw in the registry", 0, True)
     chash = config_hash(0, config.association, {"mode": "catch-up"})
     await ledger.begin_release(
         config.name, 0, config.apdb_schema, chash, {"dayObs": config.day_obs}
@@ -126,7 +130,7 @@ async def _catch_up(
         ledger,
         config.name,
         keep,
-        progress,
+        observer,
     )
     summary.failed.update(failed)
     apdb = await Apdb.connect(config.dsn, config.apdb_schema)
@@ -141,7 +145,9 @@ async def _catch_up(
                 done = await associate_ccd(apdb, ccd, config.association)
                 n_alerts = await _alerts(archive, schema, ccd, done) if done.stored else 0
             except DmcsError as e:
-                await ledger.failed(config.name, unit.key, f"{type(e).__name__}: {e}", final=True)
+                reason = f"{type(e).__name__}: {e}"
+                await ledger.failed(config.name, unit.key, reason, final=True)
+                observer.failure(unit.key, reason, 1, True)
                 summary.failed[unit.key] = str(e)
                 continue
             summary.recovered += done.stored

@@ -7,6 +7,8 @@ them in time order into the release's APDB (schema ``dr_<name>``). Every store i
 (visit, detector), so a region resumed after a kill skips what it had stored and the result
 equals an uninterrupted run. Bad data fails a CCD at once; a dead worker or a retriable
 error is retried up to ``max_attempts``; both end in the ledger with their reason.
+Phase 3 (``base.reprocess.characterize``) computes every DiaObject's variability features
+from its full history, redone whenever a region's checksum changed.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from base.apdb.db import mapped_errors
 from base.apdb.schema import q
 from base.registry.repository import Repository
 from base.reprocess.associate import associate_ccd, dia_source_checksum
+from base.reprocess.characterize import characterize_release, variability_checksum
 from base.reprocess.executor import Executor
 from base.reprocess.ledger import Ledger
+from base.reprocess.observer import RunObserver
 from base.reprocess.plan import AssociationParams, ccd_units, config_hash, region_of
 from base.reprocess.staging import Staging
 from base.reprocess.work import CcdUnit, pack
@@ -35,8 +39,6 @@ from state.errors import DmcsError, InvalidInputError, RetriableError
 
 #: Seconds before the first retry of a CCD whose worker was lost (doubling after).
 RETRY_BACKOFF = 0.5
-#: progress(phase, done, total): phase is "ccd" or "region".
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class RunSummary:
     regions: int = 0
     regions_run: int = 0
     dia_sources: int = 0
+    characterized: int = 0
     checksum: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,7 +94,7 @@ async def run_units(
     ledger: Ledger,
     ledger_name: str,
     on_result: Callable[[CcdUnit, dict[str, Any]], Any],
-    progress: Progress | None = None,
+    observer: RunObserver,
 ) -> dict[str, str]:
     """Process ``units`` through ``executor``, ``workers`` at a time; returns failures.
 
@@ -111,9 +114,9 @@ async def run_units(
                     result = await executor.run(night_dir, unit, release_id)
                 except RetriableError as e:
                     final = attempt >= max_attempts
-                    await ledger.failed(
-                        ledger_name, unit.key, f"{type(e).__name__}: {e}", final=final
-                    )
+                    reason = f"{type(e).__name__}: {e}"
+                    await ledger.failed(ledger_name, unit.key, reason, final=final)
+                    observer.failure(unit.key, reason, attempt, final)
                     if not final:
                         await asyncio.sleep(RETRY_BACKOFF * 2 ** (attempt - 1))
                         continue
@@ -121,6 +124,7 @@ async def run_units(
                     break
                 if not result["ok"]:
                     await ledger.failed(ledger_name, unit.key, result["reason"], final=True)
+                    observer.failure(unit.key, result["reason"], attempt, True)
                     failed[unit.key] = result["reason"]
                     break
                 kept = await on_result(unit, result["ccd"])
@@ -128,9 +132,9 @@ async def run_units(
                     await ledger.done(ledger_name, unit.key, *kept)
                 break
         done += 1
-        if progress is not None:
-            progress("ccd", done, len(units))
+        observer.progress("ccd", done, len(units))
 
+    observer.progress("ccd", 0, len(units))
     async with asyncio.TaskGroup() as tg:
         for unit in units:
             tg.create_task(one(unit))
@@ -138,39 +142,47 @@ async def run_units(
 
 
 async def reprocess(
-    config: ReprocessConfig, executor: Executor, progress: Progress | None = None
+    config: ReprocessConfig, executor: Executor, observer: RunObserver | None = None
 ) -> RunSummary:
     """Run (or resume) the release; see the module docstring."""
     summary = RunSummary(config.release, config.schema)
+    seen = observer or RunObserver()
 
     async def work(pool: asyncpg.Pool, ledger: Ledger) -> bool:
-        await _run(config, executor, pool, ledger, summary, progress)
+        await _run(config, executor, pool, ledger, summary, seen)
         return bool(summary.failed)
 
-    await run_locked(config.dsn, config.release, work)
+    seen.began(config.release, "release", executor.workers)
+    await run_locked(config.dsn, config.release, work, seen)
     return summary
 
 
 async def run_locked(
-    dsn: str, name: str, work: Callable[[asyncpg.Pool, Ledger], Awaitable[bool]]
+    dsn: str,
+    name: str,
+    work: Callable[[asyncpg.Pool, Ledger], Awaitable[bool]],
+    observer: RunObserver,
 ) -> None:
     """Run ``work`` holding the ledger's lock on ``name``; record how it ended.
 
     ``work`` returns True when some unit failed. The release ends ``done``, ``failed`` or, if
     ``work`` raised or was cancelled, ``interrupted`` (a later run resumes it).
     """
-    async with mapped_errors(f"{name} connect"):
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=8)
+    status = "interrupted"
     try:
-        ledger = await Ledger.connect(pool)
-        await ledger.lock(name)
-        status = "interrupted"
+        async with mapped_errors(f"{name} connect"):
+            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=8)
         try:
-            status = "failed" if await work(pool, ledger) else "done"
+            ledger = await Ledger.connect(pool)
+            await ledger.lock(name)
+            try:
+                status = "failed" if await work(pool, ledger) else "done"
+            finally:
+                await asyncio.shield(_finish(ledger, name, status))
         finally:
-            await asyncio.shield(_finish(ledger, name, status))
+            await pool.close()
     finally:
-        await pool.close()
+        observer.ended(status)
 
 
 async def _finish(ledger: Ledger, release: str, status: str) -> None:
@@ -184,7 +196,7 @@ async def _run(
     pool: asyncpg.Pool,
     ledger: Ledger,
     summary: RunSummary,
-    progress: Progress | None,
+    observer: RunObserver,
 ) -> None:
     repo = await Repository.connect(config.dsn, config.registry_schema)
     try:
@@ -236,13 +248,14 @@ async def _run(
             ledger,
             config.release,
             keep,
-            progress,
+            observer,
         )
         summary.processed = len(pending) - len(summary.failed)
         done_keys = [(u.visit, u.detector) for u in units if u.key not in summary.failed]
         await _associate_regions(
-            config, chash, pool, ledger, apdb, staging, done_keys, summary, progress
+            config, chash, pool, ledger, apdb, staging, done_keys, summary, observer
         )
+        await _characterize(config, chash, pool, ledger, summary, observer)
     finally:
         await apdb.close()
 
@@ -256,11 +269,12 @@ async def _associate_regions(
     staging: Staging,
     keys: list[tuple[int, int]],
     summary: RunSummary,
-    progress: Progress | None,
+    observer: RunObserver,
 ) -> None:
     regions = await staging.regions(keys)
     summary.regions = len(regions)
     checksums = []
+    observer.progress("region", 0, len(regions))
     for i, (region, members) in enumerate(sorted(regions.items())):
         unit = f"region:{region}"
         # The region is redone when its members change (a failed CCD that later succeeded).
@@ -274,7 +288,9 @@ async def _associate_regions(
                     ccd = await staging.get(visit, detector)
                     await associate_ccd(apdb, ccd, config.association)
             except DmcsError as e:
-                await ledger.failed(config.release, unit, f"{type(e).__name__}: {e}", final=True)
+                reason = f"{type(e).__name__}: {e}"
+                await ledger.failed(config.release, unit, reason, final=True)
+                observer.failure(unit, reason, 1, True)
                 summary.failed[unit] = str(e)
                 continue
             checksum, n = await dia_source_checksum(apdb, members, pool)
@@ -284,6 +300,38 @@ async def _associate_regions(
             checksum, n = await dia_source_checksum(apdb, members, pool)
         checksums.append(checksum)
         summary.dia_sources += n
-        if progress is not None:
-            progress("region", i + 1, len(regions))
+        observer.progress("region", i + 1, len(regions))
     summary.checksum = hashlib.sha256("".join(checksums).encode()).hexdigest()
+
+
+async def _characterize(
+    config: ReprocessConfig,
+    chash: str,
+    pool: asyncpg.Pool,
+    ledger: Ledger,
+    summary: RunSummary,
+    observer: RunObserver,
+) -> None:
+    """Phase 3: variability from the full history (``characterize``), redone when a region
+    changed; its checksum is folded into the run's."""
+    unit = "characterize"
+    # summary.checksum is, at this point, the hash of every region's checksum.
+    vhash = hashlib.sha256(f"{chash}:{summary.checksum}".encode()).hexdigest()[:16]
+    if await ledger.todo(config.release, [(unit, "characterize")], vhash, config.clobber):
+        await ledger.start(config.release, unit)
+        try:
+            checksum, n = await characterize_release(
+                pool, config.schema, progress=lambda d, t: observer.progress(unit, d, t)
+            )
+        except DmcsError as e:
+            reason = f"{type(e).__name__}: {e}"
+            await ledger.failed(config.release, unit, reason, final=True)
+            observer.failure(unit, reason, 1, True)
+            summary.failed[unit] = str(e)
+            return
+        await ledger.done(config.release, unit, checksum, n)
+    else:
+        checksum, n = await variability_checksum(pool, config.schema)
+        observer.progress(unit, n, n)
+    summary.characterized = n
+    summary.checksum = hashlib.sha256(f"{summary.checksum}{checksum}".encode()).hexdigest()
