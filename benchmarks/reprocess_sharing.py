@@ -8,8 +8,12 @@ niceness 19 (the default) and at 0 (no priority: the contrast). The batch reproc
 whole night (its raws registered in a registry schema of its own) and publishes its progress
 to the system's gateway; each replay starts once the batch has finished a CCD (steady state),
 and a batch that ends early is started again as a new release.
+A fourth kind, ``nice19pg``, is an experiment on the residual: the batch at niceness 19
+with its PostgreSQL backends reniced to 19 as well (found by their ``application_name``;
+possible here because the embedded server runs as this user). dmcs does not do that itself.
 Figures: alert latency (end of readout -> alerts published) p95 loaded / unloaded, the
-per-step medians of each kind (where the time goes), and the batch's own rate meanwhile.
+per-step medians of each kind (where the time goes), and the batch's own rate meanwhile (from
+its telemetry). A batch still running when its replay ends is interrupted (SIGINT).
 """
 
 from __future__ import annotations

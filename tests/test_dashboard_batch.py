@@ -11,7 +11,8 @@ import pytest
 from commands.dashboard.batch import MAX_REASON, BatchLimits, BatchRuns
 from commands.dashboard.service import Dashboard
 from commands.status import StatusBoard
-from state.events import REPROCESS_SOURCE, Event, EventKind
+from state.events import REPROCESS_SOURCE, Event
+from tests.test_dashboard_model import Sink
 
 
 def progress(run: str = "dr1", **over: Any) -> dict[str, Any]:
@@ -157,18 +158,8 @@ def test_optional_numbers_may_be_null_and_whole_floats_are_counts() -> None:
     assert run["failures"][0]["attempt"] == 0
 
 
-class _Sink:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def __call__(self, source: str, topic: str, data: dict[str, Any], kind: EventKind) -> Event:
-        event = Event(source, topic, len(self.events) + 1, 0.0, data, kind)
-        self.events.append(event)
-        return event
-
-
 def test_dashboard_folds_reprocess_telemetry_and_counts_malformed() -> None:
-    dash = Dashboard(StatusBoard([]), _Sink(), {}, batch=BatchLimits(stale_seconds=5.0))
+    dash = Dashboard(StatusBoard([]), Sink(), {}, batch=BatchLimits(stale_seconds=5.0))
     dash.observe(ev("reprocessProgress", progress(run="dr2", done=2), tai=1.0, seq=1))
     dash.observe(ev("reprocessFailure", failure(run="dr2", reason="<b>x</b>"), tai=1.5, seq=1))
     dash.observe(ev("reprocessProgress", progress(run="dr2", status="bogus"), tai=2.0, seq=2))
@@ -184,6 +175,6 @@ def test_dashboard_folds_reprocess_telemetry_and_counts_malformed() -> None:
 
 
 def test_other_sources_with_reprocess_topic_names_are_not_batch_runs() -> None:
-    dash = Dashboard(StatusBoard([]), _Sink(), {})
+    dash = Dashboard(StatusBoard([]), Sink(), {})
     dash.observe(Event("OCS", "reprocessProgress", 1, 1.0, progress(), "telemetry"))
     assert dash.snapshot()["batch"]["runs"] == [] and dash.malformed == 0

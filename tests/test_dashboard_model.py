@@ -235,7 +235,7 @@ def test_schedule_times_in_tai_and_utc() -> None:
 
 
 # -------------------------------------------------------------------- service
-class _Sink:
+class Sink:
     """Where the dashboard's Watcher events go (the gateway puts them on the bus)."""
 
     def __init__(self) -> None:
@@ -248,7 +248,7 @@ class _Sink:
 
 
 def test_service_raises_and_acts_on_alarms_with_authorization() -> None:
-    sink = _Sink()
+    sink = Sink()
     dash = Dashboard(StatusBoard(["Buf"]), sink, {"Buf": frozenset({"operator"})})
     dash.observe(ev("Buf", "bufferStatus", {"fillFraction": 0.97}, seq=4))
     assert sink.events[-1].topic == "alarm" and sink.events[-1].data["severity"] == "CRITICAL"
@@ -267,7 +267,7 @@ def test_service_raises_and_acts_on_alarms_with_authorization() -> None:
 
 
 def test_service_counts_malformed_events_and_keeps_going() -> None:
-    dash = Dashboard(StatusBoard([]), _Sink(), {})
+    dash = Dashboard(StatusBoard([]), Sink(), {})
     dash.observe(ev("P", "ccdStage", {"visit": 1, "detector": "north", "stage": "isrDone"}))
     dash.observe(ev("B", "bufferStatus", {"fillFraction": "full"}))
     dash.observe(ev("OCS", "predictedSchedule", {"visits": 3}))
@@ -286,7 +286,7 @@ def test_page_subscribes_to_the_topics_the_server_lists() -> None:
 
 
 def test_snapshot_sequence_numbers_survive_reordering_and_follow_restarts() -> None:
-    dash = Dashboard(StatusBoard([]), _Sink(), {})
+    dash = Dashboard(StatusBoard([]), Sink(), {})
     for seq in (2, 3, 1, 4):  # the bus delivered seq 1 late
         dash.observe(ev("P", "ccdStage", {"visit": 1, "detector": seq, "stage": "isrDone"}, seq))
     assert dash.seqs["P/ccdStage"] == 4

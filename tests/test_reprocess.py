@@ -69,14 +69,16 @@ async def night(pg_dsn: str, mini_night: Path) -> Path:
     return mini_night
 
 
-def config(dsn: str, night: Path, release: str, release_id: int, **kw: Any) -> ReprocessConfig:
+def config(
+    dsn: str, night: Path, release: str, release_id: int, registry: str = REGISTRY, **kw: Any
+) -> ReprocessConfig:
     return ReprocessConfig(
         dsn=dsn,
         night_dir=night,
         release=release,
         release_id=release_id,
         first_night=DAY_OBS,
-        registry_schema=REGISTRY,
+        registry_schema=registry,
         **kw,
     )
 

@@ -23,7 +23,8 @@ from base.reprocess.executor import InlineExecutor
 from base.reprocess.ledger import Ledger
 from base.reprocess.runner import ReprocessConfig, reprocess
 from state.errors import InvalidInputError
-from tests.test_reprocess import DAY_OBS, Recorder, register_raws
+from tests.test_reprocess import Recorder, register_raws
+from tests.test_reprocess import config as release_config
 
 SCHEMA = "dr_var"
 
@@ -38,14 +39,7 @@ async def night(pg_dsn: str, mini_night: Path) -> Path:
 
 
 def config(dsn: str, night: Path, release: str, release_id: int) -> ReprocessConfig:
-    return ReprocessConfig(
-        dsn=dsn,
-        night_dir=night,
-        release=release,
-        release_id=release_id,
-        first_night=DAY_OBS,
-        registry_schema=REGISTRY,
-    )
+    return release_config(dsn, night, release, release_id, REGISTRY)
 
 
 async def fetch(dsn: str, sql: str) -> list[asyncpg.Record]:

@@ -31,9 +31,20 @@ async def dia_source_checksum(
             [k[1] for k in keys],
         )
     h = hashlib.sha256()
-    for r in rows:
-        h.update(repr(tuple(round(v, 9) if isinstance(v, float) else v for v in r)).encode())
+    digest_rows(h, rows)
     return h.hexdigest(), len(rows)
 
 
-__all__ = ["CHECKSUM_COLUMNS", "Associated", "associate_ccd", "dia_source_checksum"]
+def digest_rows(h: Any, rows: Sequence[Sequence[Any]]) -> None:
+    """Feed ``rows`` to the hash ``h``, floats rounded to 9 decimals (stable across runs)."""
+    for r in rows:
+        h.update(repr(tuple(round(v, 9) if isinstance(v, float) else v for v in r)).encode())
+
+
+__all__ = [
+    "CHECKSUM_COLUMNS",
+    "Associated",
+    "associate_ccd",
+    "dia_source_checksum",
+    "digest_rows",
+]

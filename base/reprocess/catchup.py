@@ -32,7 +32,7 @@ from base.reprocess.executor import Executor
 from base.reprocess.ledger import Ledger
 from base.reprocess.observer import RunObserver
 from base.reprocess.plan import AssociationParams, ccd_units, config_hash
-from base.reprocess.runner import run_locked, run_units
+from base.reprocess.runner import give_up, run_locked, run_units
 from base.reprocess.work import CcdUnit, columns_checksum
 from state.clock import tai_now
 from state.errors import DmcsError
@@ -145,10 +145,7 @@ async def _catch_up(
                 done = await associate_ccd(apdb, ccd, config.association)
                 n_alerts = await _alerts(archive, schema, ccd, done) if done.stored else 0
             except DmcsError as e:
-                reason = f"{type(e).__name__}: {e}"
-                await ledger.failed(config.name, unit.key, reason, final=True)
-                observer.failure(unit.key, reason, 1, True)
-                summary.failed[unit.key] = str(e)
+                await give_up(ledger, config.name, unit.key, e, observer, summary.failed)
                 continue
             summary.recovered += done.stored
             summary.already_stored += not done.stored

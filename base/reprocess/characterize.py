@@ -26,6 +26,7 @@ from base.apdb.copyread import fetch_columns
 from base.apdb.copywrite import copy_payload
 from base.apdb.db import mapped_errors, migrate
 from base.apdb.schema import Column, Table, q
+from base.reprocess.associate import digest_rows
 from state.errors import InvalidInputError
 
 TABLE = "DiaObjectVariability"
@@ -170,10 +171,7 @@ async def variability_checksum(
                 after,
                 batch,
             )
-            for r in rows:
-                h.update(
-                    repr(tuple(round(v, 9) if isinstance(v, float) else v for v in r)).encode()
-                )
+            digest_rows(h, rows)
             n += len(rows)
             if len(rows) < batch:
                 break

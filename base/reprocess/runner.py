@@ -141,6 +141,21 @@ async def run_units(
     return failed
 
 
+async def give_up(
+    ledger: Ledger,
+    run: str,
+    unit: str,
+    error: DmcsError,
+    observer: RunObserver,
+    failed: dict[str, str],
+) -> None:
+    """Record ``unit`` as failed for good: in the ledger, to the observer and in ``failed``."""
+    reason = f"{type(error).__name__}: {error}"
+    await ledger.failed(run, unit, reason, final=True)
+    observer.failure(unit, reason, 1, True)
+    failed[unit] = str(error)
+
+
 async def reprocess(
     config: ReprocessConfig, executor: Executor, observer: RunObserver | None = None
 ) -> RunSummary:
@@ -288,10 +303,7 @@ async def _associate_regions(
                     ccd = await staging.get(visit, detector)
                     await associate_ccd(apdb, ccd, config.association)
             except DmcsError as e:
-                reason = f"{type(e).__name__}: {e}"
-                await ledger.failed(config.release, unit, reason, final=True)
-                observer.failure(unit, reason, 1, True)
-                summary.failed[unit] = str(e)
+                await give_up(ledger, config.release, unit, e, observer, summary.failed)
                 continue
             checksum, n = await dia_source_checksum(apdb, members, pool)
             await ledger.done(config.release, unit, checksum, n)
@@ -324,10 +336,7 @@ async def _characterize(
                 pool, config.schema, progress=lambda d, t: observer.progress(unit, d, t)
             )
         except DmcsError as e:
-            reason = f"{type(e).__name__}: {e}"
-            await ledger.failed(config.release, unit, reason, final=True)
-            observer.failure(unit, reason, 1, True)
-            summary.failed[unit] = str(e)
+            await give_up(ledger, config.release, unit, e, observer, summary.failed)
             return
         await ledger.done(config.release, unit, checksum, n)
     else:
