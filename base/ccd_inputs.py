@@ -1,11 +1,12 @@
 """Inputs of per-CCD processing: what the adapter needs from a repository, and readers.
 
-``CcdRepository`` is the small protocol the adapter uses (file paths only); the registry in
-``base/registry`` will be connected to it. ``NightDirectoryRepository`` implements it on the
-layout ``dmcs simulate night --out DIR`` writes (docs/simulation.md), with the night's truth
-as the reference catalogue. The readers turn those files into the in-memory inputs of
-``algorithms.pipeline.run_ccd``; they raise ``InvalidInputError`` on unreadable or
-inconsistent files.
+``CcdRepository`` is the small protocol the adapter uses (file paths only).
+``NightDirectoryRepository`` implements it on the layout ``dmcs simulate night --out DIR``
+writes (docs/simulation.md), with the night's truth as the reference catalogue;
+``ResolvedRepository`` implements it on the paths of one CCD looked up beforehand (the
+CcdProcessor asks the registry, then hands the plain ``ResolvedInputs`` to its worker).
+The readers turn those files into the in-memory inputs of ``algorithms.pipeline.run_ccd``;
+they raise ``InvalidInputError`` on unreadable or inconsistent files.
 """
 
 from __future__ import annotations
@@ -90,6 +91,38 @@ class NightDirectoryRepository:
     def get_refcat(self) -> Path | None:
         p = self.root / "truth.sqlite"
         return p if p.is_file() else None
+
+
+@dataclass(frozen=True)
+class ResolvedInputs:
+    """The input paths of one (visit, detector), looked up in advance; None where absent."""
+
+    visit: int
+    detector: int
+    raw: Path | None = None
+    calibs: CalibPaths = CalibPaths()
+    template: Path | None = None
+    refcat: Path | None = None
+
+
+class ResolvedRepository:
+    """``CcdRepository`` over the ``ResolvedInputs`` of one CCD; other CCDs have nothing."""
+
+    def __init__(self, inputs: ResolvedInputs) -> None:
+        self.inputs = inputs
+
+    def get_raw(self, visit: int, detector: int) -> Path | None:
+        i = self.inputs
+        return i.raw if (visit, detector) == (i.visit, i.detector) else None
+
+    def get_calibs(self, detector: int, band: str, time: float) -> CalibPaths:
+        return self.inputs.calibs if detector == self.inputs.detector else CalibPaths()
+
+    def get_template(self, field_id: int, band: str, detector: int) -> Path | None:
+        return self.inputs.template if detector == self.inputs.detector else None
+
+    def get_refcat(self) -> Path | None:
+        return self.inputs.refcat
 
 
 def amp_geometry(a: Amplifier) -> AmpGeometry:

@@ -144,3 +144,34 @@ def drive(
     click.echo(json.dumps(summary, indent=1))
     if not summary["ok"]:
         raise click.ClickException(f"{len(summary['problems'])} problem(s); see the summary")  # type: ignore[arg-type]
+
+
+@simulate.command(name="register")
+@click.argument("night_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option(
+    "--dsn",
+    default=lambda: os.environ.get("DMCS_DSN"),
+    help="PostgreSQL DSN of the system (default: $DMCS_DSN; `dmcs run` logs it).",
+)
+@click.option("--registry-schema", default="registry", show_default=True)
+def register(night_dir: Path, dsn: str | None, registry_schema: str) -> None:
+    """Register a simulated night's products (detectors, calibrations, templates, reference
+    catalogue) in the registry, as a night needs before it is driven (idempotent)."""
+    from base.registry.products import register_night
+    from base.registry.repository import Repository
+
+    if not dsn:
+        raise click.UsageError("give --dsn (or set $DMCS_DSN)")
+
+    async def go() -> dict[str, int]:
+        repo = await Repository.connect(dsn, registry_schema)
+        try:
+            return await register_night(repo, night_dir)
+        finally:
+            await repo.close()
+
+    try:
+        added = asyncio.run(go())
+    except DmcsError as e:
+        raise click.ClickException(f"{type(e).__name__}: {e}") from e
+    click.echo(json.dumps({"registered": added}))

@@ -118,5 +118,9 @@ def test_night_system_config_builds_the_pool(tmp_path: Path) -> None:
     assert [c.name for c in pool] == ["CcdProcessor0", "CcdProcessor1", "CcdProcessor2"]
     assert [c.settings["index"] for c in pool] == [0, 1, 2]
     assert all(c.settings["pool_size"] == 3 and c.settings["dsn"] for c in pool)
+    assert all(c.settings["night_dir"] == str(tmp_path.resolve()) for c in pool)
+    registry = night_system_config(base, dsn="postgresql://x", night_dir=None, processors=2)
+    dirs = [c.settings["night_dir"] for c in registry.components if c.cls == PROCESSOR_CLASS]
+    assert dirs == ["", ""], "no night directory: the processors read through the registry"
     with pytest.raises(ConfigurationError, match="at least one"):
         night_system_config(base, dsn="x", night_dir=tmp_path, processors=0)

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from base.registry import DetectorRecord, ExposureRecord, RawRecord, Repository
+from base.registry import DetectorRecord, ExposureRecord, RawRecord, Repository, migrations
 from base.registry.migrations import MIGRATIONS, schema_version
 from base.registry.products import register_night
 from commands.database import database_users, system_database
 from config.system import SystemConfig
-from state.errors import ConnectionLostError, InvalidInputError
+from state.errors import ConnectionLostError, InvalidInputError, StorageError
 from tests.conftest import component_spec
 from tests.data_path_helpers import mini_night_dir
 
@@ -39,14 +40,53 @@ async def test_migrations_are_versioned_and_applied_once(pg_dsn: str) -> None:
         await conn.close()
 
 
+async def test_migration_2_upgrades_a_version_1_schema(
+    pg_dsn: str, night: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS[:1])
+    old = await Repository.connect(pg_dsn, "reg_upgrade")
+    try:
+        assert await old.register_detector(DetectorRecord("mini", 0, "S00", None, 2, 2))
+        with pytest.raises(StorageError, match="refcats"):
+            await old.get_refcat("mini")
+    finally:
+        await old.close()
+    monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS)
+    conn = await asyncpg.connect(pg_dsn, server_settings={"search_path": "reg_upgrade"})
+    try:
+        assert await schema_version(conn) == 1
+        assert await migrations.migrate(conn, "reg_upgrade") == [2]
+        assert await migrations.migrate(conn, "reg_upgrade") == []
+        assert await schema_version(conn) == 2
+    finally:
+        await conn.close()
+    repo = await Repository.connect(pg_dsn, "reg_upgrade")
+    try:
+        assert (await repo.counts())["detectors"] == 1, "version 1 rows survive the upgrade"
+        assert await register_night(repo, night) == {
+            "detectors": 3, "calibrations": 4 * 5, "templates": 12, "refcats": 1,
+        }  # fmt: skip
+        assert await repo.get_refcat("mini") is not None
+    finally:
+        await repo.close()
+
+
 async def test_night_products_registered_once_and_found(pg_dsn: str, night: Path) -> None:
     repo = await Repository.connect(pg_dsn, "reg_products")
     try:
         added = await register_night(repo, night)
-        assert added == {"detectors": 4, "calibrations": 4 * 5, "templates": 12}
+        assert added == {"detectors": 4, "calibrations": 4 * 5, "templates": 12, "refcats": 1}
         assert await register_night(repo, night) == {
-            "detectors": 0, "calibrations": 0, "templates": 0,
+            "detectors": 0, "calibrations": 0, "templates": 0, "refcats": 0,
         }  # fmt: skip
+        refcat = await repo.get_refcat("mini")
+        assert refcat is not None and refcat.name == "truth"
+        assert refcat.path == str((night / "truth.sqlite").resolve())
+        assert refcat.byte_size == (night / "truth.sqlite").stat().st_size
+        assert refcat.n_objects is not None and refcat.n_objects > 0
+        assert await repo.get_refcat("mini", name="truth") == refcat
+        assert await repo.get_refcat("mini", name="gaia") is None
+        assert await repo.get_refcat("lsstcam") is None
         calibs = await repo.get_calibs(2, "r", 60800.9)
         assert set(calibs) == {"bias", "dark", "bpm", "flat", "crosstalk"}
         assert calibs["flat"].band == "r" and calibs["flat"].nx == 512
@@ -66,6 +106,7 @@ async def test_night_products_registered_once_and_found(pg_dsn: str, night: Path
             await repo.get_template("r")
         assert await repo.get_raw(1, 0) is None
         assert (await repo.counts())["templates"] == 12
+        assert (await repo.counts())["refcats"] == 1
     finally:
         await repo.close()
 
@@ -127,3 +168,17 @@ def test_system_database_fills_the_dsn_of_database_users(tmp_path: Path) -> None
     assert settings["Ingest"]["dsn"] == "postgresql://db.example/dmcs"
     assert settings["Other"]["dsn"] == "given"
     assert "dsn" not in settings["HeaderService"]
+
+
+async def test_cli_registers_a_nights_products_once(pg_dsn: str, mini_night: Path) -> None:
+    from tests.test_reprocess import dmcs
+
+    args = ("simulate", "register", str(mini_night), "--dsn", pg_dsn)
+    rc, out = await dmcs(*args, "--registry-schema", "cli_products")
+    assert rc == 0, out
+    first = json.loads(out.strip().splitlines()[-1])["registered"]
+    assert first["calibrations"] > 0 and first["templates"] > 0 and first["refcats"] == 1
+    rc, out = await dmcs(*args, "--registry-schema", "cli_products")
+    assert rc == 0 and set(json.loads(out.strip().splitlines()[-1])["registered"].values()) == {0}
+    rc, out = await dmcs("simulate", "register", str(mini_night / "absent"), "--dsn", pg_dsn)
+    assert rc == 2 and "does not exist" in out

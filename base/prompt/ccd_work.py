@@ -1,7 +1,9 @@
 """The CCD processor's CPU work, run inside its child process (:mod:`base.isolated`).
 
-The child keeps the adapter and the preloaded inputs of the visits announced by
-``nextVisit`` in this module's memory, so ``process`` finds them when the raw arrives.
+The child keeps the preloaded inputs of the visits announced by ``nextVisit`` in this
+module's memory, so ``process`` finds them when the raw arrives. ``source`` is a simulated
+night directory (its adapter is kept, a few at most) or the ``ResolvedInputs`` the processor
+looked up in the registry for this one CCD (a fresh adapter each call: it costs nothing).
 Results go back as plain dicts and numpy arrays (pickled through the pipe).
 """
 
@@ -15,7 +17,7 @@ import numpy as np
 
 from algorithms.wcs import TanSipWcs
 from base.apdb.ids import IdPacker
-from base.ccd_inputs import NightDirectoryRepository
+from base.ccd_inputs import NightDirectoryRepository, ResolvedInputs, ResolvedRepository
 from base.ccd_processing import CcdOutputs, CcdProcessing, Preloaded
 from base.prompt.requests import CcdResults
 from state.clock import tai_mjd, tai_now
@@ -23,21 +25,29 @@ from state.clock import tai_mjd, tai_now
 #: Preloaded (visit, detector) inputs kept at most (a few visits of one processor's CCDs).
 MAX_PRELOADED = 16
 
-_adapters: dict[str, CcdProcessing] = {}
+#: Night-directory adapters kept at most.
+MAX_ADAPTERS = 4
+
+_adapters: OrderedDict[str, CcdProcessing] = OrderedDict()
 _preloaded: OrderedDict[tuple[int, int], Preloaded] = OrderedDict()
 _ids = IdPacker(release=0)
 
 
-def _adapter(night_dir: str) -> CcdProcessing:
-    adapter = _adapters.get(night_dir)
+def _adapter(source: str | ResolvedInputs) -> CcdProcessing:
+    if isinstance(source, ResolvedInputs):
+        return CcdProcessing(ResolvedRepository(source))
+    adapter = _adapters.get(source)
     if adapter is None:
-        adapter = _adapters[night_dir] = CcdProcessing(NightDirectoryRepository(Path(night_dir)))
+        adapter = _adapters[source] = CcdProcessing(NightDirectoryRepository(Path(source)))
+        while len(_adapters) > MAX_ADAPTERS:
+            _adapters.popitem(last=False)
+    _adapters.move_to_end(source)
     return adapter
 
 
-def preload(night_dir: str, visit_info: dict[str, Any], detector: int) -> list[str]:
+def preload(source: str | ResolvedInputs, visit_info: dict[str, Any], detector: int) -> list[str]:
     """Read everything but the raw for (visit, detector); returns the preload's flags."""
-    pre = _adapter(night_dir).preload(visit_info, detector)
+    pre = _adapter(source).preload(visit_info, detector)
     _preloaded[(pre.visit, detector)] = pre
     while len(_preloaded) > MAX_PRELOADED:
         _preloaded.popitem(last=False)
@@ -45,10 +55,10 @@ def preload(night_dir: str, visit_info: dict[str, Any], detector: int) -> list[s
 
 
 def process(
-    night_dir: str, visit_info: dict[str, Any], detector: int, raw_path: str
+    source: str | ResolvedInputs, visit_info: dict[str, Any], detector: int, raw_path: str
 ) -> dict[str, Any]:
     """Process one raw; ``{"ok", "reason", "stages", "summary", "ccd"}`` (``ccd`` when ok)."""
-    adapter = _adapter(night_dir)
+    adapter = _adapter(source)
     key = (int(visit_info["visit"]), detector)
     pre = _preloaded.pop(key, None) or adapter.preload(visit_info, detector)
     out = adapter.process(raw_path, pre)

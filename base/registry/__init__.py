@@ -1,10 +1,11 @@
-"""The data repository registry: raws, calibrations and templates in PostgreSQL."""
+"""The data repository registry: raws, calibrations, templates and refcats in PostgreSQL."""
 
 from base.registry.records import (
     CalibRecord,
     DetectorRecord,
     ExposureRecord,
     RawRecord,
+    RefcatRecord,
     TemplateRecord,
 )
 from base.registry.repository import Repository
@@ -14,6 +15,7 @@ __all__ = [
     "DetectorRecord",
     "ExposureRecord",
     "RawRecord",
+    "RefcatRecord",
     "Repository",
     "TemplateRecord",
 ]

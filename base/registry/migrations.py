@@ -96,6 +96,22 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX templates_band ON templates (band, camera);
         """,
     ),
+    Migration(
+        2,
+        "refcats",
+        """
+        CREATE TABLE refcats (
+            camera TEXT NOT NULL,
+            name TEXT NOT NULL,
+            path TEXT NOT NULL,
+            checksum TEXT NOT NULL,
+            byte_size BIGINT NOT NULL,
+            n_objects BIGINT,
+            registered_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            PRIMARY KEY (camera, name)
+        );
+        """,
+    ),
 )
 
 

@@ -3,8 +3,9 @@
 Layout (docs/simulation.md): ``manifest.json`` names the camera; ``calibs/det<NNN>/`` holds
 ``bias``, ``dark``, ``bpm``, ``flat_<band>`` FITS and ``crosstalk.json``; templates are
 ``templates/<band>/field<NNNN>/det<NNN>.fits``; the field centres come from the OpSim
-``schedule.sqlite`` (``target = 'field<NNNN>'``, ``fieldRA``, ``fieldDec``). Calibrations of
-the simulation are valid for all time. Registering twice adds nothing.
+``schedule.sqlite`` (``target = 'field<NNNN>'``, ``fieldRA``, ``fieldDec``); the night's
+``truth.sqlite`` is the camera's reference catalogue (named ``truth``). Calibrations of the
+simulation are valid for all time. Registering twice adds nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from astropy.io import fits
 
-from base.registry.records import CalibRecord, DetectorRecord, TemplateRecord
+from base.registry.records import CalibRecord, DetectorRecord, RefcatRecord, TemplateRecord
 from base.registry.repository import Repository
 from config.cameras import load_camera
 from state.durable import sha256_hex
@@ -41,6 +42,15 @@ def _file_facts(path: Path, hdu: str | int = 0) -> tuple[str, int, int | None, i
     return sha256_hex(data), len(data), nx, ny
 
 
+def _refcat_objects(path: Path) -> int:
+    """Rows of the catalogue's ``objects`` table; a file without one is not a refcat."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            return int(db.execute("SELECT COUNT(*) FROM objects").fetchone()[0])
+    except sqlite3.Error as e:
+        raise InvalidInputError(f"{path} is not a reference catalogue: {e}") from e
+
+
 def _field_centres(schedule: Path) -> dict[int, tuple[float, float]]:
     if not schedule.is_file():
         return {}
@@ -58,14 +68,14 @@ def _field_centres(schedule: Path) -> dict[int, tuple[float, float]]:
 
 
 async def register_night(repo: Repository, directory: Path) -> dict[str, int]:
-    """Register detectors, calibrations and templates of a night; returns rows added."""
+    """Register detectors, calibrations, templates and the refcat of a night; rows added."""
     manifest_path = directory / "manifest.json"
     try:
         manifest = json.loads(manifest_path.read_text())
         camera = load_camera(str(manifest["camera"]))
     except (OSError, ValueError, KeyError) as e:
         raise InvalidInputError(f"{manifest_path} is not a simulated-night manifest: {e}") from e
-    added = {"detectors": 0, "calibrations": 0, "templates": 0}
+    added = {"detectors": 0, "calibrations": 0, "templates": 0, "refcats": 0}
     for det in camera.detectors:
         record = DetectorRecord(camera.name, det.id, det.name, det.vendor, det.nx, det.ny)
         added["detectors"] += await repo.register_detector(record)
@@ -113,4 +123,10 @@ async def register_night(repo: Repository, directory: Path) -> dict[str, int]:
             ny=ny,
         )
         added["templates"] += await repo.register_template(template)
+    truth = directory / "truth.sqlite"
+    if truth.is_file():
+        checksum, size, _, _ = await asyncio.to_thread(_file_facts, truth)
+        n_objects = await asyncio.to_thread(_refcat_objects, truth)
+        refcat = RefcatRecord(camera.name, "truth", str(truth.resolve()), checksum, size, n_objects)
+        added["refcats"] += await repo.register_refcat(refcat)
     return added

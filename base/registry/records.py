@@ -76,3 +76,15 @@ class TemplateRecord:
     byte_size: int
     nx: int | None
     ny: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RefcatRecord:
+    """A reference catalogue: a SQLite file with an ``objects`` table (docs/ccd_processing.md)."""
+
+    camera: str
+    name: str
+    path: str
+    checksum: str
+    byte_size: int
+    n_objects: int | None

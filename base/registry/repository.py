@@ -22,6 +22,7 @@ from base.registry.records import (
     DetectorRecord,
     ExposureRecord,
     RawRecord,
+    RefcatRecord,
     TemplateRecord,
 )
 from state.errors import ConnectionLostError, InvalidInputError, RetriableError, StorageError
@@ -112,6 +113,10 @@ class Repository:
 
     async def register_template(self, template: TemplateRecord) -> bool:
         return await self._insert("templates", template)
+
+    async def register_refcat(self, refcat: RefcatRecord) -> bool:
+        """Register a reference catalogue; the first one of a (camera, name) stays."""
+        return await self._insert("refcats", refcat)
 
     async def _insert(self, table: str, record: object) -> bool:
         with _database(f"registering into {table}"):
@@ -228,9 +233,20 @@ class Repository:
                 best = (sep, int(r["field_id"]))
         return None if best is None else best[1]
 
+    async def get_refcat(self, camera: str, *, name: str | None = None) -> RefcatRecord | None:
+        """The camera's reference catalogue ``name``, or its latest registered when None."""
+        rows = await self._fetch(
+            "reading a reference catalogue",
+            "SELECT * FROM refcats WHERE camera = $1 AND ($2::text IS NULL OR name = $2)"
+            " ORDER BY registered_at DESC, name LIMIT 1",
+            camera,
+            name,
+        )
+        return _record(RefcatRecord, rows[0]) if rows else None
+
     async def counts(self) -> dict[str, int]:
         out = {}
-        for table in ("exposures", "detectors", "raws", "calibrations", "templates"):
+        for table in ("exposures", "detectors", "raws", "calibrations", "templates", "refcats"):
             with _database(f"counting {table}"):
                 out[table] = int(await self._pool.fetchval(f"SELECT COUNT(*) FROM {table}"))
         return out

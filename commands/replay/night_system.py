@@ -1,8 +1,9 @@
 """The system a replay runs: the configured components, with the CCD pool sized and wired.
 
 Every component whose settings take a ``dsn`` gets the night's database; the CCD processors
-get the simulated night directory (calibrations, templates, reference truth) and their place
-in the pool. The processor entry of the configuration is the template of the pool.
+get their place in the pool and the simulated night directory (calibrations, templates,
+reference truth), or none (``night_dir=None``: they read their inputs through the
+registry). The processor entry of the configuration is the template of the pool.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def night_system_config(
     config: SystemConfig,
     *,
     dsn: str,
-    night_dir: Path,
+    night_dir: Path | None,
     processors: int,
     data_dir: Path | None = None,
     processor_cpus: float | None = None,
@@ -85,7 +86,7 @@ def night_system_config(
             _with_settings(
                 spec,
                 **_database_settings(template, dsn, schema_prefix),
-                night_dir=str(night_dir.resolve()),
+                night_dir="" if night_dir is None else str(night_dir.resolve()),
                 index=index,
                 pool_size=processors,
             )

@@ -1,0 +1,53 @@
+"""Look up the inputs of one CCD in the registry, for a processor without a night directory.
+
+The answer is plain data (:class:`base.ccd_inputs.ResolvedInputs`) that pickles to the
+processor's worker process. An input the registry lacks is left None, exactly as a file
+missing from a night directory: the adapter flags it, nothing here raises for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from base.ccd_inputs import CalibPaths, ResolvedInputs
+from base.registry.repository import Repository
+from state.errors import InvalidInputError
+
+_CALIB_FIELDS = ("bias", "dark", "flat", "bpm", "crosstalk")
+
+
+async def resolve_inputs(
+    repo: Repository, visit_info: Mapping[str, Any], detector: int, *, raw: str | None = None
+) -> ResolvedInputs:
+    """Calibrations, template and reference catalogue of (visit, detector) from ``repo``.
+
+    ``visit_info`` is a ``nextVisit`` payload (``visit``, ``camera``, ``band``, ``startMjd``,
+    ``fieldId`` or ``ra``/``dec``); a malformed one raises ``InvalidInputError``.
+    """
+    try:
+        visit, camera = int(visit_info["visit"]), str(visit_info["camera"])
+        band, mjd = str(visit_info["band"]), float(visit_info["startMjd"])
+        field = visit_info.get("fieldId")
+        field_id = None if field is None else int(field)
+        ra = dec = None
+        if field_id is None:
+            ra, dec = float(visit_info["ra"]), float(visit_info["dec"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise InvalidInputError(f"bad visit description for the registry lookup: {e}") from e
+    calibs = await repo.get_calibs(detector, band, mjd, camera=camera)
+    templates = await repo.get_template(
+        band, field_id=field_id, ra=ra, dec=dec, detector=detector, camera=camera
+    )
+    refcat = await repo.get_refcat(camera)
+    return ResolvedInputs(
+        visit=visit,
+        detector=detector,
+        raw=None if raw is None else Path(raw),
+        calibs=CalibPaths(
+            **{k: Path(calibs[k].path) for k in _CALIB_FIELDS if k in calibs}  # type: ignore[arg-type]
+        ),
+        template=Path(templates[0].path) if templates else None,
+        refcat=None if refcat is None else Path(refcat.path),
+    )
