@@ -112,13 +112,13 @@ class ComponentActor:
                 )
                 for wire in snapshot:
                     if wire.get("kind") == "telemetry":
-                        await component.on_event(Event.from_wire(wire))
+                        await component.deliver(Event.from_wire(wire))
                 while True:
                     batch = await self._bus.poll.remote(sid, 1000, 1.0)
                     if not batch["known"]:
                         break
                     for wire in batch["events"]:
-                        await component.on_event(Event.from_wire(wire))
+                        await component.deliver(Event.from_wire(wire))
                     backoff = 0.1
             except RayActorError:
                 log.warning("event bus unreachable; retrying in %.1f s", backoff)

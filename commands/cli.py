@@ -83,6 +83,7 @@ def run(
                 status=f"{running.http_url}/api/v1/status",
                 components=list(running.system.components),
                 ray=ray_address(),
+                database=running.dsn or None,
                 batch_slots=config.batch_slots,
             )
             try:

@@ -21,6 +21,8 @@ class RunningSystem:
     app: web.Application
     host: str
     port: int
+    #: The system's PostgreSQL (the embedded one's, when dmcs started it).
+    dsn: str = ""
 
     @property
     def ws_url(self) -> str:
@@ -68,7 +70,7 @@ async def _serve(
         site = web.TCPSite(runner, host, config.gateway.port if port is None else port)
         await site.start()
         bound = runner.addresses[0][1]
-        yield RunningSystem(system, app, host, bound)
+        yield RunningSystem(system, app, host, bound, config.database.dsn)
     finally:
         if runner is not None:
             await runner.cleanup()

@@ -52,6 +52,8 @@ class _Job:
 
 #: errorCode of a FAULT caused by a component's own background task raising.
 BACKGROUND_TASK_FAILED = 1
+#: errorCode of a component whose :meth:`Controller.on_event` raised.
+EVENT_HANDLER_FAILED = 2
 
 FailureHandler = Callable[[str, BaseException, str], Awaitable[None]]
 
@@ -184,6 +186,21 @@ class Controller:
 
     async def on_event(self, event: Event) -> None:
         """Hook: an event from :attr:`listen_components` arrived (in any state)."""
+
+    async def deliver(self, event: Event) -> None:
+        """Hand ``event`` to :meth:`on_event`, as the event feed does.
+
+        A handler that raises puts the component in FAULT (the event and the traceback in the
+        report) and the feed goes on, so the failure is seen and ``standby`` recovers it,
+        instead of the feed dying silently with the component still claiming ENABLED.
+        """
+        try:
+            await self.on_event(event)
+        except Exception as e:  # noqa: BLE001 -- any failure of a component's handler
+            trace = tb.format_exc()
+            self.log.error("handling %s/%s failed: %r\n%s", event.component, event.topic, e, trace)
+            report = f"handling {event.component}/{event.topic} (seq {event.seq}) failed: {e!r}"
+            await self.fault(EVENT_HANDLER_FAILED, report, trace)
 
     async def _heartbeat_loop(self) -> None:
         while True:

@@ -9,7 +9,7 @@ import pytest
 
 from state.acks import Ack, AckCode
 from state.command import Command
-from state.controller import Controller
+from state.controller import EVENT_HANDLER_FAILED, Controller
 from state.errors import CommandRejected
 from state.events import GENERIC_EVENTS, Event
 from state.states import State, transition_path
@@ -169,3 +169,36 @@ async def test_heartbeat_sequence_is_contiguous(recorder: Recorder) -> None:
     seqs = [e.seq for e in recorder.events if e.topic == "heartbeat"]
     assert len(seqs) >= 4
     assert seqs == list(range(1, len(seqs) + 1))
+
+
+class Listener(Recorder):
+    """Handles events; a ``poison`` event makes its handler raise."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.handled: list[str] = []
+
+    async def on_event(self, event: Event) -> None:
+        if event.topic == "poison":
+            raise ValueError("cannot digest this")
+        self.handled.append(event.topic)
+
+
+async def test_a_failing_event_handler_faults_and_the_feed_goes_on() -> None:
+    component = Listener(heartbeat_interval=0.05)
+    await component.start()
+    try:
+        await run(component, "start")
+        await run(component, "enable")
+        await component.deliver(Event("Camera", "nextVisit", 1, 0.0, {}))
+        await component.deliver(Event("Camera", "poison", 7, 0.0, {}))
+        assert component.summary_state == State.FAULT
+        error = [e for e in component.events if e.topic == "errorCode"][-1]
+        assert error.data["errorCode"] == EVENT_HANDLER_FAILED
+        assert "Camera/poison (seq 7)" in error.data["errorReport"]
+        assert "cannot digest this" in error.data["traceback"]
+        await component.deliver(Event("Camera", "endReadout", 2, 0.0, {}))
+        assert component.handled == ["nextVisit", "endReadout"]
+        assert (await run(component, "standby"))[-1].code == AckCode.CMD_COMPLETE
+    finally:
+        await component.close()

@@ -1,26 +1,35 @@
 """CcdProcessor, Association and AlertPublisher on real Ray with a real PostgreSQL.
 
-The standard state-machine and bad-command tests for each, Association's FAULT on bad
-input, and the hand-off Association → AlertPublisher: one alert per DIASource, published
-once, however often the same CCD is offered.
+The standard state-machine and bad-command tests for each, with each one's own FAULT:
+Association on bad input, AlertPublisher on an archive it cannot write, CcdProcessor on a
+corrupted durable work list. The hand-off Association → AlertPublisher: one alert per
+DIASource, published once, however often the same CCD is offered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import os
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from base.apdb.simulate import dia_sources
+from base.apdb.simulate import dia_objects_from_sources, dia_sources
+from base.prompt.alert_publisher import ARCHIVE_FAILED, AlertPublisher
+from base.prompt.ccd_processor import WORK_LIST_FAILED, CcdProcessor
 from commands.client import Client
 from commands.server import RunningSystem
-from state.errors import InvalidInputError, NotReadyError
+from state.clock import tai_now
+from state.errors import InvalidInputError, NotReadyError, StorageError
+from state.events import Event
 from state.states import State
 from tests.conftest import TOKENS, component_spec
-from tests.standard import StandardComponentTests, wait_for_event
+from tests.standard import StandardComponentTests, until, wait_for_event
 
 ASSOCIATION = "base.prompt.association:Association"
 PUBLISHER = "base.prompt.alert_publisher:AlertPublisher"
@@ -49,6 +58,38 @@ def ccd_wire(visit: int = VISIT, detector: int = DETECTOR, n: int = 25, **change
     }
     wire.update(changes)
     return wire
+
+
+def alert_handoff(visit: int = VISIT, detector: int = DETECTOR, n: int = 5) -> dict:
+    """What Association hands the publisher for one stored CCD (every source a new object)."""
+    sources = dict(ccd_wire(visit, detector, n)["sources"])
+    sources["diaObjectId"] = sources["diaSourceId"].copy()
+    return {
+        "visit": visit,
+        "detector": detector,
+        "dayObs": 20261121,
+        "band": "r",
+        "sources": sources,
+        "objects": dia_objects_from_sources(sources, MJD),
+        "stages": {"endReadout": tai_now()},
+    }
+
+
+def corrupt(path: Path) -> bytes:
+    """Overwrite an SQLite file in place with garbage (checkpointed first); its bytes before."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    good = path.read_bytes()
+    with path.open("r+b") as f:
+        f.write(b"not a work list!" * (len(good) // 16))
+    return good
+
+
+def restore(path: Path, good: bytes) -> None:
+    """Put a repaired copy in place, as an operator restores a file from its backup."""
+    copy = path.with_name(path.name + ".restored")
+    copy.write_bytes(good)
+    os.replace(copy, path)
 
 
 def nan_wire() -> dict:
@@ -93,6 +134,27 @@ class TestAlertPublisher(StandardComponentTests):
         type(self).settings = {"dsn": pg_dsn, "archive_schema": "alerts_pub_std"}
         return await system_factory(self.spec())
 
+    def archive(self, running: RunningSystem) -> Path:
+        return Path(running.system.config.data_dir) / self.name / "archive"
+
+    async def cause_fault(self, running: RunningSystem, client: Client) -> None:
+        """The archive folder (moved aside) replaced by a file, then a CCD's hand-off."""
+        archive = self.archive(running)
+        archive.rename(archive.with_name("archive.kept"))
+        archive.write_text("a file where the alert archive should be")
+        handle = running.system.handle(self.name)
+        with pytest.raises(NotReadyError, match="went to FAULT: its alert archive failed"):
+            await handle.rpc.remote("publish", alert_handoff())
+        status = await handle.snapshot.remote()
+        assert status["errorCode"] == ARCHIVE_FAILED
+        assert "cannot append to the alert archive" in status["errorReport"]
+        assert f"visit {VISIT} detector {DETECTOR}" in status["errorReport"]
+
+    def repair_fault(self, running: RunningSystem) -> None:
+        archive = self.archive(running)
+        archive.unlink()
+        archive.with_name("archive.kept").rename(archive)
+
 
 class TestCcdProcessor(StandardComponentTests):
     component_class = PROCESSOR
@@ -107,6 +169,29 @@ class TestCcdProcessor(StandardComponentTests):
             "records_schema": "prompt_proc_std",
         }
         return await system_factory(self.spec())
+
+    def work_list(self, running: RunningSystem) -> Path:
+        return Path(running.system.config.data_dir) / self.name / "work.sqlite"
+
+    async def cause_fault(self, running: RunningSystem, client: Client) -> None:
+        """The durable work list corrupted on disk, then a nextVisit it must write down."""
+        self._good = corrupt(self.work_list(running))
+        await client.send_camera_event("nextVisit", visit=VISIT, detectors=[0], dayObs=20261121)
+        handle = running.system.handle(self.name)
+        status = await until(
+            lambda: _faulted(handle.snapshot.remote()), timeout=10.0
+        )  # the next status read or the nextVisit write finds it first
+        assert status["errorCode"] == WORK_LIST_FAILED
+        assert "work.sqlite unusable" in status["errorReport"]
+        assert "file is not a database" in status["errorReport"]
+
+    def repair_fault(self, running: RunningSystem) -> None:
+        restore(self.work_list(running), self._good)
+
+
+async def _faulted(snapshot: Any) -> dict | None:
+    status = await snapshot
+    return status if status["summaryState"] == "FAULT" else None
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +230,87 @@ async def test_a_ccd_becomes_alerts_once(association_and_publisher: RunningSyste
         second = await association.rpc.remote("associate", ccd_wire(visit=VISIT + 1))
         assert second["stored"] and second["nMatched"] > 0, "the next visit matches the objects"
         await ocs.set_system_state(State.STANDBY)
+
+
+# ------------------------------------------- the FAULT fixes, on the plain classes (no Ray)
+def ingested(visit: int, detector: int) -> Event:
+    data = {"visit": visit, "detector": detector, "statusCode": 0}
+    return Event("Ingest", "imageIngested", 1, tai_now(), data)
+
+
+def error_codes(events: list[Event]) -> list[tuple[int, str]]:
+    return [(e.data["errorCode"], e.data["errorReport"]) for e in events if e.topic == "errorCode"]
+
+
+async def test_processor_faults_on_a_broken_work_list_and_goes_on_after_repair(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    events: list[Event] = []
+    settings = {"dsn": pg_dsn, "registry_schema": "reg_wl", "records_schema": "pr_wl"}
+    processor = CcdProcessor(
+        "CcdProcessor0", sink=events.append, settings=settings, data_dir=tmp_path
+    )
+    await processor.start()
+    try:
+        await processor.do_start()
+        await processor.do_enable()
+        good = corrupt(processor.queue.path)
+        await processor.on_event(ingested(VISIT, 4))
+        assert processor.summary_state == State.FAULT
+        [(code, report)] = error_codes(events)
+        assert code == WORK_LIST_FAILED and "file is not a database" in report
+
+        await processor.do_standby()
+        with pytest.raises(StorageError, match="cannot open the work queue"):
+            await processor.do_start()
+        assert processor.summary_state == State.STANDBY, "a list still broken: start refused"
+        restore(processor.queue.path, good)
+        await processor.do_start()
+        await processor.do_enable()
+        mark = len(events)
+        await processor.on_event(ingested(VISIT, 4))
+        await until(lambda: processor.queue.counts() == {"failed": 1})  # the work loop lives
+        done = [e for e in events if e.topic == "ccdProcessed"]
+        assert done[-1].data["reason"] == "neither nextVisit nor the registry describes this visit"
+        await until(lambda: any(e.topic == "processingStatus" for e in events[mark:]))
+    finally:
+        await processor.close()
+
+
+async def test_publisher_faults_on_an_unwritable_archive_and_loses_no_alert(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    events: list[Event] = []
+    settings = {"dsn": pg_dsn, "archive_schema": "alerts_unwritable", "records_schema": "pr_u"}
+    publisher = AlertPublisher(
+        "AlertPublisher", sink=events.append, settings=settings, data_dir=tmp_path
+    )
+    await publisher.start()
+    try:
+        await publisher.do_start()
+        await publisher.do_enable()
+        archive = tmp_path / "archive"
+        archive.rename(tmp_path / "kept")
+        archive.write_text("a file where the alert archive should be")
+        handoff = alert_handoff(n=7)
+        with pytest.raises(NotReadyError, match="not published") as info:
+            await publisher.rpc_publish(handoff)
+        assert isinstance(info.value.__cause__, StorageError)
+        assert publisher.summary_state == State.FAULT
+        [(code, report)] = error_codes(events)
+        assert code == ARCHIVE_FAILED and "Not a directory" in report
+        assert publisher.spool.head == 0, "nothing streamed that is not archived"
+        with pytest.raises(NotReadyError, match="FAULT, not ENABLED"):
+            await publisher.rpc_publish(handoff)
+
+        await publisher.do_standby()
+        archive.unlink()
+        (tmp_path / "kept").rename(archive)
+        await publisher.do_start()
+        await publisher.do_enable()
+        reply = await publisher.rpc_publish(handoff)
+        assert reply["published"] == 7 and not reply["duplicate"], "the offered again CCD"
+        first = int(handoff["sources"]["diaSourceId"][0])
+        assert await publisher.rpc_fetch_alert(first) is not None
+    finally:
+        await publisher.close()

@@ -3,6 +3,10 @@
 Publication is idempotent per (visit, detector): the archive claims the batch in PostgreSQL
 first, and a repeat publishes nothing, so no broker ever sees an alert twice. Latency is
 measured from the CCD's end of readout (carried in its stage times) to publication.
+
+An archive that cannot be written (its files or its index) puts the publisher in FAULT: nothing
+is streamed that is not archived. The hand-off is answered with ``NotReadyError`` so its sender
+keeps it and offers it again once the publisher is repaired and ENABLED.
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ from base.prompt_records import PromptRecords, VisitRecord
 from config.components import resolve_settings, validate_settings
 from state.clock import tai_now
 from state.controller import Controller, SupervisedGroup
-from state.errors import DmcsError, InvalidInputError, NotReadyError
+from state.errors import DmcsError, InvalidInputError, NotReadyError, StorageError
 from state.events import Event
 from state.states import State
 
 #: Sky positions sent per CCD in ``alertsPublished`` for the dashboard's sky map.
 MAX_POSITIONS = 50
+#: errorCode of a FAULT caused by an alert archive that cannot be written.
+ARCHIVE_FAILED = 500
 
 
 class AlertPublisher(Controller, AlertStreamRpc):
@@ -109,9 +115,15 @@ class AlertPublisher(Controller, AlertStreamRpc):
             raise InvalidInputError(f"malformed alert hand-off: {e}") from e
         batch = await asyncio.to_thread(self._encode, handoff, self._schema, self.buffers)
         n = len(batch)
-        fresh = await self._archive.archive(
-            int(handoff["dayObs"]), visit, detector, batch.ids.tolist(), batch.packets()
-        )
+        try:
+            fresh = await self._archive.archive(
+                int(handoff["dayObs"]), visit, detector, batch.ids.tolist(), batch.packets()
+            )
+        except StorageError as e:
+            await self.fault(ARCHIVE_FAILED, f"visit {visit} detector {detector}: {e}")
+            raise NotReadyError(
+                f"{self.name} went to FAULT: its alert archive failed ({e}); not published"
+            ) from e
         if n and not fresh:
             self.counts["duplicates"] += 1
             return {"published": 0, "duplicate": True}

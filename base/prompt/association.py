@@ -24,9 +24,9 @@ from state.errors import DmcsError, InvalidInputError, NotReadyError, RetriableE
 from state.states import State
 
 #: errorCode of a FAULT caused by malformed CCD results.
-BAD_INPUT = 200
+BAD_INPUT = 600
 #: errorCode of a FAULT caused by an APDB that cannot be written (not a transient outage).
-APDB_FAILED = 201
+APDB_FAILED = 601
 
 
 class Association(Controller):

@@ -5,6 +5,10 @@ a child process (:mod:`base.isolated`) so that a hung CCD is abandoned by killin
 listed durably (:mod:`base.prompt.work_queue`) before it is acknowledged, so an actor killed
 mid-CCD finds it again when it is enabled after its restart.
 
+Inputs come from the simulated night directory ``night_dir`` when it is set, else from the
+registry: calibrations, template and reference catalogue are looked up for each CCD
+(:mod:`base.prompt.registry_inputs`) and handed to the child as plain paths.
+
 Failure policy (Rubin's, DMTN-260): a CCD is retried only before its APDB write. A worker
 that dies is retried up to ``max_attempts``; an association peer that is not ready is waited
 for up to ``association_wait``; a timeout abandons the CCD; bad data fails it at once. Once
@@ -15,12 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 import asyncpg
 
+from base.ccd_inputs import ResolvedInputs
 from base.isolated import IsolatedWorker, RemoteError, WorkerDiedError, WorkTimeoutError
 from base.prompt.outcomes import Outcome, failure, success
+from base.prompt.registry_inputs import resolve_inputs
 from base.prompt.settings import CcdProcessorSettings
 from base.prompt.work_queue import WorkItem, WorkQueue
 from base.prompt_records import CcdOutcome, PromptRecords, StageTime
@@ -28,13 +35,21 @@ from base.registry.repository import Repository
 from config.components import resolve_settings, validate_settings
 from state.clock import tai_now
 from state.controller import Controller, SupervisedGroup
-from state.errors import DmcsError, InvalidInputError, NotReadyError, RetriableError
+from state.errors import (
+    DmcsError,
+    InvalidInputError,
+    NotReadyError,
+    RetriableError,
+    StorageError,
+)
 from state.events import Event
 from state.states import State
 
 WORK = "base.prompt.ccd_work"
 #: Tries to write a CCD's records while the database is restarting.
 RECORD_ATTEMPTS = 6
+#: errorCode of a FAULT caused by a durable work list that cannot be read or written.
+WORK_LIST_FAILED = 400
 #: Stages this component records itself (the rest come back from its peers).
 OWN_STAGES = ("endReadout", "inBuffer", "ingested", "preloadReady", "isrDone",
               "differenceDone", "diaSourcesMeasured")  # fmt: skip
@@ -70,6 +85,7 @@ class CcdProcessor(Controller):
         return {**applied, "version": self.version}
 
     async def end_start(self, configuration_override: str) -> None:
+        self.queue.reopen()  # SQLite keeps a failed connection broken, even once repaired
         if self._pool is None:
             self._pool = await asyncpg.create_pool(self.config.dsn, min_size=1, max_size=2)
             self._records = await PromptRecords.connect(self._pool, self.config.records_schema)
@@ -147,11 +163,32 @@ class CcdProcessor(Controller):
         return info
 
     async def run_background(self, tg: SupervisedGroup) -> None:
-        tg.create_task(self._work_loop())
-        tg.create_task(self._status_loop())
+        tg.create_task(self._keep_running(self._work_loop), name="work_loop")
+        tg.create_task(self._keep_running(self._status_loop), name="status_loop")
+
+    async def _keep_running(self, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run ``loop`` for good: a broken work list faults the component, the loop goes on."""
+        while True:
+            try:
+                await loop()
+            except StorageError as e:
+                await self._work_list_failed(e)
+
+    async def _work_list_failed(self, error: StorageError) -> None:
+        await self.fault(
+            WORK_LIST_FAILED,
+            f"durable work list {self.queue.path} unusable ({error}); "
+            "repair or remove it, then standby and start",
+        )
 
     # ---------------------------------------------------------------- events
     async def on_event(self, event: Event) -> None:
+        try:
+            await self._on_event(event)
+        except StorageError as e:
+            await self._work_list_failed(e)
+
+    async def _on_event(self, event: Event) -> None:
         data = event.data
         try:
             visit = int(data["visit"])
@@ -216,10 +253,10 @@ class CcdProcessor(Controller):
         if info is None or self.queue.known(visit, detector):
             return
         try:
+            source = await self._inputs(info, detector)
             await self.worker.run(
-                f"{WORK}:preload", self.config.night_dir, info, detector,
-                timeout=self.config.ccd_timeout,
-            )  # fmt: skip
+                f"{WORK}:preload", source, info, detector, timeout=self.config.ccd_timeout
+            )
             self._stage(visit, detector, "preloadReady", tai_now())
         except DmcsError as e:
             self.log.warning("preload of visit %s detector %s failed: %s", visit, detector, e)
@@ -232,8 +269,9 @@ class CcdProcessor(Controller):
             return
         try:
             raw = await self._raw_path(item.visit, item.detector)
+            source = await self._inputs(info, item.detector, raw)
             result = await self.worker.run(
-                f"{WORK}:process", self.config.night_dir, info, item.detector, raw,
+                f"{WORK}:process", source, info, item.detector, raw,
                 timeout=self.config.ccd_timeout,
             )  # fmt: skip
         except WorkTimeoutError as e:
@@ -279,6 +317,16 @@ class CcdProcessor(Controller):
         for stage, tai in (reply.get("stages") or {}).items():
             self._stage(item.visit, item.detector, stage, tai)
         return success(result, int(reply.get("nDiaSources", 0)), duplicate=not reply["stored"])
+
+    async def _inputs(
+        self, info: dict[str, Any], detector: int, raw: str | None = None
+    ) -> str | ResolvedInputs:
+        """The worker's input source: the night directory, or paths found in the registry."""
+        if self.config.night_dir:
+            return self.config.night_dir
+        if self._repository is None:
+            raise NotReadyError(f"{self.name} has no registry connection")
+        return await resolve_inputs(self._repository, info, detector, raw=raw)
 
     async def _raw_path(self, visit: int, detector: int) -> str:
         if self._repository is None:
@@ -347,4 +395,6 @@ class CcdProcessor(Controller):
     async def _status_loop(self) -> None:
         while True:
             await asyncio.sleep(max(self.heartbeat_interval, 1.0))
-            self.publish("processingStatus", {**self.counts, **self.queue.counts()}, "telemetry")
+            if self.summary_state == State.ENABLED:  # outside it, telemetry would not leave
+                counts = self.queue.counts()
+                self.publish("processingStatus", {**self.counts, **counts}, "telemetry")

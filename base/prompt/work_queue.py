@@ -3,18 +3,22 @@
 SQLite in WAL mode with synchronous=FULL: a row is on disk before the event that created it
 is considered handled. States: ``queued`` → ``running`` → ``done`` | ``failed`` |
 ``abandoned``. After a crash, :meth:`recover` puts ``running`` work back in the queue with its
-attempt count kept, so the retry limit still holds.
+attempt count kept, so the retry limit still holds. A list that cannot be read or written
+raises :class:`~state.errors.StorageError`; SQLite keeps such a connection broken, so a repaired
+file is used only after :meth:`reopen`.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from state.durable_sqlite import open_durable, write
+from state.errors import StorageError
 
 FINAL_STATES = ("done", "failed", "abandoned")
 
@@ -40,10 +44,23 @@ class WorkItem:
 
 class WorkQueue:
     def __init__(self, path: Path) -> None:
+        self.path = path
         self._db = open_durable(path, _SCHEMA, "work queue")
+
+    def reopen(self) -> None:
+        """Open the file afresh (after it was repaired or replaced); the old connection closes."""
+        db = open_durable(self.path, _SCHEMA, "work queue")
+        old, self._db = self._db, db
+        old.close()
 
     def _write(self, sql: str, *args: Any) -> int:
         return write(self._db, sql, args, "work queue").rowcount
+
+    def _read(self, sql: str, *args: Any) -> list[Any]:
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as e:
+            raise StorageError(f"work queue read failed: {e}") from e
 
     def remember_visit(self, visit: int, info: dict[str, Any]) -> None:
         self._write(
@@ -54,13 +71,13 @@ class WorkQueue:
         )
 
     def visit_info(self, visit: int) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT info FROM visits WHERE visit = ?", (visit,)).fetchone()
-        return json.loads(row[0]) if row else None
+        rows = self._read("SELECT info FROM visits WHERE visit = ?", visit)
+        return json.loads(rows[0][0]) if rows else None
 
     def first_visit(self) -> int | None:
         """The earliest visit this processor has heard of (None: none yet)."""
-        row = self._db.execute("SELECT min(visit) FROM visits").fetchone()
-        return int(row[0]) if row and row[0] is not None else None
+        rows = self._read("SELECT min(visit) FROM visits")
+        return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def enqueue(self, visit: int, detector: int) -> bool:
         """Add work once; False when (visit, detector) is already known in any state."""
@@ -77,11 +94,11 @@ class WorkQueue:
 
     def next(self) -> WorkItem | None:
         """The oldest queued work (visits in time order, then detector)."""
-        row = self._db.execute(
+        rows = self._read(
             "SELECT visit, detector, state, attempts, reason FROM work WHERE state = 'queued'"
             " ORDER BY visit, detector LIMIT 1"
-        ).fetchone()
-        return WorkItem(*row) if row else None
+        )
+        return WorkItem(*rows[0]) if rows else None
 
     def start(self, item: WorkItem) -> WorkItem:
         self._write(
@@ -107,9 +124,9 @@ class WorkQueue:
 
     def recover(self) -> list[WorkItem]:
         """Requeue the work that was running when the process died; returns it."""
-        rows = self._db.execute(
+        rows = self._read(
             "SELECT visit, detector, state, attempts, reason FROM work WHERE state = 'running'"
-        ).fetchall()
+        )
         self._write(
             "UPDATE work SET state = 'queued', reason = 'interrupted', updated = ?"
             " WHERE state = 'running'",
@@ -118,13 +135,12 @@ class WorkQueue:
         return [WorkItem(*row) for row in rows]
 
     def known(self, visit: int, detector: int) -> bool:
-        row = self._db.execute(
-            "SELECT 1 FROM work WHERE visit = ? AND detector = ?", (visit, detector)
-        ).fetchone()
-        return row is not None
+        return bool(
+            self._read("SELECT 1 FROM work WHERE visit = ? AND detector = ?", visit, detector)
+        )
 
     def counts(self) -> dict[str, int]:
-        rows = self._db.execute("SELECT state, count(*) FROM work GROUP BY state").fetchall()
+        rows = self._read("SELECT state, count(*) FROM work GROUP BY state")
         return {state: int(n) for state, n in rows}
 
     def close(self) -> None:
