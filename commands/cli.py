@@ -37,6 +37,9 @@ def _run(coro: Any) -> Any:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """dmcs: the data-management control system of a survey telescope."""
+    from actors.ray_auth import use_local_token
+
+    use_local_token()  # before anything imports Ray
 
 
 @main.command()
