@@ -10,11 +10,17 @@ when it is imported. So this module does not import Ray, and the CLI calls
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 
 def use_local_token() -> None:
-    """Authenticate to Ray with this user's token when there is one; an explicit
-    ``RAY_AUTH_MODE`` is left as it is."""
-    if "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").is_file():
+    """Authenticate to Ray with this user's token when there is one.
+
+    An explicit ``RAY_AUTH_MODE`` is left as it is, and so is a process that has imported Ray
+    already: Ray has read the mode then, and the clusters it starts would disagree with it.
+    """
+    if "ray" in sys.modules or "RAY_AUTH_MODE" in os.environ:
+        return
+    if (Path.home() / ".ray" / "auth_token").is_file():
         os.environ["RAY_AUTH_MODE"] = "token"
