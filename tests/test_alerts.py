@@ -6,6 +6,7 @@ import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import fastavro
@@ -28,7 +29,7 @@ from base.alerts import (
 from base.alerts.fits import cutout_fits, tan_wcs
 from base.apdb import Apdb, Region
 from base.apdb.simulate import dia_objects_from_sources, dia_sources, random_sky
-from state.errors import InvalidInputError
+from state.errors import InvalidInputError, StorageError
 
 SCHEMA = "apdb_test_alerts"
 MJD = 60810.1
@@ -189,5 +190,32 @@ async def test_archive_round_trip_by_id(visit: Visit, pg_dsn: str, tmp_path: Pat
         data = archive.path(20260101).read_bytes()
         stored = [r["diaSourceId"] for r in fastavro.reader(io.BytesIO(data))]
         assert stored == ids
+    finally:
+        await archive.close()
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        (lambda data: b"junk" + data[4:], "bad magic"),
+        (lambda data: data[:4] + b"\xff" * 12, "unreadable Avro header|sync marker"),
+        (lambda data: data[:6], "unreadable Avro header|sync marker"),
+    ],
+)
+async def test_a_damaged_archive_file_is_a_storage_error(
+    visit: Visit, pg_dsn: str, tmp_path: Path, damage: Any, match: str
+) -> None:
+    conn = await asyncpg.connect(pg_dsn)
+    await conn.execute('DROP SCHEMA IF EXISTS "alerts_damaged" CASCADE')
+    await conn.close()
+    archive = await AlertArchive.open(pg_dsn, tmp_path, schema="alerts_damaged")
+    try:
+        ids = visit.sources["diaSourceId"].tolist()
+        assert await archive.archive(20260101, 101, 9, ids[:10], visit.packets[:10])
+        path = archive.path(20260101)
+        path.write_bytes(damage(path.read_bytes()))
+        with pytest.raises(StorageError, match=match):
+            await archive.archive(20260101, 101, 10, ids[10:20], visit.packets[10:20])
+        assert not await archive.fetch_packet(ids[10])
     finally:
         await archive.close()

@@ -19,7 +19,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import asyncpg
 import fastavro
@@ -34,6 +34,8 @@ from .schema import AlertSchema, latest_schema
 
 _MAGIC = b"Obj\x01"
 _META_SCHEMA = fastavro.parse_schema({"type": "map", "values": "bytes"})
+#: What fastavro raises on bytes that are not what the schema says.
+_DECODE_ERRORS = (EOFError, ValueError, TypeError, KeyError, IndexError, OverflowError)
 
 
 def _zigzag(n: int) -> bytes:
@@ -110,12 +112,7 @@ class AlertArchive:
                     header, sync = self._header()
                     f.write(header)
                 else:
-                    f.seek(0)
-                    magic = f.read(4)
-                    fastavro.schemaless_reader(f, _META_SCHEMA, None)
-                    sync = f.read(16)
-                    if magic != _MAGIC or len(sync) != 16:
-                        raise StorageError(f"{path}: cannot read the Avro sync marker")
+                    sync = self._sync_marker(f, path)
                     f.seek(0, os.SEEK_END)
                 size = sum(len(b) for b in bodies)
                 prefix = _zigzag(len(bodies)) + _zigzag(size)
@@ -127,6 +124,21 @@ class AlertArchive:
         except OSError as e:
             raise StorageError(f"cannot append to the alert archive {path}: {e}") from e
         return [int(o) for o in offsets]
+
+    @staticmethod
+    def _sync_marker(f: BinaryIO, path: Path) -> bytes:
+        """The sync marker of an existing container file; StorageError if it is not one."""
+        f.seek(0)
+        if f.read(4) != _MAGIC:
+            raise StorageError(f"{path} is not an Avro container file (bad magic)")
+        try:
+            fastavro.schemaless_reader(f, _META_SCHEMA, None)
+        except _DECODE_ERRORS as e:
+            raise StorageError(f"{path}: unreadable Avro header: {type(e).__name__}: {e}") from e
+        sync = f.read(16)
+        if len(sync) != 16:
+            raise StorageError(f"{path}: cannot read the Avro sync marker")
+        return sync
 
     async def archive(
         self, night: int, visit: int, detector: int, ids: Sequence[int], packets: Sequence[bytes]
@@ -193,7 +205,12 @@ class AlertArchive:
         if packet is None:
             return None
         _, body = unframe(packet)
-        return fastavro.schemaless_reader(io.BytesIO(body), self.alert_schema.parsed, None)
+        try:
+            return fastavro.schemaless_reader(io.BytesIO(body), self.alert_schema.parsed, None)
+        except _DECODE_ERRORS as e:
+            raise StorageError(
+                f"archived alert {dia_source_id} does not decode: {type(e).__name__}: {e}"
+            ) from e
 
     @staticmethod
     def _read(path: Path, offset: int, length: int) -> bytes:
