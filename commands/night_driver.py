@@ -193,10 +193,11 @@ class NightDriver:
 
     async def _handshake(self, first: NightEvent) -> None:
         """Send the first event and see it come back, so a refused token fails loudly."""
-        events = self.client.subscribe(["OCS", "Camera"], [first.name], snapshot=False)
+        events = await self.client.open_subscription(
+            ["OCS", "Camera"], [first.name], snapshot=False
+        )
         echo = asyncio.ensure_future(anext(events))
         try:
-            await asyncio.sleep(0.05)
             await self._send(first, first.payload)
             async with asyncio.timeout(self.handshake_timeout):
                 await echo

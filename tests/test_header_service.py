@@ -63,7 +63,9 @@ class TestHeaderService(StandardComponentTests):
 
     async def test_header_end_to_end(self, running: RunningSystem, ocs: Client) -> None:
         await ocs.set_state(self.name, State.ENABLED)
-        events = ocs.subscribe([self.name], ["largeFileObjectAvailable"], snapshot=False)
+        events = await ocs.open_subscription(
+            [self.name], ["largeFileObjectAvailable"], snapshot=False
+        )
         await send_telemetry(ocs)
         await asyncio.sleep(0.3)
         await ocs.send_camera_event(
@@ -101,7 +103,9 @@ class TestHeaderService(StandardComponentTests):
         self, running: RunningSystem, ocs: Client
     ) -> None:
         await ocs.set_state(self.name, State.ENABLED)
-        events = ocs.subscribe([self.name], ["logMessage", "largeFileObjectAvailable"])
+        events = await ocs.open_subscription(
+            [self.name], ["logMessage", "largeFileObjectAvailable"]
+        )
         await ocs.send_camera_event("startIntegration", imageName="LOST_1", exposureTime=0.2)
         warning = await wait_for_event(
             events, lambda e: e.topic == "logMessage" and "LOST_1" in e.data["message"]
@@ -113,7 +117,7 @@ class TestHeaderService(StandardComponentTests):
 
     async def test_end_readout_without_start_is_ignored_with_warning(self, ocs: Client) -> None:
         await ocs.set_state(self.name, State.ENABLED)
-        events = ocs.subscribe([self.name], ["logMessage"], snapshot=False)
+        events = await ocs.open_subscription([self.name], ["logMessage"], snapshot=False)
         await ocs.send_camera_event("endReadout", imageName="ORPHAN_1")
         warning = await wait_for_event(events, lambda e: "ORPHAN_1" in e.data["message"])
         await events.aclose()
@@ -121,7 +125,7 @@ class TestHeaderService(StandardComponentTests):
         assert await ocs.get_state(self.name) == State.ENABLED
 
     async def test_configuration_override_is_applied(self, ocs: Client) -> None:
-        events = ocs.subscribe([self.name], ["configurationApplied"], snapshot=False)
+        events = await ocs.open_subscription([self.name], ["configurationApplied"], snapshot=False)
         await ocs.command(self.name, "start", configurationOverride="auxtel", timeout=10)
         applied = await wait_for_event(events, lambda e: True)
         await events.aclose()

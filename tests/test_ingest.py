@@ -85,7 +85,7 @@ class TestIngest(StandardComponentTests):
             await handle.rpc.remote("receive_raw", {"visit": 1}, data)
         with pytest.raises(RetriableError, match="arrived with sha256"):
             await handle.rpc.remote("receive_raw", meta, data[:-1] + b"x")
-        events = ocs.subscribe([self.name], ["imageIngested"], snapshot=False)
+        events = await ocs.open_subscription([self.name], ["imageIngested"], snapshot=False)
         reply = await handle.rpc.remote("receive_raw", meta, data)
         assert reply == {"checksum": meta["checksum"], "duplicate": False}
         ingested = await wait_for_event(events, lambda e: e.data["visit"] == meta["visit"])
@@ -114,7 +114,7 @@ async def test_whole_path_with_the_header_service(
     async with Client(running.ws_url, token=TOKENS["ocs"]) as ocs:
         for name in ("HeaderService", "Ingest", "SummitBuffer"):
             await ocs.set_state(name, State.ENABLED)
-        events = ocs.subscribe(["Ingest"], ["imageIngested"], snapshot=False)
+        events = await ocs.open_subscription(["Ingest"], ["imageIngested"], snapshot=False)
         await send_telemetry(ocs)
         for r in taken:
             p = r.payload

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import pytest
 from astropy.io import fits
 
-from commands.client import Client
+from commands.client import Client, EventStream
 from commands.night_driver import DriveProgress, NightDriver
 from commands.server import RunningSystem
 from state.errors import InvalidInputError
@@ -53,8 +53,8 @@ class Recorder:
         self.seen: list[Event] = []
         self.changed = asyncio.Condition()
 
-    async def collect(self, client: Client) -> None:
-        async for event in client.subscribe(["Camera", "OCS", "HeaderService"], snapshot=False):
+    async def collect(self, events: EventStream) -> None:
+        async for event in events:
             if event.topic != "heartbeat":
                 async with self.changed:
                     self.seen.append(event)
@@ -68,14 +68,15 @@ class Recorder:
 @contextlib.asynccontextmanager
 async def recording(client: Client) -> AsyncIterator[Recorder]:
     recorder = Recorder()
-    task = asyncio.create_task(recorder.collect(client))
-    await asyncio.sleep(0.2)
+    events = await client.open_subscription(["Camera", "OCS", "HeaderService"], snapshot=False)
+    task = asyncio.create_task(recorder.collect(events))
     try:
         yield recorder
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await events.aclose()
 
 
 async def test_drive_mini_night(ocs: Client, mini_night: Path, tmp_path: Path) -> None:

@@ -212,7 +212,9 @@ async def test_a_ccd_becomes_alerts_once(association_and_publisher: RunningSyste
     running = association_and_publisher
     association = running.system.handle("Association")
     async with Client(running.ws_url, token=TOKENS["ocs"]) as ocs:
-        published = ocs.subscribe(["AlertPublisher"], ["alertsPublished"], snapshot=False)
+        published = await ocs.open_subscription(
+            ["AlertPublisher"], ["alertsPublished"], snapshot=False
+        )
         await ocs.set_system_state(State.ENABLED)
         reply = await association.rpc.remote("associate", ccd_wire())
         assert reply["stored"] and reply["nDiaSources"] == 25 and reply["nNew"] > 0

@@ -64,7 +64,7 @@ class TestSummitBuffer(StandardComponentTests):
 
     async def test_link_commands_and_status(self, running: RunningSystem, ocs: Client) -> None:
         await ocs.set_state(self.name, State.ENABLED)
-        telemetry = ocs.subscribe([self.name], ["bufferStatus"], snapshot=False)
+        telemetry = await ocs.open_subscription([self.name], ["bufferStatus"], snapshot=False)
         await ocs.command(self.name, "cutLink", timeout=10)
         await ocs.command(self.name, "setLinkBandwidth", mbps=12.5, timeout=10)
         status = await wait_for_event(telemetry, lambda e: e.data["linkState"] == "down")
@@ -95,7 +95,7 @@ async def test_killed_mid_transfer_resumes_from_manifest(
     )
     taken = [camera.readout(i) for i in range(3)]
     async with Client(running.ws_url, token=TOKENS["ocs"]) as ocs:
-        events = ocs.subscribe(
+        events = await ocs.open_subscription(
             ["SummitBuffer", "Ingest"],
             ["imageTransferred", "imageIngested", "summaryState", "imageInBuffer"],
             snapshot=False,

@@ -52,8 +52,9 @@ async def replay_night(
     for v in driver.source.visits:
         watcher.expect(v.visit_id, detectors)
     began = time.monotonic()
+    events = await watcher.subscribe()
     async with asyncio.TaskGroup() as tg:
-        watching = tg.create_task(watcher.run())
+        watching = tg.create_task(watcher.run(events))
         if enable:
             await client.set_system_state(State.ENABLED)
         extra = tg.create_task(_maybe(during, watcher))

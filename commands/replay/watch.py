@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from commands.client import Client
+from commands.client import Client, EventStream
 from state.errors import DmcsError
 from state.events import Event
 from state.states import State
@@ -71,13 +71,20 @@ class NightWatcher:
     def expect(self, visit: int, detectors: list[int]) -> None:
         self.progress.expected.update((visit, d) for d in detectors)
 
-    async def run(self) -> None:
-        """Consume events until cancelled."""
-        async with asyncio.TaskGroup() as tg:
-            async for event in self.client.subscribe(None, list(TOPICS), snapshot=False):
-                self._see(event, tg)
-                self._on_change(self.progress)
-                self._changed.set()
+    async def subscribe(self) -> EventStream:
+        """The watcher's confirmed subscription: open it before the night starts."""
+        return await self.client.open_subscription(None, list(TOPICS), snapshot=False)
+
+    async def run(self, events: EventStream) -> None:
+        """Consume ``events`` (from :meth:`subscribe`) until cancelled; then close them."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                async for event in events:
+                    self._see(event, tg)
+                    self._on_change(self.progress)
+                    self._changed.set()
+        finally:
+            await events.aclose()
 
     def _see(self, event: Event, tg: asyncio.TaskGroup) -> None:
         d, p = event.data, self.progress
