@@ -67,8 +67,10 @@ class TestSummitBuffer(StandardComponentTests):
         telemetry = await ocs.open_subscription([self.name], ["bufferStatus"], snapshot=False)
         await ocs.command(self.name, "cutLink", timeout=10)
         await ocs.command(self.name, "setLinkBandwidth", mbps=12.5, timeout=10)
-        status = await wait_for_event(telemetry, lambda e: e.data["linkState"] == "down")
-        assert status.data["linkBandwidthMBps"] == 12.5
+        status = await wait_for_event(
+            telemetry,
+            lambda e: e.data["linkState"] == "down" and e.data["linkBandwidthMBps"] == 12.5,
+        )
         assert set(status.data) >= {
             "bytesUsed", "capacityBytes", "fillFraction", "backlogCount", "backlogBytes",
             "oldestUnsentAgeSeconds", "linkState", "linkBandwidthMBps",
