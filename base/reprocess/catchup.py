@@ -83,8 +83,7 @@ async def catch_up(
         await _catch_up(config, executor, pool, ledger, summary, seen)
         return bool(summary.failed)
 
-    seen.began(config.name, "catchUp", executor.workers)
-    await run_locked(config.dsn, config.name, work, seen)
+    await run_locked(config.dsn, config.name, work, seen, "catchUp", executor.workers)
     return summary
 
 

@@ -167,8 +167,7 @@ async def reprocess(
         await _run(config, executor, pool, ledger, summary, seen)
         return bool(summary.failed)
 
-    seen.began(config.release, "release", executor.workers)
-    await run_locked(config.dsn, config.release, work, seen)
+    await run_locked(config.dsn, config.release, work, seen, "release", executor.workers)
     return summary
 
 
@@ -177,12 +176,16 @@ async def run_locked(
     name: str,
     work: Callable[[asyncpg.Pool, Ledger], Awaitable[bool]],
     observer: RunObserver,
+    mode: str,
+    workers: int,
 ) -> None:
-    """Run ``work`` holding the ledger's lock on ``name``; record how it ended.
+    """Run ``work`` holding the ledger's lock on ``name``; report and record how it ended.
 
-    ``work`` returns True when some unit failed. The release ends ``done``, ``failed`` or, if
-    ``work`` raised or was cancelled, ``interrupted`` (a later run resumes it).
+    ``work`` returns True when some unit failed. The run ends ``done``, ``failed`` or, if
+    ``work`` raised or was cancelled, ``interrupted`` (a later run resumes it). ``observer``
+    hears that the run began (``mode``, ``workers``) and how it ended.
     """
+    observer.began(name, mode, workers)
     status = "interrupted"
     try:
         async with mapped_errors(f"{name} connect"):
