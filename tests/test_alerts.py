@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -172,12 +173,21 @@ def test_decode_rejects_bad_frames(visit: Visit) -> None:
         decode(b"\x00\x00")
 
 
-async def test_archive_round_trip_by_id(visit: Visit, pg_dsn: str, tmp_path: Path) -> None:
-    conn = await asyncpg.connect(pg_dsn)
-    await conn.execute('DROP SCHEMA IF EXISTS "alerts_test" CASCADE')
+@contextlib.asynccontextmanager
+async def fresh_archive(dsn: str, root: Path, schema: str) -> AsyncIterator[AlertArchive]:
+    """An alert archive on an empty ``schema`` (dropped first), closed afterwards."""
+    conn = await asyncpg.connect(dsn)
+    await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     await conn.close()
-    archive = await AlertArchive.open(pg_dsn, tmp_path, schema="alerts_test")
+    archive = await AlertArchive.open(dsn, root, schema=schema)
     try:
+        yield archive
+    finally:
+        await archive.close()
+
+
+async def test_archive_round_trip_by_id(visit: Visit, pg_dsn: str, tmp_path: Path) -> None:
+    async with fresh_archive(pg_dsn, tmp_path, "alerts_test") as archive:
         ids = visit.sources["diaSourceId"].tolist()
         assert await archive.archive(20260101, 101, 9, ids[:60], visit.packets[:60])
         assert await archive.archive(20260101, 101, 10, ids[60:], visit.packets[60:])
@@ -190,8 +200,6 @@ async def test_archive_round_trip_by_id(visit: Visit, pg_dsn: str, tmp_path: Pat
         data = archive.path(20260101).read_bytes()
         stored = [r["diaSourceId"] for r in fastavro.reader(io.BytesIO(data))]
         assert stored == ids
-    finally:
-        await archive.close()
 
 
 @pytest.mark.parametrize(
@@ -205,11 +213,7 @@ async def test_archive_round_trip_by_id(visit: Visit, pg_dsn: str, tmp_path: Pat
 async def test_a_damaged_archive_file_is_a_storage_error(
     visit: Visit, pg_dsn: str, tmp_path: Path, damage: Any, match: str
 ) -> None:
-    conn = await asyncpg.connect(pg_dsn)
-    await conn.execute('DROP SCHEMA IF EXISTS "alerts_damaged" CASCADE')
-    await conn.close()
-    archive = await AlertArchive.open(pg_dsn, tmp_path, schema="alerts_damaged")
-    try:
+    async with fresh_archive(pg_dsn, tmp_path, "alerts_damaged") as archive:
         ids = visit.sources["diaSourceId"].tolist()
         assert await archive.archive(20260101, 101, 9, ids[:10], visit.packets[:10])
         path = archive.path(20260101)
@@ -217,5 +221,3 @@ async def test_a_damaged_archive_file_is_a_storage_error(
         with pytest.raises(StorageError, match=match):
             await archive.archive(20260101, 101, 10, ids[10:20], visit.packets[10:20])
         assert not await archive.fetch_packet(ids[10])
-    finally:
-        await archive.close()
