@@ -27,3 +27,10 @@ def write(db: sqlite3.Connection, sql: str, args: tuple[Any, ...], what: str) ->
         return db.execute(sql, args)
     except sqlite3.Error as e:
         raise StorageError(f"{what} write failed: {e}") from e
+
+
+def read(db: sqlite3.Connection, sql: str, args: tuple[Any, ...], what: str) -> list[Any]:
+    try:
+        return db.execute(sql, args).fetchall()
+    except sqlite3.Error as e:
+        raise StorageError(f"{what} read failed: {e}") from e

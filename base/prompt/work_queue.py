@@ -11,14 +11,12 @@ file is used only after :meth:`reopen`.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from state.durable_sqlite import open_durable, write
-from state.errors import StorageError
+from state.durable_sqlite import open_durable, read, write
 
 FINAL_STATES = ("done", "failed", "abandoned")
 
@@ -57,10 +55,7 @@ class WorkQueue:
         return write(self._db, sql, args, "work queue").rowcount
 
     def _read(self, sql: str, *args: Any) -> list[Any]:
-        try:
-            return self._db.execute(sql, args).fetchall()
-        except sqlite3.Error as e:
-            raise StorageError(f"work queue read failed: {e}") from e
+        return read(self._db, sql, args, "work queue")
 
     def remember_visit(self, visit: int, info: dict[str, Any]) -> None:
         self._write(
