@@ -8,6 +8,7 @@ missing from a night directory: the adapter flags it, nothing here raises for it
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from base.ccd_inputs import CalibPaths, ResolvedInputs
 from base.registry.repository import Repository
 from state.errors import InvalidInputError
 
-_CALIB_FIELDS = ("bias", "dark", "flat", "bpm", "crosstalk")
+#: The calibration types a CCD needs: the fields of ``CalibPaths``.
+_CALIB_FIELDS = tuple(f.name for f in fields(CalibPaths))
 
 
 async def resolve_inputs(
