@@ -108,14 +108,24 @@ async def test_killed_mid_transfer_resumes_from_manifest(
         for r in taken:
             await ocs.send_camera_event("endReadout", **r.payload)
         seen: dict[tuple[int, int], int] = {}
+        buffered: set[tuple[int, int]] = set()
+        transferred = 0
 
         def note(event: Any) -> bool:
+            nonlocal transferred
             if event.topic == "imageIngested":
                 key = (event.data["visit"], event.data["detector"])
                 seen[key] = seen.get(key, 0) + 1
+            elif event.topic == "imageInBuffer":
+                buffered.add((event.data["visit"], event.data["detector"]))
+            elif event.topic == "imageTransferred":
+                transferred += 1
             return False
 
-        await wait_for_event(events, lambda e: note(e) or e.topic == "imageTransferred", 30)
+        # Killed mid-transfer: every raw durably in the buffer and the transfer under way.
+        await wait_for_event(
+            events, lambda e: note(e) or (len(buffered) == 12 and transferred >= 1), 30
+        )
         os.kill(await running.system.handle("SummitBuffer").pid.remote(), signal.SIGKILL)
         await wait_for_event(
             events,
