@@ -288,3 +288,7 @@ def events(
 main.add_command(simulate)
 main.add_command(alerts)
 main.add_command(reprocess)
+
+
+if __name__ == "__main__":
+    main()
