@@ -193,10 +193,13 @@ def socket_dir(dsn: str) -> str:
 
 @contextlib.contextmanager
 def private_postgres(pgdata: Path) -> Iterator[str]:
-    """An embedded PostgreSQL of this test's own, so stopping it disturbs nobody else."""
+    """An embedded PostgreSQL of this test's own, so stopping it disturbs nobody else.
+
+    Unsupervised: the tests that use it stop and start it themselves.
+    """
     from base.postgres import embedded_postgres
 
-    with embedded_postgres(pgdata) as dsn:
+    with embedded_postgres(pgdata, supervise=False) as dsn:
         yield dsn
 
 
