@@ -14,7 +14,7 @@ from actors.bus import EventBus
 from actors.component_actor import ComponentActor
 from actors.runtime import NAMESPACE, actor_name, bus_name
 from config.system import SystemConfig
-from state.errors import ConfigurationError
+from state.errors import ConfigurationError, StartupError
 
 log = logging.getLogger("dmcs.launcher")
 
@@ -37,9 +37,24 @@ class System:
             raise ConfigurationError(f"unknown component {name!r}") from e
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
-        """Wait until every component answers (it has come up in STANDBY)."""
-        async with asyncio.timeout(timeout):
-            await asyncio.gather(*(h.snapshot.remote() for h in self.components.values()))
+        """Wait until every component answers (it has come up in STANDBY).
+
+        StartupError after ``timeout`` seconds, naming the components that never answered.
+        """
+        calls = {
+            name: asyncio.ensure_future(h.snapshot.remote()) for name, h in self.components.items()
+        }
+        done, pending = await asyncio.wait(calls.values(), timeout=timeout)
+        for call in pending:
+            call.cancel()
+        if pending:
+            silent = sorted(name for name, call in calls.items() if call in pending)
+            raise StartupError(
+                f"{len(silent)} of {len(calls)} components did not come up within "
+                f"{timeout:.0f} s: {', '.join(silent)} (raise startup_timeout on a loaded machine)"
+            )
+        for call in done:
+            call.result()
 
     def stop(self) -> None:
         for handle in [*self.components.values(), self.bus]:

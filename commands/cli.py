@@ -219,6 +219,23 @@ def system(
 @click.option("--drain", type=float, default=300.0, show_default=True,
               help="Seconds the pipeline may take after the last readout.")  # fmt: skip
 @click.option("--no-progress", is_flag=True, help="No live progress display.")
+@click.option(
+    "--fresh", is_flag=True, help="Start clean even if the previous replay in --out can resume."
+)
+@click.option(
+    "--stall",
+    type=click.FloatRange(min=1.0),
+    default=60.0,
+    show_default=True,
+    help="Seconds without progress before saying what the night waits for.",
+)
+@click.option(
+    "--startup-timeout",
+    type=click.FloatRange(min=1.0),
+    default=120.0,
+    show_default=True,
+    help="Seconds to wait for PostgreSQL, Ray and the components.",
+)
 def replay(
     camera: str,
     visits: int,
@@ -233,8 +250,16 @@ def replay(
     config_path: Path | None,
     drain: float,
     no_progress: bool,
+    fresh: bool,
+    stall: float,
+    startup_timeout: float,
 ) -> None:
-    """Replay a simulated night through the whole system; print the summary and reports."""
+    """Replay a simulated night through the whole system; print the summary and reports.
+
+    In a directory that holds an earlier replay, it replays the night again from a clean
+    state if that one completed (or with --fresh), else resumes it; it says which. The exit
+    status is 0 only if the night completed.
+    """
     from commands.replay.main import ReplayOptions, run_replay
     from commands.replay.report_cli import print_summary
 
@@ -242,7 +267,8 @@ def replay(
     options = ReplayOptions(
         out=out, camera=camera, visits=visits, seed=seed, speed=speed, night=night, opsim=opsim,
         processors=processors, dsn=dsn, address=address, config=config_path,
-        drain_seconds=drain, progress=not no_progress,
+        drain_seconds=drain, progress=not no_progress, fresh=fresh, stall_seconds=stall,
+        startup_timeout=startup_timeout,
     )  # fmt: skip
     summary = _run(run_replay(options, console))
     print_summary(summary, console)

@@ -37,7 +37,9 @@ def system_database(config: SystemConfig) -> Iterator[SystemConfig]:
         yield config
         return
     configured = config.database.dsn or os.environ.get(DSN_ENV, "")
-    with postgres_dsn(configured, config.data_dir.resolve() / "postgres") as dsn:
+    with postgres_dsn(
+        configured, config.data_dir.resolve() / "postgres", start_timeout=config.startup_timeout
+    ) as dsn:
         components = tuple(
             c.model_copy(update={"settings": {**c.settings, "dsn": dsn}}) if c.name in users else c
             for c in config.components

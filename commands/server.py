@@ -52,11 +52,11 @@ async def _serve(
     config: SystemConfig, *, address: str | None, port: int | None
 ) -> AsyncIterator[RunningSystem]:
     tokens = load_tokens(config.gateway.tokens_file)
-    init_ray(address, batch_slots=config.batch_slots)
+    init_ray(address, batch_slots=config.batch_slots, timeout=config.startup_timeout)
     system = launch(config)
     runner: web.AppRunner | None = None
     try:
-        await system.wait_ready()
+        await system.wait_ready(config.startup_timeout)
         app = make_app(
             config.gateway,
             system.components,

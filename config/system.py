@@ -55,6 +55,8 @@ class SystemConfig(_Frozen):
     heartbeat_interval: float = Field(default=1.0, gt=0)
     #: Cores of the embedded Ray lent to batch reprocessing (``dmcs reprocess --address``).
     batch_slots: int = Field(default=0, ge=0)
+    #: Seconds start-up waits for each of Ray, PostgreSQL and the components to come up.
+    startup_timeout: float = Field(default=120.0, gt=0)
     gateway: GatewayConfig = GatewayConfig()
     database: DatabaseConfig = DatabaseConfig()
     components: tuple[ComponentConfig, ...] = ()

@@ -98,6 +98,10 @@ class StorageError(NonRetriableError):
     """A durable write failed."""
 
 
+class StartupError(NonRetriableError):
+    """Something the system needs (Ray, PostgreSQL, a component) did not come up in time."""
+
+
 class PeerFailedError(NonRetriableError):
     """A peer's data-plane method failed with an unexpected (non-dmcs) error; a bug there."""
 

@@ -3,14 +3,23 @@
 Everything runs on this machine by default: an embedded PostgreSQL in ``<out>/pg``, an
 embedded Ray, the gateway on a free loopback port, the real client. ``--dsn`` and
 ``--address`` point it at an existing database or cluster instead.
+
+A replay in a directory that already holds one replays the night again from a clean state
+or resumes the interrupted one (``commands/replay/session.py`` decides and says which).
+Whatever happens, the replay ends with a summary (``<out>/summary.json``) that says whether
+the night completed and, if not, what failed or what it was still waiting for; the
+traceback of an unexpected error goes to ``<out>/replay-error.log``, not the terminal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import logging
 import secrets
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,19 +27,30 @@ from typing import Any
 import asyncpg
 from rich.console import Console
 
-from base.postgres import postgres_dsn
+from actors.runtime import shutdown_ray
+from base.postgres import postgres_dsn, wait_for_database
 from base.registry.products import register_night
 from base.registry.repository import Repository
 from commands.client import Client
+from commands.replay import session
 from commands.replay.display import ReplayDisplay
-from commands.replay.night_system import night_system_config
+from commands.replay.night_system import SCHEMA_SETTINGS, night_system_config
+from commands.replay.record import NightRecordReader
 from commands.replay.runner import ReplayOutcome, replay_night
-from commands.replay.summary import fetch_records, night_summary, write_reports
+from commands.replay.summary import (
+    failure_summary,
+    fetch_records,
+    night_summary,
+    write_reports,
+)
+from commands.replay.tracker import DEFAULT_STALL_SECONDS
 from commands.server import serve
-from config.system import load_system_config
-from state.errors import ConfigurationError
+from config.system import SystemConfig, load_system_config
+from state.errors import ConfigurationError, DmcsError
 from state.states import State
 from summit.simulation import plan_night, run_night
+
+log = logging.getLogger("dmcs.replay")
 
 
 @dataclass(frozen=True)
@@ -48,6 +68,27 @@ class ReplayOptions:
     config: Path | None = None
     drain_seconds: float = 300.0
     progress: bool = True
+    #: Clean the directory first even if the previous replay there could be resumed.
+    fresh: bool = False
+    #: Seconds without progress before the replay says what it is waiting for.
+    stall_seconds: float = DEFAULT_STALL_SECONDS
+    #: Seconds start-up waits for PostgreSQL, Ray and the components.
+    startup_timeout: float = 120.0
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The options that decide what the night's data are (resume only with the same)."""
+        dsn = self.dsn or ""
+        return {
+            "camera": self.camera,
+            "visits": self.visits,
+            "seed": self.seed,
+            "night": str(self.night.resolve()) if self.night else None,
+            "opsim": str(self.opsim.resolve()) if self.opsim else None,
+            "processors": self.processors,
+            "dsn": hashlib.sha256(dsn.encode()).hexdigest()[:16] if dsn else None,
+            "address": self.address,
+            "config": str(self.config.resolve()) if self.config else None,
+        }
 
 
 def _night_is_ready(night: Path, opts: ReplayOptions) -> bool:
@@ -94,42 +135,153 @@ def _tokens_file(out: Path) -> tuple[Path, str]:
 
 
 async def run_replay(opts: ReplayOptions, console: Console | None = None) -> dict[str, Any]:
-    """The whole replay; returns the summary (also written as JSON under ``out``)."""
+    """The whole replay; returns the summary (also written as JSON under ``out``).
+
+    Raises only when it cannot start at all (another replay runs in ``out``, a bad
+    configuration); anything that goes wrong after that ends in a summary that says so.
+    """
     console = console or Console()
+
+    def say(message: str) -> None:
+        console.print(message, highlight=False)
+
     opts.out.mkdir(parents=True, exist_ok=True)
+    base = load_system_config(opts.config)
+    decision = session.decide(opts.out, opts.fingerprint(), opts.fresh)
+    say({"new": "replaying the night", "fresh": "replaying the night from a clean state",
+         "again": "replaying the night again", "resume": "resuming the night"}[decision.mode]
+        + f" ({decision.why})")  # fmt: skip
+    embedded = not (opts.dsn or base.database.dsn)
+    keep_postgres = embedded and decision.mode == "resume"
+    await asyncio.to_thread(
+        session.stop_leftovers, decision.previous, opts.out / "pg", keep_postgres, say
+    )
+    if decision.clean:
+        session.clean(opts.out, say)
+    run = session.begin(opts.out, opts.fingerprint())
+    status = "failed"
+    try:
+        summary = await _replay(opts, base, decision, console)
+        status = "complete" if summary["complete"] else "incomplete"
+    except Exception as e:  # noqa: BLE001 (a replay reports whatever failed, never a traceback)
+        summary = _failed(opts, decision, e)
+    except BaseException:
+        status = "interrupted"
+        raise
+    finally:
+        if opts.address is None:
+            shutdown_ray()
+        left_behind = await asyncio.to_thread(session.reap, run, say)
+        session.finish(opts.out, run, status)
+    if left_behind:
+        summary["leftProcesses"] = left_behind
+    (opts.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _failed(opts: ReplayOptions, decision: session.Decision, error: Exception) -> dict[str, Any]:
+    path = opts.out / "replay-error.log"
+    path.write_text("".join(traceback.format_exception(error)))
+    log.error("the replay failed: %s (traceback in %s)", error, path)
+    summary = failure_summary(f"{type(error).__name__}: {error}")
+    summary["errorLog"] = str(path)
+    summary.update(mode=decision.mode, why=decision.why)
+    return summary
+
+
+async def _drop_schemas(dsn: str, config: SystemConfig, say: Any) -> None:
+    """A clean replay on a server it does not own: drop the schemas its components use."""
+    names = sorted(
+        {
+            str(spec.settings.get(key, default))
+            for spec in config.components
+            for key, default in SCHEMA_SETTINGS.items()
+            if key in spec.settings
+        }
+    )
+    conn = await asyncpg.connect(dsn)
+    try:
+        for name in names:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    finally:
+        await conn.close()
+    say(f"dropped the schemas of the previous replay: {', '.join(names)}")
+
+
+async def _replay(
+    opts: ReplayOptions, base: SystemConfig, decision: session.Decision, console: Console
+) -> dict[str, Any]:
+    def say(message: str) -> None:
+        console.print(message, highlight=False)
+
     night = await prepare_night(opts, console)
     tokens, token = _tokens_file(opts.out)
-    base = load_system_config(opts.config)
-    with postgres_dsn(opts.dsn or base.database.dsn, opts.out / "pg") as dsn:
+    restarts: list[str] = []
+    with postgres_dsn(
+        opts.dsn or base.database.dsn,
+        opts.out / "pg",
+        start_timeout=opts.startup_timeout,
+        on_restart=restarts.append,
+    ) as dsn:
+        await wait_for_database(dsn, opts.startup_timeout)
         config = night_system_config(
             base, dsn=dsn, night_dir=night, processors=opts.processors, data_dir=opts.out / "data"
         )
         config = config.model_copy(
-            update={"gateway": config.gateway.model_copy(update={"tokens_file": tokens})}
+            update={
+                "gateway": config.gateway.model_copy(update={"tokens_file": tokens}),
+                "startup_timeout": opts.startup_timeout,
+            }
         )
+        if decision.clean and (opts.dsn or base.database.dsn):
+            await _drop_schemas(dsn, config, say)
         repo = await Repository.connect(dsn)
         try:
             registered = await register_night(repo, night)
         finally:
             await repo.close()
-        console.print(f"registered the night's products: {registered}")
-        outcome = await _run_system(config, opts, night, token, console)
+        say(f"registered the night's products: {registered}")
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
         try:
-            records = await fetch_records(pool, config, outcome.visits)
-            summary = night_summary(records, outcome)
-            summary["reports"] = await write_reports(
-                pool, config, records, outcome, night, opts.out
-            )
+            reader = NightRecordReader(pool, config)
+            outcome = await _run_system(config, opts, night, token, console, reader)
+            outcome.progress.recoveries.extend(restarts)
+            summary = await _summarize(pool, config, outcome, night, opts.out)
         finally:
             await pool.close()
-    (opts.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    summary.update(mode=decision.mode, why=decision.why)
+    return summary
+
+
+async def _summarize(
+    pool: asyncpg.Pool, config: SystemConfig, outcome: ReplayOutcome, night: Path, out: Path
+) -> dict[str, Any]:
+    """The summary and the reports; a failure to write the reports is said, not raised."""
+    try:
+        records = await fetch_records(pool, config, outcome.visits)
+    except DmcsError as e:
+        summary = night_summary(None, outcome)
+        summary["reportsFailed"] = f"reading the records failed: {e}"
+        return summary
+    summary = night_summary(records, outcome)
+    try:
+        summary["reports"] = await write_reports(pool, config, records, outcome, night, out)
+    except (DmcsError, OSError, ValueError, asyncpg.PostgresError) as e:
+        summary["reportsFailed"] = f"{type(e).__name__}: {e}"
     return summary
 
 
 async def _run_system(
-    config: Any, opts: ReplayOptions, night: Path, token: str, console: Console
+    config: Any,
+    opts: ReplayOptions,
+    night: Path,
+    token: str,
+    console: Console,
+    reader: NightRecordReader,
 ) -> ReplayOutcome:
+    def stalled(message: str) -> None:
+        console.print(f"[yellow]{message}[/yellow]", highlight=False)
+
     async with (
         serve(config, address=opts.address, port=0) as running,
         Client(running.ws_url, token=token) as client,
@@ -144,6 +296,9 @@ async def _run_system(
                 drain_seconds=opts.drain_seconds,
                 on_drive=display.drive,
                 on_change=display.pipeline,
+                read_record=reader.read,
+                stall_seconds=opts.stall_seconds,
+                on_stall=stalled,
             )
         await client.set_system_state(State.STANDBY)
     return outcome

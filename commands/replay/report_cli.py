@@ -24,11 +24,23 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         ("alerts", str(summary["alerts"])),
         ("latency p50 / p95 / max", f"{_s(lat['p50'])} / {_s(lat['p95'])} / {_s(lat['max'])}"),
         ("visits within 60 s", "-" if share is None else f"{100 * share:.0f} %"),
-        ("wall time", f"{summary['wallSeconds']:.0f} s"),
+        ("wall time", "-" if summary["wallSeconds"] is None else f"{summary['wallSeconds']:.0f} s"),
     ]
+    if summary.get("mode"):
+        rows.insert(1, ("run", f"{summary['mode']}: {summary.get('why', '')}"))
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)
+    if summary.get("failure"):
+        console.print(f"[red]the replay failed[/red]: {summary['failure']}", highlight=False)
+        if summary.get("errorLog"):
+            console.print(f"details: {summary['errorLog']}", highlight=False)
+    if summary.get("waitingFor"):
+        console.print(f"[red]still waiting for[/red] {summary['waitingFor']}", highlight=False)
+    if summary.get("reportsFailed"):
+        console.print(f"[red]reports not written[/red]: {summary['reportsFailed']}")
+    for line in summary.get("leftProcesses", []):
+        console.print(f"[yellow]stopped at exit[/yellow]: {line}", highlight=False)
     for name, why in summary.get("failures", {}).items():
         console.print(f"[red]failed[/red] {name}: {why}", highlight=False)
     for line in summary.get("recoveries", []):

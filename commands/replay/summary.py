@@ -59,31 +59,66 @@ def _quantile(values: list[float], q: float) -> float | None:
     return float(np.quantile(finite, q)) if finite else None
 
 
-def night_summary(records: NightRecords, outcome: ReplayOutcome) -> dict[str, Any]:
-    p = outcome.progress
-    latency = latency_summary(records)
-    ccd_latency = list(p.latencies.values())
+def failure_summary(failure: str) -> dict[str, Any]:
+    """The summary of a replay that failed before it had a night to count."""
     return {
+        "complete": False,
+        "failure": failure,
+        "wallSeconds": None,
+        "visits": 0,
+        "ccdsExpected": 0,
+        "ccdsIngested": 0,
+        "ccdsProcessed": 0,
+        "ccdsFailed": 0,
+        "failures": {},
+        "alerts": 0,
+        "latencySeconds": {"p50": None, "p95": None, "max": None},
+        "visitShareWithin60s": None,
+    }
+
+
+def night_summary(records: NightRecords | None, outcome: ReplayOutcome) -> dict[str, Any]:
+    """Counts from the durable record (what this run saw as events, for a run without one),
+    so a resumed night counts the CCDs an earlier run finished; latency from this run's events.
+    """
+    p, r = outcome.progress, outcome.record
+    expected = p.expected
+    failed = {**{k: v for k, v in r.failed.items() if k in expected}, **p.failed}
+    processed = (p.processed | r.processed) & expected
+    for key in processed:
+        failed.pop(key, None)
+    published = {**p.alerts_by_ccd, **{k: n for k, n in r.published.items() if k in expected}}
+    ccd_latency = list(p.latencies.values())
+    summary: dict[str, Any] = {
         "complete": outcome.complete,
         "wallSeconds": round(outcome.wall_seconds, 1),
         "visits": len(outcome.visits),
-        "ccdsExpected": len(p.expected),
-        "ccdsIngested": len(p.ingested),
-        "ccdsProcessed": len(p.processed),
-        "ccdsFailed": len(p.failed),
-        "failures": {f"{v}/{d}": why for (v, d), why in sorted(p.failed.items())},
-        "alerts": p.alerts,
+        "ccdsExpected": len(expected),
+        "ccdsIngested": len((p.ingested | r.ingested) & expected),
+        "ccdsProcessed": len(processed),
+        "ccdsFailed": len(failed),
+        "ccdsPublished": len(published),
+        "failures": {f"{v}/{d}": why for (v, d), why in sorted(failed.items())},
+        "alerts": sum(published.values()),
+        "alertsThisRun": p.alerts,
         "duplicatePublications": p.duplicate_publications,
         "recoveries": p.recoveries,
+        "stalls": outcome.stalls,
         "latencySeconds": {
             "p50": _quantile(ccd_latency, 0.5),
             "p95": _quantile(ccd_latency, 0.95),
             "max": _quantile(ccd_latency, 1.0),
         },
-        "visitShareWithin60s": latency.visit_share_within_budget,
-        "latencySummary": latency.to_dict(),
+        "visitShareWithin60s": None,
         "drive": outcome.drive.as_dict(),
     }
+    if outcome.waiting_for:
+        summary["waitingFor"] = outcome.waiting_for
+    if records is not None:
+        latency = latency_summary(records)
+        summary["visitShareWithin60s"] = latency.visit_share_within_budget
+        summary["latencySummary"] = latency.to_dict()
+    return summary
 
 
 async def write_reports(

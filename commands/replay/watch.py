@@ -37,6 +37,9 @@ class NightProgress:
     latencies: dict[tuple[int, int], float] = field(default_factory=dict)
     visit_latencies: dict[int, float] = field(default_factory=dict)
     recoveries: list[str] = field(default_factory=list)
+    #: The latest summaryState of each component seen, and how many events were seen.
+    states: dict[str, str] = field(default_factory=dict)
+    events_seen: int = 0
 
     @property
     def published(self) -> set[tuple[int, int]]:
@@ -88,7 +91,9 @@ class NightWatcher:
 
     def _see(self, event: Event, tg: asyncio.TaskGroup) -> None:
         d, p = event.data, self.progress
+        p.events_seen += 1
         if event.topic == "summaryState":
+            p.states[event.component] = str(d.get("summaryState", ""))
             self._maybe_recover(event, tg)
             return
         if "visit" not in d or "detector" not in d:
