@@ -14,9 +14,7 @@ from collections.abc import Iterator
 
 from actors.component_actor import load_component_class
 from base.postgres import postgres_dsn
-from config.system import SystemConfig
-
-DSN_ENV = "DMCS_DATABASE_DSN"
+from config.system import DSN_ENV, SystemConfig
 
 
 def database_users(config: SystemConfig) -> list[str]:

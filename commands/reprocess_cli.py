@@ -34,6 +34,7 @@ from rich.table import Table
 from rich.text import Text
 
 from base.reprocess.observer import Observers, RunObserver
+from config.system import DSN_ENV
 from state.errors import DmcsError
 
 console = Console()
@@ -85,7 +86,7 @@ def _progress() -> Progress:
 
 def _dsn(dsn: str | None) -> str:
     if not dsn:
-        raise click.UsageError("give --dsn (or set $DMCS_DSN)")
+        raise click.UsageError("give --dsn (or set $DMCS_DATABASE_DSN)")
     return dsn
 
 
@@ -94,7 +95,7 @@ def _fail(e: DmcsError) -> click.ClickException:
 
 
 @click.group(invoke_without_command=True)
-@click.option("--dsn", default=lambda: os.environ.get("DMCS_DSN"), help="PostgreSQL DSN.")
+@click.option("--dsn", default=lambda: os.environ.get(DSN_ENV), help="PostgreSQL DSN.")
 @click.option("--night", type=int, help="The night (dayObs) to reprocess; the first of a range.")
 @click.option("--last-night", type=int, help="The last night (dayObs) of a range.")
 @click.option(
@@ -242,7 +243,7 @@ async def _job(job: Any, executor: Any, observer: RunObserver) -> dict[str, Any]
 
 @reprocess.command()
 @click.argument("release", required=False)
-@click.option("--dsn", default=None, help="PostgreSQL DSN (default: the group's, $DMCS_DSN).")
+@click.option("--dsn", default=None, help="PostgreSQL DSN (default: the group's).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def status(obj: dict[str, Any], release: str | None, dsn: str | None, as_json: bool) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from config.system import DSN_ENV
 from state.errors import DmcsError
 
 DEFAULT_URL = "ws://127.0.0.1:8765/ws"
@@ -150,8 +151,8 @@ def drive(
 @click.argument("night_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.option(
     "--dsn",
-    default=lambda: os.environ.get("DMCS_DSN"),
-    help="PostgreSQL DSN of the system (default: $DMCS_DSN; `dmcs run` logs it).",
+    default=lambda: os.environ.get(DSN_ENV),
+    help="PostgreSQL DSN of the system (default: $DMCS_DATABASE_DSN; `dmcs run` logs it).",
 )
 @click.option("--registry-schema", default="registry", show_default=True)
 def register(night_dir: Path, dsn: str | None, registry_schema: str) -> None:
@@ -161,7 +162,7 @@ def register(night_dir: Path, dsn: str | None, registry_schema: str) -> None:
     from base.registry.repository import Repository
 
     if not dsn:
-        raise click.UsageError("give --dsn (or set $DMCS_DSN)")
+        raise click.UsageError("give --dsn (or set $DMCS_DATABASE_DSN)")
 
     async def go() -> dict[str, int]:
         repo = await Repository.connect(dsn, registry_schema)

@@ -44,6 +44,10 @@ class GatewayConfig(_Frozen):
     batch_identities: tuple[str, ...] = ("batch", "operator")
 
 
+#: The environment variable that names the system's PostgreSQL DSN (every dmcs command).
+DSN_ENV = "DMCS_DATABASE_DSN"
+
+
 class DatabaseConfig(_Frozen):
     #: Empty: dmcs starts its own embedded PostgreSQL under ``data_dir``.
     dsn: str = ""

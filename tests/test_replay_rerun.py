@@ -1,0 +1,179 @@
+"""``dmcs replay`` as users run it: twice in one directory, and again after a SIGKILL.
+
+Each replay is the real command in a subprocess (2-visit ``mini`` nights), so what is
+checked is what a user sees: the exit status, what it says, ``summary.json``, and that no
+process of the run (Ray, the embedded PostgreSQL, CCD workers) outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psutil
+import pytest
+
+from base.postgres import embedded_postgres, postmaster_pid
+
+ROOT = Path(__file__).resolve().parent.parent
+TAG = "DMCS_TEST_REPLAY_TAG"
+#: Generous: a 2-visit replay takes ~40 s alone and several times that on a loaded machine.
+RUN_TIMEOUT = 900
+
+pytestmark = pytest.mark.timeout(2 * RUN_TIMEOUT + 300)
+
+
+def _command(out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "commands.cli", "replay", "--visits", "2", "--speed", "20",
+        "--out", str(out), "--no-progress", "--stall", "30", "--drain", "400", *extra,
+    ]  # fmt: skip
+
+
+def _env(tag: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), TAG: tag, "COLUMNS": "200"}
+
+
+def _start(out: Path, tag: str, *extra: str) -> subprocess.Popen[str]:
+    log = (out.parent / f"{out.name}-{uuid.uuid4().hex[:6]}.log").open("w")
+    return subprocess.Popen(
+        _command(out, *extra), cwd=ROOT, env=_env(tag), stdout=log, stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+
+
+def _run(out: Path, tag: str, *extra: str) -> tuple[int, str, dict[str, Any]]:
+    """Run one replay to its end: exit status, what it printed, its summary."""
+    done = subprocess.run(
+        _command(out, *extra), cwd=ROOT, env=_env(tag), capture_output=True, text=True,
+        timeout=RUN_TIMEOUT, check=False,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    return done.returncode, output, summary
+
+
+def _orphans(tag: str, pgdata: Path) -> list[str]:
+    """Live processes started by a replay with ``tag``, or serving its PostgreSQL."""
+    found = []
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        try:
+            tagged = proc.environ().get(TAG) == tag
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if tagged or str(pgdata) in cmdline:
+            found.append(f"{proc.info['name']} ({proc.pid}): {cmdline[:120]}")
+    return found
+
+
+def _assert_no_orphans(tag: str, pgdata: Path) -> None:
+    deadline = time.monotonic() + 20
+    while (left := _orphans(tag, pgdata)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert left == [], "processes of the replay outlived it"
+
+
+def _counts(summary: dict[str, Any]) -> dict[str, Any]:
+    keys = ("visits", "ccdsExpected", "ccdsIngested", "ccdsProcessed", "ccdsFailed", "alerts")
+    return {k: summary[k] for k in keys}
+
+
+async def _apdb_check(pgdata: Path) -> dict[str, int]:
+    """DIASources and alerts per CCD, read back from the replay's own database."""
+    with embedded_postgres(pgdata, supervise=False) as dsn:
+        conn = await asyncpg.connect(dsn)
+        try:
+            dup = await conn.fetchval(
+                'SELECT count(*) - count(DISTINCT "diaSourceId") FROM apdb."DiaSource"'
+            )
+            rows = await conn.fetch(
+                'SELECT visit, detector, count(*) AS n FROM apdb."DiaSource"'
+                " GROUP BY visit, detector"
+            )
+            alerts = await conn.fetch("SELECT visit, detector, n_alerts FROM prompt.ccd_alerts")
+        finally:
+            await conn.close()
+    dia = {(r["visit"], r["detector"]): int(r["n"]) for r in rows}
+    published = {(r["visit"], r["detector"]): int(r["n_alerts"]) for r in alerts}
+    return {
+        "duplicates": int(dup),
+        "ccds_with_alerts_unlike_diasources": sum(
+            1 for k in published if published[k] != dia.get(k, 0)
+        ),
+        "diasources": sum(dia.values()),
+        "alerts": sum(published.values()),
+    }
+
+
+def test_two_replays_in_a_row_both_complete_with_equal_counts(tmp_path: Path) -> None:
+    out, tag = tmp_path / "replay", uuid.uuid4().hex
+    rc1, output1, first = _run(out, tag)
+    assert rc1 == 0, output1[-3000:]
+    assert first["complete"] and first["mode"] == "new"
+    _assert_no_orphans(tag, out / "pg")
+
+    rc2, output2, second = _run(out, tag)
+    assert rc2 == 0, output2[-3000:]
+    assert "replaying the night again" in output2
+    assert second["complete"] and second["mode"] == "again"
+    assert _counts(second) == _counts(first)
+    assert second["ccdsIngested"] == second["ccdsExpected"] == 8
+    assert second["alertsThisRun"] == second["alerts"], "a clean replay publishes every alert"
+    _assert_no_orphans(tag, out / "pg")
+
+
+async def _wait_for_outcomes(pgdata: Path, n: int, proc: subprocess.Popen[str]) -> None:
+    """Until the running replay has recorded ``n`` CCD outcomes (mid-night)."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    dsn = f"postgresql://postgres:@/postgres?host={pgdata}"
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the replay ended before the kill"
+        try:
+            conn = await asyncpg.connect(dsn, timeout=5)
+            try:
+                if int(await conn.fetchval("SELECT count(*) FROM prompt.ccd_outcome")) >= n:
+                    return
+            finally:
+                await conn.close()
+        except (OSError, asyncpg.PostgresError, TimeoutError):
+            pass
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"no {n} CCD outcomes within {RUN_TIMEOUT} s")
+
+
+async def test_a_sigkilled_replay_resumes_to_a_complete_night(tmp_path: Path) -> None:
+    out, tag = tmp_path / "replay", uuid.uuid4().hex
+    proc = _start(out, tag)
+    try:
+        await _wait_for_outcomes(out / "pg", 2, proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert postmaster_pid(out / "pg") is not None, "the killed replay's PostgreSQL is left"
+
+    rc, output, summary = await asyncio.to_thread(_run, out, tag)
+    assert rc == 0, output[-3000:]
+    assert "resuming the night" in output and f"(pid {proc.pid}) was interrupted" in output
+    assert "reusing the PostgreSQL left running by the earlier replay" in output
+    assert summary["complete"] and summary["mode"] == "resume"
+    assert summary["ccdsIngested"] == summary["ccdsExpected"] == 8
+    assert summary["ccdsProcessed"] + summary["ccdsFailed"] == 8
+    _assert_no_orphans(tag, out / "pg")
+
+    apdb = await _apdb_check(out / "pg")
+    assert apdb["duplicates"] == 0
+    assert apdb["ccds_with_alerts_unlike_diasources"] == 0
+    assert apdb["alerts"] == summary["alerts"]
+    _assert_no_orphans(tag, out / "pg")
