@@ -42,6 +42,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         processors=args.processors,
         drain_seconds=args.drain,
         progress=False,
+        fresh=True,  # a measurement starts clean, never from a resumed night
     )
     began = time.monotonic()
     await prepare_night(options, console)

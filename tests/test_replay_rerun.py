@@ -177,3 +177,26 @@ async def test_a_sigkilled_replay_resumes_to_a_complete_night(tmp_path: Path) ->
     assert apdb["ccds_with_alerts_unlike_diasources"] == 0
     assert apdb["alerts"] == summary["alerts"]
     _assert_no_orphans(tag, out / "pg")
+
+
+async def test_postgres_killed_mid_night_is_restarted_and_the_night_completes(
+    tmp_path: Path,
+) -> None:
+    out, tag = tmp_path / "replay", uuid.uuid4().hex
+    proc = _start(out, tag)
+    try:
+        await _wait_for_outcomes(out / "pg", 1, proc)
+        server = postmaster_pid(out / "pg")
+        assert server is not None
+        os.kill(server, signal.SIGKILL)
+        rc = await asyncio.to_thread(proc.wait, RUN_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    summary = json.loads((out / "summary.json").read_text())
+    assert rc == 0, summary
+    assert summary["complete"]
+    assert any("PostgreSQL died and was restarted" in r for r in summary["recoveries"])
+    assert summary["ccdsIngested"] == summary["ccdsExpected"] == 8
+    _assert_no_orphans(tag, out / "pg")
