@@ -160,22 +160,25 @@ async def run_replay(opts: ReplayOptions, console: Console | None = None) -> dic
         session.clean(opts.out, say)
     run = session.begin(opts.out, opts.fingerprint())
     status = "failed"
+    summary: dict[str, Any] = failure_summary("the replay did not finish")
     try:
         summary = await _replay(opts, base, decision, console)
         status = "complete" if summary["complete"] else "incomplete"
     except Exception as e:  # noqa: BLE001 (a replay reports whatever failed, never a traceback)
         summary = _failed(opts, decision, e)
-    except BaseException:
+    except BaseException as e:  # interrupted (Ctrl-C, cancelled): say so, then stop
         status = "interrupted"
+        summary = failure_summary(f"interrupted ({type(e).__name__})")
+        summary.update(mode=decision.mode, why=decision.why)
         raise
     finally:
         if opts.address is None:
             shutdown_ray()
         left_behind = await asyncio.to_thread(session.reap, run, say)
+        if left_behind:
+            summary["leftProcesses"] = left_behind
+        (opts.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         session.finish(opts.out, run, status)
-    if left_behind:
-        summary["leftProcesses"] = left_behind
-    (opts.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 
