@@ -135,9 +135,7 @@ def test_two_replays_in_a_row_both_complete_with_equal_counts(tmp_path: Path) ->
     _assert_no_orphans(tag, out / "pg")
 
 
-async def _wait_for_rows(
-    pgdata: Path, table: str, n: int, proc: subprocess.Popen[str]
-) -> None:
+async def _wait_for_rows(pgdata: Path, table: str, n: int, proc: subprocess.Popen[str]) -> None:
     """Until the running replay has ``n`` rows in ``table`` of its database (mid-night)."""
     deadline = time.monotonic() + RUN_TIMEOUT
     dsn = f"postgresql://postgres:@/postgres?host={pgdata}"

@@ -9,6 +9,7 @@ PID). The next run in the same directory decides from it:
   simulated night is kept and reused when it matches);
 * a previous run that was interrupted or ended incomplete: **resume** it (everything is
   kept; every layer ignores what it already did, and completion is judged from the record);
+  one that failed with an error starts clean, so a broken state never blocks the next run;
 * another replay still running in the directory: refused.
 
 Every process a run starts (Ray, the embedded PostgreSQL, CCD worker processes) inherits
@@ -122,6 +123,13 @@ def decide(out: Path, options: dict[str, Any], fresh: bool) -> Decision:
     if previous.status == "complete":
         return Decision(
             "again", "the previous replay completed; replaying the night again from a clean state",
+            previous,
+        )  # fmt: skip
+    if previous.status == "failed":
+        # A run that failed (rather than being killed or ending incomplete) may have failed
+        # on what it would resume from (a database that no longer starts): start clean.
+        return Decision(
+            "again", "the previous replay failed (see its summary); replaying from a clean state",
             previous,
         )  # fmt: skip
     how = "was interrupted" if previous.status == "running" else f"ended {previous.status}"

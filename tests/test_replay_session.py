@@ -1,0 +1,110 @@
+"""How a replay decides between clean and resume, and how it finds and stops what a run left."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import psutil
+import pytest
+
+from commands.replay import session
+from state.errors import ConfigurationError
+
+OPTIONS = {"camera": "mini", "visits": 2, "seed": 1, "processors": 2}
+DEAD_PID = 2**22 + 4321
+
+
+def _record(status: str, pid: int = DEAD_PID, **options: object) -> session.RunRecord:
+    return session.RunRecord(
+        run_id="r1", pid=pid, options={**OPTIONS, **options}, status=status, started=1.0
+    )
+
+
+def test_a_first_replay_is_new_and_unrecorded_data_is_cleaned(tmp_path: Path) -> None:
+    assert session.decide(tmp_path, OPTIONS, fresh=False).mode == "new"
+    (tmp_path / "data").mkdir()
+    decision = session.decide(tmp_path, OPTIONS, fresh=False)
+    assert decision.mode == "again" and decision.clean
+    assert "unrecorded" in decision.why
+
+
+@pytest.mark.parametrize(
+    ("status", "mode"),
+    [("complete", "again"), ("running", "resume"), ("incomplete", "resume"), ("failed", "again")],
+)
+def test_the_previous_run_decides(tmp_path: Path, status: str, mode: str) -> None:
+    session.write_run(tmp_path, _record(status))
+    decision = session.decide(tmp_path, OPTIONS, fresh=False)
+    assert decision.mode == mode
+    assert decision.previous == _record(status)
+    if status == "running":
+        assert f"(pid {DEAD_PID}) was interrupted" in decision.why
+
+
+def test_fresh_and_other_options_start_clean(tmp_path: Path) -> None:
+    session.write_run(tmp_path, _record("running"))
+    assert session.decide(tmp_path, OPTIONS, fresh=True).mode == "fresh"
+    other = session.decide(tmp_path, {**OPTIONS, "seed": 2, "visits": 3}, fresh=False)
+    assert other.mode == "again"
+    assert "(seed, visits)" in other.why
+
+
+def test_an_unreadable_record_is_ignored(tmp_path: Path) -> None:
+    (tmp_path / session.RUN_FILE).write_text("{not json")
+    assert session.read_run(tmp_path) is None
+
+
+def test_a_replay_still_running_in_the_directory_is_refused(tmp_path: Path) -> None:
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "replay"])
+    try:
+        session.write_run(tmp_path, _record("running", pid=alive.pid))
+        with pytest.raises(ConfigurationError, match=f"another dmcs replay \\(pid {alive.pid}\\)"):
+            session.decide(tmp_path, OPTIONS, fresh=True)
+    finally:
+        alive.kill()
+        alive.wait()
+    assert session.decide(tmp_path, OPTIONS, fresh=False).mode == "resume"
+
+
+def test_clean_keeps_the_night(tmp_path: Path) -> None:
+    for name in ("data", "staging", "reports", "pg", "night"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_text("x")
+    (tmp_path / "summary.json").write_text("{}")
+    said: list[str] = []
+    session.clean(tmp_path, said.append)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["night"]
+    assert said and "data/" in said[0] and "summary.json" in said[0]
+
+
+def test_processes_of_a_run_are_found_and_stopped(tmp_path: Path) -> None:
+    run = replace(_record("running"), run_id=f"test-{os.getpid()}-{time.time_ns()}")
+    env = {**os.environ, session.RUN_ENV: run.run_id}
+    # One child ignores SIGTERM, so stopping it needs the SIGKILL after the grace period.
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    children = [
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env),
+        subprocess.Popen([sys.executable, "-c", code], env=env),
+    ]
+    try:
+        deadline = time.monotonic() + 10
+        while len(session.processes_of(run.run_id)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sorted(p.pid for p in session.processes_of(run.run_id)) == sorted(
+            c.pid for c in children
+        )
+        said: list[str] = []
+        left = session.reap(run, said.append, grace=0.5)
+        assert len(left) == 1 and "stopping 2 processes" in said[0]
+        assert not any(psutil.pid_exists(c.pid) for c in children)  # reaped by reap
+        assert session.processes_of(run.run_id) == []
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
