@@ -18,6 +18,9 @@ from state.errors import ConfigurationError, StartupError
 
 log = logging.getLogger("dmcs.launcher")
 
+#: Seconds between two "waiting for ... to come up" messages at start-up.
+WAIT_REPORT_SECONDS = 15.0
+
 RemoteBus = ray.remote(EventBus)
 RemoteComponent = ray.remote(ComponentActor)
 
@@ -44,7 +47,18 @@ class System:
         calls = {
             name: asyncio.ensure_future(h.snapshot.remote()) for name, h in self.components.items()
         }
-        done, pending = await asyncio.wait(calls.values(), timeout=timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pending = set(calls.values())
+        while pending and (left := deadline - loop.time()) > 0:
+            _, pending = await asyncio.wait(pending, timeout=min(WAIT_REPORT_SECONDS, left))
+            if pending and deadline > loop.time():
+                waiting = sorted(name for name, call in calls.items() if call in pending)
+                log.warning(
+                    "waiting for %s to come up (%.0f s left)",
+                    ", ".join(waiting),
+                    deadline - loop.time(),
+                )
         for call in pending:
             call.cancel()
         if pending:
@@ -53,7 +67,7 @@ class System:
                 f"{len(silent)} of {len(calls)} components did not come up within "
                 f"{timeout:.0f} s: {', '.join(silent)} (raise startup_timeout on a loaded machine)"
             )
-        for call in done:
+        for call in calls.values():
             call.result()
 
     def stop(self) -> None:
