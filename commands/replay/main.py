@@ -52,6 +52,14 @@ from summit.simulation import plan_night, run_night
 
 log = logging.getLogger("dmcs.replay")
 
+#: What the replay says it does, by the mode session.decide chose.
+MODE_TEXT = {
+    "new": "replaying the night",
+    "fresh": "replaying the night from a clean state",
+    "again": "replaying the night again from a clean state",
+    "resume": "resuming the night",
+}
+
 
 @dataclass(frozen=True)
 class ReplayOptions:
@@ -148,9 +156,7 @@ async def run_replay(opts: ReplayOptions, console: Console | None = None) -> dic
     opts.out.mkdir(parents=True, exist_ok=True)
     base = load_system_config(opts.config)
     decision = session.decide(opts.out, opts.fingerprint(), opts.fresh)
-    say({"new": "replaying the night", "fresh": "replaying the night from a clean state",
-         "again": "replaying the night again", "resume": "resuming the night"}[decision.mode]
-        + f" ({decision.why})")  # fmt: skip
+    say(f"{MODE_TEXT[decision.mode]} ({decision.why})")
     embedded = not (opts.dsn or base.database.dsn)
     keep_postgres = embedded and decision.mode == "resume"
     await asyncio.to_thread(

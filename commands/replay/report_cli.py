@@ -27,7 +27,7 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         ("wall time", "-" if summary["wallSeconds"] is None else f"{summary['wallSeconds']:.0f} s"),
     ]
     if summary.get("mode"):
-        rows.insert(1, ("run", f"{summary['mode']}: {summary.get('why', '')}"))
+        rows.insert(1, ("run", f"{summary['mode']} ({summary.get('why', '')})"))
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)

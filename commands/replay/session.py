@@ -103,39 +103,34 @@ def decide(out: Path, options: dict[str, Any], fresh: bool) -> Decision:
         )
     leftovers = [p for p in CLEAN_PATHS if (out / p).exists()]
     if fresh:
-        return Decision("fresh", "a clean replay, as asked (--fresh)", previous)
+        return Decision("fresh", "--fresh", previous)
     if previous is None:
         if leftovers:
-            return Decision(
-                "again", f"{out} holds data of an unrecorded replay; starting clean", None
-            )
-        return Decision("new", "a first replay in this directory", None)
+            return Decision("again", f"{out} holds data of an unrecorded replay", None)
+        return Decision("new", f"the first replay in {out}", None)
     if previous.options != options:
         changed = sorted(
             k for k in {*options, *previous.options} if options.get(k) != previous.options.get(k)
         )
         return Decision(
             "again",
-            f"the options differ from the previous replay's ({', '.join(changed)}); "
-            "replaying from a clean state",
+            f"the options differ from the previous replay's ({', '.join(changed)})",
             previous,
         )
     if previous.status == "complete":
         return Decision(
-            "again", "the previous replay completed; replaying the night again from a clean state",
+            "again", "the previous replay completed",
             previous,
         )  # fmt: skip
     if previous.status == "failed":
         # A run that failed (rather than being killed or ending incomplete) may have failed
         # on what it would resume from (a database that no longer starts): start clean.
         return Decision(
-            "again", "the previous replay failed (see its summary); replaying from a clean state",
+            "again", "the previous replay failed with an error (see its summary)",
             previous,
         )  # fmt: skip
     how = "was interrupted" if previous.status == "running" else f"ended {previous.status}"
-    return Decision(
-        "resume", f"the previous replay (pid {previous.pid}) {how}; resuming it", previous
-    )
+    return Decision("resume", f"the previous replay (pid {previous.pid}) {how}", previous)
 
 
 def processes_of(run_id: str) -> list[psutil.Process]:
