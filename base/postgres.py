@@ -154,6 +154,9 @@ class EmbeddedPostgres:
             began = time.monotonic()
             try:
                 with self._server._lock:
+                    # Also lets the server's user traverse to the data directory again (as
+                    # root, pgserver runs it as another user; a parent may have been chmod'ed).
+                    self._server.ensure_pgdata_inited()
                     self._server.ensure_postgres_running()
             except Exception as e:  # noqa: BLE001 (pgserver raises bare Exceptions and asserts)
                 log.error("restarting the embedded PostgreSQL failed (%s); will try again", e)
