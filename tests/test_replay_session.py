@@ -108,3 +108,31 @@ def test_processes_of_a_run_are_found_and_stopped(tmp_path: Path) -> None:
             if child.poll() is None:
                 child.kill()
                 child.wait()
+
+
+async def test_a_clean_replay_on_a_given_database_drops_only_its_schemas(pg_dsn: str) -> None:
+    import asyncpg
+
+    from commands.replay.main import _drop_schemas
+    from commands.replay.night_system import database_schemas, night_system_config
+    from config.system import load_system_config
+
+    config = night_system_config(
+        load_system_config(None), dsn=pg_dsn, night_dir=None, processors=2, schema_prefix="drop_"
+    )
+    names = database_schemas(config)
+    assert names == {"drop_registry", "drop_apdb", "drop_alerts", "drop_prompt"}
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        for name in [*names, "drop_keep"]:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{name}"')
+            await conn.execute(f'CREATE TABLE IF NOT EXISTS "{name}".t (x int)')
+        said: list[str] = []
+        await _drop_schemas(pg_dsn, config, said.append)
+        rows = await conn.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'drop_%'")
+        left = {r["nspname"] for r in rows}
+        assert left == {"drop_keep"}
+        assert "drop_apdb" in said[0]
+        await conn.execute('DROP SCHEMA "drop_keep" CASCADE')
+    finally:
+        await conn.close()

@@ -34,7 +34,7 @@ from base.registry.repository import Repository
 from commands.client import Client
 from commands.replay import session
 from commands.replay.display import ReplayDisplay
-from commands.replay.night_system import SCHEMA_SETTINGS, night_system_config
+from commands.replay.night_system import database_schemas, night_system_config
 from commands.replay.record import NightRecordReader
 from commands.replay.runner import ReplayOutcome, replay_night
 from commands.replay.summary import (
@@ -200,14 +200,7 @@ def _failed(opts: ReplayOptions, decision: session.Decision, error: Exception) -
 
 async def _drop_schemas(dsn: str, config: SystemConfig, say: Any) -> None:
     """A clean replay on a server it does not own: drop the schemas its components use."""
-    names = sorted(
-        {
-            str(spec.settings.get(key, default))
-            for spec in config.components
-            for key, default in SCHEMA_SETTINGS.items()
-            if key in spec.settings
-        }
-    )
+    names = sorted(database_schemas(config))
     conn = await asyncpg.connect(dsn)
     try:
         for name in names:

@@ -34,6 +34,15 @@ SCHEMA_SETTINGS = {
 }
 
 
+def database_schemas(config: SystemConfig) -> set[str]:
+    """Every PostgreSQL schema the system's components use (their settings, else defaults)."""
+    return {
+        str(spec.settings.get(key, SCHEMA_SETTINGS[key]))
+        for spec in config.components
+        for key in _SCHEMAS_OF.get(spec.cls, ())
+    }
+
+
 def _with_settings(spec: ComponentConfig, **settings: Any) -> ComponentConfig:
     return spec.model_copy(update={"settings": {**spec.settings, **settings}})
 
