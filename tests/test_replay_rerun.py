@@ -156,20 +156,24 @@ async def _wait_for_rows(pgdata: Path, table: str, n: int, proc: subprocess.Pope
 
 async def test_a_sigkilled_replay_resumes_to_a_complete_night(tmp_path: Path) -> None:
     out, tag = tmp_path / "replay", uuid.uuid4().hex
-    proc = _start(out, tag)
-    try:
-        # Killed once the first raw is registered: the night is under way, the camera still
-        # sending, CCDs in ingest and processing. (Killed later, a CCD inside the APDB ->
-        # alert hand-off would lose its alerts until that hand-off is durable: issue 16.)
-        await _wait_for_rows(out / "pg", "registry.raws", 1, proc)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert postmaster_pid(out / "pg") is not None, "the killed replay's PostgreSQL is left"
+    # Killed twice: first during start-up (the night's products registered, Ray and the
+    # components starting), then, resumed, once the first raw is registered (the camera still
+    # sending, CCDs in ingest and processing). (Killed later, a CCD inside the APDB -> alert
+    # hand-off would lose its alerts until that hand-off is durable: issue 16.)
+    killed = []
+    for table in ("registry.detectors", "registry.raws"):
+        proc = _start(out, tag)
+        try:
+            await _wait_for_rows(out / "pg", table, 1, proc)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        killed.append(proc.pid)
+        assert postmaster_pid(out / "pg") is not None, "the killed replay's PostgreSQL is left"
 
     rc, output, summary = await asyncio.to_thread(_run, out, tag)
     assert rc == 0, output[-3000:]
-    assert "resuming the night" in output and f"(pid {proc.pid}) was interrupted" in output
+    assert "resuming the night" in output and f"(pid {killed[-1]}) was interrupted" in output
     assert "reusing the PostgreSQL left running by the earlier replay" in output
     assert summary["complete"] and summary["mode"] == "resume"
     assert summary["ccdsIngested"] == summary["ccdsExpected"] == 8

@@ -80,3 +80,37 @@ async def test_an_unreadable_record_is_said_not_raised() -> None:
     tracker = NightTracker(_watcher(), read, poll=0.05)
     assert not await tracker.wait_complete(0.2)
     assert "the database (connection refused)" in tracker.waiting_for()
+
+
+async def test_the_record_is_read_from_the_stores_the_components_write(pg_dsn: str) -> None:
+    import asyncpg
+
+    from base.prompt_records import PromptRecords
+    from base.prompt_records.model import CcdOutcome
+    from commands.replay.night_system import night_system_config
+    from commands.replay.record import NightRecordReader
+    from config.system import load_system_config
+
+    config = night_system_config(
+        load_system_config(None), dsn=pg_dsn, night_dir=None, processors=1, schema_prefix="rec_"
+    )
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2)
+    try:
+        reader = NightRecordReader(pool, config)
+        assert await reader.read([5]) == NightRecord()  # nothing migrated yet: nothing ended
+        records = await PromptRecords.connect(pool, "rec_prompt")
+        await records.record_outcome(CcdOutcome(5, 0, 1, "processed", n_dia_sources=3))
+        await records.record_outcome(
+            CcdOutcome(5, 1, 1, "failed", failure_type="BadData", reason="saturated")
+        )
+        await records.record_outcome(CcdOutcome(5, 2, 1, "processed", n_dia_sources=1))
+        await records.record_alerts(5, 0, 3, 1.0e9)
+        await records.record_outcome(CcdOutcome(6, 0, 1, "processed"))
+        record = await reader.read([5])
+    finally:
+        await pool.close()
+    assert record.processed == {(5, 0), (5, 2)}
+    assert record.failed == {(5, 1): "BadData: saturated"}
+    assert record.published == {(5, 0): 3}
+    assert record.ended == {(5, 0), (5, 1)}, "processed without its alerts has not ended"
+    assert record.ingested == frozenset() and record.alerts == 3

@@ -38,6 +38,10 @@ class NightRecord:
         return sum(self.published.values())
 
 
+def _key(row: asyncpg.Record) -> Ccd:
+    return int(row["visit"]), int(row["detector"])
+
+
 def _setting(config: SystemConfig, cls: str, key: str, default: str) -> str:
     for spec in config.components:
         if spec.cls == cls:
@@ -87,14 +91,13 @@ class NightRecordReader:
                 )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
             raise StorageError(f"reading the night's records failed: {e}") from e
-        key = lambda r: (int(r["visit"]), int(r["detector"]))  # noqa: E731
         return NightRecord(
-            ingested=frozenset(key(r) for r in raws),
-            processed=frozenset(key(r) for r in outcomes if r["status"] == "processed"),
+            ingested=frozenset(_key(r) for r in raws),
+            processed=frozenset(_key(r) for r in outcomes if r["status"] == "processed"),
             failed={
-                key(r): f"{r['failure_type']}: {r['reason']}"
+                _key(r): f"{r['failure_type']}: {r['reason']}"
                 for r in outcomes
                 if r["status"] != "processed"
             },
-            published={key(r): int(r["n_alerts"]) for r in alerts},
+            published={_key(r): int(r["n_alerts"]) for r in alerts},
         )
