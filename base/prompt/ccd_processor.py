@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 import asyncpg
@@ -48,6 +49,8 @@ from state.states import State
 WORK = "base.prompt.ccd_work"
 #: Tries to write a CCD's records while the database is restarting.
 RECORD_ATTEMPTS = 6
+#: How far back each periodic registry look reaches before the previous one's newest raw.
+RECONCILE_MARGIN = timedelta(seconds=60)
 #: errorCode of a FAULT caused by a durable work list that cannot be read or written.
 WORK_LIST_FAILED = 400
 #: Stages this component records itself (the rest come back from its peers).
@@ -73,7 +76,8 @@ class CcdProcessor(Controller):
         self._stages: dict[tuple[int, int], dict[str, float]] = {}
         self._preloads: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
         self._wakeup = asyncio.Event()
-        self.counts = {"processed": 0, "failed": 0, "abandoned": 0, "retried": 0}
+        self.counts = {"processed": 0, "failed": 0, "abandoned": 0, "retried": 0, "reconciled": 0}
+        self._reconciled_to: datetime | None = None
 
     def owns(self, detector: int) -> bool:
         return detector % self.config.pool_size == self.config.index
@@ -122,23 +126,44 @@ class CcdProcessor(Controller):
             await self._reconcile()
             self._wakeup.set()
 
-    async def _reconcile(self) -> None:
-        """Queue the raws of this processor's detectors ingested while it was not listening."""
+    async def _reconcile(self, *, full: bool = True) -> int:
+        """Queue the raws of this processor's detectors that the registry holds and the work
+        list does not (ingested while it was not listening, or whose ``imageIngested`` was
+        lost). ``full``: every raw since the first visit heard of; else those ingested since
+        the previous look (less a margin for transactions that committed late)."""
         first = self.queue.first_visit()
         if first is None or self._repository is None:
-            return
+            return 0
+        since = self._reconciled_to
+        if full or since is None:
+            since = None
+        else:
+            since -= RECONCILE_MARGIN
         try:
-            raws = await self._repository.raws_from_visit(first)
+            raws, latest = await self._repository.raws_ingested_since(first, since)
         except DmcsError as e:
             self.log_message(logging.WARNING, f"could not look for missed raws: {e}")
-            return
+            return 0
+        if latest is not None and (self._reconciled_to is None or latest > self._reconciled_to):
+            self._reconciled_to = latest
         missed = [
             r for r in raws if self.owns(r.detector) and self.queue.enqueue(r.visit, r.detector)
         ]
         if missed:
+            self.counts["reconciled"] += len(missed)
             self.log_message(
-                logging.WARNING, f"{len(missed)} CCD(s) ingested while not listening; queued"
+                logging.WARNING,
+                f"{len(missed)} CCD(s) in the registry without their imageIngested event"
+                f" ({', '.join(f'{r.visit}/{r.detector}' for r in missed[:8])}); queued",
             )
+            self._wakeup.set()
+        return len(missed)
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reconcile_interval)
+            if self.summary_state == State.ENABLED:
+                await self._reconcile(full=False)
 
     async def _visit_info(self, visit: int) -> dict[str, Any] | None:
         """The visit as ``nextVisit`` described it, or as the registry has it (missed event)."""
@@ -165,6 +190,7 @@ class CcdProcessor(Controller):
     async def run_background(self, tg: SupervisedGroup) -> None:
         tg.create_task(self._keep_running(self._work_loop), name="work_loop")
         tg.create_task(self._keep_running(self._status_loop), name="status_loop")
+        tg.create_task(self._keep_running(self._reconcile_loop), name="reconcile_loop")
 
     async def _keep_running(self, loop: Callable[[], Awaitable[None]]) -> None:
         """Run ``loop`` for good: a broken work list faults the component, the loop goes on."""

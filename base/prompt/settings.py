@@ -26,6 +26,9 @@ class CcdProcessorSettings(_Settings):
     retry_backoff: float = Field(default=1.0, gt=0)
     #: Seconds a CCD waits in total for the association peer before it is failed.
     association_wait: float = Field(default=120.0, gt=0)
+    #: Seconds between looks in the registry for ingested CCDs whose ``imageIngested`` never
+    #: arrived (events notify; the registry is the record).
+    reconcile_interval: float = Field(default=10.0, gt=0)
     association: str = "Association"
     registry_schema: str = "registry"
     records_schema: str = "prompt"

@@ -1,0 +1,96 @@
+"""A CcdProcessor finds its work in the registry, not only in events: an ingested CCD whose
+``imageIngested`` never arrived (a bus restart, a lost event) is queued by the periodic look.
+
+Plain classes on a real PostgreSQL; the raw is registered as Ingest registers it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from base.ccd_inputs import NightDirectoryRepository
+from base.prompt.ccd_processor import CcdProcessor
+from base.registry.records import DetectorRecord, ExposureRecord, RawRecord
+from base.registry.repository import Repository
+from state.clock import tai_now
+from state.events import Event
+from summit.schedule import read_schedule
+from tests.standard import until
+
+
+async def test_a_ccd_whose_ingest_event_was_lost_is_still_processed(
+    tmp_path: Path, pg_dsn: str, mini_night: Path
+) -> None:
+    schema = "reg_proc_reconcile"
+    v = read_schedule(mini_night / "schedule.sqlite")[0]
+    raw = NightDirectoryRepository(mini_night).get_raw(v.visit_id, 2)
+    assert raw is not None
+    events: list[Event] = []
+    settings = {
+        "dsn": pg_dsn,
+        "night_dir": str(mini_night),
+        "registry_schema": schema,
+        "records_schema": "pr_proc_reconcile",
+        "reconcile_interval": 0.3,
+        "association_wait": 0.5,
+    }
+    processor = CcdProcessor(
+        "CcdProcessor0", sink=events.append, settings=settings, data_dir=tmp_path
+    )
+    await processor.start()
+    repo = await Repository.connect(pg_dsn, schema)
+    try:
+        await processor.do_start()
+        await processor.do_enable()
+        next_visit = {
+            "visit": v.visit_id, "camera": "mini", "band": v.band, "ra": v.ra, "dec": v.dec,
+            "fieldId": v.field_id, "startMjd": v.mjd_start, "exposureTime": v.exptime,
+            "dayObs": 20260101, "detectors": [0, 1, 2, 3],
+        }  # fmt: skip
+        await processor.on_event(Event("Camera", "nextVisit", 1, tai_now(), next_visit))
+        assert processor.queue.counts() == {}, "nothing ingested, nothing queued"
+        await repo.register_raw(
+            RawRecord(
+                v.visit_id,
+                2,
+                "mini",
+                f"MC_O_{v.visit_id}",
+                str(raw),
+                "0" * 64,
+                "0" * 64,
+                raw.stat().st_size,
+                64,
+                64,
+                4,
+                True,
+            ),
+            ExposureRecord(
+                v.visit_id,
+                f"MC_O_{v.visit_id}",
+                "mini",
+                20260101,
+                1,
+                v.band,
+                v.exptime,
+                v.mjd_start,
+                v.ra,
+                v.dec,
+                v.field_id,
+            ),
+            DetectorRecord("mini", 2, "R00_S02", None, 64, 64),
+        )  # fmt: skip  -- the raw is in the registry; its imageIngested event is lost
+        done = await until(
+            lambda: [e for e in events if e.topic == "ccdProcessed" and e.data["detector"] == 2],
+            timeout=60,
+        )
+        assert done[0].data["visit"] == v.visit_id
+        assert processor.counts["reconciled"] == 1
+        logged = [e.data["message"] for e in events if e.topic == "logMessage"]
+        assert any("without their imageIngested event" in m for m in logged), logged
+        await processor.on_event(
+            Event("Ingest", "imageIngested", 1, tai_now(), {"visit": v.visit_id, "detector": 2})
+        )
+        assert len([e for e in events if e.topic == "ccdProcessed"]) == 1, "not processed twice"
+    finally:
+        await repo.close()
+        await processor.close()
