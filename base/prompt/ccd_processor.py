@@ -49,6 +49,11 @@ from state.states import State
 WORK = "base.prompt.ccd_work"
 #: Tries to write a CCD's records while the database is restarting.
 RECORD_ATTEMPTS = 6
+#: Seconds stage times gather before they are written together (they are written as they
+#: happen, so a processor restart loses at most this much).
+STAGE_FLUSH_S = 0.2
+#: Stage times kept while the records database is away (beyond: the oldest are dropped).
+MAX_UNSAVED_STAGES = 100_000
 #: How far back each periodic registry look reaches before the previous one's newest raw.
 RECONCILE_MARGIN = timedelta(seconds=60)
 #: errorCode of a FAULT caused by a durable work list that cannot be read or written.
@@ -78,6 +83,8 @@ class CcdProcessor(Controller):
         self._wakeup = asyncio.Event()
         self.counts = {"processed": 0, "failed": 0, "abandoned": 0, "retried": 0, "reconciled": 0}
         self._reconciled_to: datetime | None = None
+        self._unsaved: list[StageTime] = []
+        self._stages_waiting = asyncio.Event()
 
     def owns(self, detector: int) -> bool:
         return detector % self.config.pool_size == self.config.index
@@ -93,6 +100,8 @@ class CcdProcessor(Controller):
         if self._pool is None:
             self._pool = await asyncpg.create_pool(self.config.dsn, min_size=1, max_size=2)
             self._records = await PromptRecords.connect(self._pool, self.config.records_schema)
+            if self._unsaved:
+                self._stages_waiting.set()
         if self._repository is None:
             self._repository = await Repository.connect(
                 self.config.dsn, self.config.registry_schema
@@ -191,6 +200,7 @@ class CcdProcessor(Controller):
         tg.create_task(self._keep_running(self._work_loop), name="work_loop")
         tg.create_task(self._keep_running(self._status_loop), name="status_loop")
         tg.create_task(self._keep_running(self._reconcile_loop), name="reconcile_loop")
+        tg.create_task(self._stage_writer(), name="stage_writer")
 
     async def _keep_running(self, loop: Callable[[], Awaitable[None]]) -> None:
         """Run ``loop`` for good: a broken work list faults the component, the loop goes on."""
@@ -254,6 +264,40 @@ class CcdProcessor(Controller):
             self.publish(
                 "ccdStage", {"visit": visit, "detector": detector, "stage": stage, "stageTai": tai}
             )
+            try:
+                self._unsaved.append(StageTime(visit, detector, stage, tai))
+            except InvalidInputError as e:
+                self.log.warning("stage time not recorded: %s", e)
+                return
+            if len(self._unsaved) > MAX_UNSAVED_STAGES:
+                del self._unsaved[: len(self._unsaved) - MAX_UNSAVED_STAGES]
+            self._stages_waiting.set()
+
+    async def _stage_writer(self) -> None:
+        """Write stage times as they happen (gathered for ``STAGE_FLUSH_S``), so a restart
+        loses none; kept and retried while the database is away."""
+        delay = self.config.retry_backoff
+        while True:
+            await self._stages_waiting.wait()
+            await asyncio.sleep(STAGE_FLUSH_S)
+            records = self._records
+            if records is None:
+                self._stages_waiting.clear()  # written once started (the next stage wakes it)
+                continue
+            self._stages_waiting.clear()
+            rows, self._unsaved = self._unsaved, []
+            try:
+                await records.record_stages(rows)
+            except RetriableError as e:
+                self._unsaved[:0] = rows
+                self._stages_waiting.set()
+                self.log.warning("stage times not written yet (%s); retrying", e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            except DmcsError as e:
+                self.log_message(logging.ERROR, f"{len(rows)} stage times not recorded: {e}")
+            delay = self.config.retry_backoff
 
     # ------------------------------------------------------------------ work
     async def _work_loop(self) -> None:
@@ -322,7 +366,7 @@ class CcdProcessor(Controller):
 
     async def _associate(self, item: WorkItem, result: dict[str, Any]) -> Outcome:
         wire = dict(result["ccd"])
-        wire["stages"] = dict(self._stages.get((item.visit, item.detector), {}))
+        wire["stages"] = await self._stages_of(item.visit, item.detector)
         wire["attempt"] = item.attempts
         peer = self.peers(self.config.association)
         deadline = asyncio.get_running_loop().time() + self.config.association_wait
@@ -343,6 +387,18 @@ class CcdProcessor(Controller):
         for stage, tai in (reply.get("stages") or {}).items():
             self._stage(item.visit, item.detector, stage, tai)
         return success(result, int(reply.get("nDiaSources", 0)), duplicate=not reply["stored"])
+
+    async def _stages_of(self, visit: int, detector: int) -> dict[str, float]:
+        """The CCD's stage times, those recorded before a restart of this processor included."""
+        stages = dict(self._stages.get((visit, detector), {}))
+        if "endReadout" in stages or self._records is None:
+            return stages
+        try:
+            recorded = await self._records.ccd_stages(visit, detector)
+        except DmcsError as e:
+            self.log.warning("stage times of visit %s detector %s not read: %s", visit, detector, e)
+            return stages
+        return {**{k: v for k, v in recorded.items() if k in OWN_STAGES}, **stages}
 
     async def _inputs(
         self, info: dict[str, Any], detector: int, raw: str | None = None

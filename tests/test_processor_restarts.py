@@ -1,5 +1,9 @@
-"""A CcdProcessor finds its work in the registry, not only in events: an ingested CCD whose
+"""What a CcdProcessor keeps across restarts and lost events.
+
+It finds its work in the registry, not only in events: an ingested CCD whose
 ``imageIngested`` never arrived (a bus restart, a lost event) is queued by the periodic look.
+Its stage times are written as they happen, not with the CCD's outcome, so a processor killed
+before the outcome leaves them recorded (the Performance Report counts them).
 
 Plain classes on a real PostgreSQL; the raw is registered as Ingest registers it.
 """
@@ -7,6 +11,8 @@ Plain classes on a real PostgreSQL; the raw is registered as Ingest registers it
 from __future__ import annotations
 
 from pathlib import Path
+
+import asyncpg
 
 from base.ccd_inputs import NightDirectoryRepository
 from base.prompt.ccd_processor import CcdProcessor
@@ -94,3 +100,48 @@ async def test_a_ccd_whose_ingest_event_was_lost_is_still_processed(
     finally:
         await repo.close()
         await processor.close()
+
+
+async def test_stage_times_are_recorded_as_they_happen(tmp_path: Path, pg_dsn: str) -> None:
+    """DISABLED (no work done), the stages of three CCDs arrive; the processor then dies."""
+    schema, visit = "pr_proc_stages", 2026010100042
+    settings = {"dsn": pg_dsn, "registry_schema": "reg_proc_stages", "records_schema": schema}
+    processor = CcdProcessor(
+        "CcdProcessor0", sink=lambda _: None, settings=settings, data_dir=tmp_path
+    )
+    await processor.start()
+    try:
+        await processor.do_start()
+        t = tai_now()
+        await processor.on_event(
+            Event("Camera", "endReadout", 1, t, {"visit": visit, "detectors": [0, 1, 2]})
+        )
+        for d in (0, 1, 2):
+            data = {"visit": visit, "detector": d}
+            await processor.on_event(Event("SummitBuffer", "imageInBuffer", d, t + 1, data))
+            await processor.on_event(
+                Event("Ingest", "imageIngested", d, t + 2, {**data, "statusCode": 0})
+            )
+        rows = await until(lambda: _stages(pg_dsn, schema, visit, 9), timeout=20)
+    finally:
+        await processor.close()  # no outcome was ever written
+    names = ("endReadout", "inBuffer", "ingested")
+    assert rows == {(d, s): t + k for d in (0, 1, 2) for k, s in enumerate(names)}
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        outcomes = await conn.fetchval(f'SELECT count(*) FROM "{schema}".ccd_outcome')
+    finally:
+        await conn.close()
+    assert outcomes == 0
+
+
+async def _stages(dsn: str, schema: str, visit: int, n: int) -> dict | None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            f'SELECT detector, stage, tai FROM "{schema}".stage_time WHERE visit = $1', visit
+        )
+    finally:
+        await conn.close()
+    found = {(r["detector"], r["stage"]): r["tai"] for r in rows}
+    return found if len(found) >= n else None
