@@ -3,7 +3,8 @@
 It finds its work in the registry, not only in events: an ingested CCD whose
 ``imageIngested`` never arrived (a bus restart, a lost event) is queued by the periodic look.
 Its stage times are written as they happen, not with the CCD's outcome, so a processor killed
-before the outcome leaves them recorded (the Performance Report counts them).
+before the outcome leaves them recorded (the Performance Report counts them). A CCD ingested
+without the header service's header is flagged in its outcome and the Data Quality Report.
 
 Plain classes on a real PostgreSQL; the raw is registered as Ingest registers it.
 """
@@ -16,8 +17,10 @@ import asyncpg
 
 from base.ccd_inputs import NightDirectoryRepository
 from base.prompt.ccd_processor import CcdProcessor
+from base.prompt_records import PromptRecords
 from base.registry.records import DetectorRecord, ExposureRecord, RawRecord
 from base.registry.repository import Repository
+from base.reports.quality import data_quality_report
 from state.clock import tai_now
 from state.events import Event
 from summit.schedule import read_schedule
@@ -145,3 +148,52 @@ async def _stages(dsn: str, schema: str, visit: int, n: int) -> dict | None:
         await conn.close()
     found = {(r["detector"], r["stage"]): r["tai"] for r in rows}
     return found if len(found) >= n else None
+
+
+async def test_a_ccd_without_its_header_is_flagged_not_silent(
+    tmp_path: Path, pg_dsn: str, mini_night: Path
+) -> None:
+    schema, records_schema = "reg_proc_noheader", "pr_proc_noheader"
+    v = read_schedule(mini_night / "schedule.sqlite")[0]
+    events: list[Event] = []
+    settings = {
+        "dsn": pg_dsn,
+        "night_dir": str(mini_night),
+        "registry_schema": schema,
+        "records_schema": records_schema,
+    }
+    processor = CcdProcessor(
+        "CcdProcessor0", sink=events.append, settings=settings, data_dir=tmp_path
+    )
+    await processor.start()
+    repo = await Repository.connect(pg_dsn, schema)
+    try:
+        await processor.do_start()
+        await processor.do_enable()
+        for detector, merged in ((1, False), (3, True)):
+            raw = NightDirectoryRepository(mini_night).get_raw(v.visit_id, detector)
+            assert raw is not None
+            await repo.register_raw(
+                RawRecord(v.visit_id, detector, "mini", f"MC_O_{v.visit_id}", str(raw),
+                          "0" * 64, "0" * 64, raw.stat().st_size, 64, 64, 4, merged),
+                ExposureRecord(v.visit_id, f"MC_O_{v.visit_id}", "mini", 20260101, 1, v.band,
+                               v.exptime, v.mjd_start, v.ra, v.dec, v.field_id),
+                DetectorRecord("mini", detector, f"R00_S0{detector}", None, 64, 64),
+            )  # fmt: skip
+            data = {"visit": v.visit_id, "detector": detector, "statusCode": 0}
+            await processor.on_event(Event("Ingest", "imageIngested", 1, tai_now(), data))
+        await until(lambda: len([e for e in events if e.topic == "ccdProcessed"]) == 2, timeout=60)
+    finally:
+        await repo.close()
+        await processor.close()
+    logged = [e.data["message"] for e in events if e.topic == "logMessage"]
+    assert sum("without the header service's header" in m for m in logged) == 1, logged
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=1)
+    try:
+        records = await PromptRecords.connect(pool, records_schema)
+        night = await records.fetch_night(visits=[v.visit_id])
+    finally:
+        await pool.close()
+    flags = {o.detector: o.flags for o in night.outcomes}
+    assert flags == {1: ("no_header",), 3: ()}
+    assert data_quality_report(night)["flags"] == {"no_header": 1}

@@ -18,6 +18,7 @@ Association has stored the CCD, it is never processed again (a repeat is a no-op
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -27,11 +28,13 @@ import asyncpg
 
 from base.ccd_inputs import ResolvedInputs
 from base.isolated import IsolatedWorker, RemoteError, WorkerDiedError, WorkTimeoutError
-from base.prompt.outcomes import Outcome, failure, success
+from base.prompt.outcomes import NO_HEADER, Outcome, failure, success
 from base.prompt.registry_inputs import resolve_inputs
 from base.prompt.settings import CcdProcessorSettings
+from base.prompt.stage_writer import StageWriter
 from base.prompt.work_queue import WorkItem, WorkQueue
 from base.prompt_records import CcdOutcome, PromptRecords, StageTime
+from base.registry.records import RawRecord
 from base.registry.repository import Repository
 from config.components import resolve_settings, validate_settings
 from state.clock import tai_now
@@ -49,11 +52,6 @@ from state.states import State
 WORK = "base.prompt.ccd_work"
 #: Tries to write a CCD's records while the database is restarting.
 RECORD_ATTEMPTS = 6
-#: Seconds stage times gather before they are written together (they are written as they
-#: happen, so a processor restart loses at most this much).
-STAGE_FLUSH_S = 0.2
-#: Stage times kept while the records database is away (beyond: the oldest are dropped).
-MAX_UNSAVED_STAGES = 100_000
 #: How far back each periodic registry look reaches before the previous one's newest raw.
 RECONCILE_MARGIN = timedelta(seconds=60)
 #: errorCode of a FAULT caused by a durable work list that cannot be read or written.
@@ -83,8 +81,9 @@ class CcdProcessor(Controller):
         self._wakeup = asyncio.Event()
         self.counts = {"processed": 0, "failed": 0, "abandoned": 0, "retried": 0, "reconciled": 0}
         self._reconciled_to: datetime | None = None
-        self._unsaved: list[StageTime] = []
-        self._stages_waiting = asyncio.Event()
+        self.stage_writer = StageWriter(self.log_message, self.log, self.config.retry_backoff)
+        self._headerless: set[tuple[int, int]] = set()
+        self._headerless_visits: set[int] = set()
 
     def owns(self, detector: int) -> bool:
         return detector % self.config.pool_size == self.config.index
@@ -100,8 +99,7 @@ class CcdProcessor(Controller):
         if self._pool is None:
             self._pool = await asyncpg.create_pool(self.config.dsn, min_size=1, max_size=2)
             self._records = await PromptRecords.connect(self._pool, self.config.records_schema)
-            if self._unsaved:
-                self._stages_waiting.set()
+            self.stage_writer.connected(self._records)
         if self._repository is None:
             self._repository = await Repository.connect(
                 self.config.dsn, self.config.registry_schema
@@ -109,6 +107,7 @@ class CcdProcessor(Controller):
 
     async def end_standby(self) -> None:
         pool, self._pool, self._records = self._pool, None, None
+        self.stage_writer.connected(None)
         if pool is not None:
             await pool.close()
         repository, self._repository = self._repository, None
@@ -200,7 +199,7 @@ class CcdProcessor(Controller):
         tg.create_task(self._keep_running(self._work_loop), name="work_loop")
         tg.create_task(self._keep_running(self._status_loop), name="status_loop")
         tg.create_task(self._keep_running(self._reconcile_loop), name="reconcile_loop")
-        tg.create_task(self._stage_writer(), name="stage_writer")
+        tg.create_task(self.stage_writer.run(), name="stage_writer")
 
     async def _keep_running(self, loop: Callable[[], Awaitable[None]]) -> None:
         """Run ``loop`` for good: a broken work list faults the component, the loop goes on."""
@@ -265,39 +264,9 @@ class CcdProcessor(Controller):
                 "ccdStage", {"visit": visit, "detector": detector, "stage": stage, "stageTai": tai}
             )
             try:
-                self._unsaved.append(StageTime(visit, detector, stage, tai))
+                self.stage_writer.add(StageTime(visit, detector, stage, tai))
             except InvalidInputError as e:
                 self.log.warning("stage time not recorded: %s", e)
-                return
-            if len(self._unsaved) > MAX_UNSAVED_STAGES:
-                del self._unsaved[: len(self._unsaved) - MAX_UNSAVED_STAGES]
-            self._stages_waiting.set()
-
-    async def _stage_writer(self) -> None:
-        """Write stage times as they happen (gathered for ``STAGE_FLUSH_S``), so a restart
-        loses none; kept and retried while the database is away."""
-        delay = self.config.retry_backoff
-        while True:
-            await self._stages_waiting.wait()
-            await asyncio.sleep(STAGE_FLUSH_S)
-            records = self._records
-            if records is None:
-                self._stages_waiting.clear()  # written once started (the next stage wakes it)
-                continue
-            self._stages_waiting.clear()
-            rows, self._unsaved = self._unsaved, []
-            try:
-                await records.record_stages(rows)
-            except RetriableError as e:
-                self._unsaved[:0] = rows
-                self._stages_waiting.set()
-                self.log.warning("stage times not written yet (%s); retrying", e)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-                continue
-            except DmcsError as e:
-                self.log_message(logging.ERROR, f"{len(rows)} stage times not recorded: {e}")
-            delay = self.config.retry_backoff
 
     # ------------------------------------------------------------------ work
     async def _work_loop(self) -> None:
@@ -339,9 +308,10 @@ class CcdProcessor(Controller):
             return
         try:
             raw = await self._raw_path(item.visit, item.detector)
-            source = await self._inputs(info, item.detector, raw)
+            self._note_header(item, raw.header_merged)
+            source = await self._inputs(info, item.detector, raw.path)
             result = await self.worker.run(
-                f"{WORK}:process", source, info, item.detector, raw,
+                f"{WORK}:process", source, info, item.detector, raw.path,
                 timeout=self.config.ccd_timeout,
             )  # fmt: skip
         except WorkTimeoutError as e:
@@ -410,13 +380,29 @@ class CcdProcessor(Controller):
             raise NotReadyError(f"{self.name} has no registry connection")
         return await resolve_inputs(self._repository, info, detector, raw=raw)
 
-    async def _raw_path(self, visit: int, detector: int) -> str:
+    async def _raw_path(self, visit: int, detector: int) -> RawRecord:
         if self._repository is None:
             raise NotReadyError(f"{self.name} has no registry connection")
         raw = await self._repository.get_raw(visit, detector)
         if raw is None:
             raise InvalidInputError(f"visit {visit} detector {detector} is not in the registry")
-        return raw.path
+        return raw
+
+    def _note_header(self, item: WorkItem, merged: bool) -> None:
+        """Flag a CCD ingested without the header service's header, and say so once a visit."""
+        key = (item.visit, item.detector)
+        if merged:
+            self._headerless.discard(key)
+            return
+        self._headerless.add(key)
+        if item.visit not in self._headerless_visits:
+            self._headerless_visits.add(item.visit)
+            self.log_message(
+                logging.WARNING,
+                f"visit {item.visit}: raw(s) ingested without the header service's header "
+                "(exposure metadata are the camera's own); flagged no_header",
+                visit=item.visit,
+            )
 
     async def _retry(self, item: WorkItem, outcome: Outcome) -> None:
         self.counts["retried"] += 1
@@ -425,6 +411,9 @@ class CcdProcessor(Controller):
         await asyncio.sleep(self.config.retry_backoff)
 
     async def _finish(self, item: WorkItem, outcome: Outcome) -> None:
+        if (item.visit, item.detector) in self._headerless:
+            self._headerless.discard((item.visit, item.detector))
+            outcome = dataclasses.replace(outcome, flags=(*outcome.flags, NO_HEADER))
         state = {"processed": "done"}.get(outcome.status, outcome.status)
         self.queue.finish(item, state, outcome.reason)
         self.counts[outcome.status if outcome.status in self.counts else "failed"] += 1
@@ -458,6 +447,7 @@ class CcdProcessor(Controller):
             reason=outcome.reason,
             recovery=outcome.recovery,
             n_dia_sources=outcome.n_dia_sources,
+            flags=outcome.flags,
             **outcome.metrics,
         )
         rows = [StageTime(item.visit, item.detector, s, t) for s, t in stages.items()]
