@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from state.errors import DmcsError, InvalidInputError
+from state.errors import DmcsError, InvalidInputError, StorageError
 from summit.camera import CameraSimulator
 from summit.night import NightEvent, night_events
 from summit.night_files import (
@@ -36,6 +36,7 @@ from summit.night_files import (
     stage_raw,
     staged_path,
 )
+from summit.readout_records import write_record
 from summit.schedule import Visit
 
 log = logging.getLogger("dmcs.night_driver")
@@ -285,4 +286,11 @@ class NightDriver:
         done = await task
         summary.ccds_staged += len(done.images)
         summary.problems.extend(done.problems)
-        return {**event.payload, "images": [image.as_payload() for image in done.images]}
+        payload = {**event.payload, "images": [image.as_payload() for image in done.images]}
+        # The camera's record of the readout: what a buffer that misses the event reads.
+        try:
+            await asyncio.to_thread(write_record, self.staging, payload)
+        except StorageError as e:
+            log.warning("visit %d: %s", visit_id, e)
+            summary.problems.append(str(e))
+        return payload

@@ -39,6 +39,11 @@ class SummitBufferSettings(BaseModel):
     status_interval: float = Field(default=1.0, gt=0)
     #: The component that receives raws (``rpc_receive_raw``).
     ingest: str = "Ingest"
+    #: The camera's DAQ staging area, whose readout records the buffer reconciles with its
+    #: manifest (``summit.readout_records``); empty: only the areas seen in ``endReadout``.
+    staging_dir: str = ""
+    #: Seconds between reconciliations while ENABLED (also done at once on enable).
+    reconcile_interval: float = Field(default=5.0, gt=0)
     link: LinkSettings = LinkSettings()
 
     @model_validator(mode="after")

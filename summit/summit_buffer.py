@@ -12,25 +12,35 @@ base is down and at once when the base reports a checksum mismatch. A raw is del
 after the base answered with its checksum (then after ``retention_seconds``). The manifest
 survives a crash: a restarted buffer resends whatever was not confirmed (ingest is
 idempotent, so nothing is lost or duplicated).
+
+Reconciliation: an ``endReadout`` that went out while the buffer was down, restarting or not
+ENABLED is not needed: the camera's readout records in its staging area are the record
+(``summit.readout_records``), and the buffer takes in every raw they list that its manifest
+lacks, at once on enable and every ``reconcile_interval`` seconds. The staging areas it
+reconciles are ``staging_dir`` and every area an ``endReadout`` pointed at (remembered on disk).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from config.components import resolve_settings, validate_settings
 from config.data_path import SummitBufferSettings
 from state.clock import tai_now
 from state.controller import Controller, SupervisedGroup
+from state.durable import write_durably
 from state.errors import (
     BufferFullError,
     ChecksumMismatchError,
     CommandRejected,
     DmcsError,
+    InvalidInputError,
     RetriableError,
     StorageError,
 )
@@ -39,6 +49,8 @@ from state.states import State
 from summit.buffer_manifest import Entry
 from summit.buffer_store import BufferStore, Offer
 from summit.link import MB, Link
+from summit.raw_check import path_from_url
+from summit.readout_records import ReadoutRecord, read_records, staging_root
 
 #: errorCode published when the buffer cannot write to its own storage.
 BUFFER_WRITE_FAILED = 200
@@ -61,6 +73,15 @@ class SummitBuffer(Controller):
         self._severity = "NONE"
         self.resent = 0
         self.refused = 0
+        self.reconciled = 0
+        self._receiving: dict[tuple[int, int], asyncio.Lock] = {}
+        self._reconcile_now = asyncio.Event()
+        self._roots_file = self.data_dir.absolute() / "staging_roots.json"
+        self._roots = self._load_roots()
+        #: Readout records whose every raw the manifest holds (not read again).
+        self._settled: set[str] = set()
+        #: Records or raws already reported as not taken (reported once, retried quietly).
+        self._reported: set[str] = set()
 
     async def configure(self, override: str) -> dict[str, Any]:
         self.config, applied = resolve_settings(
@@ -72,6 +93,8 @@ class SummitBuffer(Controller):
 
     async def handle_summary_state(self) -> None:
         self._wake.set()
+        if self.summary_state == State.ENABLED:
+            self._reconcile_now.set()
 
     async def close(self) -> None:
         await super().close()
@@ -82,12 +105,14 @@ class SummitBuffer(Controller):
         if event.topic != "endReadout":
             return
         images = event.data.get("images") or []
+        self._learn_roots(images)
         if self.summary_state != State.ENABLED:
             if images:
                 self.log_message(
                     logging.WARNING,
                     f"endReadout {event.data.get('imageName')} while {self.summary_state.name}:"
-                    f" {len(images)} raws not taken; the camera keeps them",
+                    f" {len(images)} raws not taken now; the camera keeps them and they are"
+                    " taken from its readout record once ENABLED",
                 )
             return
         sem = asyncio.Semaphore(self.config.max_in_flight)
@@ -134,12 +159,25 @@ class SummitBuffer(Controller):
         entry, new = await self.accept(offer)
         return {"checksum": entry.checksum, "byteSize": entry.byte_size, "duplicate": not new}
 
-    async def accept(self, offer: Offer) -> tuple[Entry, bool]:
+    async def accept(self, offer: Offer, *, offered: bool = True) -> tuple[Entry, bool]:
+        """Take one raw; ``offered=False``: a retry from a readout record, whose refusal for a
+        full buffer was already counted and alarmed when the camera offered it."""
+        key = (offer.visit, offer.detector)
+        lock = self._receiving.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                return await self._accept(offer, offered)
+        finally:
+            if not lock.locked():
+                self._receiving.pop(key, None)
+
+    async def _accept(self, offer: Offer, offered: bool) -> tuple[Entry, bool]:
         try:
             entry, new = await self.store.accept(offer)
         except BufferFullError as e:
-            self.refused += 1
-            self._alarm(reason=str(e), force="CRITICAL")
+            if offered:
+                self.refused += 1
+                self._alarm(reason=str(e), force="CRITICAL")
             raise
         except StorageError as e:
             await self.fault(BUFFER_WRITE_FAILED, str(e))
@@ -194,6 +232,93 @@ class SummitBuffer(Controller):
             self.log.warning("recovered %d raws caught mid-receipt by a crash", len(recovered))
         tg.create_task(self._transfer_loop(), name=f"{self.name}-transfer")
         tg.create_task(self._status_loop(), name=f"{self.name}-status")
+        tg.create_task(self._reconcile_loop(), name=f"{self.name}-reconcile")
+
+    # ------------------------------------------------------------- reconciliation
+    def _load_roots(self) -> set[Path]:
+        roots = {Path(self.config.staging_dir).absolute()} if self.config.staging_dir else set()
+        try:
+            roots.update(Path(p) for p in json.loads(self._roots_file.read_text()))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, TypeError) as e:
+            self.log.warning("%s unreadable (%s); staging areas relearnt", self._roots_file, e)
+        return roots
+
+    def _learn_roots(self, images: list[Any]) -> None:
+        found = set()
+        for image in images:
+            with contextlib.suppress(InvalidInputError, KeyError, TypeError):
+                found.add(staging_root(path_from_url(str(image["url"]))))
+        if found <= self._roots:
+            return
+        self._roots |= found
+        try:
+            body = json.dumps(sorted(str(p) for p in self._roots)).encode()
+            self._roots_file.parent.mkdir(parents=True, exist_ok=True)
+            write_durably(self._roots_file, body)
+        except OSError as e:
+            self.log_message(logging.WARNING, f"staging areas not remembered: {e}")
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.reconcile_interval):
+                    await self._reconcile_now.wait()
+            self._reconcile_now.clear()
+            if self.summary_state == State.ENABLED:
+                await self.reconcile()
+
+    async def reconcile(self) -> int:
+        """Take in every raw the camera's readout records list that the manifest lacks."""
+        taken = 0
+        for root in sorted(self._roots):
+            try:
+                records = await asyncio.to_thread(read_records, root, self._settled)
+            except StorageError as e:
+                self._report_once(str(root), f"staging area not reconciled: {e}")
+                continue
+            for record in records:
+                if isinstance(record, ReadoutRecord):
+                    taken += await self._reconcile_record(record)
+                else:
+                    path, why = record
+                    self._report_once(str(path), f"readout record {path} unreadable: {why}")
+        if taken:
+            self.reconciled += taken
+            self.log_message(
+                logging.WARNING,
+                f"took in {taken} raws from the camera's readout records whose endReadout "
+                "this buffer had not acted on (it was down, restarting or not ENABLED)",
+            )
+        return taken
+
+    async def _reconcile_record(self, record: ReadoutRecord) -> int:
+        taken, missing = 0, 0
+        event = Event("Camera", "endReadout", 0, record.tai, record.payload)
+        for image in record.payload.get("images") or []:
+            if self.summary_state != State.ENABLED:
+                return taken
+            try:
+                offer = self._offer(event, image)
+                if self.store.manifest.find(offer.visit, offer.detector) is not None:
+                    continue
+                _, new = await self.accept(offer, offered=False)
+            except BufferFullError:
+                return taken  # the camera keeps it; retried when there is room
+            except DmcsError as e:
+                missing += 1
+                self._report_once(f"{record.path}:{image!r}", f"raw not reconciled: {e}")
+                continue
+            taken += new
+        if not missing:
+            self._settled.add(record.path.parent.name)
+        return taken
+
+    def _report_once(self, key: str, message: str) -> None:
+        if key not in self._reported:
+            self._reported.add(key)
+            self.log_message(logging.ERROR, message)
 
     async def _idle(self, seconds: float) -> None:
         self._wake.clear()
@@ -353,6 +478,7 @@ class SummitBuffer(Controller):
             **self.status(),
             "resent": self.resent,
             "refused": self.refused,
+            "reconciled": self.reconciled,
             "states": {k: v[0] for k, v in totals.items()},
         }
 

@@ -22,6 +22,7 @@ from state.clock import tai_now
 from state.durable import sha256_hex
 from state.events import Event
 from state.peers import LocalPeers
+from summit.readout_records import write_record
 from summit.summit_buffer import SummitBuffer
 
 _seq = itertools.count(1)
@@ -66,17 +67,17 @@ class Camera:
                     "byteSize": len(data),
                 }
             )
-        return Readout(
-            {
-                "imageName": str(header["OBSID"]),
-                "visit": int(header["VISIT"]),
-                "dayObs": int(header["DAYOBS"]),
-                "camera": str(header["CAMERA"]),
-                "shutterCloseTai": tai_now(),
-                "detectors": [i["detector"] for i in images],
-                "images": images,
-            }
-        )
+        payload = {
+            "imageName": str(header["OBSID"]),
+            "visit": int(header["VISIT"]),
+            "dayObs": int(header["DAYOBS"]),
+            "camera": str(header["CAMERA"]),
+            "shutterCloseTai": tai_now(),
+            "detectors": [i["detector"] for i in images],
+            "images": images,
+        }
+        write_record(self.staging, payload)
+        return Readout(payload)
 
 
 @dataclass

@@ -99,7 +99,8 @@ async def test_full_buffer_refuses_loudly_and_keeps_what_it_took(
 ) -> None:
     first = camera.readout(0)
     room = sum(i["byteSize"] for i in first.images[:2]) + 1000
-    async with local_path(tmp_path, pg_dsn, schema, buffer={"capacity_bytes": room}) as path:
+    settings = {"capacity_bytes": room, "reconcile_interval": 600.0}  # refusals, not retries
+    async with local_path(tmp_path, pg_dsn, schema, buffer=settings) as path:
         await path.buffer.do_cutLink()
         await path.buffer.on_event(first.event())
         assert len(path.topic("imageInBuffer")) == 2

@@ -131,7 +131,11 @@ class TestAlertPublisher(StandardComponentTests):
 
     @pytest.fixture(scope="class")
     async def running(self, system_factory: Any, pg_dsn: str) -> RunningSystem:
-        type(self).settings = {"dsn": pg_dsn, "archive_schema": "alerts_pub_std"}
+        type(self).settings = {
+            "dsn": pg_dsn,
+            "archive_schema": "alerts_pub_std",
+            "apdb_schema": "apdb_pub_std",
+        }
         return await system_factory(self.spec())
 
     def archive(self, running: RunningSystem) -> Path:
@@ -203,7 +207,12 @@ async def association_and_publisher(system_factory: Any, pg_dsn: str) -> Running
         component_spec(
             "AlertPublisher",
             PUBLISHER,
-            settings={"dsn": pg_dsn, "archive_schema": "alerts_handoff", "records_schema": "pr_h"},
+            settings={
+                "dsn": pg_dsn,
+                "apdb_schema": "apdb_handoff",
+                "archive_schema": "alerts_handoff",
+                "records_schema": "pr_h",
+            },
         ),
     )
 
@@ -283,7 +292,12 @@ async def test_publisher_faults_on_an_unwritable_archive_and_loses_no_alert(
     tmp_path: Path, pg_dsn: str
 ) -> None:
     events: list[Event] = []
-    settings = {"dsn": pg_dsn, "archive_schema": "alerts_unwritable", "records_schema": "pr_u"}
+    settings = {
+        "dsn": pg_dsn,
+        "apdb_schema": "apdb_unwritable",
+        "archive_schema": "alerts_unwritable",
+        "records_schema": "pr_u",
+    }
     publisher = AlertPublisher(
         "AlertPublisher", sink=events.append, settings=settings, data_dir=tmp_path
     )

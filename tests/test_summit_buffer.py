@@ -139,3 +139,55 @@ async def test_killed_mid_transfer_resumes_from_manifest(
         assert status["backlogCount"] == 0
         await events.aclose()
     await registry_matches(pg_dsn, schema, taken)
+
+
+async def test_killed_at_each_point_of_receipt_loses_no_raw(
+    system_factory: Any, pg_dsn: str, camera: Camera
+) -> None:
+    """Killed as a visit's endReadout goes out (before or during receipt), dead while the next
+    goes out, back in STANDBY for a third: the camera's readout records bring every raw in."""
+    schema = "reg_reconcile"
+    running = await system_factory(
+        component_spec(
+            "SummitBuffer",
+            BUFFER,
+            settings={**FAST, "staging_dir": str(camera.staging), "reconcile_interval": 60.0},
+        ),
+        component_spec(
+            "Ingest",
+            INGEST,
+            settings={"dsn": pg_dsn, "registry_schema": schema, "header_timeout": 0.2, **FAST},
+        ),
+    )
+    taken = [camera.readout(i) for i in range(3)]
+    buffer = running.system.handle("SummitBuffer")
+    async with Client(running.ws_url, token=TOKENS["ocs"]) as ocs:
+        events = await ocs.open_subscription(
+            ["SummitBuffer", "Ingest"], ["imageIngested", "summaryState"], snapshot=False
+        )
+        await ocs.set_state("Ingest", State.ENABLED)
+        await ocs.set_state("SummitBuffer", State.ENABLED)
+        seen: dict[tuple[int, int], int] = {}
+
+        def note(event: Any) -> bool:
+            if event.topic == "imageIngested":
+                key = (event.data["visit"], event.data["detector"])
+                seen[key] = seen.get(key, 0) + 1
+            return False
+
+        await ocs.send_camera_event("endReadout", **taken[0].payload)
+        os.kill(await buffer.pid.remote(), signal.SIGKILL)  # before or during its receipt
+        await ocs.send_camera_event("endReadout", **taken[1].payload)  # while it is down
+        await wait_for_event(
+            events,
+            lambda e: note(e) or (e.topic == "summaryState" and e.data["restartCount"] >= 1),
+            60,
+        )
+        await ocs.send_camera_event("endReadout", **taken[2].payload)  # back, in STANDBY
+        await ocs.set_state("SummitBuffer", State.ENABLED)
+        await wait_for_event(events, lambda e: note(e) or len(seen) == 12, 90)
+        assert all(n == 1 for n in seen.values()), seen
+        status = await buffer.rpc.remote("status")
+        assert status["backlogCount"] == 0 and status["reconciled"] >= 4, status
+        await events.aclose()
+    await registry_matches(pg_dsn, schema, taken)

@@ -21,6 +21,7 @@ import numpy as np
 
 from algorithms.association import Columns
 
+from . import outbox as outbox_mod
 from . import schema as sch
 from . import store as store_mod
 from .copyread import fetch_columns, int_array
@@ -94,6 +95,7 @@ class Apdb:
             pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
             async with pool.acquire() as conn:
                 await migrate(conn, schema, "apdb", MIGRATIONS)
+                await outbox_mod.ensure(conn, schema)
         return cls(pool, schema)
 
     async def close(self) -> None:
@@ -204,8 +206,12 @@ class Apdb:
         objects: Columns,
         forced_sources: Columns | None = None,
         ss_sources: Columns | None = None,
+        handoff: outbox_mod.HandoffBuilder | None = None,
     ) -> StoreResult:
         """Store one CCD's results atomically; a repeat for the same (visit, detector) is a no-op.
+
+        ``handoff``, if given, builds the CCD's alert hand-off once the (visit, detector) is
+        claimed; it is written to the alert outbox in the same transaction (:mod:`.outbox`).
 
         ``objects`` are the new versions of every DiaObject touched by this CCD (their
         ``validityStartMjdTai`` set); ``pixelId`` is computed here for every spatial table.
@@ -247,6 +253,8 @@ class Apdb:
                 )  # fmt: skip
             if not claimed:
                 return StoreResult(visit, detector, stored=False)
+            if handoff is not None:
+                await outbox_mod.put(conn, self.schema, visit, detector, handoff())
             current = (
                 await store_mod.lock_current(conn, self._t("DiaObjectLast"), obj_ids)
                 if obj_ids

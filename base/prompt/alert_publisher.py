@@ -1,17 +1,22 @@
 """AlertPublisher: one Rubin-schema alert per DIASource, archived, then offered to the stream.
 
-Publication is idempotent per (visit, detector): the archive claims the batch in PostgreSQL
-first, and a repeat publishes nothing, so no broker ever sees an alert twice. Latency is
+The CCDs to publish are the rows of the APDB's alert outbox (``base.apdb.outbox``), written
+by Association in the APDB store's own transaction. While ENABLED the publisher drains them,
+oldest first, woken by the outbox's NOTIFY and, failing that, by a poll; a row is marked done
+only after its alerts are archived, so a publisher killed at any point drains it again after
+its restart. Publication is idempotent per (visit, detector): the archive claims the batch in
+PostgreSQL, and a repeat publishes nothing, so no broker ever sees an alert twice. Latency is
 measured from the CCD's end of readout (carried in its stage times) to publication.
 
 An archive that cannot be written (its files or its index) puts the publisher in FAULT: nothing
-is streamed that is not archived. The hand-off is answered with ``NotReadyError`` so its sender
-keeps it and offers it again once the publisher is repaired and ENABLED.
+is streamed that is not archived, and the row stays pending until the publisher is repaired and
+ENABLED again. ``publish`` offers one hand-off directly (the same idempotent path).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any, ClassVar
 
@@ -23,13 +28,15 @@ from base.alerts.avro_columnar import encode_alert_batch
 from base.alerts.batch import AlertBatch, BufferPool
 from base.alerts.schema import AlertSchema, latest_schema
 from base.alerts.spool import AlertSpool, AlertStreamRpc
+from base.apdb import outbox
+from base.apdb.outbox import AlertOutbox
 from base.prompt.settings import AlertPublisherSettings
 from base.prompt.visit_tracker import VisitLatency, VisitTracker
 from base.prompt_records import PromptRecords, VisitRecord
 from config.components import resolve_settings, validate_settings
 from state.clock import tai_now
 from state.controller import Controller, SupervisedGroup
-from state.errors import DmcsError, InvalidInputError, NotReadyError, StorageError
+from state.errors import DmcsError, InvalidInputError, NotReadyError, RetriableError, StorageError
 from state.events import Event
 from state.states import State
 
@@ -56,7 +63,11 @@ class AlertPublisher(Controller, AlertStreamRpc):
         self.spool = AlertSpool()
         self.buffers = BufferPool()
         self.tracker = VisitTracker(self.config.latency_budget)
-        self.counts = {"published": 0, "alerts": 0, "duplicates": 0}
+        self._outbox: AlertOutbox | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._wake = asyncio.Event()
+        self._publishing = asyncio.Lock()
+        self.counts = {"published": 0, "alerts": 0, "duplicates": 0, "unpublishable": 0}
 
     async def configure(self, override: str) -> dict[str, Any]:
         self.config, applied = resolve_settings(
@@ -78,13 +89,35 @@ class AlertPublisher(Controller, AlertStreamRpc):
         if self._pool is None:
             self._pool = await asyncpg.create_pool(self.config.dsn, min_size=1, max_size=2)
             self._records = await PromptRecords.connect(self._pool, self.config.records_schema)
+            self._outbox = await AlertOutbox.open(self._pool, self.config.apdb_schema)
+        if self._listener is None:
+            self._listener = await self._listen()
+
+    async def _listen(self) -> asyncpg.Connection | None:
+        """A connection that wakes the drain on each new outbox row; None: poll only."""
+        try:
+            conn = await asyncpg.connect(self.config.dsn)
+            await conn.add_listener(
+                outbox.channel(self.config.apdb_schema), lambda *_: self._wake.set()
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            self.log_message(logging.WARNING, f"outbox notifications unavailable ({e}); polling")
+            return None
+        return conn
+
+    async def end_enable(self) -> None:
+        self._wake.set()
 
     async def end_standby(self) -> None:
         archive, self._archive = self._archive, None
         self.alert_archive = None
         if archive is not None:
             await archive.close()
-        pool, self._pool, self._records = self._pool, None, None
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await listener.close(timeout=5)
+        pool, self._pool, self._records, self._outbox = self._pool, None, None, None
         if pool is not None:
             await pool.close()
 
@@ -94,6 +127,7 @@ class AlertPublisher(Controller, AlertStreamRpc):
 
     async def run_background(self, tg: SupervisedGroup) -> None:
         tg.create_task(self._status_loop())
+        tg.create_task(self._drain_loop())
 
     async def on_event(self, event: Event) -> None:
         data = event.data
@@ -103,8 +137,67 @@ class AlertPublisher(Controller, AlertStreamRpc):
         elif event.topic == "ccdProcessed" and int(data.get("statusCode", 0)) != 0:
             self._report(self.tracker.failed(int(data["visit"]), int(data["detector"])))
 
+    # ------------------------------------------------------------ the outbox
+    async def _drain_loop(self) -> None:
+        """Drain the outbox whenever woken (NOTIFY, enable) or every ``outbox_poll`` seconds."""
+        delay = self.config.outbox_poll
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            self._wake.clear()
+            delay = self.config.outbox_poll
+            if self.summary_state != State.ENABLED:
+                continue
+            try:
+                await self.drain()
+            except RetriableError as e:
+                self.log.warning("alert outbox not drained now (%s); retrying", e)
+                delay = min(self.config.outbox_poll, 1.0)
+            except DmcsError as e:
+                self.log_message(logging.ERROR, f"alert outbox not drained: {e}")
+
+    async def drain(self) -> int:
+        """Publish every pending outbox row, oldest first; the number of rows done."""
+        done = 0
+        while self.summary_state == State.ENABLED and self._outbox is not None:
+            box = self._outbox
+            rows = await box.pending()
+            if not rows:
+                break
+            for row in rows:
+                try:
+                    handoff = outbox.decode(row.meta, row.payload)
+                except InvalidInputError as e:
+                    await self._outbox_failed(box, row.visit, row.detector, str(e))
+                    continue
+                try:
+                    reply = await self.rpc_publish(handoff)
+                except InvalidInputError as e:
+                    await self._outbox_failed(box, row.visit, row.detector, str(e))
+                    continue
+                await box.done(row.visit, row.detector, int(reply["published"]))
+                done += 1
+        return done
+
+    async def _outbox_failed(self, box: AlertOutbox, visit: int, detector: int, why: str) -> None:
+        self.counts["unpublishable"] += 1
+        self.log_message(
+            logging.ERROR,
+            f"alerts of visit {visit} detector {detector} cannot be published: {why};"
+            " left in the outbox for batch",
+            visit=visit,
+            detector=detector,
+        )
+        await box.failed(visit, detector, why)
+
     # ------------------------------------------------------------ data plane
     async def rpc_publish(self, handoff: dict[str, Any]) -> dict[str, Any]:
+        """Publish one CCD's hand-off (idempotent per (visit, detector))."""
+        async with self._publishing:
+            return await self._publish(handoff)
+
+    async def _publish(self, handoff: dict[str, Any]) -> dict[str, Any]:
         if self.summary_state != State.ENABLED or self._archive is None or self._schema is None:
             raise NotReadyError(f"{self.name} is {self.summary_state.name}, not ENABLED")
         try:
@@ -126,6 +219,8 @@ class AlertPublisher(Controller, AlertStreamRpc):
             ) from e
         if n and not fresh:
             self.counts["duplicates"] += 1
+            # Archived by a publisher that died before recording it; the first record wins.
+            await self._record_published(visit, detector, n, tai_now())
             return {"published": 0, "duplicate": True}
         table = alert_table(sources, handoff.get("objects"), handoff.get("ssSources"))
         self.spool.publish(visit, detector, batch.ids, batch, table)
@@ -220,6 +315,21 @@ class AlertPublisher(Controller, AlertStreamRpc):
             await asyncio.sleep(max(self.heartbeat_interval, 1.0))
             self.publish(
                 "processingStatus",
-                {**self.counts, "spooledBatches": self.spool.head, "evicted": self.spool.evicted},
+                {
+                    **self.counts,
+                    "spooledBatches": self.spool.head,
+                    "evicted": self.spool.evicted,
+                    **await self._outbox_counts(),
+                },
                 "telemetry",
             )
+
+    async def _outbox_counts(self) -> dict[str, int]:
+        box = self._outbox
+        if box is None:
+            return {}
+        try:
+            counts = await asyncio.wait_for(box.counts(), max(self.heartbeat_interval, 1.0))
+        except (DmcsError, TimeoutError):
+            return {}
+        return {f"outbox{k.capitalize()}": v for k, v in counts.items()}

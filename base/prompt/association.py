@@ -4,18 +4,20 @@ Each CCD is associated against a fresh APDB preload of its padded footprint, so 
 visits' objects are seen; CCDs are associated one at a time, in arrival order. The APDB store
 is atomic and keyed by (visit, detector): a repeat stores nothing and produces no alerts,
 which is what makes the CCD processors' retries safe (Rubin's "at most once" after the APDB
-write). Bad input puts the component in FAULT (nothing is written); ``standby`` → ``start``
-→ ``enable`` recovers it and the processors' pending CCDs go through.
+write). The hand-off to alerts is a row of the APDB's alert outbox written in that same
+transaction (``base.apdb.outbox``), which AlertPublisher drains: a CCD stored is a CCD whose
+alerts are owed, whatever dies after the commit. Bad input puts the component in FAULT
+(nothing is written); ``standby`` → ``start`` → ``enable`` recovers it and the processors'
+pending CCDs go through.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any, ClassVar
 
 from base.apdb import Apdb
-from base.prompt.association_step import associate_ccd
+from base.prompt.association_step import alert_handoff, associate_ccd
 from base.prompt.requests import CcdResults
 from base.prompt.settings import AssociationSettings
 from config.components import resolve_settings, validate_settings
@@ -39,10 +41,7 @@ class Association(Controller):
         self.config = validate_settings(AssociationSettings, self.settings, name)
         self._apdb: Apdb | None = None
         self._lock = asyncio.Lock()
-        self._handoffs: asyncio.Queue[dict[str, Any]] = asyncio.Queue(
-            self.config.max_pending_alerts
-        )
-        self.counts = {"associated": 0, "duplicates": 0, "rejected": 0, "handoffFailures": 0}
+        self.counts = {"associated": 0, "duplicates": 0, "rejected": 0}
 
     async def configure(self, override: str) -> dict[str, Any]:
         self.config, applied = resolve_settings(
@@ -64,7 +63,6 @@ class Association(Controller):
         await self.end_standby()
 
     async def run_background(self, tg: SupervisedGroup) -> None:
-        tg.create_task(self._handoff_loop())
         tg.create_task(self._status_loop())
 
     # ------------------------------------------------------------ data plane
@@ -79,7 +77,7 @@ class Association(Controller):
             await self.fault(BAD_INPUT, f"rejected CCD results: {e}")
             raise
         async with self._lock:
-            result, preload, stored = await self._associate_and_store(ccd)
+            result, stored = await self._associate_and_store(ccd)
         if not stored:
             self.counts["duplicates"] += 1
             return {"stored": False, "duplicate": True}
@@ -95,31 +93,6 @@ class Association(Controller):
                     "stageTai": stages[stage],
                 },
             )
-        handoff = {
-            "visit": ccd.visit,
-            "detector": ccd.detector,
-            "dayObs": ccd.day_obs,
-            "band": ccd.band,
-            "sources": result.sources,
-            "objects": result.objects,
-            "history": preload.sources,
-            "forcedHistory": preload.forced_sources,
-            "ssSources": result.ss_sources,
-            "cutouts": ccd.cutouts,
-            "stages": {**stages},
-        }
-        ccd.stages.update(stages)
-        try:
-            self._handoffs.put_nowait(handoff)
-        except asyncio.QueueFull:
-            self.counts["handoffFailures"] += 1
-            self.log_message(
-                logging.ERROR,
-                f"alerts of visit {ccd.visit} detector {ccd.detector} not handed off: "
-                f"{self._handoffs.maxsize} hand-offs already waiting; left for batch",
-                visit=ccd.visit,
-                detector=ccd.detector,
-            )
         return {
             "stored": True,
             "duplicate": False,
@@ -130,12 +103,12 @@ class Association(Controller):
             "stages": stages,
         }
 
-    async def _associate_and_store(self, ccd: CcdResults) -> tuple[Any, Any, bool]:
+    async def _associate_and_store(self, ccd: CcdResults) -> tuple[Any, bool]:
         apdb = self._apdb
         if apdb is None:
             raise NotReadyError(f"{self.name} has no APDB connection")
         try:
-            done = await associate_ccd(apdb, ccd, self.config)
+            done = await associate_ccd(apdb, ccd, self.config, alert_handoff)
         except RetriableError:
             raise
         except InvalidInputError as e:
@@ -144,36 +117,13 @@ class Association(Controller):
         except DmcsError as e:
             await self.fault(APDB_FAILED, f"visit {ccd.visit} detector {ccd.detector}: {e}")
             raise
-        return done.result, done.preload, done.stored
-
-    async def _handoff_loop(self) -> None:
-        """Hand stored CCDs to the alert publisher; it deduplicates, so retrying is safe."""
-        while True:
-            handoff = await self._handoffs.get()
-            peer = self.peers(self.config.alert_publisher)
-            delay = 0.2
-            while True:
-                try:
-                    await peer.call("publish", handoff)
-                    break
-                except RetriableError as e:
-                    self.log.warning("alert publisher not ready (%s); retrying", e)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-                except DmcsError as e:
-                    self.counts["handoffFailures"] += 1
-                    self.log_message(
-                        logging.ERROR,
-                        f"alerts of visit {handoff['visit']} detector {handoff['detector']} "
-                        f"failed: {e}; left for batch",
-                    )
-                    break
+        return done.result, done.stored
 
     async def _status_loop(self) -> None:
         while True:
             await asyncio.sleep(max(self.heartbeat_interval, 1.0))
             self.publish(
                 "processingStatus",
-                {**self.counts, "pendingHandoffs": self._handoffs.qsize()},
+                dict(self.counts),
                 "telemetry",
             )

@@ -18,19 +18,23 @@ Association has stored the CCD, it is never processed again (a repeat is a no-op
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 import asyncpg
 
 from base.ccd_inputs import ResolvedInputs
 from base.isolated import IsolatedWorker, RemoteError, WorkerDiedError, WorkTimeoutError
-from base.prompt.outcomes import Outcome, failure, success
+from base.prompt.outcomes import NO_HEADER, Outcome, failure, success
 from base.prompt.registry_inputs import resolve_inputs
 from base.prompt.settings import CcdProcessorSettings
+from base.prompt.stage_writer import StageWriter
 from base.prompt.work_queue import WorkItem, WorkQueue
 from base.prompt_records import CcdOutcome, PromptRecords, StageTime
+from base.registry.records import RawRecord
 from base.registry.repository import Repository
 from config.components import resolve_settings, validate_settings
 from state.clock import tai_now
@@ -48,6 +52,8 @@ from state.states import State
 WORK = "base.prompt.ccd_work"
 #: Tries to write a CCD's records while the database is restarting.
 RECORD_ATTEMPTS = 6
+#: How far back each periodic registry look reaches before the previous one's newest raw.
+RECONCILE_MARGIN = timedelta(seconds=60)
 #: errorCode of a FAULT caused by a durable work list that cannot be read or written.
 WORK_LIST_FAILED = 400
 #: Stages this component records itself (the rest come back from its peers).
@@ -73,7 +79,11 @@ class CcdProcessor(Controller):
         self._stages: dict[tuple[int, int], dict[str, float]] = {}
         self._preloads: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
         self._wakeup = asyncio.Event()
-        self.counts = {"processed": 0, "failed": 0, "abandoned": 0, "retried": 0}
+        self.counts = {"processed": 0, "failed": 0, "abandoned": 0, "retried": 0, "reconciled": 0}
+        self._reconciled_to: datetime | None = None
+        self.stage_writer = StageWriter(self.log_message, self.log, self.config.retry_backoff)
+        self._headerless: set[tuple[int, int]] = set()
+        self._headerless_visits: set[int] = set()
 
     def owns(self, detector: int) -> bool:
         return detector % self.config.pool_size == self.config.index
@@ -89,6 +99,7 @@ class CcdProcessor(Controller):
         if self._pool is None:
             self._pool = await asyncpg.create_pool(self.config.dsn, min_size=1, max_size=2)
             self._records = await PromptRecords.connect(self._pool, self.config.records_schema)
+            self.stage_writer.connected(self._records)
         if self._repository is None:
             self._repository = await Repository.connect(
                 self.config.dsn, self.config.registry_schema
@@ -96,6 +107,7 @@ class CcdProcessor(Controller):
 
     async def end_standby(self) -> None:
         pool, self._pool, self._records = self._pool, None, None
+        self.stage_writer.connected(None)
         if pool is not None:
             await pool.close()
         repository, self._repository = self._repository, None
@@ -122,23 +134,44 @@ class CcdProcessor(Controller):
             await self._reconcile()
             self._wakeup.set()
 
-    async def _reconcile(self) -> None:
-        """Queue the raws of this processor's detectors ingested while it was not listening."""
+    async def _reconcile(self, *, full: bool = True) -> int:
+        """Queue the raws of this processor's detectors that the registry holds and the work
+        list does not (ingested while it was not listening, or whose ``imageIngested`` was
+        lost). ``full``: every raw since the first visit heard of; else those ingested since
+        the previous look (less a margin for transactions that committed late)."""
         first = self.queue.first_visit()
         if first is None or self._repository is None:
-            return
+            return 0
+        since = self._reconciled_to
+        if full or since is None:
+            since = None
+        else:
+            since -= RECONCILE_MARGIN
         try:
-            raws = await self._repository.raws_from_visit(first)
+            raws, latest = await self._repository.raws_ingested_since(first, since)
         except DmcsError as e:
             self.log_message(logging.WARNING, f"could not look for missed raws: {e}")
-            return
+            return 0
+        if latest is not None and (self._reconciled_to is None or latest > self._reconciled_to):
+            self._reconciled_to = latest
         missed = [
             r for r in raws if self.owns(r.detector) and self.queue.enqueue(r.visit, r.detector)
         ]
         if missed:
+            self.counts["reconciled"] += len(missed)
             self.log_message(
-                logging.WARNING, f"{len(missed)} CCD(s) ingested while not listening; queued"
+                logging.WARNING,
+                f"{len(missed)} CCD(s) in the registry without their imageIngested event"
+                f" ({', '.join(f'{r.visit}/{r.detector}' for r in missed[:8])}); queued",
             )
+            self._wakeup.set()
+        return len(missed)
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reconcile_interval)
+            if self.summary_state == State.ENABLED:
+                await self._reconcile(full=False)
 
     async def _visit_info(self, visit: int) -> dict[str, Any] | None:
         """The visit as ``nextVisit`` described it, or as the registry has it (missed event)."""
@@ -165,6 +198,8 @@ class CcdProcessor(Controller):
     async def run_background(self, tg: SupervisedGroup) -> None:
         tg.create_task(self._keep_running(self._work_loop), name="work_loop")
         tg.create_task(self._keep_running(self._status_loop), name="status_loop")
+        tg.create_task(self._keep_running(self._reconcile_loop), name="reconcile_loop")
+        tg.create_task(self.stage_writer.run(), name="stage_writer")
 
     async def _keep_running(self, loop: Callable[[], Awaitable[None]]) -> None:
         """Run ``loop`` for good: a broken work list faults the component, the loop goes on."""
@@ -228,6 +263,10 @@ class CcdProcessor(Controller):
             self.publish(
                 "ccdStage", {"visit": visit, "detector": detector, "stage": stage, "stageTai": tai}
             )
+            try:
+                self.stage_writer.add(StageTime(visit, detector, stage, tai))
+            except InvalidInputError as e:
+                self.log.warning("stage time not recorded: %s", e)
 
     # ------------------------------------------------------------------ work
     async def _work_loop(self) -> None:
@@ -269,9 +308,10 @@ class CcdProcessor(Controller):
             return
         try:
             raw = await self._raw_path(item.visit, item.detector)
-            source = await self._inputs(info, item.detector, raw)
+            self._note_header(item, raw.header_merged)
+            source = await self._inputs(info, item.detector, raw.path)
             result = await self.worker.run(
-                f"{WORK}:process", source, info, item.detector, raw,
+                f"{WORK}:process", source, info, item.detector, raw.path,
                 timeout=self.config.ccd_timeout,
             )  # fmt: skip
         except WorkTimeoutError as e:
@@ -296,7 +336,7 @@ class CcdProcessor(Controller):
 
     async def _associate(self, item: WorkItem, result: dict[str, Any]) -> Outcome:
         wire = dict(result["ccd"])
-        wire["stages"] = dict(self._stages.get((item.visit, item.detector), {}))
+        wire["stages"] = await self._stages_of(item.visit, item.detector)
         wire["attempt"] = item.attempts
         peer = self.peers(self.config.association)
         deadline = asyncio.get_running_loop().time() + self.config.association_wait
@@ -318,6 +358,18 @@ class CcdProcessor(Controller):
             self._stage(item.visit, item.detector, stage, tai)
         return success(result, int(reply.get("nDiaSources", 0)), duplicate=not reply["stored"])
 
+    async def _stages_of(self, visit: int, detector: int) -> dict[str, float]:
+        """The CCD's stage times, those recorded before a restart of this processor included."""
+        stages = dict(self._stages.get((visit, detector), {}))
+        if "endReadout" in stages or self._records is None:
+            return stages
+        try:
+            recorded = await self._records.ccd_stages(visit, detector)
+        except DmcsError as e:
+            self.log.warning("stage times of visit %s detector %s not read: %s", visit, detector, e)
+            return stages
+        return {**{k: v for k, v in recorded.items() if k in OWN_STAGES}, **stages}
+
     async def _inputs(
         self, info: dict[str, Any], detector: int, raw: str | None = None
     ) -> str | ResolvedInputs:
@@ -328,13 +380,29 @@ class CcdProcessor(Controller):
             raise NotReadyError(f"{self.name} has no registry connection")
         return await resolve_inputs(self._repository, info, detector, raw=raw)
 
-    async def _raw_path(self, visit: int, detector: int) -> str:
+    async def _raw_path(self, visit: int, detector: int) -> RawRecord:
         if self._repository is None:
             raise NotReadyError(f"{self.name} has no registry connection")
         raw = await self._repository.get_raw(visit, detector)
         if raw is None:
             raise InvalidInputError(f"visit {visit} detector {detector} is not in the registry")
-        return raw.path
+        return raw
+
+    def _note_header(self, item: WorkItem, merged: bool) -> None:
+        """Flag a CCD ingested without the header service's header, and say so once a visit."""
+        key = (item.visit, item.detector)
+        if merged:
+            self._headerless.discard(key)
+            return
+        self._headerless.add(key)
+        if item.visit not in self._headerless_visits:
+            self._headerless_visits.add(item.visit)
+            self.log_message(
+                logging.WARNING,
+                f"visit {item.visit}: raw(s) ingested without the header service's header "
+                "(exposure metadata are the camera's own); flagged no_header",
+                visit=item.visit,
+            )
 
     async def _retry(self, item: WorkItem, outcome: Outcome) -> None:
         self.counts["retried"] += 1
@@ -343,6 +411,9 @@ class CcdProcessor(Controller):
         await asyncio.sleep(self.config.retry_backoff)
 
     async def _finish(self, item: WorkItem, outcome: Outcome) -> None:
+        if (item.visit, item.detector) in self._headerless:
+            self._headerless.discard((item.visit, item.detector))
+            outcome = dataclasses.replace(outcome, flags=(*outcome.flags, NO_HEADER))
         state = {"processed": "done"}.get(outcome.status, outcome.status)
         self.queue.finish(item, state, outcome.reason)
         self.counts[outcome.status if outcome.status in self.counts else "failed"] += 1
@@ -376,6 +447,7 @@ class CcdProcessor(Controller):
             reason=outcome.reason,
             recovery=outcome.recovery,
             n_dia_sources=outcome.n_dia_sources,
+            flags=outcome.flags,
             **outcome.metrics,
         )
         rows = [StageTime(item.visit, item.detector, s, t) for s, t in stages.items()]

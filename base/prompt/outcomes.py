@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+#: Flag of a CCD whose raw was ingested without the header service's header (the service
+#: was down or late): its exposure metadata are the camera's own, not DMS-REQ-0068's.
+NO_HEADER = "no_header"
+
 #: The data-quality figures a processed CCD reports (names of ``CcdOutcome`` fields).
 QUALITY = ("zeropoint", "sky_level", "seeing_arcsec", "psf_fwhm_px", "astrom_rms_mas", "n_sources")
 
@@ -17,6 +21,7 @@ class Outcome:
     recovery: str = "none"
     n_dia_sources: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
+    flags: tuple[str, ...] = ()
 
 
 def _quality(result: dict[str, Any] | None) -> dict[str, Any]:

@@ -26,6 +26,9 @@ class CcdProcessorSettings(_Settings):
     retry_backoff: float = Field(default=1.0, gt=0)
     #: Seconds a CCD waits in total for the association peer before it is failed.
     association_wait: float = Field(default=120.0, gt=0)
+    #: Seconds between looks in the registry for ingested CCDs whose ``imageIngested`` never
+    #: arrived (events notify; the registry is the record).
+    reconcile_interval: float = Field(default=10.0, gt=0)
     association: str = "Association"
     registry_schema: str = "registry"
     records_schema: str = "prompt"
@@ -37,14 +40,16 @@ class AssociationSettings(_Settings):
     #: Padding of the CCD footprint for the APDB preload, arcsec.
     pad_arcsec: float = Field(default=10.0, ge=0)
     history_days: float = Field(default=365.0, gt=0)
-    alert_publisher: str = "AlertPublisher"
-    #: Alert hand-offs kept in memory while the publisher is unreachable.
-    max_pending_alerts: int = Field(default=256, ge=1)
     records_schema: str = "prompt"
 
 
 class AlertPublisherSettings(_Settings):
     archive_schema: str = "alerts"
+    #: The APDB whose alert outbox this publisher drains (``base.apdb.outbox``).
+    apdb_schema: str = "apdb"
+    #: Seconds between reads of the outbox when no notification arrives (a lost NOTIFY,
+    #: a dropped listening connection).
+    outbox_poll: float = Field(default=2.0, gt=0)
     #: The alert latency requirement, seconds from end of readout (LSE-61 OTT1).
     latency_budget: float = Field(default=60.0, gt=0)
     records_schema: str = "prompt"

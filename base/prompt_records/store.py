@@ -225,6 +225,17 @@ class PromptRecords:
         return found is not None
 
     # ---------------------------------------------------------------- reads
+    async def ccd_stages(self, visit: int, detector: int) -> dict[str, float]:
+        """The stage times recorded for one CCD (what a restarted processor no longer holds)."""
+        async with mapped_errors("ccd_stages"), self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                f"SELECT stage, tai FROM {self._t('stage_time')}"
+                " WHERE visit = $1 AND detector = $2",
+                visit,
+                detector,
+            )
+        return {r["stage"]: float(r["tai"]) for r in rows}
+
     async def fetch_night(
         self, day_obs: int | None = None, visits: Sequence[int] | None = None
     ) -> NightRecords:

@@ -12,6 +12,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, fields
+from datetime import datetime
 from typing import Any, TypeVar
 
 import asyncpg
@@ -150,6 +151,21 @@ class Repository:
             first_visit,
         )
         return [_record(RawRecord, r) for r in rows]
+
+    async def raws_ingested_since(
+        self, first_visit: int, since: datetime | None
+    ) -> tuple[list[RawRecord], datetime | None]:
+        """Raws of ``first_visit`` and later ingested at or after ``since`` (None: all), and
+        the latest ingestion time among them (the next call's ``since``, less a margin)."""
+        rows = await self._fetch(
+            "listing recent raws",
+            "SELECT * FROM raws WHERE visit >= $1"
+            " AND ($2::timestamptz IS NULL OR ingested_at >= $2) ORDER BY visit, detector",
+            first_visit,
+            since,
+        )
+        latest = max((r["ingested_at"] for r in rows), default=None)
+        return [_record(RawRecord, r) for r in rows], latest
 
     async def get_exposure(self, visit: int) -> ExposureRecord | None:
         rows = await self._fetch(

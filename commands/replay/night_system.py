@@ -20,7 +20,11 @@ _SCHEMAS_OF = {
     "base.ingest:Ingest": ("registry_schema",),
     PROCESSOR_CLASS: ("registry_schema", "records_schema"),
     "base.prompt.association:Association": ("apdb_schema", "records_schema"),
-    "base.prompt.alert_publisher:AlertPublisher": ("archive_schema", "records_schema"),
+    "base.prompt.alert_publisher:AlertPublisher": (
+        "archive_schema",
+        "apdb_schema",
+        "records_schema",
+    ),
 }
 DATABASE_USERS = frozenset(_SCHEMAS_OF)
 
