@@ -14,7 +14,7 @@ from ray.exceptions import RayError
 
 from commands.alert_stream import setup_alert_stream
 from commands.auth import Authenticator
-from commands.channel import Channel, Subscription
+from commands.channel import Channel
 from commands.dashboard.routes import setup_dashboard
 from commands.hub import Hub
 from commands.metrics import GatewayMetrics
@@ -37,6 +37,7 @@ from state.events import (
     REPROCESS_TELEMETRY,
     EventKind,
 )
+from state.fanout import TopicFilter
 
 HUB = web.AppKey("hub", Hub)
 AUTH = web.AppKey("auth", Authenticator)
@@ -279,8 +280,8 @@ async def _handle_frame(
             tg.create_task(_command(hub, channel, message))
         case Op.SUBSCRIBE:
             sub_id = message["id"]
-            channel.subscriptions[sub_id] = Subscription(
-                _names(message.get("components")), _names(message.get("topics"))
+            channel.subscriptions[sub_id] = TopicFilter.of(
+                message.get("components"), message.get("topics")
             )
             channel.send(frame(Op.SUBSCRIBED, id=sub_id))
             hub.snapshot_for(channel, sub_id)
@@ -314,12 +315,6 @@ async def _command(hub: Hub, channel: Channel, message: dict[str, Any]) -> None:
         )
     finally:
         channel.in_flight -= 1
-
-
-def _names(values: list[Any] | None) -> frozenset[str] | None:
-    if not values or "*" in values:
-        return None
-    return frozenset(str(v) for v in values)
 
 
 class _TooLarge(InvalidInputError):
