@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,6 +13,7 @@ from ray.exceptions import RayError
 
 from commands.alert_stream import setup_alert_stream
 from commands.auth import Authenticator
+from commands.background import background
 from commands.channel import Channel
 from commands.dashboard.routes import setup_dashboard
 from commands.hub import Hub
@@ -75,7 +75,8 @@ def make_app(
     app[CONFIG] = config
     app[OCS_IDENTITIES] = ocs_identities
     app[BATCH_IDENTITIES] = frozenset(config.batch_identities)
-    app.cleanup_ctx.append(_run_pump)
+    app.cleanup_ctx.append(_close_hub)
+    app.cleanup_ctx.append(background("gateway-bus-pump", lambda a: a[HUB].pump()))
     app.router.add_get("/ws", websocket_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -90,12 +91,9 @@ def make_app(
     return app
 
 
-async def _run_pump(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(app[HUB].pump(), name="gateway-bus-pump")
+async def _close_hub(app: web.Application) -> AsyncIterator[None]:
+    """After the pump has stopped: send the OCS input still queued, close every client."""
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
     await app[HUB].close()
     for channel in list(app[HUB].channels):
         await channel.ws.close()
