@@ -110,6 +110,12 @@ class DropOldestQueue(Generic[T]):
             raise asyncio.QueueEmpty
         return self._items.popleft()
 
+    def peek(self) -> T:
+        """The oldest item, left in the queue (for a consumer that removes it once sent)."""
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items[0]
+
     def take(self, limit: int) -> list[T]:
         """Up to ``limit`` items, oldest first, without waiting."""
         count = min(len(self._items), limit)

@@ -42,10 +42,12 @@ async def test_queue_drops_the_oldest_and_counts_once() -> None:
     assert q.new_drops() == 2
     assert q.new_drops() is None
     assert q.take(2) == [2, 3]
+    assert q.peek() == 4 and len(q) == 1
     assert await q.get() == 4
     assert q.empty()
-    with pytest.raises(asyncio.QueueEmpty):
-        q.get_nowait()
+    for empty in (q.get_nowait, q.peek):
+        with pytest.raises(asyncio.QueueEmpty):
+            empty()
     with pytest.raises(ValueError, match="at least one"):
         DropOldestQueue(0)
 
