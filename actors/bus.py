@@ -124,11 +124,13 @@ def follow_bus(
     queue_size: int = 10_000,
     max_events: int = 1000,
     on_dropped: Callable[[int], None] | None = None,
+    on_failure: Callable[[Wire, Exception], None] | None = None,
 ) -> Follower[Wire]:
     """A :class:`~state.fanout.Follower` of the bus actor ``bus``; run it as an owned task.
 
     ``deliver(wire, snapshot)`` gets each matching event; ``on_dropped`` the bus's running
-    count of events it dropped for this subscriber, after every poll.
+    count of events it dropped for this subscriber, after every poll; ``on_failure`` each
+    event that ``deliver`` raised on (skipped).
     """
     sid = f"{name}-{uuid.uuid4().hex[:8]}"
     wanted = topic_filter.to_wire()
@@ -143,5 +145,6 @@ def follow_bus(
         return Batch(reply["events"], reply["known"])
 
     return Follower(
-        name, subscribe=subscribe, poll=poll, deliver=deliver, transient=(RayError,), log=log
-    )
+        name, subscribe=subscribe, poll=poll, deliver=deliver, transient=(RayError,), log=log,
+        on_failure=on_failure,
+    )  # fmt: skip

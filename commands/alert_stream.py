@@ -143,10 +143,12 @@ class AlertStream:
         return {
             "connected": self.peer is not None, "cursor": self.cursor, "batches": self.batches,
             "alerts": self.alerts, "missedBatches": self.missed, "pollErrors": self.poll_errors,
+            "skippedBatches": self.follower.failed,
             "subscribers": [
                 {"name": s.name, "full": s.filter is None,
                  "filter": s.filter.expression if s.filter else None, "delivered": s.delivered,
-                 "dropped": s.dropped, "queued": s.queue.qsize(), "lagging": s.lagging}
+                 "dropped": s.dropped, "queued": s.queue.qsize(), "lagging": s.lagging,
+                 "filterFailures": s.failures}
                 for s in self.fanout.subscribers.values()
             ],
         }  # fmt: skip

@@ -56,6 +56,7 @@ class Hub:
         self.follower = follow_bus(
             bus, "gateway", TopicFilter(), self._dispatch, log=log, queue_size=50_000,
             max_events=2000, on_dropped=self.metrics.bus_dropped.set,
+            on_failure=lambda _wire, _error: self.metrics.events_skipped.inc(),
         )  # fmt: skip
 
     @property

@@ -32,6 +32,11 @@ class GatewayMetrics:
             "Event frames skipped because they could not be encoded for a client",
             registry=self.registry,
         )
+        self.events_skipped = Counter(
+            "dmcs_events_skipped",
+            "Events from the bus skipped because handling them raised (logged)",
+            registry=self.registry,
+        )
         self.connections = Gauge(
             "dmcs_ws_connections", "Open WebSocket connections", registry=self.registry
         )

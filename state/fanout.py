@@ -174,8 +174,8 @@ class Follower(Generic[T]):
     subscribes again; when it cannot be reached, or subscribing or polling fails otherwise, it
     waits, with exponential backoff, and subscribes again (``transient`` errors are the
     expected ones, logged without a traceback). Each item goes to ``deliver(item, snapshot)``
-    on its own: one that makes ``deliver`` raise is logged, counted in ``failed`` and skipped,
-    so that no single item stops the loop.
+    on its own: one that makes ``deliver`` raise is logged, counted in ``failed`` (and passed
+    to ``on_failure``) and skipped, so that no single item stops the loop.
     """
 
     def __init__(
@@ -189,8 +189,10 @@ class Follower(Generic[T]):
         log: logging.Logger,
         backoff: float = 0.1,
         max_backoff: float = 5.0,
+        on_failure: Callable[[T, Exception], None] | None = None,
     ) -> None:
         self.name = name
+        self._on_failure = on_failure
         self._subscribe = subscribe
         self._poll = poll
         self._deliver = deliver
@@ -244,5 +246,7 @@ class Follower(Generic[T]):
                     "%s: item skipped, delivering it raised %s: %s",
                     self.name, type(e).__name__, e,
                 )  # fmt: skip
+                if self._on_failure is not None:
+                    self._on_failure(item, e)
             else:
                 self.delivered += 1

@@ -107,6 +107,7 @@ async def test_follower_resubscribes_backs_off_and_contains_a_bad_item() -> None
         ]
     )
     got: list[tuple[int, bool]] = []
+    skipped: list[tuple[int, str]] = []
 
     async def deliver(item: int, snapshot: bool) -> None:
         if item == 13:
@@ -116,6 +117,7 @@ async def test_follower_resubscribes_backs_off_and_contains_a_bad_item() -> None
     follower = Follower(
         "test", subscribe=source.subscribe, poll=source.poll, deliver=deliver,
         transient=(ConnectionLostError,), log=log, backoff=0.001,
+        on_failure=lambda item, e: skipped.append((item, type(e).__name__)),
     )  # fmt: skip
     task = asyncio.create_task(follower.run())
     try:
@@ -131,6 +133,7 @@ async def test_follower_resubscribes_backs_off_and_contains_a_bad_item() -> None
         (103, True), (104, True), (5, False),
     ]  # fmt: skip
     assert (follower.failed, follower.errors, follower.subscribes) == (1, 2, 4)
+    assert skipped == [(13, "OverflowError")]
 
 
 def _wire(component: str, topic: str, seq: int) -> dict[str, Any]:

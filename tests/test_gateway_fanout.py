@@ -56,9 +56,10 @@ def _wire(seq: int, data: dict[str, Any], topic: str = "weather") -> dict[str, A
 async def test_an_unencodable_event_stops_neither_the_pump_nor_any_client(
     running: RunningSystem,
 ) -> None:
-    """Published straight onto the bus (no door to refuse it): an int wider than 64 bits and
-    a lone surrogate, which msgpack cannot encode. Both encodings' clients go on receiving,
-    /readyz stays 200, and a later subscriber is not cut off at its snapshot."""
+    """Published straight onto the bus (no door to refuse it): an event that is not one (a
+    text seq), an int wider than 64 bits and a lone surrogate, which msgpack cannot encode.
+    Both encodings' clients go on receiving, /readyz stays 200, each failure is counted in
+    /metrics, and a later subscriber is not cut off at its snapshot."""
     hub = running.app[HUB]
     failures_before = hub.encode_failures
     async with (
@@ -70,6 +71,7 @@ async def test_an_unencodable_event_stops_neither_the_pump_nor_any_client(
             await c.open_subscription([NAME, "OCS"], ["heartbeat", "weather"], snapshot=False)
             for c in (packed, text)
         ]
+        await hub.bus.publish.remote({"component": "OCS", "topic": "weather", "seq": "one"})
         await hub.bus.publish.remote(_wire(1, {"x": 10**30}))
         await hub.bus.publish.remote(_wire(2, {"x": "\ud800"}))
         await hub.bus.publish.remote(_wire(3, {"x": 1.5}))
@@ -79,8 +81,13 @@ async def test_an_unencodable_event_stops_neither_the_pump_nor_any_client(
             assert good.data == {"x": 1.5}
             await two_heartbeats(stream)
         assert hub.encode_failures == failures_before + 2  # msgpack only; JSON can say both
+        assert hub.follower.failed == 1  # the malformed one: skipped by the pump
         async with http.get(f"{running.http_url}/readyz") as response:
             assert response.status == 200, await response.text()
+        async with http.get(f"{running.http_url}/metrics") as response:
+            exposition = await response.text()
+        assert "dmcs_events_skipped_total 1.0" in exposition
+        assert "dmcs_event_encode_failures_total 2.0" in exposition
         async with Client(running.ws_url, token=TOKENS["operator"]) as late:
             beats = late.subscribe(["*"], ["seeing", "heartbeat"])
             await wait_for_event(beats, lambda e: e.topic == "heartbeat")
