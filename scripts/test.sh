@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install dmcs and its test tools into .venv (from nothing), lint, then run the test suite.
-# --fast: only the tests that need no Ray, PostgreSQL or browser (tiers: tests/conftest.py);
-# other arguments go to pytest.
+# --fast: only the tests that need no Ray, PostgreSQL or browser (tiers: tests/conftest.py),
+# on every core; other arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fast=0
@@ -20,7 +20,8 @@ fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 if [ "$fast" = 1 ]; then
-    .venv/bin/python -m pytest -q -m "not ray and not postgres and not browser" ${args[@]+"${args[@]}"}
+    .venv/bin/python -m pytest -q -n auto -m "not ray and not postgres and not browser" \
+        ${args[@]+"${args[@]}"}
 else
     .venv/bin/python -m pytest -q ${args[@]+"${args[@]}"}
 fi
