@@ -5,43 +5,32 @@ full the oldest event is dropped and counted, and the receiver sees the gap in t
 sequence numbers. Subscribers pull with a long poll, so a slow or dead subscriber costs the
 bus one queue and nothing else; one that has not polled for ``idle_expiry`` seconds is removed.
 The bus also keeps the latest event of every (component, topic): the snapshot a new
-subscriber starts from.
+subscriber starts from. Filters, queues and the follow loop are those of :mod:`state.fanout`;
+:func:`follow_bus` is how the gateway and the component actors read the bus.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import logging
 import time
-from collections import deque
-from collections.abc import Iterable
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from ray.exceptions import RayError
+
+from state.fanout import Batch, DropOldestQueue, Follower, TopicFilter
 
 Wire = dict[str, Any]
 
 
 @dataclass(slots=True)
 class _Subscriber:
-    components: frozenset[str] | None
-    topics: frozenset[str] | None
-    queue: deque[Wire]
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    dropped: int = 0
+    filter: TopicFilter
+    queue: DropOldestQueue[Wire]
     delivered: int = 0
     last_poll: float = field(default_factory=time.monotonic)
-
-    def wants(self, event: Wire) -> bool:
-        return (self.components is None or event["component"] in self.components) and (
-            self.topics is None or event["topic"] in self.topics
-        )
-
-
-def _as_filter(values: Iterable[str] | None) -> frozenset[str] | None:
-    if values is None:
-        return None
-    chosen = frozenset(values)
-    return None if not chosen or "*" in chosen else chosen
 
 
 class EventBus:
@@ -61,12 +50,10 @@ class EventBus:
     async def publish(self, event: Wire) -> None:
         self._published += 1
         self._latest[(event["component"], event["topic"])] = event
+        component, topic = event["component"], event["topic"]
         for sub in self._subscribers.values():
-            if sub.wants(event):
-                if len(sub.queue) == sub.queue.maxlen:
-                    sub.dropped += 1
-                sub.queue.append(event)
-                sub.wakeup.set()
+            if sub.filter.wants(component, topic):
+                sub.queue.put(event)
 
     async def publish_many(self, events: list[Wire]) -> None:
         for event in events:
@@ -81,9 +68,9 @@ class EventBus:
     ) -> list[Wire]:
         """Register (or replace) a subscription; return the snapshot it starts from."""
         self._expire_idle()
-        sub = _Subscriber(_as_filter(components), _as_filter(topics), deque(maxlen=maxsize))
+        sub = _Subscriber(TopicFilter.of(components, topics), DropOldestQueue(maxsize))
         self._subscribers[subscriber_id] = sub
-        return [event for event in self._latest.values() if sub.wants(event)]
+        return [event for event in self._latest.values() if sub.filter.wants_wire(event)]
 
     async def poll(self, subscriber_id: str, max_events: int = 1000, timeout: float = 1.0) -> Wire:
         """Wait up to ``timeout`` s for events; return them with the running drop count.
@@ -95,15 +82,11 @@ class EventBus:
         if sub is None:
             return {"events": [], "dropped": 0, "known": False}
         sub.last_poll = time.monotonic()
-        if not sub.queue:
-            sub.wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(sub.wakeup.wait(), timeout)
-        count = min(len(sub.queue), max_events)
-        events = [sub.queue.popleft() for _ in range(count)]
-        sub.delivered += count
+        await sub.queue.wait(timeout)
+        events = sub.queue.take(max_events)
+        sub.delivered += len(events)
         sub.last_poll = time.monotonic()
-        return {"events": events, "dropped": sub.dropped, "known": True}
+        return {"events": events, "dropped": sub.queue.dropped, "known": True}
 
     async def unsubscribe(self, subscriber_id: str) -> None:
         self._subscribers.pop(subscriber_id, None)
@@ -120,7 +103,7 @@ class EventBus:
         return {
             "published": self._published,
             "subscribers": {
-                sid: {"queued": len(s.queue), "dropped": s.dropped, "delivered": s.delivered}
+                sid: {"queued": len(s.queue), "dropped": s.queue.dropped, "delivered": s.delivered}
                 for sid, s in self._subscribers.items()
             },
         }
@@ -129,3 +112,39 @@ class EventBus:
         cutoff = time.monotonic() - self.idle_expiry
         for sid in [sid for sid, s in self._subscribers.items() if s.last_poll < cutoff]:
             del self._subscribers[sid]
+
+
+def follow_bus(
+    bus: Any,
+    name: str,
+    topic_filter: TopicFilter,
+    deliver: Callable[[Wire, bool], Awaitable[None] | None],
+    *,
+    log: logging.Logger,
+    queue_size: int = 10_000,
+    max_events: int = 1000,
+    on_dropped: Callable[[int], None] | None = None,
+    on_failure: Callable[[Wire, Exception], None] | None = None,
+) -> Follower[Wire]:
+    """A :class:`~state.fanout.Follower` of the bus actor ``bus``; run it as an owned task.
+
+    ``deliver(wire, snapshot)`` gets each matching event; ``on_dropped`` the bus's running
+    count of events it dropped for this subscriber, after every poll; ``on_failure`` each
+    event that ``deliver`` raised on (skipped).
+    """
+    sid = f"{name}-{uuid.uuid4().hex[:8]}"
+    wanted = topic_filter.to_wire()
+
+    async def subscribe() -> list[Wire]:
+        return await bus.subscribe.remote(sid, wanted["components"], wanted["topics"], queue_size)
+
+    async def poll() -> Batch[Wire]:
+        reply = await bus.poll.remote(sid, max_events, 1.0)
+        if on_dropped is not None:
+            on_dropped(reply["dropped"])
+        return Batch(reply["events"], reply["known"])
+
+    return Follower(
+        name, subscribe=subscribe, poll=poll, deliver=deliver, transient=(RayError,), log=log,
+        on_failure=on_failure,
+    )  # fmt: skip

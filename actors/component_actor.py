@@ -7,15 +7,14 @@ import contextlib
 import importlib
 import logging
 import os
-import uuid
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
 
+from actors.bus import follow_bus
 from actors.ordered_sender import OrderedSender
 from actors.peers import RayPeers
 from actors.runtime import NAMESPACE, bus_name
@@ -23,6 +22,7 @@ from state.command import Command
 from state.controller import Controller
 from state.errors import ConfigurationError
 from state.events import Event
+from state.fanout import TopicFilter
 from state.peers import rpc_method
 
 log = logging.getLogger("dmcs.actors")
@@ -102,28 +102,14 @@ class ComponentActor:
         self._outbox.put(event.to_wire())
 
     async def _feed(self, component: Controller) -> None:
-        """Deliver the bus topics the component listens to; resubscribe after a bus restart."""
-        sid = f"{component.name}-{uuid.uuid4().hex[:8]}"
-        backoff = 0.1
-        while True:
-            try:
-                snapshot = await self._bus.subscribe.remote(
-                    sid, list(component.listen_components), list(component.listen_topics)
-                )
-                for wire in snapshot:
-                    if wire.get("kind") == "telemetry":
-                        await component.deliver(Event.from_wire(wire))
-                while True:
-                    batch = await self._bus.poll.remote(sid, 1000, 1.0)
-                    if not batch["known"]:
-                        break
-                    for wire in batch["events"]:
-                        await component.deliver(Event.from_wire(wire))
-                    backoff = 0.1
-            except RayActorError:
-                log.warning("event bus unreachable; retrying in %.1f s", backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+        """Deliver the bus topics the component listens to; of the snapshot, telemetry only."""
+
+        async def deliver(wire: dict[str, Any], snapshot: bool) -> None:
+            if not snapshot or wire.get("kind") == "telemetry":
+                await component.deliver(Event.from_wire(wire))
+
+        wanted = TopicFilter.of(component.listen_components, component.listen_topics)
+        await follow_bus(self._bus, component.name, wanted, deliver, log=log).run()
 
     async def _component_ready(self) -> Controller:
         await self._ready.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -12,13 +13,28 @@ from actors.runtime import NAMESPACE, actor_name
 from state.errors import ConnectionLostError, DmcsError, PeerFailedError
 
 
-class _RayPeer:
-    def __init__(self, peers: RayPeers, name: str) -> None:
-        self._peers = peers
+class ActorPeer:
+    """A :class:`~state.peers.Peer` over a component actor: a dmcs error raised by the remote
+    method is re-raised as it was, any other as ``PeerFailedError``; an unreachable actor is
+    ``ConnectionLostError`` (and ``on_lost`` is called, so a resolver can look it up again)."""
+
+    def __init__(
+        self,
+        name: str,
+        resolve: Callable[[], ActorHandle],
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
         self._name = name
+        self._resolve = resolve
+        self._on_lost = on_lost
+
+    @classmethod
+    def of_handle(cls, name: str, handle: ActorHandle) -> ActorPeer:
+        """A peer over a handle the caller holds (the gateway's)."""
+        return cls(name, lambda: handle)
 
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        handle = self._peers.handle(self._name)
+        handle = self._resolve()
         try:
             return await handle.rpc.remote(method, *args, **kwargs)
         except RayTaskError as e:
@@ -27,7 +43,8 @@ class _RayPeer:
                 raise cause from e
             raise PeerFailedError(f"{self._name}.{method} failed: {e.cause!r}") from e
         except (ActorDiedError, ActorUnavailableError, RayActorError) as e:
-            self._peers.forget(self._name)
+            if self._on_lost is not None:
+                self._on_lost()
             raise ConnectionLostError(f"peer {self._name!r} is not reachable: {e}") from e
 
 
@@ -51,5 +68,5 @@ class RayPeers:
     def forget(self, name: str) -> None:
         self._handles.pop(name, None)
 
-    def __call__(self, name: str) -> _RayPeer:
-        return _RayPeer(self, name)
+    def __call__(self, name: str) -> ActorPeer:
+        return ActorPeer(name, lambda: self.handle(name), lambda: self.forget(name))

@@ -26,43 +26,27 @@ import contextlib
 import itertools
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import WSMsgType, web
 from ray.actor import ActorHandle
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
+from actors.peers import ActorPeer
 from base.alerts import AlertFanout, FilterError, compile_filter, decode, predefined
 from base.alerts.filters import filter_table
 from base.alerts.stream import Subscription
 from commands.auth import Authenticator
+from commands.background import background
 from config.system import ComponentConfig
-from state.errors import ConnectionLostError, DmcsError, InvalidInputError, NonRetriableError
+from state.errors import ConnectionLostError, InvalidInputError
+from state.fanout import Batch, Follower
 from state.peers import Peer
 
 log = logging.getLogger("dmcs.gateway.alerts")
 DEFAULT_BROKERS = frozenset({"broker"})
 PUBLISHER = "AlertPublisher"
 CLOSE_TOO_SLOW = 4001
-
-
-class ActorPeer:
-    """A data-plane peer over one component actor handle (the gateway holds the handles)."""
-
-    def __init__(self, handle: ActorHandle) -> None:
-        self._handle = handle
-
-    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await self._handle.rpc.remote(method, *args, **kwargs)
-        except RayTaskError as e:
-            cause = e.as_instanceof_cause()
-            if isinstance(cause, DmcsError):
-                raise cause from e
-            raise NonRetriableError(f"the alert publisher failed in {method}: {cause}") from e
-        except (ActorDiedError, ActorUnavailableError, RayActorError) as e:
-            raise ConnectionLostError(f"the alert publisher is not reachable: {e}") from e
 
 
 class AlertStream:
@@ -82,9 +66,18 @@ class AlertStream:
         self.poll_timeout = poll_timeout
         self.max_batches = max_batches
         self.cursor: int | None = None
-        self.batches = self.alerts = self.missed = self.poll_errors = 0
+        self.batches = self.alerts = self.missed = 0
         self._kick: dict[str, asyncio.Event] = {}
         self._names = itertools.count(1)
+        self.follower: Follower[Mapping[str, Any]] = Follower(
+            "alert stream", subscribe=self._start, poll=self._poll,
+            deliver=lambda batch, _snapshot: self.publish(batch),
+            transient=(ConnectionLostError,), log=log, backoff=0.2,
+        )  # fmt: skip
+
+    @property
+    def poll_errors(self) -> int:
+        return self.follower.errors
 
     def publish(self, batch: Mapping[str, Any]) -> None:
         """Offer one spooled batch (``SpooledBatch.to_wire()``) to every subscriber."""
@@ -100,32 +93,28 @@ class AlertStream:
                 self._kick.pop(name).set()
 
     async def pump(self) -> None:
-        """Long-poll the publisher forever; an unreachable one is retried with backoff."""
-        if self.peer is None:
-            return
-        backoff = 0.2
-        while True:
-            try:
-                answer = await self.peer.call(
-                    "poll_alerts", self.cursor, self.max_batches, self.poll_timeout
-                )
-            except ConnectionLostError as e:
-                self.poll_errors += 1
-                log.debug("alert publisher not reachable: %s", e)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            except DmcsError as e:
-                self.poll_errors += 1
-                log.warning("alert poll failed: %s", e)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            backoff = 0.2
-            self.missed += int(answer.get("missed", 0))
+        """Follow the publisher's spool forever; an unreachable one is retried with backoff."""
+        if self.peer is not None:
+            await self.follower.run()
+
+    async def _start(self) -> list[Mapping[str, Any]]:
+        """Start at the spool's head (the live stream) once; after an error, go on from the
+        cursor (a restarted publisher's spool says ``reset`` and is read from its start)."""
+        if self.cursor is None:
+            answer = await self._call_poll(None)
             self.cursor = int(answer["cursor"])
-            for batch in answer["batches"]:
-                self.publish(batch)
+        return []
+
+    async def _poll(self) -> Batch[Mapping[str, Any]]:
+        answer = await self._call_poll(self.cursor)
+        self.missed += int(answer.get("missed", 0))
+        self.cursor = int(answer["cursor"])
+        return Batch(answer["batches"])
+
+    async def _call_poll(self, cursor: int | None) -> dict[str, Any]:
+        if self.peer is None:
+            raise ConnectionLostError("no alert publisher in this system")
+        return await self.peer.call("poll_alerts", cursor, self.max_batches, self.poll_timeout)
 
     def subscribe(self, identity: str, request: Mapping[str, Any]) -> Subscription:
         """A subscription from a client's ``subscribe`` frame; clear errors for bad ones."""
@@ -154,10 +143,12 @@ class AlertStream:
         return {
             "connected": self.peer is not None, "cursor": self.cursor, "batches": self.batches,
             "alerts": self.alerts, "missedBatches": self.missed, "pollErrors": self.poll_errors,
+            "skippedBatches": self.follower.failed,
             "subscribers": [
                 {"name": s.name, "full": s.filter is None,
                  "filter": s.filter.expression if s.filter else None, "delivered": s.delivered,
-                 "dropped": s.dropped, "queued": s.queue.qsize(), "lagging": s.lagging}
+                 "dropped": s.dropped, "queued": s.queue.qsize(), "lagging": s.lagging,
+                 "filterFailures": s.failures}
                 for s in self.fanout.subscribers.values()
             ],
         }  # fmt: skip
@@ -184,7 +175,8 @@ def setup_alert_stream(
 ) -> AlertStream:
     """Add the stream and archive routes to the gateway, fed by the AlertPublisher if any."""
     handle = components.get(publisher_name(component_configs))
-    return setup_alert_routes(app, auth, ActorPeer(handle) if handle else None, brokers)
+    peer = ActorPeer.of_handle(PUBLISHER, handle) if handle else None
+    return setup_alert_routes(app, auth, peer, brokers)
 
 
 def setup_alert_routes(
@@ -197,19 +189,11 @@ def setup_alert_routes(
     stream = AlertStream(peer, brokers, fanout)
     app[ALERT_STREAM] = stream
     app[ALERT_AUTH] = auth
-    app.cleanup_ctx.append(_run_pump)
+    app.cleanup_ctx.append(background("gateway-alert-pump", lambda a: a[ALERT_STREAM].pump()))
     app.router.add_get("/alerts/v1/stream", stream_handler)
     app.router.add_get("/api/v1/alert-stream", stream_status)
     app.router.add_get("/api/v1/alerts/{diaSourceId}", fetch_alert)
     return stream
-
-
-async def _run_pump(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(app[ALERT_STREAM].pump(), name="gateway-alert-pump")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 def _identity(request: web.Request) -> str:
@@ -313,13 +297,12 @@ def _subscribed(sub: Subscription) -> str:
 
 async def _writer(ws: web.WebSocketResponse, sub: Subscription) -> None:
     """Send this subscriber's queue, reporting drops; it may wait on a slow socket alone."""
-    reported = 0
     try:
         while not ws.closed:
             message = await sub.queue.get()
-            if sub.dropped != reported:
-                reported = sub.dropped
-                await ws.send_str(_frame("dropped", count=sub.dropped))
+            dropped = sub.queue.new_drops()
+            if dropped is not None:
+                await ws.send_str(_frame("dropped", count=dropped))
             await ws.send_bytes(message.packet)
     except ConnectionError as e:
         log.info("alert subscriber %s went away: %s", sub.name, e)

@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
-from dataclasses import dataclass
 
 from aiohttp import web
 
 from commands.protocol import Codec, Frame, Op, frame
+from state.fanout import DropOldestQueue, TopicFilter
+
+log = logging.getLogger("dmcs.gateway")
+
+#: What the codecs raise for a value they cannot encode: an int wider than 64 bits or a lone
+#: surrogate for msgpack, an unknown type, a structure nested too deep.
+ENCODE_ERRORS = (TypeError, ValueError, OverflowError, RecursionError)
 
 
-@dataclass(frozen=True, slots=True)
-class Subscription:
-    components: frozenset[str] | None
-    topics: frozenset[str] | None
-
-    def wants(self, component: str, topic: str) -> bool:
-        return (self.components is None or component in self.components) and (
-            self.topics is None or topic in self.topics
-        )
+def encode_frame(codec: Codec, message: Frame) -> bytes | str | None:
+    """``message`` encoded, or None (logged) when it cannot be: the caller skips it."""
+    try:
+        return codec.encode(message)
+    except ENCODE_ERRORS as e:
+        what = message.get("event", {}) if message.get("op") == Op.EVENT else message
+        log.warning(
+            "cannot encode a %s frame (%s %s/%s) as %s: %s: %s",
+            message.get("op"), what.get("component", "-"), what.get("topic", "-"),
+            what.get("seq", "-"), "msgpack" if codec.binary else "JSON", type(e).__name__, e,
+        )  # fmt: skip
+        return None
 
 
 class Channel:
@@ -30,42 +40,57 @@ class Channel:
         self.ws = ws
         self.codec = codec
         self.identity = identity
-        self.subscriptions: dict[int, Subscription] = {}
+        self.subscriptions: dict[int, TopicFilter] = {}
         self.in_flight = 0
-        self.dropped = 0
-        self._reported_dropped = 0
+        #: Frames for this client that could not be encoded, and so were skipped.
+        self.encode_failures = 0
         self._control: deque[bytes | str] = deque()
-        self._events: deque[bytes | str] = deque(maxlen=max_events)
+        self._events: DropOldestQueue[bytes | str] = DropOldestQueue(max_events)
         self._wakeup = asyncio.Event()
+
+    @property
+    def dropped(self) -> int:
+        """Events pushed out of the queue because this client did not read them in time."""
+        return self._events.dropped
 
     def wants(self, component: str, topic: str) -> bool:
         return any(s.wants(component, topic) for s in self.subscriptions.values())
 
-    def send(self, message: Frame) -> None:
-        self._control.append(self.codec.encode(message))
+    def send(self, message: Frame) -> bool:
+        """Queue a control frame; False (counted) when it cannot be encoded."""
+        encoded = encode_frame(self.codec, message)
+        if encoded is None:
+            self.encode_failures += 1
+            return False
+        self._control.append(encoded)
         self._wakeup.set()
+        return True
 
     def send_event(self, encoded: bytes | str) -> None:
-        if len(self._events) == self._events.maxlen:
-            self.dropped += 1
-        self._events.append(encoded)
+        self._events.put(encoded)
         self._wakeup.set()
 
     async def write_loop(self) -> None:
         """Send queued frames until the socket closes; owned by the connection handler."""
-        while not self.ws.closed:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._control or self._events:
-                if self.ws.closed:
-                    return
-                if self._control:
-                    await self._send_raw(self._control.popleft())
-                    continue
-                if self.dropped != self._reported_dropped:
-                    self._reported_dropped = self.dropped
-                    await self._send_raw(self.codec.encode(frame(Op.DROPPED, count=self.dropped)))
-                await self._send_raw(self._events.popleft())
+        try:
+            while not self.ws.closed:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                await self._flush()
+        except ConnectionError as e:
+            log.info("client %r went away: %s", self.identity, e)
+
+    async def _flush(self) -> None:
+        while self._control or not self._events.empty():
+            if self.ws.closed:
+                return
+            if self._control:
+                await self._send_raw(self._control.popleft())
+                continue
+            dropped = self._events.new_drops()
+            if dropped is not None:
+                await self._send_raw(self.codec.encode(frame(Op.DROPPED, count=dropped)))
+            await self._send_raw(self._events.get_nowait())
 
     async def _send_raw(self, payload: bytes | str) -> None:
         if isinstance(payload, bytes):

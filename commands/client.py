@@ -19,7 +19,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -37,6 +37,7 @@ from state.errors import (
     InvalidInputError,
 )
 from state.events import Event
+from state.fanout import DropOldestQueue, GapCounter, TopicFilter
 from state.states import State, parse_state, transition_path
 
 log = logging.getLogger("dmcs.client")
@@ -61,22 +62,12 @@ class _Pending:
 
 @dataclass(slots=True)
 class _Subscription:
-    components: frozenset[str] | None
-    topics: frozenset[str] | None
+    filter: TopicFilter
     snapshot: bool
-    queue: asyncio.Queue[Event]
-    dropped: int = 0
+    queue: DropOldestQueue[Event]
 
     def wants(self, event: Event) -> bool:
-        return (self.components is None or event.component in self.components) and (
-            self.topics is None or event.topic in self.topics
-        )
-
-    def put(self, event: Event) -> None:
-        if self.queue.full():
-            self.queue.get_nowait()
-            self.dropped += 1
-        self.queue.put_nowait(event)
+        return self.filter.wants(event.component, event.topic)
 
 
 class EventStream:
@@ -90,7 +81,7 @@ class EventStream:
     @property
     def dropped(self) -> int:
         """Events this client dropped because the stream was not read fast enough."""
-        return self._sub.dropped
+        return self._sub.queue.dropped
 
     def __aiter__(self) -> EventStream:
         return self
@@ -106,21 +97,6 @@ class EventStream:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-
-@dataclass(slots=True)
-class GapCounter:
-    """Counts events missing from the per-topic sequences a client has seen."""
-
-    last: dict[tuple[str, str], int] = field(default_factory=dict)
-    missing: int = 0
-
-    def see(self, event: Event) -> None:
-        key = (event.component, event.topic)
-        previous = self.last.get(key)
-        if previous is not None and event.seq > previous + 1:
-            self.missing += event.seq - previous - 1
-        self.last[key] = event.seq
 
 
 class Client:
@@ -142,6 +118,8 @@ class Client:
         self.identity = ""
         self.gaps = GapCounter()
         self.server_dropped = 0
+        #: Frames from the gateway that could not be decoded or handled (skipped).
+        self.bad_frames = 0
         self._subprotocol = SUBPROTOCOL_JSON if use_json else SUBPROTOCOL_MSGPACK
         self._codec = Codec(self._subprotocol)
         self._ids = itertools.count(1)
@@ -198,7 +176,7 @@ class Client:
             assert self._ws is not None
             async for message in self._ws:
                 if message.type in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
-                    self._dispatch(self._codec.decode(message.data))
+                    self._receive(message.data)
                     backoff = 0.1
             self._connected.clear()
             self._fail_pending(ConnectionLostError("connection to the gateway lost"))
@@ -212,6 +190,14 @@ class Client:
                     break
                 except ConnectionLostError as e:
                     log.warning("reconnect failed: %s; next try in %.1f s", e, backoff)
+
+    def _receive(self, payload: bytes | str) -> None:
+        """Handle one frame; one that cannot be decoded or handled is logged, counted, skipped."""
+        try:
+            self._dispatch(self._codec.decode(payload))
+        except Exception as e:  # noqa: BLE001 -- one bad frame must not stop the reader
+            self.bad_frames += 1
+            log.warning("skipped a frame from the gateway: %s: %s", type(e).__name__, e)
 
     def _fail_pending(self, error: Exception) -> None:
         pending, self._pending = self._pending, {}
@@ -231,7 +217,7 @@ class Client:
                 target = message.get("sub")
                 for sub_id, sub in self._subs.items():
                     if sub.wants(event) and (not snapshot or (sub.snapshot and target == sub_id)):
-                        sub.put(event)
+                        sub.queue.put(event)
             case Op.ERROR:
                 pending = self._pending.pop(message.get("id"), None)  # type: ignore[arg-type]
                 error = InvalidInputError(f"{message.get('code')}: {message.get('message')}")
@@ -372,12 +358,7 @@ class Client:
 
     # ------------------------------------------------------------------- events
     def _subscribe_frame(self, sub_id: int, sub: _Subscription) -> dict[str, Any]:
-        return frame(
-            Op.SUBSCRIBE,
-            id=sub_id,
-            components=sorted(sub.components) if sub.components else None,
-            topics=sorted(sub.topics) if sub.topics else None,
-        )
+        return frame(Op.SUBSCRIBE, id=sub_id, **sub.filter.to_wire())
 
     async def open_subscription(
         self,
@@ -392,10 +373,7 @@ class Client:
         """
         sub_id = next(self._ids)
         sub = _Subscription(
-            frozenset(components) if components else None,
-            frozenset(topics) if topics else None,
-            snapshot,
-            asyncio.Queue(self.subscription_queue),
+            TopicFilter.of(components, topics), snapshot, DropOldestQueue(self.subscription_queue)
         )
         confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._subs[sub_id] = sub

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,7 +13,8 @@ from ray.exceptions import RayError
 
 from commands.alert_stream import setup_alert_stream
 from commands.auth import Authenticator
-from commands.channel import Channel, Subscription
+from commands.background import background
+from commands.channel import Channel
 from commands.dashboard.routes import setup_dashboard
 from commands.hub import Hub
 from commands.metrics import GatewayMetrics
@@ -37,6 +37,7 @@ from state.events import (
     REPROCESS_TELEMETRY,
     EventKind,
 )
+from state.fanout import TopicFilter
 
 HUB = web.AppKey("hub", Hub)
 AUTH = web.AppKey("auth", Authenticator)
@@ -74,7 +75,8 @@ def make_app(
     app[CONFIG] = config
     app[OCS_IDENTITIES] = ocs_identities
     app[BATCH_IDENTITIES] = frozenset(config.batch_identities)
-    app.cleanup_ctx.append(_run_pump)
+    app.cleanup_ctx.append(_close_hub)
+    app.cleanup_ctx.append(background("gateway-bus-pump", lambda a: a[HUB].pump()))
     app.router.add_get("/ws", websocket_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -89,12 +91,9 @@ def make_app(
     return app
 
 
-async def _run_pump(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(app[HUB].pump(), name="gateway-bus-pump")
+async def _close_hub(app: web.Application) -> AsyncIterator[None]:
+    """After the pump has stopped: send the OCS input still queued, close every client."""
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
     await app[HUB].close()
     for channel in list(app[HUB].channels):
         await channel.ws.close()
@@ -279,8 +278,8 @@ async def _handle_frame(
             tg.create_task(_command(hub, channel, message))
         case Op.SUBSCRIBE:
             sub_id = message["id"]
-            channel.subscriptions[sub_id] = Subscription(
-                _names(message.get("components")), _names(message.get("topics"))
+            channel.subscriptions[sub_id] = TopicFilter.of(
+                message.get("components"), message.get("topics")
             )
             channel.send(frame(Op.SUBSCRIBED, id=sub_id))
             hub.snapshot_for(channel, sub_id)
@@ -314,12 +313,6 @@ async def _command(hub: Hub, channel: Channel, message: dict[str, Any]) -> None:
         )
     finally:
         channel.in_flight -= 1
-
-
-def _names(values: list[Any] | None) -> frozenset[str] | None:
-    if not values or "*" in values:
-        return None
-    return frozenset(str(v) for v in values)
 
 
 class _TooLarge(InvalidInputError):

@@ -3,19 +3,18 @@ out to connected clients, and publishes OCS input onto the bus."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 from ray.actor import ActorHandle
 from ray.exceptions import RayActorError, RayError
 
+from actors.bus import follow_bus
 from actors.ordered_sender import OrderedSender
-from commands.channel import Channel
+from commands.channel import Channel, encode_frame
 from commands.metrics import GatewayMetrics
 from commands.protocol import Codec, Op, frame
 from commands.status import StatusBoard
@@ -23,6 +22,7 @@ from state.acks import Ack, AckCode
 from state.clock import tai_now
 from state.command import Command
 from state.events import Event, EventKind
+from state.fanout import TopicFilter
 
 log = logging.getLogger("dmcs.gateway")
 
@@ -42,7 +42,10 @@ class Hub:
         self.board = StatusBoard(list(components))
         self.channels: set[Channel] = set()
         self.latest: dict[tuple[str, str], dict[str, Any]] = {}
-        self.pumping = False
+        #: Event frames that could not be encoded (per event and encoding, and per snapshot
+        #: frame) and listener calls that raised: each skipped, logged and counted.
+        self.encode_failures = 0
+        self.listener_failures = 0
         #: Called with every event from the bus before it is fanned out (the dashboard).
         self.listeners: list[Callable[[Event], None]] = []
         self._seq = itertools.count(1)
@@ -50,6 +53,16 @@ class Hub:
         #: OCS input goes to the bus in order (see actors.ordered_sender).
         self._input = OrderedSender(self.bus.publish_many.remote, "gateway-ocs-input")
         self._codecs = {True: Codec(None), False: Codec("dmcs.v1.json")}
+        self.follower = follow_bus(
+            bus, "gateway", TopicFilter(), self._dispatch, log=log, queue_size=50_000,
+            max_events=2000, on_dropped=self.metrics.bus_dropped.set,
+            on_failure=lambda _wire, _error: self.metrics.events_skipped.inc(),
+        )  # fmt: skip
+
+    @property
+    def pumping(self) -> bool:
+        """Whether the event pump is subscribed to the bus."""
+        return self.follower.connected
 
     # ------------------------------------------------------------------- commands
     async def run_command(
@@ -122,48 +135,44 @@ class Hub:
 
     # ---------------------------------------------------------------- event pump
     async def pump(self) -> None:
-        """Pull every event from the bus and fan it out; resubscribe if the bus restarts."""
-        sid = f"gateway-{uuid.uuid4().hex[:8]}"
-        backoff = 0.1
-        while True:
-            try:
-                for wire in await self.bus.subscribe.remote(sid, None, None, 50_000):
-                    self._dispatch(wire)
-                self.pumping = True
-                while True:
-                    batch = await self.bus.poll.remote(sid, 2000, 1.0)
-                    if not batch["known"]:
-                        break
-                    for wire in batch["events"]:
-                        self._dispatch(wire)
-                    self.metrics.bus_dropped.set(batch["dropped"])
-                    backoff = 0.1
-            except RayError as e:
-                self.pumping = False
-                log.warning("event bus unreachable (%s); retrying in %.1f s", e, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+        """Pull every event from the bus and fan it out, forever (see state.fanout.Follower)."""
+        await self.follower.run()
 
-    def _dispatch(self, wire: dict[str, Any]) -> None:
+    def _dispatch(self, wire: dict[str, Any], snapshot: bool = False) -> None:
         event = Event.from_wire(wire)
         self.board.update(event)
         for listener in self.listeners:
-            listener(event)
+            try:
+                listener(event)
+            except Exception:  # a listener's bug must not stop the fan-out
+                self.listener_failures += 1
+                log.exception(
+                    "event listener %r failed on %s/%s", listener, event.component, event.topic
+                )
         self.latest[(event.component, event.topic)] = wire
         self.metrics.events.inc()
-        encoded: dict[bool, bytes | str] = {}
+        encoded: dict[bool, bytes | str | None] = {}
         for channel in self.channels:
             if channel.wants(event.component, event.topic):
                 binary = channel.codec.binary
                 if binary not in encoded:
-                    encoded[binary] = self._codecs[binary].encode(
-                        frame(Op.EVENT, event=wire, snapshot=False)
-                    )
-                channel.send_event(encoded[binary])
+                    message = frame(Op.EVENT, event=wire, snapshot=False)
+                    encoded[binary] = encode_frame(self._codecs[binary], message)
+                    if encoded[binary] is None:
+                        self._failed_encoding()
+                payload = encoded[binary]
+                if payload is not None:
+                    channel.send_event(payload)
 
     def snapshot_for(self, channel: Channel, sub_id: int) -> None:
         """Send the latest event of every matching (component, topic) to a new subscription."""
         subscription = channel.subscriptions[sub_id]
         for (component, topic), wire in list(self.latest.items()):
-            if subscription.wants(component, topic):
-                channel.send(frame(Op.EVENT, event=wire, snapshot=True, sub=sub_id))
+            if not subscription.wants(component, topic):
+                continue
+            if not channel.send(frame(Op.EVENT, event=wire, snapshot=True, sub=sub_id)):
+                self._failed_encoding()
+
+    def _failed_encoding(self) -> None:
+        self.encode_failures += 1
+        self.metrics.encode_failures.inc()

@@ -27,6 +27,16 @@ class GatewayMetrics:
         self.client_dropped = Counter(
             "dmcs_client_dropped", "Events dropped for slow clients", registry=self.registry
         )
+        self.encode_failures = Counter(
+            "dmcs_event_encode_failures",
+            "Event frames skipped because they could not be encoded for a client",
+            registry=self.registry,
+        )
+        self.events_skipped = Counter(
+            "dmcs_events_skipped",
+            "Events from the bus skipped because handling them raised (logged)",
+            registry=self.registry,
+        )
         self.connections = Gauge(
             "dmcs_ws_connections", "Open WebSocket connections", registry=self.registry
         )

@@ -10,7 +10,6 @@ failures are queued (bounded, oldest dropped first) and sent in order.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import time
@@ -20,6 +19,7 @@ import aiohttp
 
 from base.reprocess.observer import RunObserver
 from state.clock import tai_now
+from state.fanout import DropOldestQueue
 
 log = logging.getLogger("dmcs.reprocess.telemetry")
 
@@ -42,18 +42,24 @@ class RunTelemetry(RunObserver):
         self.token = token
         self.interval = interval
         self.sent = 0
-        self.dropped = 0
+        #: Unsent when the run ended (what the bounded failure queue pushed out is added).
+        self._unsent_at_close = 0
         self.refused: str | None = None
         self._state: dict[str, Any] = {}
         self._phase_started = time.monotonic()
         self._phase_done0 = 0
-        self._failures: collections.deque[dict[str, Any]] = collections.deque()
+        self._failures: DropOldestQueue[dict[str, Any]] = DropOldestQueue(MAX_QUEUED)
         self._progress_due = False
         self._urgent = False
         self._last_progress = 0.0
         self._wake = asyncio.Event()
         self._closing = False
         self._unreachable = False
+
+    @property
+    def dropped(self) -> int:
+        """Telemetry lost: failures pushed out of the full queue, and what was unsent at close."""
+        return self._failures.dropped + self._unsent_at_close
 
     def stats(self) -> dict[str, Any]:
         return {"sent": self.sent, "dropped": self.dropped, "refused": self.refused}
@@ -95,11 +101,8 @@ class RunTelemetry(RunObserver):
     def failure(self, unit: str, reason: str, attempt: int, final: bool) -> None:
         if final:
             self._state["failed"] = self._state.get("failed", 0) + 1
-        if len(self._failures) >= MAX_QUEUED:
-            self._failures.popleft()
-            self.dropped += 1
         failure = {"unit": unit, "reason": reason, "attempt": attempt, "final": final}
-        self._failures.append({"run": self._state.get("run", ""), **failure})
+        self._failures.put({"run": self._state.get("run", ""), **failure})
         self._due(urgent=final)
 
     def ended(self, status: str) -> None:
@@ -128,7 +131,7 @@ class RunTelemetry(RunObserver):
                 if self.refused is None:
                     await self._send_due(session, force=closing)
                 if closing:
-                    self.dropped += len(self._failures) + self._progress_due
+                    self._unsent_at_close += len(self._failures) + self._progress_due
                     return
                 await self._sleep(self._next_wait())
 
@@ -153,10 +156,10 @@ class RunTelemetry(RunObserver):
             await asyncio.wait_for(self._wake.wait(), seconds)
 
     async def _send_due(self, session: aiohttp.ClientSession, force: bool) -> None:
-        while self._failures:
-            if not await self._post(session, "reprocessFailure", self._failures[0]):
+        while not self._failures.empty():
+            if not await self._post(session, "reprocessFailure", self._failures.peek()):
                 return
-            self._failures.popleft()
+            self._failures.get_nowait()
         ready = force or self._urgent or time.monotonic() - self._last_progress >= self.interval
         if self._progress_due and self._state and ready:
             self._progress_due = self._urgent = False

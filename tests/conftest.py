@@ -16,6 +16,33 @@ from base.postgres import postgres_dsn
 if TYPE_CHECKING:
     from commands.server import RunningSystem
 
+#: Test tiers: a test that uses one of these fixtures (directly or through another fixture)
+#: gets the marker, so ``-m "not ray and not postgres and not browser"`` (``scripts/test.sh
+#: --fast``) runs the tests that need none of them.
+TIER_FIXTURES = {
+    "ray_session": "ray",
+    "system_factory": "ray",
+    "pg_dsn": "postgres",
+    "browser": "browser",
+}
+TIER_MARKERS = {
+    "ray": "needs a local Ray (the ray_session fixture)",
+    "postgres": "needs PostgreSQL (the pg_dsn fixture)",
+    "browser": "needs Chromium (the dashboard's browser tests)",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, why in TIER_MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {why}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        for marker in sorted({TIER_FIXTURES[f] for f in used & TIER_FIXTURES.keys()}):
+            item.add_marker(marker)
+
 
 @pytest.fixture(scope="session")
 def artifacts_dir() -> Path:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -122,12 +124,37 @@ def test_fanout_limits_and_slow_subscriber(visit: tuple) -> None:
         broker_msgs = [broker.queue.get_nowait() for _ in range(broker.queue.qsize())]
         assert len(broker_msgs) == 400 and stats.n_alerts == 400
     assert time.perf_counter() - t0 < 5.0
-    # The slow subscriber filled its 30 slots, then dropped and was marked lagging.
-    # visit 0: 20 queued; visit 1: 10 fit, 10 dropped; visit 2: 20 dropped -> 30 > 15: lagging.
-    assert slow.queue.qsize() == 30 and slow.dropped == 30
+    # The slow subscriber filled its 30 slots, then lost the oldest and was marked lagging.
+    # visit 0: 20 queued; visit 1: 10 fit, 10 oldest out; visit 2: 20 out -> 30 > 15: lagging.
+    assert slow.queue.qsize() == 30 and slow.dropped == 30 and slow.delivered == 30
     assert slow.lagging and all(not s.lagging and s.dropped == 0 for s in fast)
-    first_msgs = [slow.queue.get_nowait() for _ in range(30)]
-    assert first_msgs[-1].seq == 30
+    kept = [slow.queue.get_nowait() for _ in range(30)]
+    assert [m.seq for m in kept] == list(range(31, 61))  # the newest 30; the gap is 1-30
+
+
+def test_a_filter_that_fails_costs_its_subscriber_that_batch_alone(visit: tuple) -> None:
+    """A filter that raises while evaluating (e.g. an overflow that its compile checks did not
+    foresee) loses that subscriber the batch, counted; the others, and its next batch, go on."""
+    src, objects, ss, packets = visit
+    table = alert_table(src, objects, ss)
+    fan = AlertFanout(queue_size=100)
+    calls = 0
+
+    def overflow_once(get: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OverflowError("Python integer out of bounds for int64")
+        return get("diaSource.snr") > 0
+
+    bright = compile_filter("diaSource.snr > 0")
+    flaky = fan.subscribe("flaky", dataclasses.replace(bright, _root=overflow_once))
+    steady = fan.subscribe("steady", bright)
+    broker = fan.subscribe("broker", full_stream=True)
+    for v in range(2):
+        fan.publish_visit(v, src["diaSourceId"], packets, table)
+    assert (flaky.failures, flaky.delivered) == (1, 20)
+    assert (steady.failures, steady.delivered, broker.delivered) == (0, 40, 800)
 
 
 def test_fanout_rejects_bad_subscriptions() -> None:

@@ -176,6 +176,7 @@ async def test_duplicate_deliveries_register_once(
     await registry_matches(pg_dsn, schema, [readout])
 
 
+@pytest.mark.postgres  # its own private PostgreSQL, not the pg_dsn fixture
 async def test_postgres_restart_during_ingest_is_retried(tmp_path: Path, camera: Camera) -> None:
     pgdata = tmp_path / "pg"
     with private_postgres(pgdata) as dsn:

@@ -5,15 +5,17 @@ batches (one per CCD) of serialized packets plus a columnar filter table; every 
 subscriber's filter runs over a whole batch as one vectorised mask, and the first
 ``per_visit_limit`` (20, DMS-REQ-0343) passing alerts of each visit, over all its batches, are
 offered to its queue; a subscriber that has its 20 for a visit is not filtered again for that
-visit. Full-stream subscribers (authorised brokers) get everything. Queues are bounded;
-``put_nowait`` never waits: an alert that does not fit is dropped and counted, and a subscriber
-whose drops pass ``max_drops`` is marked ``lagging`` so the gateway can disconnect it. Each
-delivered message carries a per-subscriber sequence number, so a reader sees its gaps.
+visit. Full-stream subscribers (authorised brokers) get everything. Queues are bounded and
+never wait (:class:`~state.fanout.DropOldestQueue`): when one is full the oldest alert is
+dropped and counted, and a subscriber whose drops pass ``max_drops`` is marked ``lagging`` so
+the gateway can disconnect it. Each delivered message carries a per-subscriber sequence
+number, so a reader sees its gaps. A subscriber whose filter fails on a batch loses that batch
+alone (counted in ``failures``, logged); the others still get it.
 """
 
 from __future__ import annotations
 
-import asyncio
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -22,8 +24,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from state.errors import InvalidInputError
+from state.fanout import DropOldestQueue
 
 from .filters import AlertFilter
+
+log = logging.getLogger("dmcs.alerts.stream")
 
 #: Visits whose per-subscriber counts are kept (visits interleave only at their boundaries).
 _VISITS_REMEMBERED = 16
@@ -41,16 +46,27 @@ class StreamMessage:
 class Subscription:
     name: str
     filter: AlertFilter | None  # None = full stream
-    queue: asyncio.Queue[StreamMessage]
+    queue: DropOldestQueue[StreamMessage]
     per_visit_limit: int | None
     max_drops: int
-    delivered: int = 0
-    dropped: int = 0
+    offered: int = 0
+    #: Batches this subscriber lost because filtering them raised.
+    failures: int = 0
     seq: int = 0
     lagging: bool = False
     last_visit_matches: int = 0
     filter_seconds: float = 0.0
     visit_counts: OrderedDict[int, int] = field(default_factory=OrderedDict)
+
+    @property
+    def dropped(self) -> int:
+        """Alerts pushed out of the queue before the subscriber read them."""
+        return self.queue.dropped
+
+    @property
+    def delivered(self) -> int:
+        """Alerts sent, or queued to be sent."""
+        return self.offered - self.queue.dropped
 
     def remaining(self, visit: int) -> int | None:
         """How many more alerts of ``visit`` this subscriber may get (None: no limit)."""
@@ -69,12 +85,9 @@ class Subscription:
     ) -> None:
         for sid, packet in zip(ids, packets, strict=True):
             self.seq += 1
-            try:
-                self.queue.put_nowait(StreamMessage(self.seq, msg_visit, sid, packet))
-                self.delivered += 1
-            except asyncio.QueueFull:
-                self.dropped += 1
-        if self.dropped > self.max_drops:
+            self.queue.put(StreamMessage(self.seq, msg_visit, sid, packet))
+        self.offered += len(ids)
+        if self.queue.dropped > self.max_drops:
             self.lagging = True
 
 
@@ -116,9 +129,7 @@ class AlertFanout:
         sub = Subscription(
             name=name,
             filter=alert_filter,
-            queue=asyncio.Queue(
-                maxsize=self.full_stream_queue_size if full_stream else self.queue_size
-            ),
+            queue=DropOldestQueue(self.full_stream_queue_size if full_stream else self.queue_size),
             per_visit_limit=None if full_stream else self.per_visit_limit,
             max_drops=self.max_drops,
         )
@@ -152,15 +163,14 @@ class AlertFanout:
             if sub.filter is None:
                 sub.offer(visit, ids, packets)
                 continue
-            room = sub.remaining(visit)
-            if room is not None and room <= 0:
-                continue
-            t = time.perf_counter()
-            hits = np.flatnonzero(sub.filter.mask(table, n))[:room]
-            sub.filter_seconds += time.perf_counter() - t
-            sub.last_visit_matches = len(hits)
-            sub.count(visit, len(hits))
-            sub.offer(visit, [ids[i] for i in hits], [packets[i] for i in hits])
+            try:
+                self._offer_filtered(sub, sub.filter, visit, ids, packets, table)
+            except Exception as e:  # noqa: BLE001 -- one subscriber's filter, one batch
+                sub.failures += 1
+                log.warning(
+                    "alert subscriber %s lost a batch of visit %d: its filter %r raised %s: %s",
+                    sub.name, visit, sub.filter.expression, type(e).__name__, e,
+                )  # fmt: skip
         return PublishStats(
             visit,
             n,
@@ -168,3 +178,22 @@ class AlertFanout:
             {s.name: s.delivered for s in self._subs.values()},
             {s.name: s.dropped for s in self._subs.values()},
         )
+
+    @staticmethod
+    def _offer_filtered(
+        sub: Subscription,
+        alert_filter: AlertFilter,
+        visit: int,
+        ids: Sequence[int],
+        packets: Sequence[bytes | memoryview],
+        table: Mapping[str, np.ndarray],
+    ) -> None:
+        room = sub.remaining(visit)
+        if room is not None and room <= 0:
+            return
+        t = time.perf_counter()
+        hits = np.flatnonzero(alert_filter.mask(table, len(packets)))[:room]
+        sub.filter_seconds += time.perf_counter() - t
+        sub.last_visit_matches = len(hits)
+        sub.count(visit, len(hits))
+        sub.offer(visit, [ids[i] for i in hits], [packets[i] for i in hits])

@@ -10,16 +10,15 @@ alarm's component's authorized list, as commands do (CMD_NOPERM otherwise).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from commands.auth import Authenticator
+from commands.background import background
 from commands.dashboard.alarms import AlarmError
 from commands.dashboard.service import Dashboard
 from commands.hub import Hub
@@ -51,7 +50,7 @@ def setup_dashboard(
     hub.listeners.append(dashboard.observe)
     app[DASHBOARD] = dashboard
     app[DASHBOARD_AUTH] = auth
-    app.cleanup_ctx.append(_run_tick)
+    app.cleanup_ctx.append(background("dashboard-tick", lambda a: a[DASHBOARD].run()))
     r = app.router
     r.add_get("/", _redirect)
     r.add_get("/dashboard", _redirect)
@@ -65,14 +64,6 @@ def setup_dashboard(
     r.add_get("/api/v1/alarms", alarms)
     r.add_post("/api/v1/alarms/{name}/{action:acknowledge|mute|unmute}", alarm_action)
     return dashboard
-
-
-async def _run_tick(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(app[DASHBOARD].run(), name="dashboard-tick")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def _redirect(request: web.Request) -> web.Response:
