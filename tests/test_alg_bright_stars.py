@@ -11,7 +11,9 @@ from __future__ import annotations
 from functools import cache
 
 import numpy as np
+import pytest
 
+from algorithms.model_noise import add_model_error
 from algorithms.pipeline import CcdResult, ExposureInfo, ReferenceCatalog, Template, run_ccd
 from algorithms.psf import KernelPsf, WingedPsf
 from algorithms.psf_wings import Moffat, extend_kernel, fit_moffat
@@ -91,3 +93,44 @@ def test_no_stamp_shaped_residual_around_bright_unsaturated_stars() -> None:
             assert abs(float(np.mean(ann))) < 0.15, (seed, x, y, float(np.mean(ann)))
     assert n_stars >= 4
     assert n_ring == 0
+
+
+def test_model_error_is_measured_and_covers_what_subtraction_leaves() -> None:
+    rng = np.random.default_rng(3)
+    n, sigma = 256, 1.8
+    static = np.zeros((n, n), np.float32)
+    diff = rng.normal(0.0, 30.0, (n, n)).astype(np.float32)
+    kern = moffat_kernel(4.2, 3.0, 41)
+    for k in range(12):
+        x, y = 30 + 40 * (k % 5), 30 + 45 * (k // 5)
+        stamp = 2e6 * kern
+        static[y - 20 : y + 21, x - 20 : x + 21] += stamp
+        # what a 2 % shape error leaves: a ring of either sign around each star
+        ring = stamp - np.roll(stamp, 1, axis=0)
+        diff[y - 20 : y + 21, x - 20 : x + 21] += rng.choice([-1, 1]) * 0.6 * ring
+    var = np.full((n, n), 900.0, np.float32)
+    mask = np.zeros((n, n), np.int32)
+    clean_var = var.copy()
+    eps = add_model_error(diff, var, mask, static, sigma)
+    assert 0.003 < eps <= 0.05
+    assert (var >= clean_var).all() and var.max() > 10 * clean_var.max()
+    assert add_model_error(rng.normal(0, 30, (n, n)).astype(np.float32), clean_var.copy(),
+                           mask, static, sigma) == 0.0  # fmt: skip
+    with pytest.raises(ValueError, match="shapes"):
+        add_model_error(diff, var[:10], mask, static, sigma)
+    with pytest.raises(ValueError, match="psf_sigma"):
+        add_model_error(diff, var, mask, static, 0.0)
+
+
+def test_no_false_detections_on_bright_star_cores_and_transients_kept() -> None:
+    n_false = n_found = n_transients = 0
+    for seed in (1, 2):
+        v, r = _bright_field(seed)
+        assert r.summary["diff_model_error"] > 0.0
+        d, false = r.diasources, _false(v, r)
+        for x, y in zip(*_bright_stars(v), strict=True):
+            n_false += int((false & (np.hypot(d["x"] - x, d["y"] - y) < 25.0)).sum())
+        n_transients += len(v.truth_transients["x"])
+        n_found += int((~false).sum())
+    assert n_false == 0
+    assert n_found >= n_transients - 4  # the faint ones (S/N 4-6) may fall below threshold
