@@ -88,10 +88,28 @@
     }).join("") || '<tr><td colspan="6" class="muted">no alarms</td></tr>';
   }
 
+  // Focal-plane geometry per camera name, fetched once: an object, "pending" or "unknown".
+  const cameras = {};
+  function geometry(name) {
+    if (!name) return null;
+    if (cameras[name] === undefined) {
+      cameras[name] = "pending";
+      fetch("/api/v1/cameras/" + encodeURIComponent(name))
+        .then((r) => (r.ok ? r.json() : "unknown"))
+        .then((g) => { cameras[name] = g; dirty.add("all"); if (!timer) timer = setTimeout(render, 0); })
+        .catch(() => setTimeout(() => { delete cameras[name]; }, 5000));
+    }
+    return typeof cameras[name] === "object" ? cameras[name] : null;
+  }
+
   function renderNight() {
     const n = S.night;
     if (!n) return;
-    Plots.grid($("#ccd-grid"), n.visits, n.stages.length);
+    const latest = [...n.visits].reverse().find((v) => v.camera);
+    const camera = latest ? geometry(latest.camera) : null;
+    Plots.grid($("#ccd-grid"), n.visits.filter((v) => !camera || !v.camera || v.camera === camera.camera),
+      n.stages.length, camera);
+    Plots.focalPlane($("#focal-plane"), n.visits, n.stages, camera);
     const latencies = n.latency.map((p) => p[2]);
     Plots.histogram($("#latency-hist"), latencies, 60);
     Plots.series($("#latency-series"), n.latency.map((p) => [p[0], p[2]]), { budget: 60, label: "latency s", empty: "no visit latencies yet" });
