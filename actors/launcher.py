@@ -95,6 +95,6 @@ def launch(config: SystemConfig) -> System:
             get_if_exists=True,
             **places[spec.placement_role],
         ).remote(config.name, wire, config.heartbeat_interval, data_dir)
-        log.info("started component %s (%s) on a %s node", spec.name, spec.cls,
-                 spec.placement_role)  # fmt: skip
+        where = f" on a {spec.placement_role} node" if config.placement.by_role else ""
+        log.info("started component %s (%s)%s", spec.name, spec.cls, where)
     return system

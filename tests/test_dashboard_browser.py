@@ -311,6 +311,12 @@ async def test_lsstcam_lite_focal_plane_and_grid_show_all_189_ccds(
     assert read_out[2] > read_out[0] and read_out[1] < 150  # a dark blue stage colour
     assert failed[0] > 200 and failed[1] < 120  # #f85149
     await page.locator("#focal-plane").screenshot(path=str(artifacts_dir / "focal_plane.png"))
+    await page.select_option("#fp-visit", "300")  # an earlier visit, every CCD published
+    await page.wait_for_function(
+        "document.querySelector('#focal-plane').dataset.title"
+        " === 'visit 300 · lsstcam-lite · 188/189 CCDs published'",
+        timeout=5000,
+    )
     await page.locator("#ccd-grid").screenshot(path=str(artifacts_dir / "ccd_grid.png"))
 
 

@@ -142,7 +142,7 @@ const Plots = (() => {
   function stageColor(ccd, nStages) {
     if (!ccd) return "#21262d";
     const f = (ccd.stage + 1) / nStages;
-    return ccd.status !== 0 ? BUDGET : f >= 1 ? "#3fb950" : `hsl(210, 70%, ${25 + 35 * f}%)`;
+    return ccd.status !== 0 ? BUDGET : f >= 1 ? "#3fb950" : `hsl(${245 - 70 * f}, 65%, ${24 + 36 * f}%)`;
   }
 
   // Columns of the grid: every detector of the camera (grouped by raft) when its geometry is
@@ -204,14 +204,14 @@ const Plots = (() => {
     canvas.dataset.columns = String(columns.length);
   }
 
-  // The focal plane of the newest visit with CCD news: every detector at its position (mm,
+  // The focal plane of the chosen visit (else the newest with CCD news): every detector at its position (mm,
   // +y up), coloured by stage, each raft named in its centre cell; a legend of the stages.
   // The canvas keeps what it drew (data-title, data-transform, data-ccds) and names the CCD
   // under the pointer in its tooltip.
-  function focalPlane(canvas, visits, stages, geometry) {
+  function focalPlane(canvas, visits, stages, geometry, chosen) {
     const { ctx, width, height } = setup(canvas);
     canvas.dataset.ccds = "0";
-    const visit = [...visits].reverse().find((v) => Object.keys(v.ccds).length);
+    const visit = visits.find((v) => v.visit === chosen) || [...visits].reverse().find((v) => Object.keys(v.ccds).length);
     if (!geometry) return empty(ctx, width, height, visit ? "camera geometry not known" : "no visits yet");
     const dets = geometry.detectors, half = geometry.slotMm / 2;
     const xMin = Math.min(...dets.map((d) => d.x)) - half, xMax = Math.max(...dets.map((d) => d.x)) + half;
@@ -252,7 +252,10 @@ const Plots = (() => {
       }
     }
     ctx.fillStyle = INK;
-    const done = visit ? dets.filter((d) => (visit.ccds[String(d.id)] || {}).stage === stages.length - 1).length : 0;
+    const done = visit ? dets.filter((d) => {
+      const ccd = visit.ccds[String(d.id)];
+      return ccd && ccd.stage === stages.length - 1 && !ccd.status;
+    }).length : 0;
     const title = visit ? `visit ${visit.visit} · ${geometry.camera} · ${done}/${dets.length} CCDs published`
       : `${geometry.camera} · ${dets.length} CCDs`;
     ctx.fillText(title, 4, 12);
