@@ -12,7 +12,14 @@ from ray.actor import ActorHandle
 
 from actors.bus import EventBus
 from actors.component_actor import ComponentActor
-from actors.runtime import NAMESPACE, actor_name, bus_name
+from actors.runtime import (
+    NAMESPACE,
+    ROLE_CAPACITY,
+    ROLE_SHARE,
+    actor_name,
+    bus_name,
+    role_resource,
+)
 from config.system import SystemConfig
 from state.errors import ConfigurationError, StartupError
 
@@ -76,14 +83,33 @@ class System:
         self.components.clear()
 
 
+def placement(config: SystemConfig, role: str) -> dict[str, Any]:
+    """Actor options that keep an actor of ``role`` on nodes of that role (none without
+    ``[placement] by_role``); ``ConfigurationError`` when no node of the cluster offers it."""
+    if not config.placement.by_role:
+        return {}
+    resource = role_resource(role)
+    if ray.cluster_resources().get(resource, 0.0) < ROLE_SHARE:
+        raise ConfigurationError(
+            f"placement by role: no Ray node offers role {role!r}; start its nodes with "
+            f"ray start --resources '{{\"{resource}\": {ROLE_CAPACITY:g}}}'"
+        )
+    return {"resources": {resource: ROLE_SHARE}}
+
+
 def launch(config: SystemConfig) -> System:
     """Create the bus and the component actors on the connected Ray (see actors.runtime)."""
+    places = {
+        role: placement(config, role)
+        for role in {"base", *(c.placement_role for c in config.components)}
+    }
     bus = RemoteBus.options(
         name=bus_name(config.name),
         namespace=NAMESPACE,
         num_cpus=0,
         max_restarts=-1,
         get_if_exists=True,
+        **places["base"],
     ).remote()
     system = System(config=config, bus=bus)
     data_dir = str(config.data_dir.resolve())
@@ -96,6 +122,8 @@ def launch(config: SystemConfig) -> System:
             max_restarts=spec.max_restarts,
             max_task_retries=0,
             get_if_exists=True,
+            **places[spec.placement_role],
         ).remote(config.name, wire, config.heartbeat_interval, data_dir)
-        log.info("started component %s (%s)", spec.name, spec.cls)
+        where = f" on a {spec.placement_role} node" if config.placement.by_role else ""
+        log.info("started component %s (%s)%s", spec.name, spec.cls, where)
     return system

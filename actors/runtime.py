@@ -9,6 +9,7 @@ import time
 
 import ray
 
+from config.system import ROLES
 from state.errors import StartupError
 
 log = logging.getLogger("dmcs.runtime")
@@ -20,6 +21,15 @@ BATCH_RESOURCE = "dmcs_batch"
 DEFAULT_START_TIMEOUT = 120.0
 #: Ray's own wait for its GCS port; Ray reads it when it starts a node.
 _GCS_WAIT_ENV = "RAY_gcs_server_port_wait_time_s"
+#: Units of a role resource a node offers (``dmcs_role_<role>``), and what one actor takes:
+#: the resource marks a node's role, it does not ration anything.
+ROLE_CAPACITY = 1000.0
+ROLE_SHARE = 0.001
+
+
+def role_resource(role: str) -> str:
+    """The custom Ray resource marking nodes of ``role`` (``summit``, ``base``, ``batch``)."""
+    return f"dmcs_role_{role}"
 
 
 def init_ray(
@@ -32,7 +42,8 @@ def init_ray(
     """Connect to the cluster at ``address``, or start a private local Ray when it is None.
 
     A local Ray offers ``batch_slots`` units of :data:`BATCH_RESOURCE`, so that
-    ``dmcs reprocess --address`` can run batch work beside the live system on that many cores.
+    ``dmcs reprocess --address`` can run batch work beside the live system on that many cores,
+    and every role resource, so that placement by role finds its one node fit for anything.
     Ray gives up on a node that has not registered after a fixed 30 s (a loaded machine can
     take longer), so a failed start is retried until ``timeout`` seconds have passed; then
     StartupError says what did not start.
@@ -88,12 +99,20 @@ def _init_once(address: str | None, num_cpus: int | None, batch_slots: int, left
         os.environ[_GCS_WAIT_ENV] = str(max(30, int(left)))
     ray.init(
         num_cpus=num_cpus,
-        resources={BATCH_RESOURCE: batch_slots} if batch_slots else None,
+        resources=local_resources(batch_slots),
         namespace=NAMESPACE,
         include_dashboard=False,
         logging_level=logging.WARNING,
         log_to_driver=True,
     )
+
+
+def local_resources(batch_slots: int = 0) -> dict[str, float]:
+    """The custom resources of a single-node Ray: every role, and the batch slots."""
+    resources = {role_resource(r): ROLE_CAPACITY for r in ROLES}
+    if batch_slots:
+        resources[BATCH_RESOURCE] = float(batch_slots)
+    return resources
 
 
 def ray_address() -> str:

@@ -1,13 +1,14 @@
 """Camera focal planes: load, expand and validate the TOML files in ``config/cameras/``.
 
-A camera file gives the geometry (rafts of 3 x 3 CCDs, or an explicit detector list), the
-photometric system, the pixel scale and optionally a ``[sky]`` section (the simulated sky's
-star and transient densities, :class:`SkyConfig`); ``layouts.toml`` gives each CCD type's
-amplifier layout and the statistics of its electronics. Per-amplifier gain, read noise, bias
-level, full well, the crosstalk matrix and the defects (bad columns, hot pixels) are drawn from
-those statistics with ``random.Random`` seeded by the camera seed and the detector id, so a
-camera is the same object on every machine. The result is a tree of frozen pydantic models,
-validated once.
+A camera file gives the geometry (rafts of 3 x 3 CCDs, or an explicit detector list, or
+``geometry = "<camera>"`` to take another camera's rafts, with ``[raft_layouts]`` mapping a
+raft's vendor to the CCD layout used, as ``lsstcam-lite`` does), the photometric system, the
+pixel scale and optionally a ``[sky]`` section (the simulated sky's star and transient
+densities, :class:`SkyConfig`); ``layouts.toml`` gives each CCD type's amplifier layout and the
+statistics of its electronics. Per-amplifier gain, read noise, bias level, full well, the
+crosstalk matrix and the defects (bad columns, hot pixels) are drawn from those statistics with
+``random.Random`` seeded by the camera seed and the detector id, so a camera is the same object
+on every machine. The result is a tree of frozen pydantic models, validated once.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from state.errors import ConfigurationError
 CAMERA_DIR = Path(__file__).resolve().parent / "cameras"
 BANDS: tuple[str, ...] = ("u", "g", "r", "i", "z", "y")
 _NON_CAMERA_FILES = {"layouts", "photometry"}
+_GEOMETRY_KEYS = ("rafts", "raft_pitch_mm", "ccd_pitch_mm")
 
 
 class _Frozen(BaseModel):
@@ -267,9 +269,11 @@ def _detector(
 
 def _expand(raw: dict[str, Any], layouts: dict[str, Any]) -> list[dict[str, Any]]:
     seed = int(raw["seed"])
+    raft_layouts: dict[str, str] = raw.get("raft_layouts", {})
     specs: list[tuple[str, str, float, float]] = []
     for raft in raw.get("rafts", []):
         rname, vendor = raft["name"], raft["vendor"]
+        vendor = raft_layouts.get(vendor, vendor)
         ry, rx = int(rname[1]), int(rname[2])
         for sy in range(3):
             for sx in range(3):
@@ -288,6 +292,22 @@ def _expand(raw: dict[str, Any], layouts: dict[str, Any]) -> list[dict[str, Any]
     return out
 
 
+def _with_geometry(name: str, raw: dict[str, Any], known: tuple[str, ...]) -> dict[str, Any]:
+    """``raw`` with the rafts and pitches of the camera its ``geometry`` key names."""
+    source = raw.pop("geometry")
+    if source not in known or source == name:
+        raise ConfigurationError(
+            f"camera {name!r}: geometry {source!r} is not another camera of {', '.join(known)}"
+        )
+    base = _read_toml(CAMERA_DIR / f"{source}.toml")
+    if any(k in raw for k in _GEOMETRY_KEYS) or "rafts" not in base:
+        raise ConfigurationError(
+            f"camera {name!r}: takes its rafts from {source!r}, which must define them "
+            f"(and {name!r} must not)"
+        )
+    return {**raw, **{k: base[k] for k in _GEOMETRY_KEYS if k in base}}
+
+
 @cache
 def load_camera(name: str) -> Camera:
     """Load, expand and validate the camera ``name`` (e.g. ``"comcam"``); cached."""
@@ -295,15 +315,15 @@ def load_camera(name: str) -> Camera:
     if name not in known:
         raise ConfigurationError(f"unknown camera {name!r}; known cameras: {', '.join(known)}")
     raw = _read_toml(CAMERA_DIR / f"{name}.toml")
+    if "geometry" in raw:
+        raw = _with_geometry(name, raw, known)
     layouts = _read_toml(CAMERA_DIR / "layouts.toml")
     systems = _read_toml(CAMERA_DIR / "photometry.toml")
     try:
         system = raw.pop("photometric_system")
         photometry = systems[system]
         detectors = _expand(raw, layouts)
-        fields = {
-            k: v for k, v in raw.items() if k not in {"rafts", "raft_pitch_mm", "ccd_pitch_mm"}
-        }
+        fields = {k: v for k, v in raw.items() if k not in {*_GEOMETRY_KEYS, "raft_layouts"}}
         fields.pop("detectors", None)
         return Camera(**fields, photometry=photometry, detectors=detectors)
     except KeyError as e:

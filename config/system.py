@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -21,16 +21,41 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+#: Node roles of a deployment: the mountain, the base/archive centre, batch reprocessing.
+ROLES: tuple[str, ...] = ("summit", "base", "batch")
+
+
 class ComponentConfig(_Frozen):
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
     #: ``module:Class`` of the component (a :class:`state.controller.Controller` subclass).
     cls: str = Field(alias="class", pattern=r"^[\w.]+:\w+$")
+    #: The role of the nodes it runs on when ``[placement] by_role`` is set; default: ``summit``
+    #: for classes under ``summit.``, else ``base``.
+    role: Literal["summit", "base", "batch"] | None = None
     authorized: tuple[str, ...] = ()
     num_cpus: float = Field(default=0.0, ge=0)
     max_restarts: int = Field(default=3, ge=-1)
     queue_size: int = Field(default=16, ge=1)
     command_timeout: float = Field(default=60.0, gt=0)
     settings: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def placement_role(self) -> str:
+        """The role this component is placed by: its ``role``, else its package's side."""
+        return self.role or ("summit" if self.cls.startswith("summit.") else "base")
+
+
+class PlacementConfig(_Frozen):
+    """Where components run on a multi-node Ray cluster.
+
+    With ``by_role``, a component asks for a sliver of the custom resource
+    ``dmcs_role_<role>`` (``actors.runtime.role_resource``), so Ray places it only on nodes
+    started with that resource (``ray start --resources '{"dmcs_role_base": 1000}'``); the
+    event bus goes with the base components. The embedded single-node Ray offers every role,
+    so the default deployment runs everything on its one node either way.
+    """
+
+    by_role: bool = False
 
 
 class GatewayConfig(_Frozen):
@@ -63,6 +88,7 @@ class SystemConfig(_Frozen):
     startup_timeout: float = Field(default=120.0, gt=0)
     gateway: GatewayConfig = GatewayConfig()
     database: DatabaseConfig = DatabaseConfig()
+    placement: PlacementConfig = PlacementConfig()
     components: tuple[ComponentConfig, ...] = ()
 
     @field_validator("components")

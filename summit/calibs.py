@@ -72,8 +72,8 @@ class DetectorSignature:
             x0, y0 = drng.uniform(0, d.nx), drng.uniform(0, d.ny)
             rad = drng.uniform(25, 70)
             sl = np.s_[
-                max(0, int(y0 - rad - 8)) : int(y0 + rad + 8),
-                max(0, int(x0 - rad - 8)) : int(x0 + rad + 8),
+                max(0, int(y0 - rad - 8)) : min(d.ny, int(y0 + rad + 8)),
+                max(0, int(x0 - rad - 8)) : min(d.nx, int(x0 + rad + 8)),
             ]
             yy, xx = np.mgrid[sl]
             ring = np.exp(-0.5 * ((np.hypot(xx - x0, yy - y0) - rad) / 3.0) ** 2)

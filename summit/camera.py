@@ -125,6 +125,11 @@ class CameraSimulator:
         moving = self.sky.moving_catalog(float(ra_c), float(dec_c), radius + 0.01, visit.mjd_mid)
         return Catalog.concat([static, moving])
 
+    def footprint_catalog(self, visit: Visit, detector_id: int) -> Catalog:
+        """The sky objects the detector may see in the visit (its footprint plus 60\" margin)."""
+        det = self.camera.detector(detector_id)
+        return self._catalog(visit, det, self.wcs_params(det, self.true_pointing(visit)))
+
     def truth(self, visit: Visit, detector_id: int) -> Truth:
         """Every source whose light falls on the detector during the visit."""
         det = self.camera.detector(detector_id)

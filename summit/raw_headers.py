@@ -25,7 +25,7 @@ def section(x1: int, x2: int, y1: int, y2: int) -> str:
 
 
 #: Rubin obsid prefixes (docs/events.md); cameras without one get ``SM``.
-OBS_PREFIX = {"lsstcam": "MC", "comcam": "CC", "latiss": "AT", "mini": "MN"}
+OBS_PREFIX = {"lsstcam": "MC", "lsstcam-lite": "MC", "comcam": "CC", "latiss": "AT", "mini": "MN"}
 
 
 def obs_id(camera: Camera, visit: Visit) -> str:

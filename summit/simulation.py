@@ -155,9 +155,8 @@ def run_night(
                     else:
                         truth = sim.truth(v, det.id)
                     _store_truth(db, v, det.id, truth)
-                ra, dec, r = v.ra, v.dec, cam.field_radius_deg
-                _store_objects(db, sky.static_catalog(ra, dec, r))
-                _store_objects(db, sky.moving_catalog(ra, dec, r, v.mjd_mid))
+                    _store_objects(db, sim.footprint_catalog(v, det.id))
+            db.execute("CREATE INDEX objects_position ON objects (dec, ra)")
         db.close()
     except sqlite3.Error as e:
         raise StorageError(f"cannot write truth {out / TRUTH_FILE}: {e}") from e

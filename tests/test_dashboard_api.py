@@ -70,6 +70,17 @@ async def test_pages_and_static_files_are_served(running: RunningSystem) -> None
             assert r.status in (403, 404)
 
 
+async def test_camera_geometry_api(http: Callable[..., Awaitable[Any]]) -> None:
+    status, body = await http("GET", "/api/v1/cameras/lsstcam-lite")
+    assert status == 200 and body["camera"] == "lsstcam-lite" and len(body["detectors"]) == 189
+    first = body["detectors"][0]
+    assert first == {"id": 0, "name": "R01_S00", "raft": "R01", "x": -169.25, "y": -296.25,
+                     "widthMm": 5.12, "heightMm": 5.12}  # fmt: skip
+    for bad in ("hsc", "..%2Fdefaults%2Fsystem"):
+        status, body = await http("GET", f"/api/v1/cameras/{bad}")
+        assert status == 404 and "unknown camera" in body["error"]
+
+
 async def test_snapshot_shows_every_component_and_session_identity(
     running: RunningSystem, http: Callable[..., Awaitable[Any]]
 ) -> None:

@@ -263,6 +263,71 @@ async def play_small_night(ocs: Client) -> None:
         await ocs.command("Pipeline", "emitMany", events=events)
 
 
+async def test_lsstcam_lite_focal_plane_and_grid_show_all_189_ccds(
+    page: Any, ocs: Client, artifacts_dir: Path
+) -> None:
+    """Three lsstcam-lite visits: the grid has a column and the focal plane a cell for each of
+    the 189 CCDs, at the stage the events say (sampled by reading the canvas back)."""
+    from commands.dashboard.focal_plane import focal_plane
+
+    geometry = focal_plane("lsstcam-lite")
+    stages = ["isrDone", "differenceDone", "diaSourcesMeasured", "associated", "apdbStored"]
+    detectors = list(range(189))
+    for i, visit in enumerate((300, 301, 302)):
+        await ocs.send_camera_event(
+            "nextVisit", visit=visit, camera="lsstcam-lite", band="r", ra=10.0 + i, dec=-30.0,
+            imageName=f"MC_O_20261121_{visit:06d}", detectors=detectors,
+        )  # fmt: skip
+        await ocs.send_camera_event(
+            "endReadout", visit=visit, camera="lsstcam-lite", detectors=detectors, images=[]
+        )
+        done = 189 if i < 2 else 100  # the newest visit is still being processed
+        events: list[list[Any]] = []
+        for det in range(done):
+            events += [["ccdStage", {"visit": visit, "detector": det, "stage": s}] for s in stages]
+            events.append(["alertsPublished", {"visit": visit, "detector": det, "nAlerts": 1}])
+        events.append(["ccdProcessed", {"visit": visit, "detector": 188, "statusCode": 3}])
+        await ocs.command("Pipeline", "emitMany", events=events)
+    await page.wait_for_selector('#focal-plane[data-ccds="189"]', timeout=10_000)
+    await page.wait_for_selector('#ccd-grid[data-columns="189"]', timeout=10_000)
+    await page.wait_for_function(
+        "window.dmcs.state.night.visits.some(v => v.visit === 302"
+        " && Object.keys(v.ccds).length === 189 && v.ccds['99'].stage === 9)",
+        timeout=10_000,
+    )
+    await asyncio.sleep(0.5)  # one render after the last event
+    title = await page.evaluate("document.querySelector('#focal-plane').dataset.title")
+    assert title == "visit 302 · lsstcam-lite · 100/189 CCDs published"
+    # The centre pixel of detector 0 (published: green), 150 (read out only) and 188 (failed).
+    colours = await page.evaluate(
+        """(points) => { const c = document.querySelector('#focal-plane');
+          const ctx = c.getContext('2d'), r = window.devicePixelRatio || 1;
+          return points.map(([x, y]) =>
+            Array.from(ctx.getImageData(x * r, y * r, 1, 1).data)); }""",
+        [await _focal_plane_pixel(page, geometry, d) for d in (0, 150, 188)],
+    )
+    green, read_out, failed = colours
+    assert green[1] > 150 and green[0] < 100  # #3fb950
+    assert read_out[2] > read_out[0] and read_out[1] < 150  # a dark blue stage colour
+    assert failed[0] > 200 and failed[1] < 120  # #f85149
+    await page.locator("#focal-plane").screenshot(path=str(artifacts_dir / "focal_plane.png"))
+    await page.select_option("#fp-visit", "300")  # an earlier visit, every CCD published
+    await page.wait_for_function(
+        "document.querySelector('#focal-plane').dataset.title"
+        " === 'visit 300 · lsstcam-lite · 188/189 CCDs published'",
+        timeout=5000,
+    )
+    await page.locator("#ccd-grid").screenshot(path=str(artifacts_dir / "ccd_grid.png"))
+
+
+async def _focal_plane_pixel(page: Any, geometry: dict[str, Any], detector: int) -> list[float]:
+    """Where the page drew a detector's centre (CSS pixels), from the transform it reports."""
+    t = await page.evaluate("JSON.parse(document.querySelector('#focal-plane').dataset.transform)")
+    d = geometry["detectors"][detector]
+    x = t["ox"] + (d["x"] - t["xMin"]) * t["scale"]
+    return [x, t["top"] + (t["yMax"] - d["y"]) * t["scale"]]
+
+
 async def test_gap_counter_counts_what_a_stalled_page_lost(
     browser: Any, system_factory: Any
 ) -> None:

@@ -18,7 +18,7 @@ from commands.dashboard.schedule import Schedule, iso_utc
 from commands.dashboard.service import PAGE_TOPICS, Dashboard
 from commands.status import StatusBoard
 from state.clock import TAI_MINUS_UTC, mjd_tai
-from state.errors import InvalidInputError, NotPermittedError
+from state.errors import ConfigurationError, InvalidInputError, NotPermittedError
 from state.events import Event, EventKind
 
 W, S, C, N = Severity.WARNING, Severity.SERIOUS, Severity.CRITICAL, Severity.NONE
@@ -213,6 +213,30 @@ def test_alerts_per_visit_do_not_depend_on_arrival_order() -> None:
         for event in order:
             night.observe(event)
         assert night.to_json()["visits"][0]["nAlerts"] == 4
+
+
+def test_night_keeps_each_visits_camera() -> None:
+    night = Night()
+    night.observe(ev("Camera", "nextVisit", {"visit": 1, "camera": "lsstcam-lite", "band": "r"}))
+    night.observe(ev("Camera", "endReadout", {"visit": 2, "camera": "comcam", "detectors": [0]}))
+    night.observe(ev("Camera", "endReadout", {"visit": 1, "detectors": [0]}))  # keeps its camera
+    assert [v["camera"] for v in night.to_json()["visits"]] == ["lsstcam-lite", "comcam"]
+
+
+def test_focal_plane_geometry_draws_every_ccd_as_a_separate_cell() -> None:
+    from commands.dashboard.focal_plane import focal_plane
+
+    lite = focal_plane("lsstcam-lite")
+    dets = lite["detectors"]
+    assert len(dets) == 189 and len({d["name"] for d in dets}) == 189
+    assert len({d["raft"] for d in dets}) == 21
+    assert lite["ccdMm"] == 5.12 and lite["slotMm"] == pytest.approx(0.86 * 42.25, abs=1e-3)
+    cells = {(round(d["x"] / 42.25 * 4), round(d["y"] / 42.25 * 4)) for d in dets}
+    assert len(cells) == 189  # no two cells drawn on the same spot
+    mini = focal_plane("mini")
+    assert mini["slotMm"] == pytest.approx(0.86 * 5.6, abs=1e-3) and mini["ccdMm"] == 5.12
+    with pytest.raises(ConfigurationError, match="unknown camera"):
+        focal_plane("../defaults/system")
 
 
 # ------------------------------------------------------------------- schedule

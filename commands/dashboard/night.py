@@ -39,6 +39,7 @@ class Visit:
     band: str = ""
     ra: float | None = None
     dec: float | None = None
+    camera: str = ""
 
     def stage(self, detector: int, stage: str, tai: float) -> None:
         index = STAGE_INDEX.get(stage)
@@ -65,6 +66,7 @@ class Visit:
             "band": self.band,
             "ra": self.ra,
             "dec": self.dec,
+            "camera": self.camera,
         }
 
 
@@ -99,10 +101,13 @@ class Night:
                 visit = self._visit(data.get("visit"))
                 if visit is not None:
                     visit.band = str(data.get("band", ""))
+                    visit.camera = str(data.get("camera", ""))
                     visit.ra, visit.dec = _float(data.get("ra")), _float(data.get("dec"))
                     self.sky_visits.append([visit.visit, visit.ra, visit.dec, visit.band])
             case "endReadout":
                 visit = self._visit(data.get("visit"))
+                if visit is not None and data.get("camera"):
+                    visit.camera = str(data["camera"])
                 for detector in data.get("detectors") or []:
                     if visit is not None:
                         visit.stage(int(detector), "endReadout", event.tai)

@@ -4,8 +4,9 @@ Pages: ``/dashboard/`` (components, alarms, the night, the log; ``/`` leads ther
 ``/dashboard/schedule`` (next visit and predicted schedule). API:
 ``/api/v1/dashboard/snapshot``, ``…/session``,
 ``/api/v1/alarms`` with ``acknowledge``/``mute``/``unmute``, ``/api/v1/schedule``,
-``/api/v1/night``. Watching is open; alarm actions need a token whose identity is on the
-alarm's component's authorized list, as commands do (CMD_NOPERM otherwise).
+``/api/v1/night``, ``/api/v1/cameras/{name}`` (a focal plane's detectors). Watching is
+open; alarm actions need a token whose identity is on the alarm's component's authorized
+list, as commands do (CMD_NOPERM otherwise).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from aiohttp import web
 from commands.auth import Authenticator
 from commands.background import background
 from commands.dashboard.alarms import AlarmError
+from commands.dashboard.focal_plane import focal_plane
 from commands.dashboard.service import Dashboard
 from commands.hub import Hub
 from config.system import ComponentConfig
 from state.acks import AckCode
-from state.errors import InvalidInputError, NotPermittedError
+from state.errors import ConfigurationError, InvalidInputError, NotPermittedError
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 DASHBOARD = web.AppKey("dashboard", Dashboard)
@@ -61,6 +63,7 @@ def setup_dashboard(
     r.add_get("/api/v1/dashboard/session", session)
     r.add_get("/api/v1/night", night)
     r.add_get("/api/v1/schedule", schedule)
+    r.add_get("/api/v1/cameras/{name}", camera)
     r.add_get("/api/v1/alarms", alarms)
     r.add_post("/api/v1/alarms/{name}/{action:acknowledge|mute|unmute}", alarm_action)
     return dashboard
@@ -92,6 +95,14 @@ async def night(request: web.Request) -> web.Response:
 
 async def schedule(request: web.Request) -> web.Response:
     return web.json_response(request.app[DASHBOARD].schedule.to_json())
+
+
+async def camera(request: web.Request) -> web.Response:
+    try:
+        geometry = focal_plane(request.match_info["name"])
+    except ConfigurationError as e:
+        return web.json_response({"error": str(e)}, status=404)
+    return web.json_response(geometry, headers={"Cache-Control": "max-age=3600"})
 
 
 async def alarms(request: web.Request) -> web.Response:

@@ -88,10 +88,32 @@
     }).join("") || '<tr><td colspan="6" class="muted">no alarms</td></tr>';
   }
 
+  // Focal-plane geometry per camera name, fetched once: an object, "pending" or "unknown".
+  const cameras = {};
+  function geometry(name) {
+    if (!name) return null;
+    if (cameras[name] === undefined) {
+      cameras[name] = "pending";
+      fetch("/api/v1/cameras/" + encodeURIComponent(name))
+        .then((r) => (r.ok ? r.json() : "unknown"))
+        .then((g) => { cameras[name] = g; dirty.add("all"); if (!timer) timer = setTimeout(render, 0); })
+        .catch(() => setTimeout(() => { delete cameras[name]; }, 5000));
+    }
+    return typeof cameras[name] === "object" ? cameras[name] : null;
+  }
+
   function renderNight() {
     const n = S.night;
     if (!n) return;
-    Plots.grid($("#ccd-grid"), n.visits, n.stages.length);
+    const latest = [...n.visits].reverse().find((v) => v.camera);
+    const camera = latest ? geometry(latest.camera) : null;
+    Plots.grid($("#ccd-grid"), n.visits.filter((v) => !camera || !v.camera || v.camera === camera.camera),
+      n.stages.length, camera);
+    const pick = $("#fp-visit"), chosen = pick.value;
+    const options = ['<option value="">newest</option>', ...n.visits.slice(-14).reverse()
+      .map((v) => `<option value="${v.visit}"${String(v.visit) === chosen ? " selected" : ""}>visit ${v.visit}</option>`)].join("");
+    if (pick.dataset.options !== options) { pick.innerHTML = options; pick.dataset.options = options; }
+    Plots.focalPlane($("#focal-plane"), n.visits, n.stages, camera, chosen ? Number(chosen) : null);
     const latencies = n.latency.map((p) => p[2]);
     Plots.histogram($("#latency-hist"), latencies, 60);
     Plots.series($("#latency-series"), n.latency.map((p) => [p[0], p[2]]), { budget: 60, label: "latency s", empty: "no visit latencies yet" });
@@ -187,6 +209,7 @@
   $("#signout").addEventListener("click", () => Live.signIn(""));
   $("#log-level").addEventListener("change", renderLogs);
   $("#log-component").addEventListener("change", renderLogs);
+  $("#fp-visit").addEventListener("change", renderNight);
   window.addEventListener("resize", () => { dirty.add("all"); render(); });
   setInterval(renderClock, 500);
   renderClock();

@@ -10,7 +10,7 @@ const Night = (() => {
     let v = night.visits.find((x) => x.visit === number);
     if (!v) {
       v = { visit: number, ccds: {}, nAlerts: 0, alertsFromCcds: 0, alertsReported: null,
-        latencySeconds: null, withinBudget: null, band: "", ra: null, dec: null };
+        latencySeconds: null, withinBudget: null, band: "", ra: null, dec: null, camera: "" };
       push(night.visits, v, LIMITS.visits);
     }
     return v;
@@ -28,12 +28,15 @@ const Night = (() => {
     switch (event.topic) {
       case "nextVisit": {
         const v = visit(night, d.visit);
-        if (v) { v.band = d.band || ""; v.ra = d.ra; v.dec = d.dec; push(night.skyVisits, [v.visit, d.ra, d.dec, v.band], LIMITS.sky); }
+        if (v) { v.band = d.band || ""; v.camera = d.camera || ""; v.ra = d.ra; v.dec = d.dec; push(night.skyVisits, [v.visit, d.ra, d.dec, v.band], LIMITS.sky); }
         break;
       }
-      case "endReadout":
+      case "endReadout": {
+        const v = visit(night, d.visit);
+        if (v && d.camera) v.camera = d.camera;
         for (const det of d.detectors || []) stage(night, { visit: d.visit, detector: det }, "endReadout", event.tai);
         break;
+      }
       case "imageInBuffer": stage(night, d, "inBuffer", event.tai); break;
       case "imageIngested": stage(night, d, "ingested", event.tai); break;
       case "ccdStage": stage(night, d, d.stage, event.tai); break;

@@ -138,32 +138,151 @@ const Plots = (() => {
     ctx.fillText(last, box.x + box.w - ctx.measureText(last).width, height - 3);
   }
 
-  // Per-visit, per-CCD stage grid: colour from grey (no news) to green (alerts published).
-  function grid(canvas, visits, nStages) {
+  // A CCD's colour: grey (no news) through blue (stages) to green (alerts published), red if failed.
+  function stageColor(ccd, nStages) {
+    if (!ccd) return "#21262d";
+    const f = (ccd.stage + 1) / nStages;
+    return ccd.status !== 0 ? BUDGET : f >= 1 ? "#3fb950" : `hsl(${245 - 70 * f}, 65%, ${24 + 36 * f}%)`;
+  }
+
+  // Columns of the grid: every detector of the camera (grouped by raft) when its geometry is
+  // known, else the detectors heard of.
+  function gridColumns(shown, geometry) {
+    if (geometry) return geometry.detectors.map((d) => ({ id: d.id, raft: d.raft }));
+    const ids = [...new Set(shown.flatMap((v) => Object.keys(v.ccds).map(Number)))].sort((a, b) => a - b);
+    return ids.map((id) => ({ id, raft: "" }));
+  }
+
+  // Per-visit, per-CCD stage grid; rafts separated by a gap and named underneath.
+  function grid(canvas, visits, nStages, geometry) {
     const { ctx, width, height } = setup(canvas);
+    canvas.dataset.columns = "0";
     const shown = visits.slice(-14);
     if (!shown.length) return empty(ctx, width, height, "no visits yet");
-    const detectors = [...new Set(shown.flatMap((v) => Object.keys(v.ccds).map(Number)))].sort((a, b) => a - b);
-    if (!detectors.length) return empty(ctx, width, height, "announced: visit " + shown[shown.length - 1].visit);
-    const left = 56, rowH = Math.min(18, (height - 14) / shown.length);
-    const cellW = (width - left - 4) / detectors.length;
+    const columns = gridColumns(shown, geometry);
+    if (!columns.length || !shown.some((v) => Object.keys(v.ccds).length)) {
+      return empty(ctx, width, height, "announced: visit " + shown[shown.length - 1].visit);
+    }
+    const labels = shown.map((v) => "v" + v.visit);
+    const left = 6 + Math.max(...labels.map((l) => ctx.measureText(l).width));
+    const rafts = columns.filter((c, i) => i === 0 || c.raft !== columns[i - 1].raft).length;
+    const gap = rafts > 1 ? 3 : 0, footer = 14;
+    const cellW = (width - left - 4 - gap * (rafts - 1)) / columns.length;
+    const rowH = Math.min(18, (height - footer - 2) / shown.length);
+    const xs = [];
+    let x = left, raftStart = left;
+    const raftSpans = [];
+    columns.forEach((c, i) => {
+      if (i > 0 && c.raft !== columns[i - 1].raft) {
+        raftSpans.push([columns[i - 1].raft, raftStart, x]);
+        x += gap;
+        raftStart = x;
+      }
+      xs.push(x);
+      x += cellW;
+    });
+    raftSpans.push([columns[columns.length - 1].raft, raftStart, x]);
     shown.forEach((visit, row) => {
       const y = 2 + row * rowH;
       ctx.fillStyle = INK;
-      ctx.fillText("v" + visit.visit, 2, y + rowH - 4);
-      detectors.forEach((det, col) => {
-        const ccd = visit.ccds[String(det)];
-        let color = "#21262d";
-        if (ccd) {
-          const f = (ccd.stage + 1) / nStages;
-          color = ccd.status !== 0 ? BUDGET : f >= 1 ? "#3fb950" : `hsl(210, 70%, ${25 + 35 * f}%)`;
-        }
-        ctx.fillStyle = color;
-        ctx.fillRect(left + col * cellW, y, Math.max(1, cellW - 1), rowH - 2);
+      ctx.fillText(labels[row], 2, y + rowH - 4);
+      columns.forEach((c, col) => {
+        ctx.fillStyle = stageColor(visit.ccds[String(c.id)], nStages);
+        ctx.fillRect(xs[col], y, Math.max(1, cellW - (cellW > 3 ? 1 : 0)), rowH - 2);
       });
     });
     ctx.fillStyle = INK;
-    ctx.fillText("CCD " + detectors[0] + " … " + detectors[detectors.length - 1], left, height - 2);
+    const base = 2 + shown.length * rowH + footer - 3;
+    if (rafts > 1) {
+      for (const [name, x0, x1] of raftSpans) {
+        const w = ctx.measureText(name).width;
+        if (w <= x1 - x0) ctx.fillText(name, (x0 + x1 - w) / 2, base);
+      }
+    } else {
+      ctx.fillText("CCD " + columns[0].id + " … " + columns[columns.length - 1].id, left, base);
+    }
+    canvas.dataset.columns = String(columns.length);
+  }
+
+  // The focal plane of the chosen visit (else the newest with CCD news): every detector at its position (mm,
+  // +y up), coloured by stage, each raft named in its centre cell; a legend of the stages.
+  // The canvas keeps what it drew (data-title, data-transform, data-ccds) and names the CCD
+  // under the pointer in its tooltip.
+  function focalPlane(canvas, visits, stages, geometry, chosen) {
+    const { ctx, width, height } = setup(canvas);
+    canvas.dataset.ccds = "0";
+    const visit = visits.find((v) => v.visit === chosen) || [...visits].reverse().find((v) => Object.keys(v.ccds).length);
+    if (!geometry) return empty(ctx, width, height, visit ? "camera geometry not known" : "no visits yet");
+    const dets = geometry.detectors, half = geometry.slotMm / 2;
+    const xMin = Math.min(...dets.map((d) => d.x)) - half, xMax = Math.max(...dets.map((d) => d.x)) + half;
+    const yMin = Math.min(...dets.map((d) => d.y)) - half, yMax = Math.max(...dets.map((d) => d.y)) + half;
+    const legendW = 160, top = 18, bottom = 16;
+    const scale = Math.min((width - legendW - 12) / (xMax - xMin), (height - top - bottom) / (yMax - yMin));
+    const ox = 6 + ((width - legendW - 12) - scale * (xMax - xMin)) / 2;
+    const X = (mm) => ox + (mm - xMin) * scale;
+    const Y = (mm) => top + (yMax - mm) * scale;
+    const side = geometry.slotMm * scale;
+    const rafts = new Set(dets.map((d) => d.raft)).size;
+    ctx.lineWidth = 3;
+    ctx.strokeStyle = "#0d1117";
+    for (const d of dets) {
+      const ccd = visit ? visit.ccds[String(d.id)] : undefined;
+      ctx.fillStyle = stageColor(ccd, stages.length);
+      ctx.fillRect(X(d.x) - side / 2, Y(d.y) - side / 2, side, side);
+      const sensor = d.name.split("_").pop();
+      const label = rafts > 1 && sensor === "S11" ? d.raft : side >= 34 ? sensor : "";
+      if (label && ctx.measureText(label).width < side - 2) {
+        const lx = X(d.x) - ctx.measureText(label).width / 2, ly = Y(d.y) + 4;
+        ctx.strokeText(label, lx, ly);
+        ctx.fillStyle = INK;
+        ctx.fillText(label, lx, ly);
+      }
+    }
+    ctx.lineWidth = 1;
+    if (rafts > 1) {
+      const gap = geometry.slotMm / 0.86 - geometry.slotMm, pad = half + 0.45 * gap;
+      const boxes = new Map();
+      for (const d of dets) {
+        const b = boxes.get(d.raft) || [Infinity, -Infinity, Infinity, -Infinity];
+        boxes.set(d.raft, [Math.min(b[0], d.x), Math.max(b[1], d.x), Math.min(b[2], d.y), Math.max(b[3], d.y)]);
+      }
+      ctx.strokeStyle = "#6e7681";
+      for (const [x0, x1, y0, y1] of boxes.values()) {
+        ctx.strokeRect(X(x0 - pad), Y(y1 + pad), (x1 - x0 + 2 * pad) * scale, (y1 - y0 + 2 * pad) * scale);
+      }
+    }
+    ctx.fillStyle = INK;
+    const done = visit ? dets.filter((d) => {
+      const ccd = visit.ccds[String(d.id)];
+      return ccd && ccd.stage === stages.length - 1 && !ccd.status;
+    }).length : 0;
+    const title = visit ? `visit ${visit.visit} · ${geometry.camera} · ${done}/${dets.length} CCDs published`
+      : `${geometry.camera} · ${dets.length} CCDs`;
+    ctx.fillText(title, 4, 12);
+    if (geometry.slotMm > 1.2 * geometry.ccdMm) {
+      ctx.fillStyle = "#8b949e";
+      ctx.fillText(`positions to scale, cells enlarged: a CCD is ${geometry.ccdMm.toFixed(2)} mm, drawn ${geometry.slotMm.toFixed(1)} mm`,
+        4, height - 3);
+    }
+    const lx = width - legendW + 4;
+    const legend = [...stages.map((name, i) => [name, stageColor({ stage: i, status: 0 }, stages.length)]),
+      ["failed", BUDGET], ["no news", stageColor(undefined, stages.length)]];
+    legend.forEach(([name, color], i) => {
+      const y = top + 4 + i * 15;
+      ctx.fillStyle = color;
+      ctx.fillRect(lx, y, 10, 10);
+      ctx.fillStyle = INK;
+      ctx.fillText(name, lx + 14, y + 9);
+    });
+    canvas.dataset.title = title;
+    canvas.dataset.transform = JSON.stringify({ ox, top, xMin, yMax, scale });
+    canvas.dataset.ccds = String(dets.length);
+    canvas.onmousemove = (e) => {
+      const mx = xMin + (e.offsetX - ox) / scale, my = yMax - (e.offsetY - top) / scale;
+      const d = dets.find((c) => Math.abs(c.x - mx) <= half && Math.abs(c.y - my) <= half);
+      const ccd = d && visit ? visit.ccds[String(d.id)] : undefined;
+      canvas.title = d ? `${d.name} (detector ${d.id})` + (ccd ? ": " + (ccd.status ? "failed" : stages[ccd.stage] || "") : "") : "";
+    };
   }
 
   // Equirectangular sky: RA 360° → 0° left to right (east left), Dec −90° … +90°.
@@ -193,5 +312,5 @@ const Plots = (() => {
     ctx.fillText(visits.length + " visits, " + alerts.length + " alert positions", width / 2 - 60, height - 2);
   }
 
-  return { histogram, series, bars, grid, sky };
+  return { histogram, series, bars, grid, focalPlane, sky };
 })();

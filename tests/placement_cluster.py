@@ -1,0 +1,77 @@
+"""Run by tests/test_placement.py in its own process: a real two-node Ray cluster on this machine
+(a head offering the ``summit`` role, a second raylet offering ``base``), a system launched
+with ``[placement] by_role``, and the node each actor landed on, printed as JSON.
+
+``python -m tests.placement_cluster DATA_DIR``. First a system that also wants a ``batch``
+component, which no node offers: its launch must fail before any actor starts (``error``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import ray
+import ray._private.state as ray_state
+from ray.cluster_utils import Cluster
+
+from actors.launcher import launch
+from actors.runtime import NAMESPACE, ROLE_CAPACITY, actor_name, bus_name, role_resource
+from config.system import SystemConfig
+from state.errors import ConfigurationError
+
+COMPONENTS = [
+    {"name": "HeaderService", "class": "summit.header_service:HeaderService"},
+    {"name": "Pipeline", "class": "tests.night_emitter:NightEmitter"},
+    {"name": "Summitish", "class": "tests.night_emitter:NightEmitter", "role": "summit"},
+]
+
+
+def _config(data_dir: Path, components: list[dict[str, str]]) -> SystemConfig:
+    placed = {"by_role": True}
+    return SystemConfig.model_validate(
+        {"name": "placed", "data_dir": str(data_dir), "placement": placed, "components": components}
+    )
+
+
+def main(data_dir: Path) -> dict[str, object]:
+    head = {
+        "num_cpus": 1,
+        "include_dashboard": False,
+        "resources": {role_resource("summit"): ROLE_CAPACITY},
+    }
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    out: dict[str, object] = {}
+    try:
+        cluster.add_node(num_cpus=1, resources={role_resource("base"): ROLE_CAPACITY})
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, namespace=NAMESPACE)
+        head_id = ray.get_runtime_context().get_node_id()
+        batch = {"name": "Batch", "class": "tests.night_emitter:NightEmitter", "role": "batch"}
+        try:
+            launch(_config(data_dir, [*COMPONENTS, batch]))
+        except ConfigurationError as e:
+            out["error"] = str(e)
+        out["actors_after_error"] = sum(
+            a["Name"].startswith("placed:") for a in ray_state.actors().values()
+        )
+        system = launch(_config(data_dir, COMPONENTS))
+        asyncio.run(system.wait_ready(120))
+        names = {bus_name("placed"): "bus"}
+        names |= {actor_name("placed", c["name"]): c["name"] for c in COMPONENTS}
+        nodes = {
+            names[a["Name"]]: "head" if a["Address"]["NodeID"] == head_id else "second"
+            for a in ray_state.actors().values()
+            if a["Name"] in names and a["State"] == "ALIVE"
+        }
+        system.stop()
+        return {**out, "nodes": nodes}
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(Path(sys.argv[1]))))
