@@ -20,9 +20,9 @@ from typing import Any
 import ray
 from ray.exceptions import RayError, RayTaskError
 
-from actors.runtime import BATCH_RESOURCE, NAMESPACE
+from actors.runtime import BATCH_RESOURCE, NAMESPACE, ROLE_CAPACITY, ROLE_SHARE, role_resource
 from base.reprocess.work import CcdUnit, process_ccd
-from state.errors import RetriableError
+from state.errors import ConfigurationError, RetriableError
 from state.priority import NICENESS_ENV, lower_priority
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,22 @@ def start_ray(address: str | None, workers: int, niceness: int = 19) -> bool:
     return True
 
 
+def batch_placement() -> dict[str, float]:
+    """On a cluster whose nodes have roles (``dmcs_role_*``, placement by role), the resource
+    that keeps batch tasks on ``batch`` nodes; nothing on a cluster without roles (the
+    embedded single node offers every role, so there it changes nothing)."""
+    resources = ray.cluster_resources()
+    if not any(name.startswith(role_resource("")) for name in resources):
+        return {}
+    batch_role = role_resource("batch")
+    if resources.get(batch_role, 0.0) < ROLE_SHARE:
+        raise ConfigurationError(
+            f"the cluster places by node role but no node offers role 'batch'; start batch "
+            f"nodes with ray start --resources '{{\"{batch_role}\": {ROLE_CAPACITY:g}}}'"
+        )
+    return {batch_role: ROLE_SHARE}
+
+
 @ray.remote(num_cpus=1, max_retries=0)
 def _process(night_dir: str, unit: CcdUnit, release: int, niceness: int) -> dict[str, Any]:
     lower_priority(niceness)
@@ -79,6 +95,8 @@ class RayExecutor:
                 "the cluster offers no %s resource; only --workers bounds batch work",
                 BATCH_RESOURCE,
             )
+        if role := batch_placement():
+            self.options["resources"] = {**self.options.get("resources", {}), **role}
 
     async def run(self, night_dir: str, unit: CcdUnit, release: int) -> dict[str, Any]:
         ref = _process.options(**self.options).remote(night_dir, unit, release, self.niceness)

@@ -3,7 +3,8 @@
 with ``[placement] by_role``, and the node each actor landed on, printed as JSON.
 
 ``python -m tests.placement_cluster DATA_DIR``. First a system that also wants a ``batch``
-component, which no node offers: its launch must fail before any actor starts (``error``).
+component, which no node offers: its launch must fail before any actor starts (``error``);
+so must a batch executor (``batch_error``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import ray._private.state as ray_state
 from ray.cluster_utils import Cluster
 
 from actors.launcher import launch
+from actors.reprocess import RayExecutor
 from actors.runtime import NAMESPACE, ROLE_CAPACITY, actor_name, bus_name, role_resource
 from config.system import SystemConfig
 from state.errors import ConfigurationError
@@ -57,6 +59,10 @@ def main(data_dir: Path) -> dict[str, object]:
         out["actors_after_error"] = sum(
             a["Name"].startswith("placed:") for a in ray_state.actors().values()
         )
+        try:
+            RayExecutor(workers=1)
+        except ConfigurationError as e:
+            out["batch_error"] = str(e)
         system = launch(_config(data_dir, COMPONENTS))
         asyncio.run(system.wait_ready(120))
         names = {bus_name("placed"): "bus"}

@@ -58,9 +58,18 @@ def test_two_node_cluster_places_components_by_role(tmp_path: Path) -> None:
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert "no Ray node offers role 'batch'" in out["error"]
     assert out["actors_after_error"] == 0  # refused before anything started
+    assert "no node offers role 'batch'" in out["batch_error"]
     assert out["nodes"] == {
         "HeaderService": "head",  # summit.* -> summit node (the head)
         "Summitish": "head",  # role = "summit" in its entry
         "Pipeline": "second",  # everything else -> base
         "bus": "second",
     }
+
+
+def test_batch_tasks_go_to_batch_nodes_where_nodes_have_roles(ray_session: None) -> None:
+    """The session's embedded Ray offers every role: batch tasks ask for the batch role."""
+    from actors.reprocess import RayExecutor
+
+    executor = RayExecutor(workers=1)
+    assert executor.options["resources"][role_resource("batch")] == pytest.approx(1e-3)

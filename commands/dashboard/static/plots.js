@@ -209,6 +209,7 @@ const Plots = (() => {
   // The canvas keeps what it drew (data-title, data-transform, data-ccds) and names the CCD
   // under the pointer in its tooltip.
   function focalPlane(canvas, visits, stages, geometry, chosen) {
+    canvas.style.height = geometry ? "" : "40px"; // a one-line note until a camera is known
     const { ctx, width, height } = setup(canvas);
     canvas.dataset.ccds = "0";
     const visit = visits.find((v) => v.visit === chosen) || [...visits].reverse().find((v) => Object.keys(v.ccds).length);
