@@ -75,6 +75,5 @@ def add_model_error(
             else:
                 hi = mid
     eps = hi if lo < eps_max else eps_max
-    profile = gaussian_smooth(np.maximum(static, 0.0).astype(np.float32), 0.5 * psf_sigma)
-    variance += np.float32(eps**2 * 4.0 * np.pi * psf_sigma**2) * profile**2
+    variance += np.float32(eps**2 * 4.0 * np.pi * psf_sigma**2) * s**2
     return float(eps)
