@@ -194,6 +194,9 @@ def measure_diasources(
             row["dipoleFluxDiffErr"] = dp.flux_diff_err * cal
             row["dipoleChi2"], row["dipoleNdata"] = dp.chi2, dp.ndata
             row["isDipole"] = dp.is_dipole
+            if not dp.is_dipole and np.isfinite(dp.flux_diff) and dp.flux_diff_err > 0:
+                # a real change that also moved: its flux is the net of the two lobes
+                row["psfFlux"], row["psfFluxErr"] = dp.flux_diff * cal, dp.flux_diff_err * cal
             row["dipoleLength"] = np.hypot(dp.dx, dp.dy)
             row["dipoleAngle"] = np.arctan2(dp.dy, dp.dx)
             xs[r], ys[r] = dp.x, dp.y

@@ -36,6 +36,7 @@ def add_model_error(
     psf_sigma: float,
     eps_max: float = 0.05,
     min_pixels: int = 50,
+    max_box: int = 1024,
 ) -> float:
     """Measure ε and add ``(ε·S)²·4πσ²`` to ``variance`` in place; returns ε (0 if none needed).
 
@@ -46,17 +47,24 @@ def add_model_error(
     if psf_sigma <= 0:
         raise ValueError("psf_sigma must be positive")
     s = gaussian_smooth(np.maximum(static, 0.0).astype(np.float32), psf_sigma)
-    good = ((mask & _BAD) == 0) & np.isfinite(variance) & (variance > 0)
-    v = np.where(good, variance, 0.0).astype(np.float32)
+    # ε is measured on the central ``max_box``² pixels at most: enough stars, a fraction of
+    # the smoothing on a large CCD.
+    ny, nx = image.shape
+    y0, x0 = max((ny - max_box) // 2, 0), max((nx - max_box) // 2, 0)
+    box = np.s_[y0 : y0 + max_box, x0 : x0 + max_box]
+    m, var_b = mask[box], variance[box]
+    good = ((m & _BAD) == 0) & np.isfinite(var_b) & (var_b > 0)
+    v = np.where(good, var_b, 0.0).astype(np.float32)
     vs = gaussian_smooth(v, psf_sigma / np.sqrt(2.0), nearest=True) / (4.0 * np.pi * psf_sigma**2)
-    ds = gaussian_smooth(np.where(good, image, 0.0).astype(np.float32), psf_sigma)
+    ds = gaussian_smooth(np.where(good, image[box], 0.0).astype(np.float32), psf_sigma)
     ok = good & (vs > 0)
     z_all = ds[ok][::7] / np.sqrt(vs[ok][::7])
     target = _robust_sigma(z_all)
-    near = ok & (eps_max * s > np.sqrt(np.where(ok, vs, 0.0)))
+    sb = s[box]
+    near = ok & (eps_max * sb > np.sqrt(np.where(ok, vs, 0.0)))
     if not np.isfinite(target) or near.sum() < min_pixels:
         return 0.0
-    d_n, v_n, s_n = ds[near].astype(np.float64), vs[near].astype(np.float64), s[near]
+    d_n, v_n, s_n = ds[near].astype(np.float64), vs[near].astype(np.float64), sb[near]
     s_n = s_n.astype(np.float64)
 
     def spread(eps: float) -> float:
@@ -75,6 +83,5 @@ def add_model_error(
             else:
                 hi = mid
     eps = hi if lo < eps_max else eps_max
-    profile = gaussian_smooth(np.maximum(static, 0.0).astype(np.float32), 0.5 * psf_sigma)
-    variance += np.float32(eps**2 * 4.0 * np.pi * psf_sigma**2) * profile**2
+    variance += np.float32(eps**2 * 4.0 * np.pi * psf_sigma**2) * s**2
     return float(eps)

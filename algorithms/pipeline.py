@@ -82,7 +82,7 @@ class PipelineConfig:
     aperture_radius: float = 12.0
     fft_workers: int = 1
     subtraction: str = "zogy"
-    max_model_error: float = 0.02
+    max_model_error: float = 0.015
     al_kernel_size: int = 21
     al_spatial_order: int = 1
     al_min_snr: float = 30.0

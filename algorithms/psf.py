@@ -141,6 +141,7 @@ class WingedPsf(Psf):
         self.weight = np.clip((rb + taper - np.hypot(xx, yy)) / (2.0 * taper), 0.0, 1.0)
         self._constant = getattr(core, "order", None) == 0 or not hasattr(core, "order")
         self._cached = self._build(c) if self._constant else None
+        self._cells: dict[tuple[int, int], np.ndarray] = {}
 
     def _build(self, c: np.ndarray) -> np.ndarray:
         out = self.model.copy()
@@ -151,9 +152,15 @@ class WingedPsf(Psf):
         return out / out.sum()
 
     def kernel_at(self, x: float, y: float) -> np.ndarray:
+        """Kernels of a spatially varying core are built once per 64-px cell (at its centre)."""
         if self._cached is not None:
             return self._cached
-        return self._build(self.core.kernel_at(x, y))
+        key = (int(x // 64), int(y // 64))
+        k = self._cells.get(key)
+        if k is None:
+            k = self._build(self.core.kernel_at(64 * key[0] + 32.0, 64 * key[1] + 32.0))
+            self._cells[key] = k
+        return k
 
 
 def _centre(psf: Psf) -> tuple[float, float]:
