@@ -208,3 +208,24 @@ async def test_postgres_killed_mid_night_is_restarted_and_the_night_completes(
     assert any("PostgreSQL died and was restarted" in r for r in summary["recoveries"])
     assert summary["ccdsIngested"] == summary["ccdsExpected"] == 8
     _assert_no_orphans(tag, out / "pg")
+
+
+def test_a_failed_start_ends_in_a_summary_that_says_what_failed(
+    tmp_path: Path, mini_night: Path
+) -> None:
+    out, tag = tmp_path / "replay", uuid.uuid4().hex
+    extra = ("--night", str(mini_night), "--address", "127.0.0.1:1", "--startup-timeout", "2")
+    rc, output, summary = _run(out, tag, *extra)
+    assert rc == 1
+    assert "Traceback" not in output
+    assert "the replay failed: StartupError: the Ray cluster at 127.0.0.1:1" in output
+    assert not summary["complete"]
+    assert summary["failure"].startswith("StartupError: the Ray cluster at 127.0.0.1:1")
+    assert summary["ccdsExpected"] == 8 and summary["ccdsIngested"] == 0
+    assert "Traceback" in Path(summary["errorLog"]).read_text()
+    _assert_no_orphans(tag, out / "pg")
+
+    rc, output, again = _run(out, tag, *extra[:2])  # the next run is not blocked by it
+    assert "replaying the night again from a clean state" in output
+    assert rc == 0 and again["complete"] and again["mode"] == "again", output[-3000:]
+    _assert_no_orphans(tag, out / "pg")

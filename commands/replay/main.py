@@ -41,6 +41,7 @@ from commands.replay.summary import (
     failure_summary,
     fetch_records,
     night_summary,
+    record_counts,
     write_reports,
 )
 from commands.replay.tracker import DEFAULT_STALL_SECONDS
@@ -48,6 +49,7 @@ from commands.server import serve
 from config.system import SystemConfig, load_system_config
 from state.errors import ConfigurationError, DmcsError
 from state.states import State
+from summit.night_files import open_night
 from summit.simulation import plan_night, run_night
 
 log = logging.getLogger("dmcs.replay")
@@ -246,13 +248,40 @@ async def _replay(
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
         try:
             reader = NightRecordReader(pool, config)
-            outcome = await _run_system(config, opts, night, token, console, reader)
+            try:
+                outcome = await _run_system(config, opts, night, token, console, reader)
+            except Exception as e:  # noqa: BLE001 (the night failed: count it, report it)
+                summary = _failed(opts, decision, e)
+                summary["recoveries"] = restarts
+                await _failed_night(summary, pool, config, reader, night, opts.out)
+                return summary
             outcome.progress.recoveries.extend(restarts)
             summary = await _summarize(pool, config, outcome, night, opts.out)
         finally:
             await pool.close()
     summary.update(mode=decision.mode, why=decision.why)
     return summary
+
+
+async def _failed_night(
+    summary: dict[str, Any],
+    pool: asyncpg.Pool,
+    config: SystemConfig,
+    reader: NightRecordReader,
+    night: Path,
+    out: Path,
+) -> None:
+    """Add to a failed night's summary what was recorded, and write its reports if it can."""
+    try:
+        source = open_night(night)
+        visits = [v.visit_id for v in source.visits]
+        record = await reader.read(visits)
+        summary.update(record_counts(record, len(visits) * len(source.camera.detectors)))
+        summary["visits"] = len(visits)
+        records = await fetch_records(pool, config, visits)
+        summary["reports"] = await write_reports(pool, config, records, visits, night, out)
+    except (DmcsError, OSError, ValueError, asyncpg.PostgresError) as e:
+        summary["reportsFailed"] = f"{type(e).__name__}: {e}"
 
 
 async def _summarize(
@@ -267,7 +296,7 @@ async def _summarize(
         return summary
     summary = night_summary(records, outcome)
     try:
-        summary["reports"] = await write_reports(pool, config, records, outcome, night, out)
+        summary["reports"] = await write_reports(pool, config, records, outcome.visits, night, out)
     except (DmcsError, OSError, ValueError, asyncpg.PostgresError) as e:
         summary["reportsFailed"] = f"{type(e).__name__}: {e}"
     return summary

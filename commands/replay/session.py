@@ -118,18 +118,15 @@ def decide(out: Path, options: dict[str, Any], fresh: bool) -> Decision:
             previous,
         )
     if previous.status == "complete":
-        return Decision(
-            "again", "the previous replay completed",
-            previous,
-        )  # fmt: skip
+        return Decision("again", "the previous replay completed", previous)
     if previous.status == "failed":
         # A run that failed (rather than being killed or ending incomplete) may have failed
         # on what it would resume from (a database that no longer starts): start clean.
-        return Decision(
-            "again", "the previous replay failed with an error (see its summary)",
-            previous,
-        )  # fmt: skip
-    how = "was interrupted" if previous.status == "running" else f"ended {previous.status}"
+        why = "the previous replay failed with an error (see its summary)"
+        return Decision("again", why, previous)
+    how = {"running": "was interrupted", "interrupted": "was stopped"}.get(
+        previous.status, f"ended {previous.status}"
+    )
     return Decision("resume", f"the previous replay (pid {previous.pid}) {how}", previous)
 
 

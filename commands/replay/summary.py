@@ -14,6 +14,7 @@ from base.prompt_records import NightRecords, PromptRecords, latency_summary
 from base.reports.documents import write_night_reports
 from base.reports.truth import load_truth
 from commands.replay.night_system import PROCESSOR_CLASS
+from commands.replay.record import NightRecord
 from commands.replay.runner import ReplayOutcome
 from config.system import SystemConfig
 
@@ -77,6 +78,19 @@ def failure_summary(failure: str) -> dict[str, Any]:
     }
 
 
+def record_counts(record: NightRecord, expected: int) -> dict[str, Any]:
+    """The counts of a summary from the durable record alone (a night that failed)."""
+    return {
+        "ccdsExpected": expected,
+        "ccdsIngested": len(record.ingested),
+        "ccdsProcessed": len(record.processed),
+        "ccdsFailed": len(record.failed),
+        "ccdsPublished": len(record.published),
+        "failures": {f"{v}/{d}": why for (v, d), why in sorted(record.failed.items())},
+        "alerts": record.alerts,
+    }
+
+
 def night_summary(records: NightRecords | None, outcome: ReplayOutcome) -> dict[str, Any]:
     """Counts from the durable record (what this run saw as events, for a run without one),
     so a resumed night counts the CCDs an earlier run finished; latency from this run's events.
@@ -125,11 +139,11 @@ async def write_reports(
     pool: asyncpg.Pool,
     config: SystemConfig,
     records: NightRecords,
-    outcome: ReplayOutcome,
+    visits: list[int],
     night: Path,
     out: Path,
 ) -> dict[str, str]:
-    truth = load_truth(night / "truth.sqlite", outcome.visits)
-    dia = await _diasources(pool, config, outcome.visits)
+    truth = load_truth(night / "truth.sqlite", visits)
+    dia = await _diasources(pool, config, visits)
     paths = write_night_reports(records, out / "reports", truth=truth, diasources=dia)
     return {k: str(v) for k, v in paths.items()}
