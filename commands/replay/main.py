@@ -102,7 +102,12 @@ async def run_replay(opts: ReplayOptions, console: Console | None = None) -> dic
     base = load_system_config(opts.config)
     with postgres_dsn(opts.dsn or base.database.dsn, opts.out / "pg") as dsn:
         config = night_system_config(
-            base, dsn=dsn, night_dir=night, processors=opts.processors, data_dir=opts.out / "data"
+            base,
+            dsn=dsn,
+            night_dir=night,
+            processors=opts.processors,
+            data_dir=opts.out / "data",
+            staging=opts.out / "staging",
         )
         config = config.model_copy(
             update={"gateway": config.gateway.model_copy(update={"tokens_file": tokens})}
