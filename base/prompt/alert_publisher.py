@@ -128,8 +128,8 @@ class AlertPublisher(Controller, AlertStreamRpc):
         await self.end_standby()
 
     async def run_background(self, tg: SupervisedGroup) -> None:
-        tg.create_task(self._status_loop())
-        tg.create_task(self._drain_loop())
+        tg.create_task(self._status_loop)
+        tg.create_task(self._drain_loop)
 
     async def on_event(self, event: Event) -> None:
         data = event.data

@@ -203,10 +203,10 @@ class CcdProcessor(Controller):
         return info
 
     async def run_background(self, tg: SupervisedGroup) -> None:
-        tg.create_task(self._keep_running(self._work_loop), name="work_loop")
-        tg.create_task(self._keep_running(self._status_loop), name="status_loop")
-        tg.create_task(self._keep_running(self._reconcile_loop), name="reconcile_loop")
-        tg.create_task(self.stage_writer.run(), name="stage_writer")
+        tg.create_task(lambda: self._keep_running(self._work_loop), name="work_loop")
+        tg.create_task(lambda: self._keep_running(self._status_loop), name="status_loop")
+        tg.create_task(lambda: self._keep_running(self._reconcile_loop), name="reconcile_loop")
+        tg.create_task(self.stage_writer.run, name="stage_writer")
 
     async def _keep_running(self, loop: Callable[[], Awaitable[None]]) -> None:
         """Run ``loop`` for good: a broken work list faults the component, the loop goes on."""
