@@ -218,8 +218,8 @@ class Ingest(Controller):
     async def run_background(self, tg: SupervisedGroup) -> None:
         for r in self.ledger.pending():
             self._todo.put_nowait((r.visit, r.detector))
-        tg.create_task(self._register_loop(), name=f"{self.name}-register")
-        tg.create_task(self._status_loop(), name=f"{self.name}-status")
+        tg.create_task(self._register_loop, name=f"{self.name}-register")
+        tg.create_task(self._status_loop, name=f"{self.name}-status")
 
     async def _register_loop(self) -> None:
         async with asyncio.TaskGroup() as tg:

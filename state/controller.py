@@ -59,22 +59,46 @@ FailureHandler = Callable[[str, BaseException, str], Awaitable[None]]
 
 
 class SupervisedGroup:
-    """A component's view of the controller's TaskGroup: a failing task reports, not kills."""
+    """A component's view of the controller's TaskGroup: a failing task reports, not kills.
+
+    A task given as a factory (a callable returning the coroutine, e.g. ``self._loop``) can be
+    started again: :meth:`restart_failed` does so for those that failed, which the controller
+    calls on ``standby`` → ``start``, so a component recovered from FAULT has its loops back.
+    """
 
     def __init__(self, tg: asyncio.TaskGroup, on_failure: FailureHandler) -> None:
         self._tg = tg
         self._on_failure = on_failure
+        self._factories: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {}
+        self._failed: set[str] = set()
 
     def create_task(
-        self, coro: Coroutine[Any, Any, Any], name: str | None = None
+        self,
+        coro: Coroutine[Any, Any, Any] | Callable[[], Coroutine[Any, Any, Any]],
+        name: str | None = None,
     ) -> asyncio.Task[None]:
-        label = name or getattr(coro, "__qualname__", "task")
+        if callable(coro):
+            factory = coro
+            label = name or getattr(factory, "__qualname__", "task")
+            self._factories[label] = factory
+            coro = factory()
+        else:
+            label = name or getattr(coro, "__qualname__", "task")
         return self._tg.create_task(self._guard(coro, label), name=label)
+
+    def restart_failed(self) -> list[str]:
+        """Start again every failed task that was given as a factory; their names."""
+        again = sorted(n for n in self._failed if n in self._factories)
+        for name in again:
+            self._failed.discard(name)
+            self.create_task(self._factories[name], name)
+        return again
 
     async def _guard(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         try:
             await coro
         except Exception as e:  # noqa: BLE001 -- any failure of a component's own task
+            self._failed.add(name)
             await self._on_failure(name, e, tb.format_exc())
 
 
@@ -123,6 +147,7 @@ class Controller:
         self._suppressed = 0
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_size)
         self._runner: asyncio.Task[None] | None = None
+        self._group: SupervisedGroup | None = None
         self._error_code = 0
         self._error_report = ""
         self._specs: dict[str, tuple[ParamSpec, ...]] = {
@@ -170,7 +195,8 @@ class Controller:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._heartbeat_loop())
             tg.create_task(self._command_loop())
-            await self.run_background(SupervisedGroup(tg, self._background_failed))
+            self._group = SupervisedGroup(tg, self._background_failed)
+            await self.run_background(self._group)
 
     async def run_background(self, tg: SupervisedGroup) -> None:
         """Hook: start a component's own long-lived tasks in the controller's TaskGroup.
@@ -378,6 +404,12 @@ class Controller:
         if old == State.FAULT:
             self._error_code, self._error_report = 0, ""
         self._publish_summary_state()
+        if command == "start" and self._group is not None:
+            restarted = self._group.restart_failed()
+            if restarted:
+                self.log_message(
+                    logging.WARNING, f"background task(s) restarted: {', '.join(restarted)}"
+                )
 
     async def do_start(self, *, configurationOverride: str = "") -> None:
         await self._transition("start", configurationOverride)

@@ -230,9 +230,9 @@ class SummitBuffer(Controller):
         recovered = await self.store.recover()
         if recovered:
             self.log.warning("recovered %d raws caught mid-receipt by a crash", len(recovered))
-        tg.create_task(self._transfer_loop(), name=f"{self.name}-transfer")
-        tg.create_task(self._status_loop(), name=f"{self.name}-status")
-        tg.create_task(self._reconcile_loop(), name=f"{self.name}-reconcile")
+        tg.create_task(self._transfer_loop, name=f"{self.name}-transfer")
+        tg.create_task(self._status_loop, name=f"{self.name}-status")
+        tg.create_task(self._reconcile_loop, name=f"{self.name}-reconcile")
 
     # ------------------------------------------------------------- reconciliation
     def _load_roots(self) -> set[Path]:

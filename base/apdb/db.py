@@ -38,6 +38,8 @@ _UNAVAILABLE = (
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.InterfaceError,
+    # A connection left mid-operation (a query cancelled by a timeout, a server gone).
+    asyncpg.InternalClientError,
 )
 _CONFLICT = (asyncpg.exceptions.SerializationError, asyncpg.exceptions.DeadlockDetectedError)
 

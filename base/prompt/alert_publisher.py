@@ -67,6 +67,8 @@ class AlertPublisher(Controller, AlertStreamRpc):
         self._listener: asyncpg.Connection | None = None
         self._wake = asyncio.Event()
         self._publishing = asyncio.Lock()
+        #: The outbox's rows pending, published and failed, as of the last drain.
+        self._outbox_state: dict[str, int] = {}
         self.counts = {"published": 0, "alerts": 0, "duplicates": 0, "unpublishable": 0}
 
     async def configure(self, override: str) -> dict[str, Any]:
@@ -126,8 +128,8 @@ class AlertPublisher(Controller, AlertStreamRpc):
         await self.end_standby()
 
     async def run_background(self, tg: SupervisedGroup) -> None:
-        tg.create_task(self._status_loop())
-        tg.create_task(self._drain_loop())
+        tg.create_task(self._status_loop)
+        tg.create_task(self._drain_loop)
 
     async def on_event(self, event: Event) -> None:
         data = event.data
@@ -151,6 +153,10 @@ class AlertPublisher(Controller, AlertStreamRpc):
                 continue
             try:
                 await self.drain()
+                if self._outbox is not None:
+                    self._outbox_state = await self._outbox.counts()
+                if self._listener is not None and self._listener.is_closed():
+                    self._listener = await self._listen()  # lost with a database restart
             except RetriableError as e:
                 self.log.warning("alert outbox not drained now (%s); retrying", e)
                 delay = min(self.config.outbox_poll, 1.0)
@@ -319,17 +325,7 @@ class AlertPublisher(Controller, AlertStreamRpc):
                     **self.counts,
                     "spooledBatches": self.spool.head,
                     "evicted": self.spool.evicted,
-                    **await self._outbox_counts(),
+                    **{f"outbox{k.capitalize()}": v for k, v in self._outbox_state.items()},
                 },
                 "telemetry",
             )
-
-    async def _outbox_counts(self) -> dict[str, int]:
-        box = self._outbox
-        if box is None:
-            return {}
-        try:
-            counts = await asyncio.wait_for(box.counts(), max(self.heartbeat_interval, 1.0))
-        except (DmcsError, TimeoutError):
-            return {}
-        return {f"outbox{k.capitalize()}": v for k, v in counts.items()}

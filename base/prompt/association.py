@@ -63,7 +63,7 @@ class Association(Controller):
         await self.end_standby()
 
     async def run_background(self, tg: SupervisedGroup) -> None:
-        tg.create_task(self._status_loop())
+        tg.create_task(self._status_loop)
 
     # ------------------------------------------------------------ data plane
     async def rpc_associate(self, wire: dict[str, Any]) -> dict[str, Any]:

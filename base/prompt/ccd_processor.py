@@ -21,7 +21,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import asyncpg
@@ -81,6 +81,7 @@ class CcdProcessor(Controller):
         self._wakeup = asyncio.Event()
         self.counts = {"processed": 0, "failed": 0, "abandoned": 0, "retried": 0, "reconciled": 0}
         self._reconciled_to: datetime | None = None
+        self._started_at = datetime.now(UTC)
         self.stage_writer = StageWriter(self.log_message, self.log, self.config.retry_backoff)
         self._headerless: set[tuple[int, int]] = set()
         self._headerless_visits: set[int] = set()
@@ -138,15 +139,21 @@ class CcdProcessor(Controller):
         """Queue the raws of this processor's detectors that the registry holds and the work
         list does not (ingested while it was not listening, or whose ``imageIngested`` was
         lost). ``full``: every raw since the first visit heard of; else those ingested since
-        the previous look (less a margin for transactions that committed late)."""
-        first = self.queue.first_visit()
-        if first is None or self._repository is None:
+        the previous look (less a margin for transactions that committed late). A processor
+        that has heard of no visit yet (its nextVisit events lost too) looks at the raws
+        ingested since it started."""
+        if self._repository is None:
             return 0
+        first = self.queue.first_visit()
         since = self._reconciled_to
         if full or since is None:
             since = None
         else:
             since -= RECONCILE_MARGIN
+        if first is None:
+            first = 0
+            if since is None or since < self._started_at - RECONCILE_MARGIN:
+                since = self._started_at - RECONCILE_MARGIN
         try:
             raws, latest = await self._repository.raws_ingested_since(first, since)
         except DmcsError as e:
@@ -196,10 +203,10 @@ class CcdProcessor(Controller):
         return info
 
     async def run_background(self, tg: SupervisedGroup) -> None:
-        tg.create_task(self._keep_running(self._work_loop), name="work_loop")
-        tg.create_task(self._keep_running(self._status_loop), name="status_loop")
-        tg.create_task(self._keep_running(self._reconcile_loop), name="reconcile_loop")
-        tg.create_task(self.stage_writer.run(), name="stage_writer")
+        tg.create_task(lambda: self._keep_running(self._work_loop), name="work_loop")
+        tg.create_task(lambda: self._keep_running(self._status_loop), name="status_loop")
+        tg.create_task(lambda: self._keep_running(self._reconcile_loop), name="reconcile_loop")
+        tg.create_task(self.stage_writer.run, name="stage_writer")
 
     async def _keep_running(self, loop: Callable[[], Awaitable[None]]) -> None:
         """Run ``loop`` for good: a broken work list faults the component, the loop goes on."""

@@ -229,7 +229,12 @@ async def _replay(
     ) as dsn:
         await wait_for_database(dsn, opts.startup_timeout)
         config = night_system_config(
-            base, dsn=dsn, night_dir=night, processors=opts.processors, data_dir=opts.out / "data"
+            base,
+            dsn=dsn,
+            night_dir=night,
+            processors=opts.processors,
+            data_dir=opts.out / "data",
+            staging=opts.out / "staging",
         )
         config = config.model_copy(
             update={

@@ -15,6 +15,7 @@ from config.system import ComponentConfig, SystemConfig
 from state.errors import ConfigurationError
 
 PROCESSOR_CLASS = "base.prompt.ccd_processor:CcdProcessor"
+BUFFER_CLASS = "summit.summit_buffer:SummitBuffer"
 #: Components whose settings name the database (they connect to PostgreSQL themselves).
 _SCHEMAS_OF = {
     "base.ingest:Ingest": ("registry_schema",),
@@ -70,10 +71,12 @@ def night_system_config(
     data_dir: Path | None = None,
     processor_cpus: float | None = None,
     schema_prefix: str = "",
+    staging: Path | None = None,
 ) -> SystemConfig:
     """``config`` with a pool of ``processors`` CCD processors and the database wired in.
 
     ``schema_prefix`` renames every PostgreSQL schema, so several nights can share a server.
+    ``staging``: the camera's staging area, whose readout records the SummitBuffer reconciles.
     """
     if processors < 1:
         raise ConfigurationError(f"need at least one CCD processor, not {processors}")
@@ -87,6 +90,8 @@ def night_system_config(
             continue
         if spec.cls in DATABASE_USERS:
             spec = _with_settings(spec, **_database_settings(spec, dsn, schema_prefix))  # noqa: PLW2901
+        if spec.cls == BUFFER_CLASS and staging is not None:
+            spec = _with_settings(spec, staging_dir=str(staging.resolve()))  # noqa: PLW2901
         components.append(spec)
     for index in range(processors):
         spec = template.model_copy(
