@@ -1,4 +1,5 @@
-"""The fan-out primitives (state/fanout.py) and the event bus built on them, without Ray."""
+"""The fan-out primitives (state/fanout.py), and the bus and client channel built on them,
+without Ray."""
 
 from __future__ import annotations
 
@@ -6,9 +7,14 @@ import asyncio
 import logging
 from typing import Any
 
+import msgpack
 import pytest
+from aiohttp import web
 
 from actors.bus import EventBus
+from commands.channel import Channel
+from commands.protocol import SUBPROTOCOL_MSGPACK, Codec
+from state.acks import Ack, AckCode
 from state.errors import ConnectionLostError
 from state.events import Event
 from state.fanout import Batch, DropOldestQueue, Follower, GapCounter, TopicFilter
@@ -159,3 +165,18 @@ async def test_bus_filters_with_the_one_rule_and_drops_oldest() -> None:
     assert (await bus.poll("nobody", timeout=0))["known"] is False
     stats = await bus.stats()
     assert stats["subscribers"]["tiny"] == {"queued": 0, "dropped": 1, "delivered": 2}
+
+
+def test_an_ack_that_cannot_be_encoded_still_tells_how_the_command_ended() -> None:
+    channel = Channel(web.WebSocketResponse(), Codec(SUBPROTOCOL_MSGPACK), "ocs", max_events=4)
+    ack = Ack("Big\ud800", "count", 7, AckCode.CMD_COMPLETE, "done", 0.0, {"n": 10**30})
+    channel.send_ack(3, ack)
+    channel.send_ack(4, Ack("C", "count", 8, AckCode.CMD_COMPLETE, "", 0.0, {"n": 1}))
+    sent = [msgpack.unpackb(f) for f in channel._control]  # what the write loop would send
+    assert [m["id"] for m in sent] == [3, 4] and channel.encode_failures == 1
+    plain = sent[0]["ack"]
+    assert (plain["component"], plain["code"], plain["seq"], plain["data"]) == (
+        "Big\\ud800", int(AckCode.CMD_COMPLETE), 7, None,
+    )  # fmt: skip
+    assert plain["result"].startswith("done (the ack's data could not be encoded")
+    assert sent[1]["ack"]["data"] == {"n": 1}
