@@ -15,7 +15,7 @@ from actors.bus import EventBus
 from commands.channel import Channel
 from commands.protocol import SUBPROTOCOL_MSGPACK, Codec
 from state.acks import Ack, AckCode
-from state.errors import ConnectionLostError
+from state.errors import ConnectionLostError, InvalidInputError
 from state.events import Event
 from state.fanout import Batch, DropOldestQueue, Follower, GapCounter, TopicFilter
 from tests.standard import until
@@ -165,6 +165,20 @@ async def test_bus_filters_with_the_one_rule_and_drops_oldest() -> None:
     assert (await bus.poll("nobody", timeout=0))["known"] is False
     stats = await bus.stats()
     assert stats["subscribers"]["tiny"] == {"queued": 0, "dropped": 1, "delivered": 2}
+
+
+async def test_bus_refuses_a_malformed_event_and_publishes_the_rest_of_the_batch() -> None:
+    bus = EventBus()
+    await bus.subscribe("all")
+    with pytest.raises(InvalidInputError, match="component and a topic"):
+        await bus.publish({"topic": "x"})
+    batch = [_wire("A", "x", 1), {"component": "A"}, ["not", "a", "map"],
+             {"component": 7, "topic": "x"}, _wire("A", "x", 2)]  # fmt: skip
+    await bus.publish_many(batch)
+    got = (await bus.poll("all", timeout=0))["events"]
+    assert [e["seq"] for e in got] == [1, 2]
+    stats = await bus.stats()
+    assert (stats["published"], stats["refused"]) == (2, 3)
 
 
 def test_an_ack_that_cannot_be_encoded_still_tells_how_the_command_ended() -> None:
