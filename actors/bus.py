@@ -20,9 +20,11 @@ from typing import Any
 
 from ray.exceptions import RayError
 
+from state.errors import InvalidInputError
 from state.fanout import Batch, DropOldestQueue, Follower, TopicFilter
 
 Wire = dict[str, Any]
+log = logging.getLogger("dmcs.bus")
 
 
 @dataclass(slots=True)
@@ -46,18 +48,30 @@ class EventBus:
         self._latest: dict[tuple[str, str], Wire] = {}
         self._restarts: dict[str, int] = {}
         self._published = 0
+        self._refused = 0
 
     async def publish(self, event: Wire) -> None:
+        """Fan ``event`` out; one without a string ``component`` and ``topic`` is refused."""
+        try:
+            component, topic = event["component"], event["topic"]
+        except (KeyError, TypeError) as e:
+            raise InvalidInputError(f"an event needs a component and a topic: {e!r}") from e
+        if not (isinstance(component, str) and isinstance(topic, str)):
+            raise InvalidInputError(f"component and topic must be strings, not {component!r}")
         self._published += 1
-        self._latest[(event["component"], event["topic"])] = event
-        component, topic = event["component"], event["topic"]
+        self._latest[(component, topic)] = event
         for sub in self._subscribers.values():
             if sub.filter.wants(component, topic):
                 sub.queue.put(event)
 
     async def publish_many(self, events: list[Wire]) -> None:
+        """Publish in order; an event the bus refuses is counted and logged, the rest go on."""
         for event in events:
-            await self.publish(event)
+            try:
+                await self.publish(event)
+            except InvalidInputError as e:
+                self._refused += 1
+                log.warning("event refused: %s", e)
 
     async def subscribe(
         self,
@@ -102,6 +116,7 @@ class EventBus:
     async def stats(self) -> Wire:
         return {
             "published": self._published,
+            "refused": self._refused,
             "subscribers": {
                 sid: {"queued": len(s.queue), "dropped": s.queue.dropped, "delivered": s.delivered}
                 for sid, s in self._subscribers.items()

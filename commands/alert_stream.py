@@ -39,7 +39,7 @@ from base.alerts.stream import Subscription
 from commands.auth import Authenticator
 from commands.background import background
 from config.system import ComponentConfig
-from state.errors import ConnectionLostError, InvalidInputError
+from state.errors import ConnectionLostError, DmcsError, InvalidInputError
 from state.fanout import Batch, Follower
 from state.peers import Peer
 
@@ -72,7 +72,7 @@ class AlertStream:
         self.follower: Follower[Mapping[str, Any]] = Follower(
             "alert stream", subscribe=self._start, poll=self._poll,
             deliver=lambda batch, _snapshot: self.publish(batch),
-            transient=(ConnectionLostError,), log=log, backoff=0.2,
+            transient=(DmcsError,), log=log, backoff=0.2,
         )  # fmt: skip
 
     @property
@@ -174,8 +174,9 @@ def setup_alert_stream(
     brokers: frozenset[str] = DEFAULT_BROKERS,
 ) -> AlertStream:
     """Add the stream and archive routes to the gateway, fed by the AlertPublisher if any."""
-    handle = components.get(publisher_name(component_configs))
-    peer = ActorPeer.of_handle(PUBLISHER, handle) if handle else None
+    name = publisher_name(component_configs)
+    handle = components.get(name)
+    peer = ActorPeer.of_handle(name, handle) if handle else None
     return setup_alert_routes(app, auth, peer, brokers)
 
 

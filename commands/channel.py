@@ -9,6 +9,7 @@ from collections import deque
 from aiohttp import web
 
 from commands.protocol import Codec, Frame, Op, frame
+from state.acks import Ack
 from state.fanout import DropOldestQueue, TopicFilter
 
 log = logging.getLogger("dmcs.gateway")
@@ -66,6 +67,12 @@ class Channel:
         self._wakeup.set()
         return True
 
+    def send_ack(self, request_id: int, ack: Ack) -> None:
+        """Queue an ack; one that cannot be encoded goes out with its data left out and its
+        text escaped, so that the client still learns how its command ended."""
+        if not self.send(frame(Op.ACK, id=request_id, ack=ack.to_wire())):
+            self.send(frame(Op.ACK, id=request_id, ack=_plain(ack).to_wire()))
+
     def send_event(self, encoded: bytes | str) -> None:
         self._events.put(encoded)
         self._wakeup.set()
@@ -97,3 +104,14 @@ class Channel:
             await self.ws.send_bytes(payload)
         else:
             await self.ws.send_str(payload)
+
+
+def _plain(ack: Ack) -> Ack:
+    def ascii_text(text: str) -> str:
+        return text.encode("ascii", "backslashreplace").decode("ascii")
+
+    result = f"{ack.result} (the ack's data could not be encoded and was left out)".strip()
+    return Ack(
+        ascii_text(ack.component), ascii_text(ack.command), ack.seq, ack.code,
+        ascii_text(result), ack.timeout, None,
+    )  # fmt: skip

@@ -309,7 +309,7 @@ async def _command(hub: Hub, channel: Channel, message: dict[str, Any]) -> None:
             message["name"],
             params=message.get("params") or {},
             timeout=message.get("timeout"),
-            on_ack=lambda ack: channel.send(frame(Op.ACK, id=request_id, ack=ack.to_wire())),
+            on_ack=lambda ack: channel.send_ack(request_id, ack),
         )
     finally:
         channel.in_flight -= 1

@@ -223,7 +223,7 @@ class Follower(Generic[T]):
                 self.errors += 1
                 if isinstance(e, self._transient):
                     level = logging.WARNING if self.connected else logging.DEBUG
-                    self._log.log(level, "%s: source unreachable (%s); retrying in %.1f s",
+                    self._log.log(level, "%s: source unavailable (%s); retrying in %.1f s",
                                   self.name, e, backoff)  # fmt: skip
                 else:
                     self._log.exception("%s: following failed; retrying in %.1f s", self.name,

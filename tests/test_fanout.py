@@ -1,4 +1,5 @@
-"""The fan-out primitives (state/fanout.py) and the event bus built on them, without Ray."""
+"""The fan-out primitives (state/fanout.py), and the bus and client channel built on them,
+without Ray."""
 
 from __future__ import annotations
 
@@ -6,10 +7,15 @@ import asyncio
 import logging
 from typing import Any
 
+import msgpack
 import pytest
+from aiohttp import web
 
 from actors.bus import EventBus
-from state.errors import ConnectionLostError
+from commands.channel import Channel
+from commands.protocol import SUBPROTOCOL_MSGPACK, Codec
+from state.acks import Ack, AckCode
+from state.errors import ConnectionLostError, InvalidInputError
 from state.events import Event
 from state.fanout import Batch, DropOldestQueue, Follower, GapCounter, TopicFilter
 from tests.standard import until
@@ -159,3 +165,32 @@ async def test_bus_filters_with_the_one_rule_and_drops_oldest() -> None:
     assert (await bus.poll("nobody", timeout=0))["known"] is False
     stats = await bus.stats()
     assert stats["subscribers"]["tiny"] == {"queued": 0, "dropped": 1, "delivered": 2}
+
+
+async def test_bus_refuses_a_malformed_event_and_publishes_the_rest_of_the_batch() -> None:
+    bus = EventBus()
+    await bus.subscribe("all")
+    with pytest.raises(InvalidInputError, match="component and a topic"):
+        await bus.publish({"topic": "x"})
+    batch = [_wire("A", "x", 1), {"component": "A"}, ["not", "a", "map"],
+             {"component": 7, "topic": "x"}, _wire("A", "x", 2)]  # fmt: skip
+    await bus.publish_many(batch)
+    got = (await bus.poll("all", timeout=0))["events"]
+    assert [e["seq"] for e in got] == [1, 2]
+    stats = await bus.stats()
+    assert (stats["published"], stats["refused"]) == (2, 3)
+
+
+def test_an_ack_that_cannot_be_encoded_still_tells_how_the_command_ended() -> None:
+    channel = Channel(web.WebSocketResponse(), Codec(SUBPROTOCOL_MSGPACK), "ocs", max_events=4)
+    ack = Ack("Big\ud800", "count", 7, AckCode.CMD_COMPLETE, "done", 0.0, {"n": 10**30})
+    channel.send_ack(3, ack)
+    channel.send_ack(4, Ack("C", "count", 8, AckCode.CMD_COMPLETE, "", 0.0, {"n": 1}))
+    sent = [msgpack.unpackb(f) for f in channel._control]  # what the write loop would send
+    assert [m["id"] for m in sent] == [3, 4] and channel.encode_failures == 1
+    plain = sent[0]["ack"]
+    assert (plain["component"], plain["code"], plain["seq"], plain["data"]) == (
+        "Big\\ud800", int(AckCode.CMD_COMPLETE), 7, None,
+    )  # fmt: skip
+    assert plain["result"].startswith("done (the ack's data could not be encoded")
+    assert sent[1]["ack"]["data"] == {"n": 1}
