@@ -41,6 +41,11 @@ class Channel:
     def wants(self, component: str, topic: str) -> bool:
         return any(s.wants(component, topic) for s in self.subscriptions.values())
 
+    @property
+    def pending_control(self) -> int:
+        """Control frames (acks, errors, snapshots) not yet written to the socket."""
+        return len(self._control)
+
     def send(self, message: Frame) -> None:
         self._control.append(self.codec.encode(message))
         self._wakeup.set()

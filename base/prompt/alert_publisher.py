@@ -40,7 +40,6 @@ ARCHIVE_FAILED = 500
 
 
 class AlertPublisher(Controller, AlertStreamRpc):
-    version = "0.1.0"
     uses_database: ClassVar[bool] = True
     event_topics = ("alertsPublished", "visitLatency", "processingStatus")
     listen_components = ("*",)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import math
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from commands.auth import Authenticator
 from commands.dashboard.alarms import AlarmError
 from commands.dashboard.service import Dashboard
 from commands.hub import Hub
+from commands.protocol import loads_json
 from config.system import ComponentConfig
 from state.acks import AckCode
 from state.errors import InvalidInputError, NotPermittedError
@@ -139,10 +140,7 @@ async def alarm_action(request: web.Request) -> web.Response:
 async def _body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidInputError(f"request body is not valid JSON: {e}") from e
+    body = loads_json(await request.read())
     if not isinstance(body, dict):
         raise InvalidInputError("request body must be a JSON object")
     return body
@@ -150,5 +148,11 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 def _number(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidInputError(f"{name} must be a number of seconds, got {value!r}")
-    return float(value)
+        raise InvalidInputError(f"{name} must be a number of seconds, got {repr(value)[:40]}")
+    try:
+        number = float(value)
+    except OverflowError as e:
+        raise InvalidInputError(f"{name} is out of range") from e
+    if not math.isfinite(number):
+        raise InvalidInputError(f"{name} must be a finite number of seconds")
+    return number
