@@ -22,6 +22,7 @@ from commands.gateway import HUB, MAX_PENDING_CONTROL, MAX_SUBSCRIPTIONS
 from commands.protocol import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK
 from commands.server import RunningSystem
 from state.command import param_specs, validate_params
+from state.contracts import ContractError
 from state.errors import CommandRejected
 from summit.summit_buffer import SummitBuffer
 from tests.conftest import TOKENS, component_spec
@@ -412,3 +413,12 @@ def test_buffer_rates_refuse_nan(command: str, bad: float) -> None:
     specs = param_specs(getattr(SummitBuffer, f"do_{command}"))
     with pytest.raises(CommandRejected, match="finite"):
         validate_params(command, specs, {"mbps": bad})
+
+
+async def test_the_client_checks_input_before_sending(running: RunningSystem) -> None:
+    async with Client(running.ws_url, token=TOKENS["ocs"]) as ocs:
+        with pytest.raises(ContractError, match="'visit'"):
+            await ocs.send_camera_event("nextVisit", visit="abc")
+        with pytest.raises(ContractError, match="finite"):
+            await ocs.send_telemetry("seeing", fwhm=math.nan)
+        await ocs.send_telemetry("seeing", fwhm=0.7)

@@ -30,7 +30,7 @@ class NextVisit(Contract):
     exposureTime: Seconds | None = None
     startMjd: Mjd | None = None
     fieldId: Int64 | None = None
-    observationId: Name | None = None
+    observationId: Int64 | None = None
     detectors: Detectors | None = None
 
 

@@ -175,6 +175,8 @@ class CcdProcessed(Contract):
     reason: Text | None = None
     nDiaSources: NonNegInt | None = None
     attempt: NonNegInt | None = None
+    status: Name | None = None
+    failureType: Name | None = None
 
 
 class AlertsPublished(Contract):
@@ -192,6 +194,7 @@ class VisitLatency(Contract):
     visit: NonNegInt | None = None
     nAlerts: NonNegInt | None = None
     nCcds: NonNegInt | None = None
+    nFailed: NonNegInt | None = None
     latencySeconds: Finite | None = None
     withinBudget: bool | None = None
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from .base import Contract
 from .camera import Band
@@ -71,19 +71,28 @@ class PredictedSchedule(Contract):
     visits: Annotated[list[ScheduledVisit], Field(max_length=100_000)]
 
 
-class ReprocessProgress(Contract):
-    """Lenient in ``status`` and ``phase``: the dashboard counts unknown ones as malformed."""
+Unit = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^(ccd:[0-9]+/[0-9]+|region:.+|characterize)$", max_length=128, strict=True
+    ),
+]
+ReprocessMode = Literal["release", "catchUp"]
+ReprocessPhase = Literal["ccd", "region", "characterize"]
+ReprocessStatus = Literal["running", "done", "failed", "interrupted"]
 
+
+class ReprocessProgress(Contract):
     topic = "reprocessProgress"
     run: Name
-    mode: Name | None = None
-    phase: Name | None = None
+    mode: ReprocessMode | None = None
+    phase: ReprocessPhase | None = None
     done: NonNegInt | None = None
     total: NonNegInt | None = None
     failed: NonNegInt | None = None
     ratePerSecond: Finite | None = None
     etaSeconds: Finite | None = None
-    status: Name | None = None
+    status: ReprocessStatus | None = None
     startedTai: Finite | None = None
     workers: NonNegInt | None = None
 
@@ -91,7 +100,7 @@ class ReprocessProgress(Contract):
 class ReprocessFailure(Contract):
     topic = "reprocessFailure"
     run: Name
-    unit: Name | None = None
+    unit: Unit | None = None
     reason: Text | None = None
     attempt: NonNegInt | None = None
     final: bool | None = None
