@@ -45,11 +45,17 @@ class Bystander:
         self.client = client
         self.beats: list[int] = []
         self.arrived = asyncio.Event()
+        self.failure: Exception | None = None
 
     async def follow(self) -> None:
-        async for event in self.client.subscribe([NAME], ["heartbeat"], snapshot=False):
-            self.beats.append(event.seq)
+        try:
+            async for event in self.client.subscribe([NAME], ["heartbeat"], snapshot=False):
+                self.beats.append(event.seq)
+                self.arrived.set()
+        except Exception as e:
+            self.failure = e
             self.arrived.set()
+            raise
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +63,7 @@ async def bystander(running: RunningSystem) -> AsyncIterator[Bystander]:
     async with Client(running.ws_url, token=TOKENS["operator"]) as client:
         watch = Bystander(client)
         task = asyncio.create_task(watch.follow())
+        await beats_go_on(watch)
         yield watch
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -68,6 +75,7 @@ async def beats_go_on(watch: Bystander) -> None:
     seen = len(watch.beats)
     async with asyncio.timeout(10):
         while len(watch.beats) < seen + 2:
+            assert watch.failure is None, f"the bystander's stream failed: {watch.failure!r}"
             watch.arrived.clear()
             await watch.arrived.wait()
     assert watch.beats == list(range(watch.beats[0], watch.beats[0] + len(watch.beats)))
