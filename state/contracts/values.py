@@ -56,43 +56,60 @@ Detector = Annotated[int, Field(ge=0, le=10_000, strict=True)]
 def check_value(value: Any, where: str = "payload") -> None:
     """Raise ContractError unless ``value`` is a safe wire value (see the module docstring).
 
-    Iterative, so a hostile nesting cannot exhaust the interpreter's stack.
+    Iterative, so a hostile nesting cannot exhaust the interpreter's stack; the path to a bad
+    value is only spelled out when there is one.
     """
-    stack: list[tuple[Any, str, int]] = [(value, where, 0)]
+    stack: list[tuple[Any, int, _Trail]] = [(value, 0, None)]
     while stack:
-        item, path, depth = stack.pop()
+        item, depth, trail = stack.pop()
         if item is None or isinstance(item, bool | bytes):
             continue
         if isinstance(item, int):
             if not INT64_MIN <= item <= INT64_MAX:
-                raise ContractError(f"{path}: integer out of the 64-bit range")
+                raise ContractError(f"{_path(where, trail)}: integer out of the 64-bit range")
         elif isinstance(item, float):
             if not math.isfinite(item):
-                raise ContractError(f"{path}: {item} is not a finite number")
+                raise ContractError(f"{_path(where, trail)}: {item} is not a finite number")
         elif isinstance(item, str):
-            _check_text(item, path)
+            _check_text(item, where, trail)
         elif isinstance(item, dict | list | tuple):
             if depth >= MAX_DEPTH:
-                raise ContractError(f"{path}: nested deeper than {MAX_DEPTH} levels")
+                raise ContractError(f"{_path(where, trail)}: nested deeper than {MAX_DEPTH} levels")
             if isinstance(item, dict):
                 for key, sub in item.items():
                     if not isinstance(key, str):
-                        raise ContractError(f"{path}: map keys must be strings")
-                    _check_text(key, f"{path} key")
-                    stack.append((sub, f"{path}.{key[:MAX_NAME]}", depth + 1))
+                        raise ContractError(f"{_path(where, trail)}: map keys must be strings")
+                    _check_text(key, where, (trail, "<key>"))
+                    stack.append((sub, depth + 1, (trail, key)))
             else:
-                stack.extend((sub, f"{path}[{i}]", depth + 1) for i, sub in enumerate(item))
+                stack.extend((sub, depth + 1, (trail, i)) for i, sub in enumerate(item))
         else:
-            raise ContractError(f"{path}: {type(item).__name__} is not a wire value")
+            raise ContractError(f"{_path(where, trail)}: {type(item).__name__} is not a wire value")
 
 
-def _check_text(text: str, path: str) -> None:
+#: The way to a value inside a payload: (the parent's trail, key or index), None at the top.
+_Trail = tuple[Any, str | int] | None
+
+
+def _path(where: str, trail: _Trail) -> str:
+    parts: list[str] = []
+    while trail is not None:
+        trail, step = trail
+        parts.append(f"[{step}]" if isinstance(step, int) else f".{str(step)[:MAX_NAME]}")
+    path = where + "".join(reversed(parts))
+    return path.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _check_text(text: str, where: str, trail: _Trail) -> None:
     if len(text) > MAX_STRING:
-        raise ContractError(f"{path}: string longer than {MAX_STRING} characters")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise ContractError(f"{path}: string is not valid UTF-8 (lone surrogate)") from e
+        raise ContractError(f"{_path(where, trail)}: string longer than {MAX_STRING} characters")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ContractError(
+                f"{_path(where, trail)}: string is not valid UTF-8 (lone surrogate)"
+            ) from e
 
 
 def nesting_depth_exceeds(value: Any, limit: int = MAX_DEPTH) -> bool:
