@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import Any, ClassVar
 
 import asyncpg
@@ -142,7 +143,7 @@ class AlertPublisher(Controller, AlertStreamRpc):
                 "visit": visit,
                 "detector": detector,
                 "nAlerts": n,
-                "latencySeconds": latency,
+                "latencySeconds": _finite(latency),
                 "positions": positions.round(6).tolist(),
                 "stages": stages,
             },
@@ -203,7 +204,7 @@ class AlertPublisher(Controller, AlertStreamRpc):
                 "nAlerts": done.n_alerts,
                 "nCcds": done.n_ccds,
                 "nFailed": done.n_failed,
-                "latencySeconds": done.latency_seconds,
+                "latencySeconds": _finite(done.latency_seconds),
                 "withinBudget": done.within_budget,
             },
         )
@@ -222,3 +223,8 @@ class AlertPublisher(Controller, AlertStreamRpc):
                 {**self.counts, "spooledBatches": self.spool.head, "evicted": self.spool.evicted},
                 "telemetry",
             )
+
+
+def _finite(seconds: float | None) -> float | None:
+    """A latency for the wire: unknown (no endReadout stage) is null, never NaN."""
+    return seconds if seconds is not None and math.isfinite(seconds) else None

@@ -186,7 +186,7 @@ class AlertsPublished(Contract):
     nAlerts: NonNegInt | None = None
     latencySeconds: Finite | None = None
     positions: Annotated[list[Position], Field(max_length=50)] | None = None
-    stages: dict[str, Finite] | None = None
+    stages: dict[str, Finite | None] | None = None
 
 
 class VisitLatency(Contract):
