@@ -47,7 +47,6 @@ _HEAD_BYTES = 64 * 2880
 
 
 class Ingest(Controller):
-    version = "0.1.0"
     event_topics = ("imageIngested", "ingestStatus")
     listen_components = ("HeaderService",)
     listen_topics = ("largeFileObjectAvailable",)

@@ -38,7 +38,9 @@ from base.alerts.filters import filter_table
 from base.alerts.stream import Subscription
 from commands.auth import Authenticator
 from commands.background import background
+from commands.protocol import loads_json
 from config.system import ComponentConfig
+from state.contracts.values import INT64_MAX
 from state.errors import ConnectionLostError, DmcsError, InvalidInputError
 from state.fanout import Batch, Follower
 from state.peers import Peer
@@ -214,9 +216,11 @@ async def fetch_alert(request: web.Request) -> web.Response:
     _identity(request)
     text = request.match_info["diaSourceId"]
     try:
-        dia_source_id = int(text)
+        dia_source_id = int(text[:32])
     except ValueError as e:
-        raise web.HTTPBadRequest(text=f"diaSourceId must be an integer, got {text!r}") from e
+        raise web.HTTPBadRequest(text=f"diaSourceId must be an integer, got {text[:32]!r}") from e
+    if not 0 <= dia_source_id <= INT64_MAX:
+        raise web.HTTPBadRequest(text="diaSourceId must be a non-negative 64-bit integer")
     peer = request.app[ALERT_STREAM].peer
     if peer is None:
         raise web.HTTPServiceUnavailable(text="no alert publisher in this system")
@@ -325,8 +329,8 @@ async def _evict(
 
 def _parse(text: str) -> dict[str, Any]:
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
+        value = loads_json(text)
+    except InvalidInputError as e:
         raise _BadFrame(f"frame is not JSON: {e}") from e
     if not isinstance(value, dict) or value.get("v") != 1:
         raise _BadFrame('frames are JSON objects with "v": 1')

@@ -57,6 +57,11 @@ class Channel:
     def wants(self, component: str, topic: str) -> bool:
         return any(s.wants(component, topic) for s in self.subscriptions.values())
 
+    @property
+    def pending_control(self) -> int:
+        """Control frames (acks, errors, snapshots) not yet written to the socket."""
+        return len(self._control)
+
     def send(self, message: Frame) -> bool:
         """Queue a control frame; False (counted) when it cannot be encoded."""
         encoded = encode_frame(self.codec, message)

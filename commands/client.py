@@ -26,6 +26,7 @@ import aiohttp
 
 from commands.protocol import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK, Codec, Op, frame
 from state.acks import Ack, AckCode
+from state.contracts import check_payload
 from state.errors import (
     AckError,
     CommandAbortedError,
@@ -413,7 +414,11 @@ class Client:
 
     # ----------------------------------------------------------------- OCS input
     async def send_telemetry(self, topic: str, **data: Any) -> None:
+        """Send OCS telemetry; ContractError, sending nothing, if ``data`` breaks its contract."""
+        check_payload(topic, data)
         await self._send(frame(Op.TELEMETRY, topic=topic, data=data))
 
     async def send_camera_event(self, name: str, **data: Any) -> None:
+        """Send a camera event; ContractError, sending nothing, if ``data`` breaks its contract."""
+        check_payload(name, data)
         await self._send(frame(Op.CAMERA, name=name, data=data))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,10 +25,13 @@ from commands.protocol import (
     Op,
     error_code_of,
     frame,
+    loads_json,
+    request_id,
     validate_client_frame,
 )
 from config.system import ComponentConfig, GatewayConfig
 from state.acks import AckCode
+from state.contracts import ContractError, check_value
 from state.errors import InvalidInputError
 from state.events import (
     CAMERA_EVENTS,
@@ -47,6 +50,13 @@ BATCH_IDENTITIES = web.AppKey("batch_identities", frozenset)
 
 #: Commands one connection may have waiting for a final ack.
 MAX_IN_FLIGHT = 256
+#: Subscriptions one connection may hold at once.
+MAX_SUBSCRIPTIONS = 64
+#: Acks, errors and snapshots waiting for a client that is not reading: above this the gateway
+#: stops reading that client's frames until it catches up (memory stays bounded).
+MAX_PENDING_CONTROL = 1024
+#: Longest command timeout over HTTP, as over the WebSocket.
+MAX_HTTP_TIMEOUT = 3600.0
 #: Frames above the configured limit get an error frame and the connection stays up; frames
 #: above this multiple are cut off by aiohttp itself (close code 1009) to bound memory.
 HARD_LIMIT_FACTOR = 16
@@ -140,14 +150,16 @@ async def component_status(request: web.Request) -> web.Response:
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object; 400 for bad JSON, deep nesting or values no wire can carry."""
     if not request.can_read_body:
         return {}
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise web.HTTPBadRequest(text=f"request body is not valid JSON: {e}") from e
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text="request body must be a JSON object")
+        body = loads_json(await request.read())
+        if not isinstance(body, dict):
+            raise InvalidInputError("request body must be a JSON object")
+        check_value(body, "body")
+    except InvalidInputError as e:
+        raise web.HTTPBadRequest(text=f"bad request body: {e}") from e
     return body
 
 
@@ -160,6 +172,10 @@ async def http_command(request: web.Request) -> web.Response:
         timeout_s = float(timeout) if timeout else None
     except ValueError as e:
         raise web.HTTPBadRequest(text=f"timeout must be a number, got {timeout!r}") from e
+    if timeout_s is not None and not (
+        math.isfinite(timeout_s) and 0 < timeout_s <= MAX_HTTP_TIMEOUT
+    ):
+        raise web.HTTPBadRequest(text=f"timeout must be in (0, {MAX_HTTP_TIMEOUT:g}] seconds")
     acks: list[dict[str, Any]] = []
     final = await hub.run_command(
         identity,
@@ -181,7 +197,10 @@ async def _http_input(request: web.Request, name: str, kind: EventKind) -> web.R
     except _UnknownTopic as e:
         raise web.HTTPNotFound(text=str(e)) from e
     data = await _json_body(request)
-    event = request.app[HUB].publish_input(source, name, data, kind)
+    try:
+        event = request.app[HUB].publish_input(source, name, data, kind)
+    except ContractError as e:
+        raise web.HTTPBadRequest(text=str(e)) from e
     return web.json_response({"seq": event.seq, "tai": event.tai})
 
 
@@ -249,6 +268,7 @@ async def _read_loop(
             continue
         payload: bytes | str = message.data
         decoded: Any = None
+        await _until_caught_up(channel)
         try:
             if len(payload) > max_bytes:
                 raise _TooLarge(f"frame of {len(payload)} bytes exceeds the {max_bytes}-byte limit")
@@ -258,8 +278,15 @@ async def _read_loop(
         except InvalidInputError as e:
             code = error_code_of(e)
             hub.metrics.bad_frames.labels(code.value).inc()
-            request_id = decoded.get("id") if isinstance(decoded, dict) else None
-            channel.send(frame(Op.ERROR, id=request_id, code=code.value, message=str(e)))
+            channel.send(
+                frame(Op.ERROR, id=request_id(decoded), code=code.value, message=str(e)[:1000])
+            )
+
+
+async def _until_caught_up(channel: Channel) -> None:
+    """Stop reading a client whose acks, errors and snapshots pile up unread."""
+    while channel.pending_control > MAX_PENDING_CONTROL and not channel.ws.closed:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
 
 
 async def _handle_frame(
@@ -278,6 +305,10 @@ async def _handle_frame(
             tg.create_task(_command(hub, channel, message))
         case Op.SUBSCRIBE:
             sub_id = message["id"]
+            if sub_id not in channel.subscriptions and len(channel.subscriptions) >= (
+                MAX_SUBSCRIPTIONS
+            ):
+                raise _Overloaded(f"more than {MAX_SUBSCRIPTIONS} subscriptions on this connection")
             channel.subscriptions[sub_id] = TopicFilter.of(
                 message.get("components"), message.get("topics")
             )

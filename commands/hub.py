@@ -21,6 +21,7 @@ from commands.status import StatusBoard
 from state.acks import Ack, AckCode
 from state.clock import tai_now
 from state.command import Command
+from state.contracts import check_payload
 from state.events import Event, EventKind
 from state.fanout import TopicFilter
 
@@ -113,7 +114,10 @@ class Hub:
         return self._count(final, started)
 
     def _count(self, ack: Ack, started: float) -> Ack:
-        self.metrics.commands.labels(ack.component, ack.command, ack.code.name).inc()
+        component, command = self.metrics.command_labels(
+            ack.component, ack.command, self.components
+        )
+        self.metrics.commands.labels(component, command, ack.code.name).inc()
         self.metrics.command_seconds.observe(time.perf_counter() - started)
         return ack
 
@@ -121,7 +125,11 @@ class Hub:
     def publish_input(
         self, source: str, topic: str, data: dict[str, Any], kind: EventKind
     ) -> Event:
-        """Put OCS telemetry or a camera event on the bus, numbered per (source, topic)."""
+        """Put OCS telemetry or a camera event on the bus, numbered per (source, topic).
+
+        Raises ContractError, publishing nothing, when ``data`` does not fit the topic's contract.
+        """
+        check_payload(topic, data)
         key = (source, topic)
         seq = self._input_seq.get(key, 0) + 1
         self._input_seq[key] = seq

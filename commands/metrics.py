@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Collection
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+#: Distinct command label values kept per component (client-chosen names beyond: ``other``).
+MAX_COMMAND_LABELS = 64
+UNKNOWN, OTHER = "unknown", "other"
+_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 
 
 class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._command_labels: dict[str, set[str]] = {}
         self.commands = Counter(
             "dmcs_commands",
             "Commands handled, by component, command and final ack code",
@@ -52,6 +61,22 @@ class GatewayMetrics:
             ["component"],
             registry=self.registry,
         )
+
+    def command_labels(
+        self, component: str, command: str, known: Collection[str]
+    ) -> tuple[str, str]:
+        """Bounded label values for a client-named command: a component the gateway does not
+        serve is ``unknown``; command names are kept while they look like identifiers, up to
+        :data:`MAX_COMMAND_LABELS` per component, and ``other`` beyond."""
+        if component not in known:
+            return UNKNOWN, UNKNOWN
+        seen = self._command_labels.setdefault(component, set())
+        if command in seen:
+            return component, command
+        if len(seen) < MAX_COMMAND_LABELS and _IDENTIFIER.fullmatch(command):
+            seen.add(command)
+            return component, command
+        return component, OTHER
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

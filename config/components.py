@@ -44,6 +44,12 @@ def validate_settings(model: type[T], values: Mapping[str, Any], component: str)
 OVERRIDES_DIR = Path(__file__).resolve().parent / "overrides"
 
 
+def available_overrides(component: str) -> tuple[str, ...]:
+    """The configuration overrides ``start`` accepts for ``component`` (its override files)."""
+    folder = OVERRIDES_DIR / component
+    return tuple(sorted(p.stem for p in folder.glob("*.toml"))) if folder.is_dir() else ()
+
+
 def resolve_settings(
     model: type[T], base: Mapping[str, Any], component: str, override: str
 ) -> tuple[T, dict[str, Any]]:
@@ -58,7 +64,7 @@ def resolve_settings(
         folder = OVERRIDES_DIR / component
         path = folder / f"{override}.toml"
         if not override.replace("_", "").replace("-", "").isalnum() or not path.is_file():
-            available = sorted(p.stem for p in folder.glob("*.toml")) if folder.is_dir() else []
+            available = available_overrides(component)
             raise ConfigurationError(
                 f"{component} has no configuration {override!r}; "
                 f"available: {', '.join(available) or 'none'}"

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from state.contracts import ContractError, check_value
 from state.errors import CommandRejected, InvalidInputError
 
 #: JSON/msgpack value types a command parameter may declare.
@@ -108,8 +109,12 @@ def validate_params(command: str, specs: tuple[ParamSpec, ...], params: dict[str
         if wrong_bool or not isinstance(value, spec.accepts):
             raise CommandRejected(
                 f"parameter {name!r} of {command} must be {spec.type_name}, "
-                f"got {type(value).__name__} {value!r}"
+                f"got {type(value).__name__} {repr(value)[:80]}"
             )
+        try:
+            check_value(value, f"parameter {name!r} of {command}")
+        except ContractError as e:
+            raise CommandRejected(str(e)) from e
     for spec in specs:
         if spec.required and spec.name not in params:
             raise CommandRejected(f"missing parameter {spec.name!r} for {command}")

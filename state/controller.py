@@ -21,14 +21,16 @@ import contextlib
 import contextvars
 import logging
 import traceback as tb
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
 from state.acks import Ack, AckCode
 from state.clock import tai_now
 from state.command import Command, ParamSpec, param_specs, validate_params
+from state.contracts import ContractError, check_payload
 from state.errors import (
     CommandRejected,
     DmcsError,
@@ -56,6 +58,14 @@ BACKGROUND_TASK_FAILED = 1
 EVENT_HANDLER_FAILED = 2
 
 FailureHandler = Callable[[str, BaseException, str], Awaitable[None]]
+
+
+def package_version() -> str:
+    """dmcs's version from the installed package metadata (one place: pyproject.toml)."""
+    try:
+        return metadata.version("dmcs")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 class SupervisedGroup:
@@ -110,7 +120,7 @@ _current_job: contextvars.ContextVar[_Job | None] = contextvars.ContextVar(
 class Controller:
     """Safe-state command controller; subclass it and add ``do_<command>`` methods."""
 
-    version: ClassVar[str] = "0.1.0"
+    version: ClassVar[str] = package_version()
     #: Generic events are always allowed; a subclass lists its own topics for documentation.
     event_topics: ClassVar[tuple[str, ...]] = ()
     #: Bus sources and topics delivered to :meth:`on_event` (no sources: nothing delivered).
@@ -130,8 +140,11 @@ class Controller:
         settings: Mapping[str, Any] | None = None,
         data_dir: Path | None = None,
         peers: Peers | None = None,
+        configurations: Sequence[str] = (),
     ) -> None:
         self.name = name
+        #: The configuration overrides ``start`` accepts (``configurationsAvailable``).
+        self.configurations = tuple(configurations)
         self.authorized = frozenset(authorized)
         self.heartbeat_interval = heartbeat_interval
         self.command_timeout = command_timeout
@@ -145,6 +158,10 @@ class Controller:
         self._commanded_state = State.STANDBY
         self._seq: dict[str, int] = {}
         self._suppressed = 0
+        #: Own events refused by their contract (logged, never sent).
+        self.refused_publish = 0
+        #: Bus events refused by their contract before reaching :meth:`on_event`.
+        self.refused_events = 0
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_size)
         self._runner: asyncio.Task[None] | None = None
         self._group: SupervisedGroup | None = None
@@ -170,6 +187,15 @@ class Controller:
         if self._runner is not None:
             return
         self.publish("softwareVersions", {"cscVersion": self.version, "subsystemVersions": ""})
+        self.publish(
+            "configurationsAvailable",
+            {
+                "overrides": ",".join(self.configurations),
+                "version": self.version,
+                "url": "",
+                "schemaVersion": "",
+            },
+        )
         self.publish("logLevel", {"level": self.log.getEffectiveLevel(), "subsystem": ""})
         self._publish_summary_state()
         if self.restart_count:
@@ -216,10 +242,20 @@ class Controller:
     async def deliver(self, event: Event) -> None:
         """Hand ``event`` to :meth:`on_event`, as the event feed does.
 
-        A handler that raises puts the component in FAULT (the event and the traceback in the
-        report) and the feed goes on, so the failure is seen and ``standby`` recovers it,
-        instead of the feed dying silently with the component still claiming ENABLED.
+        An event that does not fit its topic's contract is refused and logged: another
+        component's bad output never sends this one to FAULT. A handler that raises on a valid
+        event is this component's own failure: FAULT (the event and the traceback in the
+        report), and the feed goes on, so the failure is seen and ``standby`` recovers it.
         """
+        try:
+            check_payload(event.topic, event.data)
+        except ContractError as e:
+            self.refused_events += 1
+            self.log_message(
+                logging.WARNING,
+                f"refused {event.component}/{event.topic} (seq {event.seq}): {e}"[:2000],
+            )
+            return
         try:
             await self.on_event(event)
         except Exception as e:  # noqa: BLE001 -- any failure of a component's handler
@@ -242,9 +278,21 @@ class Controller:
 
     # ------------------------------------------------------------------ publishing
     def publish(self, topic: str, data: dict[str, Any], kind: EventKind = "event") -> bool:
-        """Send an event or telemetry; outside ENABLED only generic events leave (safe state)."""
+        """Send an event or telemetry; outside ENABLED only generic events leave (safe state).
+
+        A payload that does not fit the topic's contract is not sent: it is logged and counted
+        (``refusedPublish`` in :meth:`snapshot`), so no consumer ever sees it.
+        """
         if topic not in GENERIC_EVENTS and self._state != State.ENABLED:
             self._suppressed += 1
+            return False
+        try:
+            check_payload(topic, data)
+        except ContractError as e:
+            self.refused_publish += 1
+            self.log.error("%s: not publishing %s: %s", self.name, topic, e)
+            if topic != "logMessage":
+                self.log_message(logging.ERROR, f"not publishing {topic}: {e}"[:2000])
             return False
         seq = self._seq.get(topic, 0) + 1
         self._seq[topic] = seq
@@ -458,20 +506,42 @@ class Controller:
 
     # ---------------------------------------------------------------------- fault
     async def fault(self, code: int, report: str, traceback: str = "") -> None:
-        """Enter FAULT: publish ``errorCode``, stop the outputs. Only ``standby`` leaves it."""
+        """Enter FAULT: publish ``errorCode``, stop the outputs. Only ``standby`` leaves it.
+
+        As ts_salobj's ``fault``: the state changes first, then each step is guarded on its
+        own, so a failure in one (a hook that raises) neither skips the others nor escapes.
+        """
         if self._state == State.FAULT:
             return
         self._error_code, self._error_report = code, report
         self._state = State.FAULT
         self._commanded_state = State.FAULT
-        self.publish(
-            "errorCode", {"errorCode": code, "errorReport": report, "traceback": traceback}
+        steps: tuple[tuple[str, Callable[[], Any]], ...] = (
+            (
+                "publish errorCode",
+                lambda: self.publish(
+                    "errorCode", {"errorCode": code, "errorReport": report, "traceback": traceback}
+                ),
+            ),
+            ("log", lambda: self.log_message(logging.ERROR, f"FAULT {code}: {report}")),
+            ("handle_summary_state", self.handle_summary_state),
+            ("publish summaryState", self._publish_summary_state),
         )
-        self.log_message(logging.ERROR, f"FAULT {code}: {report}")
-        try:
-            await self.handle_summary_state()
-        finally:
-            self._publish_summary_state()
+        for what, step in steps:
+            try:
+                outcome = step()
+                if asyncio.iscoroutine(outcome):
+                    await outcome
+            except Exception:
+                self.log.exception("%s: fault(): %s failed", self.name, what)
+
+    def assert_enabled(self, what: str = "") -> None:
+        """Raise CommandRejected unless ENABLED (for commands that only make sense then)."""
+        if self._state != State.ENABLED:
+            action = f" {what}" if what else ""
+            raise CommandRejected(
+                f"{self.name} is {self._state.name}; it must be ENABLED to{action or ' do that'}"
+            )
 
     def snapshot(self) -> dict[str, Any]:
         """What a watcher needs to know about this component right now."""
@@ -485,6 +555,8 @@ class Controller:
             "heartbeatInterval": self.heartbeat_interval,
             "restartCount": self.restart_count,
             "suppressedEvents": self._suppressed,
+            "refusedPublish": self.refused_publish,
+            "refusedEvents": self.refused_events,
             "queued": self._queue.qsize(),
             "commands": list(self.commands),
         }

@@ -17,6 +17,7 @@ GENERIC_EVENTS: frozenset[str] = frozenset(
         "logLevel",
         "softwareVersions",
         "configurationApplied",
+        "configurationsAvailable",
     }
 )
 

@@ -38,7 +38,6 @@ class _Exposure:
 
 
 class HeaderService(Controller):
-    version = "0.1.0"
     event_topics = ("largeFileObjectAvailable",)
     listen_components = ("OCS", "Camera")
     listen_topics = tuple(sorted(OCS_TELEMETRY | CAMERA_EVENTS))

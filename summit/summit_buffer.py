@@ -58,7 +58,6 @@ SEVERITIES = ("NONE", "WARNING", "SERIOUS", "CRITICAL")
 
 
 class SummitBuffer(Controller):
-    version = "0.1.0"
     event_topics = ("imageInBuffer", "imageTransferred", "bufferAlarm", "bufferStatus")
     listen_components = ("Camera",)
     listen_topics = ("endReadout",)
@@ -153,8 +152,7 @@ class SummitBuffer(Controller):
         camera: str = "",
     ) -> dict[str, Any]:
         """Take one raw with an ack: CMD_COMPLETE once it is durable, CMD_FAILED otherwise."""
-        if self.summary_state != State.ENABLED:
-            raise CommandRejected(f"acceptImage needs ENABLED, not {self.summary_state.name}")
+        self.assert_enabled("accept an image")
         offer = Offer(imageName, visit, detector, camera, url, checksum, tai_now())
         entry, new = await self.accept(offer)
         return {"checksum": entry.checksum, "byteSize": entry.byte_size, "duplicate": not new}

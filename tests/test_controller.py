@@ -190,7 +190,7 @@ async def test_a_failing_event_handler_faults_and_the_feed_goes_on() -> None:
     try:
         await run(component, "start")
         await run(component, "enable")
-        await component.deliver(Event("Camera", "nextVisit", 1, 0.0, {}))
+        await component.deliver(Event("Camera", "nextVisit", 1, 0.0, {"visit": 1}))
         await component.deliver(Event("Camera", "poison", 7, 0.0, {}))
         assert component.summary_state == State.FAULT
         error = [e for e in component.events if e.topic == "errorCode"][-1]
@@ -202,3 +202,98 @@ async def test_a_failing_event_handler_faults_and_the_feed_goes_on() -> None:
         assert (await run(component, "standby"))[-1].code == AckCode.CMD_COMPLETE
     finally:
         await component.close()
+
+
+@pytest.mark.parametrize(
+    ("topic", "data"),
+    [
+        ("nextVisit", {"visit": "abc"}),
+        ("nextVisit", {"band": "r"}),
+        ("nextVisit", {"visit": 1, "startMjd": 1e300}),
+        ("startIntegration", {"imageName": []}),
+        ("endReadout", {"imageName": "X", "images": [{"detector": 1}]}),
+        ("weather", {"x": 10**30}),
+        ("weather", {"x": "\ud800"}),
+        ("seeing", {"fwhm": float("nan")}),
+    ],
+)
+async def test_a_bad_event_from_elsewhere_is_refused_and_logged_never_fault(
+    topic: str, data: dict[str, Any]
+) -> None:
+    component = Listener(heartbeat_interval=0.05)
+    await component.start()
+    try:
+        await run(component, "start")
+        await run(component, "enable")
+        await component.deliver(Event("Camera", topic, 3, 0.0, data))
+        assert component.summary_state == State.ENABLED
+        assert component.handled == [] and component.refused_events == 1
+        said = [e.data["message"] for e in component.events if e.topic == "logMessage"]
+        assert any(f"refused Camera/{topic} (seq 3)" in m for m in said)
+        assert component.snapshot()["refusedEvents"] == 1
+    finally:
+        await component.close()
+
+
+async def test_publish_refuses_what_breaks_its_contract(recorder: Recorder) -> None:
+    await run(recorder, "start")
+    await run(recorder, "enable")
+    assert not recorder.publish("visitLatency", {"visit": 1, "latencySeconds": float("nan")})
+    assert not recorder.publish("processingStatus", {"count": 2**70}, "telemetry")
+    assert not recorder.publish("ccdStage", {"visit": 1, "detector": 0, "stage": "lunch"})
+    assert recorder.publish("ccdStage", {"visit": 1, "detector": 0, "stage": "isrDone"})
+    assert recorder.refused_publish == 3
+    sent = {e.topic for e in recorder.events}
+    assert "visitLatency" not in sent and "ccdStage" in sent
+    said = [e.data["message"] for e in recorder.events if e.topic == "logMessage"]
+    assert any("not publishing visitLatency" in m for m in said)
+
+
+class BrokenFault(Recorder):
+    async def handle_summary_state(self) -> None:
+        if self.summary_state == State.FAULT:
+            raise RuntimeError("cannot stop the outputs")
+
+
+async def test_fault_guards_each_step() -> None:
+    component = BrokenFault(heartbeat_interval=0.05)
+    await component.start()
+    try:
+        await run(component, "start")
+        await component.fault(42, "detector overheated")
+        assert component.summary_state == State.FAULT
+        states = [e.data["summaryState"] for e in component.events if e.topic == "summaryState"]
+        assert states[-1] == "FAULT"
+        assert [e.data["errorCode"] for e in component.events if e.topic == "errorCode"] == [42]
+        assert (await run(component, "standby"))[-1].code == AckCode.CMD_COMPLETE
+    finally:
+        await component.close()
+
+
+async def test_assert_enabled_rejects_outside_enabled(recorder: Recorder) -> None:
+    with pytest.raises(CommandRejected, match="STANDBY; it must be ENABLED to shout"):
+        recorder.assert_enabled("shout")
+    await run(recorder, "start")
+    await run(recorder, "enable")
+    recorder.assert_enabled("shout")
+
+
+async def test_configurations_available_and_version_from_package_metadata() -> None:
+    from importlib import metadata
+
+    component = Recorder(heartbeat_interval=0.05, configurations=("auxtel", "comcam"))
+    await component.start()
+    try:
+        (available,) = [e for e in component.events if e.topic == "configurationsAvailable"]
+        assert available.data["overrides"] == "auxtel,comcam"
+        assert available.data["version"] == metadata.version("dmcs") == component.version
+        (versions,) = [e for e in component.events if e.topic == "softwareVersions"]
+        assert versions.data["cscVersion"] == metadata.version("dmcs")
+    finally:
+        await component.close()
+
+
+async def test_command_parameters_refuse_values_no_wire_can_carry(recorder: Recorder) -> None:
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        acks = await run(recorder, "wait", seconds=bad)
+        assert acks[-1].code == AckCode.CMD_FAILED and "finite" in acks[-1].result

@@ -4,6 +4,7 @@ the night fold, the schedule and the service that ties them together."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from typing import Any
@@ -96,7 +97,9 @@ def test_mute_for_a_duration_and_expiry() -> None:
     assert alarm.expire_mute(70) and not alarm.muted and alarm.muted_by == ""
 
 
-@pytest.mark.parametrize(("duration", "severity"), [(0, S), (-5, S), (10, N)])
+@pytest.mark.parametrize(
+    ("duration", "severity"), [(0, S), (-5, S), (10, N), (7 * 86400 + 1, S), (math.inf, S)]
+)
 def test_bad_mutes_are_refused(duration: float, severity: Severity) -> None:
     alarm = Alarm("a", "X")
     with pytest.raises(AlarmError):
@@ -108,6 +111,9 @@ def test_severity_parse() -> None:
     assert Severity.parse("serious") == S and Severity.parse(4) == C and Severity.parse("2") == W
     with pytest.raises(InvalidInputError, match="unknown severity 'LOUD'"):
         Severity.parse("LOUD")
+    for bad in (1e999, math.nan, 10**400, "9" * 5000, True, [4], 5, "0"):
+        with pytest.raises(InvalidInputError, match="unknown severity"):
+            Severity.parse(bad)
 
 
 def test_book_counts_stale_and_muted() -> None:

@@ -36,6 +36,8 @@ from .schema import AlertSchema, latest_schema
 
 MAX_LENGTH = 2000
 MAX_NODES = 300
+#: Largest magnitude of a number in a filter (the 64-bit range of the alert ids).
+MAX_LITERAL = 2**63 - 1
 RECORDS = ("diaSource", "diaObject", "ssSource")
 
 Getter = Callable[[str], Any]
@@ -149,7 +151,7 @@ class _Compiler:
                 return (lambda get: np.logical_not(inner(get))), "bool"
             if isinstance(node.op, ast.USub):
                 inner = self.expect(node.operand, "num")
-                return (lambda get: np.negative(inner(get))), "num"
+                return (lambda get: np.negative(_float(inner(get)))), "num"
             raise self.fail(node, f"operator {type(node.op).__name__} is not allowed")
         if isinstance(node, ast.Compare):
             return self.compare(node), "bool"
@@ -158,7 +160,7 @@ class _Compiler:
                 raise self.fail(node, "only + - * / are allowed in arithmetic")
             fn = _ARITH[type(node.op)]
             left, right = self.expect(node.left, "num"), self.expect(node.right, "num")
-            return (lambda get: fn(left(get), right(get))), "num"
+            return (lambda get: fn(_float(left(get)), _float(right(get)))), "num"
         if isinstance(node, ast.Call):
             return self.call(node)
         if isinstance(node, ast.Constant):
@@ -166,7 +168,8 @@ class _Compiler:
             if isinstance(v, bool):
                 return (lambda get: v), "bool"
             if isinstance(v, int | float):
-                return (lambda get: v), "num"
+                number = self.number(node, v)
+                return (lambda get: number), "num"
             if isinstance(v, str):
                 return (lambda get: v), "str"
             raise self.fail(node, f"literal {v!r} is not allowed")
@@ -177,6 +180,13 @@ class _Compiler:
             self.used.add(name)
             return (lambda get: get(name)), self.kind(self.types[name])
         raise self.fail(node, f"{type(node).__name__} is not part of the filter language")
+
+    def number(self, node: ast.AST, value: float) -> float:
+        """A numeric literal, refused unless it is finite and within ±MAX_LITERAL."""
+        finite = isinstance(value, int) or math.isfinite(value)
+        if not (finite and -MAX_LITERAL <= value <= MAX_LITERAL):
+            raise self.fail(node, f"number out of range (at most {MAX_LITERAL:.0e} in magnitude)")
+        return value
 
     def unknown(self, name: str) -> str:
         close = difflib.get_close_matches(name, list(self.types), n=1, cutoff=0.6)
@@ -223,7 +233,12 @@ class _Compiler:
             isinstance(e, ast.Constant) for e in seq.elts
         ):
             raise self.fail(seq, "'in' needs a parenthesised list of literals")
-        values = [e.value for e in seq.elts]  # type: ignore[attr-defined]
+        values = [
+            self.number(e, e.value)  # type: ignore[attr-defined]
+            if isinstance(e.value, int | float) and not isinstance(e.value, bool)  # type: ignore[attr-defined]
+            else e.value  # type: ignore[attr-defined]
+            for e in seq.elts
+        ]
         negate = isinstance(node.ops[0], ast.NotIn)
 
         def member(get: Getter) -> Any:
@@ -253,6 +268,11 @@ class _Compiler:
             raise self.fail(node, f"{name}() takes {arity} argument(s), got {len(node.args)}")
         args = [self.expect(a, "num") for a in node.args]
         return (lambda get: fn(*(a(get) for a in args))), "num"
+
+
+def _float(value: Any) -> Any:
+    """Arithmetic runs in float64: a product too large becomes inf, never an OverflowError."""
+    return np.asarray(value, dtype=np.float64)
 
 
 def _isnull(value: Any, field: str) -> Any:

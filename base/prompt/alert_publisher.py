@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from typing import Any, ClassVar
 
 import asyncpg
@@ -47,7 +48,6 @@ ARCHIVE_FAILED = 500
 
 
 class AlertPublisher(Controller, AlertStreamRpc):
-    version = "0.1.0"
     uses_database: ClassVar[bool] = True
     event_topics = ("alertsPublished", "visitLatency", "processingStatus")
     listen_components = ("*",)
@@ -244,7 +244,7 @@ class AlertPublisher(Controller, AlertStreamRpc):
                 "visit": visit,
                 "detector": detector,
                 "nAlerts": n,
-                "latencySeconds": latency,
+                "latencySeconds": _finite(latency),
                 "positions": positions.round(6).tolist(),
                 "stages": stages,
             },
@@ -305,7 +305,7 @@ class AlertPublisher(Controller, AlertStreamRpc):
                 "nAlerts": done.n_alerts,
                 "nCcds": done.n_ccds,
                 "nFailed": done.n_failed,
-                "latencySeconds": done.latency_seconds,
+                "latencySeconds": _finite(done.latency_seconds),
                 "withinBudget": done.within_budget,
             },
         )
@@ -329,3 +329,8 @@ class AlertPublisher(Controller, AlertStreamRpc):
                 },
                 "telemetry",
             )
+
+
+def _finite(seconds: float | None) -> float | None:
+    """A latency for the wire: unknown (no endReadout stage) is null, never NaN."""
+    return seconds if seconds is not None and math.isfinite(seconds) else None

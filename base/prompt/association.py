@@ -32,7 +32,6 @@ APDB_FAILED = 601
 
 
 class Association(Controller):
-    version = "0.1.0"
     uses_database: ClassVar[bool] = True
     event_topics = ("ccdStage", "processingStatus")
 

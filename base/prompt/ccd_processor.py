@@ -62,7 +62,6 @@ OWN_STAGES = ("endReadout", "inBuffer", "ingested", "preloadReady", "isrDone",
 
 
 class CcdProcessor(Controller):
-    version = "0.1.0"
     uses_database: ClassVar[bool] = True
     event_topics = ("ccdStage", "ccdProcessed", "processingStatus")
     listen_components = ("Camera", "SummitBuffer", "Ingest")

@@ -21,6 +21,9 @@ from typing import Any
 from state.clock import tai_now
 from state.errors import InvalidInputError
 
+#: Longest mute: a week (a longer silence is a configuration change, not a mute).
+MAX_MUTE_SECONDS = 7 * 86400.0
+
 
 class Severity(IntEnum):
     """Numbered as ts_idl's ``Watcher.AlarmSeverity``."""
@@ -35,11 +38,14 @@ class Severity(IntEnum):
         """A severity from its name or number; InvalidInputError otherwise."""
         try:
             if isinstance(value, str) and not value.isdigit():
-                return cls[value.upper()]
+                return cls[value.upper()[:16]]
+            if isinstance(value, bool) or not isinstance(value, int | str) or len(str(value)) > 2:
+                raise ValueError("not a severity number")
             return cls(int(value))
         except (KeyError, ValueError, TypeError) as e:
             names = ", ".join(s.name for s in cls)
-            raise InvalidInputError(f"unknown severity {value!r}; expected one of {names}") from e
+            shown = repr(value)[:40]
+            raise InvalidInputError(f"unknown severity {shown}; expected one of {names}") from e
 
 
 class AlarmError(InvalidInputError):
@@ -126,8 +132,10 @@ class Alarm:
     ) -> None:
         """Hide the alarm up to ``severity`` for ``duration`` seconds (the last call wins)."""
         now = tai_now() if now is None else now
-        if not duration > 0:
-            raise AlarmError(f"mute duration must be positive, got {duration}")
+        if not 0 < duration <= MAX_MUTE_SECONDS:
+            raise AlarmError(
+                f"mute duration must be in (0, {MAX_MUTE_SECONDS:g}] seconds, got {duration:g}"
+            )
         if severity == Severity.NONE:
             raise AlarmError("mute severity must be above NONE")
         self.muted_severity, self.muted_by = severity, user

@@ -8,6 +8,7 @@ applies the same events to its copy (static/night.js) after starting from :meth:
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,7 +86,7 @@ class Night:
     def _visit(self, number: Any) -> Visit | None:
         try:
             visit = int(number)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return None
         found = self.visits.get(visit)
         if found is None:
@@ -182,6 +183,7 @@ class Night:
 
 def _float(value: Any) -> float | None:
     try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
+        number = None if value is None else float(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if number is not None and math.isfinite(number) else None

@@ -11,7 +11,7 @@ list, as commands do (CMD_NOPERM otherwise).
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from commands.dashboard.alarms import AlarmError
 from commands.dashboard.focal_plane import focal_plane
 from commands.dashboard.service import Dashboard
 from commands.hub import Hub
+from commands.protocol import loads_json
 from config.system import ComponentConfig
 from state.acks import AckCode
 from state.errors import ConfigurationError, InvalidInputError, NotPermittedError
@@ -141,10 +142,7 @@ async def alarm_action(request: web.Request) -> web.Response:
 async def _body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidInputError(f"request body is not valid JSON: {e}") from e
+    body = loads_json(await request.read())
     if not isinstance(body, dict):
         raise InvalidInputError("request body must be a JSON object")
     return body
@@ -152,5 +150,11 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 def _number(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidInputError(f"{name} must be a number of seconds, got {value!r}")
-    return float(value)
+        raise InvalidInputError(f"{name} must be a number of seconds, got {repr(value)[:40]}")
+    try:
+        number = float(value)
+    except OverflowError as e:
+        raise InvalidInputError(f"{name} is out of range") from e
+    if not math.isfinite(number):
+        raise InvalidInputError(f"{name} must be a finite number of seconds")
+    return number

@@ -27,8 +27,11 @@ def _timed(visit: dict[str, Any]) -> dict[str, Any]:
     out = dict(visit)
     mjd = visit.get("startMjd")
     if isinstance(mjd, int | float) and not isinstance(mjd, bool):
-        start = mjd_tai(float(mjd))
-        out.update(startTai=start, startTaiIso=iso_tai(start), startUtc=iso_utc(start))
+        try:
+            start = mjd_tai(float(mjd))
+            out.update(startTai=start, startTaiIso=iso_tai(start), startUtc=iso_utc(start))
+        except (OverflowError, ValueError, OSError):  # the contract bounds it; never a 500 here
+            out["startMjd"] = None
     return out
 
 

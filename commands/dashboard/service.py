@@ -102,7 +102,7 @@ class Dashboard:
             if event.topic in ("summaryState", "errorCode"):
                 ticked = self.rules.tick(self.board)
                 verdicts += [v for v in ticked if v.component == event.component]
-        except (ValueError, TypeError, KeyError, IndexError, InvalidInputError) as e:
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError, InvalidInputError) as e:
             self.malformed += 1
             log.warning(
                 "malformed %s/%s event ignored by the dashboard: %s: %s",
