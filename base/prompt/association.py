@@ -14,10 +14,12 @@ import asyncio
 import logging
 from typing import Any, ClassVar
 
+from algorithms.reliability import ReliabilityModel
 from base.apdb import Apdb
-from base.prompt.association_step import associate_ccd
+from base.prompt.association_step import Associated, alert_set, associate_ccd
 from base.prompt.requests import CcdResults
 from base.prompt.settings import AssociationSettings
+from base.reliability import alert_threshold, load_reliability_model
 from config.components import resolve_settings, validate_settings
 from state.controller import Controller, SupervisedGroup
 from state.errors import DmcsError, InvalidInputError, NotReadyError, RetriableError
@@ -38,11 +40,14 @@ class Association(Controller):
         super().__init__(name, **kwargs)
         self.config = validate_settings(AssociationSettings, self.settings, name)
         self._apdb: Apdb | None = None
+        self._model: ReliabilityModel | None = None
+        self._threshold: float | None = None
         self._lock = asyncio.Lock()
         self._handoffs: asyncio.Queue[dict[str, Any]] = asyncio.Queue(
             self.config.max_pending_alerts
         )
-        self.counts = {"associated": 0, "duplicates": 0, "rejected": 0, "handoffFailures": 0}
+        self.counts = {"associated": 0, "duplicates": 0, "rejected": 0, "handoffFailures": 0,
+                       "notAlerted": 0}  # fmt: skip
 
     async def configure(self, override: str) -> dict[str, Any]:
         self.config, applied = resolve_settings(
@@ -51,6 +56,9 @@ class Association(Controller):
         return {**applied, "version": self.version}
 
     async def end_start(self, configuration_override: str) -> None:
+        model = await asyncio.to_thread(load_reliability_model, self.config.reliability_model)
+        self._threshold = alert_threshold(model, self.config.alert_reliability_threshold)
+        self._model = model
         if self._apdb is None:
             self._apdb = await Apdb.connect(self.config.dsn, self.config.apdb_schema)
 
@@ -79,8 +87,9 @@ class Association(Controller):
             await self.fault(BAD_INPUT, f"rejected CCD results: {e}")
             raise
         async with self._lock:
-            result, preload, stored = await self._associate_and_store(ccd)
-        if not stored:
+            done = await self._associate_and_store(ccd)
+        result, preload = done.result, done.preload
+        if not done.stored:
             self.counts["duplicates"] += 1
             return {"stored": False, "duplicate": True}
         self.counts["associated"] += 1
@@ -95,17 +104,19 @@ class Association(Controller):
                     "stageTai": stages[stage],
                 },
             )
+        alerted = alert_set(done, ccd, self._threshold)
+        self.counts["notAlerted"] += alerted.n_dropped
         handoff = {
             "visit": ccd.visit,
             "detector": ccd.detector,
             "dayObs": ccd.day_obs,
             "band": ccd.band,
-            "sources": result.sources,
+            "sources": alerted.sources,
             "objects": result.objects,
             "history": preload.sources,
             "forcedHistory": preload.forced_sources,
-            "ssSources": result.ss_sources,
-            "cutouts": ccd.cutouts,
+            "ssSources": alerted.ss_sources,
+            "cutouts": alerted.cutouts,
             "stages": {**stages},
         }
         ccd.stages.update(stages)
@@ -127,15 +138,16 @@ class Association(Controller):
             "nNew": result.n_new,
             "nMatched": result.n_matched,
             "nMoving": result.n_moving,
+            "nAlerted": len(alerted.sources["diaSourceId"]),
             "stages": stages,
         }
 
-    async def _associate_and_store(self, ccd: CcdResults) -> tuple[Any, Any, bool]:
+    async def _associate_and_store(self, ccd: CcdResults) -> Associated:
         apdb = self._apdb
         if apdb is None:
             raise NotReadyError(f"{self.name} has no APDB connection")
         try:
-            done = await associate_ccd(apdb, ccd, self.config)
+            done = await associate_ccd(apdb, ccd, self.config, self._model, self._threshold)
         except RetriableError:
             raise
         except InvalidInputError as e:
@@ -144,7 +156,7 @@ class Association(Controller):
         except DmcsError as e:
             await self.fault(APDB_FAILED, f"visit {ccd.visit} detector {ccd.detector}: {e}")
             raise
-        return done.result, done.preload, done.stored
+        return done
 
     async def _handoff_loop(self) -> None:
         """Hand stored CCDs to the alert publisher; it deduplicates, so retrying is safe."""

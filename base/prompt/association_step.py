@@ -10,7 +10,10 @@ import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
-from algorithms.association_run import AssociationResult, associate
+import numpy as np
+
+from algorithms.association_run import AssociationResult, alert_selection, associate
+from algorithms.reliability import ReliabilityModel
 from base.apdb import Apdb, Region
 from base.apdb.apdb import Preload
 from base.prompt.requests import CcdResults
@@ -34,13 +37,58 @@ class Associated:
     stored: bool  # False: the APDB already held this (visit, detector); nothing was added
 
 
-async def associate_ccd(apdb: Apdb, ccd: CcdResults, params: AssociationParams) -> Associated:
+@dataclass(frozen=True)
+class AlertSet:
+    """What is alerted of one associated CCD: sources, their SSSources and cutouts."""
+
+    sources: dict[str, np.ndarray]
+    ss_sources: dict[str, np.ndarray]
+    cutouts: list[tuple[bytes | None, bytes | None, bytes | None]]
+    n_dropped: int  # DIASources without an object or below the reliability threshold
+
+
+def alert_set(done: Associated, ccd: CcdResults, min_reliability: float | None) -> AlertSet:
+    """The alerted subset of a stored CCD (``algorithms.association_run.alert_selection``)."""
+    src = done.result.sources
+    keep = alert_selection(src, min_reliability)
+    ids = np.asarray(src["diaSourceId"], dtype=np.int64)[keep]
+    ss = done.result.ss_sources
+    if ss:
+        on = np.isin(np.asarray(ss["diaSourceId"], dtype=np.int64), ids)
+        ss = {k: np.asarray(v)[on] for k, v in ss.items()}
+    cutouts = [c for c, k in zip(ccd.cutouts, keep.tolist(), strict=False) if k]
+    return AlertSet(
+        {k: np.asarray(v)[keep] for k, v in src.items()}, ss, cutouts, int((~keep).sum())
+    )
+
+
+def score_reliability(ccd: CcdResults, model: ReliabilityModel) -> None:
+    """Replace the DIASources' reliability with the trained model's score."""
+    if len(ccd.sources.get("diaSourceId", ())):
+        ccd.sources["reliability"] = model.score(ccd.sources)
+        if "reliabilityVersion" in ccd.sources:
+            n = len(ccd.sources["diaSourceId"])
+            ccd.sources["reliabilityVersion"] = np.full(n, model.version)
+
+
+async def associate_ccd(
+    apdb: Apdb,
+    ccd: CcdResults,
+    params: AssociationParams,
+    model: ReliabilityModel | None = None,
+    min_reliability: float | None = None,
+) -> Associated:
     """Associate and store one CCD; stamps ``associated`` and ``apdbStored`` in its stages.
 
+    With a ``model`` the DIASources' reliability is its score (stored in the APDB and in the
+    alerts); with ``min_reliability`` too, that score decides which unmatched sources found new
+    DIAObjects (``associate``), so every source that reaches the alert threshold has one.
     Malformed DIASources raise ``InvalidInputError``; APDB errors propagate as they are.
     """
     region = Region(ccd.footprint_ra, ccd.footprint_dec, params.pad_arcsec)
     try:
+        if model is not None:
+            await asyncio.to_thread(score_reliability, ccd, model)
         preload = await apdb.preload(region, ccd.midpoint_mjd, params.history_days)
         result = await asyncio.to_thread(
             associate,
@@ -50,6 +98,7 @@ async def associate_ccd(apdb: Apdb, ccd: CcdResults, params: AssociationParams) 
             preload.forced_sources,
             ccd.midpoint_mjd,
             radius_arcsec=params.radius_arcsec,
+            min_reliability=min_reliability if model is not None else None,
         )
         ccd.stages["associated"] = tai_now()
         store = await apdb.store(

@@ -25,7 +25,7 @@ from commands.client import Client
 from commands.replay.display import ReplayDisplay
 from commands.replay.night_system import night_system_config
 from commands.replay.runner import ReplayOutcome, replay_night
-from commands.replay.summary import fetch_records, night_summary, write_reports
+from commands.replay.summary import alert_headline, fetch_records, night_summary, write_reports
 from commands.server import serve
 from config.system import load_system_config
 from state.errors import ConfigurationError
@@ -121,6 +121,7 @@ async def run_replay(opts: ReplayOptions, console: Console | None = None) -> dic
             summary["reports"] = await write_reports(
                 pool, config, records, outcome, night, opts.out
             )
+            summary["alertQuality"] = alert_headline(summary["reports"])
         finally:
             await pool.close()
     (opts.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
