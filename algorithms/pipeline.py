@@ -30,6 +30,7 @@ from algorithms.psf import (
     gaussian_kernel,
     select_psf_stars,
 )
+from algorithms.psf_wings import extend_kernel
 from algorithms.warp import warp_image
 from algorithms.wcs import TanSipWcs
 from algorithms.zogy import ZogyResult, scale_variance, zogy_subtract
@@ -343,6 +344,7 @@ def _run(
         res.template = Plane(timg, tvar, wr.mask)
     with t.stage("subtraction"):
         spsf = psf.kernel_at(img.shape[1] / 2, img.shape[0] / 2)
+        tpsf = extend_kernel(template.psf)
         if cfg.subtraction == "alard_lupton":
             snr = stars["flux"] / stars["fluxErr"]
             ks = stars[snr >= cfg.al_min_snr]
@@ -357,9 +359,7 @@ def _run(
                 return
             res.summary.update(al_n_stamps=ksol.n_stamps, al_chi2=ksol.chi2)
         elif cfg.subtraction == "zogy":
-            zr = zogy_subtract(
-                img, var, msk, timg, tvar, wr.mask, spsf, template.psf, cfg.fft_workers
-            )
+            zr = zogy_subtract(img, var, msk, timg, tvar, wr.mask, spsf, tpsf, cfg.fft_workers)
         else:
             raise ValueError(f"unknown subtraction algorithm {cfg.subtraction!r}")
         res.difference = zr
@@ -370,7 +370,7 @@ def _run(
         ratio = scale_variance(zr.image, zr.variance, zr.mask)
         res.summary["diff_variance_scale"] = ratio
     with t.stage("dia_detection"):
-        dpsf = KernelPsf(zr.psf)
+        dpsf = KernelPsf(zr.psf, fit_size=psf.fit_size)
         dsig = dpsf.sigma_at(0, 0)
         ddet = detect_sources(
             zr.image, zr.variance, zr.mask, dsig, cfg.dia_threshold, negative=True,
@@ -381,7 +381,7 @@ def _run(
         imgs = DiaImages(
             diff=zr.image, diff_var=zr.variance, diff_mask=zr.mask, diff_psf=dpsf,
             science=img, science_var=var, science_psf=psf, template=timg, template_var=tvar,
-            template_psf=KernelPsf(template.psf), template_background=None, wcs=wcs,
+            template_psf=KernelPsf(tpsf, fit_size=psf.fit_size), template_background=None, wcs=wcs,
             calibration=calib,
         )  # fmt: skip
         res.diasources = measure_diasources(
@@ -394,6 +394,6 @@ def _run(
                 "template": res.template,
                 "difference": Plane(zr.image, zr.variance, zr.mask),
             }
-            psfs = {"science": spsf, "template": template.psf, "difference": zr.psf}
+            psfs = {"science": spsf, "template": tpsf, "difference": zr.psf}
             res.cutouts = make_cutouts(res.diasources, planes, wcs, pfit.fwhm, psfs)
     res.ok = True

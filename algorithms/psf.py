@@ -9,6 +9,7 @@ from scipy import ndimage
 
 from algorithms import mask as mk
 from algorithms.moments import adaptive_moments
+from algorithms.psf_wings import fit_moffat, wing_size
 
 
 def fourier_shift(stamp: np.ndarray, dx: float, dy: float) -> np.ndarray:
@@ -18,17 +19,28 @@ def fourier_shift(stamp: np.ndarray, dx: float, dy: float) -> np.ndarray:
 
 
 class Psf:
-    """A normalised PSF image available at any position."""
+    """A normalised PSF image available at any position.
+
+    ``kernel_at`` is the whole PSF, wings included (what image subtraction convolves with);
+    ``realize`` gives its central ``fit_size`` pixels, not renormalised, for fitting sources:
+    a model truncated where the data are still fitted stays unbiased.
+    """
 
     size: int
+    fit_size: int = 0
 
     def kernel_at(self, x: float, y: float) -> np.ndarray:
         """The PSF centred on the central pixel of a ``size``×``size`` stamp, summing to 1."""
         raise NotImplementedError
 
+    def fit_kernel_at(self, x: float, y: float) -> np.ndarray:
+        """The central ``fit_size``² pixels of ``kernel_at`` (all of it when 0 or larger)."""
+        k = self.kernel_at(x, y)
+        return _crop(k, self.fit_size)
+
     def realize(self, x: float, y: float) -> tuple[np.ndarray, int, int]:
         """PSF centred at sub-pixel (x, y); returns (stamp, x0, y0) of its lower-left pixel."""
-        k = self.kernel_at(x, y)
+        k = self.fit_kernel_at(x, y)
         ix, iy = round(x), round(y)
         dx, dy = x - ix, y - iy
         if abs(dx) > 1e-3 or abs(dy) > 1e-3:
@@ -49,11 +61,19 @@ class Psf:
         return m.ixx, m.iyy, m.ixy
 
 
+def _crop(k: np.ndarray, size: int) -> np.ndarray:
+    if size <= 0 or size >= k.shape[0]:
+        return k
+    o = (k.shape[0] - size) // 2
+    return k[o : o + size, o : o + size]
+
+
 @dataclass
 class KernelPsf(Psf):
     """A spatially constant PSF from one image."""
 
     kernel: np.ndarray
+    fit_size: int = 0
 
     def __post_init__(self) -> None:
         if self.kernel.ndim != 2 or self.kernel.shape[0] != self.kernel.shape[1]:
@@ -91,6 +111,56 @@ class PixelPsf(Psf):
         k = np.tensordot(self._terms(x, y), self.basis, axes=1)
         k = np.clip(k, 0.0, None) if k.min() < -0.01 * k.max() else k
         return k / k.sum()
+
+
+class WingedPsf(Psf):
+    """A core PSF model whose outer part is its fitted Moffat, out to ``size`` pixels.
+
+    Inside ``blend_radius`` the pixel model is kept (it holds what a Moffat does not); beyond,
+    where each pixel of a stacked stamp is mostly sky noise and any error in the local sky
+    adds a pedestal, the Moffat takes over, with a linear taper ``taper`` pixels wide.
+    ``realize`` fits with the central ``fit_size`` pixels (the core stamp) of the whole.
+    """
+
+    def __init__(
+        self, core: Psf, blend_radius: float | None = None, taper: float = 2.0,
+        size: int | None = None,
+    ) -> None:  # fmt: skip
+        self.core = core
+        c = core.kernel_at(*_centre(core))
+        self.moffat = fit_moffat(c)
+        n = c.shape[0]
+        self.size = max(size or wing_size(self.moffat, n), n)
+        self.fit_size = n
+        fwhm = 2.0 * self.moffat.alpha * np.sqrt(2.0 ** (1.0 / self.moffat.beta) - 1.0)
+        rb = blend_radius if blend_radius is not None else 1.5 * fwhm
+        rb = min(rb, n // 2 - taper)
+        h = self.size // 2
+        yy, xx = np.mgrid[-h : h + 1, -h : h + 1].astype(np.float64)
+        self.model = self.moffat.evaluate(xx, yy)
+        self.weight = np.clip((rb + taper - np.hypot(xx, yy)) / (2.0 * taper), 0.0, 1.0)
+        self._constant = getattr(core, "order", None) == 0 or not hasattr(core, "order")
+        self._cached = self._build(c) if self._constant else None
+
+    def _build(self, c: np.ndarray) -> np.ndarray:
+        out = self.model.copy()
+        o = (self.size - c.shape[0]) // 2
+        sl = np.s_[o : o + c.shape[0], o : o + c.shape[0]]
+        w = self.weight[sl]
+        out[sl] = w * c + (1.0 - w) * out[sl]
+        return out / out.sum()
+
+    def kernel_at(self, x: float, y: float) -> np.ndarray:
+        if self._cached is not None:
+            return self._cached
+        return self._build(self.core.kernel_at(x, y))
+
+
+def _centre(psf: Psf) -> tuple[float, float]:
+    shape = getattr(psf, "shape", None)
+    if shape is None:
+        return 0.0, 0.0
+    return shape[1] / 2.0, shape[0] / 2.0
 
 
 def _poly_terms(u: np.ndarray, v: np.ndarray, order: int) -> np.ndarray:
@@ -178,7 +248,8 @@ def fit_psf(
     min_snr: float = 40.0,
     labels: np.ndarray | None = None,
 ) -> PsfFitResult:
-    """Stack recentred, flux-normalised star stamps into a pixel basis, linear in (x, y).
+    """Stack recentred, flux-normalised star stamps into a pixel basis, linear in (x, y),
+    continued beyond ~1.5 FWHM by its fitted Moffat (``WingedPsf``).
 
     Each stamp is shifted by a cubic spline to put its adaptive centroid on the central pixel;
     per pixel a weighted least-squares fit of the normalised stamps against (1, u, v) gives
@@ -201,9 +272,9 @@ def fit_psf(
         if not (h <= ix < image.shape[1] - h and h <= iy < image.shape[0] - h):
             continue
         sl = np.s_[iy - h : iy + h + 1, ix - h : ix + h + 1]
-        st = image[sl].astype(np.float64)
-        border = np.concatenate([st[0], st[-1], st[1:-1, 0], st[1:-1, -1]])
-        st = fourier_shift(st - np.median(border), ix - m.x, iy - m.y)
+        # No local sky: the image is background-subtracted, and a stamp's border holds the
+        # star's own wing (subtracting it puts a stamp-sized pedestal into the model).
+        st = fourier_shift(image[sl].astype(np.float64), ix - m.x, iy - m.y)
         flux = st.sum()
         if flux <= 0:
             continue
@@ -251,7 +322,7 @@ def fit_psf(
         new_used = chi2 < max(2.0, 3.0 * float(np.median(chi2[used])))
         if new_used.sum() >= min_stars:
             used = new_used
-    psf = PixelPsf(basis=basis, order=order, shape=(ny, nx), nstars=int(used.sum()))
+    psf = WingedPsf(PixelPsf(basis=basis, order=order, shape=(ny, nx), nstars=int(used.sum())))
     s = psf.sigma_at(nx / 2, ny / 2)
     return PsfFitResult(
         psf=psf,
