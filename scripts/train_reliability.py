@@ -34,8 +34,8 @@ from scripts.night_truth import LabelledNight, default_workers, nights
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "base" / "reliability_model.json"
-TRAIN = [("mini", s, 6) for s in range(101, 109)] + [("comcam", 101, 2)]
-HOLDOUT = [("mini", s, 6) for s in range(201, 204)] + [("comcam", 201, 2)]
+TRAIN = [("mini", s, 6) for s in range(101, 107)] + [("comcam", 101, 2)]
+HOLDOUT = [("mini", s, 6) for s in range(201, 203)] + [("comcam", 201, 2)]
 VERSION = "gbt-1"
 
 
@@ -128,7 +128,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--work", type=Path, default=Path("/tmp/dmcs-reliability"))
     ap.add_argument("--workers", type=int, default=default_workers())
-    ap.add_argument("--min-completeness", type=float, default=0.93)
+    ap.add_argument("--min-completeness", type=float, default=0.92)
     ap.add_argument("--reuse", action="store_true", help="reuse processed CCDs of a past run")
     ap.add_argument("--quick", action="store_true", help="two small nights each (a smoke run)")
     args = ap.parse_args()
