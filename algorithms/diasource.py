@@ -245,6 +245,10 @@ def _fill_pixel_flags(
     fp = mask[pk["y0"] : pk["y1"], pk["x0"] : pk["x1"]]
     lab = det.labels[pk["y0"] : pk["y1"], pk["x0"] : pk["x1"]] == pk["footprint"]
     any_bits = int(np.bitwise_or.reduce(fp[lab])) if lab.any() else 0
+    # Detection skips saturated pixels, so a footprint never holds one: a footprint that
+    # touches a saturated region (within 2 px of its box) is on saturated pixels.
+    near = mask[max(pk["y0"] - 2, 0) : pk["y1"] + 2, max(pk["x0"] - 2, 0) : pk["x1"] + 2]
+    any_bits |= int(np.bitwise_or.reduce(near.ravel())) & mk.SAT
     ix, iy = min(max(round(x), 0), nx - 1), min(max(round(y), 0), ny - 1)
     centre = int(
         np.bitwise_or.reduce(mask[max(iy - 1, 0) : iy + 2, max(ix - 1, 0) : ix + 2].ravel())
@@ -253,7 +257,9 @@ def _fill_pixel_flags(
         row[f"pixelFlags_{name}"] = bool(any_bits & bit)
         if f"pixelFlags_{name}Center" in DIASOURCE_DTYPE.names:
             row[f"pixelFlags_{name}Center"] = bool(centre & bit)
-    row["pixelFlags"] = bool(any_bits & (mk.BAD | mk.SAT | mk.CR | mk.NO_DATA | mk.INTRP | mk.EDGE))
+    row["pixelFlags"] = bool(
+        any_bits & (mk.BAD | mk.SAT | mk.CR | mk.NO_DATA | mk.INTRP | mk.EDGE | mk.SUSPECT)
+    )
 
 
 def _to_sky(rows: np.ndarray, wcs: TanSipWcs, xs: np.ndarray, ys: np.ndarray) -> None:

@@ -21,6 +21,7 @@ from algorithms.geometry import CcdGeometry
 from algorithms.interp import interpolate_masked
 from algorithms.isr import Calibrations, IsrConfig, run_isr
 from algorithms.measure import psf_fit
+from algorithms.model_noise import add_model_error
 from algorithms.photocal import PhotoCalib, fit_zeropoint
 from algorithms.psf import (
     KernelPsf,
@@ -81,6 +82,7 @@ class PipelineConfig:
     aperture_radius: float = 12.0
     fft_workers: int = 1
     subtraction: str = "zogy"
+    max_model_error: float = 0.015
     al_kernel_size: int = 21
     al_spatial_order: int = 1
     al_min_snr: float = 30.0
@@ -363,15 +365,20 @@ def _run(
         else:
             raise ValueError(f"unknown subtraction algorithm {cfg.subtraction!r}")
         res.difference = zr
+        res.summary["n_saturation_surroundings"] = mk.flag_saturation_surroundings(
+            zr.mask, pfit.fwhm
+        )
     with t.stage("diff_background"):
         dbkg = fit_background(zr.image, zr.mask, cfg.background_cell)
         zr.image -= dbkg.evaluate()
         res.summary["diff_background_rms"] = float(np.std(dbkg.values))
         ratio = scale_variance(zr.image, zr.variance, zr.mask)
         res.summary["diff_variance_scale"] = ratio
-    with t.stage("dia_detection"):
         dpsf = KernelPsf(zr.psf, fit_size=psf.fit_size)
         dsig = dpsf.sigma_at(0, 0)
+        eps = add_model_error(zr.image, zr.variance, zr.mask, timg, dsig, cfg.max_model_error)
+        res.summary["diff_model_error"] = eps
+    with t.stage("dia_detection"):
         ddet = detect_sources(
             zr.image, zr.variance, zr.mask, dsig, cfg.dia_threshold, negative=True,
             exclude_bits=mk.NO_DATA | mk.SAT | mk.BAD, normalize_noise=True,

@@ -42,28 +42,29 @@ class Moffat:
         return self.amplitude * (1.0 + q) ** (-self.beta)
 
 
-def fit_moffat(kernel: np.ndarray, max_size: int = 21) -> Moffat:
+def fit_moffat(kernel: np.ndarray) -> Moffat:
     """Least-squares elliptical Moffat, centred on the stamp, to a centred PSF image.
 
-    The fit uses the central ``max_size``² pixels (where the profile's slope is measured with
-    the most signal). A constant is fitted alongside and dropped: a stacked stamp's pedestal.
+    The fit uses the pixels within ~1.8 FWHM, where the profile's slope is measured with the
+    most signal; further out a stacked stamp is mostly sky noise and sky error, which pull
+    the slope (beta) off by tenths.
     """
     k = kernel.astype(np.float64) / kernel.sum()
-    if kernel.shape[0] > max_size:
-        o = (kernel.shape[0] - max_size) // 2
-        k = k[o : o + max_size, o : o + max_size]
-    h = k.shape[0] // 2
+    c = k.shape[0] // 2
+    peak = float(k[c, c])
+    fwhm = 2.0 * np.sqrt(float((k >= 0.5 * peak).sum()) / np.pi)
+    size = int(np.clip(2 * np.ceil(1.8 * fwhm) + 1, 11, k.shape[0]))
+    o = (k.shape[0] - size) // 2
+    k = k[o : o + size, o : o + size]
+    h = size // 2
     yy, xx = np.mgrid[-h : h + 1, -h : h + 1].astype(np.float64)
-    peak = float(k[h, h])
-    sigma = np.sqrt(max(float((k * (xx * xx + yy * yy)).sum()) / 2.0, 0.25))
 
     def model(p: np.ndarray) -> np.ndarray:
-        m = Moffat(p[0] * peak, np.exp(p[1]), 1.0 + np.exp(p[2]), p[3], p[4]).evaluate(xx, yy)
-        return m + p[5] * peak * 1e-3
+        return Moffat(p[0] * peak, np.exp(p[1]), 1.0 + np.exp(p[2]), p[3], p[4]).evaluate(xx, yy)
 
-    p0 = np.array([1.0, np.log(1.2 * sigma), np.log(2.0), 0.0, 0.0, 0.0])
-    lo = [0.1, np.log(0.3), np.log(0.2), -0.45, -0.45, -10.0]
-    hi = [10.0, np.log(5.0 * h + 1.0), np.log(20.0), 0.45, 0.45, 10.0]
+    p0 = np.array([1.0, np.log(0.5 * fwhm + 0.5), np.log(2.0), 0.0, 0.0])
+    lo = [0.1, np.log(0.3), np.log(0.2), -0.45, -0.45]
+    hi = [10.0, np.log(5.0 * h + 1.0), np.log(20.0), 0.45, 0.45]
     sol = least_squares(lambda p: (model(p) - k).ravel(), p0, bounds=(lo, hi), x_scale="jac")
     p = sol.x
     return Moffat(float(p[0] * peak), float(np.exp(p[1])), 1.0 + float(np.exp(p[2])),

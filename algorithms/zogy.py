@@ -158,6 +158,8 @@ def zogy_subtract(
 ) -> ZogyResult:
     """ZOGY proper difference image, normalised to science flux units (F_N = F_R = 1).
 
+    Saturated pixels (SAT in either mask) are zeroed in both images, like missing data: a
+    clipped core would otherwise leave its missing charge, spread by the kernels, around it.
     Both images must already be on the same pixel grid, background-subtracted and in the
     same photometric units. The PSFs are odd square kernels. Images are padded by the kernel
     size (mirror) to a fast FFT length, and all transforms are single precision, with the
@@ -173,7 +175,7 @@ def zogy_subtract(
     p = pad if pad is not None else ksize
     fshape = (sfft.next_fast_len(ny + 2 * p, real=True), sfft.next_fast_len(nx + 2 * p, real=True))
     union = np.asarray(science_mask | template_mask, dtype=mk.MASK_DTYPE)
-    bad = (union & mk.NO_DATA) != 0
+    bad = (union & (mk.NO_DATA | mk.SAT)) != 0
     good = ~bad
     sn = _robust_sigma(science, science_var, good)
     sr = _robust_sigma(template, template_var, good)
