@@ -3,9 +3,10 @@
 Order (as Rubin's ap_association + ssoAssociation): DIASources within ``ss_radius_arcsec`` of
 a known moving object's predicted position are associated one-to-one with it and become
 SSSources (they do not touch DIAObjects); the rest are matched one-to-one to the preloaded
-DIAObjects within ``radius_arcsec``; unmatched sources that pass the quality cuts found new
-DIAObjects (``diaObjectId = diaSourceId``, as Rubin does); every touched DIAObject gets a new
-version whose summary is recomputed from its full history including this visit.
+DIAObjects within ``radius_arcsec``; unmatched sources that pass the quality cuts (or, with a
+trained reliability model, its alert threshold) found new DIAObjects (``diaObjectId =
+diaSourceId``, as Rubin does); every touched DIAObject gets a new version whose summary is
+recomputed from its full history including this visit.
 """
 
 from __future__ import annotations
@@ -115,8 +116,13 @@ def associate(
     ss_radius_arcsec: float = 1.0,
     min_snr: float = 5.0,
     object_pixels: np.ndarray | None = None,
+    min_reliability: float | None = None,
 ) -> AssociationResult:
     """Associate one CCD's DIASources; see the module docstring for the order of passes.
+
+    With ``min_reliability`` an unmatched source founds a new DIAObject when its (trained)
+    reliability reaches it, the same cut that decides its alert, so every source above the
+    alert threshold has an object; without, the S/N and flag cuts of ``passes_quality`` decide.
 
     ``objects`` are the preloaded latest DIAObjects (diaObjectId, ra, dec, raErr, decErr);
     ``history`` their preloaded DIASources; ``ss_predictions`` the moving objects predicted in
@@ -152,7 +158,11 @@ def associate(
     matched = rest[m.matched]
     dia_id[matched] = np.asarray(objects["diaObjectId"], dtype=np.int64)[m.index[m.matched]]
     unmatched = rest[~m.matched]
-    good = passes_quality({k: v[unmatched] for k, v in src.items()}, min_snr=min_snr)
+    if min_reliability is not None:
+        rel = np.asarray(src.get("reliability", np.full(n, np.nan)), dtype=np.float64)
+        good = rel[unmatched] >= min_reliability
+    else:
+        good = passes_quality({k: v[unmatched] for k, v in src.items()}, min_snr=min_snr)
     new = unmatched[good]
     dia_id[new] = src["diaSourceId"][new]
 
@@ -191,3 +201,17 @@ def _concat(history: Columns, current: Columns, touched: np.ndarray) -> Columns:
         old = np.asarray(history[name])[keep] if name in history else np.zeros(0, cur.dtype)
         out[name] = np.concatenate([old.astype(cur.dtype, copy=False), cur])
     return out
+
+
+def alert_selection(sources: Columns, min_reliability: float | None) -> np.ndarray:
+    """Which associated DIASources get an alert: those with a diaObject or an ssObject (an
+    alert always references its object) whose reliability is at least ``min_reliability``
+    (None: no cut; a NaN reliability fails a cut)."""
+    n = len(sources["diaSourceId"])
+    dia = np.asarray(sources.get("diaObjectId", np.zeros(n)), dtype=np.int64)
+    ss = np.asarray(sources.get("ssObjectId", np.zeros(n)), dtype=np.int64)
+    keep = (dia != 0) | (ss != 0)
+    if min_reliability is not None:
+        rel = np.asarray(sources.get("reliability", np.full(n, np.nan)), dtype=np.float64)
+        keep &= rel >= min_reliability
+    return keep

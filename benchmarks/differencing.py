@@ -2,7 +2,7 @@
 
 For each seed the CCD is simulated once and processed by ``run_ccd`` with each subtraction
 algorithm (everything else identical): CPU seconds of the subtraction stage and of the
-whole CCD (best of ``REPEATS``), and the truth metrics of ``ccd_quality`` (completeness at
+whole CCD (best of ``REPEATS``), and the truth metrics of ``synthetic_metrics`` (completeness at
 true S/N ≥ 7, spurious DIASources before/after the reliability cut, PSF-flux pulls).
 Seed 1 is the development CCD; seed 2 is independent.
 """
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ccd import lsstcam_config
-from ccd_quality import metrics
+from synthetic_metrics import metrics
 
 from algorithms.pipeline import (
     CcdResult,

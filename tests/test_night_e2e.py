@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from base.reliability import alert_threshold, load_reliability_model
 from base.reports.truth import load_truth, match
 from commands.client import Client
 from commands.replay.night_system import night_system_config
@@ -63,6 +64,12 @@ async def counts(dsn: str, prefix: str, visits: list[int]) -> dict[str, Any]:
             f' FROM "{prefix}apdb"."DiaSource" WHERE visit = ANY($1::bigint[])',
             visits,
         )
+        alertable = await conn.fetchval(
+            f'SELECT count(*) FROM "{prefix}apdb"."DiaSource" WHERE visit = ANY($1::bigint[])'
+            ' AND ("diaObjectId" <> 0 OR "ssObjectId" <> 0) AND reliability >= $2',
+            visits,
+            alert_threshold(load_reliability_model(), None),
+        )
         alerts = await conn.fetchrow(
             'SELECT count(*) AS n, count(DISTINCT "diaSourceId") AS distinct_ids'
             f' FROM "{prefix}alerts".alert_archive_index WHERE visit = ANY($1::bigint[])',
@@ -79,6 +86,7 @@ async def counts(dsn: str, prefix: str, visits: list[int]) -> dict[str, Any]:
         "raws": {(r["visit"], r["detector"]): r["checksum"] for r in raws},
         "diaSources": dia["n"],
         "distinctDiaSources": dia["distinct_ids"],
+        "alertableDiaSources": alertable,
         "alerts": alerts["n"],
         "distinctAlerts": alerts["distinct_ids"],
         "publishedCcds": published,
@@ -120,7 +128,8 @@ async def test_every_ccd_ends_and_alerts_match_diasources(clean_night: Any) -> N
     assert p.finished == p.expected
     assert not p.failed, p.failed
     assert found["diaSources"] == found["distinctDiaSources"] > 0
-    assert found["alerts"] == found["distinctAlerts"] == found["diaSources"] == p.alerts
+    assert found["alerts"] == found["distinctAlerts"] == found["alertableDiaSources"] == p.alerts
+    assert 0 < found["alerts"] <= found["diaSources"]
     assert p.duplicate_publications == 0
     assert found["publishedCcds"] == len(p.processed)
     assert all(0 < latency < 60 for latency in p.latencies.values()), p.latencies
@@ -251,5 +260,5 @@ async def test_faults_leave_the_night_complete_and_correct(faulty_night: Any) ->
     assert p.finished == p.expected
     assert all(reason for reason in p.failed.values())
     assert found["diaSources"] == found["distinctDiaSources"] > 0
-    assert found["alerts"] == found["distinctAlerts"] == found["diaSources"]
+    assert found["alerts"] == found["distinctAlerts"] == found["alertableDiaSources"]
     assert p.duplicate_publications == 0

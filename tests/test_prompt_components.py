@@ -202,7 +202,14 @@ async def _faulted(snapshot: Any) -> dict | None:
 async def association_and_publisher(system_factory: Any, pg_dsn: str) -> RunningSystem:
     return await system_factory(
         component_spec(
-            "Association", ASSOCIATION, settings={"dsn": pg_dsn, "apdb_schema": "apdb_handoff"}
+            "Association",
+            ASSOCIATION,
+            # threshold 0: every source founds or matches an object, so every one is alerted
+            settings={
+                "dsn": pg_dsn,
+                "apdb_schema": "apdb_handoff",
+                "alert_reliability_threshold": 0.0,
+            },
         ),
         component_spec(
             "AlertPublisher",

@@ -28,8 +28,10 @@ from base.reports import (
     performance_report,
     write_night_reports,
 )
+from base.reports.alert_quality import CcdArea, alert_quality, scope_truth
 from base.reports.quality import m50
-from config.cameras import SkyConfig
+from base.reports.truth import TruthSources
+from config.cameras import SkyConfig, load_camera
 from state.errors import InvalidInputError, StorageError
 from summit.schedule import Visit
 from summit.simulation import plan_night, run_night
@@ -103,6 +105,14 @@ def build_night(visits: tuple[Visit, ...], n_det: int = 4) -> NightRecords:
                         day_obs=visits[0].day_obs)  # fmt: skip
 
 
+def on_pixels(t: TruthSources) -> np.ndarray:
+    """Truth rows on their detector's pixels (the simulator lists a 30 px margin too)."""
+    cam = load_camera("mini")
+    size = np.array([(cam.detector(int(d)).nx, cam.detector(int(d)).ny) for d in t.detector])
+    size = size.reshape(len(t), 2)
+    return (t.x >= -0.5) & (t.x < size[:, 0] - 0.5) & (t.y >= -0.5) & (t.y < size[:, 1] - 0.5)
+
+
 def diasources_for(
     truth_path: Path, visits: tuple[Visit, ...], limit: float, soft: bool = False
 ) -> list[dict]:
@@ -117,7 +127,7 @@ def diasources_for(
         seen = rng.random(len(t)) < 1 / (1 + np.exp((t.diff_mag - limit) / 0.4))
     else:
         seen = t.diff_mag < limit
-    for i in np.flatnonzero(seen):
+    for i in np.flatnonzero(seen & on_pixels(t)):
         if (int(t.visit[i]), int(t.detector[i])) not in processed:
             continue
         out.append({
@@ -199,7 +209,8 @@ def test_quality_numbers_and_efficiency(sim: tuple[Path, tuple[Visit, ...]]) -> 
     on_processed = np.array(
         [(int(v), int(d)) in processed for v, d in zip(truth.visit, truth.detector, strict=True)]
     )
-    expected = on_processed & np.isfinite(truth.diff_mag)
+    expected = on_processed & np.isfinite(truth.diff_mag) & on_pixels(truth)
+    assert expected.sum() < (on_processed & np.isfinite(truth.diff_mag)).sum()
     assert eff["nTruth"] == int(expected.sum())
     assert 0 < eff["nDetected"] == int((expected & (truth.diff_mag < LIMIT)).sum())
     assert eff["nUnmatchedDiaSources"] == 3
@@ -397,3 +408,72 @@ async def test_reports_from_the_database(
     }
     paths = write_night_reports(night, tmp_path / "db", truth=truth_path)
     assert "actor_died" in paths.performance_html.read_text()
+
+
+def hand_truth() -> TruthSources:
+    """Seven truth rows of visit 1 (and one of visit 2) around (10°, 0°), 1″ = 1/3600°.
+
+    A, B, C: bright, on detector 0's pixels. D: in detector 0's margin (off its pixels).
+    E: on detector 1, which was not processed. F: on detector 0, no change (true S/N ≈ 0).
+    A2: A again, listed in detector 1's margin. G: visit 2 (not in the night).
+    """
+    a = 1.0 / 3600.0
+    rows = [  # visit, det, id, ra, dec, x, y, diff_e, flux_e
+        (1, 0, 1, 10.0, 0.0, 100.0, 100.0, 1e4, 1e4),  # A
+        (1, 0, 2, 10.0, 20 * a, 100.0, 200.0, 5e3, 5e3),  # B
+        (1, 0, 3, 10.0, 40 * a, 100.0, 300.0, 5e3, 5e3),  # C
+        (1, 0, 4, 10.0, 60 * a, -10.0, 100.0, 5e3, 5e3),  # D
+        (1, 1, 5, 10.0, 80 * a, 50.0, 50.0, 5e3, 5e3),  # E
+        (1, 0, 6, 10.0, 100 * a, 200.0, 300.0, 1.0, 5e3),  # F
+        (1, 1, 1, 10.0, 0.0, -20.0, 100.0, 1e4, 1e4),  # A2
+        (2, 0, 7, 10.0, 120 * a, 100.0, 100.0, 5e3, 5e3),  # G
+    ]
+    c = list(zip(*rows, strict=True))
+    n = len(rows)
+    diff_e = np.array(c[7], float)
+    return TruthSources(
+        visit=np.array(c[0]), detector=np.array(c[1]), object_id=np.array(c[2]),
+        kind=np.full(n, "transient"), band=np.full(n, "r"), ra=np.array(c[3]),
+        dec=np.array(c[4]), mag=np.full(n, 20.0), diff_flux_njy=diff_e * 3.0,
+        diff_mag=31.4 - 2.5 * np.log10(diff_e * 3.0), x=np.array(c[5]), y=np.array(c[6]),
+        flux_e=np.array(c[8], float), diff_e=diff_e,
+    )  # fmt: skip
+
+
+def test_alert_quality_counts_against_a_hand_built_truth() -> None:
+    t = hand_truth()
+    areas = {(1, 0): CcdArea(nx=256, ny=512, sky_e=100.0, fwhm_px=4.0)}
+    scoped, snr = scope_truth(t, areas)
+    assert scoped.object_id.tolist() == [1, 2, 3, 6], "on processed pixels, each source once"
+    neff = 4 * np.pi * (4.0 / 2.3548) ** 2
+    assert snr[0] == pytest.approx(1e4 / np.sqrt(neff * 100 + 1e4), rel=1e-3)
+    assert snr[3] < 1 and (snr[:3] > 7).all()
+    a = 1.0 / 3600.0
+    dia = {  # near A (alerted), near B (below the cut), near D (no object), two artefacts
+        "visit": np.array([1, 1, 1, 1, 1]),
+        "ra": np.full(5, 10.0),
+        "dec": np.array([0.3 * a, 20.4 * a, 60.2 * a, 150 * a, 160 * a]),
+        "psfFlux": np.array([3e4, 1.5e4, 1.5e4, 1e3, 1e3]),
+        "psfFluxErr": np.array([1e3, 1e3, 1e3, 1e3, 1e3]),
+        "reliability": np.array([0.9, 0.1, 0.8, 0.95, 0.2]),
+        "diaObjectId": np.array([11, 12, 0, 14, 15]),
+        "ssObjectId": np.zeros(5, np.int64),
+    }
+    every = t.select(t.visit == 1)
+    q = alert_quality(every, scoped, snr, dia, threshold=0.5)
+    assert q["nTruthOnCcds"] == 4 and q["nTruthSnrGe7"] == 3
+    assert q["completenessSnrGe7"] == pytest.approx(2 / 3)
+    assert q["completenessSnrGe7Alerted"] == pytest.approx(1 / 3)
+    assert q["purityAllDiaSources"] == pytest.approx(3 / 5)
+    assert q["nAlerted"] == 2 and q["purityAlerted"] == pytest.approx(1 / 2)
+    assert q["nWithoutObject"] == 1
+    low = q["completenessBySnr"][0]
+    assert (low["lo"], low["nTruth"], low["nDetected"]) == (0.0, 1, 0)
+    assert sum(b["nTruth"] for b in q["completenessBySnr"]) == 4
+    assert sum(b["nAlerted"] for b in q["completenessBySnr"]) == 1
+    assert sum(b["nTruth"] for b in q["completenessByMag"]) == 4
+    ast = q["astrometry"]
+    assert ast["n"] == 1, "only the S/N 30 match of A counts (B's is S/N 15)"
+    assert ast["diaSourceRmsMas"] == pytest.approx(300.0, rel=1e-3)
+    no_cut = alert_quality(every, scoped, snr, dia, threshold=None)
+    assert no_cut["nAlerted"] == 4 and no_cut["completenessSnrGe7Alerted"] == pytest.approx(2 / 3)

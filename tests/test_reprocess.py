@@ -88,8 +88,9 @@ async def dia_sources(dsn: str, schema: str) -> list[asyncpg.Record]:
     try:
         return list(
             await conn.fetch(
-                'SELECT "diaSourceId", "diaObjectId", visit, detector, ra, dec, "psfFlux"'
-                f' FROM "{schema}"."DiaSource" ORDER BY visit, detector, ra'
+                'SELECT "diaSourceId", "diaObjectId", "ssObjectId", reliability, visit,'
+                f' detector, ra, dec, "psfFlux" FROM "{schema}"."DiaSource"'
+                " ORDER BY visit, detector, ra"
             )
         )
     finally:
@@ -194,6 +195,7 @@ async def test_catch_up_fills_the_gaps_of_injected_prompt_failures(
     from base.apdb import Apdb
     from base.prompt.requests import CcdResults
     from base.prompt_records import CcdOutcome, PromptRecords, VisitRecord
+    from base.reliability import alert_threshold, load_reliability_model
     from base.reprocess.associate import associate_ccd
     from base.reprocess.catchup import LATE, CatchUpConfig, catch_up
     from base.reprocess.plan import AssociationParams
@@ -255,7 +257,13 @@ async def test_catch_up_fills_the_gaps_of_injected_prompt_failures(
         assert len(rows) == len({r["diaSourceId"] for r in rows}) == expected
         assert {IdPacker.unpack(r["diaSourceId"]).release for r in rows} == {0}
         caught = [r for r in rows if f"ccd:{r['visit']}/{r['detector']}" in lost]
-        assert summary.alerts == len(caught) > 0
+        threshold = alert_threshold(load_reliability_model(), None)
+        alertable = [
+            r
+            for r in caught
+            if (r["diaObjectId"] or r["ssObjectId"]) and r["reliability"] >= threshold
+        ]
+        assert summary.alerts == len(alertable) > 0, "one alert per associated, reliable source"
         archive = await AlertArchive.open(pg_dsn, tmp_path / "archive", "cu_alerts")
         try:
             alert = await archive.fetch(caught[0]["diaSourceId"])

@@ -14,12 +14,15 @@ pending CCDs go through.
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any, ClassVar
 
+from algorithms.reliability import ReliabilityModel
 from base.apdb import Apdb
-from base.prompt.association_step import alert_handoff, associate_ccd
+from base.prompt.association_step import Associated, alert_handoff, associate_ccd
 from base.prompt.requests import CcdResults
 from base.prompt.settings import AssociationSettings
+from base.reliability import alert_threshold, load_reliability_model
 from config.components import resolve_settings, validate_settings
 from state.controller import Controller, SupervisedGroup
 from state.errors import DmcsError, InvalidInputError, NotReadyError, RetriableError
@@ -39,8 +42,10 @@ class Association(Controller):
         super().__init__(name, **kwargs)
         self.config = validate_settings(AssociationSettings, self.settings, name)
         self._apdb: Apdb | None = None
+        self._model: ReliabilityModel | None = None
+        self._threshold: float | None = None
         self._lock = asyncio.Lock()
-        self.counts = {"associated": 0, "duplicates": 0, "rejected": 0}
+        self.counts = {"associated": 0, "duplicates": 0, "rejected": 0, "notAlerted": 0}
 
     async def configure(self, override: str) -> dict[str, Any]:
         self.config, applied = resolve_settings(
@@ -49,6 +54,9 @@ class Association(Controller):
         return {**applied, "version": self.version}
 
     async def end_start(self, configuration_override: str) -> None:
+        model = await asyncio.to_thread(load_reliability_model, self.config.reliability_model)
+        self._threshold = alert_threshold(model, self.config.alert_reliability_threshold)
+        self._model = model
         if self._apdb is None:
             self._apdb = await Apdb.connect(self.config.dsn, self.config.apdb_schema)
 
@@ -76,8 +84,9 @@ class Association(Controller):
             await self.fault(BAD_INPUT, f"rejected CCD results: {e}")
             raise
         async with self._lock:
-            result, stored = await self._associate_and_store(ccd)
-        if not stored:
+            done = await self._associate_and_store(ccd)
+        result = done.result
+        if not done.stored:
             self.counts["duplicates"] += 1
             return {"stored": False, "duplicate": True}
         self.counts["associated"] += 1
@@ -99,15 +108,23 @@ class Association(Controller):
             "nNew": result.n_new,
             "nMatched": result.n_matched,
             "nMoving": result.n_moving,
+            "nAlerted": len(result.sources["diaSourceId"]) - done.not_alerted,
             "stages": stages,
         }
 
-    async def _associate_and_store(self, ccd: CcdResults) -> tuple[Any, bool]:
+    async def _associate_and_store(self, ccd: CcdResults) -> Associated:
         apdb = self._apdb
         if apdb is None:
             raise NotReadyError(f"{self.name} has no APDB connection")
         try:
-            done = await associate_ccd(apdb, ccd, self.config, alert_handoff)
+            done = await associate_ccd(
+                apdb,
+                ccd,
+                self.config,
+                functools.partial(alert_handoff, min_reliability=self._threshold),
+                self._model,
+                self._threshold,
+            )
         except RetriableError:
             raise
         except InvalidInputError as e:
@@ -116,7 +133,9 @@ class Association(Controller):
         except DmcsError as e:
             await self.fault(APDB_FAILED, f"visit {ccd.visit} detector {ccd.detector}: {e}")
             raise
-        return done.result, done.stored
+        if done.stored:
+            self.counts["notAlerted"] += done.not_alerted
+        return done
 
     async def _status_loop(self) -> None:
         while True:

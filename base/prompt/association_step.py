@@ -11,7 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from algorithms.association_run import AssociationResult, associate
+import numpy as np
+
+from algorithms.association_run import AssociationResult, alert_selection, associate
+from algorithms.reliability import ReliabilityModel
 from base.apdb import Apdb, Region
 from base.apdb.apdb import Preload
 from base.prompt.requests import CcdResults
@@ -33,40 +36,95 @@ class Associated:
     result: AssociationResult
     preload: Preload
     stored: bool  # False: the APDB already held this (visit, detector); nothing was added
+    not_alerted: int = 0  # stored DIASources left out of the alert hand-off
 
 
 #: Builds a stored CCD's alert hand-off from its association and preload (``alert_handoff``).
 HandoffOf = Callable[[CcdResults, AssociationResult, Preload], dict[str, Any]]
 
 
-def alert_handoff(ccd: CcdResults, result: AssociationResult, preload: Preload) -> dict[str, Any]:
-    """What AlertPublisher needs to build one CCD's alerts without reading the APDB back."""
+@dataclass(frozen=True)
+class AlertSet:
+    """What is alerted of one associated CCD: sources, their SSSources and cutouts."""
+
+    sources: dict[str, np.ndarray]
+    ss_sources: dict[str, np.ndarray]
+    cutouts: list[tuple[bytes | None, bytes | None, bytes | None]]
+    n_dropped: int  # DIASources without an object or below the reliability threshold
+
+
+def alert_set(
+    result: AssociationResult, ccd: CcdResults, min_reliability: float | None
+) -> AlertSet:
+    """The alerted subset of a stored CCD (``algorithms.association_run.alert_selection``)."""
+    src = result.sources
+    keep = alert_selection(src, min_reliability)
+    ids = np.asarray(src["diaSourceId"], dtype=np.int64)[keep]
+    ss = result.ss_sources
+    if ss:
+        on = np.isin(np.asarray(ss["diaSourceId"], dtype=np.int64), ids)
+        ss = {k: np.asarray(v)[on] for k, v in ss.items()}
+    cutouts = [c for c, k in zip(ccd.cutouts, keep.tolist(), strict=False) if k]
+    return AlertSet(
+        {k: np.asarray(v)[keep] for k, v in src.items()}, ss, cutouts, int((~keep).sum())
+    )
+
+
+def alert_handoff(
+    ccd: CcdResults,
+    result: AssociationResult,
+    preload: Preload,
+    min_reliability: float | None = None,
+) -> dict[str, Any]:
+    """What AlertPublisher needs to build one CCD's alerts without reading the APDB back:
+    only the DIASources that are alerted (``alert_set``); ``notAlerted`` counts the rest."""
+    alerted = alert_set(result, ccd, min_reliability)
     return {
         "visit": ccd.visit,
         "detector": ccd.detector,
         "dayObs": ccd.day_obs,
         "band": ccd.band,
-        "sources": result.sources,
+        "sources": alerted.sources,
         "objects": result.objects,
         "history": preload.sources,
         "forcedHistory": preload.forced_sources,
-        "ssSources": result.ss_sources,
-        "cutouts": ccd.cutouts,
+        "ssSources": alerted.ss_sources,
+        "cutouts": alerted.cutouts,
         "stages": dict(ccd.stages),
+        "notAlerted": alerted.n_dropped,
     }
 
 
+def score_reliability(ccd: CcdResults, model: ReliabilityModel) -> None:
+    """Replace the DIASources' reliability with the trained model's score."""
+    if len(ccd.sources.get("diaSourceId", ())):
+        ccd.sources["reliability"] = model.score(ccd.sources)
+        if "reliabilityVersion" in ccd.sources:
+            n = len(ccd.sources["diaSourceId"])
+            ccd.sources["reliabilityVersion"] = np.full(n, model.version)
+
+
 async def associate_ccd(
-    apdb: Apdb, ccd: CcdResults, params: AssociationParams, handoff: HandoffOf | None = None
+    apdb: Apdb,
+    ccd: CcdResults,
+    params: AssociationParams,
+    handoff: HandoffOf | None = None,
+    model: ReliabilityModel | None = None,
+    min_reliability: float | None = None,
 ) -> Associated:
     """Associate and store one CCD; stamps ``associated`` and ``apdbStored`` in its stages.
 
     With ``handoff``, the CCD's alert hand-off is written to the APDB's alert outbox in the
-    store's own transaction (its ``apdbStored`` stamped as it is written).
+    store's own transaction (its ``apdbStored`` stamped as it is written). With a ``model``
+    the DIASources' reliability is its score (stored in the APDB and in the alerts); with
+    ``min_reliability`` too, that score decides which unmatched sources found new DIAObjects
+    (``associate``), so every source that reaches the alert threshold has one.
     Malformed DIASources raise ``InvalidInputError``; APDB errors propagate as they are.
     """
     region = Region(ccd.footprint_ra, ccd.footprint_dec, params.pad_arcsec)
     try:
+        if model is not None:
+            await asyncio.to_thread(score_reliability, ccd, model)
         preload = await apdb.preload(region, ccd.midpoint_mjd, params.history_days)
         result = await asyncio.to_thread(
             associate,
@@ -76,15 +134,18 @@ async def associate_ccd(
             preload.forced_sources,
             ccd.midpoint_mjd,
             radius_arcsec=params.radius_arcsec,
+            min_reliability=min_reliability if model is not None else None,
         )
         ccd.stages["associated"] = tai_now()
         build: Callable[[], dict[str, Any]] | None = None
+        built: list[dict[str, Any]] = []
         if handoff is not None:
             of = handoff
 
             def build() -> dict[str, Any]:
                 ccd.stages["apdbStored"] = tai_now()
-                return of(ccd, result, preload)
+                built.append(of(ccd, result, preload))
+                return built[-1]
 
         ccd.stages.pop("apdbStored", None)
         store = await apdb.store(
@@ -99,4 +160,5 @@ async def associate_ccd(
     except (ValueError, TypeError, KeyError) as e:
         raise InvalidInputError(f"visit {ccd.visit} detector {ccd.detector}: {e}") from e
     ccd.stages.setdefault("apdbStored", tai_now())
-    return Associated(result, preload, store.stored)
+    not_alerted = int(built[-1].get("notAlerted", 0)) if built else 0
+    return Associated(result, preload, store.stored, not_alerted)

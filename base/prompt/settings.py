@@ -40,6 +40,11 @@ class AssociationSettings(_Settings):
     #: Padding of the CCD footprint for the APDB preload, arcsec.
     pad_arcsec: float = Field(default=10.0, ge=0)
     history_days: float = Field(default=365.0, gt=0)
+    #: The reliability model's JSON (empty: the one shipped, base/reliability_model.json).
+    reliability_model: str = ""
+    #: DIASources below this reliability are stored but not alerted (None: the threshold
+    #: recommended when the model was trained, in its metadata).
+    alert_reliability_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     records_schema: str = "prompt"
 
 

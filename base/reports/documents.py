@@ -99,6 +99,7 @@ def write_night_reports(
     generated: str | None = None,
     *,
     truth_db: Path | str | None = None,
+    reliability_threshold: float | None = None,
 ) -> ReportPaths:
     """Build the Performance and Data Quality reports of ``night`` and write them to ``out_dir``.
 
@@ -106,7 +107,8 @@ def write_night_reports(
     ``load_truth``; ``truth_db`` is the same by path);
     ``diasources`` a structured array, mapping of columns or list of dicts with Rubin DiaSource
     column names. Both are needed for the detection efficiency; without them the Data Quality
-    Report says so.
+    Report says so. ``reliability_threshold`` is the alert cut the purity and completeness
+    of the alerted DIASources are counted at (None: no cut).
     """
     out_dir = Path(out_dir)
     try:
@@ -134,7 +136,7 @@ def write_night_reports(
     }
     images = _emit(out_dir, "performance", perf, performance_blocks(perf, figures))
 
-    dq = data_quality_report(night, source, dia)
+    dq = data_quality_report(night, source, dia, reliability_threshold=reliability_threshold)
     dq["generatedUtc"] = generated
     figures = {
         name: png

@@ -208,6 +208,8 @@ def quality_blocks(dq: dict[str, Any], figures: dict[str, bytes]) -> list[Block]
                 Table(("flag", "CCDs"), tuple(dq["flags"].items())),
             ]
     eff = dq["detectionEfficiency"]
+    if eff["available"] and "alertQuality" in eff:
+        blocks += _alert_quality_blocks(eff["alertQuality"])
     blocks.append(Heading(2, "Detection efficiency versus magnitude"))
     if not eff["available"]:
         return [*blocks, Para(eff["message"])]
@@ -248,3 +250,36 @@ def quality_blocks(dq: dict[str, Any], figures: dict[str, bytes]) -> list[Block]
         )
     )
     return blocks
+
+
+def _alert_quality_blocks(aq: dict[str, Any]) -> list[Block]:
+    ast = aq["astrometry"]
+    cut = aq["reliabilityThreshold"]
+    return [
+        Heading(2, "Purity and completeness"),
+        Para(
+            f"Purity (DIASources within {aq['radiusArcsec']:g}″ of a true variable, transient "
+            f"or mover of their visit): {pct(aq['purityAllDiaSources'])} of all "
+            f"{aq['nDiaSources']} DIASources; {pct(aq['purityAlerted'])} of the "
+            f"{aq['nAlerted']} alerted (with an object"
+            + (f", reliability ≥ {cut:g})." if cut is not None else ").")
+            + f" Completeness at true S/N ≥ 7 ({aq['nTruthSnrGe7']} sources on processed CCD "
+            f"pixels): {pct(aq['completenessSnrGe7'])} detected, "
+            f"{pct(aq['completenessSnrGe7Alerted'])} alerted. DIASource astrometry against the "
+            f"truth at S/N ≥ {ast['snrMin']:g}: {fmt(ast['diaSourceRmsMas'])} mas rms "
+            f"({ast['n']} sources); WCS fit at reference stars: "
+            f"{fmt(ast.get('wcsFitRmsMasMedian'))} mas (median over CCDs)."
+        ),
+        Table(
+            ("true S/N", "true sources", "detected", "alerted"),
+            tuple(
+                (
+                    f"{b['lo']:g}–{b['hi']:g}" if b["hi"] is not None else f"≥ {b['lo']:g}",
+                    b["nTruth"],
+                    pct(b["completenessDetected"]),
+                    pct(b["completenessAlerted"]),
+                )
+                for b in aq["completenessBySnr"]
+            ),
+        ),
+    ]

@@ -3,8 +3,10 @@
 * per band: zeropoint, sky level, seeing, PSF width and astrometric scatter of the processed
   CCDs (median and 5–95 % range), and per visit (medians over its CCDs) versus time;
 * detection efficiency versus the true difference magnitude (see ``truth.py``), per band and
-  per kind of source, over the CCDs that were processed, with the magnitude of 50 %
-  efficiency (m50) and the flux pull of the matched DIASources.
+  per kind of source, over the pixels of the CCDs that were processed, with the magnitude of
+  50 % efficiency (m50) and the flux pull of the matched DIASources;
+* completeness per true S/N bin and magnitude bin, purity of all and of the alerted DIASources,
+  and DIASource astrometry against the truth (``alert_quality.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from base.prompt_records import METRICS, NightRecords
+from config.cameras import load_camera
+from state.errors import ConfigurationError
 
+from .alert_quality import CcdArea, alert_quality, scope_truth
 from .truth import TruthSources, match
 
 #: record field -> JSON key (the names of the CCD summary in docs/reports.md)
@@ -111,29 +116,42 @@ def m50(bins: list[dict[str, Any]]) -> float | None:
     return None
 
 
+def ccd_areas(night: NightRecords) -> dict[tuple[int, int], CcdArea]:
+    """Size, sky and PSF of every processed CCD whose camera is known (for ``scope_truth``)."""
+    visits = night.visit_map()
+    out = {}
+    for o in night.outcomes:
+        if o.status != "processed" or o.visit not in visits:
+            continue
+        try:
+            det = load_camera(visits[o.visit].camera).detector(o.detector)
+        except ConfigurationError:
+            continue
+        sky = np.nan if o.sky_level is None else float(o.sky_level)
+        fwhm = np.nan if o.psf_fwhm_px is None else float(o.psf_fwhm_px)
+        out[(o.visit, o.detector)] = CcdArea(det.nx, det.ny, sky, fwhm)
+    return out
+
+
 def detection_efficiency(
     night: NightRecords,
     truth: TruthSources,
     dia: Mapping[str, np.ndarray],
     radius_arcsec: float = 1.0,
+    reliability_threshold: float | None = None,
 ) -> dict[str, Any]:
-    """Efficiency versus true difference magnitude, over the processed CCDs of ``night``."""
-    processed = {(o.visit, o.detector) for o in night.outcomes if o.status == "processed"}
-    if night.outcomes:
-        keep = np.array(
-            [
-                (int(v), int(d)) in processed
-                for v, d in zip(truth.visit, truth.detector, strict=True)
-            ],
-            bool,
-        )
-    elif night.visits:
-        keep = np.isin(truth.visit, [v.visit for v in night.visits])
-    else:
-        keep = np.ones(len(truth), bool)
-    keep &= np.isfinite(truth.diff_mag)
-    t = truth.select(keep)
+    """Efficiency versus true difference magnitude, over the processed CCDs of ``night``.
+
+    Truth sources count on the pixels of processed CCDs (``alert_quality.scope_truth``); for
+    records without outcomes, every truth source of the night's visits counts.
+    """
     night_visits = {v.visit for v in night.visits} | {o.visit for o in night.outcomes}
+    if night.outcomes:
+        t, snr = scope_truth(truth, ccd_areas(night))
+    else:
+        keep = np.isin(truth.visit, list(night_visits)) if night_visits else np.ones(len(truth))
+        t = truth.select(keep.astype(bool) & np.isfinite(truth.diff_mag))
+        snr = np.full(len(t), np.nan)
     in_scope = (
         np.isin(dia["visit"], list(night_visits))
         if night_visits
@@ -169,6 +187,11 @@ def detection_efficiency(
     j = nearest[detected]
     pull = (dia["psfFlux"][j] - t.diff_flux_njy[detected]) / dia["psfFluxErr"][j]
     pull = pull[np.isfinite(pull)]
+    every = truth.select(np.isin(truth.visit, list(night_visits))) if night_visits else truth
+    scoped_dia = {k: np.asarray(v)[in_scope] for k, v in dia.items()}
+    result["alertQuality"] = alert_quality(
+        every, t, snr, scoped_dia, reliability_threshold, radius_arcsec
+    )
     result["fluxPull"] = {
         "n": len(pull),
         "median": float(np.median(pull)) if len(pull) else None,
@@ -184,6 +207,7 @@ def data_quality_report(
     truth: TruthSources | None = None,
     diasources: Mapping[str, np.ndarray] | None = None,
     radius_arcsec: float = 1.0,
+    reliability_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Metrics per band and versus time; detection efficiency when truth and DIASources given.
 
@@ -210,6 +234,9 @@ def data_quality_report(
         }
     else:
         report["detectionEfficiency"] = detection_efficiency(
-            night, truth, diasources, radius_arcsec
+            night, truth, diasources, radius_arcsec, reliability_threshold
         )
+        aq = report["detectionEfficiency"]["alertQuality"]
+        wcs = [o.astrom_rms_mas for o in night.outcomes if o.astrom_rms_mas is not None]
+        aq["astrometry"]["wcsFitRmsMasMedian"] = float(np.median(wcs)) if wcs else None
     return report

@@ -31,6 +31,8 @@ DIA_OPTIONAL = {
     "midpointMjdTai": np.nan,
     "band": "",
 }
+#: Columns kept only when given (their absence means: not known, e.g. no reliability cut).
+DIA_IF_GIVEN = {"reliability": np.float64, "diaObjectId": np.int64, "ssObjectId": np.int64}
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,10 @@ class TruthSources:
     mag: NDArray[np.float64]  # in the visit
     diff_flux_njy: NDArray[np.float64]  # visit flux minus template flux
     diff_mag: NDArray[np.float64]  # AB magnitude of |diff_flux_njy|
+    x: NDArray[np.float64]  # true position on the detector (0-based pixels; ±30 px margin)
+    y: NDArray[np.float64]
+    flux_e: NDArray[np.float64]  # electrons in the visit
+    diff_e: NDArray[np.float64]  # electrons of the difference (visit minus template)
 
     def __len__(self) -> int:
         return len(self.visit)
@@ -57,7 +63,7 @@ class TruthSources:
 
 _QUERY = """
 SELECT s.visit, s.detector, s.object_id, s.kind, e.band, s.ra, s.dec, s.mag, s.flux_njy,
-       CASE e.band WHEN 'u' THEN o.u WHEN 'g' THEN o.g WHEN 'r' THEN o.r
+       s.x, s.y, s.flux_e, CASE e.band WHEN 'u' THEN o.u WHEN 'g' THEN o.g WHEN 'r' THEN o.r
                    WHEN 'i' THEN o.i WHEN 'z' THEN o.z WHEN 'y' THEN o.y END
 FROM sources s JOIN exposures e ON e.visit = s.visit AND e.detector = s.detector
 LEFT JOIN objects o ON o.object_id = s.object_id
@@ -83,10 +89,11 @@ def load_truth(path: Path | str, visits: Iterable[int] | None = None) -> TruthSo
     if visits is not None:
         keep = set(wanted or ())
         rows = [r for r in rows if r[0] in keep]
-    cols = list(zip(*rows, strict=True)) if rows else [()] * 10
+    cols = list(zip(*rows, strict=True)) if rows else [()] * 13
     flux = np.asarray(cols[8], np.float64)
+    flux_e = np.asarray(cols[11], np.float64)
     kind = np.asarray(cols[3], dtype=str)
-    mean_mag = np.array([np.nan if m is None else m for m in cols[9]], np.float64)
+    mean_mag = np.array([np.nan if m is None else m for m in cols[12]], np.float64)
     template = np.where(kind == "variable", 10.0 ** ((AB_NJY_ZERO - mean_mag) / 2.5), 0.0)
     template = np.nan_to_num(template)
     diff = flux - template
@@ -103,7 +110,28 @@ def load_truth(path: Path | str, visits: Iterable[int] | None = None) -> TruthSo
         mag=np.asarray(cols[7], np.float64),
         diff_flux_njy=diff,
         diff_mag=diff_mag,
+        x=np.asarray(cols[9], np.float64),
+        y=np.asarray(cols[10], np.float64),
+        flux_e=flux_e,
+        diff_e=np.where(flux > 0, flux_e * diff / np.where(flux > 0, flux, 1.0), 0.0),
     )
+
+
+def true_snr(
+    truth: TruthSources, sky_e: NDArray[np.float64], fwhm_px: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """The difference-image S/N a perfect PSF fit would give each truth source.
+
+    Noise of an optimal (PSF-weighted) measurement: sky over the effective area of a Gaussian
+    PSF of the CCD's measured FWHM, 4πσ², plus the Poisson noise of the source's own visit
+    electrons; the deep template's noise is left out. ``sky_e`` and ``fwhm_px`` are per row
+    (the processed CCD's sky level in electrons per pixel and PSF FWHM in pixels).
+    """
+    sigma = np.asarray(fwhm_px, np.float64) / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+    var = 4.0 * np.pi * sigma**2 * np.maximum(np.asarray(sky_e, np.float64), 0.0)
+    var = var + np.abs(truth.flux_e)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.abs(truth.diff_e) / np.sqrt(var)
 
 
 def as_diasources(data: Any) -> dict[str, np.ndarray]:
@@ -124,6 +152,9 @@ def as_diasources(data: Any) -> dict[str, np.ndarray]:
         for k, default in DIA_OPTIONAL.items():
             if any(k in r for r in data):
                 cols[k] = np.asarray([r.get(k, default) for r in data])
+        for k in DIA_IF_GIVEN:
+            if any(k in r for r in data):
+                cols[k] = np.asarray([r.get(k, 0) for r in data])
     else:
         raise InvalidInputError(f"cannot read DIASources from a {type(data).__name__}")
     missing = [c for c in DIA_REQUIRED if c not in cols]
@@ -139,6 +170,10 @@ def as_diasources(data: Any) -> dict[str, np.ndarray]:
         for k, default in DIA_OPTIONAL.items():
             kind = str if isinstance(default, str) else np.float64 if k != "detector" else np.int64
             out[k] = np.asarray(cols.get(k, np.full(n, default)), kind).reshape(n)
+        for k, dtype in DIA_IF_GIVEN.items():
+            if k in cols:
+                v = np.asarray([np.nan if x is None else x for x in np.asarray(cols[k]).tolist()])
+                out[k] = (np.nan_to_num(v) if dtype is np.int64 else v).astype(dtype).reshape(n)
     except (TypeError, ValueError) as e:
         raise InvalidInputError(f"DIASource columns of the wrong type or length: {e}") from e
     if not (np.isfinite(out["ra"]).all() and np.isfinite(out["dec"]).all()):

@@ -24,9 +24,11 @@ import numpy as np
 from base.alerts import AlertArchive, build_alerts, serialize
 from base.alerts.schema import AlertSchema, latest_schema
 from base.apdb import Apdb
+from base.prompt.association_step import AlertSet, alert_set
 from base.prompt.requests import CcdResults
 from base.prompt_records import CcdOutcome, PromptRecords
 from base.registry.repository import Repository
+from base.reliability import alert_threshold, load_reliability_model
 from base.reprocess.associate import Associated, associate_ccd
 from base.reprocess.executor import Executor
 from base.reprocess.ledger import Ledger
@@ -132,6 +134,8 @@ async def _catch_up(
         observer,
     )
     summary.failed.update(failed)
+    model = await asyncio.to_thread(load_reliability_model)
+    threshold = alert_threshold(model, None)
     apdb = await Apdb.connect(config.dsn, config.apdb_schema)
     schema = await asyncio.to_thread(latest_schema)
     archive = await AlertArchive.open(config.dsn, config.archive_dir, config.archive_schema, schema)
@@ -141,8 +145,9 @@ async def _catch_up(
                 continue
             ccd = CcdResults.from_wire(results[unit.key])
             try:
-                done = await associate_ccd(apdb, ccd, config.association)
-                n_alerts = await _alerts(archive, schema, ccd, done) if done.stored else 0
+                done = await associate_ccd(apdb, ccd, config.association, model, threshold)
+                alerted = alert_set(done, ccd, threshold)
+                n_alerts = await _alerts(archive, schema, ccd, done, alerted) if done.stored else 0
             except DmcsError as e:
                 await give_up(ledger, config.name, unit.key, e, observer, summary.failed)
                 continue
@@ -175,24 +180,24 @@ async def _catch_up(
 
 
 async def _alerts(
-    archive: AlertArchive, schema: AlertSchema, ccd: CcdResults, a: Associated
+    archive: AlertArchive, schema: AlertSchema, ccd: CcdResults, a: Associated, alerted: AlertSet
 ) -> int:
     """The prompt alert path for one stored CCD, its alerts marked late; returns how many."""
 
     def packets() -> list[bytes]:
         alerts = build_alerts(
-            a.result.sources,
+            alerted.sources,
             objects=a.result.objects,
             history=a.preload.sources,
             forced_history=a.preload.forced_sources,
-            ss_sources=a.result.ss_sources,
-            cutouts=ccd.cutouts or None,
+            ss_sources=alerted.ss_sources,
+            cutouts=alerted.cutouts or None,
             observation_reason=LATE,
             schema=schema,
         )
         return serialize(alerts, schema)
 
     framed = await asyncio.to_thread(packets)
-    ids = np.asarray(a.result.sources["diaSourceId"], dtype=np.int64).tolist()
+    ids = np.asarray(alerted.sources["diaSourceId"], dtype=np.int64).tolist()
     fresh = await archive.archive(ccd.day_obs, ccd.visit, ccd.detector, ids, framed)
     return len(framed) if fresh else 0

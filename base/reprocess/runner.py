@@ -27,6 +27,7 @@ from base.apdb import Apdb
 from base.apdb.db import mapped_errors
 from base.apdb.schema import q
 from base.registry.repository import Repository
+from base.reliability import alert_threshold, load_reliability_model
 from base.reprocess.associate import associate_ccd, dia_source_checksum
 from base.reprocess.characterize import characterize_release, variability_checksum
 from base.reprocess.executor import Executor
@@ -289,6 +290,8 @@ async def _associate_regions(
     summary: RunSummary,
     observer: RunObserver,
 ) -> None:
+    model = await asyncio.to_thread(load_reliability_model)
+    threshold = alert_threshold(model, None)
     regions = await staging.regions(keys)
     summary.regions = len(regions)
     checksums = []
@@ -304,7 +307,7 @@ async def _associate_regions(
                     if await apdb.is_stored(visit, detector):
                         continue
                     ccd = await staging.get(visit, detector)
-                    await associate_ccd(apdb, ccd, config.association)
+                    await associate_ccd(apdb, ccd, config.association, model, threshold)
             except DmcsError as e:
                 await give_up(ledger, config.release, unit, e, observer, summary.failed)
                 continue

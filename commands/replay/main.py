@@ -38,6 +38,7 @@ from commands.replay.night_system import database_schemas, night_system_config
 from commands.replay.record import NightRecordReader
 from commands.replay.runner import ReplayOutcome, replay_night
 from commands.replay.summary import (
+    alert_headline,
     failure_summary,
     fetch_records,
     night_summary,
@@ -302,6 +303,7 @@ async def _summarize(
     summary = night_summary(records, outcome)
     try:
         summary["reports"] = await write_reports(pool, config, records, outcome.visits, night, out)
+        summary["alertQuality"] = alert_headline(summary["reports"])
     except (DmcsError, OSError, ValueError, asyncpg.PostgresError) as e:
         summary["reportsFailed"] = f"{type(e).__name__}: {e}"
     return summary

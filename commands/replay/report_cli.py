@@ -12,6 +12,28 @@ def _s(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} s"
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f} %"
+
+
+def _quality_rows(q: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """Purity and completeness against the simulated truth (absent without one)."""
+    if not q:
+        return []
+    cut = q.get("reliabilityThreshold")
+    return [
+        (
+            "purity alerted / all DIASources",
+            f"{_pct(q['purityAlerted'])} / {_pct(q['purityAllDiaSources'])}"
+            + (f" (reliability ≥ {cut:.2f})" if cut is not None else ""),
+        ),
+        (
+            "completeness S/N ≥ 7 alerted / detected",
+            f"{_pct(q['completenessSnrGe7Alerted'])} / {_pct(q['completenessSnrGe7'])}",
+        ),
+    ]
+
+
 def print_summary(summary: dict[str, Any], console: Console) -> None:
     lat = summary["latencySeconds"]
     share = summary.get("visitShareWithin60s")
@@ -24,6 +46,7 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         ("alerts", str(summary["alerts"])),
         ("latency p50 / p95 / max", f"{_s(lat['p50'])} / {_s(lat['p95'])} / {_s(lat['max'])}"),
         ("visits within 60 s", "-" if share is None else f"{100 * share:.0f} %"),
+        *_quality_rows(summary.get("alertQuality")),
         ("wall time", "-" if summary["wallSeconds"] is None else f"{summary['wallSeconds']:.0f} s"),
     ]
     if summary.get("mode"):

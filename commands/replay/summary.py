@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import numpy as np
 
 from base.prompt.settings import AssociationSettings, CcdProcessorSettings
 from base.prompt_records import NightRecords, PromptRecords, latency_summary
+from base.reliability import alert_threshold, load_reliability_model
 from base.reports.documents import write_night_reports
 from base.reports.truth import load_truth
 from commands.replay.night_system import PROCESSOR_CLASS
@@ -18,7 +20,9 @@ from commands.replay.record import NightRecord
 from commands.replay.runner import ReplayOutcome
 from config.system import SystemConfig
 
-_DIA_COLUMNS = ("visit", "detector", "ra", "dec", "psfFlux", "psfFluxErr", "midpointMjdTai", "band")
+_DIA_COLUMNS = ("visit", "detector", "ra", "dec", "psfFlux", "psfFluxErr", "midpointMjdTai", "band",
+                "reliability", "diaObjectId", "ssObjectId")  # fmt: skip
+ASSOCIATION_CLASS = "base.prompt.association:Association"
 
 
 def _schema(config: SystemConfig, cls: str, key: str, default: str) -> str:
@@ -42,12 +46,7 @@ async def fetch_records(
 async def _diasources(
     pool: asyncpg.Pool, config: SystemConfig, visits: list[int]
 ) -> dict[str, Any]:
-    schema = _schema(
-        config,
-        "base.prompt.association:Association",
-        "apdb_schema",
-        AssociationSettings().apdb_schema,
-    )
+    schema = _schema(config, ASSOCIATION_CLASS, "apdb_schema", AssociationSettings().apdb_schema)
     cols = ", ".join(f'"{c}"' for c in _DIA_COLUMNS)
     rows = await pool.fetch(
         f'SELECT {cols} FROM "{schema}"."DiaSource" WHERE visit = ANY($1::bigint[])', visits
@@ -145,5 +144,33 @@ async def write_reports(
 ) -> dict[str, str]:
     truth = load_truth(night / "truth.sqlite", visits)
     dia = await _diasources(pool, config, visits)
-    paths = write_night_reports(records, out / "reports", truth=truth, diasources=dia)
+    paths = write_night_reports(
+        records,
+        out / "reports",
+        truth=truth,
+        diasources=dia,
+        reliability_threshold=_alert_threshold(config),
+    )
     return {k: str(v) for k, v in paths.items()}
+
+
+def _alert_threshold(config: SystemConfig) -> float:
+    """The Association's alert threshold in this system (its setting, or the model's)."""
+    for spec in config.components:
+        if spec.cls == ASSOCIATION_CLASS:
+            settings = AssociationSettings.model_validate(spec.settings)
+            model = load_reliability_model(settings.reliability_model)
+            return alert_threshold(model, settings.alert_reliability_threshold)
+    return alert_threshold(load_reliability_model(), None)
+
+
+def alert_headline(reports: dict[str, str]) -> dict[str, Any] | None:
+    """Purity and completeness of the night, from its Data Quality Report (None: no truth)."""
+    try:
+        dq = json.loads(Path(reports["quality_json"]).read_text())
+        aq = dq["detectionEfficiency"]["alertQuality"]
+    except (KeyError, OSError, ValueError):
+        return None
+    keys = ("purityAlerted", "purityAllDiaSources", "completenessSnrGe7Alerted",
+            "completenessSnrGe7", "reliabilityThreshold")  # fmt: skip
+    return {k: aq.get(k) for k in keys}

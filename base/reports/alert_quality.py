@@ -1,0 +1,146 @@
+"""Completeness, purity and DIASource astrometry against the simulated truth (issue 14).
+
+* Completeness counts only the truth sources a CCD could have seen: on a processed CCD's
+  pixels (not the simulator's 30 px margin, so a source near a CCD boundary counts once), with
+  their true difference-image S/N (``truth.true_snr``), per S/N bin and per difference
+  magnitude bin.
+* Purity is the share of DIASources that lie within ``radius_arcsec`` of a true variable,
+  transient or moving object of their visit: for every DIASource, and for the alerted ones
+  (those association gave an object, with reliability at or above the alert threshold).
+* Astrometry is the rms distance of matched DIASources of measured S/N ≥ 20 from the truth.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .truth import TruthSources, match, true_snr
+
+SNR_EDGES = (0.0, 3.0, 5.0, 7.0, 10.0, 20.0, 50.0, np.inf)
+HEADLINE_SNR = 7.0
+ASTROMETRY_SNR = 20.0
+
+
+@dataclass(frozen=True)
+class CcdArea:
+    """What the truth needs of one processed CCD: its size and the measured sky and PSF."""
+
+    nx: int
+    ny: int
+    sky_e: float  # electrons per pixel
+    fwhm_px: float
+
+
+def scope_truth(
+    truth: TruthSources, ccds: Mapping[tuple[int, int], CcdArea]
+) -> tuple[TruthSources, NDArray[np.float64]]:
+    """The truth rows on the pixels of processed CCDs, and their true difference S/N."""
+    keys = list(zip(truth.visit.tolist(), truth.detector.tolist(), strict=True))
+    nx = np.array([ccds[k].nx if k in ccds else 0 for k in keys], np.float64)
+    ny = np.array([ccds[k].ny if k in ccds else 0 for k in keys], np.float64)
+    keep = (truth.x >= -0.5) & (truth.x < nx - 0.5) & (truth.y >= -0.5) & (truth.y < ny - 0.5)
+    keep &= np.isfinite(truth.diff_mag)
+    t = truth.select(keep)
+    kept = [k for k, ok in zip(keys, keep.tolist(), strict=True) if ok]
+    sky = np.array([ccds[k].sky_e for k in kept], np.float64)
+    fwhm = np.array([ccds[k].fwhm_px for k in kept], np.float64)
+    return t, true_snr(t, sky, fwhm)
+
+
+def _bin_table(
+    value: NDArray[np.float64], found: Mapping[str, NDArray[np.bool_]], edges: NDArray[np.float64]
+) -> list[dict[str, Any]]:
+    out = []
+    for lo, hi in itertools.pairwise(edges):
+        sel = (value >= lo) & (value < hi)
+        n = int(sel.sum())
+        if not n:
+            continue
+        row: dict[str, Any] = {"lo": float(lo), "hi": float(hi) if np.isfinite(hi) else None}
+        row["nTruth"] = n
+        for name, hit in found.items():
+            row[f"n{name}"] = int(hit[sel].sum())
+            row[f"completeness{name}"] = float(hit[sel].mean())
+        out.append(row)
+    return out
+
+
+def _share(hit: NDArray[np.bool_]) -> float | None:
+    return float(hit.mean()) if len(hit) else None
+
+
+def alert_quality(
+    truth: TruthSources,
+    scoped: TruthSources,
+    snr: NDArray[np.float64],
+    dia: Mapping[str, np.ndarray],
+    threshold: float | None,
+    radius_arcsec: float = 1.0,
+) -> dict[str, Any]:
+    """Completeness (before and after the alert cut), purity and astrometry; see the module.
+
+    ``truth`` is every truth source of the night's visits (for purity), ``scoped`` and ``snr``
+    come from :func:`scope_truth`. ``dia`` holds ra, dec, visit, psfFlux, psfFluxErr and, for
+    the figures after the cut, reliability and diaObjectId/ssObjectId (absent: every DIASource
+    counts as alerted). ``threshold`` None: no reliability cut.
+    """
+    n = len(dia["ra"])
+    rel = np.asarray(dia.get("reliability", np.full(n, np.nan)), np.float64)
+    has_object = np.ones(n, bool)
+    if "diaObjectId" in dia or "ssObjectId" in dia:
+        has_object = (np.asarray(dia.get("diaObjectId", np.zeros(n)), np.int64) != 0) | (
+            np.asarray(dia.get("ssObjectId", np.zeros(n)), np.int64) != 0
+        )
+    alerted = has_object & (rel >= threshold if threshold is not None else True)
+    _, real = match(truth, dia, radius_arcsec)
+    nearest, _ = match(scoped, dia, radius_arcsec)
+    detected = nearest >= 0
+    kept = detected & alerted[np.maximum(nearest, 0)]
+    strong = snr >= HEADLINE_SNR
+    found = {"Detected": detected, "Alerted": kept}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        meas_snr = np.abs(np.asarray(dia["psfFlux"], np.float64) / dia["psfFluxErr"])
+    j = nearest[detected]
+    bright = meas_snr[j] >= ASTROMETRY_SNR
+    sep = _separation_mas(scoped.ra[detected], scoped.dec[detected], dia["ra"][j], dia["dec"][j])
+    mag_lo = np.floor(np.nanmin(scoped.diff_mag)) if len(scoped) else 0.0
+    mag_hi = np.ceil(np.nanmax(scoped.diff_mag)) + 0.5 if len(scoped) else 0.0
+    return {
+        "radiusArcsec": radius_arcsec,
+        "reliabilityThreshold": threshold,
+        "nTruthOnCcds": len(scoped),
+        "nTruthSnrGe7": int(strong.sum()),
+        "completenessSnrGe7": _share(detected[strong]),
+        "completenessSnrGe7Alerted": _share(kept[strong]),
+        "nDiaSources": n,
+        "nAlerted": int(alerted.sum()),
+        "purityAllDiaSources": _share(real),
+        "purityAlerted": _share(real[alerted]),
+        "nWithoutObject": int((~has_object).sum()),
+        "nReliableWithoutObject": int(
+            (~has_object & (rel >= threshold if threshold is not None else True)).sum()
+        ),
+        "completenessBySnr": _bin_table(snr, found, np.asarray(SNR_EDGES)),
+        "completenessByMag": _bin_table(
+            scoped.diff_mag, found, np.arange(mag_lo, mag_hi + 0.5, 0.5)
+        ),
+        "astrometry": {
+            "snrMin": ASTROMETRY_SNR,
+            "n": int(bright.sum()),
+            "diaSourceRmsMas": float(np.sqrt(np.mean(sep[bright] ** 2))) if bright.any() else None,
+        },
+    }
+
+
+def _separation_mas(
+    ra1: NDArray[np.float64], dec1: NDArray[np.float64], ra2: np.ndarray, dec2: np.ndarray
+) -> NDArray[np.float64]:
+    r1, d1, r2, d2 = (np.radians(np.asarray(a, np.float64)) for a in (ra1, dec1, ra2, dec2))
+    h = np.sin((d2 - d1) / 2) ** 2 + np.cos(d1) * np.cos(d2) * np.sin((r2 - r1) / 2) ** 2
+    return np.degrees(2 * np.arcsin(np.sqrt(np.clip(h, 0, 1)))) * 3.6e6
