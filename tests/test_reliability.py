@@ -6,11 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import numpy as np
 import pytest
 
 from algorithms.association_run import alert_selection, associate
 from algorithms.reliability import FEATURES, ReliabilityModel, features
+from base.apdb import outbox
+from base.apdb.outbox import AlertOutbox
 from base.apdb.simulate import dia_sources
 from base.prompt.association import Association
 from base.reliability import DEFAULT_MODEL, alert_threshold, load_reliability_model
@@ -158,15 +161,19 @@ def test_reliability_decides_which_unmatched_sources_found_objects() -> None:
 
 
 # --------------------------------------- the Association component (plain class, PostgreSQL)
-class CapturingAssociation(Association):
-    """Association whose hand-offs stay in its queue (no publisher peer in this test)."""
-
-    async def _handoff_loop(self) -> None:
-        return None
+async def _outbox_handoff(pg_dsn: str, schema: str) -> dict[str, Any]:
+    """The one hand-off Association wrote to the APDB's alert outbox (no publisher drains it)."""
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=1)
+    try:
+        rows = await (await AlertOutbox.open(pool, schema)).pending()
+    finally:
+        await pool.close()
+    assert len(rows) == 1
+    return outbox.decode(rows[0].meta, rows[0].payload)
 
 
 async def _associate(tmp_path: Path, pg_dsn: str, schema: str, **settings: Any) -> Any:
-    comp = CapturingAssociation(
+    comp = Association(
         "Association",
         sink=lambda _e: None,
         settings={"dsn": pg_dsn, "apdb_schema": schema, **settings},
@@ -177,7 +184,7 @@ async def _associate(tmp_path: Path, pg_dsn: str, schema: str, **settings: Any) 
         await comp.do_start()
         await comp.do_enable()
         reply = await comp.rpc_associate(ccd_wire(n=30))
-        handoff = comp._handoffs.get_nowait()
+        handoff = await _outbox_handoff(pg_dsn, schema)
         await comp.do_disable()
         await comp.do_standby()
     finally:
@@ -207,7 +214,7 @@ async def test_association_honours_the_threshold_and_alerts_reference_objects(
 async def test_association_start_fails_on_a_bad_model(tmp_path: Path, pg_dsn: str) -> None:
     junk = tmp_path / "junk.json"
     junk.write_text("{}")
-    comp = CapturingAssociation(
+    comp = Association(
         "Association",
         sink=lambda _e: None,
         settings={"dsn": pg_dsn, "apdb_schema": "apdb_rb_bad", "reliability_model": str(junk)},
