@@ -68,6 +68,13 @@ class Ingest(Controller):
         self._db_down = False
         self._enabled = asyncio.Event()
         self.counters = {"ingested": 0, "failed": 0, "duplicates": 0, "corrupt": 0, "retries": 0}
+        self.headers_found = 0
+        self._disk_lock = asyncio.Lock()
+        self._header_dir = (
+            Path(self.config.header_dir).absolute()
+            if self.config.header_dir
+            else root.parent / "HeaderService" / "headers"
+        )
         self.last_lag = 0.0
 
     async def configure(self, override: str) -> dict[str, Any]:
@@ -129,7 +136,42 @@ class Ingest(Controller):
         self._remember(name, header)
         return header
 
+    async def _header_on_disk(self, name: str) -> fits.Header | None:
+        """A header the header service wrote but whose announcement never arrived (the bus
+        restarted, or this component did): read from its folder, recorded and said."""
+        if Path(name).name != name or not name or name.startswith("."):
+            return None
+        async with self._disk_lock:  # the CCDs of one image look at once; one reads
+            cached = self._headers.get(name)
+            return cached if cached is not None else await self._read_header_file(name)
+
+    async def _read_header_file(self, name: str) -> fits.Header | None:
+        path = self._header_dir / f"{name}.fits"
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            self.log.warning("header %s unreadable: %s", path, e)
+            return None
+        url, checksum = path.as_uri(), sha256_hex(data)
+        try:
+            header = await asyncio.to_thread(_read_header, url, checksum)
+        except DmcsError as e:
+            self.log.warning("header %s unusable: %s", path, e)
+            return None
+        self.ledger.add_header(name, url, checksum)
+        self.headers_found += 1
+        self.log_message(
+            logging.WARNING,
+            f"header of {name} found in the header service's folder without its announcement",
+        )
+        self._remember(name, header)
+        return header
+
     async def _await_header(self, name: str, deadline: float) -> fits.Header | None:
+        """The header announced by ``deadline``; failing that, one the header service wrote
+        whose announcement was lost."""
         header = await self._header(name)
         if header is not None:
             return header
@@ -139,7 +181,8 @@ class Ingest(Controller):
                 await waiter.wait()
         except TimeoutError:
             pass
-        return self._headers.get(name)
+        header = self._headers.get(name)
+        return header if header is not None else await self._header_on_disk(name)
 
     # --------------------------------------------------------------- receiving
     async def rpc_receive_raw(self, meta: dict[str, Any], data: bytes) -> dict[str, Any]:

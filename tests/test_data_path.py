@@ -292,3 +292,27 @@ async def test_bad_handoffs_are_refused_with_reasons(
         with pytest.raises(BufferFullError):
             path.buffer.store.capacity = 10
             await path.buffer.accept(_offer(readout.payload, readout.images[0]))
+
+
+async def test_a_header_whose_announcement_was_lost_is_found_and_merged(
+    tmp_path: Path, pg_dsn: str, schema: str, camera: Camera
+) -> None:
+    """The header service wrote the header, but its largeFileObjectAvailable never came."""
+    readout = camera.readout(2)
+    header = fits.Header()
+    header["OBSID"] = readout.payload["imageName"]
+    header["SEEING"] = 0.66
+    folder = tmp_path / "HeaderService" / "headers"  # beside Ingest's own folder
+    folder.mkdir(parents=True)
+    fits.PrimaryHDU(header=header).writeto(folder / f"{header['OBSID']}.fits")
+    (folder / "..evil.fits").write_bytes(b"never read")
+    async with local_path(tmp_path, pg_dsn, schema) as path:
+        await path.buffer.on_event(readout.event())
+        await path.wait_for(lambda: len(ingested(path)) == 4)
+        assert all("merged" in e.data["description"] for e in ingested(path))
+        assert path.ingest.headers_found == 1, "read once, then from the ledger"
+        logged = [e.data["message"] for e in path.topic("logMessage")]
+        assert sum("without its announcement" in m for m in logged) == 1
+    raws = await registry_matches(pg_dsn, schema, [readout])
+    assert all(r.header_merged for r in raws)
+    assert fits.getheader(raws[0].path)["SEEING"] == pytest.approx(0.66)
