@@ -57,24 +57,27 @@ def flag_saturation_surroundings(mask: np.ndarray, fwhm: float, min_radius: floa
 
     A saturated core (or bleed trail) is clipped in the science image, so subtraction leaves
     the missing charge, spread by the PSF, around it: the bigger the region, the brighter the
-    star and the further that reaches. Each connected SAT region's bounding box is widened by
-    ``max(2 FWHM + min(sqrt(area), width), min_radius)`` (a bleed trail's reach is set by its
-    width, not its length). Returns the number of pixels newly flagged.
+    star and the further that reaches. Each saturated region's bounding box is widened by
+    ``max(2 FWHM + min(sqrt(area), width), min_radius)`` (a bleed trail reaches as far as it
+    is wide, not as long). Regions are found on 4×4 blocks (cheap on a 4k CCD; boxes grow by
+    at most 3 px). Returns the number of saturated regions.
     """
     from scipy import ndimage
 
     sat = (mask & SAT) != 0
     if not sat.any():
         return 0
-    labels, _ = ndimage.label(sat, structure=np.ones((3, 3), bool))
-    areas = np.bincount(labels.ravel())
+    b = 4
     ny, nx = mask.shape
-    before = int(np.count_nonzero(mask & SUSPECT))
-    for k, box in enumerate(ndimage.find_objects(labels), start=1):
-        width = min(box[0].stop - box[0].start, box[1].stop - box[1].start)
-        r = int(np.ceil(max(2.0 * fwhm + min(np.sqrt(areas[k]), width), min_radius)))
-        y0, y1 = max(box[0].start - r, 0), min(box[0].stop + r, ny)
-        x0, x1 = max(box[1].start - r, 0), min(box[1].stop + r, nx)
-        mask[y0:y1, x0:x1] |= SUSPECT
-    mask[sat] &= ~np.int32(SUSPECT)
-    return int(np.count_nonzero(mask & SUSPECT)) - before
+    py, px = -ny % b, -nx % b
+    blocks = np.pad(sat, ((0, py), (0, px))).reshape((ny + py) // b, b, (nx + px) // b, b)
+    labels, n = ndimage.label(blocks.any(axis=(1, 3)), structure=np.ones((3, 3), bool))
+    for box in ndimage.find_objects(labels):
+        y0, y1 = box[0].start * b, min(box[0].stop * b, ny)
+        x0, x1 = box[1].start * b, min(box[1].stop * b, nx)
+        area = int(np.count_nonzero(sat[y0:y1, x0:x1]))
+        width = min(y1 - y0, x1 - x0)
+        r = int(np.ceil(max(2.0 * fwhm + min(np.sqrt(area), width), min_radius)))
+        mask[max(y0 - r, 0) : y1 + r, max(x0 - r, 0) : x1 + r] |= SUSPECT
+    np.bitwise_and(mask, ~np.int32(SUSPECT), out=mask, where=sat)
+    return int(n)

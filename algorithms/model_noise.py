@@ -28,6 +28,17 @@ def _robust_sigma(z: np.ndarray) -> float:
     return 1.4826 * float(np.median(np.abs(z - np.median(z))))
 
 
+def _smooth_binned(static: np.ndarray, sigma: float) -> np.ndarray:
+    """``static`` (clipped at 0) smoothed by a Gaussian of ``sigma``, computed on 2×2 bins
+    (a variance term need not resolve finer than the PSF)."""
+    ny, nx = static.shape
+    py, px = ny % 2, nx % 2
+    a = np.maximum(np.pad(static, ((0, py), (0, px)), mode="edge"), 0.0).astype(np.float32)
+    binned = a.reshape(a.shape[0] // 2, 2, a.shape[1] // 2, 2).mean(axis=(1, 3))
+    sm = gaussian_smooth(np.ascontiguousarray(binned, np.float32), 0.5 * sigma)
+    return np.repeat(np.repeat(sm, 2, axis=0), 2, axis=1)[:ny, :nx]
+
+
 def add_model_error(
     image: np.ndarray,
     variance: np.ndarray,
@@ -46,7 +57,7 @@ def add_model_error(
         raise ValueError("image, variance, mask and static shapes differ")
     if psf_sigma <= 0:
         raise ValueError("psf_sigma must be positive")
-    s = gaussian_smooth(np.maximum(static, 0.0).astype(np.float32), psf_sigma)
+    s = _smooth_binned(static, psf_sigma)
     # ε is measured on the central ``max_box``² pixels at most: enough stars, a fraction of
     # the smoothing on a large CCD.
     ny, nx = image.shape

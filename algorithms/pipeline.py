@@ -365,9 +365,7 @@ def _run(
         else:
             raise ValueError(f"unknown subtraction algorithm {cfg.subtraction!r}")
         res.difference = zr
-        res.summary["n_saturation_surroundings"] = mk.flag_saturation_surroundings(
-            zr.mask, pfit.fwhm
-        )
+        res.summary["n_saturated_regions"] = mk.flag_saturation_surroundings(zr.mask, pfit.fwhm)
     with t.stage("diff_background"):
         dbkg = fit_background(zr.image, zr.mask, cfg.background_cell)
         zr.image -= dbkg.evaluate()

@@ -160,7 +160,7 @@ def test_saturated_stars_and_bleed_trails_flag_what_they_leave_and_drop_nothing(
         assert (near & false).sum() <= 10
         assert (~false).sum() >= len(v.truth_transients["x"]) - 1
         assert not (flagged & ~false).any()
-        assert r.summary["n_saturation_surroundings"] > 0
+        assert r.summary["n_saturated_regions"] > 0
 
 
 def _dipole_scene(change: float, shift: float, seed: int) -> np.ndarray:
