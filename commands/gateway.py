@@ -278,8 +278,9 @@ async def _read_loop(
         except InvalidInputError as e:
             code = error_code_of(e)
             hub.metrics.bad_frames.labels(code.value).inc()
+            message_text = str(e)[:1000].encode("utf-8", "backslashreplace").decode("utf-8")
             channel.send(
-                frame(Op.ERROR, id=request_id(decoded), code=code.value, message=str(e)[:1000])
+                frame(Op.ERROR, id=request_id(decoded), code=code.value, message=message_text)
             )
 
 
