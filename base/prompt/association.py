@@ -80,7 +80,8 @@ class Association(Controller):
             result, stored = await self._associate_and_store(ccd)
         if not stored:
             self.counts["duplicates"] += 1
-            return {"stored": False, "duplicate": True}
+            earlier = await self._earlier(ccd)
+            return {"stored": False, "duplicate": True, **earlier}
         self.counts["associated"] += 1
         stages = dict(ccd.stages)
         for stage in ("associated", "apdbStored"):
@@ -118,6 +119,16 @@ class Association(Controller):
             await self.fault(APDB_FAILED, f"visit {ccd.visit} detector {ccd.detector}: {e}")
             raise
         return done.result, done.stored
+
+    async def _earlier(self, ccd: CcdResults) -> dict[str, Any]:
+        """The DIASource count and stage times of the earlier store a retry repeats."""
+        if self._apdb is None:
+            return {}
+        try:
+            return await self._apdb.earlier_store(ccd.visit, ccd.detector)
+        except DmcsError as e:
+            self.log.warning("earlier store of %s/%s not read: %s", ccd.visit, ccd.detector, e)
+            return {}
 
     async def _status_loop(self) -> None:
         while True:
