@@ -95,6 +95,9 @@ async def test_the_outbox_row_commits_with_the_store_or_not_at_all(pg_dsn: str) 
         assert stored.stored
         again = await apdb.store(VISIT, 3, h["sources"], h["objects"], handoff=lambda: h)
         assert not again.stored, "a repeat stores nothing and owes no second batch of alerts"
+        earlier = await apdb.earlier_store(VISIT, 3)
+        assert earlier == {"nDiaSources": 4, "stages": {"associated": 1.0e9 + 5}}
+        assert await apdb.earlier_store(VISIT, 99) == {}
         # The same diaSourceIds under another detector: the COPY fails after the outbox row.
         with pytest.raises(StorageError, match="UniqueViolation"):
             await apdb.store(VISIT, 4, h["sources"], h["objects"], handoff=lambda: h)
@@ -196,12 +199,14 @@ async def alerts_match_sources(dsn: str, apdb: str, alerts: str, ccds: int) -> N
         pending = await conn.fetchval(
             f'SELECT count(*) FROM "{apdb}".alert_outbox WHERE published_at IS NULL'
         )
+        marked = await conn.fetchval(f'SELECT sum(n_alerts) FROM "{apdb}".alert_outbox')
     finally:
         await conn.close()
     assert len({(r["visit"], r["detector"]) for r in stored}) == ccds
     assert sorted(tuple(r) for r in archived) == sorted(tuple(r) for r in stored)
     assert sum(b["n_alerts"] for b in batches) == len(stored) == len(archived)
     assert pending == 0
+    assert marked == len(stored), "each row marked with its CCD's alerts, redelivered or not"
 
 
 @pytest.fixture
@@ -262,6 +267,7 @@ async def test_association_killed_with_alerts_owed_loses_none(
         await wait_for_event(
             events, lambda e: e.topic == "alertsPublished" and e.data["detector"] == 4, 60
         )
+        await until(lambda: _settled(pg_dsn, f"apdb_{tag}"), timeout=30)  # marked after
         await events.aclose()
     await alerts_match_sources(pg_dsn, f"apdb_{tag}", f"alerts_{tag}", 5)
 

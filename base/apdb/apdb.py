@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -164,6 +165,24 @@ class Apdb:
                 detector,
             )
         return bool(found)
+
+    async def earlier_store(self, visit: int, detector: int) -> dict[str, object]:
+        """What an earlier store of (visit, detector) recorded: its DIASource count and the
+        ``associated``/``apdbStored`` stage times its alert hand-off carried (a retry answers
+        with these, so the CCD's outcome counts its DIASources)."""
+        async with mapped_errors("APDB earlier_store"), self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                f"SELECT l.n_dia_sources, o.meta->'stages' AS stages FROM {self._t(LEDGER)} l"
+                f" LEFT JOIN {q(self.schema)}.{outbox_mod.TABLE} o USING (visit, detector)"
+                " WHERE l.visit = $1 AND l.detector = $2",
+                visit,
+                detector,
+            )
+        if row is None:
+            return {}
+        stages = json.loads(row["stages"]) if row["stages"] else {}
+        kept = {k: float(v) for k, v in stages.items() if k in ("associated", "apdbStored")}
+        return {"nDiaSources": int(row["n_dia_sources"]), "stages": kept}
 
     async def count(self, name: str) -> int:
         async with mapped_errors("APDB count"), self._pool.acquire() as conn:

@@ -182,7 +182,11 @@ class AlertPublisher(Controller, AlertStreamRpc):
                 except InvalidInputError as e:
                     await self._outbox_failed(box, row.visit, row.detector, str(e))
                     continue
-                await box.done(row.visit, row.detector, int(reply["published"]))
+                # A duplicate: archived by a publisher that died before marking the row.
+                n = reply["published"]
+                if reply["duplicate"]:
+                    n = len(handoff["sources"]["diaSourceId"])
+                await box.done(row.visit, row.detector, int(n))
                 done += 1
         return done
 

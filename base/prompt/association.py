@@ -88,7 +88,8 @@ class Association(Controller):
         result = done.result
         if not done.stored:
             self.counts["duplicates"] += 1
-            return {"stored": False, "duplicate": True}
+            earlier = await self._earlier(ccd)
+            return {"stored": False, "duplicate": True, **earlier}
         self.counts["associated"] += 1
         stages = dict(ccd.stages)
         for stage in ("associated", "apdbStored"):
@@ -136,6 +137,16 @@ class Association(Controller):
         if done.stored:
             self.counts["notAlerted"] += done.not_alerted
         return done
+
+    async def _earlier(self, ccd: CcdResults) -> dict[str, Any]:
+        """The DIASource count and stage times of the earlier store a retry repeats."""
+        if self._apdb is None:
+            return {}
+        try:
+            return await self._apdb.earlier_store(ccd.visit, ccd.detector)
+        except DmcsError as e:
+            self.log.warning("earlier store of %s/%s not read: %s", ccd.visit, ccd.detector, e)
+            return {}
 
     async def _status_loop(self) -> None:
         while True:
