@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
+from state.events import PROMPT_STAGES
+
 from .base import Contract
 from .values import Detector, Finite, Int64, Name, NonNegInt, Seconds, TaiSeconds, Text
 
@@ -18,18 +20,8 @@ Size = Annotated[float, Field(ge=0.0, le=2.0**63, allow_inf_nan=False, strict=Tr
 Position = Annotated[list[Finite], Field(min_length=2, max_length=2)]
 StateName = Literal["OFFLINE", "STANDBY", "DISABLED", "ENABLED", "FAULT"]
 AlarmSeverity = Literal["NONE", "WARNING", "SERIOUS", "CRITICAL"]
-Stage = Literal[
-    "endReadout",
-    "inBuffer",
-    "ingested",
-    "preloadReady",
-    "isrDone",
-    "differenceDone",
-    "diaSourcesMeasured",
-    "associated",
-    "apdbStored",
-    "alertsPublished",
-]
+#: The prompt-processing stages of ``state.events.PROMPT_STAGES``, as a closed set.
+Stage = Literal[PROMPT_STAGES]  # type: ignore[valid-type]
 
 
 class Heartbeat(Contract):
