@@ -29,7 +29,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from algorithms.reliability import FEATURES, ReliabilityModel, features
-from base.reports.alert_quality import CcdArea, alert_quality, scope_truth
+from base.reports.alert_quality import HEADLINE_SNR, CcdArea, alert_quality, scope_truth
+from base.reports.truth import match
 from scripts.night_truth import LabelledNight, default_workers, nights
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,14 +91,17 @@ def _to_model(clf: object, meta: dict[str, object]) -> ReliabilityModel:
 
 def _threshold(ns: list[LabelledNight], scores: list[np.ndarray], min_completeness: float) -> float:
     """The highest threshold alerting ``min_completeness`` of the true S/N ≥ 7 sources."""
+    found = []  # per true S/N >= 7 source: the score of its DIASource (-1: none)
+    for n, s in zip(ns, scores, strict=True):
+        scoped, snr = scope_truth(n.truth, _areas(n))
+        strong = snr >= HEADLINE_SNR
+        nearest = match(scoped, n.dia)[0] if n.dia else np.full(len(scoped), -1)
+        near = nearest[strong]
+        found.append(np.where(near >= 0, s[np.maximum(near, 0)] if len(s) else -1.0, -1.0))
     best = 0.0
+    allfound = np.concatenate(found) if found else np.zeros(0)
     for thr in np.round(np.arange(0.01, 0.99, 0.01), 2):
-        kept, total = 0.0, 0
-        for n, s in zip(ns, scores, strict=True):
-            q = _quality(n, s, float(thr))
-            total += q["nTruthSnrGe7"]
-            kept += (q["completenessSnrGe7Alerted"] or 0.0) * q["nTruthSnrGe7"]
-        if total and kept / total >= min_completeness:
+        if len(allfound) and np.mean(allfound >= thr) >= min_completeness:
             best = float(thr)
     return best
 
@@ -131,6 +135,7 @@ def main() -> None:
     ap.add_argument("--min-completeness", type=float, default=0.92)
     ap.add_argument("--reuse", action="store_true", help="reuse processed CCDs of a past run")
     ap.add_argument("--quick", action="store_true", help="two small nights each (a smoke run)")
+    ap.add_argument("--holdout-cameras", nargs="+", default=["mini", "comcam"])
     args = ap.parse_args()
     try:
         from sklearn.ensemble import GradientBoostingClassifier
@@ -139,6 +144,7 @@ def main() -> None:
         sys.exit("training needs scikit-learn: pip install -e '.[train]'")
     t0 = time.time()
     train_specs, hold_specs = (TRAIN[:2], HOLDOUT[:1]) if args.quick else (TRAIN, HOLDOUT)
+    hold_specs = [s for s in hold_specs if s[0] in args.holdout_cameras]
     train = list(nights(train_specs, args.work, args.workers, args.reuse))
     print(f"training nights processed in {time.time() - t0:.0f} s", file=sys.stderr)
     x, y, g = _stack(train)

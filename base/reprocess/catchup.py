@@ -146,7 +146,7 @@ async def _catch_up(
             ccd = CcdResults.from_wire(results[unit.key])
             try:
                 done = await associate_ccd(apdb, ccd, config.association, model, threshold)
-                alerted = alert_set(done, ccd, threshold)
+                alerted = alert_set(done.result, ccd, threshold)
                 n_alerts = await _alerts(archive, schema, ccd, done, alerted) if done.stored else 0
             except DmcsError as e:
                 await give_up(ledger, config.name, unit.key, e, observer, summary.failed)
