@@ -214,7 +214,15 @@ async def outbox_system(system_factory: Any, pg_dsn: str, request: Any) -> Runni
     tag = request.node.name[-12:].replace("-", "_")
     return await system_factory(
         component_spec(
-            "Association", ASSOCIATION, settings={"dsn": pg_dsn, "apdb_schema": f"apdb_{tag}"}
+            "Association",
+            ASSOCIATION,
+            # threshold 0: every DIASource founds or matches an object and is alerted, so the
+            # hand-off is checked against every stored DIASource (the cut: test_reliability.py)
+            settings={
+                "dsn": pg_dsn,
+                "apdb_schema": f"apdb_{tag}",
+                "alert_reliability_threshold": 0.0,
+            },
         ),
         component_spec(
             "AlertPublisher",
