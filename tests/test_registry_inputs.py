@@ -36,6 +36,7 @@ from state.errors import InvalidInputError
 from state.states import State
 from summit.schedule import Visit, read_schedule
 from tests.conftest import TOKENS
+from tests.test_night_e2e import counts
 
 DETECTORS = (0, 1, 2, 3)
 
@@ -198,12 +199,5 @@ async def test_processors_without_night_dir_process_a_night(
     assert outcome.complete, p
     assert p.finished == p.expected and p.processed == p.expected, p.failed
     assert not p.failed and p.alerts > 0
-    conn = await asyncpg.connect(pg_dsn)
-    try:
-        n_dia = await conn.fetchval(
-            f'SELECT count(*) FROM "{prefix}apdb"."DiaSource" WHERE visit = ANY($1::bigint[])',
-            outcome.visits,
-        )
-    finally:
-        await conn.close()
-    assert n_dia == p.alerts
+    found = await counts(pg_dsn, prefix, outcome.visits)
+    assert found["alertableDiaSources"] == found["alerts"] == p.alerts

@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from base.postgres import embedded_postgres, postmaster_pid
+from base.reliability import alert_threshold, load_reliability_model
 
 ROOT = Path(__file__).resolve().parent.parent
 TAG = "DMCS_TEST_REPLAY_TAG"
@@ -92,7 +93,8 @@ def _counts(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _apdb_check(pgdata: Path) -> dict[str, int]:
-    """DIASources and alerts per CCD, read back from the replay's own database."""
+    """Alertable DIASources (with an object, at or above the reliability threshold) and
+    alerts per CCD, read back from the replay's own database."""
     with embedded_postgres(pgdata, supervise=False) as dsn:
         conn = await asyncpg.connect(dsn)
         try:
@@ -101,7 +103,9 @@ async def _apdb_check(pgdata: Path) -> dict[str, int]:
             )
             rows = await conn.fetch(
                 'SELECT visit, detector, count(*) AS n FROM apdb."DiaSource"'
-                " GROUP BY visit, detector"
+                ' WHERE ("diaObjectId" <> 0 OR "ssObjectId" <> 0) AND reliability >= $1'
+                " GROUP BY visit, detector",
+                alert_threshold(load_reliability_model(), None),
             )
             alerts = await conn.fetch("SELECT visit, detector, n_alerts FROM prompt.ccd_alerts")
         finally:
