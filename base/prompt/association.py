@@ -122,9 +122,9 @@ class Association(Controller):
                 apdb,
                 ccd,
                 self.config,
-                functools.partial(alert_handoff, min_reliability=self._threshold),
                 self._model,
                 self._threshold,
+                handoff=functools.partial(alert_handoff, min_reliability=self._threshold),
             )
         except RetriableError:
             raise

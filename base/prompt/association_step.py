@@ -108,9 +108,10 @@ async def associate_ccd(
     apdb: Apdb,
     ccd: CcdResults,
     params: AssociationParams,
-    handoff: HandoffOf | None = None,
     model: ReliabilityModel | None = None,
     min_reliability: float | None = None,
+    *,
+    handoff: HandoffOf | None = None,
 ) -> Associated:
     """Associate and store one CCD; stamps ``associated`` and ``apdbStored`` in its stages.
 
