@@ -112,7 +112,9 @@ class NightWatcher:
                 p.duplicate_publications += 1
             p.alerts_by_ccd[key] = int(d.get("nAlerts", 0))
             p.alerts += int(d.get("nAlerts", 0))
-            p.latencies[key] = float(d.get("latencySeconds", float("nan")))
+            latency = d.get("latencySeconds")  # null when the CCD's readout time is unknown
+            if latency is not None:
+                p.latencies[key] = float(latency)
 
     def _maybe_recover(self, event: Event, tg: asyncio.TaskGroup) -> None:
         restarts = int(event.data.get("restartCount", 0))
