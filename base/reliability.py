@@ -43,3 +43,10 @@ def alert_threshold(model: ReliabilityModel, configured: float | None) -> float:
         raise ConfigurationError(
             f"no alert threshold configured and model {model.version} recommends none"
         ) from e
+
+
+def alertable_sql(threshold: str = "$1") -> str:
+    """The APDB ``DiaSource`` rows that get an alert, as a SQL condition (``threshold``: the
+    placeholder of the alert threshold): the rule of ``algorithms.association_run.
+    alert_selection``, for reading a night's expected alert count back from the database."""
+    return f'("diaObjectId" <> 0 OR "ssObjectId" <> 0) AND reliability >= {threshold}'

@@ -246,6 +246,17 @@ COMPONENTS = ["Association", "AlertPublisher"]
 TOPICS = ["summaryState", "alertsPublished"]
 
 
+async def _store_while_not_publishing(ocs: Client, association: Any, ccds: int, **wire: Any) -> Any:
+    """Subscribe, then store ``ccds`` CCDs while AlertPublisher is DISABLED (alerts owed)."""
+    events = await ocs.open_subscription(COMPONENTS, TOPICS, snapshot=False)
+    await ocs.set_state("Association", State.ENABLED)
+    await ocs.set_state("AlertPublisher", State.DISABLED)
+    for detector in range(ccds):
+        reply = await association.rpc.remote("associate", ccd_wire(detector=detector, **wire))
+        assert reply["stored"]
+    return events
+
+
 async def test_association_killed_with_alerts_owed_loses_none(
     outbox_system: RunningSystem, pg_dsn: str
 ) -> None:
@@ -253,12 +264,7 @@ async def test_association_killed_with_alerts_owed_loses_none(
     running, tag = outbox_system, tag_of(outbox_system)
     association = running.system.handle("Association")
     async with Client(running.ws_url, token=TOKENS["ocs"]) as ocs:
-        events = await ocs.open_subscription(COMPONENTS, TOPICS, snapshot=False)
-        await ocs.set_state("Association", State.ENABLED)
-        await ocs.set_state("AlertPublisher", State.DISABLED)
-        for detector in range(4):
-            reply = await association.rpc.remote("associate", ccd_wire(detector=detector))
-            assert reply["stored"]
+        events = await _store_while_not_publishing(ocs, association, ccds=4)
         await kill(running, "Association")
         await restarted(events, "Association")
         await ocs.set_state("AlertPublisher", State.ENABLED)
@@ -287,12 +293,7 @@ async def test_publisher_killed_while_draining_loses_and_repeats_none(
     running, tag = outbox_system, tag_of(outbox_system)
     association = running.system.handle("Association")
     async with Client(running.ws_url, token=TOKENS["ocs"]) as ocs:
-        events = await ocs.open_subscription(COMPONENTS, TOPICS, snapshot=False)
-        await ocs.set_state("Association", State.ENABLED)
-        await ocs.set_state("AlertPublisher", State.DISABLED)
-        for detector in range(10):
-            wire = ccd_wire(detector=detector, n=100)
-            assert (await association.rpc.remote("associate", wire))["stored"]
+        events = await _store_while_not_publishing(ocs, association, ccds=10, n=100)
         await ocs.set_state("AlertPublisher", State.ENABLED)
         await wait_for_event(events, lambda e: e.topic == "alertsPublished", 60)
         await kill(running, "AlertPublisher")

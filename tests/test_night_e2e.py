@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from base.reliability import alert_threshold, load_reliability_model
+from base.reliability import alert_threshold, alertable_sql, load_reliability_model
 from base.reports.truth import load_truth, match
 from commands.client import Client
 from commands.replay.night_system import night_system_config
@@ -66,7 +66,7 @@ async def counts(dsn: str, prefix: str, visits: list[int]) -> dict[str, Any]:
         )
         alertable = await conn.fetchval(
             f'SELECT count(*) FROM "{prefix}apdb"."DiaSource" WHERE visit = ANY($1::bigint[])'
-            ' AND ("diaObjectId" <> 0 OR "ssObjectId" <> 0) AND reliability >= $2',
+            f" AND {alertable_sql('$2')}",
             visits,
             alert_threshold(load_reliability_model(), None),
         )

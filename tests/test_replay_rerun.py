@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from base.postgres import embedded_postgres, postmaster_pid
-from base.reliability import alert_threshold, load_reliability_model
+from base.reliability import alert_threshold, alertable_sql, load_reliability_model
 
 ROOT = Path(__file__).resolve().parent.parent
 TAG = "DMCS_TEST_REPLAY_TAG"
@@ -103,7 +103,7 @@ async def _apdb_check(pgdata: Path) -> dict[str, int]:
             )
             rows = await conn.fetch(
                 'SELECT visit, detector, count(*) AS n FROM apdb."DiaSource"'
-                ' WHERE ("diaObjectId" <> 0 OR "ssObjectId" <> 0) AND reliability >= $1'
+                f" WHERE {alertable_sql('$1')}"
                 " GROUP BY visit, detector",
                 alert_threshold(load_reliability_model(), None),
             )
@@ -207,7 +207,9 @@ async def test_postgres_killed_mid_night_is_restarted_and_the_night_completes(
             proc.send_signal(signal.SIGKILL)
             proc.wait()
     summary = json.loads((out / "summary.json").read_text())
-    assert rc == 0, summary
+    log_tail = "".join(p.read_text() for p in out.parent.glob(f"{out.name}-*.log"))[-4000:]
+    why = {k: summary.get(k) for k in ("complete", "failure", "stalls", "failures", "recoveries")}
+    assert rc == 0, f"{_counts(summary)} {why}\n{log_tail}"
     assert summary["complete"]
     assert any("PostgreSQL died and was restarted" in r for r in summary["recoveries"])
     assert summary["ccdsIngested"] == summary["ccdsExpected"] == 8
