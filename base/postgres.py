@@ -146,29 +146,45 @@ class EmbeddedPostgres:
         self._thread.start()
 
     def _watch(self, interval: float) -> None:
+        began: float | None = None  # when the server was found dead, until it is back
         while not self._stop.wait(interval):
-            if postmaster_pid(self.data_dir) is not None:
-                continue
-            message = f"the embedded PostgreSQL in {self.data_dir} died; restarting it"
-            log.error(message)
-            began = time.monotonic()
-            try:
-                with self._server._lock:
-                    # Also lets the server's user traverse to the data directory again (as
-                    # root, pgserver runs it as another user; a parent may have been chmod'ed).
-                    self._server.ensure_pgdata_inited()
-                    self._server.ensure_postgres_running()
-            except Exception as e:  # noqa: BLE001 (pgserver raises bare Exceptions and asserts)
-                log.error("restarting the embedded PostgreSQL failed (%s); will try again", e)
+            if began is None:
+                if postmaster_pid(self.data_dir) is not None:
+                    continue
+                log.error("the embedded PostgreSQL in %s died; restarting it", self.data_dir)
+                began = time.monotonic()
+            if not self._restart():
                 continue
             note = (
                 f"PostgreSQL died and was restarted in {time.monotonic() - began:.1f} s "
                 f"(pid {postmaster_pid(self.data_dir)})"
             )
+            began = None
             log.warning(note)
             self.restarts.append(note)
             if self._on_restart is not None:
                 self._on_restart(note)
+
+    def _restart(self) -> bool:
+        """One try at bringing the server back; True once it accepts connections.
+
+        pgserver gives ``pg_ctl start`` 10 s; crash recovery on a loaded machine can take
+        longer, and the server it started then becomes ready after the timeout. A later try
+        adopts that server (pgserver reuses a running postmaster) instead of starting another.
+        """
+        info = _pgserver().postgres_server.PostmasterInfo.read_from_pgdata(self.data_dir)
+        if info is not None and info.is_running() and info.status != "ready":
+            return False  # still recovering from the crash
+        try:
+            with self._server._lock:
+                # Also lets the server's user traverse to the data directory again (as
+                # root, pgserver runs it as another user; a parent may have been chmod'ed).
+                self._server.ensure_pgdata_inited()
+                self._server.ensure_postgres_running()
+        except Exception as e:  # noqa: BLE001 (pgserver raises bare Exceptions and asserts)
+            log.error("restarting the embedded PostgreSQL failed (%s); will try again", e)
+            return False
+        return True
 
     def stop(self) -> None:
         """Stop supervising, then stop the server unless another live process holds it."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -117,6 +118,47 @@ async def test_a_killed_server_is_restarted_while_held(tmp_path: Path) -> None:
         await wait_for_database(dsn, timeout=30)
         assert await _select_one(dsn) == 1
     assert _wait_gone(second)
+
+
+async def test_a_restart_that_outlasts_pg_ctl_is_adopted_and_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Crash recovery slower than pgserver's 10 s ``pg_ctl`` wait (a loaded machine): the
+    server that came up after the timeout is adopted, reported, and stopped at exit."""
+    import pgserver.postgres_server as pg_module
+
+    real = pg_module.pg_ctl
+    calls: list[list[str]] = []
+
+    def slow_pg_ctl(args: list[str], **kwargs: object) -> object:
+        result = real(args, **kwargs)
+        calls.append(args)
+        if args[-1] == "start" and len(calls) == 1:
+            raise subprocess.TimeoutExpired(["pg_ctl", *args], 10)
+        return result
+
+    pgdata = tmp_path / "pg"
+    notes: list[str] = []
+    restarted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_restart(note: str) -> None:
+        notes.append(note)
+        loop.call_soon_threadsafe(restarted.set)
+
+    with embedded_postgres(pgdata, on_restart=on_restart) as dsn:
+        first = postmaster_pid(pgdata)
+        assert first is not None
+        monkeypatch.setattr(pg_module, "pg_ctl", slow_pg_ctl)
+        os.kill(first, signal.SIGKILL)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(restarted.wait(), 60)
+        assert notes and "restarted" in notes[0], "the late server was never reported"
+        assert [a[-1] for a in calls] == ["start"], "a second server was started beside it"
+        second = postmaster_pid(pgdata)
+        assert second is not None and second != first
+        assert await _select_one(dsn) == 1
+    assert _wait_gone(second), "the adopted server outlived its holder"
 
 
 async def test_an_unreachable_database_is_a_clear_error_within_the_timeout(tmp_path: Path) -> None:
