@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import asyncpg
 
 from base.ccd_inputs import ResolvedInputs
+from base.db import connect_pool
 from base.isolated import IsolatedWorker, RemoteError, WorkerDiedError, WorkTimeoutError
 from base.prompt.outcomes import NO_HEADER, Outcome, failure, success
 from base.prompt.registry_inputs import resolve_inputs
@@ -97,7 +98,9 @@ class CcdProcessor(Controller):
     async def end_start(self, configuration_override: str) -> None:
         self.queue.reopen()  # SQLite keeps a failed connection broken, even once repaired
         if self._pool is None:
-            self._pool = await asyncpg.create_pool(self.config.dsn, min_size=1, max_size=2)
+            self._pool = await connect_pool(
+                self.config.dsn, min_size=1, max_size=2, what="CCD processor"
+            )
             self._records = await PromptRecords.connect(self._pool, self.config.records_schema)
             self.stage_writer.connected(self._records)
         if self._repository is None:
