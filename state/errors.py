@@ -121,11 +121,15 @@ class IncompatibleDatabaseError(NonRetriableError):
         self, store: str, where: str, key: str, recorded: object, expected: object, hint: str
     ) -> None:
         self.store, self.where, self.key = store, where, key
-        self.recorded, self.expected = recorded, expected
+        self.recorded, self.expected, self.hint = recorded, expected, hint
         super().__init__(
             f"{store} store in {where}: recorded {key} is {recorded!r} but this code expects"
             f" {expected!r}; {hint}"
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses process boundaries (Ray) intact
+        args = (self.store, self.where, self.key, self.recorded, self.expected, self.hint)
+        return (type(self), args)
 
 
 class PeerFailedError(NonRetriableError):

@@ -4,6 +4,7 @@ recorded schema version, code version or frozen parameter differs from this code
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from collections.abc import AsyncIterator
 from importlib import resources
 
@@ -102,6 +103,8 @@ async def test_a_newer_schema_is_refused(conn: asyncpg.Connection) -> None:
     e = info.value
     assert (e.store, e.key, e.recorded, e.expected) == ("toy", "schema_version", 2, 1)
     assert "toy store in schema 'db_newer'" in str(e) and "newer code" in str(e)
+    copy = pickle.loads(pickle.dumps(e))  # as a Ray actor's caller receives it
+    assert (type(copy), str(copy), copy.recorded) == (type(e), str(e), 2)
     assert await conn.fetchval('SELECT count(*) FROM "db_newer".t') == 0, "nothing dropped"
 
 
