@@ -189,8 +189,7 @@ async def run_locked(
     observer.began(name, mode, workers)
     status = "interrupted"
     try:
-        async with mapped_errors(f"{name} connect"):
-            pool = await connect_pool(dsn, min_size=1, max_size=8, what=name)
+        pool = await connect_pool(dsn, min_size=1, max_size=8, what=name)
         try:
             ledger = await Ledger.connect(pool)
             await ledger.lock(name)
