@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, ParamSpec, TypeVar
 from urllib.parse import unquote, urlparse
 
 from astropy.io import fits
@@ -29,6 +30,7 @@ from config.data_path import IngestSettings
 from state.clock import tai_now
 from state.controller import Controller, SupervisedGroup
 from state.durable import sha256_hex, store_parts
+from state.durable_sqlite import SqliteThread
 from state.errors import (
     ChecksumMismatchError,
     ConfigurationError,
@@ -41,6 +43,9 @@ from state.events import Event
 from state.states import State
 
 #: errorCode published when ingest cannot write to base storage.
+P = ParamSpec("P")
+T = TypeVar("T")
+
 INGEST_WRITE_FAILED = 300
 _HEADER_CACHE = 4096
 _HEAD_BYTES = 64 * 2880
@@ -58,6 +63,7 @@ class Ingest(Controller):
         self.config = validate_settings(IngestSettings, self.settings, name)
         root = self.data_dir.absolute()
         self.ledger = Ledger(root / "ledger.sqlite")
+        self._ledger_thread = SqliteThread(f"{name}-ledger")
         self.storage = root / "raws"
         self._headers: OrderedDict[str, fits.Header] = OrderedDict()
         self._waiters: dict[str, asyncio.Event] = {}
@@ -76,6 +82,10 @@ class Ingest(Controller):
             else root.parent / "HeaderService" / "headers"
         )
         self.last_lag = 0.0
+
+    async def _l(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a ledger call on its own thread: its fsync never blocks the event loop."""
+        return await self._ledger_thread.run(fn, *args, **kwargs)
 
     async def configure(self, override: str) -> dict[str, Any]:
         config, applied = resolve_settings(IngestSettings, self.settings, self.name, override)
@@ -97,7 +107,8 @@ class Ingest(Controller):
         await super().close()
         if self._repo is not None:
             await self._repo.close()
-        self.ledger.close()
+        await self._l(self.ledger.close)
+        self._ledger_thread.close()
 
     # ------------------------------------------------------------------ headers
     async def on_event(self, event: Event) -> None:
@@ -107,7 +118,7 @@ class Ingest(Controller):
         url, checksum = str(event.data.get("url", "")), str(event.data.get("checksum", ""))
         try:
             header = await asyncio.to_thread(_read_header, url, checksum)
-            self.ledger.add_header(name, url, checksum)
+            await self._l(self.ledger.add_header, name, url, checksum)
         except DmcsError as e:
             self.log_message(logging.WARNING, f"header of {name!r} unusable: {e}")
             return
@@ -125,7 +136,7 @@ class Ingest(Controller):
     async def _header(self, name: str) -> fits.Header | None:
         if name in self._headers:
             return self._headers[name]
-        known = self.ledger.header(name)
+        known = await self._l(self.ledger.header, name)
         if known is None:
             return None
         try:
@@ -160,7 +171,7 @@ class Ingest(Controller):
         except DmcsError as e:
             self.log.warning("header %s unusable: %s", path, e)
             return None
-        self.ledger.add_header(name, url, checksum)
+        await self._l(self.ledger.add_header, name, url, checksum)
         self.headers_found += 1
         self.log_message(
             logging.WARNING,
@@ -209,7 +220,7 @@ class Ingest(Controller):
         key = (visit, detector)
         while key in self._receiving:
             await asyncio.shield(self._receiving[key])
-        existing = self.ledger.find(visit, detector)
+        existing = await self._l(self.ledger.find, visit, detector)
         if existing is not None:
             if existing.checksum != checksum:
                 raise InvalidInputError(
@@ -238,7 +249,8 @@ class Ingest(Controller):
             error = StorageError(f"cannot write {name} detector {detector} to {path}: {e}")
             await self.fault(INGEST_WRITE_FAILED, str(error))
             raise error from e
-        self.ledger.add(
+        await self._l(
+            self.ledger.add,
             Received(
                 visit=visit,
                 detector=detector,
@@ -252,13 +264,13 @@ class Ingest(Controller):
                 received_tai=tai_now(),
                 header_merged=header is not None,
                 state="received",
-            )
+            ),
         )
         self._todo.put_nowait((visit, detector))
 
     # ------------------------------------------------------------- registering
     async def run_background(self, tg: SupervisedGroup) -> None:
-        for r in self.ledger.pending():
+        for r in await self._l(self.ledger.pending):
             self._todo.put_nowait((r.visit, r.detector))
         tg.create_task(self._register_loop, name=f"{self.name}-register")
         tg.create_task(self._status_loop, name=f"{self.name}-status")
@@ -271,7 +283,7 @@ class Ingest(Controller):
 
     async def _finish(self, visit: int, detector: int) -> None:
         await self._enabled.wait()
-        r = self.ledger.find(visit, detector)
+        r = await self._l(self.ledger.find, visit, detector)
         if r is None or r.state != "received":
             return
         try:
@@ -284,7 +296,8 @@ class Ingest(Controller):
             self.log_message(logging.ERROR, f"ingest of {r.image_name}/{detector} failed: {e}")
             self._announce(r, 1, f"ingest failed: {e}")
             return
-        self.ledger.update(
+        await self._l(
+            self.ledger.update,
             visit,
             detector,
             state="registered",
@@ -311,8 +324,13 @@ class Ingest(Controller):
             file_checksum, size = await asyncio.to_thread(store_parts, Path(r.path), parts)
         except OSError as e:
             raise StorageError(f"cannot rewrite {r.path} with its header: {e}") from e
-        self.ledger.update(
-            r.visit, r.detector, state="received", header_merged=True, file_checksum=file_checksum
+        await self._l(
+            self.ledger.update,
+            r.visit,
+            r.detector,
+            state="received",
+            header_merged=True,
+            file_checksum=file_checksum,
         )
         merged = Received(
             **{
@@ -383,7 +401,8 @@ class Ingest(Controller):
         }
 
     async def rpc_status(self) -> dict[str, Any]:
-        return {**self.status(), **self.counters, "pending": len(self.ledger.pending())}
+        pending = await self._l(self.ledger.pending)
+        return {**self.status(), **self.counters, "pending": len(pending)}
 
 
 def _fields(r: Received) -> dict[str, Any]:

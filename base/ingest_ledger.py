@@ -11,9 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from state.durable_sqlite import open_durable, write
+from state.durable_sqlite import SqliteStore, open_durable, write
 
-_SCHEMA = """
+#: Frozen migrations: append, never edit a released one.
+STORE = SqliteStore(
+    "ingest ledger",
+    0x646D4C47,  # "dmLG"
+    (
+        """
 CREATE TABLE IF NOT EXISTS received (
     visit INTEGER NOT NULL,
     detector INTEGER NOT NULL,
@@ -34,7 +39,9 @@ CREATE TABLE IF NOT EXISTS headers (
     url TEXT NOT NULL,
     checksum TEXT NOT NULL
 );
-"""
+""",
+    ),
+)
 _COLUMNS = (
     "visit, detector, image_name, camera, checksum, file_checksum, byte_size, path,"
     " end_readout_tai,"
@@ -61,7 +68,7 @@ class Received:
 class Ledger:
     def __init__(self, path: Path) -> None:
         self._what = f"ingest ledger {path}"
-        self._db = open_durable(path, _SCHEMA, "ingest ledger")
+        self._db = open_durable(path, STORE)
         self.path = path
 
     def close(self) -> None:

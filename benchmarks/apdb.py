@@ -28,7 +28,7 @@ import numpy as np
 from algorithms.association_run import associate
 from base.apdb import Apdb, IdPacker, Region
 from base.apdb import schema as sch
-from base.apdb.db import records
+from base.apdb.rows import records
 from base.apdb.simulate import dia_objects_from_sources, dia_sources, random_sky
 from base.postgres import postgres_dsn
 

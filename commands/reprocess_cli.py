@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import click
 from rich.console import Console
 from rich.progress import (
@@ -33,6 +32,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from base.db import connect_pool
 from base.reprocess.observer import Observers, RunObserver
 from config.system import DSN_ENV
 from state.errors import DmcsError
@@ -267,7 +267,7 @@ def status(obj: dict[str, Any], release: str | None, dsn: str | None, as_json: b
 async def _status(dsn: str, release: str | None) -> list[dict[str, Any]]:
     from base.reprocess.ledger import Ledger
 
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    pool = await connect_pool(dsn, min_size=1, max_size=2, what="reprocess status")
     try:
         ledger = await Ledger.connect(pool)
         if release is None:

@@ -23,6 +23,8 @@ three families that tell the caller what to do with it:
     down). Retrying later may succeed; the caller decides how often.
 
         ``ConnectionLostError``  the peer (gateway, database, link) went away.
+            ``DatabaseUnavailableError`` PostgreSQL is down, restarting or out of connections.
+        ``TransactionConflictError`` a serialization failure or deadlock; rerun the transaction.
         ``NotReadyError``        a peer asked for data-plane work while not ENABLED.
         ``ChecksumMismatchError`` data arrived corrupted (checksum differs); send it again.
         ``BufferFullError``      a bounded store (the summit buffer) has no room now.
@@ -32,6 +34,8 @@ three families that tell the caller what to do with it:
 
         ``StorageError``         a durable write that failed (disk full, unwritable path).
         ``PeerFailedError``      a peer's data-plane method failed unexpectedly (its bug).
+        ``IncompatibleDatabaseError`` a store's recorded schema version, code version or frozen
+                                 parameter differs from what this code expects.
 
 Algorithms (pure functions) raise ``ValueError`` on bad arrays; the adapters that call them
 wrap those as ``InvalidInputError`` with ``raise ... from e``.
@@ -78,6 +82,14 @@ class ConnectionLostError(RetriableError):
     """The peer went away (gateway, database or summit-base link)."""
 
 
+class DatabaseUnavailableError(ConnectionLostError):
+    """The database cannot be reached now (down, restarting, or out of connections)."""
+
+
+class TransactionConflictError(RetriableError):
+    """A transaction lost a serialization conflict or deadlock; retrying it is safe."""
+
+
 class ChecksumMismatchError(RetriableError):
     """Data arrived with a checksum other than the sender's; the sender should send it again."""
 
@@ -100,6 +112,24 @@ class StorageError(NonRetriableError):
 
 class StartupError(NonRetriableError):
     """Something the system needs (Ray, PostgreSQL, a component) did not come up in time."""
+
+
+class IncompatibleDatabaseError(NonRetriableError):
+    """A store was created or migrated by code it is not compatible with (see ``base.db``)."""
+
+    def __init__(
+        self, store: str, where: str, key: str, recorded: object, expected: object, hint: str
+    ) -> None:
+        self.store, self.where, self.key = store, where, key
+        self.recorded, self.expected, self.hint = recorded, expected, hint
+        super().__init__(
+            f"{store} store in {where}: recorded {key} is {recorded!r} but this code expects"
+            f" {expected!r}; {hint}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses process boundaries (Ray) intact
+        args = (self.store, self.where, self.key, self.recorded, self.expected, self.hint)
+        return (type(self), args)
 
 
 class PeerFailedError(NonRetriableError):

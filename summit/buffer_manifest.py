@@ -12,9 +12,14 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from state.durable_sqlite import open_durable, write
+from state.durable_sqlite import SqliteStore, open_durable, write
 
-_SCHEMA = """
+#: Frozen migrations: append, never edit a released one.
+STORE = SqliteStore(
+    "buffer manifest",
+    0x646D4D46,  # "dmMF"
+    (
+        """
 CREATE TABLE IF NOT EXISTS images (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     image_name TEXT NOT NULL,
@@ -33,7 +38,9 @@ CREATE TABLE IF NOT EXISTS images (
     UNIQUE (visit, detector)
 );
 CREATE INDEX IF NOT EXISTS images_state ON images (state, seq);
-"""
+""",
+    ),
+)
 
 _COLUMNS = (
     "seq, image_name, visit, detector, camera, checksum, byte_size, path, url, "
@@ -62,7 +69,7 @@ class Entry:
 class Manifest:
     def __init__(self, path: Path) -> None:
         self._what = f"buffer manifest {path}"
-        self._db = open_durable(path, _SCHEMA, "buffer manifest")
+        self._db = open_durable(path, STORE)
         self.path = path
 
     def close(self) -> None:

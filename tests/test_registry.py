@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from base.registry import DetectorRecord, ExposureRecord, RawRecord, Repository, migrations
-from base.registry.migrations import MIGRATIONS, schema_version
+from base.db import connect_pool, migrate
+from base.registry import DetectorRecord, ExposureRecord, RawRecord, Repository
 from base.registry.products import register_night
+from base.registry.schema import STORE
 from commands.database import database_users, system_database
 from config.system import SystemConfig
 from state.errors import ConnectionLostError, InvalidInputError, StorageError
@@ -24,6 +26,18 @@ def night(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return mini_night_dir(tmp_path_factory.getbasetemp())
 
 
+async def _versions(dsn: str, schema: str) -> list[int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            f'SELECT version FROM "{schema}".schema_version WHERE component = $1 ORDER BY version',
+            "registry",
+        )
+    finally:
+        await conn.close()
+    return [r["version"] for r in rows]
+
+
 async def test_migrations_are_versioned_and_applied_once(pg_dsn: str) -> None:
     repo = await Repository.connect(pg_dsn, "reg_migrate")
     try:
@@ -31,37 +45,26 @@ async def test_migrations_are_versioned_and_applied_once(pg_dsn: str) -> None:
         await again.close()
     finally:
         await repo.close()
-    conn = await asyncpg.connect(pg_dsn, server_settings={"search_path": "reg_migrate"})
+    assert await _versions(pg_dsn, "reg_migrate") == [m.version for m in STORE.migrations]
+
+
+async def test_migration_2_upgrades_a_version_1_schema(pg_dsn: str, night: Path) -> None:
+    conn = await asyncpg.connect(pg_dsn)
     try:
-        assert await schema_version(conn) == MIGRATIONS[-1].version
-        rows = await conn.fetch("SELECT version FROM registry_migrations")
-        assert [r["version"] for r in rows] == [m.version for m in MIGRATIONS]
+        v1 = dataclasses.replace(STORE, migrations=STORE.migrations[:1])
+        assert await migrate(conn, "reg_upgrade", v1) == [1]
     finally:
         await conn.close()
-
-
-async def test_migration_2_upgrades_a_version_1_schema(
-    pg_dsn: str, night: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS[:1])
-    old = await Repository.connect(pg_dsn, "reg_upgrade")
+    old = Repository(await connect_pool(pg_dsn, search_path="reg_upgrade"), "reg_upgrade")
     try:
         assert await old.register_detector(DetectorRecord("mini", 0, "S00", None, 2, 2))
         with pytest.raises(StorageError, match="refcats"):
             await old.get_refcat("mini")
     finally:
         await old.close()
-    monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS)
-    conn = await asyncpg.connect(pg_dsn, server_settings={"search_path": "reg_upgrade"})
-    try:
-        assert await schema_version(conn) == 1
-        assert await migrations.migrate(conn, "reg_upgrade") == [2]
-        assert await migrations.migrate(conn, "reg_upgrade") == []
-        assert await schema_version(conn) == 2
-    finally:
-        await conn.close()
     repo = await Repository.connect(pg_dsn, "reg_upgrade")
     try:
+        assert await _versions(pg_dsn, "reg_upgrade") == [1, 2]
         assert (await repo.counts())["detectors"] == 1, "version 1 rows survive the upgrade"
         assert await register_night(repo, night) == {
             "detectors": 3, "calibrations": 4 * 5, "templates": 12, "refcats": 1,
@@ -69,6 +72,27 @@ async def test_migration_2_upgrades_a_version_1_schema(
         assert await repo.get_refcat("mini") is not None
     finally:
         await repo.close()
+
+
+async def test_a_registry_of_the_old_migration_table_is_adopted(pg_dsn: str) -> None:
+    """A registry created before base.db (versions in registry_migrations) is upgraded."""
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute("CREATE SCHEMA reg_legacy")
+        await conn.execute(STORE.migrations[0].render("reg_legacy"))
+        await conn.execute(
+            "CREATE TABLE reg_legacy.registry_migrations (version INTEGER PRIMARY KEY,"
+            " name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        await conn.execute("INSERT INTO reg_legacy.registry_migrations VALUES (1, 'first')")
+    finally:
+        await conn.close()
+    repo = await Repository.connect(pg_dsn, "reg_legacy")
+    try:
+        assert await repo.get_refcat("mini") is None, "migration 2 was applied"
+    finally:
+        await repo.close()
+    assert await _versions(pg_dsn, "reg_legacy") == [1, 2]
 
 
 async def test_night_products_registered_once_and_found(pg_dsn: str, night: Path) -> None:
@@ -146,7 +170,7 @@ async def test_not_a_night_is_refused(pg_dsn: str, tmp_path: Path) -> None:
 
 async def test_unreachable_database_is_retriable(tmp_path: Path) -> None:
     dsn = f"postgresql://postgres:@/postgres?host={tmp_path}"
-    with pytest.raises(ConnectionLostError, match="unreachable"):
+    with pytest.raises(ConnectionLostError, match="unavailable"):
         await Repository.connect(dsn)
 
 

@@ -25,8 +25,7 @@ import asyncpg
 import fastavro
 import numpy as np
 
-from base.apdb.db import mapped_errors, migrate
-from base.apdb.schema import q
+from base.db import Migration, Store, connect_pool, mapped_errors, migrate, q
 from state.errors import InvalidInputError, StorageError
 
 from .packet import unframe
@@ -44,22 +43,26 @@ def _zigzag(n: int) -> bytes:
     return buf.getvalue()
 
 
-async def _create(conn: asyncpg.Connection, schema: str) -> None:
-    await conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {q(schema)}.alert_archive_index ("
-        ' "diaSourceId" bigint PRIMARY KEY, night integer NOT NULL, file text NOT NULL,'
-        " byte_offset bigint NOT NULL, length integer NOT NULL, visit bigint NOT NULL,"
-        " detector integer NOT NULL, schema_id integer NOT NULL)"
-    )
-    await conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {q(schema)}.alert_archive_batch ("
-        " visit bigint NOT NULL, detector integer NOT NULL, night integer NOT NULL,"
-        " n_alerts integer NOT NULL, archived_at timestamptz NOT NULL DEFAULT now(),"
-        " PRIMARY KEY (visit, detector))"
-    )
-
-
-MIGRATIONS = (_create,)
+#: The archive's index; frozen DDL: append, never edit a released step.
+STORE = Store(
+    "alert_archive",
+    (
+        Migration(
+            1,
+            "index and batch ledger",
+            """
+CREATE TABLE IF NOT EXISTS {schema}.alert_archive_index (
+    "diaSourceId" bigint PRIMARY KEY, night integer NOT NULL, file text NOT NULL,
+    byte_offset bigint NOT NULL, length integer NOT NULL, visit bigint NOT NULL,
+    detector integer NOT NULL, schema_id integer NOT NULL);
+CREATE TABLE IF NOT EXISTS {schema}.alert_archive_batch (
+    visit bigint NOT NULL, detector integer NOT NULL, night integer NOT NULL,
+    n_alerts integer NOT NULL, archived_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (visit, detector));
+""",
+        ),
+    ),
+)
 
 
 class AlertArchive:
@@ -77,10 +80,13 @@ class AlertArchive:
         cls, dsn: str, root: Path, schema: str = "alerts", alert_schema: AlertSchema | None = None
     ) -> AlertArchive:
         await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
-        async with mapped_errors("alert archive open"):
-            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
-            async with pool.acquire() as conn:
-                await migrate(conn, schema, "alert_archive", MIGRATIONS)
+        pool = await connect_pool(dsn, min_size=1, max_size=2, what="alert archive")
+        try:
+            async with mapped_errors("alert archive open"), pool.acquire() as conn:
+                await migrate(conn, schema, STORE)
+        except BaseException:
+            await pool.close()
+            raise
         return cls(pool, schema, root, alert_schema or latest_schema())
 
     async def close(self) -> None:

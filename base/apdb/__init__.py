@@ -1,12 +1,12 @@
 """The Alert Production Database (APDB): Rubin's apdb.yaml tables on PostgreSQL via asyncpg."""
 
-from .apdb import MIGRATIONS, Apdb, Preload, StoreResult
-from .db import DatabaseUnavailableError, TransactionConflictError
+from state.errors import DatabaseUnavailableError, TransactionConflictError
+
+from .apdb import Apdb, Preload, StoreResult, store_spec
 from .ids import IdPacker
 from .spatial import ORDER, Region, pixel_ids
 
 __all__ = [
-    "MIGRATIONS",
     "ORDER",
     "Apdb",
     "DatabaseUnavailableError",
@@ -16,4 +16,5 @@ __all__ = [
     "StoreResult",
     "TransactionConflictError",
     "pixel_ids",
+    "store_spec",
 ]

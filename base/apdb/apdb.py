@@ -16,50 +16,68 @@ import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 
 import asyncpg
 import numpy as np
 
 from algorithms.association import Columns
+from base.db import Migration, Store, connect_pool, mapped_errors, migrate
+from state.errors import ConfigurationError
 
 from . import outbox as outbox_mod
 from . import schema as sch
 from . import store as store_mod
 from .copyread import fetch_columns, int_array
 from .copywrite import copy_payload
-from .db import columns_from_row, mapped_errors, migrate, records
+from .rows import columns_from_row, records
 from .schema import q
-from .spatial import Region, pixel_ids
+from .spatial import ORDER, Region, pixel_ids
 
 LEDGER = "apdb_visit_detector"
 #: Extra margin of the history read: a source may lie this far outside its object's region.
 HISTORY_PAD_ARCSEC = 5.0
 
 
-async def _create_tables(conn: asyncpg.Connection, schema: str) -> None:
-    for table in sch.tables().values():
-        for stmt in sch.create_table_sql(table, schema):
-            await conn.execute(stmt)
-    await conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {q(schema)}.{LEDGER} ("
-        " visit bigint NOT NULL, detector integer NOT NULL,"
-        " stored_at timestamptz NOT NULL DEFAULT now(),"
-        " n_dia_sources integer NOT NULL, n_dia_objects integer NOT NULL,"
-        " n_forced_sources integer NOT NULL, n_ss_sources integer NOT NULL,"
-        " PRIMARY KEY (visit, detector))"
-    )
-    await conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {q(schema)}.metadata (name text PRIMARY KEY, value text)"
-    )
-    await conn.execute(
-        f"INSERT INTO {q(schema)}.metadata VALUES ('apdb.yaml version', $1)"
-        " ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
-        sch.schema_version(),
-    )
+#: The apdb.yaml version the frozen DDL of :data:`STORE` was generated from.
+FROZEN_YAML_VERSION = "10.0.0"
+_SQL = resources.files("base.apdb").joinpath("sql")
+
+#: The APDB's tables; migrations are frozen DDL: append, never edit a released step.
+_MIGRATIONS = (
+    Migration(
+        1,
+        "apdb.yaml tables, per-CCD ledger, metadata",
+        _SQL.joinpath("0001_apdb_tables.sql").read_text()
+        + f"""
+CREATE TABLE IF NOT EXISTS {{schema}}.{LEDGER} (
+    visit bigint NOT NULL, detector integer NOT NULL,
+    stored_at timestamptz NOT NULL DEFAULT now(),
+    n_dia_sources integer NOT NULL, n_dia_objects integer NOT NULL,
+    n_forced_sources integer NOT NULL, n_ss_sources integer NOT NULL,
+    PRIMARY KEY (visit, detector));
+CREATE TABLE IF NOT EXISTS {{schema}}.metadata (name text PRIMARY KEY, value text);
+INSERT INTO {{schema}}.metadata VALUES ('apdb.yaml version', '{FROZEN_YAML_VERSION}')
+    ON CONFLICT (name) DO NOTHING;
+""",
+    ),
+)
 
 
-#: Versioned schema migrations of the APDB; append, never edit a released step.
-MIGRATIONS = (_create_tables,)
+def store_spec() -> Store:
+    """The APDB store, its frozen parameters taken from the installed code and apdb.yaml."""
+    installed = sch.schema_version()
+    if installed != FROZEN_YAML_VERSION:
+        raise ConfigurationError(
+            f"the installed apdb.yaml is version {installed}, the APDB's frozen DDL is from"
+            f" {FROZEN_YAML_VERSION}: add a migration for the new version"
+        )
+    return Store(
+        "apdb",
+        _MIGRATIONS,
+        code_version="1.0",
+        params={"apdb_yaml_version": installed, "healpix_order": str(ORDER)},
+    )
 
 
 @dataclass(frozen=True)
@@ -91,12 +109,20 @@ class Apdb:
     async def connect(
         cls, dsn: str, schema: str = "apdb", min_size: int = 1, max_size: int = 4
     ) -> Apdb:
-        """Open a pool and bring the schema up to date (migrations)."""
-        async with mapped_errors("APDB connect"):
-            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
-            async with pool.acquire() as conn:
-                await migrate(conn, schema, "apdb", MIGRATIONS)
+        """Open a pool, check the schema against this code and bring it up to date.
+
+        A schema recorded by incompatible code (another schema version, HEALPix order or
+        apdb.yaml version) raises ``IncompatibleDatabaseError``.
+        """
+        spec = store_spec()
+        pool = await connect_pool(dsn, min_size=min_size, max_size=max_size, what="APDB")
+        try:
+            async with mapped_errors("APDB connect"), pool.acquire() as conn:
+                await migrate(conn, schema, spec)
                 await outbox_mod.ensure(conn, schema)
+        except BaseException:
+            await pool.close()
+            raise
         return cls(pool, schema)
 
     async def close(self) -> None:

@@ -4,7 +4,7 @@
 and as much again for asyncpg to encode; a 10k-source CCD store is ~3M values. Here each column
 becomes one int64 column of bit patterns plus a NULL mask, and two numba passes size and write
 PostgreSQL's binary COPY rows (big-endian, int32 length per field, -1 for NULL). The NULL rules
-are those of :func:`base.apdb.db.records`: non-finite floats and empty strings are NULL, a
+are those of :func:`base.apdb.rows.records`: non-finite floats and empty strings are NULL, a
 missing NOT NULL integer column is 0, a missing nullable column is left out.
 """
 

@@ -25,9 +25,9 @@ from typing import Any
 import asyncpg
 import numpy as np
 
+from base.db import Migration, Store, mapped_errors, migrate
 from state.errors import InvalidInputError
 
-from .db import mapped_errors, migrate
 from .schema import q
 
 TABLE = "alert_outbox"
@@ -38,31 +38,33 @@ SCALARS = ("visit", "detector", "dayObs", "band")
 _CUTOUTS = ("difference", "science", "template")
 
 
-async def _create(conn: asyncpg.Connection, schema: str) -> None:
-    t = f"{q(schema)}.{TABLE}"
-    await conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {t} ("
-        " visit bigint NOT NULL, detector integer NOT NULL,"
-        " created_at timestamptz NOT NULL DEFAULT clock_timestamp(),"
-        " meta jsonb NOT NULL, payload bytea,"
-        " published_at timestamptz, n_alerts integer, failure text,"
-        " PRIMARY KEY (visit, detector))"
-    )
-    # Cutouts do not compress; skip TOAST's compression attempt.
-    await conn.execute(f"ALTER TABLE {t} ALTER COLUMN payload SET STORAGE EXTERNAL")
-    await conn.execute(
-        f"CREATE INDEX IF NOT EXISTS {q(TABLE + '_pending')} ON {t} (created_at)"
-        " WHERE published_at IS NULL AND failure IS NULL"
-    )
-
-
-#: Migrations of the outbox, recorded as component ``alert_outbox`` in the APDB's schema.
-MIGRATIONS = (_create,)
+#: The outbox, recorded as component ``alert_outbox`` in the APDB's schema; frozen DDL.
+STORE = Store(
+    TABLE,
+    (
+        Migration(
+            1,
+            "outbox table",
+            f"""
+CREATE TABLE IF NOT EXISTS {{schema}}.{TABLE} (
+    visit bigint NOT NULL, detector integer NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    meta jsonb NOT NULL, payload bytea,
+    published_at timestamptz, n_alerts integer, failure text,
+    PRIMARY KEY (visit, detector));
+-- Cutouts do not compress; skip TOAST's compression attempt.
+ALTER TABLE {{schema}}.{TABLE} ALTER COLUMN payload SET STORAGE EXTERNAL;
+CREATE INDEX IF NOT EXISTS {TABLE}_pending ON {{schema}}.{TABLE} (created_at)
+    WHERE published_at IS NULL AND failure IS NULL;
+""",
+        ),
+    ),
+)
 
 
 async def ensure(conn: asyncpg.Connection, schema: str) -> None:
-    """Create the outbox table in ``schema`` if it is not there (idempotent, concurrency-safe)."""
-    await migrate(conn, schema, TABLE, MIGRATIONS)
+    """Check and create the outbox table in ``schema`` (idempotent, concurrency-safe)."""
+    await migrate(conn, schema, STORE)
 
 
 def channel(schema: str) -> str:

@@ -1,6 +1,9 @@
-"""APDB table definitions generated from Rubin's ``apdb.yaml`` (package ``lsst-sdm-schemas``).
+"""APDB table definitions from Rubin's ``apdb.yaml`` (package ``lsst-sdm-schemas``), read by
+Rubin's own schema library, lsst-felis.
 
-Column names, types and nullability come from the yaml; nothing is copied by hand. dmcs adds
+Column names, types and nullability come from the yaml; nothing is copied by hand. The DDL that
+creates the tables is frozen per migration in ``base/apdb/sql/`` (generated once from these
+definitions; ``tests/test_db.py`` checks that it still matches). dmcs adds
 a few columns of its own, all documented here:
 
 * ``pixelId`` (bigint) on DiaObject, DiaObjectLast, DiaSource and DiaForcedSource: the HEALPix
@@ -12,11 +15,13 @@ a few columns of its own, all documented here:
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 
+import felis.datamodel
 import numpy as np
-import yaml
+import pydantic
 
 from state.errors import ConfigurationError
 
@@ -112,32 +117,31 @@ def _refs(value: str | list[str] | None) -> tuple[str, ...]:
 
 
 @functools.cache
-def load_yaml() -> dict:
-    """The parsed ``apdb.yaml`` of the installed ``lsst-sdm-schemas``."""
+def felis_schema() -> felis.datamodel.Schema:
+    """``apdb.yaml`` of the installed ``lsst-sdm-schemas``, read and validated by lsst-felis."""
     try:
-        text = resources.files("lsst.sdm.schemas").joinpath("apdb.yaml").read_text()
+        path = resources.files("lsst.sdm.schemas").joinpath("apdb.yaml")
+        return felis.datamodel.Schema.from_uri(str(path), context={"id_generation": True})
     except (ModuleNotFoundError, FileNotFoundError) as e:
         raise ConfigurationError("apdb.yaml not found: install 'lsst-sdm-schemas'") from e
-    return yaml.safe_load(text)
+    except (pydantic.ValidationError, ValueError) as e:
+        raise ConfigurationError(f"apdb.yaml is not a valid Felis schema: {e}") from e
 
 
 @functools.cache
 def tables() -> dict[str, Table]:
     """dmcs's APDB tables, keyed by name."""
-    raw = {t["name"]: t for t in load_yaml()["tables"]}
+    raw = {t.name: t for t in felis_schema().tables}
     out: dict[str, Table] = {}
     for name in TABLES:
         source = raw["DiaObject"] if name == "DiaObjectLast" else raw[name]
-        cols = [
-            Column(c["name"], c["datatype"], bool(c.get("nullable", True)))
-            for c in source["columns"]
-        ]
+        cols = [Column(c.name, c.datatype.value, bool(c.nullable)) for c in source.columns]
         if name in SPATIAL_TABLES:
             cols.append(Column("pixelId", "long", False))
-        pk = _refs(raw[name].get("primaryKey"))
+        pk = _refs(raw[name].primary_key)
         if name == "DiaObjectLast":
             pk = ("diaObjectId",)
-        idx = [_refs(i["columns"]) for i in raw[name].get("indexes", [])]
+        idx = [_refs(i.columns) for i in raw[name].indexes]
         if name in SPATIAL_TABLES:
             idx.append(("pixelId",))
         out[name] = Table(name, tuple(cols), pk, tuple(idx))
@@ -145,8 +149,9 @@ def tables() -> dict[str, Table]:
 
 
 def schema_version() -> str:
-    """The version of ``apdb.yaml`` the DDL was generated from."""
-    return str(load_yaml()["version"])
+    """The version of the installed ``apdb.yaml`` (the tables' column lists come from it)."""
+    v = felis_schema().version
+    return str(v if isinstance(v, str) else v.current)
 
 
 def q(name: str) -> str:
@@ -183,3 +188,20 @@ def select_columns_sql(table: Table, alias: str = "") -> str:
             expr = f"coalesce({expr}, {_NULL_FILL[c.kind]})"
         parts.append(f"array_agg({expr})")
     return ", ".join(parts)
+
+
+def ddl_text(tables_: Iterable[Table], header: str) -> str:
+    """CREATE statements of ``tables_`` as one script, ``{schema}`` standing for the schema:
+    the text a frozen migration is generated from, once."""
+    token = "__schema__"
+    lines = [f"-- {header}; frozen: never edit, add a migration."]
+    for table in tables_:
+        lines += [s.replace(q(token), "{schema}") + ";" for s in create_table_sql(table, token)]
+    return "\n".join(lines) + "\n"
+
+
+def generated_ddl() -> str:
+    """The DDL of every table in :data:`TABLES` from the installed ``apdb.yaml``: what
+    ``base/apdb/sql/0001_apdb_tables.sql`` froze (``tests/test_db.py`` compares them)."""
+    header = f"APDB tables generated from apdb.yaml {schema_version()} by lsst-felis"
+    return ddl_text(tables().values(), header)

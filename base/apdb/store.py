@@ -29,7 +29,7 @@ from algorithms.association_summary import summarize
 
 from . import schema as sch
 from .copywrite import copy_payload
-from .db import columns_from_row
+from .rows import columns_from_row
 from .schema import q
 from .spatial import pixel_ids
 

@@ -31,6 +31,7 @@ from base.alerts.schema import AlertSchema, latest_schema
 from base.alerts.spool import AlertSpool, AlertStreamRpc
 from base.apdb import outbox
 from base.apdb.outbox import AlertOutbox
+from base.db import connect_pool
 from base.prompt.settings import AlertPublisherSettings
 from base.prompt.visit_tracker import VisitLatency, VisitTracker
 from base.prompt_records import PromptRecords, VisitRecord
@@ -89,7 +90,9 @@ class AlertPublisher(Controller, AlertStreamRpc):
             self.alert_archive = self._archive
 
         if self._pool is None:
-            self._pool = await asyncpg.create_pool(self.config.dsn, min_size=1, max_size=2)
+            self._pool = await connect_pool(
+                self.config.dsn, min_size=1, max_size=2, what="alert publisher"
+            )
             self._records = await PromptRecords.connect(self._pool, self.config.records_schema)
             self._outbox = await AlertOutbox.open(self._pool, self.config.apdb_schema)
         if self._listener is None:

@@ -22,11 +22,12 @@ import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, ParamSpec, TypeVar
 
 import asyncpg
 
 from base.ccd_inputs import ResolvedInputs
+from base.db import connect_pool
 from base.isolated import IsolatedWorker, RemoteError, WorkerDiedError, WorkTimeoutError
 from base.prompt.outcomes import NO_HEADER, Outcome, failure, success
 from base.prompt.registry_inputs import resolve_inputs
@@ -39,6 +40,7 @@ from base.registry.repository import Repository
 from config.components import resolve_settings, validate_settings
 from state.clock import tai_now
 from state.controller import Controller, SupervisedGroup
+from state.durable_sqlite import SqliteThread
 from state.errors import (
     DmcsError,
     InvalidInputError,
@@ -56,6 +58,9 @@ RECORD_ATTEMPTS = 6
 RECONCILE_MARGIN = timedelta(seconds=60)
 #: errorCode of a FAULT caused by a durable work list that cannot be read or written.
 WORK_LIST_FAILED = 400
+P = ParamSpec("P")
+T = TypeVar("T")
+
 #: Stages this component records itself (the rest come back from its peers).
 OWN_STAGES = ("endReadout", "inBuffer", "ingested", "preloadReady", "isrDone",
               "differenceDone", "diaSourcesMeasured")  # fmt: skip
@@ -71,6 +76,7 @@ class CcdProcessor(Controller):
         super().__init__(name, **kwargs)
         self.config = validate_settings(CcdProcessorSettings, self.settings, name)
         self.queue = WorkQueue(self.data_dir / "work.sqlite")
+        self._queue_thread = SqliteThread(f"{name}-work-list")
         self.worker = IsolatedWorker(f"{name}-worker")
         self._pool: asyncpg.Pool | None = None
         self._records: PromptRecords | None = None
@@ -85,6 +91,10 @@ class CcdProcessor(Controller):
         self._headerless: set[tuple[int, int]] = set()
         self._headerless_visits: set[int] = set()
 
+    async def _q(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a work-list call on its own thread: its fsync never blocks the event loop."""
+        return await self._queue_thread.run(fn, *args, **kwargs)
+
     def owns(self, detector: int) -> bool:
         return detector % self.config.pool_size == self.config.index
 
@@ -95,9 +105,11 @@ class CcdProcessor(Controller):
         return {**applied, "version": self.version}
 
     async def end_start(self, configuration_override: str) -> None:
-        self.queue.reopen()  # SQLite keeps a failed connection broken, even once repaired
+        await self._q(self.queue.reopen)  # SQLite keeps a failed connection broken
         if self._pool is None:
-            self._pool = await asyncpg.create_pool(self.config.dsn, min_size=1, max_size=2)
+            self._pool = await connect_pool(
+                self.config.dsn, min_size=1, max_size=2, what="CCD processor"
+            )
             self._records = await PromptRecords.connect(self._pool, self.config.records_schema)
             self.stage_writer.connected(self._records)
         if self._repository is None:
@@ -118,11 +130,12 @@ class CcdProcessor(Controller):
         await super().close()
         await self.end_standby()
         self.worker.close()
-        self.queue.close()
+        await self._q(self.queue.close)
+        self._queue_thread.close()
 
     async def handle_summary_state(self) -> None:
         if self.summary_state == State.ENABLED:
-            recovered = self.queue.recover()
+            recovered = await self._q(self.queue.recover)
             for item in recovered:
                 await self._record(
                     item,
@@ -143,7 +156,7 @@ class CcdProcessor(Controller):
         ingested since it started."""
         if self._repository is None:
             return 0
-        first = self.queue.first_visit()
+        first = await self._q(self.queue.first_visit)
         since = self._reconciled_to
         if full or since is None:
             since = None
@@ -161,7 +174,9 @@ class CcdProcessor(Controller):
         if latest is not None and (self._reconciled_to is None or latest > self._reconciled_to):
             self._reconciled_to = latest
         missed = [
-            r for r in raws if self.owns(r.detector) and self.queue.enqueue(r.visit, r.detector)
+            r
+            for r in raws
+            if self.owns(r.detector) and await self._q(self.queue.enqueue, r.visit, r.detector)
         ]
         if missed:
             self.counts["reconciled"] += len(missed)
@@ -181,7 +196,7 @@ class CcdProcessor(Controller):
 
     async def _visit_info(self, visit: int) -> dict[str, Any] | None:
         """The visit as ``nextVisit`` described it, or as the registry has it (missed event)."""
-        info = self.queue.visit_info(visit)
+        info = await self._q(self.queue.visit_info, visit)
         if info is not None or self._repository is None:
             return info
         exposure = await self._repository.get_exposure(visit)
@@ -198,7 +213,7 @@ class CcdProcessor(Controller):
             "startMjd": exposure.mjd_start,
             "exposureTime": exposure.exposure_time,
         }
-        self.queue.remember_visit(visit, info)
+        await self._q(self.queue.remember_visit, visit, info)
         return info
 
     async def run_background(self, tg: SupervisedGroup) -> None:
@@ -216,6 +231,10 @@ class CcdProcessor(Controller):
                 await self._work_list_failed(e)
 
     async def _work_list_failed(self, error: StorageError) -> None:
+        if self.summary_state not in (State.ENABLED, State.DISABLED):
+            # A call that began before standby and failed after it: start reopens the list.
+            self.log.warning("work list failed outside ENABLED/DISABLED: %s", error)
+            return
         await self.fault(
             WORK_LIST_FAILED,
             f"durable work list {self.queue.path} unusable ({error}); "
@@ -238,7 +257,7 @@ class CcdProcessor(Controller):
         if event.topic == "nextVisit":
             mine = [int(d) for d in data.get("detectors", ()) if self.owns(int(d))]
             if mine:
-                self.queue.remember_visit(visit, dict(data))
+                await self._q(self.queue.remember_visit, visit, dict(data))
                 for detector in mine:
                     self._preloads.put_nowait((visit, detector))
                 self._wakeup.set()
@@ -259,7 +278,7 @@ class CcdProcessor(Controller):
             item = WorkItem(visit, detector, "failed", 0, "")
             await self._finish(item, failure("ingest_failed", str(event.data.get("description"))))
             return
-        if self.queue.enqueue(visit, detector):
+        if await self._q(self.queue.enqueue, visit, detector):
             self._wakeup.set()
 
     def _stage(self, visit: int, detector: int, stage: str, tai: float) -> None:
@@ -283,10 +302,10 @@ class CcdProcessor(Controller):
                 if not self._preloads.empty():
                     await self._preload(*self._preloads.get_nowait())
                     continue
-                item = self.queue.next()
+                item = await self._q(self.queue.next)
                 if item is None:
                     break
-                item = self.queue.start(item)
+                item = await self._q(self.queue.start, item)
                 try:
                     await self._process(item)
                 except Exception as e:
@@ -294,8 +313,8 @@ class CcdProcessor(Controller):
                     await self._finish(item, failure("internal_error", repr(e)))
 
     async def _preload(self, visit: int, detector: int) -> None:
-        info = self.queue.visit_info(visit)
-        if info is None or self.queue.known(visit, detector):
+        info = await self._q(self.queue.visit_info, visit)
+        if info is None or await self._q(self.queue.known, visit, detector):
             return
         try:
             source = await self._inputs(info, detector)
@@ -412,7 +431,7 @@ class CcdProcessor(Controller):
 
     async def _retry(self, item: WorkItem, outcome: Outcome) -> None:
         self.counts["retried"] += 1
-        self.queue.finish(item, "queued", outcome.reason)
+        await self._q(self.queue.finish, item, "queued", outcome.reason)
         await self._record(item, outcome, final=False)
         await asyncio.sleep(self.config.retry_backoff)
 
@@ -421,7 +440,7 @@ class CcdProcessor(Controller):
             self._headerless.discard((item.visit, item.detector))
             outcome = dataclasses.replace(outcome, flags=(*outcome.flags, NO_HEADER))
         state = {"processed": "done"}.get(outcome.status, outcome.status)
-        self.queue.finish(item, state, outcome.reason)
+        await self._q(self.queue.finish, item, state, outcome.reason)
         self.counts[outcome.status if outcome.status in self.counts else "failed"] += 1
         self.publish(
             "ccdProcessed",
@@ -474,5 +493,5 @@ class CcdProcessor(Controller):
         while True:
             await asyncio.sleep(max(self.heartbeat_interval, 1.0))
             if self.summary_state == State.ENABLED:  # outside it, telemetry would not leave
-                counts = self.queue.counts()
+                counts = await self._q(self.queue.counts)
                 self.publish("processingStatus", {**self.counts, **counts}, "telemetry")

@@ -11,16 +11,22 @@ file is used only after :meth:`reopen`.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from state.durable_sqlite import open_durable, read, write
+from state.durable_sqlite import SqliteStore, open_durable, read, write
 
 FINAL_STATES = ("done", "failed", "abandoned")
 
-_SCHEMA = """
+#: Frozen migrations: append, never edit a released one.
+STORE = SqliteStore(
+    "work queue",
+    0x646D574C,  # "dmWL"
+    (
+        """
 CREATE TABLE IF NOT EXISTS visits (
     visit INTEGER PRIMARY KEY, info TEXT NOT NULL, received REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS work (
@@ -28,7 +34,9 @@ CREATE TABLE IF NOT EXISTS work (
     attempts INTEGER NOT NULL DEFAULT 0, reason TEXT NOT NULL DEFAULT '',
     updated REAL NOT NULL, PRIMARY KEY (visit, detector));
 CREATE INDEX IF NOT EXISTS work_state ON work (state, visit, detector);
-"""
+""",
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -43,19 +51,23 @@ class WorkItem:
 class WorkQueue:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db = open_durable(path, _SCHEMA, "work queue")
+        self._db = open_durable(path, STORE)
+        #: The owner calls from its SQLite thread; a reader (a test, telemetry) may call too.
+        self._lock = threading.Lock()
 
     def reopen(self) -> None:
         """Open the file afresh (after it was repaired or replaced); the old connection closes."""
-        db = open_durable(self.path, _SCHEMA, "work queue")
+        db = open_durable(self.path, STORE)
         old, self._db = self._db, db
         old.close()
 
     def _write(self, sql: str, *args: Any) -> int:
-        return write(self._db, sql, args, "work queue").rowcount
+        with self._lock:
+            return write(self._db, sql, args, "work queue").rowcount
 
     def _read(self, sql: str, *args: Any) -> list[Any]:
-        return read(self._db, sql, args, "work queue")
+        with self._lock:
+            return read(self._db, sql, args, "work queue")
 
     def remember_visit(self, visit: int, info: dict[str, Any]) -> None:
         self._write(

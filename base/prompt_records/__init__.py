@@ -15,14 +15,14 @@ from .model import (
     VisitRecord,
     stage_array,
 )
-from .store import MIGRATIONS, PromptRecords
+from .store import STORE, PromptRecords
 
 __all__ = [
     "BUDGET_S",
     "METRICS",
-    "MIGRATIONS",
     "STAGES",
     "STATUSES",
+    "STORE",
     "VISIT_DETECTOR",
     "VISIT_STAGES",
     "Attempt",

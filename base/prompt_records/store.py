@@ -1,7 +1,7 @@
 """Prompt-processing records in PostgreSQL (asyncpg): visits, stage times, CCD outcomes.
 
-Tables (in schema ``prompt`` by default; created by versioned migrations at connect, as the
-APDB does, see ``base.apdb.db.migrate``):
+Tables (in schema ``prompt`` by default; created by the frozen migrations of
+:data:`STORE` at connect, checked by ``base.db.migrate``):
 
 * ``visit`` -- one row per visit; ``record_visit`` is an idempotent upsert.
 * ``stage_time`` -- (visit, detector, stage) -> tai; the first write wins (``ON CONFLICT DO
@@ -25,8 +25,7 @@ from collections.abc import Sequence
 import asyncpg
 import numpy as np
 
-from base.apdb.db import mapped_errors, migrate
-from base.apdb.schema import q
+from base.db import Migration, Store, mapped_errors, migrate, q
 from state.errors import InvalidInputError
 
 from .latency import BUDGET_S, LatencySummary, latency_summary
@@ -59,53 +58,51 @@ _OUTCOME_COLS = (
 )
 
 
-async def _create_tables(conn: asyncpg.Connection, schema: str) -> None:
-    s = q(schema)
-    statuses = ", ".join(f"'{x}'" for x in ("processed", "failed", "abandoned", "skipped"))
-    await conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {s}.visit ("
-        " visit bigint PRIMARY KEY, day_obs integer NOT NULL, camera text NOT NULL,"
-        " band text NOT NULL, ra double precision NOT NULL, dec double precision NOT NULL,"
-        " obs_mjd double precision NOT NULL, exposure_time float8 NOT NULL,"
-        " n_detectors integer NOT NULL, field_id integer,"
-        " recorded_at timestamptz NOT NULL DEFAULT now())"
-    )
-    await conn.execute(f"CREATE INDEX IF NOT EXISTS visit_day_obs ON {s}.visit (day_obs)")
-    await conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {s}.stage_time ("
-        " visit bigint NOT NULL, detector integer NOT NULL, stage text NOT NULL,"
-        " tai double precision NOT NULL, PRIMARY KEY (visit, detector, stage))"
-    )
-    await conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {s}.ccd_outcome ("
-        " visit bigint NOT NULL, detector integer NOT NULL, attempt integer NOT NULL,"
-        f" status text NOT NULL CHECK (status IN ({statuses})), failure_type text,"
-        " reason text NOT NULL, recovery text NOT NULL,"
-        " n_dia_sources integer NOT NULL, n_alerts integer NOT NULL,"
-        " zeropoint float8, sky_level float8, seeing_arcsec float8, psf_fwhm_px float8,"
-        " astrom_rms_mas float8, n_sources integer, flags text[] NOT NULL,"
-        " updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (visit, detector))"
-    )
-    await conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {s}.ccd_attempt ("
-        " visit bigint NOT NULL, detector integer NOT NULL, attempt integer NOT NULL,"
-        f" status text NOT NULL CHECK (status IN ({statuses})), failure_type text,"
-        " reason text NOT NULL, recovery text NOT NULL,"
-        " recorded_at timestamptz NOT NULL DEFAULT now(),"
-        " PRIMARY KEY (visit, detector, attempt))"
-    )
-
-
-async def _create_alert_counts(conn: asyncpg.Connection, schema: str) -> None:
-    await conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {q(schema)}.ccd_alerts ("
-        " visit bigint NOT NULL, detector integer NOT NULL, n_alerts integer NOT NULL,"
-        " PRIMARY KEY (visit, detector))"
-    )
-
-
-#: Versioned migrations of the prompt-processing records; append, never edit a released step.
-MIGRATIONS = (_create_tables, _create_alert_counts)
+#: The prompt-processing records; frozen DDL: append, never edit a released step.
+STORE = Store(
+    "prompt",
+    (
+        Migration(
+            1,
+            "visit, stage_time, ccd_outcome, ccd_attempt",
+            """
+CREATE TABLE IF NOT EXISTS {schema}.visit (
+    visit bigint PRIMARY KEY, day_obs integer NOT NULL, camera text NOT NULL,
+    band text NOT NULL, ra double precision NOT NULL, dec double precision NOT NULL,
+    obs_mjd double precision NOT NULL, exposure_time float8 NOT NULL,
+    n_detectors integer NOT NULL, field_id integer,
+    recorded_at timestamptz NOT NULL DEFAULT now());
+CREATE INDEX IF NOT EXISTS visit_day_obs ON {schema}.visit (day_obs);
+CREATE TABLE IF NOT EXISTS {schema}.stage_time (
+    visit bigint NOT NULL, detector integer NOT NULL, stage text NOT NULL,
+    tai double precision NOT NULL, PRIMARY KEY (visit, detector, stage));
+CREATE TABLE IF NOT EXISTS {schema}.ccd_outcome (
+    visit bigint NOT NULL, detector integer NOT NULL, attempt integer NOT NULL,
+    status text NOT NULL CHECK (status IN ('processed', 'failed', 'abandoned', 'skipped')),
+    failure_type text, reason text NOT NULL, recovery text NOT NULL,
+    n_dia_sources integer NOT NULL, n_alerts integer NOT NULL,
+    zeropoint float8, sky_level float8, seeing_arcsec float8, psf_fwhm_px float8,
+    astrom_rms_mas float8, n_sources integer, flags text[] NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (visit, detector));
+CREATE TABLE IF NOT EXISTS {schema}.ccd_attempt (
+    visit bigint NOT NULL, detector integer NOT NULL, attempt integer NOT NULL,
+    status text NOT NULL CHECK (status IN ('processed', 'failed', 'abandoned', 'skipped')),
+    failure_type text, reason text NOT NULL, recovery text NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (visit, detector, attempt));
+""",
+        ),
+        Migration(
+            2,
+            "ccd_alerts",
+            """
+CREATE TABLE IF NOT EXISTS {schema}.ccd_alerts (
+    visit bigint NOT NULL, detector integer NOT NULL, n_alerts integer NOT NULL,
+    PRIMARY KEY (visit, detector));
+""",
+        ),
+    ),
+)
 
 
 class PromptRecords:
@@ -119,7 +116,7 @@ class PromptRecords:
     async def connect(cls, pool: asyncpg.Pool, schema: str = "prompt") -> PromptRecords:
         """Bring ``schema`` up to date (migrations) on ``pool``; the pool stays the caller's."""
         async with mapped_errors("prompt records connect"), pool.acquire() as conn:
-            await migrate(conn, schema, "prompt", MIGRATIONS)
+            await migrate(conn, schema, STORE)
         return cls(pool, schema)
 
     def _t(self, name: str) -> str:

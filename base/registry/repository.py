@@ -2,22 +2,21 @@
 
 Every insert is keyed by its natural key (``(visit, detector)`` for a raw) and does nothing
 when the row exists, so a repeated registration adds nothing. Connection failures (a
-restarting server) raise ``ConnectionLostError``, which callers retry; anything else the
-database refuses raises ``StorageError``.
+restarting server) raise ``DatabaseUnavailableError`` (a ``ConnectionLostError``), which callers
+retry; anything else the database refuses raises ``StorageError`` (``base.db.mapped_errors``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
 from dataclasses import asdict, fields
 from datetime import datetime
 from typing import Any, TypeVar
 
 import asyncpg
 
-from base.registry.migrations import migrate
+from base.db import connect_pool, mapped_errors, migrate
 from base.registry.records import (
     CalibRecord,
     DetectorRecord,
@@ -26,29 +25,14 @@ from base.registry.records import (
     RefcatRecord,
     TemplateRecord,
 )
-from state.errors import ConnectionLostError, InvalidInputError, RetriableError, StorageError
+from base.registry.schema import STORE, adopt_legacy
+from state.errors import InvalidInputError
 
 R = TypeVar("R")
 
-_CONNECTION_ERRORS = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.InterfaceError,
-)
 
-
-@contextlib.contextmanager
-def _database(what: str) -> Iterator[None]:
-    try:
-        yield
-    except _CONNECTION_ERRORS as e:
-        raise ConnectionLostError(f"registry database unreachable while {what}: {e}") from e
-    except asyncpg.exceptions.TransactionRollbackError as e:
-        raise RetriableError(f"registry transaction rolled back while {what}: {e}") from e
-    except asyncpg.PostgresError as e:
-        raise StorageError(f"registry database refused {what}: {e}") from e
+def _database(what: str) -> contextlib.AbstractAsyncContextManager[None]:
+    return mapped_errors(f"registry: {what}")
 
 
 def _insert_sql(table: str, record: object) -> tuple[str, list[Any]]:
@@ -78,14 +62,11 @@ class Repository:
     @classmethod
     async def connect(cls, dsn: str, schema: str = "registry") -> Repository:
         """Open a pool on ``dsn`` and bring ``schema`` up to the latest migration."""
-        with _database("connecting"):
-            pool = await asyncpg.create_pool(
-                dsn, min_size=0, max_size=4, server_settings={"search_path": schema}
-            )
+        pool = await connect_pool(dsn, min_size=0, max_size=4, search_path=schema, what="registry")
         try:
-            with _database("migrating"):
-                async with pool.acquire() as conn:
-                    await migrate(conn, schema)
+            async with _database("migrating"), pool.acquire() as conn:
+                await adopt_legacy(conn, schema)
+                await migrate(conn, schema, STORE)
         except BaseException:
             await pool.close()
             raise
@@ -99,11 +80,14 @@ class Repository:
         self, raw: RawRecord, exposure: ExposureRecord, detector: DetectorRecord
     ) -> bool:
         """Register a raw with its exposure and detector; False when it was already there."""
-        with _database(f"registering raw {raw.visit}/{raw.detector}"):
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute(*_split(_insert_sql("exposures", exposure)))
-                await conn.execute(*_split(_insert_sql("detectors", detector)))
-                status = await conn.execute(*_split(_insert_sql("raws", raw)))
+        async with (
+            _database(f"registering raw {raw.visit}/{raw.detector}"),
+            self._pool.acquire() as conn,
+            conn.transaction(),
+        ):
+            await conn.execute(*_split(_insert_sql("exposures", exposure)))
+            await conn.execute(*_split(_insert_sql("detectors", detector)))
+            status = await conn.execute(*_split(_insert_sql("raws", raw)))
         return status.endswith(" 1")
 
     async def register_detector(self, detector: DetectorRecord) -> bool:
@@ -120,13 +104,13 @@ class Repository:
         return await self._insert("refcats", refcat)
 
     async def _insert(self, table: str, record: object) -> bool:
-        with _database(f"registering into {table}"):
+        async with _database(f"registering into {table}"):
             status = await self._pool.execute(*_split(_insert_sql(table, record)))
         return status.endswith(" 1")
 
     # ------------------------------------------------------------------- query
     async def _fetch(self, what: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-        with _database(what):
+        async with _database(what):
             return list(await self._pool.fetch(sql, *args))
 
     async def get_raw(self, visit: int, detector: int) -> RawRecord | None:
@@ -263,7 +247,7 @@ class Repository:
     async def counts(self) -> dict[str, int]:
         out = {}
         for table in ("exposures", "detectors", "raws", "calibrations", "templates", "refcats"):
-            with _database(f"counting {table}"):
+            async with _database(f"counting {table}"):
                 out[table] = int(await self._pool.fetchval(f"SELECT COUNT(*) FROM {table}"))
         return out
 

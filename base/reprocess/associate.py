@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from base.apdb import Apdb
-from base.apdb.db import mapped_errors
 from base.apdb.schema import q
+from base.db import mapped_errors
 from base.prompt.association_step import Associated, associate_ccd
 
 #: DiaSource columns a release's checksum covers (what association decides, and the measurement).

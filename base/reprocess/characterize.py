@@ -15,6 +15,7 @@ import functools
 import hashlib
 import io
 from collections.abc import Callable
+from importlib import resources
 
 import asyncpg
 import numpy as np
@@ -24,8 +25,8 @@ from algorithms.variability import INT_COLUMNS, characterize, feature_names
 from base.apdb import schema as sch
 from base.apdb.copyread import fetch_columns
 from base.apdb.copywrite import copy_payload
-from base.apdb.db import mapped_errors, migrate
-from base.apdb.schema import Column, Table, q
+from base.apdb.schema import Column, Table, ddl_text, q
+from base.db import Migration, Store, mapped_errors, migrate
 from base.reprocess.associate import digest_rows
 from state.errors import InvalidInputError
 
@@ -53,13 +54,23 @@ def _subset(table: str, names: tuple[str, ...]) -> Table:
     return Table(table, tuple(full.column(n) for n in names), (), ())
 
 
-async def _create(conn: asyncpg.Connection, schema: str) -> None:
-    for stmt in sch.create_table_sql(variability_table(), schema):
-        await conn.execute(stmt)
+def generated_ddl() -> str:
+    """The table's DDL from :func:`variability_table`: what ``sql/0001_variability.sql``
+    froze (``tests/test_db.py`` compares them)."""
+    return ddl_text([variability_table()], "DiaObjectVariability generated from its features")
 
 
-#: Versioned migrations of the table; append, never edit a released step.
-MIGRATIONS = (_create,)
+#: Frozen DDL: append, never edit a released step.
+STORE = Store(
+    "reprocess-variability",
+    (
+        Migration(
+            1,
+            "DiaObjectVariability",
+            resources.files("base.reprocess").joinpath("sql/0001_variability.sql").read_text(),
+        ),
+    ),
+)
 
 
 async def characterize_release(
@@ -81,7 +92,7 @@ async def characterize_release(
             is None
         ):
             raise InvalidInputError(f"schema {schema} has no APDB to characterize")
-        await migrate(conn, schema, "reprocess-variability", MIGRATIONS)
+        await migrate(conn, schema, STORE)
         total = int(await conn.fetchval(f"SELECT count(*) FROM {q(schema)}.{q('DiaObjectLast')}"))
     done, after = 0, _ID_MIN
     if progress is not None:

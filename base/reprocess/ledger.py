@@ -1,6 +1,6 @@
 """The reprocessing ledger in PostgreSQL: which units of which release are done, exactly once.
 
-Tables in schema ``reprocess`` (versioned migrations, as the APDB's):
+Tables in schema ``reprocess`` (the frozen migrations of :data:`STORE`, see ``base.db``):
 
 * ``release`` -- one row per release name: its numeric id (the ``IdPacker`` release; a
   release id above 0 belongs to one name only, so two releases never mint the same ids; 0 is
@@ -24,36 +24,37 @@ from typing import Any
 
 import asyncpg
 
-from base.apdb.db import mapped_errors, migrate
-from base.apdb.schema import q
+from base.db import Migration, Store, mapped_errors, migrate, q
 from state.errors import CommandRejected, InvalidInputError
 
 LEDGER_SCHEMA = "reprocess"
 STATUSES = ("pending", "running", "done", "failed")
 
 
-async def _create(conn: asyncpg.Connection, schema: str) -> None:
-    s = q(schema)
-    await conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {s}.release ("
-        " name text PRIMARY KEY, release_id integer NOT NULL, out_schema text NOT NULL,"
-        " config_hash text NOT NULL, params jsonb NOT NULL DEFAULT '{}',"
-        " status text NOT NULL DEFAULT 'running', started_at timestamptz NOT NULL DEFAULT now(),"
-        " finished_at timestamptz)"
-    )
-    statuses = ", ".join(f"'{x}'" for x in STATUSES)
-    await conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {s}.unit ("
-        " release text NOT NULL REFERENCES " + f"{s}.release(name),"
-        " unit text NOT NULL, kind text NOT NULL, config_hash text NOT NULL,"
-        f" status text NOT NULL CHECK (status IN ({statuses})),"
-        " attempts integer NOT NULL DEFAULT 0, reason text NOT NULL DEFAULT '',"
-        " checksum text, n_rows integer, updated_at timestamptz NOT NULL DEFAULT now(),"
-        " PRIMARY KEY (release, unit))"
-    )
-
-
-MIGRATIONS = (_create,)
+#: The reprocessing ledger; frozen DDL: append, never edit a released step.
+STORE = Store(
+    "reprocess",
+    (
+        Migration(
+            1,
+            "release and unit",
+            """
+CREATE TABLE IF NOT EXISTS {schema}.release (
+    name text PRIMARY KEY, release_id integer NOT NULL, out_schema text NOT NULL,
+    config_hash text NOT NULL, params jsonb NOT NULL DEFAULT '{}',
+    status text NOT NULL DEFAULT 'running', started_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz);
+CREATE TABLE IF NOT EXISTS {schema}.unit (
+    release text NOT NULL REFERENCES {schema}.release(name),
+    unit text NOT NULL, kind text NOT NULL, config_hash text NOT NULL,
+    status text NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    attempts integer NOT NULL DEFAULT 0, reason text NOT NULL DEFAULT '',
+    checksum text, n_rows integer, updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (release, unit));
+""",
+        ),
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class Ledger:
     @classmethod
     async def connect(cls, pool: asyncpg.Pool, schema: str = LEDGER_SCHEMA) -> Ledger:
         async with mapped_errors("reprocess ledger connect"), pool.acquire() as conn:
-            await migrate(conn, schema, "reprocess", MIGRATIONS)
+            await migrate(conn, schema, STORE)
         return cls(pool, schema)
 
     def _t(self, name: str) -> str:

@@ -24,8 +24,8 @@ from typing import Any
 import asyncpg
 
 from base.apdb import Apdb
-from base.apdb.db import mapped_errors
 from base.apdb.schema import q
+from base.db import connect_pool, mapped_errors
 from base.registry.repository import Repository
 from base.reliability import alert_threshold, load_reliability_model
 from base.reprocess.associate import associate_ccd, dia_source_checksum
@@ -189,8 +189,7 @@ async def run_locked(
     observer.began(name, mode, workers)
     status = "interrupted"
     try:
-        async with mapped_errors(f"{name} connect"):
-            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=8)
+        pool = await connect_pool(dsn, min_size=1, max_size=8, what=name)
         try:
             ledger = await Ledger.connect(pool)
             await ledger.lock(name)

@@ -10,8 +10,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from base.apdb.db import mapped_errors, migrate
-from base.apdb.schema import q
+from base.db import Migration, Store, mapped_errors, migrate, q
 from base.prompt.requests import CcdResults
 from base.reprocess.work import unpack
 from state.errors import InvalidInputError
@@ -19,13 +18,22 @@ from state.errors import InvalidInputError
 TABLE = "reprocess_ccd"
 
 
-async def _create(conn: asyncpg.Connection, schema: str) -> None:
-    await conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {q(schema)}.{TABLE} ("
-        " visit bigint NOT NULL, detector integer NOT NULL, midpoint_mjd float8 NOT NULL,"
-        " region bigint NOT NULL, checksum text NOT NULL, n_sources integer NOT NULL,"
-        " payload bytea NOT NULL, PRIMARY KEY (visit, detector))"
-    )
+#: Frozen DDL: append, never edit a released step.
+STORE = Store(
+    "reprocess-staging",
+    (
+        Migration(
+            1,
+            "reprocess_ccd",
+            f"""
+CREATE TABLE IF NOT EXISTS {{schema}}.{TABLE} (
+    visit bigint NOT NULL, detector integer NOT NULL, midpoint_mjd float8 NOT NULL,
+    region bigint NOT NULL, checksum text NOT NULL, n_sources integer NOT NULL,
+    payload bytea NOT NULL, PRIMARY KEY (visit, detector));
+""",
+        ),
+    ),
+)
 
 
 class Staging:
@@ -36,7 +44,7 @@ class Staging:
     @classmethod
     async def connect(cls, pool: asyncpg.Pool, schema: str) -> Staging:
         async with mapped_errors("reprocess staging"), pool.acquire() as conn:
-            await migrate(conn, schema, "reprocess-staging", (_create,))
+            await migrate(conn, schema, STORE)
         return cls(pool, schema)
 
     async def put(

@@ -28,6 +28,7 @@ import asyncpg
 from rich.console import Console
 
 from actors.runtime import shutdown_ray
+from base.db import connect_pool
 from base.postgres import postgres_dsn, wait_for_database
 from base.registry.products import register_night
 from base.registry.repository import Repository
@@ -251,7 +252,7 @@ async def _replay(
         finally:
             await repo.close()
         say(f"registered the night's products: {registered}")
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+        pool = await connect_pool(dsn, min_size=1, max_size=2, what="replay records")
         try:
             reader = NightRecordReader(pool, config)
             try:

@@ -1,33 +1,22 @@
-"""Versioned schema migrations of the registry, applied once each, in order.
+"""The registry's tables: frozen migrations, applied once each, in order, by ``base.db``.
 
-Applied versions are recorded in ``registry_migrations``; an advisory lock serializes
-components that migrate the same database at the same moment. A migration is never edited
-after release: a schema change is a new entry at the end of :data:`MIGRATIONS`.
+A migration is never edited after release: a schema change is a new entry at the end.
+Registries created before ``base.db`` recorded their versions in ``registry_migrations``;
+:func:`adopt_legacy` carries those over once, so such a database is upgraded, not re-created.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import asyncpg
 
-#: pg_advisory_xact_lock key of registry migrations ("dmcsreg" in ASCII).
-_LOCK_KEY = 0x646D6373726567
+from base.db import Migration, Store, q
 
-
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
-
-
-MIGRATIONS: tuple[Migration, ...] = (
+_MIGRATIONS = (
     Migration(
         1,
         "exposures, detectors, raws, calibrations, templates",
         """
-        CREATE TABLE exposures (
+        CREATE TABLE {schema}.exposures (
             visit BIGINT PRIMARY KEY,
             image_name TEXT NOT NULL UNIQUE,
             camera TEXT NOT NULL,
@@ -40,7 +29,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             dec DOUBLE PRECISION,
             field_id INTEGER
         );
-        CREATE TABLE detectors (
+        CREATE TABLE {schema}.detectors (
             camera TEXT NOT NULL,
             detector INTEGER NOT NULL,
             name TEXT NOT NULL,
@@ -49,8 +38,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             ny INTEGER,
             PRIMARY KEY (camera, detector)
         );
-        CREATE TABLE raws (
-            visit BIGINT NOT NULL REFERENCES exposures (visit),
+        CREATE TABLE {schema}.raws (
+            visit BIGINT NOT NULL REFERENCES {schema}.exposures (visit),
             detector INTEGER NOT NULL,
             camera TEXT NOT NULL,
             image_name TEXT NOT NULL,
@@ -65,7 +54,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             ingested_at TIMESTAMPTZ NOT NULL DEFAULT now(),
             PRIMARY KEY (visit, detector)
         );
-        CREATE TABLE calibrations (
+        CREATE TABLE {schema}.calibrations (
             camera TEXT NOT NULL,
             detector INTEGER NOT NULL,
             calib_type TEXT NOT NULL,
@@ -79,7 +68,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             ny INTEGER,
             PRIMARY KEY (camera, detector, calib_type, band, valid_start)
         );
-        CREATE TABLE templates (
+        CREATE TABLE {schema}.templates (
             camera TEXT NOT NULL,
             field_id INTEGER NOT NULL,
             band TEXT NOT NULL,
@@ -93,14 +82,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             ny INTEGER,
             PRIMARY KEY (camera, field_id, band, detector)
         );
-        CREATE INDEX templates_band ON templates (band, camera);
+        CREATE INDEX templates_band ON {schema}.templates (band, camera);
         """,
     ),
     Migration(
         2,
         "refcats",
         """
-        CREATE TABLE refcats (
+        CREATE TABLE {schema}.refcats (
             camera TEXT NOT NULL,
             name TEXT NOT NULL,
             path TEXT NOT NULL,
@@ -114,35 +103,25 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 
+#: The registry store (its own schema, ``registry`` by default).
+STORE = Store("registry", _MIGRATIONS, code_version="1.0")
 
-async def migrate(conn: asyncpg.Connection, schema: str) -> list[int]:
-    """Bring ``schema`` up to the latest version; returns the versions applied now.
 
-    ``conn`` must have ``schema`` first on its ``search_path`` (see ``Repository.connect``).
-    """
-    applied_now: list[int] = []
+async def adopt_legacy(conn: asyncpg.Connection, schema: str) -> None:
+    """Record the versions of a pre-``base.db`` registry (``registry_migrations``) once."""
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
-        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        # The lock of base.db.migrate: a concurrent starter waits, then finds the table.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"dmcs:{schema}")
+        legacy = await conn.fetchval("SELECT to_regclass($1)", f"{q(schema)}.registry_migrations")
+        known = await conn.fetchval("SELECT to_regclass($1)", f"{q(schema)}.schema_version")
+        if legacy is None or known is not None:
+            return
         await conn.execute(
-            "CREATE TABLE IF NOT EXISTS registry_migrations ("
-            " version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
-            " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            f"CREATE TABLE {q(schema)}.schema_version (component text NOT NULL,"
+            " version integer NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(),"
+            " PRIMARY KEY (component, version))"
         )
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM registry_migrations")}
-        for m in MIGRATIONS:
-            if m.version in done:
-                continue
-            await conn.execute(m.sql)
-            await conn.execute(
-                "INSERT INTO registry_migrations (version, name) VALUES ($1, $2)", m.version, m.name
-            )
-            applied_now.append(m.version)
-    return applied_now
-
-
-async def schema_version(conn: asyncpg.Connection) -> int:
-    exists = await conn.fetchval("SELECT to_regclass('registry_migrations') IS NOT NULL")
-    if not exists:
-        return 0
-    return int(await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM registry_migrations"))
+        await conn.execute(
+            f"INSERT INTO {q(schema)}.schema_version (component, version, applied_at)"
+            f" SELECT 'registry', version, applied_at FROM {q(schema)}.registry_migrations"
+        )

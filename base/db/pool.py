@@ -1,0 +1,26 @@
+"""The one asyncpg pool factory of dmcs."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from .errors import mapped_errors
+
+
+async def connect_pool(
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 4,
+    search_path: str | None = None,
+    what: str = "database",
+) -> asyncpg.Pool:
+    """A pool on ``dsn``; an unreachable server raises ``DatabaseUnavailableError``.
+
+    ``search_path`` puts one schema first for unqualified names (the caller's own schema).
+    """
+    settings = {"search_path": search_path} if search_path else None
+    async with mapped_errors(f"{what}: connecting"):
+        return await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, server_settings=settings
+        )
