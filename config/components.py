@@ -6,8 +6,6 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from state.settings import override_names
-
 
 class Site(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -30,8 +28,3 @@ class HeaderServiceSettings(BaseModel):
 
 
 OVERRIDES_DIR = Path(__file__).resolve().parent / "overrides"
-
-
-def available_overrides(component: str) -> tuple[str, ...]:
-    """The configuration overrides ``start`` accepts for ``component`` (its override files)."""
-    return override_names(OVERRIDES_DIR, component)

@@ -43,7 +43,7 @@ from state.errors import (
 from state.event_checks import EventChecks
 from state.events import GENERIC_EVENTS, Event, EventKind
 from state.peers import NoPeers, Peers
-from state.settings import Configurable
+from state.settings import Configurable, override_names
 from state.states import TRANSITIONS, State
 from state.supervised import SupervisedGroup
 
@@ -103,14 +103,14 @@ class Controller(Configurable):
         overrides_dir: Path | None = None,
     ) -> None:
         self.name = name
+        self.overrides_dir = overrides_dir
         #: The configuration overrides ``start`` accepts (``configurationsAvailable``).
-        self.configurations = tuple(configurations)
+        self.configurations = tuple(configurations) or override_names(overrides_dir, name)
         self.authorized = frozenset(authorized)
         self.heartbeat_interval = heartbeat_interval
         self.command_timeout = command_timeout
         self.restart_count = restart_count
         self.settings: Mapping[str, Any] = dict(settings or {})
-        self.overrides_dir = overrides_dir
         self.config = self.load_settings()
         self.data_dir = data_dir or Path("var") / name
         self.peers: Peers = peers or NoPeers()

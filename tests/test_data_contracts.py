@@ -160,13 +160,13 @@ async def test_the_worker_process_refuses_a_bad_visit_and_takes_the_next_ccd(
                     info,
                     1,
                     str(tmp_path / "raw.fits"),
-                    timeout=60,
+                    timeout=600,
                 )
         pid = worker.pid
         with pytest.raises(ContractError, match="'band'"):
             await worker.run(
                 "base.prompt.ccd_work:preload", str(tmp_path), {**VISIT_INFO, "band": 7}, 1,
-                timeout=60,
+                timeout=600,
             )  # fmt: skip
         assert worker.pid == pid and worker.restarts == 0, "the same child, never restarted"
     finally:
