@@ -18,7 +18,7 @@ from actors.bus import follow_bus
 from actors.ordered_sender import OrderedSender
 from actors.peers import RayPeers
 from actors.runtime import NAMESPACE, bus_name
-from config.components import available_overrides
+from config.components import OVERRIDES_DIR
 from state.command import Command
 from state.controller import Controller
 from state.errors import ConfigurationError
@@ -97,7 +97,7 @@ class ComponentActor:
             settings=spec.get("settings") or {},
             data_dir=data_dir / spec["name"],
             peers=RayPeers(self._system),
-            configurations=available_overrides(spec["name"]),
+            overrides_dir=OVERRIDES_DIR,
         )
 
     def _publish(self, event: Event) -> None:

@@ -25,9 +25,10 @@ from base.header_merge import merged_parts, split_primary
 from base.ingest_ledger import Ledger, Received
 from base.ingest_records import raw_records
 from base.registry import DetectorRecord, ExposureRecord, RawRecord, Repository
-from config.components import resolve_settings, validate_settings
 from config.data_path import IngestSettings
 from state.clock import tai_now
+from state.contracts.data_plane import RawTransfer
+from state.contracts.values import ContractError
 from state.controller import Controller, SupervisedGroup
 from state.durable import sha256_hex, store_parts
 from state.durable_sqlite import SqliteThread
@@ -57,10 +58,11 @@ class Ingest(Controller):
     listen_topics = ("largeFileObjectAvailable",)
     #: The launcher gives components that say so the system's database DSN (``dsn``).
     uses_database: ClassVar[bool] = True
+    settings_model = IngestSettings
+    config: IngestSettings
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
-        self.config = validate_settings(IngestSettings, self.settings, name)
         root = self.data_dir.absolute()
         self.ledger = Ledger(root / "ledger.sqlite")
         self._ledger_thread = SqliteThread(f"{name}-ledger")
@@ -87,15 +89,12 @@ class Ingest(Controller):
         """Run a ledger call on its own thread: its fsync never blocks the event loop."""
         return await self._ledger_thread.run(fn, *args, **kwargs)
 
-    async def configure(self, override: str) -> dict[str, Any]:
-        config, applied = resolve_settings(IngestSettings, self.settings, self.name, override)
+    def check_settings(self, config: IngestSettings) -> None:
         if not config.dsn:
             raise ConfigurationError(
                 f"{self.name} needs the registry's PostgreSQL DSN (settings.dsn); "
                 "`dmcs run` fills it from [database]"
             )
-        self.config = config
-        return {**applied, "version": self.version}
 
     async def handle_summary_state(self) -> None:
         if self.summary_state == State.ENABLED:
@@ -199,17 +198,10 @@ class Ingest(Controller):
     async def rpc_receive_raw(self, meta: dict[str, Any], data: bytes) -> dict[str, Any]:
         if self.summary_state != State.ENABLED:
             raise RetriableError(f"{self.name} is {self.summary_state.name}; not taking raws")
-        try:
-            name, visit, detector = (
-                str(meta["imageName"]),
-                int(meta["visit"]),
-                int(meta["detector"]),
-            )
-            checksum = str(meta["checksum"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise InvalidInputError(
-                f"receive_raw needs imageName, visit, detector, checksum: {e}"
-            ) from e
+        raw = RawTransfer.parse(meta)
+        if not isinstance(data, bytes):
+            raise ContractError(f"receive_raw: the raw must be bytes, got {type(data).__name__}")
+        name, visit, detector, checksum = raw.imageName, raw.visit, raw.detector, raw.checksum
         actual = await asyncio.to_thread(sha256_hex, data)
         if actual != checksum:
             self.counters["corrupt"] += 1
@@ -231,15 +223,14 @@ class Ingest(Controller):
         done = asyncio.get_running_loop().create_future()
         self._receiving[key] = done
         try:
-            await self._store(meta, name, visit, detector, checksum, data)
+            await self._store(raw, data)
         finally:
             del self._receiving[key]
             done.set_result(None)
         return {"checksum": checksum, "duplicate": False}
 
-    async def _store(
-        self, meta: dict[str, Any], name: str, visit: int, detector: int, checksum: str, data: bytes
-    ) -> None:
+    async def _store(self, raw: RawTransfer, data: bytes) -> None:
+        name, visit, detector = raw.imageName, raw.visit, raw.detector
         header = await self._header(name)
         parts = await asyncio.to_thread(merged_parts, data, header) if header else (data,)
         path = self.storage / str(visit) / f"{name}_{detector:03d}.fits"
@@ -255,12 +246,12 @@ class Ingest(Controller):
                 visit=visit,
                 detector=detector,
                 image_name=name,
-                camera=str(meta.get("camera", "")),
-                checksum=checksum,
+                camera=raw.camera,
+                checksum=raw.checksum,
                 file_checksum=file_checksum,
                 byte_size=size,
                 path=str(path),
-                end_readout_tai=float(meta.get("endReadoutTai") or tai_now()),
+                end_readout_tai=raw.endReadoutTai or tai_now(),
                 received_tai=tai_now(),
                 header_merged=header is not None,
                 state="received",

@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from config.system import read_toml
-from state.errors import ConfigurationError
-
-T = TypeVar("T", bound=BaseModel)
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Site(BaseModel):
@@ -34,42 +27,4 @@ class HeaderServiceSettings(BaseModel):
     site: Site = Site()
 
 
-def validate_settings(model: type[T], values: Mapping[str, Any], component: str) -> T:
-    try:
-        return model.model_validate(dict(values))
-    except ValidationError as e:
-        raise ConfigurationError(f"invalid settings for {component}:\n{e}") from e
-
-
 OVERRIDES_DIR = Path(__file__).resolve().parent / "overrides"
-
-
-def available_overrides(component: str) -> tuple[str, ...]:
-    """The configuration overrides ``start`` accepts for ``component`` (its override files)."""
-    folder = OVERRIDES_DIR / component
-    return tuple(sorted(p.stem for p in folder.glob("*.toml"))) if folder.is_dir() else ()
-
-
-def resolve_settings(
-    model: type[T], base: Mapping[str, Any], component: str, override: str
-) -> tuple[T, dict[str, Any]]:
-    """Validate ``base`` settings with the named override file merged on top.
-
-    Overrides live in ``config/overrides/<component>/<override>.toml``. Returns the settings
-    and the ``configurationApplied`` payload naming what was applied.
-    """
-    values = dict(base)
-    applied = "default"
-    if override:
-        folder = OVERRIDES_DIR / component
-        path = folder / f"{override}.toml"
-        if not override.replace("_", "").replace("-", "").isalnum() or not path.is_file():
-            available = available_overrides(component)
-            raise ConfigurationError(
-                f"{component} has no configuration {override!r}; "
-                f"available: {', '.join(available) or 'none'}"
-            )
-        values.update(read_toml(path))
-        applied = override
-    settings = validate_settings(model, values, component)
-    return settings, {"configurations": applied, "url": "", "otherInfo": ""}

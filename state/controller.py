@@ -11,7 +11,10 @@ sink callable, so it is testable without Ray. It
 * keeps the safe state: only the generic events leave a component that is not ENABLED.
 
 Commands are ``async def do_<name>(self, *, param: type = default) -> dict | None`` methods;
-their keyword-only parameters are the command's schema.
+their keyword-only parameters are the command's schema. Beside it: the settings model and its
+overrides (:mod:`state.settings`), the supervised background tasks (:mod:`state.supervised`),
+the contract checks of events in and out (:mod:`state.event_checks`) and the outcome → ack
+mapping (:mod:`state.command_outcome`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import contextlib
 import contextvars
 import logging
 import traceback as tb
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -30,17 +33,19 @@ from typing import Any, ClassVar
 from state.acks import Ack, AckCode
 from state.clock import tai_now
 from state.command import Command, ParamSpec, param_specs, validate_params
-from state.contracts import ContractError, check_payload
+from state.command_outcome import CommandAborted, CommandTimeout, final_ack, unexpected
 from state.errors import (
     CommandRejected,
     DmcsError,
-    ExpectedError,
     NotPermittedError,
     QueueFullError,
 )
+from state.event_checks import EventChecks
 from state.events import GENERIC_EVENTS, Event, EventKind
 from state.peers import NoPeers, Peers
+from state.settings import Configurable, override_names
 from state.states import TRANSITIONS, State
+from state.supervised import SupervisedGroup
 
 EventSink = Callable[[Event], None]
 
@@ -57,8 +62,6 @@ BACKGROUND_TASK_FAILED = 1
 #: errorCode of a component whose :meth:`Controller.on_event` raised.
 EVENT_HANDLER_FAILED = 2
 
-FailureHandler = Callable[[str, BaseException, str], Awaitable[None]]
-
 
 def package_version() -> str:
     """dmcs's version from the installed package metadata (one place: pyproject.toml)."""
@@ -68,56 +71,12 @@ def package_version() -> str:
         return "0+unknown"
 
 
-class SupervisedGroup:
-    """A component's view of the controller's TaskGroup: a failing task reports, not kills.
-
-    A task given as a factory (a callable returning the coroutine, e.g. ``self._loop``) can be
-    started again: :meth:`restart_failed` does so for those that failed, which the controller
-    calls on ``standby`` → ``start``, so a component recovered from FAULT has its loops back.
-    """
-
-    def __init__(self, tg: asyncio.TaskGroup, on_failure: FailureHandler) -> None:
-        self._tg = tg
-        self._on_failure = on_failure
-        self._factories: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {}
-        self._failed: set[str] = set()
-
-    def create_task(
-        self,
-        coro: Coroutine[Any, Any, Any] | Callable[[], Coroutine[Any, Any, Any]],
-        name: str | None = None,
-    ) -> asyncio.Task[None]:
-        if callable(coro):
-            factory = coro
-            label = name or getattr(factory, "__qualname__", "task")
-            self._factories[label] = factory
-            coro = factory()
-        else:
-            label = name or getattr(coro, "__qualname__", "task")
-        return self._tg.create_task(self._guard(coro, label), name=label)
-
-    def restart_failed(self) -> list[str]:
-        """Start again every failed task that was given as a factory; their names."""
-        again = sorted(n for n in self._failed if n in self._factories)
-        for name in again:
-            self._failed.discard(name)
-            self.create_task(self._factories[name], name)
-        return again
-
-    async def _guard(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
-        try:
-            await coro
-        except Exception as e:  # noqa: BLE001 -- any failure of a component's own task
-            self._failed.add(name)
-            await self._on_failure(name, e, tb.format_exc())
-
-
 _current_job: contextvars.ContextVar[_Job | None] = contextvars.ContextVar(
     "_current_job", default=None
 )
 
 
-class Controller:
+class Controller(Configurable):
     """Safe-state command controller; subclass it and add ``do_<command>`` methods."""
 
     version: ClassVar[str] = package_version()
@@ -141,15 +100,18 @@ class Controller:
         data_dir: Path | None = None,
         peers: Peers | None = None,
         configurations: Sequence[str] = (),
+        overrides_dir: Path | None = None,
     ) -> None:
         self.name = name
+        self.overrides_dir = overrides_dir
         #: The configuration overrides ``start`` accepts (``configurationsAvailable``).
-        self.configurations = tuple(configurations)
+        self.configurations = tuple(configurations) or override_names(overrides_dir, name)
         self.authorized = frozenset(authorized)
         self.heartbeat_interval = heartbeat_interval
         self.command_timeout = command_timeout
         self.restart_count = restart_count
         self.settings: Mapping[str, Any] = dict(settings or {})
+        self.config = self.load_settings()
         self.data_dir = data_dir or Path("var") / name
         self.peers: Peers = peers or NoPeers()
         self.log = logging.getLogger(f"dmcs.{name}")
@@ -158,10 +120,7 @@ class Controller:
         self._commanded_state = State.STANDBY
         self._seq: dict[str, int] = {}
         self._suppressed = 0
-        #: Own events refused by their contract (logged, never sent).
-        self.refused_publish = 0
-        #: Bus events refused by their contract before reaching :meth:`on_event`.
-        self.refused_events = 0
+        self.checks = EventChecks()
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_size)
         self._runner: asyncio.Task[None] | None = None
         self._group: SupervisedGroup | None = None
@@ -215,7 +174,7 @@ class Controller:
                 await runner
         while not self._queue.empty():
             job = self._queue.get_nowait()
-            job.acks.put_nowait(self._final_ack(job.command, _Aborted("component closed")))
+            job.acks.put_nowait(self._final_ack(job.command, CommandAborted("component closed")))
 
     async def _run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -247,14 +206,9 @@ class Controller:
         event is this component's own failure: FAULT (the event and the traceback in the
         report), and the feed goes on, so the failure is seen and ``standby`` recovers it.
         """
-        try:
-            check_payload(event.topic, event.data)
-        except ContractError as e:
-            self.refused_events += 1
-            self.log_message(
-                logging.WARNING,
-                f"refused {event.component}/{event.topic} (seq {event.seq}): {e}"[:2000],
-            )
+        refusal = self.checks.incoming(event)
+        if refusal is not None:
+            self.log_message(logging.WARNING, refusal)
             return
         try:
             await self.on_event(event)
@@ -286,13 +240,11 @@ class Controller:
         if topic not in GENERIC_EVENTS and self._state != State.ENABLED:
             self._suppressed += 1
             return False
-        try:
-            check_payload(topic, data)
-        except ContractError as e:
-            self.refused_publish += 1
-            self.log.error("%s: not publishing %s: %s", self.name, topic, e)
+        refusal = self.checks.outgoing(topic, data)
+        if refusal is not None:
+            self.log.error("%s: %s", self.name, refusal)
             if topic != "logMessage":
-                self.log_message(logging.ERROR, f"not publishing {topic}: {e}"[:2000])
+                self.log_message(logging.ERROR, refusal)
             return False
         seq = self._seq.get(topic, 0) + 1
         self._seq[topic] = seq
@@ -375,11 +327,11 @@ class Controller:
                 result = await job.method(**job.command.params)
         except TimeoutError as e:
             outcome: Exception = (
-                _Timeout(f"no completion within {timeout:g} s") if scope.expired() else e
+                CommandTimeout(f"no completion within {timeout:g} s") if scope.expired() else e
             )
             return self._final_ack(job.command, outcome)
         except asyncio.CancelledError:
-            job.acks.put_nowait(self._final_ack(job.command, _Aborted("component closed")))
+            job.acks.put_nowait(self._final_ack(job.command, CommandAborted("component closed")))
             raise
         except Exception as e:  # noqa: BLE001 -- any failure of a command becomes CMD_FAILED
             return self._final_ack(job.command, e)
@@ -389,30 +341,14 @@ class Controller:
 
     def _final_ack(self, command: Command, outcome: Any) -> Ack:
         """The one place where a command's outcome becomes its final ack."""
-        match outcome:
-            case NotPermittedError():
-                return self._ack(command, AckCode.CMD_NOPERM, str(outcome))
-            case QueueFullError():
-                return self._ack(command, AckCode.CMD_REJECTED, str(outcome))
-            case _Timeout():
-                return self._ack(command, AckCode.CMD_TIMEOUT, str(outcome))
-            case _Aborted():
-                return self._ack(command, AckCode.CMD_ABORTED, str(outcome))
-            case ExpectedError():
-                return self._ack(command, AckCode.CMD_FAILED, str(outcome))
-            case BaseException():
-                self.log_message(
-                    logging.ERROR,
-                    f"{command.name} failed: {type(outcome).__name__}: {outcome}",
-                    traceback="".join(tb.format_exception(outcome)),
-                )
-                return self._ack(
-                    command, AckCode.CMD_FAILED, f"{type(outcome).__name__}: {outcome}"
-                )
-            case dict() | None:
-                return self._ack(command, AckCode.CMD_COMPLETE, data=outcome)
-            case _:
-                return self._ack(command, AckCode.CMD_COMPLETE, data={"result": outcome})
+        code, result, data = final_ack(outcome)
+        if unexpected(outcome):
+            self.log_message(
+                logging.ERROR,
+                f"{command.name} failed: {result}",
+                traceback="".join(tb.format_exception(outcome)),
+            )
+        return self._ack(command, code, result, data=data)
 
     def _ack(
         self,
@@ -495,12 +431,6 @@ class Controller:
     async def begin_exitControl(self) -> None: ...
     async def end_exitControl(self) -> None: ...
 
-    async def configure(self, override: str) -> dict[str, Any]:
-        """Hook: apply ``override``; return the ``configurationApplied`` payload."""
-        if override:
-            raise CommandRejected(f"{self.name} has no configuration {override!r}")
-        return {"configurations": "default", "version": self.version, "url": "", "otherInfo": ""}
-
     async def handle_summary_state(self) -> None:
         """Hook: start or stop the component's outputs to match :attr:`summary_state`."""
 
@@ -555,16 +485,8 @@ class Controller:
             "heartbeatInterval": self.heartbeat_interval,
             "restartCount": self.restart_count,
             "suppressedEvents": self._suppressed,
-            "refusedPublish": self.refused_publish,
-            "refusedEvents": self.refused_events,
+            "refusedPublish": self.checks.refused_publish,
+            "refusedEvents": self.checks.refused_events,
             "queued": self._queue.qsize(),
             "commands": list(self.commands),
         }
-
-
-class _Timeout(Exception):
-    """A command that did not complete within its timeout (mapped to CMD_TIMEOUT)."""
-
-
-class _Aborted(Exception):
-    """A command abandoned before completion (mapped to CMD_ABORTED)."""

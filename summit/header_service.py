@@ -16,7 +16,7 @@ from typing import Any
 
 from astropy.io import fits
 
-from config.components import HeaderServiceSettings, resolve_settings
+from config.components import HeaderServiceSettings
 from state.controller import Controller
 from state.durable import sha256_hex, write_durably
 from state.errors import StorageError
@@ -41,19 +41,14 @@ class HeaderService(Controller):
     event_topics = ("largeFileObjectAvailable",)
     listen_components = ("OCS", "Camera")
     listen_topics = tuple(sorted(OCS_TELEMETRY | CAMERA_EVENTS))
+    settings_model = HeaderServiceSettings
+    config: HeaderServiceSettings
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
-        self.config = HeaderServiceSettings.model_validate(dict(self.settings))
         self._telemetry: dict[str, dict[str, Any]] = {}
         self._exposures: dict[str, _Exposure] = {}
         self.headers_written = 0
-
-    async def configure(self, override: str) -> dict[str, Any]:
-        self.config, applied = resolve_settings(
-            HeaderServiceSettings, self.settings, self.name, override
-        )
-        return {**applied, "version": self.version}
 
     async def handle_summary_state(self) -> None:
         if self.summary_state != State.ENABLED:

@@ -30,9 +30,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from config.components import resolve_settings, validate_settings
 from config.data_path import SummitBufferSettings
 from state.clock import tai_now
+from state.contracts.data_plane import RawReceipt
+from state.contracts.values import ContractError
 from state.controller import Controller, SupervisedGroup
 from state.durable import write_durably
 from state.errors import (
@@ -61,10 +62,11 @@ class SummitBuffer(Controller):
     event_topics = ("imageInBuffer", "imageTransferred", "bufferAlarm", "bufferStatus")
     listen_components = ("Camera",)
     listen_topics = ("endReadout",)
+    settings_model = SummitBufferSettings
+    config: SummitBufferSettings
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
-        self.config = validate_settings(SummitBufferSettings, self.settings, name)
         self.link = Link(self.config.link)
         self.store = BufferStore(self.data_dir.absolute(), self.config.capacity_bytes)
         self._wake = asyncio.Event()
@@ -83,12 +85,10 @@ class SummitBuffer(Controller):
         self._reported: set[str] = set()
 
     async def configure(self, override: str) -> dict[str, Any]:
-        self.config, applied = resolve_settings(
-            SummitBufferSettings, self.settings, self.name, override
-        )
+        applied = await super().configure(override)
         self.store.capacity = self.config.capacity_bytes
         self.link.set_bandwidth(self.config.link.bandwidth_mbps)
-        return {**applied, "version": self.version}
+        return applied
 
     async def handle_summary_state(self) -> None:
         self._wake.set()
@@ -388,7 +388,11 @@ class SummitBuffer(Controller):
         except DmcsError as e:
             self.log_message(logging.ERROR, f"base refused {entry.image_name}: {e}; kept")
             return "retry"
-        confirmed = reply.get("checksum") if isinstance(reply, dict) else None
+        try:
+            confirmed = RawReceipt.parse(reply).checksum
+        except ContractError as e:
+            self.log_message(logging.ERROR, f"base answered {entry.image_name} with {e}; kept")
+            return "retry"
         if confirmed != entry.checksum:
             self.log_message(
                 logging.ERROR, f"base confirmed {entry.image_name} with {confirmed!r}; kept"

@@ -15,6 +15,7 @@ from commands.dashboard.batch import MODES, PHASES, STATUSES
 from commands.gateway import MAX_IN_FLIGHT, MAX_PENDING_CONTROL, MAX_SUBSCRIPTIONS
 from commands.protocol import _CLIENT_FIELDS, ErrorCode, Op
 from state.contracts import CONTRACTS, Contract, ContractError, check_payload, check_value
+from state.contracts.data_plane import DATA_CONTRACTS
 from state.contracts.telemetry import ReprocessMode, ReprocessPhase, ReprocessStatus
 from state.contracts.values import MAX_DEPTH
 from state.events import CAMERA_EVENTS, GENERIC_EVENTS, OCS_TELEMETRY, REPROCESS_TELEMETRY
@@ -147,3 +148,17 @@ def test_every_event_of_a_simulated_night_fits_its_contract(camera: str) -> None
     assert {e.name for e in events} >= CAMERA_EVENTS | {"pointing", "predictedSchedule"}
     for event in events:
         check_payload(event.name, event.payload)
+
+
+def test_protocol_md_documents_every_data_plane_contract_and_its_fields() -> None:
+    rows: dict[str, str] = {}
+    for line in (DOCS / "protocol.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        names = re.findall(r"`([^`]+)`", cells[0]) if line.startswith("|") else []
+        if names:
+            rows[names[0]] = cells[-1]
+    for contract in DATA_CONTRACTS:
+        assert contract.__name__ in rows, contract.__name__
+        named = set(re.findall(r"`([^`]+)`", rows[contract.__name__]))
+        fields = set(contract.model_fields)
+        assert fields <= named, f"{contract.__name__}: not in docs/protocol.md: {fields - named}"

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, ConfigDict, Field
 
 from state.acks import Ack, AckCode
 from state.command import Command
 from state.controller import EVENT_HANDLER_FAILED, Controller
-from state.errors import CommandRejected
+from state.errors import CommandRejected, ConfigurationError
 from state.events import GENERIC_EVENTS, Event
 from state.states import State, transition_path
 
@@ -227,7 +229,7 @@ async def test_a_bad_event_from_elsewhere_is_refused_and_logged_never_fault(
         await run(component, "enable")
         await component.deliver(Event("Camera", topic, 3, 0.0, data))
         assert component.summary_state == State.ENABLED
-        assert component.handled == [] and component.refused_events == 1
+        assert component.handled == [] and component.checks.refused_events == 1
         said = [e.data["message"] for e in component.events if e.topic == "logMessage"]
         assert any(f"refused Camera/{topic} (seq 3)" in m for m in said)
         assert component.snapshot()["refusedEvents"] == 1
@@ -242,7 +244,7 @@ async def test_publish_refuses_what_breaks_its_contract(recorder: Recorder) -> N
     assert not recorder.publish("processingStatus", {"count": 2**70}, "telemetry")
     assert not recorder.publish("ccdStage", {"visit": 1, "detector": 0, "stage": "lunch"})
     assert recorder.publish("ccdStage", {"visit": 1, "detector": 0, "stage": "isrDone"})
-    assert recorder.refused_publish == 3
+    assert recorder.checks.refused_publish == 3
     sent = {e.topic for e in recorder.events}
     assert "visitLatency" not in sent and "ccdStage" in sent
     said = [e.data["message"] for e in recorder.events if e.topic == "logMessage"]
@@ -297,3 +299,77 @@ async def test_command_parameters_refuse_values_no_wire_can_carry(recorder: Reco
     for bad in (float("nan"), float("inf"), -float("inf")):
         acks = await run(recorder, "wait", seconds=bad)
         assert acks[-1].code == AckCode.CMD_FAILED and "finite" in acks[-1].result
+
+
+class TunedSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    rate: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    label: str = "plain"
+
+
+class Tuned(Recorder):
+    """A component whose settings model is a class attribute, validated by the base."""
+
+    settings_model = TunedSettings
+
+    def check_settings(self, config: TunedSettings) -> None:
+        if config.label == "forbidden":
+            raise ConfigurationError("label 'forbidden' is refused by Tuned itself")
+
+
+@pytest.fixture
+def overrides(tmp_path: Path) -> Path:
+    """A folder of override files for the component ``Recorder`` (Tuned's name)."""
+    folder = tmp_path / "Recorder"
+    folder.mkdir()
+    (folder / "fast.toml").write_text("rate = 5.0\n")
+    (folder / "negative.toml").write_text("rate = -1.0\n")
+    (folder / "typo.toml").write_text("rat = 2.0\n")
+    (folder / "nan.toml").write_text("rate = nan\n")
+    (folder / "forbidden.toml").write_text('label = "forbidden"\n')
+    return tmp_path
+
+
+def test_bad_settings_refuse_to_build_the_component() -> None:
+    with pytest.raises(ConfigurationError, match="invalid settings for Recorder"):
+        Tuned(settings={"rate": 0})
+    with pytest.raises(ConfigurationError, match="Extra inputs"):
+        Tuned(settings={"speed": 3})
+    assert Tuned(settings={"rate": 2}).config == TunedSettings(rate=2.0)
+    assert Recorder().config is None, "a component without a settings model has no config"
+
+
+async def test_start_validates_the_override_with_the_settings_model(overrides: Path) -> None:
+    component = Tuned(settings={"rate": 2.0}, heartbeat_interval=0.05, overrides_dir=overrides)
+    await component.start()
+    try:
+        for override, message in (
+            ("negative", "invalid settings for Recorder"),
+            ("typo", "rat"),
+            ("nan", "finite number"),
+            ("forbidden", "refused by Tuned itself"),
+            ("missing", "no configuration 'missing'; available: fast, forbidden, nan, negative"),
+            ("../fast", "no configuration '../fast'"),
+        ):
+            acks = await run(component, "start", configurationOverride=override)
+            assert codes(acks) == [AckCode.CMD_ACK, AckCode.CMD_FAILED], override
+            assert message in acks[-1].result, (override, acks[-1].result)
+            assert component.summary_state == State.STANDBY
+            assert component.config == TunedSettings(rate=2.0), "settings unchanged"
+        assert not [e for e in component.events if e.topic == "configurationApplied"]
+        acks = await run(component, "start", configurationOverride="fast")
+        assert codes(acks)[-1] == AckCode.CMD_COMPLETE
+        assert component.config == TunedSettings(rate=5.0)
+        (applied,) = [e for e in component.events if e.topic == "configurationApplied"]
+        assert applied.data["configurations"] == "fast"
+        await run(component, "standby")
+        await run(component, "start")
+        assert component.config == TunedSettings(rate=2.0), "no override: the settings alone"
+    finally:
+        await component.close()
+
+
+async def test_a_component_without_settings_model_takes_no_override(recorder: Recorder) -> None:
+    acks = await run(recorder, "start", configurationOverride="fast")
+    assert acks[-1].code == AckCode.CMD_FAILED and "no configuration 'fast'" in acks[-1].result
+    assert recorder.summary_state == State.STANDBY

@@ -14,9 +14,11 @@ from astropy.io import fits
 from state.acks import AckCode
 from state.clock import tai_now
 from state.command import Command
+from state.contracts.values import ContractError
 from state.durable import sha256_hex
 from state.errors import BufferFullError
 from state.events import Event
+from state.states import State
 from tests.data_path_helpers import (
     Camera,
     LocalPath,
@@ -316,3 +318,39 @@ async def test_a_header_whose_announcement_was_lost_is_found_and_merged(
     raws = await registry_matches(pg_dsn, schema, [readout])
     assert all(r.header_merged for r in raws)
     assert fits.getheader(raws[0].path)["SEEING"] == pytest.approx(0.66)
+
+
+async def test_malformed_raw_transfers_are_refused_and_store_nothing(
+    tmp_path: Path, pg_dsn: str, schema: str, camera: Camera
+) -> None:
+    """Ingest's door (``receive_raw``) holds every transfer to RawTransfer: a bad one is a
+    ContractError naming the field, nothing is written or recorded, and Ingest keeps serving."""
+    async with local_path(tmp_path, pg_dsn, schema) as path:
+        readout = camera.readout(0)
+        image = readout.images[0]
+        data = Path(image["url"].removeprefix("file://")).read_bytes()
+        meta = {
+            "imageName": readout.payload["imageName"],
+            "visit": readout.payload["visit"],
+            "detector": image["detector"],
+            "checksum": image["checksum"],
+        }
+        for bad, field in (
+            ({**meta, "imageName": "../../outside"}, "'imageName'"),
+            ({**meta, "visit": str(meta["visit"])}, "'visit'"),
+            ({**meta, "detector": 2**64}, "'detector'"),
+            ({**meta, "checksum": image["checksum"].upper()}, "'checksum'"),
+            ({**meta, "endReadoutTai": float("nan")}, "'endReadoutTai'"),
+            ({"visit": 1}, "'imageName': Field required"),
+        ):
+            with pytest.raises(ContractError, match=f"receive_raw: field {field}"):
+                await path.ingest.rpc_receive_raw(bad, data)
+        with pytest.raises(ContractError, match="the raw must be bytes"):
+            await path.ingest.rpc_receive_raw(meta, data.decode("latin-1"))
+        assert path.ingest.summary_state == State.ENABLED
+        assert not list(path.ingest.storage.rglob("*")), "nothing written to base storage"
+        assert not list(tmp_path.rglob("outside*"))
+        assert path.ingest.ledger.find(meta["visit"], meta["detector"]) is None
+        await path.buffer.on_event(readout.event())
+        await path.wait_for(lambda: len(ingested(path)) == 4)
+    await registry_matches(pg_dsn, schema, [readout])

@@ -81,7 +81,7 @@ class TestIngest(StandardComponentTests):
         with pytest.raises(RetriableError, match="not taking raws"):
             await handle.rpc.remote("receive_raw", meta, data)
         await ocs.set_state(self.name, State.ENABLED)
-        with pytest.raises(InvalidInputError, match="needs imageName"):
+        with pytest.raises(InvalidInputError, match="receive_raw: field 'imageName'"):
             await handle.rpc.remote("receive_raw", {"visit": 1}, data)
         with pytest.raises(RetriableError, match="arrived with sha256"):
             await handle.rpc.remote("receive_raw", meta, data[:-1] + b"x")

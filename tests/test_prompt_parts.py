@@ -91,8 +91,11 @@ def test_ccd_results_validation() -> None:
         "non-finite ra": bad_ra,
         "lack columns": _ccd(sources={"ra": np.zeros(1)}),
         "cutouts for": _ccd(cutouts=[(b"", b"", b"")]),
-        "unknown stages": _ccd(stages={"teleport": 1.0}),
-        "malformed": {**_ccd(), "unexpected": 1},
+        "stages.teleport": _ccd(stages={"teleport": 1.0}),
+        "'unexpected': Extra inputs": {**_ccd(), "unexpected": 1},
+        "'visit': Input should be a valid integer": _ccd(visit="1"),
+        "'midpoint_mjd': Input should be a finite": _ccd(midpoint_mjd=math.inf),
+        "'sources': Value error, columns differ": _ccd(sources={"ra": [1.0], "dec": [1.0, 2.0]}),
     }
     for message, wire in cases.items():
         with pytest.raises(InvalidInputError, match=message):

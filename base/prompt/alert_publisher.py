@@ -35,8 +35,8 @@ from base.db import connect_pool
 from base.prompt.settings import AlertPublisherSettings
 from base.prompt.visit_tracker import VisitLatency, VisitTracker
 from base.prompt_records import PromptRecords, VisitRecord
-from config.components import resolve_settings, validate_settings
 from state.clock import tai_now
+from state.contracts.data_plane import AlertHandoff
 from state.controller import Controller, SupervisedGroup
 from state.errors import DmcsError, InvalidInputError, NotReadyError, RetriableError, StorageError
 from state.events import Event
@@ -53,10 +53,11 @@ class AlertPublisher(Controller, AlertStreamRpc):
     event_topics = ("alertsPublished", "visitLatency", "processingStatus")
     listen_components = ("*",)
     listen_topics = ("nextVisit", "ccdProcessed")
+    settings_model = AlertPublisherSettings
+    config: AlertPublisherSettings
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
-        self.config = validate_settings(AlertPublisherSettings, self.settings, name)
         self._archive: AlertArchive | None = None
         self._pool: asyncpg.Pool | None = None
         self._records: PromptRecords | None = None
@@ -71,12 +72,6 @@ class AlertPublisher(Controller, AlertStreamRpc):
         #: The outbox's rows pending, published and failed, as of the last drain.
         self._outbox_state: dict[str, int] = {}
         self.counts = {"published": 0, "alerts": 0, "duplicates": 0, "unpublishable": 0}
-
-    async def configure(self, override: str) -> dict[str, Any]:
-        self.config, applied = resolve_settings(
-            AlertPublisherSettings, self.settings, self.name, override
-        )
-        return {**applied, "version": self.version}
 
     async def end_start(self, configuration_override: str) -> None:
         if self._archive is None:
@@ -213,17 +208,14 @@ class AlertPublisher(Controller, AlertStreamRpc):
     async def _publish(self, handoff: dict[str, Any]) -> dict[str, Any]:
         if self.summary_state != State.ENABLED or self._archive is None or self._schema is None:
             raise NotReadyError(f"{self.name} is {self.summary_state.name}, not ENABLED")
-        try:
-            visit, detector = int(handoff["visit"]), int(handoff["detector"])
-            sources = handoff["sources"]
-            stages = dict(handoff["stages"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise InvalidInputError(f"malformed alert hand-off: {e}") from e
+        checked = AlertHandoff.parse(handoff)
+        visit, detector, sources = checked.visit, checked.detector, checked.sources
+        stages: dict[str, float] = dict(checked.stages)
         batch = await asyncio.to_thread(self._encode, handoff, self._schema, self.buffers)
         n = len(batch)
         try:
             fresh = await self._archive.archive(
-                int(handoff["dayObs"]), visit, detector, batch.ids.tolist(), batch.packets()
+                checked.dayObs, visit, detector, batch.ids.tolist(), batch.packets()
             )
         except StorageError as e:
             await self.fault(ARCHIVE_FAILED, f"visit {visit} detector {detector}: {e}")

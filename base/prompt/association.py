@@ -23,7 +23,6 @@ from base.prompt.association_step import Associated, alert_handoff, associate_cc
 from base.prompt.requests import CcdResults
 from base.prompt.settings import AssociationSettings
 from base.reliability import alert_threshold, load_reliability_model
-from config.components import resolve_settings, validate_settings
 from state.controller import Controller, SupervisedGroup
 from state.errors import DmcsError, InvalidInputError, NotReadyError, RetriableError
 from state.states import State
@@ -37,21 +36,16 @@ APDB_FAILED = 601
 class Association(Controller):
     uses_database: ClassVar[bool] = True
     event_topics = ("ccdStage", "processingStatus")
+    settings_model = AssociationSettings
+    config: AssociationSettings
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
-        self.config = validate_settings(AssociationSettings, self.settings, name)
         self._apdb: Apdb | None = None
         self._model: ReliabilityModel | None = None
         self._threshold: float | None = None
         self._lock = asyncio.Lock()
         self.counts = {"associated": 0, "duplicates": 0, "rejected": 0, "notAlerted": 0}
-
-    async def configure(self, override: str) -> dict[str, Any]:
-        self.config, applied = resolve_settings(
-            AssociationSettings, self.settings, self.name, override
-        )
-        return {**applied, "version": self.version}
 
     async def end_start(self, configuration_override: str) -> None:
         model = await asyncio.to_thread(load_reliability_model, self.config.reliability_model)

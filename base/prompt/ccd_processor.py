@@ -37,8 +37,9 @@ from base.prompt.work_queue import WorkItem, WorkQueue
 from base.prompt_records import CcdOutcome, PromptRecords, StageTime
 from base.registry.records import RawRecord
 from base.registry.repository import Repository
-from config.components import resolve_settings, validate_settings
 from state.clock import tai_now
+from state.contracts.data_plane import AssociateReply, CcdWorkResult
+from state.contracts.values import ContractError
 from state.controller import Controller, SupervisedGroup
 from state.durable_sqlite import SqliteThread
 from state.errors import (
@@ -71,10 +72,11 @@ class CcdProcessor(Controller):
     event_topics = ("ccdStage", "ccdProcessed", "processingStatus")
     listen_components = ("Camera", "SummitBuffer", "Ingest")
     listen_topics = ("nextVisit", "endReadout", "imageInBuffer", "imageIngested")
+    settings_model = CcdProcessorSettings
+    config: CcdProcessorSettings
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
-        self.config = validate_settings(CcdProcessorSettings, self.settings, name)
         self.queue = WorkQueue(self.data_dir / "work.sqlite")
         self._queue_thread = SqliteThread(f"{name}-work-list")
         self.worker = IsolatedWorker(f"{name}-worker")
@@ -97,12 +99,6 @@ class CcdProcessor(Controller):
 
     def owns(self, detector: int) -> bool:
         return detector % self.config.pool_size == self.config.index
-
-    async def configure(self, override: str) -> dict[str, Any]:
-        self.config, applied = resolve_settings(
-            CcdProcessorSettings, self.settings, self.name, override
-        )
-        return {**applied, "version": self.version}
 
     async def end_start(self, configuration_override: str) -> None:
         await self._q(self.queue.reopen)  # SQLite keeps a failed connection broken
@@ -352,22 +348,29 @@ class CcdProcessor(Controller):
         except (RemoteError, InvalidInputError) as e:
             await self._finish(item, failure(type(e).__name__, str(e)))
             return
-        for stage, tai in result["stages"].items():
-            self._stage(item.visit, item.detector, stage, tai)
-        if not result["ok"]:
-            await self._finish(item, failure("bad_input", result["reason"], metrics=result))
+        try:
+            work = CcdWorkResult.parse(result)
+        except ContractError as e:
+            await self._finish(item, failure("bad_worker_result", str(e)))
             return
-        await self._finish(item, await self._associate(item, result))
+        for stage, tai in work.stages.items():
+            self._stage(item.visit, item.detector, stage, tai)
+        if not work.ok or work.ccd is None:
+            await self._finish(item, failure("bad_input", work.reason, metrics=result))
+            return
+        await self._finish(item, await self._associate(item, work.ccd, result))
 
-    async def _associate(self, item: WorkItem, result: dict[str, Any]) -> Outcome:
-        wire = dict(result["ccd"])
+    async def _associate(
+        self, item: WorkItem, ccd: dict[str, Any], result: dict[str, Any]
+    ) -> Outcome:
+        wire = dict(ccd)
         wire["stages"] = await self._stages_of(item.visit, item.detector)
         wire["attempt"] = item.attempts
         peer = self.peers(self.config.association)
         deadline = asyncio.get_running_loop().time() + self.config.association_wait
         while True:
             try:
-                reply = await peer.call("associate", wire)
+                reply = AssociateReply.parse(await peer.call("associate", wire))
                 break
             except InvalidInputError as e:
                 return failure("bad_input", f"association rejected the CCD: {e}", metrics=result)
@@ -379,9 +382,9 @@ class CcdProcessor(Controller):
                 await asyncio.sleep(self.config.retry_backoff)
             except DmcsError as e:
                 return failure(type(e).__name__, f"association failed: {e}", metrics=result)
-        for stage, tai in (reply.get("stages") or {}).items():
+        for stage, tai in reply.stages.items():
             self._stage(item.visit, item.detector, stage, tai)
-        return success(result, int(reply.get("nDiaSources", 0)), duplicate=not reply["stored"])
+        return success(result, reply.nDiaSources, duplicate=not reply.stored)
 
     async def _stages_of(self, visit: int, detector: int) -> dict[str, float]:
         """The CCD's stage times, those recorded before a restart of this processor included."""

@@ -21,6 +21,7 @@ from base.ccd_inputs import NightDirectoryRepository, ResolvedInputs, ResolvedRe
 from base.ccd_processing import CcdOutputs, CcdProcessing, Preloaded
 from base.prompt.requests import CcdResults
 from state.clock import tai_mjd, tai_now
+from state.contracts.data_plane import CcdVisit
 
 #: Preloaded (visit, detector) inputs kept at most (a few visits of one processor's CCDs).
 MAX_PRELOADED = 16
@@ -47,6 +48,7 @@ def _adapter(source: str | ResolvedInputs) -> CcdProcessing:
 
 def preload(source: str | ResolvedInputs, visit_info: dict[str, Any], detector: int) -> list[str]:
     """Read everything but the raw for (visit, detector); returns the preload's flags."""
+    CcdVisit.parse(visit_info)
     pre = _adapter(source).preload(visit_info, detector)
     _preloaded[(pre.visit, detector)] = pre
     while len(_preloaded) > MAX_PRELOADED:
@@ -57,9 +59,12 @@ def preload(source: str | ResolvedInputs, visit_info: dict[str, Any], detector: 
 def process(
     source: str | ResolvedInputs, visit_info: dict[str, Any], detector: int, raw_path: str
 ) -> dict[str, Any]:
-    """Process one raw; ``{"ok", "reason", "stages", "summary", "ccd"}`` (``ccd`` when ok)."""
+    """Process one raw; ``{"ok", "reason", "stages", "summary", "ccd"}`` (``ccd`` when ok),
+    a :class:`~state.contracts.data_plane.CcdWorkResult`; a visit that does not fit
+    :class:`~state.contracts.data_plane.CcdVisit` raises ContractError before any work."""
+    visit = CcdVisit.parse(visit_info)
     adapter = _adapter(source)
-    key = (int(visit_info["visit"]), detector)
+    key = (visit.visit, detector)
     pre = _preloaded.pop(key, None) or adapter.preload(visit_info, detector)
     out = adapter.process(raw_path, pre)
     stages = {"preloadReady": pre.preload_tai, **out.stages}
@@ -70,9 +75,8 @@ def process(
         visit=pre.visit,
         detector=detector,
         band=pre.band,
-        day_obs=int(visit_info["dayObs"]),
-        midpoint_mjd=float(visit_info["startMjd"])
-        + float(visit_info["exposureTime"]) / 2.0 / 86400.0,
+        day_obs=visit.dayObs,
+        midpoint_mjd=visit.startMjd + visit.exposureTime / 2.0 / 86400.0,
         footprint_ra=(),
         footprint_dec=(),
         sources={},

@@ -2,8 +2,10 @@
 
 A CCD's results travel as one plain dict (cheap to send through Ray): DIASource columns as
 numpy arrays keyed by Rubin's DiaSource names, cutout triples as FITS bytes, the CCD
-footprint, and the stage times so far. Validation here is what puts Association in FAULT on
-bad input instead of writing garbage to the APDB.
+footprint, and the stage times so far. Its types and bounds are
+:class:`state.contracts.data_plane.CcdResultsWire`; :meth:`CcdResults.validate` adds what
+relates the fields (the columns a DIASource needs, finite positions, unique ids). Validation
+here is what puts Association in FAULT on bad input instead of writing garbage to the APDB.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from algorithms.association import Columns
+from state.contracts.data_plane import CcdResultsWire
 from state.errors import InvalidInputError
 from state.events import PROMPT_STAGES
 
@@ -44,10 +47,9 @@ class CcdResults:
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> CcdResults:
-        try:
-            results = cls(**wire)
-        except TypeError as e:
-            raise InvalidInputError(f"malformed CCD results: {e}") from e
+        """The CCD results of a wire that fits :class:`CcdResultsWire` and :meth:`validate`."""
+        CcdResultsWire.parse(wire)
+        results = cls(**wire)
         results.validate()
         return results
 

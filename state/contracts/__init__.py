@@ -1,4 +1,5 @@
-"""Typed contracts: one pydantic model per event topic, telemetry topic and camera event.
+"""Typed contracts: one pydantic model per event topic, telemetry topic and camera event, and
+one per data-plane payload between components (:mod:`state.contracts.data_plane`).
 
 Input is checked once at the door (the gateway, and the client before it sends); components'
 own events are checked by ``Controller.publish``; a component refuses (and logs) a bus event

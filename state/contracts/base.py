@@ -24,10 +24,11 @@ class Contract(BaseModel):
         try:
             cls.model_validate(data)
         except ValidationError as e:
-            raise ContractError(f"{cls.topic or cls.__name__}: {_first(e)}") from e
+            raise ContractError(f"{cls.topic or cls.__name__}: {first_problem(e)}") from e
 
 
-def _first(error: ValidationError) -> str:
+def first_problem(error: ValidationError) -> str:
+    """The first problem pydantic found, where it is, and how many more there are."""
     problems = error.errors(include_url=False, include_input=False)
     first = problems[0]
     where = ".".join(str(p) for p in first["loc"]) or "payload"
