@@ -75,9 +75,9 @@ def batch_placement() -> dict[str, float]:
 
 
 @ray.remote(num_cpus=1, max_retries=0)
-def _process(night_dir: str, unit: CcdUnit, release: int, niceness: int) -> dict[str, Any]:
+def _process(unit: CcdUnit, release: int, niceness: int) -> dict[str, Any]:
     lower_priority(niceness)
-    return process_ccd(night_dir, unit, release)
+    return process_ccd(unit, release)
 
 
 class RayExecutor:
@@ -98,8 +98,8 @@ class RayExecutor:
         if role := batch_placement():
             self.options["resources"] = {**self.options.get("resources", {}), **role}
 
-    async def run(self, night_dir: str, unit: CcdUnit, release: int) -> dict[str, Any]:
-        ref = _process.options(**self.options).remote(night_dir, unit, release, self.niceness)
+    async def run(self, unit: CcdUnit, release: int) -> dict[str, Any]:
+        ref = _process.options(**self.options).remote(unit, release, self.niceness)
         try:
             return await ref
         except RayTaskError as e:

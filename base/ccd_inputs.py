@@ -4,17 +4,20 @@
 ``NightDirectoryRepository`` implements it on the layout ``dmcs simulate night --out DIR``
 writes (docs/simulation.md), with the night's truth as the reference catalogue;
 ``ResolvedRepository`` implements it on the paths of one CCD looked up beforehand (the
-CcdProcessor asks the registry, then hands the plain ``ResolvedInputs`` to its worker).
+CcdProcessor and the batch reprocessing ask the registry, then hand the plain
+``ResolvedInputs`` to their worker); it checks each file against the checksum the registry
+recorded, so a product that went missing or changed after registration is refused.
 The readers turn those files into the in-memory inputs of ``algorithms.pipeline.run_ccd``;
 they raise ``InvalidInputError`` on unreadable or inconsistent files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -103,26 +106,69 @@ class ResolvedInputs:
     calibs: CalibPaths = CalibPaths()
     template: Path | None = None
     refcat: Path | None = None
+    #: (path, sha256) the registry recorded for each product above (the raw aside).
+    checksums: tuple[tuple[str, str], ...] = ()
+
+
+#: Files whose checksum matched, by (path, size, mtime_ns): each is hashed once per process.
+_verified: dict[tuple[str, int, int], str] = {}
+_MAX_VERIFIED = 4096
+
+
+def verify_product(path: Path, checksum: str) -> None:
+    """Raise ``InvalidInputError`` unless ``path`` exists and its sha256 is ``checksum``."""
+    try:
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        if _verified.get(key) == checksum:
+            return
+        with path.open("rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as e:
+        raise InvalidInputError(f"registered product {path} cannot be read: {e}") from e
+    if digest != checksum:
+        raise InvalidInputError(
+            f"registered product {path} is corrupt: sha256 {digest[:12]}…, "
+            f"registered {checksum[:12]}…"
+        )
+    if len(_verified) >= _MAX_VERIFIED:
+        _verified.clear()
+    _verified[key] = checksum
 
 
 class ResolvedRepository:
-    """``CcdRepository`` over the ``ResolvedInputs`` of one CCD; other CCDs have nothing."""
+    """``CcdRepository`` over the ``ResolvedInputs`` of one CCD; other CCDs have nothing.
+
+    A product is checked against its registered checksum when asked for: a missing or
+    changed file raises ``InvalidInputError`` (the adapter turns it into the CCD's reason).
+    """
 
     def __init__(self, inputs: ResolvedInputs) -> None:
         self.inputs = inputs
+        self._checksums = dict(inputs.checksums)
+
+    def _checked(self, path: Path | None) -> Path | None:
+        if path is not None and (checksum := self._checksums.get(str(path))) is not None:
+            verify_product(path, checksum)
+        return path
 
     def get_raw(self, visit: int, detector: int) -> Path | None:
         i = self.inputs
         return i.raw if (visit, detector) == (i.visit, i.detector) else None
 
     def get_calibs(self, detector: int, band: str, time: float) -> CalibPaths:
-        return self.inputs.calibs if detector == self.inputs.detector else CalibPaths()
+        if detector != self.inputs.detector:
+            return CalibPaths()
+        calibs = self.inputs.calibs
+        for f in fields(calibs):
+            self._checked(getattr(calibs, f.name))
+        return calibs
 
     def get_template(self, field_id: int, band: str, detector: int) -> Path | None:
-        return self.inputs.template if detector == self.inputs.detector else None
+        return self._checked(self.inputs.template) if detector == self.inputs.detector else None
 
     def get_refcat(self) -> Path | None:
-        return self.inputs.refcat
+        return self._checked(self.inputs.refcat)
 
 
 def amp_geometry(a: Amplifier) -> AmpGeometry:

@@ -52,7 +52,10 @@ log = logging.getLogger(__name__)
 MILESTONES = {"isr": "isrDone", "subtraction": "differenceDone", "dia_measurement":
               "diaSourcesMeasured"}  # fmt: skip
 #: Flags that make a CCD's DIASources unfit for alerts even when the chain completed.
-BLOCKING_FLAGS = ("astrometry_failed", "too_few_reference_stars", "no_photometric_calibration")
+#: (Calibrations that exist but cannot be read or verified block too: ISR without them is
+#: not the product; a calibration that was never there is only flagged, ``missing_calib``.)
+BLOCKING_FLAGS = ("astrometry_failed", "too_few_reference_stars", "no_photometric_calibration",
+                  "calibs_unreadable")  # fmt: skip
 
 
 @dataclass
@@ -132,24 +135,24 @@ class CcdProcessing:
         except DmcsError as e:
             flags.append(f"calibs_unreadable:{e}")
         template = None
-        tpath = self.repository.get_template(field_id, band, detector)
-        if tpath is None:
-            flags.append("no_template")
-        else:
-            try:
+        try:
+            tpath = self.repository.get_template(field_id, band, detector)
+            if tpath is None:
+                flags.append("no_template")
+            else:
                 template = read_template(tpath)
-            except DmcsError as e:
-                flags.append(f"template_unreadable:{e}")
+        except DmcsError as e:
+            flags.append(f"template_unreadable:{e}")
         refcat = ReferenceCatalog(np.zeros(0), np.zeros(0), np.zeros(0))
-        rpath = self.repository.get_refcat()
-        if rpath is None:
-            flags.append("no_reference_catalog")
-        else:
-            cra, cdec, radius = _footprint(template, camera, ra, dec)
-            try:
+        try:
+            rpath = self.repository.get_refcat()
+            if rpath is None:
+                flags.append("no_reference_catalog")
+            else:
+                cra, cdec, radius = _footprint(template, camera, ra, dec)
                 refcat = read_reference_catalog(rpath, band, cra, cdec, radius, self.refcat_max_mag)
-            except DmcsError as e:
-                flags.append(f"reference_catalog_unreadable:{e}")
+        except DmcsError as e:
+            flags.append(f"reference_catalog_unreadable:{e}")
         if len(refcat.ra) < self.config.min_reference_stars:
             flags.append(f"too_few_reference_stars:{len(refcat.ra)}")
         return Preloaded(

@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from base.postgres import postgres_dsn
-from base.registry.products import register_night
-from base.registry.repository import Repository
 from commands.client import Client
-from commands.replay.night_system import night_system_config
+from commands.replay.night_system import night_system_config, register_products
 from commands.replay.runner import replay_night
 from commands.server import RunningSystem
 from config.system import SystemConfig, load_system_config
@@ -41,6 +39,7 @@ class ReplayLoad:
         self.batch_token = secrets.token_urlsafe(16)
         self.day_obs = self.source.visits[0].day_obs
         self._next = 0
+        self._config: SystemConfig | None = None
 
     @contextlib.contextmanager
     def system(self, name: str) -> Iterator[SystemConfig]:
@@ -51,21 +50,20 @@ class ReplayLoad:
             config = night_system_config(
                 load_system_config(name=name),
                 dsn=dsn,
-                night_dir=self.night,
                 processors=2,
                 data_dir=self.out / "data",
             )
             self.dsn = dsn
+            self._config = config
             yield config.model_copy(
                 update={"gateway": config.gateway.model_copy(update={"tokens_file": tokens})}
             )
 
     async def register(self) -> None:
-        repo = await Repository.connect(self.dsn)
-        try:
-            await register_night(repo, self.night)
-        finally:
-            await repo.close()
+        """The night's products, where the processors look them up (the registry)."""
+        if self._config is None:
+            raise RuntimeError("register() runs inside system()")
+        await register_products(self._config, self.night)
 
     async def run(self, running: RunningSystem, seconds: float) -> dict[str, Any]:
         """Replay the next visits (``seconds`` is ignored: they last as long as they last)."""

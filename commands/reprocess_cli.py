@@ -4,6 +4,10 @@ dmcs reprocess --night 20250505 --release dr1 --release-id 1 --night-dir NIGHT -
 dmcs reprocess --catch-up --night 20250505 --night-dir NIGHT --archive-dir ARCHIVE
 dmcs reprocess status [RELEASE]
 
+Raws, calibrations, templates and reference catalogues are read through the registry
+(``--registry-schema``); ``--night-dir`` registers a simulated night's products there first
+(idempotently), else they must already be registered (a replay or ``dmcs simulate register``).
+
 With ``--url`` (a running gateway) and a token of a batch identity, the run's progress and
 failures are also published as telemetry, which the operators' dashboard shows.
 """
@@ -101,7 +105,8 @@ def _fail(e: DmcsError) -> click.ClickException:
 @click.option(
     "--night-dir",
     type=click.Path(path_type=Path, file_okay=False, exists=True),
-    help="Calibrations, templates and reference catalogue (a simulated night).",
+    help="A simulated night whose calibrations, templates and reference catalogue are "
+    "registered first (default: they are already in the registry).",
 )
 @click.option("--release", help="Release name; outputs go to schema dr_<release>.")
 @click.option("--release-id", type=int, help="Release number 1..31 in every id it mints.")
@@ -139,8 +144,8 @@ def reprocess(ctx: click.Context, **opts: Any) -> None:
     from state.priority import lower_priority
 
     lower_priority(opts["niceness"])
-    if opts["night"] is None or opts["night_dir"] is None:
-        raise click.UsageError("give --night and --night-dir")
+    if opts["night"] is None:
+        raise click.UsageError("give --night")
     if opts["url"] is not None:
         from commands.reprocess_telemetry import http_base
 

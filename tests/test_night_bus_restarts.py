@@ -16,7 +16,7 @@ import ray
 
 from commands.client import Client
 from commands.night_driver import DriveProgress
-from commands.replay.night_system import PROCESSOR_CLASS, night_system_config
+from commands.replay.night_system import PROCESSOR_CLASS, night_system_config, register_products
 from commands.replay.runner import replay_night
 from config.system import load_system_config
 from state.states import State
@@ -48,12 +48,12 @@ async def test_bus_killed_at_every_visit_leaves_every_ccd_processed(
     config = night_system_config(
         load_system_config(),
         dsn=pg_dsn,
-        night_dir=mini_night,
         processors=2,
         processor_cpus=0,
         schema_prefix=PREFIX,
         staging=staging,
     )
+    await register_products(config, mini_night)
     specs = []
     for c in config.components:
         spec = c.model_dump(by_alias=True)

@@ -22,7 +22,7 @@ from astropy.io import fits
 from base.reliability import alert_threshold, alertable_sql, load_reliability_model
 from base.reports.truth import load_truth, match
 from commands.client import Client
-from commands.replay.night_system import night_system_config
+from commands.replay.night_system import night_system_config, register_products
 from commands.replay.runner import ReplayOutcome, replay_night
 from commands.replay.watch import NightWatcher
 from commands.server import RunningSystem
@@ -42,11 +42,11 @@ async def night_system(
     config = night_system_config(
         load_system_config(),
         dsn=dsn,
-        night_dir=night,
         processors=processors,
         processor_cpus=0,
         schema_prefix=prefix,
     )
+    await register_products(config, night)
     specs = [c.model_dump(by_alias=True) for c in config.components]
     return await system_factory(*specs)
 

@@ -18,6 +18,7 @@ import asyncpg
 from base.ccd_inputs import NightDirectoryRepository
 from base.prompt.ccd_processor import CcdProcessor
 from base.prompt_records import PromptRecords
+from base.registry.products import register_night
 from base.registry.records import DetectorRecord, ExposureRecord, RawRecord
 from base.registry.repository import Repository
 from base.reports.quality import data_quality_report
@@ -37,7 +38,6 @@ async def test_a_ccd_whose_ingest_event_was_lost_is_still_processed(
     events: list[Event] = []
     settings = {
         "dsn": pg_dsn,
-        "night_dir": str(mini_night),
         "registry_schema": schema,
         "records_schema": "pr_proc_reconcile",
         "reconcile_interval": 0.3,
@@ -49,6 +49,7 @@ async def test_a_ccd_whose_ingest_event_was_lost_is_still_processed(
     await processor.start()
     repo = await Repository.connect(pg_dsn, schema)
     try:
+        await register_night(repo, mini_night)
         await processor.do_start()
         await processor.do_enable()
         next_visit = {
@@ -158,7 +159,6 @@ async def test_a_ccd_without_its_header_is_flagged_not_silent(
     events: list[Event] = []
     settings = {
         "dsn": pg_dsn,
-        "night_dir": str(mini_night),
         "registry_schema": schema,
         "records_schema": records_schema,
     }
@@ -168,6 +168,7 @@ async def test_a_ccd_without_its_header_is_flagged_not_silent(
     await processor.start()
     repo = await Repository.connect(pg_dsn, schema)
     try:
+        await register_night(repo, mini_night)
         await processor.do_start()
         await processor.do_enable()
         for detector, merged in ((1, False), (3, True)):

@@ -22,6 +22,8 @@ import pytest
 from base.apdb.simulate import dia_objects_from_sources, dia_sources
 from base.prompt.alert_publisher import ARCHIVE_FAILED, AlertPublisher
 from base.prompt.ccd_processor import WORK_LIST_FAILED, CcdProcessor
+from base.registry.products import register_night
+from base.registry.repository import Repository
 from commands.client import Client
 from commands.server import RunningSystem
 from state.clock import tai_now
@@ -166,9 +168,13 @@ class TestCcdProcessor(StandardComponentTests):
 
     @pytest.fixture(scope="class")
     async def running(self, system_factory: Any, pg_dsn: str, mini_night: Any) -> RunningSystem:
+        repo = await Repository.connect(pg_dsn, "reg_proc_std")
+        try:
+            await register_night(repo, mini_night)
+        finally:
+            await repo.close()
         type(self).settings = {
             "dsn": pg_dsn,
-            "night_dir": str(mini_night),
             "registry_schema": "reg_proc_std",
             "records_schema": "prompt_proc_std",
         }

@@ -12,7 +12,7 @@ from base.isolated import IsolatedWorker, RemoteError, WorkerDiedError, WorkTime
 from base.prompt.requests import CcdResults
 from base.prompt.visit_tracker import VisitTracker
 from base.prompt.work_queue import WorkQueue
-from commands.replay.night_system import PROCESSOR_CLASS, night_system_config
+from commands.replay.night_system import PROCESSOR_CLASS, night_system_config, registry_schemas
 from config.system import load_system_config
 from state.errors import ConfigurationError, InvalidInputError
 
@@ -114,16 +114,16 @@ def test_visit_tracker_reports_once_when_every_ccd_ended() -> None:
     assert t.published(5, 2, 4, 31.0) is None, "reported once"
 
 
-def test_night_system_config_builds_the_pool(tmp_path: Path) -> None:
+def test_night_system_config_builds_the_pool() -> None:
     base = load_system_config()
-    config = night_system_config(base, dsn="postgresql://x", night_dir=tmp_path, processors=3)
+    config = night_system_config(base, dsn="postgresql://x", processors=3)
     pool = [c for c in config.components if c.cls == PROCESSOR_CLASS]
     assert [c.name for c in pool] == ["CcdProcessor0", "CcdProcessor1", "CcdProcessor2"]
     assert [c.settings["index"] for c in pool] == [0, 1, 2]
     assert all(c.settings["pool_size"] == 3 and c.settings["dsn"] for c in pool)
-    assert all(c.settings["night_dir"] == str(tmp_path.resolve()) for c in pool)
-    registry = night_system_config(base, dsn="postgresql://x", night_dir=None, processors=2)
-    dirs = [c.settings["night_dir"] for c in registry.components if c.cls == PROCESSOR_CLASS]
-    assert dirs == ["", ""], "no night directory: the processors read through the registry"
+    assert all("night_dir" not in c.settings for c in pool), "inputs come from the registry"
+    assert registry_schemas(config) == ["registry"]
+    renamed = night_system_config(base, dsn="postgresql://x", processors=2, schema_prefix="n1_")
+    assert registry_schemas(renamed) == ["n1_registry"]
     with pytest.raises(ConfigurationError, match="at least one"):
-        night_system_config(base, dsn="x", night_dir=tmp_path, processors=0)
+        night_system_config(base, dsn="x", processors=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import asyncpg
@@ -67,7 +68,7 @@ async def test_migration_2_upgrades_a_version_1_schema(pg_dsn: str, night: Path)
         assert await _versions(pg_dsn, "reg_upgrade") == [1, 2]
         assert (await repo.counts())["detectors"] == 1, "version 1 rows survive the upgrade"
         assert await register_night(repo, night) == {
-            "detectors": 3, "calibrations": 4 * 5, "templates": 12, "refcats": 1,
+            "detectors": 3, "calibrations": 4 * 5, "templates": 12, "refcats": 1, "replaced": 0,
         }  # fmt: skip
         assert await repo.get_refcat("mini") is not None
     finally:
@@ -99,9 +100,11 @@ async def test_night_products_registered_once_and_found(pg_dsn: str, night: Path
     repo = await Repository.connect(pg_dsn, "reg_products")
     try:
         added = await register_night(repo, night)
-        assert added == {"detectors": 4, "calibrations": 4 * 5, "templates": 12, "refcats": 1}
+        assert added == {
+            "detectors": 4, "calibrations": 4 * 5, "templates": 12, "refcats": 1, "replaced": 0,
+        }  # fmt: skip
         assert await register_night(repo, night) == {
-            "detectors": 0, "calibrations": 0, "templates": 0, "refcats": 0,
+            "detectors": 0, "calibrations": 0, "templates": 0, "refcats": 0, "replaced": 0,
         }  # fmt: skip
         refcat = await repo.get_refcat("mini")
         assert refcat is not None and refcat.name == "truth"
@@ -131,6 +134,30 @@ async def test_night_products_registered_once_and_found(pg_dsn: str, night: Path
         assert await repo.get_raw(1, 0) is None
         assert (await repo.counts())["templates"] == 12
         assert (await repo.counts())["refcats"] == 1
+    finally:
+        await repo.close()
+
+
+async def test_a_night_moved_elsewhere_is_re_pointed_not_duplicated(
+    pg_dsn: str, night: Path, tmp_path: Path
+) -> None:
+    moved = tmp_path / "moved"
+    shutil.copytree(night, moved, ignore=shutil.ignore_patterns("raws"))
+    repo = await Repository.connect(pg_dsn, "reg_moved")
+    try:
+        await register_night(repo, night)
+        before = await repo.counts()
+        again = await register_night(repo, moved)
+        assert again == {
+            "detectors": 0, "calibrations": 0, "templates": 0, "refcats": 0,
+            "replaced": 4 * 5 + 12 + 1,
+        }  # fmt: skip
+        assert await repo.counts() == before
+        assert (await register_night(repo, moved))["replaced"] == 0
+        refcat = await repo.get_refcat("mini")
+        assert refcat is not None and refcat.path == str((moved / "truth.sqlite").resolve())
+        (template,) = await repo.get_template("r", field_id=1, detector=2)
+        assert template.path.startswith(str(moved.resolve()))
     finally:
         await repo.close()
 

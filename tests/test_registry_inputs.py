@@ -1,5 +1,7 @@
-"""CCD inputs read through the registry: resolution, the resolved repository, and a night
-processed end to end by CcdProcessors that have no night directory.
+"""CCD inputs read through the registry: resolution, the resolved repository and its checks
+of each product against its registered checksum, and a night processed end to end by
+CcdProcessors that read every input through the registry (products registered at a copy of
+the night, some of them missing or unregistered).
 
 Real PostgreSQL (``pg_dsn``), real Ray and gateway for the night; the simulated ``mini`` night
 is the shared ``mini_night`` fixture.
@@ -8,7 +10,8 @@ is the shared ``mini_night`` fixture.
 from __future__ import annotations
 
 import dataclasses
-import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +32,14 @@ from base.prompt.registry_inputs import resolve_inputs
 from base.registry.products import register_night
 from base.registry.repository import Repository
 from commands.client import Client
-from commands.replay.night_system import PROCESSOR_CLASS, night_system_config
+from commands.replay.night_system import (
+    PROCESSOR_CLASS,
+    night_system_config,
+    register_products,
+)
 from commands.replay.runner import replay_night
 from config.system import load_system_config
+from state.durable import sha256_hex
 from state.errors import InvalidInputError
 from state.states import State
 from summit.schedule import Visit, read_schedule
@@ -154,42 +162,61 @@ async def test_missing_registry_inputs_are_flagged_not_raised(
     assert other.get_raw(v.visit_id, 2) is None and other.get_calibs(2, "r", 0.0) == CalibPaths()
 
 
-def test_night_directory_adapters_are_bounded(tmp_path: Path) -> None:
-    dirs = []
-    for i in range(ccd_work.MAX_ADAPTERS + 2):
-        d = tmp_path / f"n{i}"
-        d.mkdir()
-        (d / "manifest.json").write_text(json.dumps({"camera": "mini"}))
-        dirs.append(str(d))
-    for d in dirs:
-        ccd_work._adapter(d)
-    assert list(ccd_work._adapters)[-ccd_work.MAX_ADAPTERS :] == dirs[-ccd_work.MAX_ADAPTERS :]
-    assert len(ccd_work._adapters) <= ccd_work.MAX_ADAPTERS
+def test_the_worker_takes_registry_inputs_only(mini_night: Path) -> None:
+    with pytest.raises(InvalidInputError, match="looked up in the registry"):
+        ccd_work._adapter(str(mini_night))  # type: ignore[arg-type]
     inputs = ResolvedInputs(1, 2)
     assert ccd_work._adapter(inputs) is not ccd_work._adapter(inputs), "not cached"
-    assert len(ccd_work._adapters) <= ccd_work.MAX_ADAPTERS
 
 
-async def test_processors_without_night_dir_process_a_night(
+def test_products_are_checked_against_their_registered_checksum(tmp_path: Path) -> None:
+    bias = tmp_path / "bias.fits"
+    bias.write_bytes(b"a" * 4096)
+    inputs = ResolvedInputs(
+        1, 2, calibs=CalibPaths(bias=bias), checksums=((str(bias), sha256_hex(bias.read_bytes())),)
+    )
+    repo = ResolvedRepository(inputs)
+    assert repo.get_calibs(2, "r", 0.0).bias == bias
+    assert repo.get_calibs(2, "r", 0.0).bias == bias, "verified once, then remembered"
+    bias.write_bytes(b"b" * 4096)
+    st = bias.stat()
+    os.utime(bias, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    with pytest.raises(InvalidInputError, match=r"bias\.fits is corrupt"):
+        repo.get_calibs(2, "r", 0.0)
+    bias.unlink()
+    with pytest.raises(InvalidInputError, match=r"bias\.fits cannot be read"):
+        repo.get_calibs(2, "r", 0.0)
+    assert repo.get_calibs(1, "r", 0.0) == CalibPaths(), "another detector's: nothing to check"
+    unchecked = ResolvedRepository(ResolvedInputs(1, 2, template=tmp_path / "t.fits"))
+    assert unchecked.get_template(0, "r", 2) == tmp_path / "t.fits", "no checksum, no check"
+
+
+async def test_processors_read_a_night_through_the_registry(
     system_factory: Any, pg_dsn: str, mini_night: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
+    """The products are registered at a copy of the night: detector 3's templates are then
+    deleted from the copy (still in the night directory), detector 1's from the registry."""
     prefix = "reginp_e2e_"
-    repo = await Repository.connect(pg_dsn, f"{prefix}registry")
-    try:
-        added = await register_night(repo, mini_night)
-    finally:
-        await repo.close()
-    assert added["refcats"] == 1 and added["templates"] > 0
+    copy = tmp_path_factory.mktemp("reginp_products") / "night"
+    shutil.copytree(mini_night, copy, ignore=shutil.ignore_patterns("raws"))
     config = night_system_config(
-        load_system_config(),
-        dsn=pg_dsn,
-        night_dir=None,
-        processors=2,
-        processor_cpus=0,
-        schema_prefix=prefix,
+        load_system_config(), dsn=pg_dsn, processors=2, processor_cpus=0, schema_prefix=prefix
     )
     pool = [c for c in config.components if c.cls == PROCESSOR_CLASS]
-    assert pool and all(c.settings["night_dir"] == "" for c in pool)
+    assert pool and all("night_dir" not in c.settings for c in pool)
+    added = await register_products(config, copy)
+    assert added["refcats"] == 1 and added["templates"] > 0
+    assert (await register_products(config, copy))["templates"] == 0, "registered once"
+    gone = sorted(copy.glob("templates/*/*/det003.fits"))
+    assert gone
+    for path in gone:
+        path.unlink()
+        assert (mini_night / path.relative_to(copy)).is_file()
+    conn = await asyncpg.connect(pg_dsn, server_settings={"search_path": f"{prefix}registry"})
+    try:
+        await conn.execute("DELETE FROM templates WHERE detector = 1")
+    finally:
+        await conn.close()
     running = await system_factory(*(c.model_dump(by_alias=True) for c in config.components))
     staging = tmp_path_factory.mktemp("reginp_staging")
     async with Client(running.ws_url, token=TOKENS["ocs"]) as client:
@@ -197,7 +224,25 @@ async def test_processors_without_night_dir_process_a_night(
         await client.set_system_state(State.STANDBY)
     p = outcome.progress
     assert outcome.complete, p
-    assert p.finished == p.expected and p.processed == p.expected, p.failed
-    assert not p.failed and p.alerts > 0
+    assert p.finished == p.expected and {d for _, d in p.failed} == {1, 3}, p.failed
+    assert p.processed == {c for c in p.expected if c[1] in (0, 2)} and p.alerts > 0
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        rows = await conn.fetch(
+            f'SELECT visit, detector, status, reason FROM "{prefix}prompt".ccd_outcome'
+            " WHERE detector IN (1, 3) AND visit = ANY($1::bigint[])",
+            outcome.visits,
+        )
+    finally:
+        await conn.close()
+    reasons = {r["detector"]: set() for r in rows}
+    for r in rows:
+        assert r["status"] == "failed", dict(r)
+        reasons[r["detector"]].add(r["reason"])
+    assert len(rows) == len(p.failed)
+    assert all("no_template" in r for r in reasons[1]), reasons
+    assert all(
+        "template_unreadable" in r and "det003.fits cannot be read" in r for r in reasons[3]
+    ), reasons
     found = await counts(pg_dsn, prefix, outcome.visits)
     assert found["alertableDiaSources"] == found["alerts"] == p.alerts

@@ -127,6 +127,7 @@ def test_two_replays_in_a_row_both_complete_with_equal_counts(tmp_path: Path) ->
     rc1, output1, first = _run(out, tag)
     assert rc1 == 0, output1[-3000:]
     assert first["complete"] and first["mode"] == "new"
+    assert "the processors read them through the registry" in output1
     _assert_no_orphans(tag, out / "pg")
 
     rc2, output2, second = _run(out, tag)

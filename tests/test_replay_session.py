@@ -118,7 +118,7 @@ async def test_a_clean_replay_on_a_given_database_drops_only_its_schemas(pg_dsn:
     from config.system import load_system_config
 
     config = night_system_config(
-        load_system_config(None), dsn=pg_dsn, night_dir=None, processors=2, schema_prefix="drop_"
+        load_system_config(None), dsn=pg_dsn, processors=2, schema_prefix="drop_"
     )
     names = database_schemas(config)
     assert names == {"drop_registry", "drop_apdb", "drop_alerts", "drop_prompt"}

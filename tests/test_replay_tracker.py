@@ -92,7 +92,7 @@ async def test_the_record_is_read_from_the_stores_the_components_write(pg_dsn: s
     from config.system import load_system_config
 
     config = night_system_config(
-        load_system_config(None), dsn=pg_dsn, night_dir=None, processors=1, schema_prefix="rec_"
+        load_system_config(None), dsn=pg_dsn, processors=1, schema_prefix="rec_"
     )
     pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2)
     try:

@@ -17,6 +17,7 @@ import pytest
 from base.apdb.ids import IdPacker
 from base.prompt import ccd_work
 from base.registry import Repository
+from base.registry.products import register_night
 from base.reprocess.executor import InlineExecutor
 from base.reprocess.ledger import Ledger
 from base.reprocess.observer import RunObserver
@@ -111,7 +112,7 @@ async def test_ray_reprocess_gives_the_prompt_code_diasources(
     units = await ccd_units(repo, DAY_OBS)
     await repo.close()
     for unit in units:
-        prompt = ccd_work.process(str(night), unit.visit_info, unit.detector, unit.raw_path)
+        prompt = ccd_work.process(unit.inputs, unit.visit_info, unit.detector, unit.raw_path)
         assert prompt["ok"], prompt["reason"]
         src = prompt["ccd"]["sources"]
         mine = sorted(
@@ -201,6 +202,7 @@ async def test_catch_up_fills_the_gaps_of_injected_prompt_failures(
     from base.reprocess.plan import AssociationParams
 
     repo = await Repository.connect(pg_dsn, REGISTRY)
+    await register_night(repo, night)
     units = await ccd_units(repo, DAY_OBS)
     await repo.close()
     lost = {units[3].key: "abandoned", units[6].key: "failed"}
@@ -225,7 +227,7 @@ async def test_catch_up_fills_the_gaps_of_injected_prompt_failures(
                 )
             )
         for unit in units:  # prompt processing of the night, with two CCDs lost
-            out = ccd_work.process(str(night), unit.visit_info, unit.detector, unit.raw_path)
+            out = ccd_work.process(unit.inputs, unit.visit_info, unit.detector, unit.raw_path)
             expected += len(out["ccd"]["sources"]["ra"])
             if unit.key in lost:
                 outcome = CcdOutcome(

@@ -5,9 +5,9 @@ a child process (:mod:`base.isolated`) so that a hung CCD is abandoned by killin
 listed durably (:mod:`base.prompt.work_queue`) before it is acknowledged, so an actor killed
 mid-CCD finds it again when it is enabled after its restart.
 
-Inputs come from the simulated night directory ``night_dir`` when it is set, else from the
-registry: calibrations, template and reference catalogue are looked up for each CCD
-(:mod:`base.prompt.registry_inputs`) and handed to the child as plain paths.
+Inputs come from the registry: calibrations, template and reference catalogue are looked up
+for each CCD (:mod:`base.prompt.registry_inputs`) and handed to the child as plain paths
+with their registered checksums, which the child verifies as it reads them.
 
 Failure policy (Rubin's, DMTN-260): a CCD is retried only before its APDB write. A worker
 that dies is retried up to ``max_attempts``; an association peer that is not ready is waited
@@ -400,10 +400,8 @@ class CcdProcessor(Controller):
 
     async def _inputs(
         self, info: dict[str, Any], detector: int, raw: str | None = None
-    ) -> str | ResolvedInputs:
-        """The worker's input source: the night directory, or paths found in the registry."""
-        if self.config.night_dir:
-            return self.config.night_dir
+    ) -> ResolvedInputs:
+        """The worker's inputs: the paths (and checksums) the registry holds for the CCD."""
         if self._repository is None:
             raise NotReadyError(f"{self.name} has no registry connection")
         return await resolve_inputs(self._repository, info, detector, raw=raw)

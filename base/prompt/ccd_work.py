@@ -1,52 +1,42 @@
 """The CCD processor's CPU work, run inside its child process (:mod:`base.isolated`).
 
 The child keeps the preloaded inputs of the visits announced by ``nextVisit`` in this
-module's memory, so ``process`` finds them when the raw arrives. ``source`` is a simulated
-night directory (its adapter is kept, a few at most) or the ``ResolvedInputs`` the processor
-looked up in the registry for this one CCD (a fresh adapter each call: it costs nothing).
+module's memory, so ``process`` finds them when the raw arrives. ``source`` is the
+``ResolvedInputs`` the processor (or a batch reprocessing) looked up in the registry for this
+one CCD (a fresh adapter each call: it costs nothing).
 Results go back as plain dicts and numpy arrays (pickled through the pipe).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from algorithms.wcs import TanSipWcs
 from base.apdb.ids import IdPacker
-from base.ccd_inputs import NightDirectoryRepository, ResolvedInputs, ResolvedRepository
+from base.ccd_inputs import ResolvedInputs, ResolvedRepository
 from base.ccd_processing import CcdOutputs, CcdProcessing, Preloaded
 from base.prompt.requests import CcdResults
 from state.clock import tai_mjd, tai_now
 from state.contracts.data_plane import CcdVisit
+from state.errors import InvalidInputError
 
 #: Preloaded (visit, detector) inputs kept at most (a few visits of one processor's CCDs).
 MAX_PRELOADED = 16
 
-#: Night-directory adapters kept at most.
-MAX_ADAPTERS = 4
-
-_adapters: OrderedDict[str, CcdProcessing] = OrderedDict()
 _preloaded: OrderedDict[tuple[int, int], Preloaded] = OrderedDict()
 _ids = IdPacker(release=0)
 
 
-def _adapter(source: str | ResolvedInputs) -> CcdProcessing:
-    if isinstance(source, ResolvedInputs):
-        return CcdProcessing(ResolvedRepository(source))
-    adapter = _adapters.get(source)
-    if adapter is None:
-        adapter = _adapters[source] = CcdProcessing(NightDirectoryRepository(Path(source)))
-        while len(_adapters) > MAX_ADAPTERS:
-            _adapters.popitem(last=False)
-    _adapters.move_to_end(source)
-    return adapter
+def _adapter(source: ResolvedInputs) -> CcdProcessing:
+    if not isinstance(source, ResolvedInputs):
+        raise InvalidInputError(f"CCD inputs must be looked up in the registry, not {source!r}")
+    return CcdProcessing(ResolvedRepository(source))
 
 
-def preload(source: str | ResolvedInputs, visit_info: dict[str, Any], detector: int) -> list[str]:
+def preload(source: ResolvedInputs, visit_info: dict[str, Any], detector: int) -> list[str]:
     """Read everything but the raw for (visit, detector); returns the preload's flags."""
     CcdVisit.parse(visit_info)
     pre = _adapter(source).preload(visit_info, detector)
@@ -57,7 +47,7 @@ def preload(source: str | ResolvedInputs, visit_info: dict[str, Any], detector: 
 
 
 def process(
-    source: str | ResolvedInputs, visit_info: dict[str, Any], detector: int, raw_path: str
+    source: ResolvedInputs, visit_info: dict[str, Any], detector: int, raw_path: str
 ) -> dict[str, Any]:
     """Process one raw; ``{"ok", "reason", "stages", "summary", "ccd"}`` (``ccd`` when ok),
     a :class:`~state.contracts.data_plane.CcdWorkResult`; a visit that does not fit

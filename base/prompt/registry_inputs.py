@@ -1,8 +1,9 @@
 """Look up the inputs of one CCD in the registry, for a processor without a night directory.
 
 The answer is plain data (:class:`base.ccd_inputs.ResolvedInputs`) that pickles to the
-processor's worker process. An input the registry lacks is left None, exactly as a file
-missing from a night directory: the adapter flags it, nothing here raises for it.
+processor's worker process (or a batch worker), with the checksum the registry recorded for
+each product, which the worker verifies when it reads it. An input the registry lacks is
+left None: the adapter flags it, nothing here raises for it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ async def resolve_inputs(
         band, field_id=field_id, ra=ra, dec=dec, detector=detector, camera=camera
     )
     refcat = await repo.get_refcat(camera)
+    products = [calibs[k] for k in _CALIB_FIELDS if k in calibs]
+    products += templates[:1] + ([] if refcat is None else [refcat])
     return ResolvedInputs(
         visit=visit,
         detector=detector,
@@ -52,4 +55,5 @@ async def resolve_inputs(
         ),
         template=Path(templates[0].path) if templates else None,
         refcat=None if refcat is None else Path(refcat.path),
+        checksums=tuple((p.path, p.checksum) for p in products),
     )

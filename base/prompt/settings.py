@@ -15,9 +15,6 @@ class CcdProcessorSettings(_Settings):
     #: This processor serves the detectors with ``detector % pool_size == index``.
     index: int = Field(default=0, ge=0)
     pool_size: int = Field(default=1, ge=1)
-    #: The simulated night directory holding calibrations, templates and the reference truth;
-    #: empty: they are looked up in the registry (``registry_schema``).
-    night_dir: str = ""
     #: Seconds one CCD may take before it is abandoned (its worker process killed).
     ccd_timeout: float = Field(default=120.0, gt=0)
     #: Attempts per CCD before its APDB write (Rubin: no retry after it).
@@ -30,6 +27,7 @@ class CcdProcessorSettings(_Settings):
     #: arrived (events notify; the registry is the record).
     reconcile_interval: float = Field(default=10.0, gt=0)
     association: str = "Association"
+    #: Where raws, calibrations, templates and the reference catalogue are looked up.
     registry_schema: str = "registry"
     records_schema: str = "prompt"
 

@@ -5,7 +5,9 @@ Layout (docs/simulation.md): ``manifest.json`` names the camera; ``calibs/det<NN
 ``templates/<band>/field<NNNN>/det<NNN>.fits``; the field centres come from the OpSim
 ``schedule.sqlite`` (``target = 'field<NNNN>'``, ``fieldRA``, ``fieldDec``); the night's
 ``truth.sqlite`` is the camera's reference catalogue (named ``truth``). Calibrations of the
-simulation are valid for all time. Registering twice adds nothing.
+simulation are valid for all time. Registering twice adds nothing; a product registered
+before with another path or checksum (the night re-simulated or moved) is re-pointed at the
+file now there, and counted as ``replaced``.
 """
 
 from __future__ import annotations
@@ -68,14 +70,21 @@ def _field_centres(schedule: Path) -> dict[int, tuple[float, float]]:
 
 
 async def register_night(repo: Repository, directory: Path) -> dict[str, int]:
-    """Register detectors, calibrations, templates and the refcat of a night; rows added."""
+    """Register detectors, calibrations, templates and the refcat of a night; rows added, and
+    products ``replaced``."""
     manifest_path = directory / "manifest.json"
     try:
         manifest = json.loads(manifest_path.read_text())
         camera = load_camera(str(manifest["camera"]))
     except (OSError, ValueError, KeyError) as e:
         raise InvalidInputError(f"{manifest_path} is not a simulated-night manifest: {e}") from e
-    added = {"detectors": 0, "calibrations": 0, "templates": 0, "refcats": 0}
+    added = {"detectors": 0, "calibrations": 0, "templates": 0, "refcats": 0, "replaced": 0}
+
+    async def put(table: str, product: CalibRecord | TemplateRecord | RefcatRecord) -> None:
+        how = await repo.put_product(product)
+        if how != "same":
+            added[table if how == "added" else "replaced"] += 1
+
     for det in camera.detectors:
         record = DetectorRecord(camera.name, det.id, det.name, det.vendor, det.nx, det.ny)
         added["detectors"] += await repo.register_detector(record)
@@ -99,7 +108,7 @@ async def register_night(repo: Repository, directory: Path) -> dict[str, int]:
             nx=nx,
             ny=ny,
         )
-        added["calibrations"] += await repo.register_calib(calib)
+        await put("calibrations", calib)
     centres = _field_centres(directory / "schedule.sqlite")
     for path in sorted((directory / "templates").glob("*/field*/det*.fits")):
         field = int(path.parent.name.removeprefix("field"))
@@ -122,11 +131,11 @@ async def register_night(repo: Repository, directory: Path) -> dict[str, int]:
             nx=nx,
             ny=ny,
         )
-        added["templates"] += await repo.register_template(template)
+        await put("templates", template)
     truth = directory / "truth.sqlite"
     if truth.is_file():
         checksum, size, _, _ = await asyncio.to_thread(_file_facts, truth)
         n_objects = await asyncio.to_thread(_refcat_objects, truth)
         refcat = RefcatRecord(camera.name, "truth", str(truth.resolve()), checksum, size, n_objects)
-        added["refcats"] += await repo.register_refcat(refcat)
+        await put("refcats", refcat)
     return added

@@ -103,6 +103,28 @@ class Repository:
         """Register a reference catalogue; the first one of a (camera, name) stays."""
         return await self._insert("refcats", refcat)
 
+    async def put_product(self, product: CalibRecord | TemplateRecord | RefcatRecord) -> str:
+        """Register a calibration, template or refcat, or point its record at ``product``'s
+        file: ``"added"``, ``"replaced"`` (the key held another path or checksum) or
+        ``"same"``. A re-registration of what is there changes nothing."""
+        table, key = _PRODUCT_KEYS[type(product)]
+        values = asdict(product)
+        cols = list(values)
+        marks = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
+        changed = [c for c in cols if c not in key]
+        sql = (
+            f"INSERT INTO {table} AS t ({', '.join(cols)}) VALUES ({marks})"
+            f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET "
+            + ", ".join(f"{c} = EXCLUDED.{c}" for c in changed)
+            + " WHERE (t.path, t.checksum) IS DISTINCT FROM (EXCLUDED.path, EXCLUDED.checksum)"
+            " RETURNING (xmax = 0) AS inserted"
+        )
+        with _database(f"registering into {table}"):
+            row = await self._pool.fetchrow(sql, *values.values())
+        if row is None:
+            return "same"
+        return "added" if row["inserted"] else "replaced"
+
     async def _insert(self, table: str, record: object) -> bool:
         async with _database(f"registering into {table}"):
             status = await self._pool.execute(*_split(_insert_sql(table, record)))
@@ -250,6 +272,14 @@ class Repository:
             async with _database(f"counting {table}"):
                 out[table] = int(await self._pool.fetchval(f"SELECT COUNT(*) FROM {table}"))
         return out
+
+
+#: Table and natural key of each product record (``put_product``).
+_PRODUCT_KEYS: dict[type, tuple[str, tuple[str, ...]]] = {
+    CalibRecord: ("calibrations", ("camera", "detector", "calib_type", "band", "valid_start")),
+    TemplateRecord: ("templates", ("camera", "field_id", "band", "detector")),
+    RefcatRecord: ("refcats", ("camera", "name")),
+}
 
 
 def _split(sql_args: tuple[str, list[Any]]) -> tuple[Any, ...]:

@@ -27,14 +27,13 @@ from base.apdb import Apdb
 from base.prompt.association_step import AlertSet, alert_set
 from base.prompt.requests import CcdResults
 from base.prompt_records import CcdOutcome, PromptRecords
-from base.registry.repository import Repository
 from base.reliability import alert_threshold, load_reliability_model
 from base.reprocess.associate import Associated, associate_ccd
 from base.reprocess.executor import Executor
 from base.reprocess.ledger import Ledger
 from base.reprocess.observer import RunObserver
-from base.reprocess.plan import AssociationParams, ccd_units, config_hash
-from base.reprocess.runner import give_up, run_locked, run_units
+from base.reprocess.plan import AssociationParams, config_hash, inputs_digest
+from base.reprocess.runner import give_up, registered_units, run_locked, run_units
 from base.reprocess.work import CcdUnit, columns_checksum
 from state.clock import tai_now
 from state.errors import DmcsError
@@ -47,9 +46,10 @@ MISSED = ("failed", "abandoned")
 @dataclass(frozen=True)
 class CatchUpConfig:
     dsn: str
-    night_dir: Path
     day_obs: int
     archive_dir: Path
+    #: A simulated night whose products are registered first (None: they already are).
+    night_dir: Path | None = None
     registry_schema: str = "registry"
     apdb_schema: str = "apdb"
     records_schema: str = "prompt"
@@ -101,17 +101,14 @@ async def _catch_up(
     night = await records.fetch_night(config.day_obs)
     missed = {(o.visit, o.detector): o for o in night.outcomes if o.status in MISSED}
     summary.missed = len(missed)
-    repo = await Repository.connect(config.dsn, config.registry_schema)
-    try:
-        units = [
-            u for u in await ccd_units(repo, config.day_obs) if (u.visit, u.detector) in missed
-        ]
-    finally:
-        await repo.close()
+    every = await registered_units(
+        config.dsn, config.registry_schema, config.night_dir, config.day_obs, None
+    )
+    units = [u for u in every if (u.visit, u.detector) in missed]
     for key in sorted(set(missed) - {(u.visit, u.detector) for u in units}):
         summary.failed[f"ccd:{key[0]}/{key[1]}"] = "no raw in the registry"
         observer.failure(f"ccd:{key[0]}/{key[1]}", "no raw in the registry", 0, True)
-    chash = config_hash(0, config.association, {"mode": "catch-up"})
+    chash = config_hash(0, config.association, {"mode": "catch-up", "inputs": inputs_digest(units)})
     await ledger.begin_release(
         config.name, 0, config.apdb_schema, chash, {"dayObs": config.day_obs}
     )
@@ -125,7 +122,6 @@ async def _catch_up(
     failed = await run_units(
         pending,
         executor,
-        str(config.night_dir),
         0,
         config.max_attempts,
         ledger,

@@ -17,7 +17,7 @@ class Executor(Protocol):
     #: How many CCDs it runs at once.
     workers: int
 
-    async def run(self, night_dir: str, unit: CcdUnit, release: int) -> dict[str, Any]: ...
+    async def run(self, unit: CcdUnit, release: int) -> dict[str, Any]: ...
 
     async def close(self) -> None: ...
 
@@ -28,8 +28,8 @@ class InlineExecutor:
     def __init__(self, workers: int = 1) -> None:
         self.workers = workers
 
-    async def run(self, night_dir: str, unit: CcdUnit, release: int) -> dict[str, Any]:
-        return await asyncio.to_thread(process_ccd, night_dir, unit, release)
+    async def run(self, unit: CcdUnit, release: int) -> dict[str, Any]:
+        return await asyncio.to_thread(process_ccd, unit, release)
 
     async def close(self) -> None:
         return None

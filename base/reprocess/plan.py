@@ -13,6 +13,7 @@ from astropy_healpix import HEALPix
 
 from algorithms.pipeline import PipelineConfig
 from base.apdb.spatial import Region
+from base.prompt.registry_inputs import resolve_inputs
 from base.registry.repository import Repository
 from base.reprocess.work import CcdUnit
 from state.errors import InvalidInputError
@@ -32,7 +33,8 @@ class AssociationParams:
 
 
 async def ccd_units(repo: Repository, first: int, last: int | None = None) -> list[CcdUnit]:
-    """Every registered raw of the nights ``first..last`` (dayObs), in time order."""
+    """Every registered raw of the nights ``first..last`` (dayObs), in time order, with the
+    inputs the registry holds for it (what it lacks is left None, and fails the CCD)."""
     last = first if last is None else last
     if last < first:
         raise InvalidInputError(f"night range {first}..{last} is empty")
@@ -64,8 +66,16 @@ async def ccd_units(repo: Repository, first: int, last: int | None = None) -> li
                 }
         info = exposures[raw.visit]
         if info is not None:
-            units.append(CcdUnit(raw.visit, raw.detector, raw.path, dict(info)))
+            inputs = await resolve_inputs(repo, info, raw.detector, raw=raw.path)
+            units.append(CcdUnit(raw.visit, raw.detector, raw.path, dict(info), inputs))
     return sorted(units, key=lambda c: (c.mjd, c.visit, c.detector))
+
+
+def inputs_digest(units: Iterable[CcdUnit]) -> str:
+    """What the units read, by content: the registered checksum of every product of each
+    (a product re-pointed at an identical file changes nothing; a changed one changes it)."""
+    doc = {u.key: sorted(c for _, c in u.inputs.checksums) for u in units}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
 def region_of(footprint_ra: Iterable[float], footprint_dec: Iterable[float]) -> int:

@@ -1,5 +1,10 @@
 """A data-release reprocessing: CCDs in parallel, then association per sky region in time order.
 
+Raws, calibrations, templates and the reference catalogue all come from the registry
+(``night_dir``, when given, is first registered there: ``base.registry.products``), so a
+product re-registered elsewhere is the one read, and one the registry lacks, or whose file
+is missing or changed, fails its CCDs with that reason.
+
 Phase 1 runs every CCD unit not yet done (ledger) through the executor, ``workers`` at a
 time, and keeps its results in the release schema (``staging``). Phase 2 groups the CCDs
 by HEALPix tile (``plan.region_of``) and, region after region in tile order, associates
@@ -26,6 +31,7 @@ import asyncpg
 from base.apdb import Apdb
 from base.apdb.schema import q
 from base.db import connect_pool, mapped_errors
+from base.registry.products import register_night
 from base.registry.repository import Repository
 from base.reliability import alert_threshold, load_reliability_model
 from base.reprocess.associate import associate_ccd, dia_source_checksum
@@ -33,7 +39,13 @@ from base.reprocess.characterize import characterize_release, variability_checks
 from base.reprocess.executor import Executor
 from base.reprocess.ledger import Ledger
 from base.reprocess.observer import RunObserver
-from base.reprocess.plan import AssociationParams, ccd_units, config_hash, region_of
+from base.reprocess.plan import (
+    AssociationParams,
+    ccd_units,
+    config_hash,
+    inputs_digest,
+    region_of,
+)
 from base.reprocess.staging import Staging
 from base.reprocess.work import CcdUnit, pack
 from state.errors import DmcsError, InvalidInputError, RetriableError
@@ -45,11 +57,12 @@ RETRY_BACKOFF = 0.5
 @dataclass(frozen=True)
 class ReprocessConfig:
     dsn: str
-    night_dir: Path
     release: str
     release_id: int
     first_night: int
     last_night: int | None = None
+    #: A simulated night whose products are registered before the run (None: already are).
+    night_dir: Path | None = None
     registry_schema: str = "registry"
     max_attempts: int = 3
     clobber: bool = False
@@ -89,7 +102,6 @@ class RunSummary:
 async def run_units(
     units: list[CcdUnit],
     executor: Executor,
-    night_dir: str,
     release_id: int,
     max_attempts: int,
     ledger: Ledger,
@@ -112,7 +124,7 @@ async def run_units(
             while True:
                 attempt = await ledger.start(ledger_name, unit.key)
                 try:
-                    result = await executor.run(night_dir, unit, release_id)
+                    result = await executor.run(unit, release_id)
                 except RetriableError as e:
                     final = attempt >= max_attempts
                     reason = f"{type(e).__name__}: {e}"
@@ -140,6 +152,20 @@ async def run_units(
         for unit in units:
             tg.create_task(one(unit))
     return failed
+
+
+async def registered_units(
+    dsn: str, schema: str, night_dir: Path | None, first: int, last: int | None
+) -> list[CcdUnit]:
+    """The CCD units of nights ``first..last`` with their inputs, all from the registry;
+    ``night_dir``'s products are registered first (idempotently)."""
+    repo = await Repository.connect(dsn, schema)
+    try:
+        if night_dir is not None:
+            await register_night(repo, night_dir)
+        return await ccd_units(repo, first, last)
+    finally:
+        await repo.close()
 
 
 async def give_up(
@@ -216,24 +242,18 @@ async def _run(
     summary: RunSummary,
     observer: RunObserver,
 ) -> None:
-    repo = await Repository.connect(config.dsn, config.registry_schema)
-    try:
-        units = await ccd_units(repo, config.first_night, config.last_night)
-    finally:
-        await repo.close()
+    units = await registered_units(
+        config.dsn, config.registry_schema, config.night_dir, config.first_night, config.last_night
+    )
     if not units:
         raise InvalidInputError(f"no raws of nights {config.first_night}..{config.last_night}")
-    try:
-        manifest = await asyncio.to_thread((config.night_dir / "manifest.json").read_bytes)
-    except OSError as e:
-        raise InvalidInputError(f"{config.night_dir} is not a simulated night: {e}") from e
-    chash = config_hash(
-        config.release_id, config.association, {"inputs": hashlib.sha256(manifest).hexdigest()}
-    )
+    chash = config_hash(config.release_id, config.association, {"inputs": inputs_digest(units)})
     if config.clobber:
         async with mapped_errors("reprocess clobber"), pool.acquire() as conn:
             await conn.execute(f"DROP SCHEMA IF EXISTS {q(config.schema)} CASCADE")
-    params = {"nights": [config.first_night, config.last_night], "nightDir": str(config.night_dir)}
+    params: dict[str, Any] = {"nights": [config.first_night, config.last_night]}
+    if config.night_dir is not None:
+        params["nightDir"] = str(config.night_dir)
     await ledger.begin_release(config.release, config.release_id, config.schema, chash, params)
     if config.clobber:
         await ledger.reset(config.release)
@@ -260,7 +280,6 @@ async def _run(
         summary.failed = await run_units(
             pending,
             executor,
-            str(config.night_dir),
             config.release_id,
             config.max_attempts,
             ledger,

@@ -1,8 +1,10 @@
 """The per-CCD work of a reprocessing, run in a worker (a Ray task or a local thread).
 
 It is the prompt path's own code (:func:`base.prompt.ccd_work.process`, the same adapter and
-algorithms); only the identifiers are re-minted for the release (``IdPacker(release=N)``),
-so they can never collide with prompt processing (release 0) or another release. A data
+algorithms) on the inputs the registry gave for the unit (``CcdUnit.inputs``, each product
+checked against its registered checksum as it is read); only the identifiers are re-minted
+for the release (``IdPacker(release=N)``), so they can never collide with prompt processing
+(release 0) or another release. A data
 release publishes no alerts, so its cutouts are dropped.
 """
 
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from base.apdb.ids import IdPacker
+from base.ccd_inputs import ResolvedInputs
 from base.prompt import ccd_work
 from base.prompt.requests import CcdResults
 from state.errors import DmcsError, InvalidInputError
@@ -27,12 +30,14 @@ VOLATILE = ("timeProcessedMjdTai",)
 
 @dataclass(frozen=True)
 class CcdUnit:
-    """One (visit, detector) to reprocess: its raw and its ``nextVisit``-like description."""
+    """One (visit, detector) to reprocess: its raw, its ``nextVisit``-like description and
+    the calibrations, template and reference catalogue the registry holds for it."""
 
     visit: int
     detector: int
     raw_path: str
     visit_info: dict[str, Any]
+    inputs: ResolvedInputs
 
     @property
     def key(self) -> str:
@@ -43,14 +48,15 @@ class CcdUnit:
         return float(self.visit_info["startMjd"])
 
 
-def process_ccd(night_dir: str, unit: CcdUnit, release: int) -> dict[str, Any]:
+def process_ccd(unit: CcdUnit, release: int) -> dict[str, Any]:
     """``{"ok", "reason", "ccd"}``; ``ccd`` (a ``CcdResults`` wire dict) when ok.
 
-    Bad input (a malformed exposure description, results that fail validation) comes back
-    as ``ok: False`` with its reason, never as an exception: it is not worth a retry.
+    Bad input (a malformed exposure description, a registered product missing or corrupt,
+    results that fail validation) comes back as ``ok: False`` with its reason, never as an
+    exception: it is not worth a retry.
     """
     try:
-        result = ccd_work.process(night_dir, unit.visit_info, unit.detector, unit.raw_path)
+        result = ccd_work.process(unit.inputs, unit.visit_info, unit.detector, unit.raw_path)
     except (DmcsError, ValueError, KeyError, TypeError) as e:
         return {"ok": False, "reason": f"bad_input:{type(e).__name__}:{e}"}
     if not result["ok"]:

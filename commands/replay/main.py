@@ -30,12 +30,14 @@ from rich.console import Console
 from actors.runtime import shutdown_ray
 from base.db import connect_pool
 from base.postgres import postgres_dsn, wait_for_database
-from base.registry.products import register_night
-from base.registry.repository import Repository
 from commands.client import Client
 from commands.replay import session
 from commands.replay.display import ReplayDisplay
-from commands.replay.night_system import database_schemas, night_system_config
+from commands.replay.night_system import (
+    database_schemas,
+    night_system_config,
+    register_products,
+)
 from commands.replay.record import NightRecordReader
 from commands.replay.runner import ReplayOutcome, replay_night
 from commands.replay.summary import (
@@ -138,6 +140,19 @@ async def prepare_night(opts: ReplayOptions, console: Console) -> Path:
     return night
 
 
+def _registered_text(counts: dict[str, int]) -> str:
+    """What registering the night's products did, in words."""
+    done = [f"{n} {what}" for what, n in counts.items() if n and what != "replaced"]
+    text = (
+        "registered the night's products: " + ", ".join(done)
+        if done
+        else "the night's products were already registered"
+    )
+    if counts.get("replaced"):
+        text += f" ({counts['replaced']} re-pointed at the night's files)"
+    return text + "; the processors read them through the registry"
+
+
 def _tokens_file(out: Path) -> tuple[Path, str]:
     token = secrets.token_urlsafe(16)
     path = out / "tokens.toml"
@@ -233,7 +248,6 @@ async def _replay(
         config = night_system_config(
             base,
             dsn=dsn,
-            night_dir=night,
             processors=opts.processors,
             data_dir=opts.out / "data",
             staging=opts.out / "staging",
@@ -246,12 +260,8 @@ async def _replay(
         )
         if decision.clean and (opts.dsn or base.database.dsn):
             await _drop_schemas(dsn, config, say)
-        repo = await Repository.connect(dsn)
-        try:
-            registered = await register_night(repo, night)
-        finally:
-            await repo.close()
-        say(f"registered the night's products: {registered}")
+        registered = await register_products(config, night)
+        say(_registered_text(registered))
         pool = await connect_pool(dsn, min_size=1, max_size=2, what="replay records")
         try:
             reader = NightRecordReader(pool, config)

@@ -1,9 +1,10 @@
 """The system a replay runs: the configured components, with the CCD pool sized and wired.
 
 Every component whose settings take a ``dsn`` gets the night's database; the CCD processors
-get their place in the pool and the simulated night directory (calibrations, templates,
-reference truth), or none (``night_dir=None``: they read their inputs through the
-registry). The processor entry of the configuration is the template of the pool.
+get their place in the pool, and read their inputs (raws, calibrations, templates, the
+reference catalogue) through the registry, where the night's products must be registered
+(``base.registry.products.register_night``, which ``dmcs replay`` does). The processor
+entry of the configuration is the template of the pool.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from base.registry.products import register_night
+from base.registry.repository import Repository
 from config.system import ComponentConfig, SystemConfig
 from state.errors import ConfigurationError
 
@@ -48,6 +51,35 @@ def database_schemas(config: SystemConfig) -> set[str]:
     }
 
 
+def registry_schemas(config: SystemConfig) -> list[str]:
+    """The registry schemas the system's CCD processors read their inputs from."""
+    default = SCHEMA_SETTINGS["registry_schema"]
+    return sorted(
+        {
+            str(spec.settings.get("registry_schema", default))
+            for spec in config.components
+            if spec.cls == PROCESSOR_CLASS
+        }
+    )
+
+
+async def register_products(config: SystemConfig, night: Path) -> dict[str, int]:
+    """Register ``night``'s products where the processors of ``config`` look them up.
+
+    Idempotent: a rerun or a resumed replay adds nothing; a product whose registered file
+    differs from the night's (a night simulated again) is re-pointed. Returns the counts.
+    """
+    totals: dict[str, int] = {}
+    for schema in registry_schemas(config):
+        repo = await Repository.connect(config.database.dsn, schema)
+        try:
+            for key, n in (await register_night(repo, night)).items():
+                totals[key] = totals.get(key, 0) + n
+        finally:
+            await repo.close()
+    return totals
+
+
 def _with_settings(spec: ComponentConfig, **settings: Any) -> ComponentConfig:
     return spec.model_copy(update={"settings": {**spec.settings, **settings}})
 
@@ -66,7 +98,6 @@ def night_system_config(
     config: SystemConfig,
     *,
     dsn: str,
-    night_dir: Path | None,
     processors: int,
     data_dir: Path | None = None,
     processor_cpus: float | None = None,
@@ -104,7 +135,6 @@ def night_system_config(
             _with_settings(
                 spec,
                 **_database_settings(template, dsn, schema_prefix),
-                night_dir="" if night_dir is None else str(night_dir.resolve()),
                 index=index,
                 pool_size=processors,
             )
