@@ -119,7 +119,7 @@ class Repository:
             + " WHERE (t.path, t.checksum) IS DISTINCT FROM (EXCLUDED.path, EXCLUDED.checksum)"
             " RETURNING (xmax = 0) AS inserted"
         )
-        with _database(f"registering into {table}"):
+        async with _database(f"registering into {table}"):
             row = await self._pool.fetchrow(sql, *values.values())
         if row is None:
             return "same"
