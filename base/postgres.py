@@ -192,9 +192,17 @@ class EmbeddedPostgres:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if self._server is not None:
-            self._server.cleanup()
-            self._server = None
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        live = _pgserver().postgres_server.PostmasterInfo.read_from_pgdata(self.data_dir)
+        if live is not None and live.is_running():
+            server._postmaster_info = live  # a server started since the handle was taken
+        try:
+            server.cleanup()
+        except psutil.NoSuchProcess:
+            # Died between pgserver's liveness check and its signal (killed as the run ended).
+            log.warning("the embedded PostgreSQL in %s was already gone at exit", self.data_dir)
 
 
 @contextlib.contextmanager

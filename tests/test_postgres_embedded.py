@@ -161,6 +161,24 @@ async def test_a_restart_that_outlasts_pg_ctl_is_adopted_and_reported(
     assert _wait_gone(second), "the adopted server outlived its holder"
 
 
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.5, 1.5])
+def test_a_server_killed_as_its_holder_exits_is_no_error_and_leaves_nothing(
+    tmp_path: Path, delay: float
+) -> None:
+    """PostgreSQL SIGKILLed just before the holder exits (a night ending as it dies): the exit
+    is clean whether the supervisor has noticed, is restarting it, or has restarted it."""
+    pgdata = tmp_path / "pg"
+    with embedded_postgres(pgdata):
+        first = postmaster_pid(pgdata)
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        time.sleep(delay)
+    deadline = time.monotonic() + 20
+    while postmaster_pid(pgdata) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert postmaster_pid(pgdata) is None, "a restarted server outlived its holder"
+
+
 async def test_an_unreachable_database_is_a_clear_error_within_the_timeout(tmp_path: Path) -> None:
     dsn = f"postgresql://postgres:secret@/postgres?host={tmp_path}"
     began = time.monotonic()
