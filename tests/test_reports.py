@@ -511,6 +511,10 @@ def test_false_diasources_near_bright_stars_are_counted_per_star_visit(tmp_path:
     b = bright_star_false(stars, areas, dia, real)
     assert (b["nStarVisits"], b["nFalseNear"]) == (2, 2), "S1 twice; its false neighbours"
     assert b["falsePerStarVisit"] == pytest.approx(1.0)
+    flags = dict(dia, pixelFlags_suspect=np.array([True, False, False, False, False]))
+    alerted = np.array([False, True, False, True, False])
+    b = bright_star_false(stars, areas, flags, real, alerted=alerted)
+    assert (b["nFalseNearUnflagged"], b["nFalseNearAlerted"]) == (1, 1)
     assert bright_star_false(stars, {}, dia, real)["falsePerStarVisit"] is None
     with pytest.raises(InvalidInputError, match="no truth database"):
         load_bright_stars(tmp_path / "absent.sqlite", [1])

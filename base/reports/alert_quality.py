@@ -199,9 +199,11 @@ def bright_star_false(
     dia: Mapping[str, np.ndarray],
     real: NDArray[np.bool_],
     radius_arcsec: float = 5.0,
+    alerted: NDArray[np.bool_] | None = None,
 ) -> dict[str, Any]:
     """False DIASources (``~real``) within ``radius_arcsec`` of a bright star of their visit,
-    per bright star on a processed CCD per visit."""
+    per bright star on a processed CCD per visit; also those without a saturation, suspect
+    or edge flag and, given ``alerted``, the alerted ones."""
     keys = list(zip(stars.visit.tolist(), stars.detector.tolist(), strict=True))
     nx = np.array([ccds[k].nx if k in ccds else 0 for k in keys], np.float64)
     ny = np.array([ccds[k].ny if k in ccds else 0 for k in keys], np.float64)
@@ -220,13 +222,21 @@ def bright_star_false(
             pts = unit_vectors(dia["ra"][false[di]], dia["dec"][false[di]])
             near[di] = np.isfinite(tree.query(pts, distance_upper_bound=chord)[0])
     n_star = int(on.sum())
-    return {
+    clean = np.ones(len(false), bool)
+    for f in ("pixelFlags_saturated", "pixelFlags_suspect", "pixelFlags_edge"):
+        if f in dia:
+            clean &= ~np.asarray(dia[f], bool)[false]
+    out: dict[str, Any] = {
         "magMax": stars.mag_max,
         "radiusArcsec": radius_arcsec,
         "nStarVisits": n_star,
         "nFalseNear": int(near.sum()),
         "falsePerStarVisit": float(near.sum() / n_star) if n_star else None,
+        "nFalseNearUnflagged": int((near & clean).sum()),
     }
+    if alerted is not None:
+        out["nFalseNearAlerted"] = int((near & np.asarray(alerted, bool)[false]).sum())
+    return out
 
 
 def _separation_mas(
