@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "base" / "reliability_model.json"
 TRAIN = [("mini", s, 6) for s in range(101, 107)] + [("comcam", 101, 2)]
 HOLDOUT = [("mini", s, 6) for s in range(201, 203)] + [("comcam", 201, 2)]
-VERSION = "gbt-1"
+VERSION = "gbt-2"
 
 
 def _areas(n: LabelledNight) -> dict[tuple[int, int], CcdArea]:
@@ -132,10 +132,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--work", type=Path, default=Path("/tmp/dmcs-reliability"))
     ap.add_argument("--workers", type=int, default=default_workers())
-    ap.add_argument("--min-completeness", type=float, default=0.92)
+    ap.add_argument("--min-completeness", type=float, default=0.95)
     ap.add_argument("--reuse", action="store_true", help="reuse processed CCDs of a past run")
     ap.add_argument("--quick", action="store_true", help="two small nights each (a smoke run)")
-    ap.add_argument("--holdout-cameras", nargs="+", default=["mini", "comcam"])
+    ap.add_argument("--cameras", nargs="+", default=["mini", "comcam"], help="training nights")
+    ap.add_argument("--holdout-cameras", nargs="*", default=["mini", "comcam"])
     args = ap.parse_args()
     try:
         from sklearn.ensemble import GradientBoostingClassifier
@@ -145,6 +146,7 @@ def main() -> None:
     t0 = time.time()
     train_specs, hold_specs = (TRAIN[:2], HOLDOUT[:1]) if args.quick else (TRAIN, HOLDOUT)
     hold_specs = [s for s in hold_specs if s[0] in args.holdout_cameras]
+    train_specs = [s for s in train_specs if s[0] in args.cameras]
     train = list(nights(train_specs, args.work, args.workers, args.reuse))
     print(f"training nights processed in {time.time() - t0:.0f} s", file=sys.stderr)
     x, y, g = _stack(train)

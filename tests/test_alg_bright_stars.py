@@ -17,8 +17,15 @@ from algorithms import mask as mk
 from algorithms.detection import detect_sources
 from algorithms.diasource import DiaImages, measure_diasources
 from algorithms.model_noise import add_model_error
-from algorithms.pipeline import CcdResult, ExposureInfo, ReferenceCatalog, Template, run_ccd
-from algorithms.psf import KernelPsf, WingedPsf
+from algorithms.pipeline import (
+    CcdResult,
+    ExposureInfo,
+    PipelineConfig,
+    ReferenceCatalog,
+    Template,
+    run_ccd,
+)
+from algorithms.psf import KernelPsf, WingedPsf, fit_psf
 from algorithms.psf_wings import Moffat, extend_kernel, fit_moffat
 from algorithms.synthetic import SimConfig, SimVisit, make_visit, moffat_kernel
 from algorithms.wcs import TanSipWcs
@@ -205,3 +212,31 @@ def test_dipole_fit_tells_a_misregistered_star_from_a_variable_that_moved() -> N
         net = float(real["dipoleFluxDiff"][0])
         assert net > 5 * float(real["dipoleFluxDiffErr"][0]) and 1.4e4 < net < 2.6e4
         assert real["psfFlux"][0] == real["dipoleFluxDiff"][0]
+
+
+def test_a_sparse_ccd_models_its_psf_from_a_few_stars() -> None:
+    """Three clean stars give the constant PSF model (with the Moffat's wings) that the
+    pipeline uses; the Gaussian fallback it replaced had none of the 4 % beyond 2 FWHM."""
+    rng = np.random.default_rng(5)
+    fwhm, n = 4.0, 200
+    img = rng.normal(0.0, 10.0, (n, n))
+    xs, ys = np.array([50, 140, 100]), np.array([60, 80, 150])
+    star = moffat_kernel(fwhm, 3.0, 81)
+    for x, y in zip(xs, ys, strict=True):
+        img[y - 40 : y + 41, x - 40 : x + 41] += 2e5 * star
+    var = np.full(img.shape, 100.0)
+    msk = np.zeros(img.shape, mk.MASK_DTYPE)
+    min_stars = PipelineConfig().psf_min_stars
+    assert min_stars <= 3
+    fit = fit_psf(img, var, msk, xs, ys, np.full(3, 500.0), min_stars=min_stars, min_snr=25.0)
+    assert int(fit.used.sum()) == 3
+    k = fit.psf.kernel_at(n / 2, n / 2)
+    h = k.shape[0] // 2
+    assert h >= 2 * fwhm
+    truth = star[40 - h : 40 + h + 1, 40 - h : 40 + h + 1]
+    assert np.abs(k - truth).max() < 0.03 * truth.max()
+    r = np.hypot(*np.mgrid[-h : h + 1, -h : h + 1])
+    outside = r > 2 * fwhm
+    assert k[outside].sum() == pytest.approx(truth[outside].sum(), abs=0.02)
+    with pytest.raises(ValueError, match="PSF stars"):
+        fit_psf(img, var, msk, xs[:1], ys[:1], np.full(1, 500.0), min_stars=min_stars)

@@ -28,9 +28,14 @@ from base.reports import (
     performance_report,
     write_night_reports,
 )
-from base.reports.alert_quality import CcdArea, alert_quality, scope_truth
+from base.reports.alert_quality import (
+    CcdArea,
+    alert_quality,
+    bright_star_false,
+    scope_truth,
+)
 from base.reports.quality import m50
-from base.reports.truth import TruthSources
+from base.reports.truth import BrightStars, TruthSources, load_bright_stars
 from config.cameras import SkyConfig, load_camera
 from state.errors import InvalidInputError, StorageError
 from summit.schedule import Visit
@@ -445,7 +450,8 @@ def test_alert_quality_counts_against_a_hand_built_truth() -> None:
     areas = {(1, 0): CcdArea(nx=256, ny=512, sky_e=100.0, fwhm_px=4.0)}
     scoped, snr = scope_truth(t, areas)
     assert scoped.object_id.tolist() == [1, 2, 3, 6], "on processed pixels, each source once"
-    neff = 4 * np.pi * (4.0 / 2.3548) ** 2
+    alpha = 4.0 / (2 * np.sqrt(2 ** (1 / 3) - 1))
+    neff = np.pi * alpha**2 * 5 / 4  # the simulator's Moffat (beta 3): 1 / sum(P^2)
     assert snr[0] == pytest.approx(1e4 / np.sqrt(neff * 100 + 1e4), rel=1e-3)
     assert snr[3] < 1 and (snr[:3] > 7).all()
     a = 1.0 / 3600.0
@@ -475,5 +481,44 @@ def test_alert_quality_counts_against_a_hand_built_truth() -> None:
     ast = q["astrometry"]
     assert ast["n"] == 1, "only the S/N 30 match of A counts (B's is S/N 15)"
     assert ast["diaSourceRmsMas"] == pytest.approx(300.0, rel=1e-3)
+    pulls = {b["lo"]: b for b in q["pullsBySnr"]}
+    assert sorted(pulls) == [10.0, 20.0], "A at S/N 30, B at S/N 15; C has no DIASource"
+    assert pulls[20.0]["n"] == 1 and pulls[20.0]["median"] == pytest.approx(0.0, abs=1e-9)
+    off = dict(dia, psfFlux=dia["psfFlux"] + np.array([2e3, -1e3, 0, 0, 0]))
+    moved = alert_quality(every, scoped, snr, off, 0.5)["pullsBySnr"]
+    moved = {b["lo"]: b["median"] for b in moved}
+    assert moved == pytest.approx({20.0: 2.0, 10.0: -1.0})
+    flagged = dict(dia, isDipole=np.array([True, False, False, False, False]))
+    assert [b["n"] for b in alert_quality(every, scoped, snr, flagged, 0.5)["pullsBySnr"]] == [1]
     no_cut = alert_quality(every, scoped, snr, dia, threshold=None)
     assert no_cut["nAlerted"] == 4 and no_cut["completenessSnrGe7Alerted"] == pytest.approx(2 / 3)
+
+
+def test_false_diasources_near_bright_stars_are_counted_per_star_visit(tmp_path: Path) -> None:
+    a = 1.0 / 3600.0
+    stars = BrightStars(  # S1 on detector 0's pixels in visits 1 and 2; S2 off them; S3 det 1
+        18.0, visit=np.array([1, 2, 1, 1]), detector=np.array([0, 0, 0, 1]),
+        ra=np.full(4, 10.0), dec=np.array([0.0, 0.0, 100 * a, 200 * a]),
+        x=np.array([50.0, 50.0, -5.0, 50.0]), y=np.full(4, 50.0),
+    )  # fmt: skip
+    areas = {(1, 0): CcdArea(256, 256, 100.0, 4.0), (2, 0): CcdArea(256, 256, 100.0, 4.0)}
+    dia = {  # 3″ from S1 (false), 4″ from S1 (real), 8″ from S1, visit 2 at S1, near S2
+        "visit": np.array([1, 1, 1, 2, 1]),
+        "ra": np.full(5, 10.0),
+        "dec": np.array([3 * a, 4 * a, 8 * a, 0.5 * a, 101 * a]),
+    }
+    real = np.array([False, True, False, False, False])
+    b = bright_star_false(stars, areas, dia, real)
+    assert (b["nStarVisits"], b["nFalseNear"]) == (2, 2), "S1 twice; its false neighbours"
+    assert b["falsePerStarVisit"] == pytest.approx(1.0)
+    flags = dict(dia, pixelFlags_suspect=np.array([True, False, False, False, False]))
+    alerted = np.array([False, True, False, True, False])
+    b = bright_star_false(stars, areas, flags, real, alerted=alerted)
+    assert (b["nFalseNearUnflagged"], b["nFalseNearAlerted"]) == (1, 1)
+    assert bright_star_false(stars, {}, dia, real)["falsePerStarVisit"] is None
+    with pytest.raises(InvalidInputError, match="no truth database"):
+        load_bright_stars(tmp_path / "absent.sqlite", [1])
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(b"not a database")
+    with pytest.raises(InvalidInputError, match="not a dmcs truth database"):
+        load_bright_stars(bad, [1])

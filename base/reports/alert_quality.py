@@ -8,6 +8,11 @@
   transient or moving object of their visit: for every DIASource, and for the alerted ones
   (those association gave an object, with reliability at or above the alert threshold).
 * Astrometry is the rms distance of matched DIASources of measured S/N ≥ 20 from the truth.
+* PSF-flux pulls ``(psfFlux − true difference flux) / psfFluxErr`` of the unflagged DIASources
+  matched to a variable or transient (movers are trailed, so a PSF fit is not their flux),
+  per measured-S/N bin: median, robust σ (1.4826 MAD) and standard deviation.
+* ``bright_star_false``: DIASources matching no truth source that lie within 5″ of a star
+  brighter than 18 mag, per such star on a processed CCD per visit.
 """
 
 from __future__ import annotations
@@ -19,10 +24,17 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.spatial import cKDTree
 
-from .truth import TruthSources, match, true_snr
+from .truth import BrightStars, TruthSources, match, true_snr, unit_vectors
 
 SNR_EDGES = (0.0, 3.0, 5.0, 7.0, 10.0, 20.0, 50.0, np.inf)
+PULL_SNR_EDGES = (5.0, 7.0, 10.0, 20.0, 50.0, 100.0, np.inf)
+#: A DIASource with one of these set has no trustworthy PSF flux; it is left out of the pulls.
+PULL_EXCLUDING_FLAGS = (
+    "pixelFlags_saturatedCenter", "pixelFlags_interpolatedCenter", "pixelFlags_crCenter",
+    "isDipole", "psfFlux_flag",
+)  # fmt: skip
 HEADLINE_SNR = 7.0
 ASTROMETRY_SNR = 20.0
 
@@ -135,7 +147,96 @@ def alert_quality(
             "n": int(bright.sum()),
             "diaSourceRmsMas": float(np.sqrt(np.mean(sep[bright] ** 2))) if bright.any() else None,
         },
+        "pullsBySnr": pull_table(*flux_pulls(scoped, dia, nearest), np.asarray(PULL_SNR_EDGES)),
     }
+
+
+def flux_pulls(
+    scoped: TruthSources, dia: Mapping[str, np.ndarray], nearest: NDArray[np.int64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Measured S/N and PSF-flux pull of every unflagged DIASource matched to a variable or
+    transient (``nearest``: :func:`match` of ``scoped``)."""
+    n = len(dia["ra"])
+    keep = (nearest >= 0) & np.isin(scoped.kind, ("variable", "transient"))
+    j = nearest[keep]
+    ok = np.ones(len(j), bool)
+    for f in PULL_EXCLUDING_FLAGS:
+        if f in dia:
+            ok &= ~np.asarray(dia[f], bool).reshape(n)[j]
+    flux = np.asarray(dia["psfFlux"], np.float64)[j]
+    err = np.asarray(dia["psfFluxErr"], np.float64)[j]
+    ok &= np.isfinite(flux) & np.isfinite(err) & (err > 0)
+    truth = scoped.diff_flux_njy[keep]
+    return np.abs(flux[ok] / err[ok]), (flux[ok] - truth[ok]) / err[ok]
+
+
+def pull_table(
+    snr: NDArray[np.float64], pull: NDArray[np.float64], edges: NDArray[np.float64]
+) -> list[dict[str, Any]]:
+    """Median, robust σ and standard deviation of the pulls per measured-S/N bin."""
+    out = []
+    for lo, hi in itertools.pairwise(edges):
+        p = pull[(snr >= lo) & (snr < hi)]
+        if not len(p):
+            continue
+        med = float(np.median(p))
+        out.append(
+            {
+                "lo": float(lo),
+                "hi": float(hi) if np.isfinite(hi) else None,
+                "n": len(p),
+                "median": med,
+                "robustSigma": 1.4826 * float(np.median(np.abs(p - med))),
+                "std": float(np.std(p)),
+            }
+        )
+    return out
+
+
+def bright_star_false(
+    stars: BrightStars,
+    ccds: Mapping[tuple[int, int], CcdArea],
+    dia: Mapping[str, np.ndarray],
+    real: NDArray[np.bool_],
+    radius_arcsec: float = 5.0,
+    alerted: NDArray[np.bool_] | None = None,
+) -> dict[str, Any]:
+    """False DIASources (``~real``) within ``radius_arcsec`` of a bright star of their visit,
+    per bright star on a processed CCD per visit; also those without a saturation, suspect
+    or edge flag and, given ``alerted``, the alerted ones."""
+    keys = list(zip(stars.visit.tolist(), stars.detector.tolist(), strict=True))
+    nx = np.array([ccds[k].nx if k in ccds else 0 for k in keys], np.float64)
+    ny = np.array([ccds[k].ny if k in ccds else 0 for k in keys], np.float64)
+    on = (stars.x >= -0.5) & (stars.x < nx - 0.5) & (stars.y >= -0.5) & (stars.y < ny - 0.5)
+    false = np.flatnonzero(~np.asarray(real, bool))
+    near = np.zeros(len(false), bool)
+    if len(false) and on.any():
+        chord = 2.0 * np.sin(np.radians(radius_arcsec / 3600.0) / 2.0)
+        visit = np.asarray(dia["visit"])[false]
+        for v in np.unique(visit):
+            s = on & (stars.visit == v)
+            if not s.any():
+                continue
+            di = np.flatnonzero(visit == v)
+            tree = cKDTree(unit_vectors(stars.ra[s], stars.dec[s]))
+            pts = unit_vectors(dia["ra"][false[di]], dia["dec"][false[di]])
+            near[di] = np.isfinite(tree.query(pts, distance_upper_bound=chord)[0])
+    n_star = int(on.sum())
+    clean = np.ones(len(false), bool)
+    for f in ("pixelFlags_saturated", "pixelFlags_suspect", "pixelFlags_edge"):
+        if f in dia:
+            clean &= ~np.asarray(dia[f], bool)[false]
+    out: dict[str, Any] = {
+        "magMax": stars.mag_max,
+        "radiusArcsec": radius_arcsec,
+        "nStarVisits": n_star,
+        "nFalseNear": int(near.sum()),
+        "falsePerStarVisit": float(near.sum() / n_star) if n_star else None,
+        "nFalseNearUnflagged": int((near & clean).sum()),
+    }
+    if alerted is not None:
+        out["nFalseNearAlerted"] = int((near & np.asarray(alerted, bool)[false]).sum())
+    return out
 
 
 def _separation_mas(

@@ -23,6 +23,8 @@ from scipy.spatial import cKDTree
 from state.errors import InvalidInputError
 
 AB_NJY_ZERO = 31.4  # m_AB = 31.4 - 2.5 log10(f / nJy), as in the simulator
+#: The Moffat β of the simulator's PSF (summit/camera.py ``BETA``), for the true S/N.
+SIM_PSF_BETA = 3.0
 DIA_REQUIRED = ("visit", "ra", "dec")
 DIA_OPTIONAL = {
     "detector": -1,
@@ -117,18 +119,63 @@ def load_truth(path: Path | str, visits: Iterable[int] | None = None) -> TruthSo
     )
 
 
+@dataclass(frozen=True)
+class BrightStars:
+    """Stars (constant and variable) brighter than ``mag_max`` in a visit, per detector."""
+
+    mag_max: float
+    visit: NDArray[np.int64]
+    detector: NDArray[np.int64]
+    ra: NDArray[np.float64]
+    dec: NDArray[np.float64]
+    x: NDArray[np.float64]
+    y: NDArray[np.float64]
+
+
+def load_bright_stars(
+    path: Path | str, visits: Iterable[int], mag_max: float = 18.0
+) -> BrightStars:
+    """The stars of ``visits`` brighter than ``mag_max`` (in the visit's band) from truth.sqlite."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"no truth database at {path}")
+    wanted = sorted({int(v) for v in visits})
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = db.execute(
+                "SELECT visit, detector, ra, dec, x, y FROM sources"
+                " WHERE kind IN ('star', 'variable') AND mag < ?",
+                (mag_max,),
+            ).fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as e:
+        raise InvalidInputError(f"{path} is not a dmcs truth database: {e}") from e
+    keep = set(wanted)
+    rows = [r for r in rows if r[0] in keep]
+    c = list(zip(*rows, strict=True)) if rows else [()] * 6
+    return BrightStars(
+        mag_max, np.asarray(c[0], np.int64), np.asarray(c[1], np.int64),
+        *(np.asarray(a, np.float64) for a in c[2:]),
+    )  # fmt: skip
+
+
 def true_snr(
     truth: TruthSources, sky_e: NDArray[np.float64], fwhm_px: NDArray[np.float64]
 ) -> NDArray[np.float64]:
     """The difference-image S/N a perfect PSF fit would give each truth source.
 
-    Noise of an optimal (PSF-weighted) measurement: sky over the effective area of a Gaussian
-    PSF of the CCD's measured FWHM, 4πσ², plus the Poisson noise of the source's own visit
+    Noise of an optimal (PSF-weighted) measurement: sky over the effective area 1/∫P² of the
+    simulator's PSF (a Moffat of ``SIM_PSF_BETA``, 1.67 times the area of a Gaussian of the
+    same FWHM) at the CCD's measured FWHM, plus the Poisson noise of the source's own visit
     electrons; the deep template's noise is left out. ``sky_e`` and ``fwhm_px`` are per row
     (the processed CCD's sky level in electrons per pixel and PSF FWHM in pixels).
     """
-    sigma = np.asarray(fwhm_px, np.float64) / (2.0 * np.sqrt(2.0 * np.log(2.0)))
-    var = 4.0 * np.pi * sigma**2 * np.maximum(np.asarray(sky_e, np.float64), 0.0)
+    beta = SIM_PSF_BETA
+    alpha = np.asarray(fwhm_px, np.float64) / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
+    n_eff = np.pi * alpha**2 * (2.0 * beta - 1.0) / (beta - 1.0) ** 2
+    var = n_eff * np.maximum(np.asarray(sky_e, np.float64), 0.0)
     var = var + np.abs(truth.flux_e)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.abs(truth.diff_e) / np.sqrt(var)
@@ -181,7 +228,7 @@ def as_diasources(data: Any) -> dict[str, np.ndarray]:
     return out
 
 
-def _unit(ra: NDArray[np.float64], dec: NDArray[np.float64]) -> NDArray[np.float64]:
+def unit_vectors(ra: NDArray[np.float64], dec: NDArray[np.float64]) -> NDArray[np.float64]:
     r, d = np.radians(ra), np.radians(dec)
     return np.column_stack([np.cos(d) * np.cos(r), np.cos(d) * np.sin(r), np.sin(d)])
 
@@ -197,12 +244,12 @@ def match(
     for v in np.intersect1d(np.unique(truth.visit), np.unique(dia["visit"])):
         ti = np.flatnonzero(truth.visit == v)
         di = np.flatnonzero(dia["visit"] == v)
-        tree = cKDTree(_unit(dia["ra"][di], dia["dec"][di]))
-        dist, j = tree.query(_unit(truth.ra[ti], truth.dec[ti]), distance_upper_bound=chord)
+        tree = cKDTree(unit_vectors(dia["ra"][di], dia["dec"][di]))
+        dist, j = tree.query(unit_vectors(truth.ra[ti], truth.dec[ti]), distance_upper_bound=chord)
         hit = np.isfinite(dist)
         nearest[ti[hit]] = di[j[hit]]
-        near = cKDTree(_unit(truth.ra[ti], truth.dec[ti])).query(
-            _unit(dia["ra"][di], dia["dec"][di]), distance_upper_bound=chord
+        near = cKDTree(unit_vectors(truth.ra[ti], truth.dec[ti])).query(
+            unit_vectors(dia["ra"][di], dia["dec"][di]), distance_upper_bound=chord
         )[0]
         claimed[di] = np.isfinite(near)
     return nearest, claimed
