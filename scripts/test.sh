@@ -23,5 +23,7 @@ if [ "$fast" = 1 ]; then
     .venv/bin/python -m pytest -q -n auto -m "not ray and not postgres and not browser" \
         ${args[@]+"${args[@]}"}
 else
-    .venv/bin/python -m pytest -q ${args[@]+"${args[@]}"}
+    # Two workers, a test file each at a time: most of the suite waits on Ray, PostgreSQL and
+    # replays in subprocesses, so two files overlap well on two cores.
+    .venv/bin/python -m pytest -q -n 2 --dist loadfile --durations=25 ${args[@]+"${args[@]}"}
 fi
