@@ -11,7 +11,7 @@ import asyncio
 import inspect
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar
 
 import pytest
@@ -214,12 +214,14 @@ class StandardComponentTests:
         await ocs.command(self.name, "standby", timeout=10)
         assert await ocs.get_state(self.name) == State.STANDBY
         await events.aclose()
-        self.repair_fault(running)
+        repaired = self.repair_fault(running)
+        if inspect.isawaitable(repaired):
+            await repaired
         await ocs.set_state(self.name, State.ENABLED)
         await ocs.set_state(self.name, State.STANDBY)
 
-    def repair_fault(self, running: RunningSystem) -> None:
-        """Override: undo what :meth:`cause_fault` broke."""
+    def repair_fault(self, running: RunningSystem) -> Awaitable[None] | None:
+        """Override (plain or async): undo what :meth:`cause_fault` broke."""
 
     async def test_restarts_in_standby_after_crash(
         self, running: RunningSystem, ocs: Client

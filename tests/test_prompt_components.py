@@ -16,6 +16,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import numpy as np
 import pytest
 
@@ -109,18 +110,42 @@ class TestAssociation(StandardComponentTests):
         type(self).settings = {"dsn": pg_dsn, "apdb_schema": "apdb_assoc_std"}
         return await system_factory(self.spec())
 
+    async def _rename(self, table: str, to: str) -> None:
+        conn = await asyncpg.connect(self.settings["dsn"])
+        try:
+            await conn.execute(f'ALTER TABLE apdb_assoc_std."{table}" RENAME TO "{to}"')
+        finally:
+            await conn.close()
+
     async def cause_fault(self, running: RunningSystem, client: Client) -> None:
-        """DIASources with NaN coordinates (sent once the test listens): rejected, FAULT."""
+        """The APDB cannot be written (its DiaSource table gone): FAULT, nothing stored."""
+        await self._rename("DiaSource", "DiaSource_away")
 
         async def send() -> None:
             await asyncio.sleep(1.0)
-            with pytest.raises(InvalidInputError, match="non-finite ra"):
-                await running.system.handle(self.name).rpc.remote("associate", nan_wire())
+            with pytest.raises(StorageError, match="DiaSource"):
+                await running.system.handle(self.name).rpc.remote("associate", ccd_wire(detector=7))
 
         self._sent = asyncio.get_running_loop().create_task(send())
 
-    def repair_fault(self, running: RunningSystem) -> None:
-        assert self._sent.done() and self._sent.exception() is None
+    async def repair_fault(self, running: RunningSystem) -> None:
+        await self._sent
+        await self._rename("DiaSource_away", "DiaSource")
+
+    async def test_malformed_results_are_refused_and_it_keeps_serving(
+        self, running: RunningSystem, ocs: Client
+    ) -> None:
+        """One processor's bad payload is that CCD's error, never a FAULT for everyone."""
+        handle = running.system.handle(self.name)
+        await ocs.set_state(self.name, State.ENABLED)
+        with pytest.raises(InvalidInputError, match="non-finite ra"):
+            await handle.rpc.remote("associate", nan_wire())
+        assert await ocs.get_state(self.name) == State.ENABLED
+        reply = await handle.rpc.remote("associate", ccd_wire(detector=11))
+        assert reply["stored"], "the next CCD is stored as usual"
+        status = {s["name"]: s for s in await ocs.status()}
+        assert status[self.name]["errorCode"] == 0
+        await ocs.set_state(self.name, State.STANDBY)
 
     async def test_refuses_work_unless_enabled(self, running: RunningSystem, ocs: Client) -> None:
         with pytest.raises(NotReadyError, match="not ENABLED"):

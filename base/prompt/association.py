@@ -6,15 +6,17 @@ is atomic and keyed by (visit, detector): a repeat stores nothing and produces n
 which is what makes the CCD processors' retries safe (Rubin's "at most once" after the APDB
 write). The hand-off to alerts is a row of the APDB's alert outbox written in that same
 transaction (``base.apdb.outbox``), which AlertPublisher drains: a CCD stored is a CCD whose
-alerts are owed, whatever dies after the commit. Bad input puts the component in FAULT
-(nothing is written); ``standby`` → ``start`` → ``enable`` recovers it and the processors'
-pending CCDs go through.
+alerts are owed, whatever dies after the commit. Malformed CCD results are refused with an
+``InvalidInputError`` to the processor that sent them (nothing is written; that CCD is
+recorded as failed) while Association keeps serving the others; an APDB that cannot be
+written puts it in FAULT, and ``standby`` → ``start`` → ``enable`` recovers it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from typing import Any, ClassVar
 
 from algorithms.reliability import ReliabilityModel
@@ -27,8 +29,6 @@ from state.controller import Controller, SupervisedGroup
 from state.errors import DmcsError, InvalidInputError, NotReadyError, RetriableError
 from state.states import State
 
-#: errorCode of a FAULT caused by malformed CCD results.
-BAD_INPUT = 600
 #: errorCode of a FAULT caused by an APDB that cannot be written (not a transient outage).
 APDB_FAILED = 601
 
@@ -74,8 +74,7 @@ class Association(Controller):
         try:
             ccd = CcdResults.from_wire(wire)
         except InvalidInputError as e:
-            self.counts["rejected"] += 1
-            await self.fault(BAD_INPUT, f"rejected CCD results: {e}")
+            self._refuse(wire, e)
             raise
         async with self._lock:
             done = await self._associate_and_store(ccd)
@@ -123,7 +122,7 @@ class Association(Controller):
         except RetriableError:
             raise
         except InvalidInputError as e:
-            await self.fault(BAD_INPUT, f"rejected CCD results: {e}")
+            self._refuse({"visit": ccd.visit, "detector": ccd.detector}, e)
             raise
         except DmcsError as e:
             await self.fault(APDB_FAILED, f"visit {ccd.visit} detector {ccd.detector}: {e}")
@@ -131,6 +130,16 @@ class Association(Controller):
         if done.stored:
             self.counts["notAlerted"] += done.not_alerted
         return done
+
+    def _refuse(self, wire: Any, error: InvalidInputError) -> None:
+        """Count and log one CCD's malformed results; the sender gets the error."""
+        self.counts["rejected"] += 1
+        where = wire if isinstance(wire, dict) else {}
+        self.log_message(
+            logging.ERROR,
+            f"refused the CCD results of visit {repr(where.get('visit'))[:40]} detector "
+            f"{repr(where.get('detector'))[:40]}: {error}",
+        )
 
     async def _earlier(self, ccd: CcdResults) -> dict[str, Any]:
         """The DIASource count and stage times of the earlier store a retry repeats."""
