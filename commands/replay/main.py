@@ -20,9 +20,10 @@ import logging
 import secrets
 import time
 import traceback
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from rich.console import Console
@@ -51,12 +52,15 @@ from commands.replay.summary import (
 from commands.replay.tracker import DEFAULT_STALL_SECONDS
 from commands.server import serve
 from config.system import SystemConfig, load_system_config
-from state.errors import ConfigurationError, DmcsError
+from state.errors import ConfigurationError, DmcsError, RetriableError
 from state.states import State
 from summit.night_files import open_night
 from summit.simulation import plan_night, run_night
 
 log = logging.getLogger("dmcs.replay")
+T = TypeVar("T")
+#: How long the summary waits for a database that is away as the night ends (restarting).
+REPORT_PATIENCE = 60.0
 
 #: What the replay says it does, by the mode session.decide chose.
 MODE_TEXT = {
@@ -280,6 +284,20 @@ async def _replay(
     return summary
 
 
+async def _patiently(read: Callable[[], Awaitable[T]], patience: float = REPORT_PATIENCE) -> T:
+    """``read()``, tried again while the database is away (the supervised embedded server
+    restarting as the night ends) for up to ``patience`` seconds."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return await read()
+        except RetriableError as e:
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("the night's records cannot be read yet (%s); retrying", e)
+            await asyncio.sleep(1.0)
+
+
 async def _failed_night(
     summary: dict[str, Any],
     pool: asyncpg.Pool,
@@ -306,14 +324,16 @@ async def _summarize(
 ) -> dict[str, Any]:
     """The summary and the reports; a failure to write the reports is said, not raised."""
     try:
-        records = await fetch_records(pool, config, outcome.visits)
+        records = await _patiently(lambda: fetch_records(pool, config, outcome.visits))
     except DmcsError as e:
         summary = night_summary(None, outcome)
         summary["reportsFailed"] = f"reading the records failed: {e}"
         return summary
     summary = night_summary(records, outcome)
     try:
-        summary["reports"] = await write_reports(pool, config, records, outcome.visits, night, out)
+        summary["reports"] = await _patiently(
+            lambda: write_reports(pool, config, records, outcome.visits, night, out)
+        )
         summary["alertQuality"] = alert_headline(summary["reports"])
     except (DmcsError, OSError, ValueError, asyncpg.PostgresError) as e:
         summary["reportsFailed"] = f"{type(e).__name__}: {e}"
