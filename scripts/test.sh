@@ -23,7 +23,7 @@ if [ "$fast" = 1 ]; then
     .venv/bin/python -m pytest -q -n auto -m "not ray and not postgres and not browser" \
         ${args[@]+"${args[@]}"}
 else
-    # Two workers, a test file each at a time: most of the suite waits on Ray, PostgreSQL and
-    # replays in subprocesses, so two files overlap well on two cores.
-    .venv/bin/python -m pytest -q -n 2 --dist loadfile --durations=25 ${args[@]+"${args[@]}"}
+    # One process: two xdist workers were measured no faster on two cores (the replays in
+    # subprocesses then compete for them) and made the timing of fault-injection tests worse.
+    .venv/bin/python -m pytest -q --durations=25 ${args[@]+"${args[@]}"}
 fi

@@ -18,6 +18,7 @@ import asyncpg
 from base.ccd_inputs import NightDirectoryRepository
 from base.prompt.ccd_processor import CcdProcessor
 from base.prompt_records import PromptRecords
+from base.prompt_records.model import NightRecords
 from base.registry.products import register_night
 from base.registry.records import DetectorRecord, ExposureRecord, RawRecord
 from base.registry.repository import Repository
@@ -183,18 +184,23 @@ async def test_a_ccd_without_its_header_is_flagged_not_silent(
             )  # fmt: skip
             data = {"visit": v.visit_id, "detector": detector, "statusCode": 0}
             await processor.on_event(Event("Ingest", "imageIngested", 1, tai_now(), data))
-        await until(lambda: len([e for e in events if e.topic == "ccdProcessed"]) == 2, timeout=60)
+        pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=1)
+        try:
+            records = await PromptRecords.connect(pool, records_schema)
+
+            async def both_recorded() -> NightRecords | None:
+                night = await records.fetch_night(visits=[v.visit_id])
+                return night if len(night.outcomes) == 2 else None
+
+            # Two CCDs through the worker process: minutes on a loaded machine.
+            night = await until(both_recorded, timeout=240)
+        finally:
+            await pool.close()
     finally:
         await repo.close()
         await processor.close()
     logged = [e.data["message"] for e in events if e.topic == "logMessage"]
     assert sum("without the header service's header" in m for m in logged) == 1, logged
-    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=1)
-    try:
-        records = await PromptRecords.connect(pool, records_schema)
-        night = await records.fetch_night(visits=[v.visit_id])
-    finally:
-        await pool.close()
     flags = {o.detector: o.flags for o in night.outcomes}
     assert flags == {1: ("no_header",), 3: ()}
     assert data_quality_report(night)["flags"] == {"no_header": 1}
