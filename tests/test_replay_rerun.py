@@ -161,15 +161,15 @@ async def _wait_for_rows(pgdata: Path, table: str, n: int, proc: subprocess.Pope
 
 async def test_a_sigkilled_replay_resumes_to_a_complete_night(tmp_path: Path) -> None:
     out, tag = tmp_path / "replay", uuid.uuid4().hex
-    # Killed twice: first during start-up (the night's products registered, Ray and the
-    # components starting), then, resumed, once the first raw is registered (the camera still
-    # sending, CCDs in ingest and processing). (Killed later, a CCD inside the APDB -> alert
-    # hand-off would lose its alerts until that hand-off is durable: issue 16.)
+    # Killed three times, each run resuming the one before: during start-up (the night's
+    # products registered, Ray and the components starting), once the first raw is registered
+    # (the camera still sending, CCDs in ingest and processing), and once three CCDs have
+    # their outcome (others inside the APDB -> alert hand-off, which the outbox makes durable).
     killed = []
-    for table in ("registry.detectors", "registry.raws"):
+    for table, rows in (("registry.detectors", 1), ("registry.raws", 1), ("prompt.ccd_outcome", 3)):
         proc = _start(out, tag)
         try:
-            await _wait_for_rows(out / "pg", table, 1, proc)
+            await _wait_for_rows(out / "pg", table, rows, proc)
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
