@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 #: Test tiers: a test that uses one of these fixtures (directly or through another fixture)
 #: gets the marker, so ``-m "not ray and not postgres and not browser"`` (``scripts/test.sh
-#: --fast``) runs the tests that need none of them.
+#: --fast``) runs the tests that need none of them. A test that starts its own Ray or
+#: PostgreSQL (a replay in a subprocess, a server of its own) carries the marker explicitly.
 TIER_FIXTURES = {
     "ray_session": "ray",
     "system_factory": "ray",

@@ -47,6 +47,7 @@ def test_embedded_ray_offers_every_role() -> None:
     assert local_resources(2)[BATCH_RESOURCE] == 2.0
 
 
+@pytest.mark.ray
 def test_two_node_cluster_places_components_by_role(tmp_path: Path) -> None:
     """A real two-raylet Ray cluster in its own process (tests/placement_cluster.py)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -27,6 +27,8 @@ from base.postgres import (
 from state.errors import StorageError
 
 ROOT = Path(__file__).resolve().parent.parent
+#: These tests start embedded PostgreSQL servers of their own.
+pytestmark = pytest.mark.postgres
 
 _HOLDER = """
 import sys, time

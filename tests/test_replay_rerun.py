@@ -30,7 +30,8 @@ TAG = "DMCS_TEST_REPLAY_TAG"
 #: Generous: a 2-visit replay takes ~40 s alone and several times that on a loaded machine.
 RUN_TIMEOUT = 900
 
-pytestmark = pytest.mark.timeout(2 * RUN_TIMEOUT + 300)
+#: Each replay starts its own Ray and embedded PostgreSQL, so the file is in those tiers.
+pytestmark = [pytest.mark.timeout(2 * RUN_TIMEOUT + 300), pytest.mark.ray, pytest.mark.postgres]
 
 
 def _command(out: Path, *extra: str) -> list[str]:
