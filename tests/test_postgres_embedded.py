@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -99,8 +100,8 @@ def test_pruning_keeps_live_holders(tmp_path: Path) -> None:
     assert not (tmp_path / HANDLE_FILE).exists()
 
 
-async def test_a_killed_server_is_restarted_while_held(tmp_path: Path) -> None:
-    pgdata = tmp_path / "pg"
+def _restart_listener() -> tuple[list[str], asyncio.Event, Callable[[str], None]]:
+    """Notes, an event set from the supervisor's thread on each restart, and the callback."""
     notes: list[str] = []
     restarted = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -109,6 +110,12 @@ async def test_a_killed_server_is_restarted_while_held(tmp_path: Path) -> None:
         notes.append(note)
         loop.call_soon_threadsafe(restarted.set)
 
+    return notes, restarted, on_restart
+
+
+async def test_a_killed_server_is_restarted_while_held(tmp_path: Path) -> None:
+    pgdata = tmp_path / "pg"
+    notes, restarted, on_restart = _restart_listener()
     with embedded_postgres(pgdata, on_restart=on_restart) as dsn:
         first = postmaster_pid(pgdata)
         assert first is not None
@@ -140,14 +147,7 @@ async def test_a_restart_that_outlasts_pg_ctl_is_adopted_and_reported(
         return result
 
     pgdata = tmp_path / "pg"
-    notes: list[str] = []
-    restarted = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_restart(note: str) -> None:
-        notes.append(note)
-        loop.call_soon_threadsafe(restarted.set)
-
+    notes, restarted, on_restart = _restart_listener()
     with embedded_postgres(pgdata, on_restart=on_restart) as dsn:
         first = postmaster_pid(pgdata)
         assert first is not None
