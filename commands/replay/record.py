@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from base.db import mapped_errors
 from base.prompt.settings import CcdProcessorSettings
 from commands.replay.night_system import PROCESSOR_CLASS
 from config.system import SystemConfig
-from state.errors import StorageError
 
 Ccd = tuple[int, int]
 _INGEST_CLASS = "base.ingest:Ingest"
@@ -69,28 +69,27 @@ class NightRecordReader:
             return []
 
     async def read(self, visits: list[int]) -> NightRecord:
-        try:
-            async with self._pool.acquire() as conn:
-                raws = await self._rows(
-                    conn,
-                    f'SELECT visit, detector FROM "{self._registry}".raws'
-                    " WHERE visit = ANY($1::bigint[])",
-                    visits,
-                )
-                outcomes = await self._rows(
-                    conn,
-                    "SELECT visit, detector, status, failure_type, reason"
-                    f' FROM "{self._records}".ccd_outcome WHERE visit = ANY($1::bigint[])',
-                    visits,
-                )
-                alerts = await self._rows(
-                    conn,
-                    f'SELECT visit, detector, n_alerts FROM "{self._records}".ccd_alerts'
-                    " WHERE visit = ANY($1::bigint[])",
-                    visits,
-                )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
-            raise StorageError(f"reading the night's records failed: {e}") from e
+        # The mapping covers the connection's release too: a server that died mid-read fails
+        # there (resetting the connection), and that is an outage to wait out, not a crash.
+        async with mapped_errors("reading the night's records"), self._pool.acquire() as conn:
+            raws = await self._rows(
+                conn,
+                f'SELECT visit, detector FROM "{self._registry}".raws'
+                " WHERE visit = ANY($1::bigint[])",
+                visits,
+            )
+            outcomes = await self._rows(
+                conn,
+                "SELECT visit, detector, status, failure_type, reason"
+                f' FROM "{self._records}".ccd_outcome WHERE visit = ANY($1::bigint[])',
+                visits,
+            )
+            alerts = await self._rows(
+                conn,
+                f'SELECT visit, detector, n_alerts FROM "{self._records}".ccd_alerts'
+                " WHERE visit = ANY($1::bigint[])",
+                visits,
+            )
         return NightRecord(
             ingested=frozenset(_key(r) for r in raws),
             processed=frozenset(_key(r) for r in outcomes if r["status"] == "processed"),
