@@ -70,9 +70,14 @@ def prune_dead_handles(data_dir: Path) -> list[int]:
     return dead
 
 
+def _postmaster(data_dir: Path) -> Any:
+    """pgserver's reading of ``data_dir``'s postmaster.pid (None without one)."""
+    return _pgserver().postgres_server.PostmasterInfo.read_from_pgdata(data_dir.resolve())
+
+
 def postmaster_pid(data_dir: Path) -> int | None:
     """The PID of the server running on ``data_dir``, or None when none runs."""
-    info = _pgserver().postgres_server.PostmasterInfo.read_from_pgdata(data_dir.resolve())
+    info = _postmaster(data_dir)
     if info is None or not info.is_running():
         return None
     return int(info.pid)
@@ -172,7 +177,7 @@ class EmbeddedPostgres:
         longer, and the server it started then becomes ready after the timeout. A later try
         adopts that server (pgserver reuses a running postmaster) instead of starting another.
         """
-        info = _pgserver().postgres_server.PostmasterInfo.read_from_pgdata(self.data_dir)
+        info = _postmaster(self.data_dir)
         if info is not None and info.is_running() and info.status != "ready":
             return False  # still recovering from the crash
         try:
@@ -195,7 +200,7 @@ class EmbeddedPostgres:
         if self._server is None:
             return
         server, self._server = self._server, None
-        live = _pgserver().postgres_server.PostmasterInfo.read_from_pgdata(self.data_dir)
+        live = _postmaster(self.data_dir)
         if live is not None and live.is_running():
             server._postmaster_info = live  # a server started since the handle was taken
         try:
