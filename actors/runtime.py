@@ -98,6 +98,7 @@ def _init_once(address: str | None, num_cpus: int | None, batch_slots: int, left
     if _GCS_WAIT_ENV not in os.environ:
         os.environ[_GCS_WAIT_ENV] = str(max(30, int(left)))
     ray.init(
+        address="local",
         num_cpus=num_cpus,
         resources=local_resources(batch_slots),
         namespace=NAMESPACE,

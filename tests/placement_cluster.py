@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -36,6 +38,26 @@ def _config(data_dir: Path, components: list[dict[str, str]]) -> SystemConfig:
     return SystemConfig.model_validate(
         {"name": "placed", "data_dir": str(data_dir), "placement": placed, "components": components}
     )
+
+
+_EMBEDDED = (
+    "from actors.runtime import init_ray, ray_address, shutdown_ray\n"
+    "init_ray(num_cpus=1, timeout=40)\n"
+    "print(ray_address())\n"
+    "shutdown_ray()\n"
+)
+
+
+def _embedded_address_beside_cluster(cluster_address: str) -> str:
+    """Where an embedded Ray lands while this cluster runs on the same machine and names itself
+    as the current one (``RAY_ADDRESS``, or ``ray start``'s file): a private Ray, not the cluster,
+    which a plain ``ray.init()`` would join."""
+    env = {**os.environ, "RAY_ADDRESS": cluster_address}
+    run = subprocess.run(
+        [sys.executable, "-c", _EMBEDDED],
+        check=True, capture_output=True, text=True, timeout=180, env=env,
+    )  # fmt: skip
+    return run.stdout.strip().splitlines()[-1]
 
 
 def main(data_dir: Path) -> dict[str, object]:
@@ -73,6 +95,8 @@ def main(data_dir: Path) -> dict[str, object]:
             if a["Name"] in names and a["State"] == "ALIVE"
         }
         system.stop()
+        out["cluster_address"] = cluster.address
+        out["embedded_address"] = _embedded_address_beside_cluster(cluster.address)
         return {**out, "nodes": nodes}
     finally:
         ray.shutdown()

@@ -66,6 +66,7 @@ def test_two_node_cluster_places_components_by_role(tmp_path: Path) -> None:
         "Pipeline": "second",  # everything else -> base
         "bus": "second",
     }
+    assert out["embedded_address"] != out["cluster_address"]  # a private Ray, not the cluster
 
 
 def test_batch_tasks_go_to_batch_nodes_where_nodes_have_roles(ray_session: None) -> None:
