@@ -133,11 +133,12 @@ class CpuSampler:
         procs = [psutil.Process()]
         for proc in psutil.process_iter(["pid"]):
             try:
-                if proc.pid != os.getpid() and proc.environ().get(RUN_ENV) == run:
+                ours = proc.environ().get(RUN_ENV) == run
+                server = proc.name() == "postgres" and self._out in " ".join(proc.cmdline())
+                if proc.pid != os.getpid() and (ours or server):
                     procs.append(proc)
-                elif proc.name() == "postgres" and self._out in " ".join(proc.cmdline()):
-                    procs.append(proc)  # the embedded server, started apart from the run
-                    procs.extend(proc.children())  # its backends
+                if server:
+                    procs.extend(proc.children())  # backends, whose environment is overwritten
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
         procs = list({p.pid: p for p in procs}.values())
