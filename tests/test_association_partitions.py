@@ -29,7 +29,7 @@ from config.system import (
     load_system_config,
     partitioned,
 )
-from state.errors import ConfigurationError
+from state.errors import ConfigurationError, InvalidInputError
 
 PARTITIONS = 3
 MJD = 60800.1
@@ -288,3 +288,24 @@ async def test_a_source_on_a_partition_border_makes_one_diaobject(pg_dsn: str, a
     assert links["groups"] == {
         frozenset({int(x.sources["diaSourceId"][0]), int(y.sources["diaSourceId"][0])})
     }
+
+
+async def test_a_ccd_waits_for_the_region_a_neighbour_holds(apdbs) -> None:
+    """A CCD whose padded footprint overlaps a held region waits for its release; one that
+    fails inside its lock (bad DIASources) releases it with the error, storing nothing."""
+    await apdbs("apdb_part_lock", fresh=True)
+    a, b = await apdbs("apdb_part_lock"), await apdbs("apdb_part_lock")
+    stars = np.array([60.0, 60.001]), np.array([-20.0, -20.001])
+    c = ccd(VISITS[0], 0, 60.0, -20.0, *stars)
+    async with a.region_lock(Region(*_box(60.0 + 2 * HALF, -20.0), 10.0)):
+        waiting = asyncio.ensure_future(_run(b, [c], True))
+        done, _ = await asyncio.wait([waiting], timeout=1.0)
+        assert not done, "the CCD waits while its neighbour holds the shared sky"
+    await asyncio.wait_for(waiting, 30)
+    bad = ccd(VISITS[1], 0, 60.0, -20.0, *stars)
+    del bad.sources["psfFlux"]
+    with pytest.raises(InvalidInputError, match=f"visit {VISITS[1]} detector 0"):
+        await _run(a, [bad], True)
+    assert not await a.is_stored(VISITS[1], 0)
+    again = ccd(VISITS[2], 0, 60.0, -20.0, *stars)
+    await asyncio.wait_for(_run(b, [again], True), 30)
