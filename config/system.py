@@ -58,6 +58,33 @@ class PlacementConfig(_Frozen):
     by_role: bool = False
 
 
+#: The component class whose entry is the template of the Association partitions.
+ASSOCIATION_CLASS = "base.prompt.association:Association"
+#: The component class whose entries route CCD results to the partitions.
+PROCESSOR_CLASS = "base.prompt.ccd_processor:CcdProcessor"
+
+
+class AssociationConfig(_Frozen):
+    """How prompt association scales out (docs/architecture.md, "Association").
+
+    ``partitions`` Association actors share the sky by HEALPix tile
+    (``algorithms.partition``); each CCD goes to the owner of its footprint centre's tile.
+    1 is one Association actor, as before partitions existed.
+    """
+
+    partitions: int = Field(default=1, ge=1, le=64)
+    #: HEALPix order of the tiles dealt to partitions (``algorithms.partition.REGION_ORDER``,
+    #: batch reprocessing's: 0.46° tiles, ~45 per LSSTCam visit); a finer order spreads a
+    #: small camera's few CCDs too.
+    tile_order: int = Field(default=7, ge=0, le=16)
+
+
+def partition_name(name: str, partition: int) -> str:
+    """The component name of an Association partition: the template's name for partition 0
+    (so one partition is named as before), ``<name><k>`` for the others."""
+    return name if partition == 0 else f"{name}{partition}"
+
+
 class GatewayConfig(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=0, le=65535)
@@ -89,6 +116,7 @@ class SystemConfig(_Frozen):
     gateway: GatewayConfig = GatewayConfig()
     database: DatabaseConfig = DatabaseConfig()
     placement: PlacementConfig = PlacementConfig()
+    association: AssociationConfig = AssociationConfig()
     components: tuple[ComponentConfig, ...] = ()
 
     @field_validator("components")
@@ -105,6 +133,33 @@ class SystemConfig(_Frozen):
             if c.name == name:
                 return c
         raise ConfigurationError(f"no component named {name!r} in the system configuration")
+
+
+def partitioned(config: SystemConfig) -> SystemConfig:
+    """``config`` with its Association entry made ``[association] partitions`` actors and its
+    CCD processors told the count and tile order (``association_partitions``,
+    ``association_tile_order``). Entries already partitioned (settings with ``partition``) and
+    processors already told are left as they are."""
+    n, order = config.association.partitions, config.association.tile_order
+    if n == 1:
+        return config
+    components: list[ComponentConfig] = []
+    for spec in config.components:
+        if spec.cls == ASSOCIATION_CLASS and "partition" not in spec.settings:
+            for k in range(n):
+                settings = {**spec.settings, "partition": k, "partitions": n}
+                name = partition_name(spec.name, k)
+                components.append(spec.model_copy(update={"name": name, "settings": settings}))
+        elif spec.cls == PROCESSOR_CLASS and "association_partitions" not in spec.settings:
+            settings = {
+                **spec.settings,
+                "association_partitions": n,
+                "association_tile_order": order,
+            }
+            components.append(spec.model_copy(update={"settings": settings}))
+        else:
+            components.append(spec)
+    return config.model_copy(update={"components": tuple(components)})
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -129,8 +184,10 @@ def load_system_config(path: Path | None = None, **overrides: Any) -> SystemConf
     tokens = config.gateway.tokens_file
     if not tokens.is_absolute():
         tokens = path.parent / tokens
-    return config.model_copy(
-        update={"gateway": config.gateway.model_copy(update={"tokens_file": tokens})}
+    return partitioned(
+        config.model_copy(
+            update={"gateway": config.gateway.model_copy(update={"tokens_file": tokens})}
+        )
     )
 
 

@@ -1,8 +1,8 @@
 """A whole night end to end on the ``mini`` camera: real Ray, PostgreSQL, gateway and client.
 
-Camera → SummitBuffer → Ingest → CcdProcessor pool → Association → APDB → AlertPublisher,
-driven by the night driver, checked by counts against the camera's log, the registry, the
-APDB, the alert archive and the latency records.
+Camera → SummitBuffer → Ingest → CcdProcessor pool → Association (two partitions in the
+clean night) → APDB → AlertPublisher, driven by the night driver, checked by counts against
+the camera's log, the registry, the APDB, the alert archive and the latency records.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from commands.replay.night_system import night_system_config, register_products
 from commands.replay.runner import ReplayOutcome, replay_night
 from commands.replay.watch import NightWatcher
 from commands.server import RunningSystem
-from config.system import load_system_config
+from config.system import AssociationConfig, load_system_config, partitioned
 from state.durable import sha256_hex
 from state.errors import InvalidInputError
 from state.states import State
@@ -36,11 +36,24 @@ from tests.data_path_helpers import private_postgres, start_postgres, stop_postg
 SPEED = 20.0
 
 
+#: The clean night's Association: two partitions, tiles fine enough (51″) that mini's four
+#: CCDs are dealt to both.
+PARTITIONED = AssociationConfig(partitions=2, tile_order=12)
+
+
 async def night_system(
-    system_factory: Any, dsn: str, night: Path, prefix: str, processors: int = 2
+    system_factory: Any,
+    dsn: str,
+    night: Path,
+    prefix: str,
+    processors: int = 2,
+    association: AssociationConfig | None = None,
 ) -> RunningSystem:
+    base = load_system_config()
+    if association is not None:
+        base = partitioned(base.model_copy(update={"association": association}))
     config = night_system_config(
-        load_system_config(),
+        base,
         dsn=dsn,
         processors=processors,
         processor_cpus=0,
@@ -106,12 +119,19 @@ def staged_checksums(outcome: ReplayOutcome, staging: Path) -> dict[tuple[int, i
 async def clean_night(
     system_factory: Any, pg_dsn: str, mini_night: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[ReplayOutcome, dict[str, Any], Path]:
-    running = await night_system(system_factory, pg_dsn, mini_night, "e2e_")
+    running = await night_system(
+        system_factory, pg_dsn, mini_night, "e2e_", association=PARTITIONED
+    )
     staging = tmp_path_factory.mktemp("staging")
     async with Client(running.ws_url, token=TOKENS["ocs"]) as client:
         outcome = await replay_night(client, mini_night, staging, speed=SPEED, drain_seconds=180)
         await client.set_system_state(State.STANDBY)
-    return outcome, await counts(pg_dsn, "e2e_", outcome.visits), staging
+    found = await counts(pg_dsn, "e2e_", outcome.visits)
+    found["partitions"] = [
+        await running.system.handle(name).rpc.remote("counts")
+        for name in ("Association", "Association1")
+    ]
+    return outcome, found, staging
 
 
 async def test_every_image_reaches_the_registry_unchanged(clean_night: Any) -> None:
@@ -133,6 +153,16 @@ async def test_every_ccd_ends_and_alerts_match_diasources(clean_night: Any) -> N
     assert p.duplicate_publications == 0
     assert found["publishedCcds"] == len(p.processed)
     assert all(0 < latency < 60 for latency in p.latencies.values()), p.latencies
+
+
+async def test_partitioned_association_shares_the_night(clean_night: Any) -> None:
+    """Both Association partitions stored CCDs of the night, each CCD once, none refused."""
+    outcome, found, _ = clean_night
+    parts = found["partitions"]
+    assert [p["partition"] for p in parts] == [0, 1]
+    assert all(p["associated"] > 0 for p in parts), parts
+    assert sum(p["associated"] for p in parts) == len(outcome.progress.processed)
+    assert all(p["duplicates"] == p["rejected"] == 0 for p in parts), parts
 
 
 async def test_diasources_find_the_true_transients(

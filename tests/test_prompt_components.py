@@ -113,7 +113,8 @@ class TestAssociation(StandardComponentTests):
     async def _rename(self, table: str, to: str) -> None:
         conn = await asyncpg.connect(self.settings["dsn"])
         try:
-            await conn.execute(f'ALTER TABLE apdb_assoc_std."{table}" RENAME TO "{to}"')
+            schema = self.settings["apdb_schema"]
+            await conn.execute(f'ALTER TABLE {schema}."{table}" RENAME TO "{to}"')
         finally:
             await conn.close()
 
@@ -150,6 +151,23 @@ class TestAssociation(StandardComponentTests):
     async def test_refuses_work_unless_enabled(self, running: RunningSystem, ocs: Client) -> None:
         with pytest.raises(NotReadyError, match="not ENABLED"):
             await running.system.handle(self.name).rpc.remote("associate", ccd_wire())
+
+
+class TestAssociationPartition(TestAssociation):
+    """A partition actor other than the first (``[association] partitions = 2``): the same
+    component behaviour, its stores holding their region locks."""
+
+    name = "Association1"
+
+    @pytest.fixture(scope="class")
+    async def running(self, system_factory: Any, pg_dsn: str) -> RunningSystem:
+        type(self).settings = {
+            "dsn": pg_dsn,
+            "apdb_schema": "apdb_assoc_part_std",
+            "partition": 1,
+            "partitions": 2,
+        }
+        return await system_factory(self.spec())
 
 
 class TestAlertPublisher(StandardComponentTests):

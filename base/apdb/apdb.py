@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from . import schema as sch
 from . import store as store_mod
 from .copyread import fetch_columns, int_array
 from .copywrite import copy_payload
+from .region_lock import region_lock
 from .rows import columns_from_row, records
 from .schema import q
 from .spatial import ORDER, Region, pixel_ids
@@ -127,6 +129,10 @@ class Apdb:
 
     async def close(self) -> None:
         await self._pool.close()
+
+    def region_lock(self, region: Region) -> contextlib.AbstractAsyncContextManager[None]:
+        """Exclusive use of ``region``'s sky against other writers (:mod:`.region_lock`)."""
+        return region_lock(self._pool, self.schema, region)
 
     def _t(self, name: str) -> str:
         return f"{q(self.schema)}.{q(name)}"

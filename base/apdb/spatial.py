@@ -16,6 +16,7 @@ import numpy as np
 from astropy_healpix import HEALPix, core
 
 from algorithms.association import sky_to_tangent
+from algorithms.partition import footprint_center
 from state.errors import InvalidInputError
 
 #: HEALPix order of ``pixelId`` (nside = 2**16, pixels ≈ 3.2 arcsec across).
@@ -55,10 +56,7 @@ class Region:
 
     @property
     def center(self) -> tuple[float, float]:
-        v = _unit(np.asarray(self.ra), np.asarray(self.dec)).sum(axis=0)
-        ra = math.degrees(math.atan2(v[1], v[0])) % 360.0
-        dec = math.degrees(math.atan2(v[2], math.hypot(v[0], v[1])))
-        return ra, dec
+        return footprint_center(self.ra, self.dec)
 
     def radius_deg(self) -> float:
         """Radius of a circle around :attr:`center` that holds the padded polygon."""

@@ -1,7 +1,12 @@
 """Association: DIASources of one CCD → DIAObjects in the APDB → a hand-off to alerts.
 
 Each CCD is associated against a fresh APDB preload of its padded footprint, so earlier
-visits' objects are seen; CCDs are associated one at a time, in arrival order. The APDB store
+visits' objects are seen; CCDs are associated one at a time, in arrival order. With
+``[association] partitions`` > 1 there is one such actor per partition of the sky (HEALPix
+tiles, ``base.prompt.partitions`` routes each CCD to one), all storing into one APDB at once:
+each CCD then holds its padded footprint's region lock from preload to commit
+(``base.apdb.region_lock``), so two CCDs that could share a DiaObject are still associated one
+after the other and no border makes a duplicate object. The APDB store
 is atomic and keyed by (visit, detector): a repeat stores nothing and produces no alerts,
 which is what makes the CCD processors' retries safe (Rubin's "at most once" after the APDB
 write). The hand-off to alerts is a row of the APDB's alert outbox written in that same
@@ -106,6 +111,10 @@ class Association(Controller):
             "stages": stages,
         }
 
+    async def rpc_counts(self) -> dict[str, Any]:
+        """This partition's counts since start (what ``processingStatus`` reports)."""
+        return {"partition": self.config.partition, **self.counts}
+
     async def _associate_and_store(self, ccd: CcdResults) -> Associated:
         apdb = self._apdb
         if apdb is None:
@@ -118,6 +127,7 @@ class Association(Controller):
                 self._model,
                 self._threshold,
                 handoff=functools.partial(alert_handoff, min_reliability=self._threshold),
+                exclusive=self.config.partitions > 1,
             )
         except RetriableError:
             raise

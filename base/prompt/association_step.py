@@ -7,6 +7,7 @@ DIAObjects, then new objects), and the APDB's atomic store keyed by (visit, dete
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -112,6 +113,7 @@ async def associate_ccd(
     min_reliability: float | None = None,
     *,
     handoff: HandoffOf | None = None,
+    exclusive: bool = False,
 ) -> Associated:
     """Associate and store one CCD; stamps ``associated`` and ``apdbStored`` in its stages.
 
@@ -120,12 +122,33 @@ async def associate_ccd(
     the DIASources' reliability is its score (stored in the APDB and in the alerts); with
     ``min_reliability`` too, that score decides which unmatched sources found new DIAObjects
     (``associate``), so every source that reaches the alert threshold has one.
+    With ``exclusive`` (several Associations share the APDB), the preload, the association and
+    the store hold the padded footprint's region lock (``base.apdb.region_lock``).
     Malformed DIASources raise ``InvalidInputError``; APDB errors propagate as they are.
     """
     region = Region(ccd.footprint_ra, ccd.footprint_dec, params.pad_arcsec)
-    try:
-        if model is not None:
+    if model is not None:
+        try:
             await asyncio.to_thread(score_reliability, ccd, model)
+        except (ValueError, TypeError, KeyError) as e:
+            raise InvalidInputError(f"visit {ccd.visit} detector {ccd.detector}: {e}") from e
+    lock = apdb.region_lock(region) if exclusive else contextlib.nullcontext()
+    async with lock:
+        return await _associate_and_store(
+            apdb, ccd, params, region, model, min_reliability, handoff
+        )
+
+
+async def _associate_and_store(
+    apdb: Apdb,
+    ccd: CcdResults,
+    params: AssociationParams,
+    region: Region,
+    model: ReliabilityModel | None,
+    min_reliability: float | None,
+    handoff: HandoffOf | None,
+) -> Associated:
+    try:
         preload = await apdb.preload(region, ccd.midpoint_mjd, params.history_days)
         result = await asyncio.to_thread(
             associate,

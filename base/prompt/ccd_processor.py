@@ -30,6 +30,7 @@ from base.ccd_inputs import ResolvedInputs
 from base.db import connect_pool
 from base.isolated import IsolatedWorker, RemoteError, WorkerDiedError, WorkTimeoutError
 from base.prompt.outcomes import NO_HEADER, Outcome, failure, success
+from base.prompt.partitions import association_peer
 from base.prompt.registry_inputs import resolve_inputs
 from base.prompt.settings import CcdProcessorSettings
 from base.prompt.stage_writer import StageWriter
@@ -366,7 +367,12 @@ class CcdProcessor(Controller):
         wire = dict(ccd)
         wire["stages"] = await self._stages_of(item.visit, item.detector)
         wire["attempt"] = item.attempts
-        peer = self.peers(self.config.association)
+        cfg = self.config
+        peer = self.peers(
+            association_peer(
+                cfg.association, cfg.association_partitions, ccd, cfg.association_tile_order
+            )
+        )
         deadline = asyncio.get_running_loop().time() + self.config.association_wait
         while True:
             try:

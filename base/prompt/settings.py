@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from algorithms.partition import REGION_ORDER
 
 
 class _Settings(BaseModel):
@@ -27,6 +31,10 @@ class CcdProcessorSettings(_Settings):
     #: arrived (events notify; the registry is the record).
     reconcile_interval: float = Field(default=10.0, gt=0)
     association: str = "Association"
+    #: Association partitions (``[association] partitions``): each CCD's results go to the
+    #: partition owning its footprint centre's tile (``base.prompt.partitions``).
+    association_partitions: int = Field(default=1, ge=1)
+    association_tile_order: int = Field(default=REGION_ORDER, ge=0, le=16)
     #: Where raws, calibrations, templates and the reference catalogue are looked up.
     registry_schema: str = "registry"
     records_schema: str = "prompt"
@@ -44,6 +52,15 @@ class AssociationSettings(_Settings):
     #: recommended when the model was trained, in its metadata).
     alert_reliability_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     records_schema: str = "prompt"
+    #: This actor's partition of the sky, of ``partitions`` (``config.system.partitioned``).
+    partition: int = Field(default=0, ge=0)
+    partitions: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _partition_in_range(self) -> Self:
+        if self.partition >= self.partitions:
+            raise ValueError(f"partition {self.partition} of {self.partitions} does not exist")
+        return self
 
 
 class AlertPublisherSettings(_Settings):

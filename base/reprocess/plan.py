@@ -7,19 +7,11 @@ import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-import astropy.units as u
-import numpy as np
-from astropy_healpix import HEALPix
-
 from algorithms.pipeline import PipelineConfig
-from base.apdb.spatial import Region
 from base.prompt.registry_inputs import resolve_inputs
 from base.registry.repository import Repository
 from base.reprocess.work import CcdUnit
 from state.errors import InvalidInputError
-
-#: HEALPix order of the association partitions (nside 128, tiles of about 0.46 deg).
-REGION_ORDER = 7
 
 
 @dataclass(frozen=True)
@@ -76,13 +68,6 @@ def inputs_digest(units: Iterable[CcdUnit]) -> str:
     (a product re-pointed at an identical file changes nothing; a changed one changes it)."""
     doc = {u.key: sorted(c for _, c in u.inputs.checksums) for u in units}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
-
-
-def region_of(footprint_ra: Iterable[float], footprint_dec: Iterable[float]) -> int:
-    """The partition of a CCD: the HEALPix tile (nested, :data:`REGION_ORDER`) of its centre."""
-    ra, dec = Region(tuple(footprint_ra), tuple(footprint_dec)).center
-    hp = HEALPix(nside=1 << REGION_ORDER, order="nested")
-    return int(np.asarray(hp.lonlat_to_healpix(ra * u.deg, dec * u.deg)))
 
 
 def config_hash(release_id: int, params: AssociationParams, extra: dict[str, object]) -> str:

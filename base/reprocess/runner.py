@@ -7,11 +7,12 @@ is missing or changed, fails its CCDs with that reason.
 
 Phase 1 runs every CCD unit not yet done (ledger) through the executor, ``workers`` at a
 time, and keeps its results in the release schema (``staging``). Phase 2 groups the CCDs
-by HEALPix tile (``plan.region_of``) and, region after region in tile order, associates
-them in time order into the release's APDB (schema ``dr_<name>``). Every store is keyed by
-(visit, detector), so a region resumed after a kill skips what it had stored and the result
-equals an uninterrupted run. Bad data fails a CCD at once; a dead worker or a retriable
-error is retried up to ``max_attempts``; both end in the ledger with their reason.
+by HEALPix tile (``algorithms.partition.region_of``, the prompt Association's partitions too)
+and, region after region in tile order, associates them in time order into the release's
+APDB (schema ``dr_<name>``). Every store is keyed by (visit, detector), so a region resumed
+after a kill skips what it had stored and the result equals an uninterrupted run. Bad data
+fails a CCD at once; a dead worker or a retriable error is retried up to
+``max_attempts``; both end in the ledger with their reason.
 Phase 3 (``base.reprocess.characterize``) computes every DiaObject's variability features
 from its full history, redone whenever a region's checksum changed.
 """
@@ -28,6 +29,7 @@ from typing import Any
 
 import asyncpg
 
+from algorithms.partition import region_of
 from base.apdb import Apdb
 from base.apdb.schema import q
 from base.db import connect_pool, mapped_errors
@@ -44,7 +46,6 @@ from base.reprocess.plan import (
     ccd_units,
     config_hash,
     inputs_digest,
-    region_of,
 )
 from base.reprocess.staging import Staging
 from base.reprocess.work import CcdUnit, pack
