@@ -51,12 +51,12 @@ def _node_loss_blocks(losses: list[dict[str, Any]]) -> list[Block]:
         for loss in losses
     )
     headers = ("time (UTC)", "node", "at visit", "actors restarted elsewhere",
-               "CCDs under way (redone)", "of them failed")  # fmt: skip
+               "CCDs under way", "of them failed")  # fmt: skip
     return [
         Heading(2, "Node losses"),
         Para(
             f"**{len(losses)}** Ray node(s) lost; their actors restarted on the surviving "
-            "nodes and the CCDs under way were redone there (or recorded as failed)."
+            "nodes. CCDs under way: those of the visits begun that had not ended when it went."
         ),
         Table(headers, rows),
     ]

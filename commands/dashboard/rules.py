@@ -96,7 +96,7 @@ class Rules:
         reason = (
             f"{d.get('role', '?')} node {node[:12]} lost at visit {d.get('visit', '?')}; "
             f"restarted elsewhere: {', '.join(map(str, d.get('actors') or [])) or 'none'}; "
-            f"{d.get('ccdsInterrupted', 0)} CCDs under way redone"
+            f"{d.get('ccdsInterrupted', 0)} CCDs under way"
         )
         return Verdict(f"NodeLoss.{node[:12]}", event.component, Severity.SERIOUS, reason)
 

@@ -42,7 +42,7 @@ class NodeLossRecord:
     at: float
     actors: list[str] = field(default_factory=list)
     #: CCDs of the visits begun (up to the one at which the node went) not yet ended then:
-    #: the work under way that the loss hit (redone on the survivors, or failed).
+    #: the work under way when the loss hit (those on the lost node redone on a survivor).
     interrupted: list[tuple[int, int]] = field(default_factory=list)
     #: Of those, the ones that ended failed (with the reason), not processed.
     failed: dict[str, str] = field(default_factory=dict)
