@@ -84,8 +84,8 @@ class System:
 
 
 def placement(config: SystemConfig, role: str) -> dict[str, Any]:
-    """Actor options that keep an actor of ``role`` on nodes of that role (none without
-    ``[placement] by_role``); ``ConfigurationError`` when no node of the cluster offers it."""
+    """Actor options that keep an actor of ``role`` on nodes of that role, spread across them
+    (none without ``[placement] by_role``); ``ConfigurationError`` when no node offers it."""
     if not config.placement.by_role:
         return {}
     resource = role_resource(role)
@@ -94,7 +94,9 @@ def placement(config: SystemConfig, role: str) -> dict[str, Any]:
             f"placement by role: no Ray node offers role {role!r}; start its nodes with "
             f"ray start --resources '{{\"{resource}\": {ROLE_CAPACITY:g}}}'"
         )
-    return {"resources": {resource: ROLE_SHARE}}
+    # SPREAD: the components of a role go across its nodes (and, after a node is lost,
+    # across the survivors), rather than packed onto the first node that fits.
+    return {"resources": {resource: ROLE_SHARE}, "scheduling_strategy": "SPREAD"}
 
 
 def launch(config: SystemConfig) -> System:

@@ -236,6 +236,19 @@ def system(
     show_default=True,
     help="Seconds to wait for PostgreSQL, Ray and the components.",
 )
+@click.option(
+    "--nodes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Ray nodes on this machine: >1 starts a local cluster placed by role (head: summit).",
+)
+@click.option(
+    "--kill-node-at",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Kill a base node when this visit (1-based) starts (needs --nodes 3 or more).",
+)
 def replay(
     camera: str,
     visits: int,
@@ -253,6 +266,8 @@ def replay(
     fresh: bool,
     stall: float,
     startup_timeout: float,
+    nodes: int,
+    kill_node_at: int | None,
 ) -> None:
     """Replay a simulated night through the whole system; print the summary and reports.
 
@@ -268,7 +283,7 @@ def replay(
         out=out, camera=camera, visits=visits, seed=seed, speed=speed, night=night, opsim=opsim,
         processors=processors, dsn=dsn, address=address, config=config_path,
         drain_seconds=drain, progress=not no_progress, fresh=fresh, stall_seconds=stall,
-        startup_timeout=startup_timeout,
+        startup_timeout=startup_timeout, nodes=nodes, kill_node_at=kill_node_at,
     )  # fmt: skip
     summary = _run(run_replay(options, console))
     print_summary(summary, console)

@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,3 +133,60 @@ def mini_night(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("mini_night")
     run_night(plan_night("mini", 2, 1, out), raws=True)
     return out
+
+
+@dataclass(frozen=True)
+class ClusterReplay:
+    """A ``dmcs replay --nodes N`` that ran to its end in a subprocess, and what it left."""
+
+    returncode: int
+    output: str
+    summary: dict[str, Any]
+    out: Path
+    #: Read back from its database: duplicates, DIASources, alerts (tests/replay_checks.py).
+    apdb: dict[str, int]
+    #: Its processes (all nodes of the local cluster, PostgreSQL) still alive after it ended.
+    orphans: list[str]
+
+
+@pytest.fixture(scope="session")
+def cluster_replay(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., ClusterReplay]:
+    """Run ``dmcs replay`` on a local multi-node Ray cluster (``--nodes``, actors/cluster.py)
+    as users run it; each distinct set of arguments runs once a session and is shared."""
+    import asyncio
+    import json
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    from tests.replay_checks import TAG, apdb_check, orphans
+
+    root = Path(__file__).resolve().parent.parent
+    done: dict[tuple[str, ...], ClusterReplay] = {}
+
+    def run(*args: str, timeout: float = 900) -> ClusterReplay:
+        if args in done:
+            return done[args]
+        out = tmp_path_factory.mktemp("cluster-replay") / "replay"
+        tag = uuid.uuid4().hex
+        command = [
+            sys.executable, "-m", "commands.cli", "replay", "--speed", "20", "--out", str(out),
+            "--no-progress", "--stall", "30", "--drain", "400", *args,
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(root), TAG: tag, "COLUMNS": "200"}
+        ran = subprocess.run(
+            command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout,
+            check=False,
+        )  # fmt: skip
+        output = ran.stdout + ran.stderr
+        (out.parent / "replay.log").write_text(output)
+        deadline = time.monotonic() + 20
+        while (left := orphans(tag, out / "pg")) and time.monotonic() < deadline:
+            time.sleep(1)
+        summary = json.loads((out / "summary.json").read_text())
+        apdb = asyncio.run(apdb_check(out / "pg"))
+        done[args] = ClusterReplay(ran.returncode, output, summary, out, apdb, left)
+        return done[args]
+
+    return run

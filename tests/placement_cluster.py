@@ -1,5 +1,6 @@
 """Run by tests/test_placement.py in its own process: a real two-node Ray cluster on this machine
-(a head offering the ``summit`` role, a second raylet offering ``base``), a system launched
+(actors.cluster.LocalCluster: a head offering the ``summit`` role, a second raylet offering
+``base``, as ``dmcs replay --nodes 2`` starts it), a system launched
 with ``[placement] by_role``, and the node each actor landed on, printed as JSON.
 
 ``python -m tests.placement_cluster DATA_DIR``. First a system that also wants a ``batch``
@@ -18,11 +19,11 @@ from pathlib import Path
 
 import ray
 import ray._private.state as ray_state
-from ray.cluster_utils import Cluster
 
+from actors.cluster import LocalCluster
 from actors.launcher import launch
 from actors.reprocess import RayExecutor
-from actors.runtime import NAMESPACE, ROLE_CAPACITY, actor_name, bus_name, role_resource
+from actors.runtime import NAMESPACE, actor_name, bus_name
 from config.system import SystemConfig
 from state.errors import ConfigurationError
 
@@ -61,18 +62,11 @@ def _embedded_address_beside_cluster(cluster_address: str) -> str:
 
 
 def main(data_dir: Path) -> dict[str, object]:
-    head = {
-        "num_cpus": 1,
-        "include_dashboard": False,
-        "resources": {role_resource("summit"): ROLE_CAPACITY},
-    }
-    cluster = Cluster(initialize_head=True, head_node_args=head)
+    cluster = LocalCluster(2)
     out: dict[str, object] = {}
     try:
-        cluster.add_node(num_cpus=1, resources={role_resource("base"): ROLE_CAPACITY})
-        cluster.wait_for_nodes()
         ray.init(address=cluster.address, namespace=NAMESPACE)
-        head_id = ray.get_runtime_context().get_node_id()
+        head_id = cluster.head_id
         batch = {"name": "Batch", "class": "tests.night_emitter:NightEmitter", "role": "batch"}
         try:
             launch(_config(data_dir, [*COMPONENTS, batch]))

@@ -322,3 +322,18 @@ def test_snapshot_sequence_numbers_survive_reordering_and_follow_restarts() -> N
     assert dash.seqs["P/ccdStage"] == 4
     dash.observe(ev("P", "ccdStage", {"visit": 1, "detector": 9, "stage": "isrDone"}, seq=1))
     assert dash.seqs["P/ccdStage"] == 1  # restarted: numbering afresh
+
+
+def test_a_lost_node_raises_a_latched_alarm_with_its_cost() -> None:
+    """``dmcs replay --kill-node-at`` publishes ``nodeLost``; the dashboard raises it."""
+    dash = Dashboard(StatusBoard([]), Sink(), {})
+    lost = {"nodeId": "a69e9f1a45b5e1663de4", "role": "base", "visit": 2025050500002,
+            "actors": ["Association", "CcdProcessor0"], "ccdsInterrupted": 8}  # fmt: skip
+    dash.observe(ev("Cluster", "nodeLost", lost, tai=1000.0))
+    (alarm,) = [a for a in dash.snapshot()["alarms"] if a["name"].startswith("NodeLoss.")]
+    assert alarm["name"] == "NodeLoss.a69e9f1a45b5" and alarm["severity"] == "SERIOUS"
+    assert "visit 2025050500002" in alarm["reason"] and "8 CCDs" in alarm["reason"]
+    assert "Association, CcdProcessor0" in alarm["reason"]
+    dash.tick()  # nothing clears it: a lost node stays raised until acknowledged
+    (alarm,) = [a for a in dash.snapshot()["alarms"] if a["name"].startswith("NodeLoss.")]
+    assert alarm["severity"] == "SERIOUS"

@@ -75,3 +75,18 @@ def test_batch_tasks_go_to_batch_nodes_where_nodes_have_roles(ray_session: None)
 
     executor = RayExecutor(workers=1)
     assert executor.options["resources"][role_resource("batch")] == pytest.approx(1e-3)
+
+
+def test_a_local_cluster_sizes_every_node_for_its_whole_role() -> None:
+    """Each base node offers the CPUs of the whole base side, so one survivor can take the
+    actors of a lost node; fewer than two nodes is no cluster."""
+    from actors.cluster import LocalCluster, cpus_by_role
+    from commands.replay.night_system import night_system_config
+    from state.errors import ConfigurationError
+
+    config = night_system_config(load_system_config(), dsn="", processors=3)
+    need = cpus_by_role(config.components)
+    assert need["base"] == sum(c.num_cpus for c in config.components if c.placement_role == "base")
+    assert need["base"] >= 3  # the three processors ask for a CPU each
+    with pytest.raises(ConfigurationError, match="at least 2 nodes"):
+        LocalCluster(1, cpus=need)

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import psutil
 import pytest
 
-from base.postgres import embedded_postgres, postmaster_pid
-from base.reliability import alert_threshold, alertable_sql, load_reliability_model
+from base.postgres import postmaster_pid
+from tests.replay_checks import apdb_check as _apdb_check
+from tests.replay_checks import orphans as _orphans
 
 ROOT = Path(__file__).resolve().parent.parent
 TAG = "DMCS_TEST_REPLAY_TAG"
@@ -65,22 +65,6 @@ def _run(out: Path, tag: str, *extra: str) -> tuple[int, str, dict[str, Any]]:
     return done.returncode, output, summary
 
 
-def _orphans(tag: str, pgdata: Path) -> list[str]:
-    """Live processes started by a replay with ``tag``, or serving its PostgreSQL."""
-    found = []
-    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
-        try:
-            tagged = proc.environ().get(TAG) == tag
-            cmdline = " ".join(proc.info["cmdline"] or [])
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-        if tagged or str(pgdata) in cmdline:
-            found.append(f"{proc.info['name']} ({proc.pid}): {cmdline[:120]}")
-    return found
-
-
 def _assert_no_orphans(tag: str, pgdata: Path) -> None:
     deadline = time.monotonic() + 20
     while (left := _orphans(tag, pgdata)) and time.monotonic() < deadline:
@@ -91,36 +75,6 @@ def _assert_no_orphans(tag: str, pgdata: Path) -> None:
 def _counts(summary: dict[str, Any]) -> dict[str, Any]:
     keys = ("visits", "ccdsExpected", "ccdsIngested", "ccdsProcessed", "ccdsFailed", "alerts")
     return {k: summary[k] for k in keys}
-
-
-async def _apdb_check(pgdata: Path) -> dict[str, int]:
-    """Alertable DIASources (with an object, at or above the reliability threshold) and
-    alerts per CCD, read back from the replay's own database."""
-    with embedded_postgres(pgdata, supervise=False) as dsn:
-        conn = await asyncpg.connect(dsn)
-        try:
-            dup = await conn.fetchval(
-                'SELECT count(*) - count(DISTINCT "diaSourceId") FROM apdb."DiaSource"'
-            )
-            rows = await conn.fetch(
-                'SELECT visit, detector, count(*) AS n FROM apdb."DiaSource"'
-                f" WHERE {alertable_sql('$1')}"
-                " GROUP BY visit, detector",
-                alert_threshold(load_reliability_model(), None),
-            )
-            alerts = await conn.fetch("SELECT visit, detector, n_alerts FROM prompt.ccd_alerts")
-        finally:
-            await conn.close()
-    dia = {(r["visit"], r["detector"]): int(r["n"]) for r in rows}
-    published = {(r["visit"], r["detector"]): int(r["n_alerts"]) for r in alerts}
-    return {
-        "duplicates": int(dup),
-        "ccds_with_alerts_unlike_diasources": sum(
-            1 for k in published if published[k] != dia.get(k, 0)
-        ),
-        "diasources": sum(dia.values()),
-        "alerts": sum(published.values()),
-    }
 
 
 def test_two_replays_in_a_row_both_complete_with_equal_counts(tmp_path: Path) -> None:

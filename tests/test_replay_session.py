@@ -136,3 +136,23 @@ async def test_a_clean_replay_on_a_given_database_drops_only_its_schemas(pg_dsn:
         await conn.execute('DROP SCHEMA "drop_keep" CASCADE')
     finally:
         await conn.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"nodes": 0}, "--nodes must be at least 1"),
+        ({"nodes": 3, "address": "10.0.0.1:6379"}, "excludes --address"),
+        ({"nodes": 2, "kill_node_at": 1}, "needs --nodes 3 or more"),
+        ({"nodes": 3, "kill_node_at": 5, "visits": 3}, "not a visit of the night"),
+    ],
+)
+async def test_multi_node_options_that_cannot_work_are_refused_before_anything_starts(
+    tmp_path: Path, options: dict[str, object], message: str
+) -> None:
+    from commands.replay.main import ReplayOptions, run_replay
+
+    out = tmp_path / "replay"
+    with pytest.raises(ConfigurationError, match=message):
+        await run_replay(ReplayOptions(out=out, **options))  # type: ignore[arg-type]
+    assert not out.exists()  # refused before the directory, the night or Ray

@@ -100,6 +100,7 @@ def write_night_reports(
     *,
     truth_db: Path | str | None = None,
     reliability_threshold: float | None = None,
+    node_losses: list[dict[str, Any]] | None = None,
 ) -> ReportPaths:
     """Build the Performance and Data Quality reports of ``night`` and write them to ``out_dir``.
 
@@ -108,7 +109,8 @@ def write_night_reports(
     ``diasources`` a structured array, mapping of columns or list of dicts with Rubin DiaSource
     column names. Both are needed for the detection efficiency; without them the Data Quality
     Report says so. ``reliability_threshold`` is the alert cut the purity and completeness
-    of the alerted DIASources are counted at (None: no cut).
+    of the alerted DIASources are counted at (None: no cut). ``node_losses``: the Ray nodes
+    lost during the night (``dmcs replay --kill-node-at``), shown in the Performance Report.
     """
     out_dir = Path(out_dir)
     try:
@@ -125,6 +127,10 @@ def write_night_reports(
 
     perf = performance_report(night, budget_s)
     perf["generatedUtc"] = generated
+    perf["nodeLosses"] = [
+        {**loss, "utc": dt.datetime.fromtimestamp(float(loss["at"]), dt.UTC).strftime("%H:%M:%S")}
+        for loss in node_losses or []
+    ]
     figures = {
         name: png
         for name, png in (

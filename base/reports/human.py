@@ -35,6 +35,33 @@ def _failure_rows(rows: list[dict[str, Any]]) -> tuple[tuple[Any, ...], ...]:
     )
 
 
+def _node_loss_blocks(losses: list[dict[str, Any]]) -> list[Block]:
+    """Ray nodes lost during the night (a multi-node run), and the CCDs each cost."""
+    if not losses:
+        return []
+    rows = tuple(
+        (
+            loss["utc"],
+            loss["nodeId"][:12],
+            loss["visit"],
+            ", ".join(loss["actors"]) or "none",
+            loss["ccdsInterrupted"],
+            loss["ccdsFailed"],
+        )
+        for loss in losses
+    )
+    headers = ("time (UTC)", "node", "at visit", "actors restarted elsewhere",
+               "CCDs under way", "of them failed")  # fmt: skip
+    return [
+        Heading(2, "Node losses"),
+        Para(
+            f"**{len(losses)}** Ray node(s) lost; their actors restarted on the surviving "
+            "nodes. CCDs under way: those of the visits begun that had not ended when it went."
+        ),
+        Table(headers, rows),
+    ]
+
+
 def performance_blocks(perf: dict[str, Any], figures: dict[str, bytes]) -> list[Block]:
     title = _title("Performance Report", perf)
     blocks: list[Block] = [
@@ -94,8 +121,9 @@ def performance_blocks(perf: dict[str, Any], figures: dict[str, bytes]) -> list[
             ("taken", "read out", "in summit buffer", "ingested (archived)", "not ingested"),
             ((img["taken"], img["readOut"], img["inBuffer"], img["ingested"], img["notIngested"]),),
         ),
-        Heading(2, "Failures"),
     ]
+    blocks += _node_loss_blocks(perf.get("nodeLosses") or [])
+    blocks.append(Heading(2, "Failures"))
     n_rec, n_unrec = fail["nRecoverable"], fail["nUnrecoverable"]
     if not n_rec and not n_unrec:
         blocks.append(Para("No failures."))

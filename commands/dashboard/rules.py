@@ -67,6 +67,8 @@ class Rules:
                 return [Verdict(f"IngestLag.{event.component}", event.component, severity, reason)]
             case "visitLatency" | "alertsPublished" if data.get("latencySeconds") is not None:
                 return [self._latency(event)]
+            case "nodeLost":
+                return [self._node_lost(event)]
         return []
 
     def _buffer(self, event: Event) -> Verdict:
@@ -85,6 +87,18 @@ class Rules:
         if reported > Severity.NONE and why:
             reason += f"; {name} reports: {why}"
         return Verdict(f"BufferFill.{name}", name, severity, reason)
+
+    @staticmethod
+    def _node_lost(event: Event) -> Verdict:
+        """A Ray node died: SERIOUS, latched until acknowledged (it does not come back)."""
+        d = event.data
+        node = str(d.get("nodeId", "?"))
+        reason = (
+            f"{d.get('role', '?')} node {node[:12]} lost at visit {d.get('visit', '?')}; "
+            f"restarted elsewhere: {', '.join(map(str, d.get('actors') or [])) or 'none'}; "
+            f"{d.get('ccdsInterrupted', 0)} CCDs under way"
+        )
+        return Verdict(f"NodeLoss.{node[:12]}", event.component, Severity.SERIOUS, reason)
 
     def _latency(self, event: Event) -> Verdict:
         """The latest visit's worst latency, from per-CCD and per-visit reports alike."""

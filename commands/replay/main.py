@@ -28,10 +28,12 @@ from typing import Any, TypeVar
 import asyncpg
 from rich.console import Console
 
+from actors.cluster import LocalCluster, cpus_by_role
 from actors.runtime import shutdown_ray
 from base.db import connect_pool
 from base.postgres import postgres_dsn, wait_for_database
 from commands.client import Client
+from commands.night_driver import DriveProgress
 from commands.replay import session
 from commands.replay.display import ReplayDisplay
 from commands.replay.night_system import (
@@ -39,6 +41,7 @@ from commands.replay.night_system import (
     night_system_config,
     register_products,
 )
+from commands.replay.nodes import NodeKiller, placement_of
 from commands.replay.record import NightRecordReader
 from commands.replay.runner import ReplayOutcome, replay_night
 from commands.replay.summary import (
@@ -50,6 +53,7 @@ from commands.replay.summary import (
     write_reports,
 )
 from commands.replay.tracker import DEFAULT_STALL_SECONDS
+from commands.replay.watch import NightWatcher
 from commands.server import serve
 from config.system import SystemConfig, load_system_config
 from state.errors import ConfigurationError, DmcsError, RetriableError
@@ -92,6 +96,27 @@ class ReplayOptions:
     stall_seconds: float = DEFAULT_STALL_SECONDS
     #: Seconds start-up waits for PostgreSQL, Ray and the components.
     startup_timeout: float = 120.0
+    #: Ray nodes on this machine (``> 1``: a local cluster placed by role, see actors/cluster.py).
+    nodes: int = 1
+    #: Kill a base node when this visit (1-based) starts integrating.
+    kill_node_at: int | None = None
+
+    def check(self) -> None:
+        """ConfigurationError for options that cannot go together."""
+        if self.nodes < 1:
+            raise ConfigurationError(f"--nodes must be at least 1, not {self.nodes}")
+        if self.nodes > 1 and self.address:
+            raise ConfigurationError("--nodes starts its own cluster; it excludes --address")
+        if self.kill_node_at is not None:
+            if self.nodes < 3:
+                raise ConfigurationError(
+                    "--kill-node-at needs --nodes 3 or more (two base nodes, one to survive)"
+                )
+            if not 1 <= self.kill_node_at <= self.visits:
+                raise ConfigurationError(
+                    f"--kill-node-at {self.kill_node_at} is not a visit of the night "
+                    f"(1 to {self.visits})"
+                )
 
     def fingerprint(self) -> dict[str, Any]:
         """The options that decide what the night's data are (resume only with the same)."""
@@ -106,6 +131,8 @@ class ReplayOptions:
             "dsn": hashlib.sha256(dsn.encode()).hexdigest()[:16] if dsn else None,
             "address": self.address,
             "config": str(self.config.resolve()) if self.config else None,
+            "nodes": self.nodes,
+            "killNodeAt": self.kill_node_at,
         }
 
 
@@ -176,6 +203,7 @@ async def run_replay(opts: ReplayOptions, console: Console | None = None) -> dic
     def say(message: str) -> None:
         console.print(message, highlight=False)
 
+    opts.check()
     opts.out.mkdir(parents=True, exist_ok=True)
     base = load_system_config(opts.config)
     decision = session.decide(opts.out, opts.fingerprint(), opts.fresh)
@@ -190,8 +218,15 @@ async def run_replay(opts: ReplayOptions, console: Console | None = None) -> dic
     run = session.begin(opts.out, opts.fingerprint())
     status = "failed"
     summary: dict[str, Any] = failure_summary("the replay did not finish")
+    cluster: LocalCluster | None = None
     try:
-        summary = await _replay(opts, base, decision, console)
+        if opts.nodes > 1:
+            # In this thread: Ray's node start-up installs signal handlers (nothing else runs yet).
+            pool = night_system_config(base, dsn="", processors=opts.processors)
+            cpus = cpus_by_role(pool.components)
+            cluster = session.start_cluster(opts.nodes, cpus, say, opts.startup_timeout)
+            base = by_role(base)
+        summary = await _replay(opts, base, decision, console, cluster)
         status = "complete" if summary["complete"] else "incomplete"
     except Exception as e:  # noqa: BLE001 (a replay reports whatever failed, never a traceback)
         summary = _failed(opts, decision, e)
@@ -203,6 +238,8 @@ async def run_replay(opts: ReplayOptions, console: Console | None = None) -> dic
     finally:
         if opts.address is None:
             shutdown_ray()
+        if cluster is not None:
+            await asyncio.to_thread(session.stop_cluster, cluster, say)
         left_behind = await asyncio.to_thread(session.reap, run, say)
         if left_behind:
             summary["leftProcesses"] = left_behind
@@ -234,7 +271,11 @@ async def _drop_schemas(dsn: str, config: SystemConfig, say: Any) -> None:
 
 
 async def _replay(
-    opts: ReplayOptions, base: SystemConfig, decision: session.Decision, console: Console
+    opts: ReplayOptions,
+    base: SystemConfig,
+    decision: session.Decision,
+    console: Console,
+    cluster: LocalCluster | None = None,
 ) -> dict[str, Any]:
     def say(message: str) -> None:
         console.print(message, highlight=False)
@@ -270,7 +311,7 @@ async def _replay(
         try:
             reader = NightRecordReader(pool, config)
             try:
-                outcome = await _run_system(config, opts, night, token, console, reader)
+                outcome = await _run_system(config, opts, night, token, console, reader, cluster)
             except Exception as e:  # noqa: BLE001 (the night failed: count it, report it)
                 summary = _failed(opts, decision, e)
                 summary["recoveries"] = restarts
@@ -332,7 +373,9 @@ async def _summarize(
     summary = night_summary(records, outcome)
     try:
         summary["reports"] = await _patiently(
-            lambda: write_reports(pool, config, records, outcome.visits, night, out)
+            lambda: write_reports(
+                pool, config, records, outcome.visits, night, out, outcome.node_losses
+            )
         )
         summary["alertQuality"] = alert_headline(summary["reports"])
     except (DmcsError, OSError, ValueError, asyncpg.PostgresError) as e:
@@ -347,27 +390,75 @@ async def _run_system(
     token: str,
     console: Console,
     reader: NightRecordReader,
+    cluster: LocalCluster | None = None,
 ) -> ReplayOutcome:
     def stalled(message: str) -> None:
         console.print(f"[yellow]{message}[/yellow]", highlight=False)
 
+    address = cluster.address if cluster is not None else opts.address
+    killer = None
+    if cluster is not None and opts.kill_node_at is not None:
+        visit_ids = [v.visit_id for v in open_night(night).visits]
+        killer = NodeKiller(cluster, opts.kill_node_at, visit_ids)
     async with (
-        serve(config, address=opts.address, port=0) as running,
+        serve(config, address=address, port=0) as running,
         Client(running.ws_url, token=token) as client,
     ):
         console.print(f"dmcs is up: {running.http_url} (dashboard at {running.http_url}/)")
+        placed: dict[str, str] = {}
+        roles: dict[str, str] = {}
+        if cluster is not None:
+            placed = await asyncio.to_thread(placement_of, config.name)
+            roles = cluster.roles
+            console.print(_placed_text(cluster, placed), highlight=False)
         with ReplayDisplay(console, opts.progress) as display:
+            on_drive = display.drive
+            if killer is not None:
+                killer.bus = running.system.bus
+
+                def on_drive(p: DriveProgress) -> None:
+                    display.drive(p)
+                    killer.on_drive(p)
+
+            def watch(watcher: NightWatcher) -> None:
+                if killer is not None:
+                    killer.progress = watcher.progress
+
             outcome = await replay_night(
                 client,
                 night,
                 opts.out / "staging",
                 speed=opts.speed,
                 drain_seconds=opts.drain_seconds,
-                on_drive=display.drive,
+                on_drive=on_drive,
                 on_change=display.pipeline,
+                during=watch,
                 read_record=reader.read,
                 stall_seconds=opts.stall_seconds,
                 on_stall=stalled,
             )
+        if killer is not None:
+            outcome.node_losses = await killer.settle(outcome.progress)
+        outcome.placement = placed
+        outcome.node_roles = roles
         await client.set_system_state(State.STANDBY)
     return outcome
+
+
+def _placed_text(cluster: LocalCluster, placed: dict[str, str]) -> str:
+    """Which components run on which node, in words."""
+    roles = cluster.roles
+    by_node: dict[str, list[str]] = {}
+    for name, node in sorted(placed.items()):
+        by_node.setdefault(node, []).append(name)
+    parts = [
+        f"{node[:8]} ({roles.get(node, '?')}): {', '.join(names)}"
+        for node, names in by_node.items()
+    ]
+    return f"a local {len(roles)}-node Ray cluster, placed by role; " + "; ".join(parts)
+
+
+def by_role(config: SystemConfig) -> SystemConfig:
+    """``config`` with placement by node role switched on."""
+    placement = config.placement.model_copy(update={"by_role": True})
+    return config.model_copy(update={"placement": placement})

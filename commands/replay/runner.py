@@ -37,6 +37,12 @@ class ReplayOutcome:
     stalls: list[str] = field(default_factory=list)
     #: What an incomplete night was still waiting for at the end.
     waiting_for: str = ""
+    #: Nodes removed mid-night (``--kill-node-at``) and what each cost (commands/replay/nodes.py).
+    node_losses: list[dict[str, object]] = field(default_factory=list)
+    #: Where each component ran at the start (component -> Ray node id), on a local cluster.
+    placement: dict[str, str] = field(default_factory=dict)
+    #: The role of each node of that cluster (node id -> ``summit`` or ``base``).
+    node_roles: dict[str, str] = field(default_factory=dict)
 
 
 async def replay_night(

@@ -12,6 +12,9 @@ PID). The next run in the same directory decides from it:
   one that failed with an error starts clean, so a broken state never blocks the next run;
 * another replay still running in the directory: refused.
 
+With ``--nodes N`` a run starts a local N-node Ray cluster (:func:`start_cluster`) and stops
+every node of it at exit (:func:`stop_cluster`), also after an error or Ctrl-C.
+
 Every process a run starts (Ray, the embedded PostgreSQL, CCD worker processes) inherits
 ``DMCS_REPLAY_RUN=<run id>`` from it, which is how a later run finds and stops what a
 killed run left, and how a run checks at exit that nothing of its own is left.
@@ -32,6 +35,7 @@ from typing import Any, Literal
 
 import psutil
 
+from actors.cluster import LocalCluster
 from base.postgres import postmaster_pid
 from state.durable import write_durably
 from state.errors import ConfigurationError
@@ -239,3 +243,18 @@ def reap(run: RunRecord, say: Callable[[str], None], grace: float = 15.0) -> lis
     say(f"stopping {len(procs)} processes of this replay still running at exit: {left}")
     stop_processes(procs)
     return [left]
+
+
+def start_cluster(
+    nodes: int, cpus: dict[str, float], say: Callable[[str], None], timeout: float
+) -> LocalCluster:
+    """A local ``nodes``-node Ray cluster (its processes carry this run's tag); ``cpus``: the
+    logical CPUs each role's components ask for (every node of the role offers them all)."""
+    say(f"starting a local Ray cluster of {nodes} nodes (1 summit, {nodes - 1} base)…")
+    return LocalCluster(nodes, cpus=cpus, timeout=timeout)
+
+
+def stop_cluster(cluster: LocalCluster, say: Callable[[str], None]) -> None:
+    """Kill every node of ``cluster``; what is left of them is then found by :func:`reap`."""
+    cluster.shutdown()
+    say("stopped the local Ray cluster")

@@ -127,6 +127,11 @@ def night_summary(records: NightRecords | None, outcome: ReplayOutcome) -> dict[
     }
     if outcome.waiting_for:
         summary["waitingFor"] = outcome.waiting_for
+    if outcome.placement:
+        summary["placement"] = outcome.placement
+        summary["nodeRoles"] = outcome.node_roles
+    if outcome.node_losses:
+        summary["nodeLosses"] = outcome.node_losses
     if records is not None:
         latency = latency_summary(records)
         summary["visitShareWithin60s"] = latency.visit_share_within_budget
@@ -141,6 +146,7 @@ async def write_reports(
     visits: list[int],
     night: Path,
     out: Path,
+    node_losses: list[dict[str, Any]] | None = None,
 ) -> dict[str, str]:
     truth = load_truth(night / "truth.sqlite", visits)
     dia = await _diasources(pool, config, visits)
@@ -150,6 +156,7 @@ async def write_reports(
         truth=truth,
         diasources=dia,
         reliability_threshold=_alert_threshold(config),
+        node_losses=node_losses,
     )
     return {k: str(v) for k, v in paths.items()}
 

@@ -214,6 +214,17 @@ class Alarm(Contract):
     counts: dict[str, Any] | None = None
 
 
+class NodeLost(Contract):
+    """A Ray node of the cluster died (``dmcs replay --kill-node-at``; source ``Cluster``)."""
+
+    topic = "nodeLost"
+    nodeId: Name | None = None
+    role: Literal["summit", "base", "batch"] | None = None
+    visit: Int64 | None = None
+    actors: Annotated[list[Name], Field(max_length=1000)] | None = None
+    ccdsInterrupted: NonNegInt | None = None
+
+
 class ComponentStatus(Contract):
     topic = "componentStatus"
     components: list[dict[str, Any]] | None = None
@@ -244,4 +255,5 @@ COMPONENT_CONTRACTS: tuple[type[Contract], ...] = (
     ProcessingStatus,
     Alarm,
     ComponentStatus,
+    NodeLost,
 )
