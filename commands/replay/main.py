@@ -368,6 +368,7 @@ async def _run_system(
                 read_record=reader.read,
                 stall_seconds=opts.stall_seconds,
                 on_stall=stalled,
+                enable_timeout=opts.startup_timeout,  # the components' warm-up included
             )
         await client.set_system_state(State.STANDBY)
     return outcome
