@@ -9,7 +9,8 @@ directly (its ``store`` goes through pandas ``to_sql`` and would take far longer
 HTM level-20 ``pixelId``. Both then get the same daytime maintenance: the spatial tables
 CLUSTERed on their pixelId index and ANALYZEd (``Apdb.cluster``). The visit: a 3.1 x 3.1 deg
 field (a full focal plane), 10k DIASources of which 7k fall on known objects; one association
-(dmcs's) feeds both stores.
+(dmcs's) feeds both stores. The COPY codecs are warmed first, as the Association warms them
+when it starts (``base.apdb.warm``): the figure is a visit's, not the numba cache's.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from base.apdb import Apdb, IdPacker, Region
 from base.apdb import schema as sch
 from base.apdb.rows import records
 from base.apdb.simulate import dia_objects_from_sources, dia_sources, random_sky
+from base.apdb.warm import warm_up_codecs
 from base.postgres import postgres_dsn
 
 N_PREFILL = int(os.environ.get("DMCS_BENCH_PREFILL", "1000000"))  # a smaller value: a smoke run
@@ -190,6 +192,7 @@ async def run(dsn: str) -> dict[str, Any]:
 
     rng = np.random.default_rng(0)
     region = Region.box(RA0, DEC0, VISIT_HALF, pad_arcsec=PAD)
+    warm_up_codecs()  # as the Association does when it starts: the numba kernels are loaded
     t0 = time.perf_counter()
     pre = await apdb.preload(region, MJD)
     t1 = time.perf_counter()

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import math
 import traceback as tb
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,8 @@ class _Job:
     command: Command
     method: Callable[..., Any]
     acks: asyncio.Queue[Ack] = field(default_factory=asyncio.Queue)
+    #: The event loop's time at which the command times out (set when it begins).
+    deadline: float = math.inf
 
 
 #: errorCode of a FAULT caused by a component's own background task raising.
@@ -321,6 +324,7 @@ class Controller(Configurable):
     async def _execute(self, job: _Job) -> Ack:
         token = _current_job.set(job)
         timeout = job.command.timeout or self.command_timeout
+        job.deadline = asyncio.get_running_loop().time() + timeout
         scope = asyncio.timeout(timeout)
         try:
             async with scope:
@@ -366,6 +370,13 @@ class Controller(Configurable):
         if job is None:
             raise RuntimeError("in_progress() is only meaningful inside a command")
         job.acks.put_nowait(self._ack(job.command, AckCode.CMD_INPROGRESS, message, remaining))
+
+    def command_time_left(self) -> float:
+        """Seconds before the command being run times out (inf outside a command)."""
+        job = _current_job.get()
+        if job is None:
+            return math.inf
+        return job.deadline - asyncio.get_running_loop().time()
 
     # -------------------------------------------------------------- state machine
     async def _transition(self, command: str, *args: Any) -> None:

@@ -13,7 +13,7 @@ import pytest_asyncio
 from base.apdb import Apdb, DatabaseUnavailableError, IdPacker, Region, pixel_ids
 from base.apdb import schema as sch
 from base.apdb.simulate import dia_objects_from_sources, dia_sources, random_sky
-from state.errors import RetriableError, StorageError
+from state.errors import DmcsError, RetriableError, StorageError
 
 SCHEMA = "apdb_test_apdb"
 MJD = 60800.2
@@ -169,3 +169,55 @@ async def test_unreachable_database_is_retriable(tmp_path) -> None:
         await Apdb.connect(dsn, schema="x")
     assert isinstance(info.value, RetriableError)
     assert info.value.__cause__ is not None
+
+
+def test_copy_decoding_reads_back_text_nulls_and_empty_streams() -> None:
+    from base.apdb.copyread import decode_copy
+    from base.apdb.copywrite import copy_payload
+
+    table = sch.tables()["DiaSource"]
+    rng = np.random.default_rng(5)
+    ra, dec = random_sky(rng, 7, 10.0, 5.0, 0.1)
+    src = dia_sources(rng, ra, dec, 41, 2, MJD)
+    src["band"] = np.array(["g", "r", "", "i", "r", "longer-band", "g"], dtype=object)
+    src["psfFlux"][3] = np.nan
+    src["diaObjectId"][:] = [0, 5, 0, 7, 7, 9, 0]  # 0: no object (NULL-like id)
+    short = copy_payload(table, src, 7)[1]  # the columns not given are left out of the rows
+    for c in table.columns:
+        if c.name not in src:
+            src[c.name] = np.full(7, "" if c.kind == "str" else 0, dtype=c.np_type)
+    _, payload = copy_payload(table, src, 7)
+    back = decode_copy(payload, table)
+    assert list(back) == table.names
+    assert back["band"].tolist() == ["g", "r", "", "i", "r", "longer-band", "g"]
+    assert back["band"].dtype == object
+    np.testing.assert_array_equal(back["diaObjectId"], src["diaObjectId"])
+    assert np.isnan(back["psfFlux"][3]) and np.isfinite(back["psfFlux"][[0, 1, 2, 4]]).all()
+    np.testing.assert_array_equal(back["ra"], src["ra"])
+    assert back["visit"].dtype == np.int64 and back["psfFlux"].dtype == np.float32
+    empty = decode_copy(copy_payload(table, {k: v[:0] for k, v in src.items()}, 0)[1], table)
+    assert all(len(v) == 0 for v in empty.values()) and empty["band"].dtype == object
+    with pytest.raises(ValueError, match="not a PostgreSQL binary COPY stream"):
+        decode_copy(b"garbage", table)
+    with pytest.raises(ValueError, match="row 0 does not have the 104 fields of DiaSource"):
+        decode_copy(short, table)
+    with pytest.raises(ValueError, match="row 6 does not have"):
+        decode_copy(payload[:-40], table)  # cut short inside the last row
+
+
+async def test_a_preload_that_fails_raises_its_own_error(pg_dsn: str) -> None:
+    """The three reads of a preload run at once; one failing raises its mapped dmcs error
+    (what the Association's failure policy catches), not an exception group."""
+    schema = "apdb_test_preload_fails"
+    conn = await asyncpg.connect(pg_dsn)
+    await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    db = await Apdb.connect(pg_dsn, schema=schema)
+    try:
+        await conn.execute(f'ALTER TABLE "{schema}"."DiaForcedSource" RENAME TO "gone"')
+        with pytest.raises(DmcsError, match="APDB preload") as info:
+            await db.preload(Region.box(200.0, -30.0, 0.2, pad_arcsec=10.0), MJD)
+        assert not isinstance(info.value, BaseExceptionGroup)
+    finally:
+        await db.close()
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.close()

@@ -289,6 +289,18 @@ def test_latency_summary_math() -> None:
     assert latency_summary(night, budget_s=100.0).visit_share_within_budget == 1.0
 
 
+def test_preload_lead_per_visit_is_its_latest_ccd() -> None:
+    rows = []
+    for v, leads in {1: [5.0, 7.0], 2: [4.0, -3.0]}.items():
+        t0 = T0 + 100.0 * v
+        rows.append(StageTime(v, None, "endReadout", t0))
+        rows += [StageTime(v, d, "preloadReady", t0 - lead) for d, lead in enumerate(leads)]
+    rows.append(StageTime(3, 0, "endReadout", T0 + 300.0))  # never preloaded: not listed
+    s = latency_summary(NightRecords((), stage_array(rows), ()))
+    assert s.preload_lead_by_visit == {1: pytest.approx(5.0), 2: pytest.approx(-3.0)}
+    assert s.to_dict()["preloadLeadByVisit"] == {"1": pytest.approx(5.0), "2": pytest.approx(-3.0)}
+
+
 def test_latency_summary_of_an_empty_or_unfinished_night() -> None:
     empty = latency_summary(NightRecords((), stage_array([]), ()))
     assert empty.ccd.n == 0 and empty.visit_share_within_budget is None

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -150,24 +151,35 @@ class Apdb:
 
         Every table is read by ``pixelId`` ranges (index range scans, sequential once the
         tables are clustered, see :meth:`cluster`); the history by the ranges of the region
-        grown by :data:`HISTORY_PAD_ARCSEC`, then kept for the objects found.
+        grown by :data:`HISTORY_PAD_ARCSEC`, then kept for the objects found. The three tables
+        are read at once, each on its own connection, and decoded off the event loop.
         """
         since = float(mjd - history_days)
         wider = Region(region.ra, region.dec, region.pad_arcsec + HISTORY_PAD_ARCSEC)
-        async with mapped_errors("APDB preload"), self._pool.acquire() as conn:
-            objects = await self._in_ranges(conn, "DiaObjectLast", region, "")
-            inside = np.flatnonzero(region.contains(objects["ra"], objects["dec"]))
-            inside = inside[np.argsort(objects["pixelId"][inside], kind="stable")]
-            objects = {k: v[inside] for k, v in objects.items()}
-            when = f' AND o."midpointMjdTai" > {since!r}'
-            sources = await self._in_ranges(conn, "DiaSource", wider, when)
-            forced = await self._in_ranges(conn, "DiaForcedSource", wider, when)
+        when = f' AND o."midpointMjdTai" > {since!r}'
+        reads = (("DiaObjectLast", region, ""), ("DiaSource", wider, when),
+                 ("DiaForcedSource", wider, when))  # fmt: skip
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(self._read(*read)) for read in reads]
+        except ExceptionGroup as eg:
+            raise eg.exceptions[0] from eg
+        objects, sources, forced = (t.result() for t in tasks)
+        inside = np.flatnonzero(region.contains(objects["ra"], objects["dec"]))
+        inside = inside[np.argsort(objects["pixelId"][inside], kind="stable")]
+        objects = {k: v[inside] for k, v in objects.items()}
         ids = objects["diaObjectId"]
         keep = np.isin(sources["diaObjectId"], ids)
         sources = {k: v[keep] for k, v in sources.items()}
         keep = np.isin(forced["diaObjectId"], ids)
         forced = {k: v[keep] for k, v in forced.items()}
         return Preload(objects, sources, forced)
+
+    async def _read(self, name: str, region: Region, where: str) -> Columns:
+        """One table's rows in ``region``, on a connection of its own (the three reads of a
+        preload run at once: the server produces one stream while another is decoded)."""
+        async with mapped_errors("APDB preload"), self._pool.acquire() as conn:
+            return await self._in_ranges(conn, name, region, where)
 
     async def _in_ranges(
         self, conn: asyncpg.Connection, name: str, region: Region, where: str

@@ -29,12 +29,14 @@ from base.alerts.avro_columnar import encode_alert_batch
 from base.alerts.batch import AlertBatch, BufferPool
 from base.alerts.schema import AlertSchema, latest_schema
 from base.alerts.spool import AlertSpool, AlertStreamRpc
+from base.alerts.warm import warm_up_encoder
 from base.apdb import outbox
 from base.apdb.outbox import AlertOutbox
 from base.db import connect_pool
 from base.prompt.settings import AlertPublisherSettings
 from base.prompt.visit_tracker import VisitLatency, VisitTracker
 from base.prompt_records import PromptRecords, VisitRecord
+from base.warm_up import log_failure, needs_warm_up, wait_for_warm_up
 from state.clock import tai_now
 from state.contracts.data_plane import AlertHandoff
 from state.controller import Controller, SupervisedGroup
@@ -69,6 +71,8 @@ class AlertPublisher(Controller, AlertStreamRpc):
         self._listener: asyncpg.Connection | None = None
         self._wake = asyncio.Event()
         self._publishing = asyncio.Lock()
+        #: The alert encoder's warm-up (a thread: it cannot be cancelled, and it is short).
+        self._warming: asyncio.Future[float] | None = None
         #: The outbox's rows pending, published and failed, as of the last drain.
         self._outbox_state: dict[str, int] = {}
         self.counts = {"published": 0, "alerts": 0, "duplicates": 0, "unpublishable": 0}
@@ -92,6 +96,14 @@ class AlertPublisher(Controller, AlertStreamRpc):
             self._outbox = await AlertOutbox.open(self._pool, self.config.apdb_schema)
         if self._listener is None:
             self._listener = await self._listen()
+        if needs_warm_up(self._warming):
+            schema = self._schema or latest_schema()
+            # its own pool: the warm-up thread may still run when the first batch is encoded
+            self._warming = asyncio.ensure_future(
+                asyncio.to_thread(warm_up_encoder, schema, BufferPool(granule=1 << 16))
+            )
+            self._warming.add_done_callback(log_failure(self, "alert encoder"))
+        await wait_for_warm_up(self, self._warming, "alert encoder", self.config.warm_up_wait)
 
     async def _listen(self) -> asyncpg.Connection | None:
         """A connection that wakes the drain on each new outbox row; None: poll only."""

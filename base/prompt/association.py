@@ -26,10 +26,12 @@ from typing import Any, ClassVar
 
 from algorithms.reliability import ReliabilityModel
 from base.apdb import Apdb
+from base.apdb.warm import warm_up_codecs
 from base.prompt.association_step import Associated, alert_handoff, associate_ccd
 from base.prompt.requests import CcdResults
 from base.prompt.settings import AssociationSettings
 from base.reliability import alert_threshold, load_reliability_model
+from base.warm_up import log_failure, needs_warm_up, wait_for_warm_up
 from state.controller import Controller, SupervisedGroup
 from state.errors import DmcsError, InvalidInputError, NotReadyError, RetriableError
 from state.states import State
@@ -50,6 +52,8 @@ class Association(Controller):
         self._model: ReliabilityModel | None = None
         self._threshold: float | None = None
         self._lock = asyncio.Lock()
+        #: The APDB codecs' warm-up (a thread: it cannot be cancelled, and it is short).
+        self._warming: asyncio.Future[float] | None = None
         self.counts = {"associated": 0, "duplicates": 0, "rejected": 0, "notAlerted": 0}
 
     async def end_start(self, configuration_override: str) -> None:
@@ -58,6 +62,10 @@ class Association(Controller):
         self._model = model
         if self._apdb is None:
             self._apdb = await Apdb.connect(self.config.dsn, self.config.apdb_schema)
+        if needs_warm_up(self._warming):
+            self._warming = asyncio.ensure_future(asyncio.to_thread(warm_up_codecs))
+            self._warming.add_done_callback(log_failure(self, "APDB codecs"))
+        await wait_for_warm_up(self, self._warming, "APDB codecs", self.config.warm_up_wait)
 
     async def end_standby(self) -> None:
         apdb, self._apdb = self._apdb, None

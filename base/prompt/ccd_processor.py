@@ -18,6 +18,7 @@ Association has stored the CCD, it is never processed again (a repeat is a no-op
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
@@ -38,6 +39,7 @@ from base.prompt.work_queue import WorkItem, WorkQueue
 from base.prompt_records import CcdOutcome, PromptRecords, StageTime
 from base.registry.records import RawRecord
 from base.registry.repository import Repository
+from base.warm_up import log_failure, wait_for_warm_up
 from state.clock import tai_now
 from state.contracts.data_plane import AssociateReply, CcdWorkResult
 from state.contracts.values import ContractError
@@ -93,6 +95,8 @@ class CcdProcessor(Controller):
         self.stage_writer = StageWriter(self.log_message, self.log, self.config.retry_backoff)
         self._headerless: set[tuple[int, int]] = set()
         self._headerless_visits: set[int] = set()
+        self._warming: asyncio.Task[Any] | None = None
+        self._warm_pid: int | None = None
 
     async def _q(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a work-list call on its own thread: its fsync never blocks the event loop."""
@@ -113,8 +117,34 @@ class CcdProcessor(Controller):
             self._repository = await Repository.connect(
                 self.config.dsn, self.config.registry_schema
             )
+        await self._warm_up()
+
+    async def _warm_up(self) -> None:
+        """Start the worker and run the chain once on a simulated CCD (once per worker
+        process), so that the first visit finds the kernels compiled and the modules loaded;
+        a warm-up that start stops waiting for runs in the worker before its first preload.
+        A chain that fails here would fail every CCD: start fails with it."""
+        if self._warm_pid is not None and self._warm_pid == self.worker.pid:
+            return
+        if self._warming is None or self._warming.done():
+            self._warming = asyncio.create_task(self._run_warm_up(), name="warm_up")
+            self._warming.add_done_callback(log_failure(self, "CCD processing"))
+        await wait_for_warm_up(self, self._warming, "CCD processing", self.config.warm_up_wait)
+
+    async def _run_warm_up(self) -> None:
+        done = await self.worker.run(f"{WORK}:warm_up", timeout=self.config.warm_up_timeout)
+        self._warm_pid = self.worker.pid
+        self.log.info(
+            "warm-up done in %.1f s (%.1f s waiting for another's; pid %s)",
+            done["seconds"], done["waitedSeconds"], self._warm_pid,
+        )  # fmt: skip
 
     async def end_standby(self) -> None:
+        warming, self._warming = self._warming, None
+        if warming is not None and not warming.done():
+            warming.cancel()
+            with contextlib.suppress(asyncio.CancelledError, DmcsError):
+                await warming
         pool, self._pool, self._records = self._pool, None, None
         self.stage_writer.connected(None)
         if pool is not None:

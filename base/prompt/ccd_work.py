@@ -5,26 +5,39 @@ module's memory, so ``process`` finds them when the raw arrives. ``source`` is t
 ``ResolvedInputs`` the processor (or a batch reprocessing) looked up in the registry for this
 one CCD (a fresh adapter each call: it costs nothing).
 Results go back as plain dicts and numpy arrays (pickled through the pipe).
+``warm_up`` runs the chain once on a small simulated CCD when the processor starts, so that
+the first visit of a night finds its numba kernels compiled and its modules loaded.
 """
 
 from __future__ import annotations
 
+import fcntl
+import tempfile
+import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 
+from algorithms.pipeline import ExposureInfo, PipelineConfig, ReferenceCatalog, Template, run_ccd
+from algorithms.synthetic import SimConfig, make_visit
 from algorithms.wcs import TanSipWcs
 from base.apdb.ids import IdPacker
 from base.ccd_inputs import ResolvedInputs, ResolvedRepository
 from base.ccd_processing import CcdOutputs, CcdProcessing, Preloaded
+from base.cutouts import cutout_to_fits
 from base.prompt.requests import CcdResults
 from state.clock import tai_mjd, tai_now
 from state.contracts.data_plane import CcdVisit
-from state.errors import InvalidInputError
+from state.errors import InvalidInputError, StartupError
 
 #: Preloaded (visit, detector) inputs kept at most (a few visits of one processor's CCDs).
 MAX_PRELOADED = 16
+#: The warm-up's simulated CCD: a mini-sized one with a few transients, so that every stage
+#: (detection, PSF, astrometry, difference imaging, DIASources, cutouts) runs.
+WARM_UP_CCD = SimConfig(seed=99, n_transients=5)
 
 _preloaded: OrderedDict[tuple[int, int], Preloaded] = OrderedDict()
 _ids = IdPacker(release=0)
@@ -34,6 +47,38 @@ def _adapter(source: ResolvedInputs) -> CcdProcessing:
     if not isinstance(source, ResolvedInputs):
         raise InvalidInputError(f"CCD inputs must be looked up in the registry, not {source!r}")
     return CcdProcessing(ResolvedRepository(source))
+
+
+def warm_up() -> dict[str, Any]:
+    """Process one simulated CCD with the processing's own configuration: numba compiles its
+    kernels (or loads them from its on-disk cache) and the modules load now, not on the first
+    visit. A chain that fails here would fail every CCD, so it raises.
+
+    One warm-up at a time per numba cache directory: the processors of a pool compile the
+    same kernels, so the second one waits and loads what the first one compiled, instead of
+    compiling them again on the same cores."""
+    t0 = time.perf_counter()
+    lock = Path(numba.config.CACHE_DIR or tempfile.gettempdir()) / "dmcs-warm-up.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        waited = time.perf_counter() - t0
+        done = _process_simulated_ccd()
+    return {**done, "seconds": time.perf_counter() - t0, "waitedSeconds": waited}
+
+
+def _process_simulated_ccd() -> dict[str, Any]:
+    v = make_visit(WARM_UP_CCD)
+    exp = ExposureInfo(visit=0, detector=0, exptime=v.exptime, initial_wcs=v.initial_wcs)
+    ref = ReferenceCatalog(v.ref_ra, v.ref_dec, v.ref_flux)
+    template = Template(v.template_image, v.template_variance, v.template_wcs, v.template_psf)
+    res = run_ccd(v.raw_amps, v.geometry, v.calibs, exp, ref, template, PipelineConfig())
+    if not res.ok or not len(res.diasources):
+        raise StartupError(f"the warm-up CCD did not process: {'; '.join(res.flags)}")
+    for stamps in res.cutouts[:1]:
+        for cutout in stamps.values():
+            cutout_to_fits(cutout, {"VISIT": 0, "DETECTOR": 0})
+    return {"diaSources": len(res.diasources)}
 
 
 def preload(source: ResolvedInputs, visit_info: dict[str, Any], detector: int) -> list[str]:

@@ -13,6 +13,10 @@ class _Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     #: PostgreSQL DSN (filled by the launcher from the system's database when empty).
     dsn: str = ""
+    #: Seconds ``start`` waits (within its command's timeout) for the component's warm-up:
+    #: its numba kernels compiled, or loaded from numba's on-disk cache, and checked on a small
+    #: simulated input. A cold cache that takes longer finishes before the first visit's work.
+    warm_up_wait: float = Field(default=300.0, ge=0)
 
 
 class CcdProcessorSettings(_Settings):
@@ -30,6 +34,8 @@ class CcdProcessorSettings(_Settings):
     #: Seconds between looks in the registry for ingested CCDs whose ``imageIngested`` never
     #: arrived (events notify; the registry is the record).
     reconcile_interval: float = Field(default=10.0, gt=0)
+    #: Seconds the warm-up may take in all before its worker is killed.
+    warm_up_timeout: float = Field(default=600.0, gt=0)
     association: str = "Association"
     #: Association partitions (``[association] partitions``): each CCD's results go to the
     #: partition owning its footprint centre's tile (``base.prompt.partitions``).

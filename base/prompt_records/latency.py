@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -59,6 +59,8 @@ class LatencySummary:
     steps: tuple[StageStep, ...]
     preload_lead_median_s: float | None  # endReadout - preloadReady (> 0: ready in time)
     visit_latency: dict[int, float]  # visit -> seconds
+    #: visit -> the least lead of its CCDs' preloads (< 0: a CCD's preload was late)
+    preload_lead_by_visit: dict[int, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, with the camelCase keys of the events and reports."""
@@ -81,6 +83,7 @@ class LatencySummary:
             ],
             "preloadLeadMedianSeconds": self.preload_lead_median_s,
             "visitLatency": {str(k): v for k, v in self.visit_latency.items()},
+            "preloadLeadByVisit": {str(k): v for k, v in self.preload_lead_by_visit.items()},
         }
 
 
@@ -142,6 +145,10 @@ def latency_summary(night: NightRecords, budget_s: float = BUDGET_S) -> LatencyS
             )
         )
     lead = start - times.tai[:, STAGE_INDEX["preloadReady"]]
+    least = np.full(len(ids), np.inf)
+    np.fmin.at(least, inverse, np.where(np.isfinite(lead), lead, np.inf))
+    timed_lead = np.isfinite(least)
+    lead_by_visit = dict(zip(ids[timed_lead].tolist(), least[timed_lead].tolist(), strict=True))
     lead = lead[np.isfinite(lead)]
     return LatencySummary(
         budget_s=budget_s,
@@ -153,4 +160,5 @@ def latency_summary(night: NightRecords, budget_s: float = BUDGET_S) -> LatencyS
         steps=tuple(steps),
         preload_lead_median_s=float(np.median(lead)) if len(lead) else None,
         visit_latency=visit_latency,
+        preload_lead_by_visit=lead_by_visit,
     )

@@ -436,6 +436,7 @@ async def _run_system(
                 read_record=reader.read,
                 stall_seconds=opts.stall_seconds,
                 on_stall=stalled,
+                enable_timeout=opts.startup_timeout,  # the components' warm-up included
             )
         if killer is not None:
             outcome.node_losses = await killer.settle(outcome.progress)

@@ -43,6 +43,8 @@ class ReplayOutcome:
     placement: dict[str, str] = field(default_factory=dict)
     #: The role of each node of that cluster (node id -> ``summit`` or ``base``).
     node_roles: dict[str, str] = field(default_factory=dict)
+    #: Seconds the system took to go to ENABLED (the components' start: warm-up included).
+    enable_seconds: float | None = None
 
 
 async def replay_night(
@@ -60,13 +62,15 @@ async def replay_night(
     read_record: Callable[[list[int]], Awaitable[NightRecord]] | None = None,
     stall_seconds: float = DEFAULT_STALL_SECONDS,
     on_stall: Callable[[str], None] = log.warning,
+    enable_timeout: float = 60.0,
 ) -> ReplayOutcome:
     """Drive the night through ``client`` and wait until every CCD is processed or failed.
 
     ``during`` is started (as a task) once the night is under way; tests inject faults there.
     ``read_record`` reads the durable record: a CCD that it shows ended counts as ended even
     if this run saw no event for it (a resumed night). When nothing progresses for
-    ``stall_seconds``, ``on_stall`` is told what the night is waiting for.
+    ``stall_seconds``, ``on_stall`` is told what the night is waiting for. ``enable_timeout``
+    bounds each command that enables the components (their start includes their warm-up).
     """
 
     def drive_progress(p: DriveProgress) -> None:
@@ -89,8 +93,11 @@ async def replay_night(
     async with asyncio.TaskGroup() as tg:
         watching = tg.create_task(watcher.run(events))
         tracking = tg.create_task(tracker.run())
+        enable_seconds = None
         if enable:
-            await client.set_system_state(State.ENABLED)
+            enabling = time.monotonic()
+            await client.set_system_state(State.ENABLED, timeout=enable_timeout)
+            enable_seconds = time.monotonic() - enabling
         extra = tg.create_task(_maybe(during, watcher))
         drive = await driver.run()
         complete = await tracker.wait_complete(drain_seconds)
@@ -106,6 +113,7 @@ async def replay_night(
         record=tracker.record,
         stalls=tracker.stalls,
         waiting_for="" if complete else tracker.waiting_for(),
+        enable_seconds=enable_seconds,
     )
 
 

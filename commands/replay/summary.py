@@ -105,6 +105,7 @@ def night_summary(records: NightRecords | None, outcome: ReplayOutcome) -> dict[
     summary: dict[str, Any] = {
         "complete": outcome.complete,
         "wallSeconds": round(outcome.wall_seconds, 1),
+        "enableSeconds": _rounded(outcome.enable_seconds),
         "visits": len(outcome.visits),
         "ccdsExpected": len(expected),
         "ccdsIngested": len((p.ingested | r.ingested) & expected),
@@ -181,3 +182,7 @@ def alert_headline(reports: dict[str, str]) -> dict[str, Any] | None:
     keys = ("purityAlerted", "purityAllDiaSources", "completenessSnrGe7Alerted",
             "completenessSnrGe7", "reliabilityThreshold")  # fmt: skip
     return {k: aq.get(k) for k in keys}
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 1)
