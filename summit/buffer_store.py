@@ -1,6 +1,7 @@
 """The summit buffer's storage: raw files plus their manifest, with capacity accounting.
 
-A raw is accepted in three durable steps: a ``receiving`` row in the manifest, the file
+A raw is accepted in three durable steps: a ``receiving`` row in the manifest (inserted in
+one transaction with the room it takes, so a crash leaves either both or neither), the file
 written with fsync (``state.durable.write_durably``), then the row marked ``buffered``. Only
 after that may the buffer announce it. After a crash :meth:`BufferStore.recover` settles the
 rows caught in between: a complete file is kept, a missing or torn one is fetched again from
@@ -13,18 +14,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from state.clock import tai_now
 from state.durable import sha256_hex, write_durably
-from state.errors import BufferFullError, DmcsError, InvalidInputError, StorageError
-from summit.buffer_manifest import Entry, Manifest
+from state.durable_sqlite import SqliteThread
+from state.errors import DmcsError, InvalidInputError, StorageError
+from summit.buffer_manifest import Entry, Manifest, Row
 from summit.raw_check import path_from_url, verify_raw
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 log = logging.getLogger("dmcs.SummitBuffer.store")
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,13 +75,26 @@ class Offer:
 
 
 class BufferStore:
-    def __init__(self, root: Path, capacity: int) -> None:
+    """Raw files and their manifest. The manifest's calls run on its own thread, one at a time
+    in call order; the event loop reads only :meth:`usage` and :meth:`oldest_unsent_tai`,
+    which the writes keep current."""
+
+    def __init__(self, root: Path, capacity: int, name: str = "buffer") -> None:
         self.root = root
         self.capacity = capacity
         self.manifest = Manifest(root / "manifest.sqlite")
+        self._thread = SqliteThread(f"{name}-manifest")
+        self._closed = False
 
-    def close(self) -> None:
-        self.manifest.close()
+    async def _m(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._thread.run(fn, *args, **kwargs)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._m(self.manifest.close)
+        self._thread.close()
 
     def raw_path(self, offer: Offer) -> Path:
         return (
@@ -82,10 +102,10 @@ class BufferStore:
         )
 
     def usage(self) -> Usage:
-        totals = self.manifest.totals()
-        receiving = totals.get("receiving", (0, 0))
-        buffered = totals.get("buffered", (0, 0))
-        retained = totals.get("transferred", (0, 0))
+        figures = self.manifest.figures
+        receiving = figures.of("receiving")
+        buffered = figures.of("buffered")
+        retained = figures.of("transferred")
         return Usage(
             unsent_count=receiving[0] + buffered[0],
             unsent_bytes=receiving[1] + buffered[1],
@@ -93,6 +113,36 @@ class BufferStore:
             retained_bytes=retained[1],
             capacity=self.capacity,
         )
+
+    def totals(self) -> dict[str, tuple[int, int]]:
+        """State → (count, bytes) as of the manifest's last write."""
+        return self.manifest.totals()
+
+    def oldest_unsent_tai(self) -> float | None:
+        return self.manifest.figures.oldest_unsent_tai
+
+    async def find(self, visit: int, detector: int) -> Entry | None:
+        return await self._m(self.manifest.find, visit, detector)
+
+    async def unsent(self) -> list[Entry]:
+        """The buffered raws not yet confirmed by the base, in acquisition order."""
+        return await self._m(self.manifest.in_state, "buffered")
+
+    async def newest_unsent(self) -> Entry | None:
+        return await self._m(self.manifest.newest, "buffered")
+
+    async def count_attempt(self, entry: Entry) -> None:
+        await self._m(self.manifest.count_attempt, entry.seq)
+
+    async def confirmed(self, entry: Entry, *, keep: bool) -> None:
+        """The base holds ``entry``: retained until it expires, or deleted at once."""
+        await self._m(self.manifest.set_state, entry.seq, "transferred", tai_now())
+        if not keep:
+            await self._m(self.manifest.delete, entry)
+
+    async def expire(self, cutoff: float) -> int:
+        """Delete the retained raws confirmed at or before ``cutoff``."""
+        return await self._m(self.manifest.expire, cutoff)
 
     async def accept(self, offer: Offer) -> tuple[Entry, bool]:
         """Take a raw durably; returns its manifest entry and whether it was new.
@@ -102,14 +152,9 @@ class BufferStore:
         ``BufferFullError`` (no room even after dropping retained raws) or ``StorageError``.
         """
         offer.check()
-        existing = self.manifest.find(offer.visit, offer.detector)
+        existing = await self.find(offer.visit, offer.detector)
         if existing is not None and existing.state != "receiving":
-            if existing.checksum != offer.checksum:
-                raise InvalidInputError(
-                    f"{offer.image_name} detector {offer.detector} is already buffered with "
-                    f"another checksum ({existing.checksum[:12]}…); refused"
-                )
-            return existing, False
+            return _same(existing, offer), False
         source = path_from_url(offer.url)
         try:
             data = await asyncio.to_thread(source.read_bytes)
@@ -118,9 +163,7 @@ class BufferStore:
         await asyncio.to_thread(verify_raw, data, offer.checksum, offer.visit, offer.detector)
         path = self.raw_path(offer)
         if existing is None:
-            self._make_room(offer, len(data))
-            # No await since the check: the new row itself holds the room it was given.
-            existing = self.manifest.begin(
+            row = Row(
                 image_name=offer.image_name,
                 visit=offer.visit,
                 detector=offer.detector,
@@ -132,39 +175,23 @@ class BufferStore:
                 end_readout_tai=offer.end_readout_tai,
                 received_tai=tai_now(),
             )
+            existing = await self._m(self.manifest.reserve, row, self.capacity)
+            if existing.state != "receiving":
+                return _same(existing, offer), False
         try:
             await asyncio.to_thread(write_durably, path, data)
         except OSError as e:
             raise StorageError(f"cannot write {offer.image_name} to {path}: {e}") from e
-        self.manifest.set_state(existing.seq, "buffered")
-        found = self.manifest.find(offer.visit, offer.detector)
-        assert found is not None
+        await self._m(self.manifest.set_state, existing.seq, "buffered")
+        found = await self.find(offer.visit, offer.detector)
+        if found is None:
+            raise StorageError(f"{offer.image_name} detector {offer.detector} left the manifest")
         return found, True
-
-    def _make_room(self, offer: Offer, size: int) -> None:
-        """Ensure room for ``size`` bytes, dropping retained raws oldest first if needed."""
-        usage = self.usage()
-        if usage.used_bytes + size > self.capacity:
-            for entry in self.manifest.retained():
-                self.delete(entry)
-                usage = self.usage()
-                if usage.used_bytes + size <= self.capacity:
-                    break
-        if usage.used_bytes + size > self.capacity:
-            raise BufferFullError(
-                f"summit buffer full: {usage.used_bytes:,} of {self.capacity:,} bytes used "
-                f"by {usage.unsent_count} unsent raws; {offer.image_name} detector "
-                f"{offer.detector} ({size:,} bytes) refused"
-            )
-
-    def delete(self, entry: Entry) -> None:
-        Path(entry.path).unlink(missing_ok=True)
-        self.manifest.set_state(entry.seq, "deleted")
 
     async def recover(self) -> list[Entry]:
         """Settle rows left ``receiving`` by a crash; returns those that became buffered."""
         settled = []
-        for entry in self.manifest.in_state("receiving"):
+        for entry in await self._m(self.manifest.in_state, "receiving"):
             path = Path(entry.path)
             try:
                 data = await asyncio.to_thread(_read_or_empty, path)
@@ -174,11 +201,21 @@ class BufferStore:
                     await asyncio.to_thread(write_durably, path, data)
             except (OSError, DmcsError) as e:
                 log.warning("dropping interrupted receipt of %s: %s", entry.image_name, e)
-                self.manifest.remove(entry.seq)
+                await self._m(self.manifest.remove, entry.seq)
                 continue
-            self.manifest.set_state(entry.seq, "buffered")
+            await self._m(self.manifest.set_state, entry.seq, "buffered")
             settled.append(entry)
         return settled
+
+
+def _same(existing: Entry, offer: Offer) -> Entry:
+    """A raw already held: the same one again, or a different one refused."""
+    if existing.checksum != offer.checksum:
+        raise InvalidInputError(
+            f"{offer.image_name} detector {offer.detector} is already buffered with "
+            f"another checksum ({existing.checksum[:12]}…); refused"
+        )
+    return existing
 
 
 def _read_or_empty(path: Path) -> bytes:

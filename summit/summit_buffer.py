@@ -68,7 +68,7 @@ class SummitBuffer(Controller):
     def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
         self.link = Link(self.config.link)
-        self.store = BufferStore(self.data_dir.absolute(), self.config.capacity_bytes)
+        self.store = BufferStore(self.data_dir.absolute(), self.config.capacity_bytes, name)
         self._wake = asyncio.Event()
         self._catchup = asyncio.Lock()
         self._severity = "NONE"
@@ -97,7 +97,7 @@ class SummitBuffer(Controller):
 
     async def close(self) -> None:
         await super().close()
-        self.store.close()
+        await self.store.close()
 
     # ------------------------------------------------------------------ handoff
     async def on_event(self, event: Event) -> None:
@@ -299,7 +299,7 @@ class SummitBuffer(Controller):
                 return taken
             try:
                 offer = self._offer(event, image)
-                if self.store.manifest.find(offer.visit, offer.detector) is not None:
+                if await self.store.find(offer.visit, offer.detector) is not None:
                     continue
                 _, new = await self.accept(offer, offered=False)
             except BufferFullError:
@@ -323,9 +323,9 @@ class SummitBuffer(Controller):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
 
-    def _current_visit(self) -> list[Entry]:
+    async def _current_visit(self) -> list[Entry]:
         """The unsent raws of the oldest visit that has any (in flight ones included)."""
-        unsent = self.store.manifest.in_state("buffered")
+        unsent = await self.store.unsent()
         return [e for e in unsent if e.visit == unsent[0].visit]
 
     async def _transfer_loop(self) -> None:
@@ -339,7 +339,7 @@ class SummitBuffer(Controller):
         async with asyncio.TaskGroup() as tg:
             while True:
                 if self.summary_state == State.ENABLED and self.link.is_up:
-                    for entry in self._current_visit():
+                    for entry in await self._current_visit():
                         if entry.seq not in sending and len(sending) < self.config.max_in_flight:
                             sending[entry.seq] = tg.create_task(self._send(entry))
                 if not sending:
@@ -374,7 +374,7 @@ class SummitBuffer(Controller):
             "endReadoutTai": entry.end_readout_tai,
         }
         await self._throttle(entry, len(data))
-        self.store.manifest.count_attempt(entry.seq)
+        await self.store.count_attempt(entry)
         started = time.monotonic()
         try:
             reply = await self.link.send(self.peers(self.config.ingest), "receive_raw", meta, data)
@@ -398,9 +398,7 @@ class SummitBuffer(Controller):
                 logging.ERROR, f"base confirmed {entry.image_name} with {confirmed!r}; kept"
             )
             return "retry"
-        self.store.manifest.set_state(entry.seq, "transferred", tai_now())
-        if self.config.retention_seconds == 0:
-            self.store.delete(entry)
+        await self.store.confirmed(entry, keep=self.config.retention_seconds > 0)
         self.publish(
             "imageTransferred",
             {
@@ -419,8 +417,8 @@ class SummitBuffer(Controller):
         rate = self.config.catchup_rate_mbps
         if rate <= 0:
             return
-        newest = self.store.manifest.in_state("buffered")[-1:]
-        if newest and newest[0].visit != entry.visit:
+        newest = await self.store.newest_unsent()
+        if newest is not None and newest.visit != entry.visit:
             async with self._catchup:
                 await asyncio.sleep(size / (rate * MB))
 
@@ -447,8 +445,8 @@ class SummitBuffer(Controller):
 
     def status(self) -> dict[str, Any]:
         usage = self.store.usage()
-        unsent = self.store.manifest.in_state("buffered")
-        oldest = tai_now() - unsent[0].received_tai if unsent else 0.0
+        received = self.store.oldest_unsent_tai()
+        oldest = tai_now() - received if received is not None else 0.0
         return {
             "bytesUsed": usage.used_bytes,
             "capacityBytes": usage.capacity,
@@ -462,20 +460,14 @@ class SummitBuffer(Controller):
 
     async def _status_loop(self) -> None:
         while True:
-            self._expire_retained()
+            await self.store.expire(tai_now() - self.config.retention_seconds)
             if self.summary_state == State.ENABLED:
                 self.publish("bufferStatus", self.status(), kind="telemetry")
             await asyncio.sleep(self.config.status_interval)
 
-    def _expire_retained(self) -> None:
-        cutoff = tai_now() - self.config.retention_seconds
-        for entry in self.store.manifest.retained():
-            if entry.transferred_tai is not None and entry.transferred_tai <= cutoff:
-                self.store.delete(entry)
-
     async def rpc_status(self) -> dict[str, Any]:
         """Buffer figures for tools and tests (the bufferStatus payload plus counters)."""
-        totals = self.store.manifest.totals()
+        totals = self.store.totals()
         return {
             **self.status(),
             "resent": self.resent,

@@ -1,6 +1,8 @@
-"""``dmcs replay`` as users run it: twice in one directory, and again after a SIGKILL.
+"""``dmcs replay`` as users run it: after a failed start, twice in one directory, again after a
+SIGKILL, and with its PostgreSQL killed.
 
-Each replay is the real command in a subprocess (2-visit ``mini`` nights), so what is
+Each replay is the real command in a subprocess (2-visit ``mini`` nights; the first test
+simulates its own, the kill tests replay the session's ``mini_night``), so what is
 checked is what a user sees: the exit status, what it says, ``summary.json``, and that no
 process of the run (Ray, the embedded PostgreSQL, CCD workers) outlives it.
 """
@@ -77,11 +79,29 @@ def _counts(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: summary[k] for k in keys}
 
 
-def test_two_replays_in_a_row_both_complete_with_equal_counts(tmp_path: Path) -> None:
+def test_a_failed_start_then_two_replays_in_a_row_complete_with_equal_counts(
+    tmp_path: Path,
+) -> None:
+    """A replay whose start fails says what failed and blocks nothing: the next replay in the
+    directory runs the night again from a clean state, reusing the night it simulated, and a
+    replay after that completes with the same counts (one directory, three runs)."""
     out, tag = tmp_path / "replay", uuid.uuid4().hex
+    unreachable = ("--address", "127.0.0.1:1", "--startup-timeout", "2")
+    rc, output, failed = _run(out, tag, *unreachable)
+    assert rc == 1
+    assert "Traceback" not in output
+    assert "the replay failed: StartupError: the Ray cluster at 127.0.0.1:1" in output
+    assert not failed["complete"]
+    assert failed["failure"].startswith("StartupError: the Ray cluster at 127.0.0.1:1")
+    assert failed["ccdsExpected"] == 8 and failed["ccdsIngested"] == 0
+    assert "Traceback" in Path(failed["errorLog"]).read_text()
+    _assert_no_orphans(tag, out / "pg")
+
     rc1, output1, first = _run(out, tag)
     assert rc1 == 0, output1[-3000:]
-    assert first["complete"] and first["mode"] == "new"
+    assert "replaying the night again from a clean state" in output1
+    assert "reusing the simulated night" in output1
+    assert first["complete"] and first["mode"] == "again"
     assert "the processors read them through the registry" in output1
     _assert_no_orphans(tag, out / "pg")
 
@@ -114,15 +134,18 @@ async def _wait_for_rows(pgdata: Path, table: str, n: int, proc: subprocess.Pope
     raise AssertionError(f"no {n} rows in {table} within {RUN_TIMEOUT} s")
 
 
-async def test_a_sigkilled_replay_resumes_to_a_complete_night(tmp_path: Path) -> None:
+async def test_a_sigkilled_replay_resumes_to_a_complete_night(
+    tmp_path: Path, mini_night: Path
+) -> None:
     out, tag = tmp_path / "replay", uuid.uuid4().hex
+    night = ("--night", str(mini_night))
     # Killed three times, each run resuming the one before: during start-up (the night's
     # products registered, Ray and the components starting), once the first raw is registered
     # (the camera still sending, CCDs in ingest and processing), and once three CCDs have
     # their outcome (others inside the APDB -> alert hand-off, which the outbox makes durable).
     killed = []
     for table, rows in (("registry.detectors", 1), ("registry.raws", 1), ("prompt.ccd_outcome", 3)):
-        proc = _start(out, tag)
+        proc = _start(out, tag, *night)
         try:
             await _wait_for_rows(out / "pg", table, rows, proc)
         finally:
@@ -131,7 +154,7 @@ async def test_a_sigkilled_replay_resumes_to_a_complete_night(tmp_path: Path) ->
         killed.append(proc.pid)
         assert postmaster_pid(out / "pg") is not None, "the killed replay's PostgreSQL is left"
 
-    rc, output, summary = await asyncio.to_thread(_run, out, tag)
+    rc, output, summary = await asyncio.to_thread(_run, out, tag, *night)
     assert rc == 0, output[-3000:]
     assert "resuming the night" in output and f"(pid {killed[-1]}) was interrupted" in output
     assert "reusing the PostgreSQL left running by the earlier replay" in output
@@ -148,10 +171,10 @@ async def test_a_sigkilled_replay_resumes_to_a_complete_night(tmp_path: Path) ->
 
 
 async def test_postgres_killed_mid_night_is_restarted_and_the_night_completes(
-    tmp_path: Path,
+    tmp_path: Path, mini_night: Path
 ) -> None:
     out, tag = tmp_path / "replay", uuid.uuid4().hex
-    proc = _start(out, tag)
+    proc = _start(out, tag, "--night", str(mini_night))
     try:
         await _wait_for_rows(out / "pg", "prompt.ccd_outcome", 1, proc)
         server = postmaster_pid(out / "pg")
@@ -166,28 +189,7 @@ async def test_postgres_killed_mid_night_is_restarted_and_the_night_completes(
     log_tail = "".join(p.read_text() for p in out.parent.glob(f"{out.name}-*.log"))[-4000:]
     why = {k: summary.get(k) for k in ("complete", "failure", "stalls", "failures", "recoveries")}
     assert rc == 0, f"{_counts(summary)} {why}\n{log_tail}"
-    assert summary["complete"]
+    assert summary["complete"] and summary["mode"] == "new"
     assert any("PostgreSQL died and was restarted" in r for r in summary["recoveries"])
     assert summary["ccdsIngested"] == summary["ccdsExpected"] == 8
-    _assert_no_orphans(tag, out / "pg")
-
-
-def test_a_failed_start_ends_in_a_summary_that_says_what_failed(
-    tmp_path: Path, mini_night: Path
-) -> None:
-    out, tag = tmp_path / "replay", uuid.uuid4().hex
-    extra = ("--night", str(mini_night), "--address", "127.0.0.1:1", "--startup-timeout", "2")
-    rc, output, summary = _run(out, tag, *extra)
-    assert rc == 1
-    assert "Traceback" not in output
-    assert "the replay failed: StartupError: the Ray cluster at 127.0.0.1:1" in output
-    assert not summary["complete"]
-    assert summary["failure"].startswith("StartupError: the Ray cluster at 127.0.0.1:1")
-    assert summary["ccdsExpected"] == 8 and summary["ccdsIngested"] == 0
-    assert "Traceback" in Path(summary["errorLog"]).read_text()
-    _assert_no_orphans(tag, out / "pg")
-
-    rc, output, again = _run(out, tag, *extra[:2])  # the next run is not blocked by it
-    assert "replaying the night again from a clean state" in output
-    assert rc == 0 and again["complete"] and again["mode"] == "again", output[-3000:]
     _assert_no_orphans(tag, out / "pg")

@@ -108,11 +108,14 @@ class CcdProcessor(Controller):
     async def end_start(self, configuration_override: str) -> None:
         await self._q(self.queue.reopen)  # SQLite keeps a failed connection broken
         if self._pool is None:
-            self._pool = await connect_pool(
-                self.config.dsn, min_size=1, max_size=2, what="CCD processor"
-            )
-            self._records = await PromptRecords.connect(self._pool, self.config.records_schema)
-            self.stage_writer.connected(self._records)
+            pool = await connect_pool(self.config.dsn, min_size=1, max_size=2, what="CCD processor")
+            try:
+                records = await PromptRecords.connect(pool, self.config.records_schema)
+            except BaseException:
+                pool.terminate()  # a refused start keeps no connection; the next one reconnects
+                raise
+            self._pool, self._records = pool, records
+            self.stage_writer.connected(records)
         if self._repository is None:
             self._repository = await Repository.connect(
                 self.config.dsn, self.config.registry_schema

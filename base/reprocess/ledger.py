@@ -87,21 +87,34 @@ class Ledger:
         return f"{q(self.schema)}.{q(name)}"
 
     async def lock(self, release: str) -> None:
-        """Hold the release for this run; a second concurrent run is refused."""
+        """Hold the release for this run; a second concurrent run is refused.
+
+        The connection goes back to the pool whenever the lock is not held, and its release
+        is inside the error mapping: a server that dies mid-call fails it too.
+        """
         async with mapped_errors("reprocess lock"):
             conn = await self._pool.acquire()
-            got = await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", f"dr:{release}")
+            got = False
+            try:
+                got = await conn.fetchval(
+                    "SELECT pg_try_advisory_lock(hashtext($1))", f"dr:{release}"
+                )
+            finally:
+                if not got:
+                    await self._pool.release(conn)
         if not got:
-            await self._pool.release(conn)
             raise CommandRejected(f"release {release!r} is being processed by another run")
         self._lock_conn = conn
 
     async def unlock(self, release: str) -> None:
+        """Give the lock up; the session's connection goes back to the pool whatever happens."""
         conn, self._lock_conn = self._lock_conn, None
         if conn is not None:
             async with mapped_errors("reprocess unlock"):
-                await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", f"dr:{release}")
-                await self._pool.release(conn)
+                try:
+                    await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", f"dr:{release}")
+                finally:
+                    await self._pool.release(conn)
 
     async def begin_release(
         self, name: str, release_id: int, out_schema: str, config_hash: str, params: dict[str, Any]
