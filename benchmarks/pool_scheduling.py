@@ -12,7 +12,7 @@ latency records), per-visit latency, completeness, and who processed what. The s
 (issue 17): availability at least as good as fixed at p95.
 
     python benchmarks/pool_scheduling.py [--camera mini] [--visits 4] [--speed 1]
-        [--processors 2] [--stall-detector 0] [--stall-seconds 8]
+        [--processors 2] [--stall-detector 0] [--stall-seconds 8] [--claim-grace 0.5]
 """
 
 from __future__ import annotations
@@ -34,15 +34,15 @@ from config.system import DEFAULT_SYSTEM_FILE
 MODES = ("fixed", "availability")
 
 
-def system_file(out: Path, scheduling: str, stall_detector: int, stall_seconds: float) -> Path:
-    """The default system file with the processor template's scheduling and stall set."""
+def system_file(out: Path, scheduling: str, args: argparse.Namespace) -> Path:
+    """The default system file with the processor template's scheduling, stall and grace."""
     text = DEFAULT_SYSTEM_FILE.read_text()
     tokens = (DEFAULT_SYSTEM_FILE.parent / "tokens.toml").resolve()
     text = text.replace('tokens_file = "tokens.toml"', f'tokens_file = "{tokens}"')
     text, n = re.subn(
         r"(\nindex = 0\npool_size = 1\n)",
-        rf'\1scheduling = "{scheduling}"\nstall_detectors = [{stall_detector}]\n'
-        rf"stall_seconds = {stall_seconds}\n",
+        rf'\1scheduling = "{scheduling}"\nstall_detectors = [{args.stall_detector}]\n'
+        rf"stall_seconds = {args.stall_seconds}\nclaim_grace = {args.claim_grace}\n",
         text,
     )
     if n != 1:
@@ -62,7 +62,7 @@ async def one_mode(args: argparse.Namespace, scheduling: str, console: Console) 
         seed=args.seed,
         speed=args.speed,
         processors=args.processors,
-        config=system_file(args.out, scheduling, args.stall_detector, args.stall_seconds),
+        config=system_file(args.out, scheduling, args),
         drain_seconds=args.drain,
         progress=False,
         fresh=True,
@@ -94,6 +94,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "speed": args.speed,
         "processors": args.processors,
         "slow": {"detector": args.stall_detector, "seconds": args.stall_seconds},
+        "claim_grace_s": args.claim_grace,
         "cores": os.cpu_count(),
         "load_average": os.getloadavg(),
         "modes": results,
@@ -114,6 +115,7 @@ if __name__ == "__main__":
     parser.add_argument("--processors", type=int, default=2)
     parser.add_argument("--stall-detector", type=int, default=0)
     parser.add_argument("--stall-seconds", type=float, default=8.0)
+    parser.add_argument("--claim-grace", type=float, default=0.5)
     parser.add_argument("--drain", type=float, default=600.0)
     parser.add_argument("--out", type=Path, default=Path("var/bench/pool_scheduling"))
     print(json.dumps(asyncio.run(main(parser.parse_args())), indent=2, default=str))
