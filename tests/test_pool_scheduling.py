@@ -310,7 +310,6 @@ async def test_the_claims_of_a_processor_that_stopped_renewing_are_taken_over(
         assert held.attempts == 1
         left, wait = await b.next()
         assert left is None and wait > 500, "b leaves a's CCD to a"
-        assert await b.maintain() == 0, "a live claim is not taken"
         await asyncio.sleep(0.4)  # a is gone: it neither renews nor settles
         assert await b.maintain() == 1
         item, _ = await b.next()
