@@ -1,9 +1,12 @@
-"""CcdProcessor: one of a pool; preloads on ``nextVisit``, processes each ingested CCD it owns.
+"""CcdProcessor: one of a pool; preloads on ``nextVisit``, processes ingested CCDs.
 
-Detector ``d`` belongs to the processor with ``index == d % pool_size``. The CPU work runs in
-a child process (:mod:`base.isolated`) so that a hung CCD is abandoned by killing it. Work is
-listed durably (:mod:`base.prompt.work_queue`) before it is acknowledged, so an actor killed
-mid-CCD finds it again when it is enabled after its restart.
+Detector ``d`` is preloaded by the processor with ``index == d % pool_size``. Which processor
+processes a CCD is :mod:`base.prompt.pool_scheduler`'s choice: that one (``scheduling =
+"fixed"``), or any idle one of the pool holding the CCD's claim (``"availability"``, the
+default: the preloading processor first, another when it leaves the CCD waiting). The CPU
+work runs in a child process (:mod:`base.isolated`) so that a hung CCD is abandoned by killing
+it. Work is listed durably (:mod:`base.prompt.work_queue`) before it is acknowledged, so an
+actor killed mid-CCD finds it again when it is enabled after its restart.
 
 Inputs come from the registry: calibrations, template and reference catalogue are looked up
 for each CCD (:mod:`base.prompt.registry_inputs`) and handed to the child as plain paths
@@ -18,6 +21,7 @@ Association has stored the CCD, it is never processed again (a repeat is a no-op
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
@@ -30,11 +34,13 @@ from base.ccd_inputs import ResolvedInputs
 from base.db import connect_pool
 from base.isolated import IsolatedWorker, RemoteError, WorkerDiedError, WorkTimeoutError
 from base.prompt.outcomes import NO_HEADER, Outcome, failure, success
+from base.prompt.pool_scheduler import PoolScheduler
 from base.prompt.registry_inputs import resolve_inputs
 from base.prompt.settings import CcdProcessorSettings
 from base.prompt.stage_writer import StageWriter
-from base.prompt.work_queue import WorkItem, WorkQueue
+from base.prompt.work_queue import ELSEWHERE, WorkItem, WorkQueue
 from base.prompt_records import CcdOutcome, PromptRecords, StageTime
+from base.prompt_records.claims import ClaimStore
 from base.registry.records import RawRecord
 from base.registry.repository import Repository
 from state.clock import tai_now
@@ -92,13 +98,15 @@ class CcdProcessor(Controller):
         self.stage_writer = StageWriter(self.log_message, self.log, self.config.retry_backoff)
         self._headerless: set[tuple[int, int]] = set()
         self._headerless_visits: set[int] = set()
+        self.scheduler = PoolScheduler(name, self.queue, self._q, lambda: self.config, self._passed)
 
     async def _q(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a work-list call on its own thread: its fsync never blocks the event loop."""
         return await self._queue_thread.run(fn, *args, **kwargs)
 
     def owns(self, detector: int) -> bool:
-        return detector % self.config.pool_size == self.config.index
+        """Whether this processor preloads ``detector`` (its inputs are in its worker)."""
+        return self.scheduler.owns(detector)
 
     async def end_start(self, configuration_override: str) -> None:
         await self._q(self.queue.reopen)  # SQLite keeps a failed connection broken
@@ -107,6 +115,7 @@ class CcdProcessor(Controller):
                 self.config.dsn, min_size=1, max_size=2, what="CCD processor"
             )
             self._records = await PromptRecords.connect(self._pool, self.config.records_schema)
+            self.scheduler.claims = await ClaimStore.connect(self._pool, self.config.records_schema)
             self.stage_writer.connected(self._records)
         if self._repository is None:
             self._repository = await Repository.connect(
@@ -115,6 +124,7 @@ class CcdProcessor(Controller):
 
     async def end_standby(self) -> None:
         pool, self._pool, self._records = self._pool, None, None
+        self.scheduler.claims = None
         self.stage_writer.connected(None)
         if pool is not None:
             await pool.close()
@@ -172,7 +182,8 @@ class CcdProcessor(Controller):
         missed = [
             r
             for r in raws
-            if self.owns(r.detector) and await self._q(self.queue.enqueue, r.visit, r.detector)
+            if self.scheduler.serves(r.detector)
+            and await self._q(self.queue.enqueue, r.visit, r.detector)
         ]
         if missed:
             self.counts["reconciled"] += len(missed)
@@ -216,6 +227,7 @@ class CcdProcessor(Controller):
         tg.create_task(lambda: self._keep_running(self._work_loop), name="work_loop")
         tg.create_task(lambda: self._keep_running(self._status_loop), name="status_loop")
         tg.create_task(lambda: self._keep_running(self._reconcile_loop), name="reconcile_loop")
+        tg.create_task(lambda: self._keep_running(self._claims_loop), name="claims_loop")
         tg.create_task(self.stage_writer.run, name="stage_writer")
 
     async def _keep_running(self, loop: Callable[[], Awaitable[None]]) -> None:
@@ -252,7 +264,7 @@ class CcdProcessor(Controller):
             return
         if event.topic == "nextVisit":
             mine = [int(d) for d in data.get("detectors", ()) if self.owns(int(d))]
-            if mine:
+            if mine or self.scheduler.by_availability:
                 await self._q(self.queue.remember_visit, visit, dict(data))
                 for detector in mine:
                     self._preloads.put_nowait((visit, detector))
@@ -267,6 +279,12 @@ class CcdProcessor(Controller):
                 self._stage(visit, detector, "inBuffer", event.tai)
             elif event.topic == "imageIngested":
                 await self._ingested(visit, detector, event)
+        elif event.topic == "imageIngested" and "detector" in data:
+            ok = int(data.get("statusCode", 0)) == 0
+            if ok and self.scheduler.serves(int(data["detector"])):
+                # another's, taken if left
+                await self._q(self.queue.enqueue, visit, int(data["detector"]))
+                self._wakeup.set()
 
     async def _ingested(self, visit: int, detector: int, event: Event) -> None:
         self._stage(visit, detector, "ingested", event.tai)
@@ -291,22 +309,55 @@ class CcdProcessor(Controller):
 
     # ------------------------------------------------------------------ work
     async def _work_loop(self) -> None:
+        wait: float | None = None
         while True:
-            await self._wakeup.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), wait)
             self._wakeup.clear()
+            wait = None
             while self.summary_state == State.ENABLED:
                 if not self._preloads.empty():
                     await self._preload(*self._preloads.get_nowait())
                     continue
-                item = await self._q(self.queue.next)
+                try:
+                    item, wait = await self.scheduler.next()
+                except NotReadyError as e:
+                    self.log.warning("no CCD claimed: %s", e)
+                    wait = self.config.retry_backoff
+                    break
                 if item is None:
                     break
-                item = await self._q(self.queue.start, item)
+                if item.attempts > self.config.max_attempts:
+                    reason = f"{item.attempts - 1} attempt(s) interrupted (processor lost)"
+                    await self._finish(item, failure("actor_died", reason))
+                    continue
                 try:
                     await self._process(item)
                 except Exception as e:
                     self.log.exception("visit %s detector %s", item.visit, item.detector)
                     await self._finish(item, failure("internal_error", repr(e)))
+
+    def _passed(self, visit: int, detector: int) -> None:
+        """Another processor of the pool holds the CCD: its stage times stay recorded."""
+        self._stages.pop((visit, detector), None)
+        self._headerless.discard((visit, detector))
+
+    async def _claims_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.claim_lease / 3)
+            if self.summary_state != State.ENABLED:
+                continue
+            try:
+                taken_over = await self.scheduler.maintain()
+            except NotReadyError as e:
+                self.log.warning("claims not renewed: %s", e)
+                continue
+            if taken_over:
+                self.log_message(
+                    logging.WARNING,
+                    f"{taken_over} CCD(s) whose processor's claim expired; queued here",
+                )
+                self._wakeup.set()
 
     async def _preload(self, visit: int, detector: int) -> None:
         info = await self._q(self.queue.visit_info, visit)
@@ -331,6 +382,10 @@ class CcdProcessor(Controller):
             raw = await self._raw_path(item.visit, item.detector)
             self._note_header(item, raw.header_merged)
             source = await self._inputs(info, item.detector, raw.path)
+            if item.detector in self.config.stall_detectors and self.config.stall_seconds > 0:
+                await self.worker.run(
+                    f"{WORK}:stall", self.config.stall_seconds, timeout=self.config.ccd_timeout
+                )
             result = await self.worker.run(
                 f"{WORK}:process", source, info, item.detector, raw.path,
                 timeout=self.config.ccd_timeout,
@@ -358,7 +413,26 @@ class CcdProcessor(Controller):
         if not work.ok or work.ccd is None:
             await self._finish(item, failure("bad_input", work.reason, metrics=result))
             return
+        if not await self._still_held(item):
+            return
         await self._finish(item, await self._associate(item, work.ccd, result))
+
+    async def _still_held(self, item: WorkItem) -> bool:
+        """Whether this processor still holds the CCD's claim before its APDB write; one
+        taken over (this processor's lease lapsed) is left to its new holder."""
+        try:
+            held = await self.scheduler.holds(item)
+        except NotReadyError as e:
+            self.log.warning("claim of %s/%s not checked: %s", item.visit, item.detector, e)
+            return True  # Association stores a CCD once whoever sends it
+        if not held:
+            await self._q(self.queue.finish, item, ELSEWHERE, "claim taken over")
+            self._passed(item.visit, item.detector)
+            self.log_message(
+                logging.WARNING,
+                f"visit {item.visit} detector {item.detector}: claim taken over; left to it",
+            )
+        return held
 
     async def _associate(
         self, item: WorkItem, ccd: dict[str, Any], result: dict[str, Any]
@@ -442,6 +516,7 @@ class CcdProcessor(Controller):
             outcome = dataclasses.replace(outcome, flags=(*outcome.flags, NO_HEADER))
         state = {"processed": "done"}.get(outcome.status, outcome.status)
         await self._q(self.queue.finish, item, state, outcome.reason)
+        await self._settle(item)
         self.counts[outcome.status if outcome.status in self.counts else "failed"] += 1
         self.publish(
             "ccdProcessed",
@@ -457,6 +532,19 @@ class CcdProcessor(Controller):
             },
         )
         await self._record(item, outcome)
+
+    async def _settle(self, item: WorkItem) -> None:
+        """Mark the CCD's claim done; retried while the database is away (else its lease
+        lapses and another processor repeats it, which Association stores once)."""
+        for attempt in range(RECORD_ATTEMPTS):
+            try:
+                await self.scheduler.settle(item)
+                return
+            except NotReadyError as e:
+                if attempt == RECORD_ATTEMPTS - 1:
+                    self.log_message(logging.ERROR, f"claim of {item.visit} not settled: {e}")
+                    return
+                await asyncio.sleep(self.config.retry_backoff * 2**attempt)
 
     async def _record(self, item: WorkItem, outcome: Outcome, *, final: bool = True) -> None:
         """Stage times and this attempt's outcome; retried while the database is away."""

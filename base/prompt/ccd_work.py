@@ -9,6 +9,7 @@ Results go back as plain dicts and numpy arrays (pickled through the pipe).
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -44,6 +45,11 @@ def preload(source: ResolvedInputs, visit_info: dict[str, Any], detector: int) -
     while len(_preloaded) > MAX_PRELOADED:
         _preloaded.popitem(last=False)
     return list(pre.flags)
+
+
+def stall(seconds: float) -> None:
+    """Hold the worker (a slow CCD on demand: ``CcdProcessorSettings.stall_detectors``)."""
+    time.sleep(seconds)
 
 
 def process(

@@ -2,8 +2,10 @@
 
 SQLite in WAL mode with synchronous=FULL: a row is on disk before the event that created it
 is considered handled. States: ``queued`` → ``running`` → ``done`` | ``failed`` |
-``abandoned``. After a crash, :meth:`recover` puts ``running`` work back in the queue with its
-attempt count kept, so the retry limit still holds. A list that cannot be read or written
+``abandoned``; in a pool that schedules by availability, ``elsewhere``: another processor holds
+the CCD's claim (:mod:`base.prompt_records.claims`), queued again if that claim expires.
+After a crash, :meth:`recover` puts ``running`` work back in the queue with its attempt count
+kept, so the retry limit still holds. A list that cannot be read or written
 raises :class:`~state.errors.StorageError`; SQLite keeps such a connection broken, so a repaired
 file is used only after :meth:`reopen`.
 """
@@ -20,6 +22,8 @@ from typing import Any
 from state.durable_sqlite import SqliteStore, open_durable, read, write
 
 FINAL_STATES = ("done", "failed", "abandoned")
+#: Claimed by another processor of the pool: not this one's to do unless requeued.
+ELSEWHERE = "elsewhere"
 
 #: Frozen migrations: append, never edit a released one.
 STORE = SqliteStore(
@@ -107,6 +111,31 @@ class WorkQueue:
         )
         return WorkItem(*rows[0]) if rows else None
 
+    def queued(self) -> list[tuple[WorkItem, float]]:
+        """All queued work, oldest visit first, each with the time it was (re)queued."""
+        rows = self._read(
+            "SELECT visit, detector, state, attempts, reason, updated FROM work"
+            " WHERE state = 'queued' ORDER BY visit, detector"
+        )
+        return [(WorkItem(*row[:5]), float(row[5])) for row in rows]
+
+    def requeue(self, visit: int, detector: int) -> bool:
+        """Queue work whose holder in the pool is gone (or that was never heard of), as
+        queued since time 0: takeable at once. False when it is running or finished here."""
+        return (
+            self._write(
+                "INSERT INTO work (visit, detector, state, reason, updated)"
+                " VALUES (?, ?, 'queued', 'claim expired', ?)"
+                " ON CONFLICT (visit, detector) DO UPDATE SET state = 'queued',"
+                " reason = 'claim expired', updated = excluded.updated"
+                f" WHERE state IN ('queued', '{ELSEWHERE}')",
+                visit,
+                detector,
+                0.0,
+            )
+            == 1
+        )
+
     def start(self, item: WorkItem) -> WorkItem:
         self._write(
             "UPDATE work SET state = 'running', attempts = attempts + 1, updated = ?"
@@ -118,7 +147,7 @@ class WorkQueue:
         return WorkItem(item.visit, item.detector, "running", item.attempts + 1, item.reason)
 
     def finish(self, item: WorkItem, state: str, reason: str = "") -> None:
-        if state not in (*FINAL_STATES, "queued"):
+        if state not in (*FINAL_STATES, "queued", ELSEWHERE):
             raise ValueError(f"unknown work state {state!r}")
         self._write(
             "UPDATE work SET state = ?, reason = ?, updated = ? WHERE visit = ? AND detector = ?",
