@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, ParamSpec, TypeVar
@@ -34,6 +35,7 @@ from base.ccd_inputs import ResolvedInputs
 from base.db import connect_pool
 from base.isolated import IsolatedWorker, RemoteError, WorkerDiedError, WorkTimeoutError
 from base.prompt.outcomes import NO_HEADER, Outcome, failure, success
+from base.prompt.overload import DEFERRED, OVERLOAD
 from base.prompt.pool_scheduler import PoolScheduler
 from base.prompt.registry_inputs import resolve_inputs
 from base.prompt.settings import CcdProcessorSettings
@@ -75,7 +77,7 @@ OWN_STAGES = ("endReadout", "inBuffer", "ingested", "preloadReady", "isrDone",
 
 class CcdProcessor(Controller):
     uses_database: ClassVar[bool] = True
-    event_topics = ("ccdStage", "ccdProcessed", "processingStatus")
+    event_topics = ("ccdStage", "ccdProcessed", "processingStatus", "overloadAlarm")
     listen_components = ("Camera", "SummitBuffer", "Ingest")
     listen_topics = ("nextVisit", "endReadout", "imageInBuffer", "imageIngested")
     settings_model = CcdProcessorSettings
@@ -92,7 +94,9 @@ class CcdProcessor(Controller):
         self._stages: dict[tuple[int, int], dict[str, float]] = {}
         self._preloads: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
         self._wakeup = asyncio.Event()
-        self.counts = {"processed": 0, "failed": 0, "abandoned": 0, "retried": 0, "reconciled": 0}
+        self.counts = {"processed": 0, "failed": 0, "abandoned": 0, "retried": 0, "reconciled": 0,
+                       DEFERRED: 0}  # fmt: skip
+        self._behind = False
         self._reconciled_to: datetime | None = None
         self._started_at = datetime.now(UTC)
         self.stage_writer = StageWriter(self.log_message, self.log, self.config.retry_backoff)
@@ -325,17 +329,49 @@ class CcdProcessor(Controller):
                     self.log.warning("no CCD claimed: %s", e)
                     wait = self.config.retry_backoff
                     break
+                finally:
+                    await self._defer(self.scheduler.take_deferred())
                 if item is None:
                     break
                 if item.attempts > self.config.max_attempts:
                     reason = f"{item.attempts - 1} attempt(s) interrupted (processor lost)"
                     await self._finish(item, failure("actor_died", reason))
                     continue
+                began = time.monotonic()
                 try:
                     await self._process(item)
+                    took = time.monotonic() - began
+                    last = self.scheduler.ccd_seconds
+                    self.scheduler.ccd_seconds = took if last == 0 else 0.8 * last + 0.2 * took
                 except Exception as e:
                     self.log.exception("visit %s detector %s", item.visit, item.detector)
                     await self._finish(item, failure("internal_error", repr(e)))
+
+    async def _defer(self, deferred: list[tuple[WorkItem, str]]) -> None:
+        """End the CCDs the overload policy defers (outcome ``deferred``, for the daytime
+        catch-up), and raise or clear the Overload alarm as the pool falls behind or recovers."""
+        for item, reason in deferred:
+            outcome = failure(OVERLOAD, reason, status=DEFERRED, recovery="catch-up")
+            await self._finish(item, outcome)
+        behind = self.scheduler.behind
+        if deferred or behind != self._behind:
+            self._behind = behind
+            severity = "SERIOUS" if deferred or behind else "NONE"
+            total = self.counts[DEFERRED]
+            why = (
+                f"behind by {self.scheduler.backlog_s:.0f} s (budget"
+                f" {self.config.overload.latency_budget:g} s): newest visits first;"
+                f" {total} CCD(s) deferred to the daytime catch-up"
+                if severity != "NONE"
+                else ""
+            )
+            self.publish(
+                "overloadAlarm",
+                {"severity": severity, "reason": why, "ccdsDeferred": total,
+                 "backlogSeconds": round(self.scheduler.backlog_s, 1)},
+            )  # fmt: skip
+            if deferred:
+                self.log_message(logging.WARNING, f"{len(deferred)} CCD(s) deferred: {why}")
 
     def _passed(self, visit: int, detector: int) -> None:
         """Another processor of the pool holds the CCD: its stage times stay recorded."""

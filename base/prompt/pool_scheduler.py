@@ -11,6 +11,9 @@ preloaded their inputs at ``nextVisit``) and another's once that one has left it
 processor's backlog goes to idle ones. Claims are renewed while held; the claims of a processor
 that died or stopped expire after ``claim_lease`` and are taken over (the attempt counts).
 
+Either way the order of the pending CCDs, and which of them are deferred to the daytime
+catch-up when the pool is behind, is the overload policy's (:mod:`base.prompt.overload`).
+
 Errors of the work list (SQLite) pass through as ``StorageError`` (the processor faults);
 errors of the claims database become ``NotReadyError`` (the processor waits and tries again).
 """
@@ -22,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from base.prompt.overload import plan
 from base.prompt.settings import CcdProcessorSettings
 from base.prompt.work_queue import ELSEWHERE, WorkItem, WorkQueue
 from base.prompt_records.claims import ClaimStore
@@ -50,6 +54,13 @@ class PoolScheduler:
         self._config = config
         self._passed = passed
         self.claims: ClaimStore | None = None
+        #: Started (and claimed) CCDs the overload policy defers: the processor ends them.
+        self.deferred: list[tuple[WorkItem, str]] = []
+        #: Recent seconds per CCD of this processor (for the projected backlog).
+        self.ccd_seconds = 0.0
+        #: Whether the last look found the backlog over the budget, and its seconds.
+        self.behind = False
+        self.backlog_s = 0.0
 
     @property
     def by_availability(self) -> bool:
@@ -74,16 +85,35 @@ class PoolScheduler:
 
     async def next(self) -> tuple[WorkItem | None, float | None]:
         """The next CCD to process, started (and claimed); else None, with the seconds until a
-        queued CCD of another processor may be taken (None: no such CCD waits)."""
-        if not self.by_availability:
-            item = await self._run(self.queue.next)
-            return (None if item is None else await self._run(self.queue.start, item)), None
+        queued CCD of another processor may be taken (None: no such CCD waits).
+
+        The order is the overload policy's (:mod:`base.prompt.overload`); the CCDs it defers
+        are started (and claimed) too and left in :attr:`deferred` for the processor to end.
+        """
         c = self._config()
+        pending = await self._run(self.queue.pending)
         now = time.time()
+        chosen = plan(
+            [(item, listed) for item, _, listed in pending],
+            now,
+            c.overload,
+            ccd_seconds=self.ccd_seconds,
+            pool_size=c.pool_size,
+        )
+        self.behind, self.backlog_s = chosen.behind, chosen.backlog_s
+        for item, reason in chosen.defer:
+            started = await self._take(item, c.claim_lease)
+            if started is not None:
+                self.deferred.append((started, reason))
+        if not self.by_availability:
+            if not chosen.order:
+                return None, None
+            return await self._run(self.queue.start, chosen.order[0]), None
+        queued_at = {(item.visit, item.detector): at for item, at, _ in pending}
         ripe_in: float | None = None
         candidates: list[WorkItem] = []
-        for item, queued_at in await self._run(self.queue.queued):
-            wait = queued_at + c.claim_grace - now
+        for item in chosen.order:
+            wait = queued_at[(item.visit, item.detector)] + c.claim_grace - now
             if self.owns(item.detector) or wait <= 0:
                 candidates.append(item)
             else:
@@ -91,19 +121,34 @@ class PoolScheduler:
         others = [(i.visit, i.detector) for i in candidates if not self.owns(i.detector)]
         taken = await self._claims(lambda s: s.taken(others, self.owner)) if others else set()
         for item in candidates:
-            key = (item.visit, item.detector)
-            attempt = None
-            if key not in taken:
-                attempt = await self._claims(
-                    lambda s, k=key: s.claim(*k, self.owner, c.claim_lease)
-                )
-            if attempt is None:
-                await self._run(self.queue.finish, item, ELSEWHERE, "claimed by another processor")
-                self._passed(*key)
+            if (item.visit, item.detector) in taken:
+                await self._elsewhere(item)
                 continue
-            started = await self._run(self.queue.start, item)
-            return dataclasses.replace(started, attempts=attempt), None
+            started = await self._take(item, c.claim_lease)
+            if started is not None:
+                return started, None
         return None, ripe_in
+
+    async def _take(self, item: WorkItem, lease: float) -> WorkItem | None:
+        """Start ``item`` here (claiming it, by availability); None when another holds it."""
+        if not self.by_availability:
+            return await self._run(self.queue.start, item)
+        key = (item.visit, item.detector)
+        attempt = await self._claims(lambda s: s.claim(*key, self.owner, lease))
+        if attempt is None:
+            await self._elsewhere(item)
+            return None
+        started = await self._run(self.queue.start, item)
+        return dataclasses.replace(started, attempts=attempt)
+
+    async def _elsewhere(self, item: WorkItem) -> None:
+        await self._run(self.queue.finish, item, ELSEWHERE, "claimed by another processor")
+        self._passed(item.visit, item.detector)
+
+    def take_deferred(self) -> list[tuple[WorkItem, str]]:
+        """The CCDs :meth:`next` started to defer, with their reasons (each handed out once)."""
+        out, self.deferred = self.deferred, []
+        return out
 
     async def holds(self, item: WorkItem) -> bool:
         """Whether this processor still holds ``item`` (renewing its lease); always, fixed."""

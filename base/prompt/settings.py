@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from config.system import OverloadConfig
+
 
 class _Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -30,6 +32,8 @@ class CcdProcessorSettings(_Settings):
     #: (within ``ccd_timeout``): a slow CCD on demand, for tests and scheduling benchmarks.
     stall_detectors: tuple[int, ...] = ()
     stall_seconds: float = Field(default=0.0, ge=0)
+    #: The system's ``[overload]`` section (the launcher's copy; see ``config.system``).
+    overload: OverloadConfig = OverloadConfig()
     #: Seconds one CCD may take before it is abandoned (its worker process killed).
     ccd_timeout: float = Field(default=120.0, gt=0)
     #: Attempts per CCD before its APDB write (Rubin: no retry after it).

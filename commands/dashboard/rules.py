@@ -67,6 +67,11 @@ class Rules:
                 return [Verdict(f"IngestLag.{event.component}", event.component, severity, reason)]
             case "visitLatency" | "alertsPublished" if data.get("latencySeconds") is not None:
                 return [self._latency(event)]
+            case "overloadAlarm":
+                severity = Severity.parse(data.get("severity", "NONE"))
+                reason = str(data.get("reason", "")) if severity else ""
+                name = f"Overload.{event.component}"
+                return [Verdict(name, event.component, severity, reason)]
         return []
 
     def _buffer(self, event: Event) -> Verdict:
