@@ -35,12 +35,13 @@ from base.ccd_inputs import ResolvedInputs
 from base.db import connect_pool
 from base.isolated import IsolatedWorker, RemoteError, WorkerDiedError, WorkTimeoutError
 from base.prompt.outcomes import NO_HEADER, Outcome, failure, success
-from base.prompt.overload import DEFERRED, OVERLOAD
+from base.prompt.overload import DEFERRED
+from base.prompt.pool_member import RECORD_ATTEMPTS, PoolMember
 from base.prompt.pool_scheduler import PoolScheduler
 from base.prompt.registry_inputs import resolve_inputs
 from base.prompt.settings import CcdProcessorSettings
 from base.prompt.stage_writer import StageWriter
-from base.prompt.work_queue import ELSEWHERE, WorkItem, WorkQueue
+from base.prompt.work_queue import WorkItem, WorkQueue
 from base.prompt_records import CcdOutcome, PromptRecords, StageTime
 from base.prompt_records.claims import ClaimStore
 from base.registry.records import RawRecord
@@ -61,8 +62,6 @@ from state.events import Event
 from state.states import State
 
 WORK = "base.prompt.ccd_work"
-#: Tries to write a CCD's records while the database is restarting.
-RECORD_ATTEMPTS = 6
 #: How far back each periodic registry look reaches before the previous one's newest raw.
 RECONCILE_MARGIN = timedelta(seconds=60)
 #: errorCode of a FAULT caused by a durable work list that cannot be read or written.
@@ -75,7 +74,7 @@ OWN_STAGES = ("endReadout", "inBuffer", "ingested", "preloadReady", "isrDone",
               "differenceDone", "diaSourcesMeasured")  # fmt: skip
 
 
-class CcdProcessor(Controller):
+class CcdProcessor(PoolMember, Controller):
     uses_database: ClassVar[bool] = True
     event_topics = ("ccdStage", "ccdProcessed", "processingStatus", "overloadAlarm")
     listen_components = ("Camera", "SummitBuffer", "Ingest")
@@ -347,54 +346,6 @@ class CcdProcessor(Controller):
                     self.log.exception("visit %s detector %s", item.visit, item.detector)
                     await self._finish(item, failure("internal_error", repr(e)))
 
-    async def _defer(self, deferred: list[tuple[WorkItem, str]]) -> None:
-        """End the CCDs the overload policy defers (outcome ``deferred``, for the daytime
-        catch-up), and raise or clear the Overload alarm as the pool falls behind or recovers."""
-        for item, reason in deferred:
-            outcome = failure(OVERLOAD, reason, status=DEFERRED, recovery="catch-up")
-            await self._finish(item, outcome)
-        behind = self.scheduler.behind
-        if deferred or behind != self._behind:
-            self._behind = behind
-            severity = "SERIOUS" if deferred or behind else "NONE"
-            total = self.counts[DEFERRED]
-            why = (
-                f"behind by {self.scheduler.backlog_s:.0f} s (budget"
-                f" {self.config.overload.latency_budget:g} s): newest visits first;"
-                f" {total} CCD(s) deferred to the daytime catch-up"
-                if severity != "NONE"
-                else ""
-            )
-            self.publish(
-                "overloadAlarm",
-                {"severity": severity, "reason": why, "ccdsDeferred": total,
-                 "backlogSeconds": round(self.scheduler.backlog_s, 1)},
-            )  # fmt: skip
-            if deferred:
-                self.log_message(logging.WARNING, f"{len(deferred)} CCD(s) deferred: {why}")
-
-    def _passed(self, visit: int, detector: int) -> None:
-        """Another processor of the pool holds the CCD: its stage times stay recorded."""
-        self._stages.pop((visit, detector), None)
-        self._headerless.discard((visit, detector))
-
-    async def _claims_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.claim_lease / 3)
-            if self.summary_state != State.ENABLED:
-                continue
-            try:
-                taken_over = await self.scheduler.maintain()
-            except NotReadyError as e:
-                self.log.warning("claims not renewed: %s", e)
-                continue
-            if taken_over:
-                self.log_message(
-                    logging.WARNING,
-                    f"{taken_over} CCD(s) whose processor's claim expired; queued here",
-                )
-                self._wakeup.set()
-
     async def _preload(self, visit: int, detector: int) -> None:
         info = await self._q(self.queue.visit_info, visit)
         if info is None or await self._q(self.queue.known, visit, detector):
@@ -452,23 +403,6 @@ class CcdProcessor(Controller):
         if not await self._still_held(item):
             return
         await self._finish(item, await self._associate(item, work.ccd, result))
-
-    async def _still_held(self, item: WorkItem) -> bool:
-        """Whether this processor still holds the CCD's claim before its APDB write; one
-        taken over (this processor's lease lapsed) is left to its new holder."""
-        try:
-            held = await self.scheduler.holds(item)
-        except NotReadyError as e:
-            self.log.warning("claim of %s/%s not checked: %s", item.visit, item.detector, e)
-            return True  # Association stores a CCD once whoever sends it
-        if not held:
-            await self._q(self.queue.finish, item, ELSEWHERE, "claim taken over")
-            self._passed(item.visit, item.detector)
-            self.log_message(
-                logging.WARNING,
-                f"visit {item.visit} detector {item.detector}: claim taken over; left to it",
-            )
-        return held
 
     async def _associate(
         self, item: WorkItem, ccd: dict[str, Any], result: dict[str, Any]
@@ -568,19 +502,6 @@ class CcdProcessor(Controller):
             },
         )
         await self._record(item, outcome)
-
-    async def _settle(self, item: WorkItem) -> None:
-        """Mark the CCD's claim done; retried while the database is away (else its lease
-        lapses and another processor repeats it, which Association stores once)."""
-        for attempt in range(RECORD_ATTEMPTS):
-            try:
-                await self.scheduler.settle(item)
-                return
-            except NotReadyError as e:
-                if attempt == RECORD_ATTEMPTS - 1:
-                    self.log_message(logging.ERROR, f"claim of {item.visit} not settled: {e}")
-                    return
-                await asyncio.sleep(self.config.retry_backoff * 2**attempt)
 
     async def _record(self, item: WorkItem, outcome: Outcome, *, final: bool = True) -> None:
         """Stage times and this attempt's outcome; retried while the database is away."""
