@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from base.prompt.ccd_processor import CcdProcessor
 from base.prompt.overload import plan
 from base.prompt.pool_scheduler import PoolScheduler
 from base.prompt.settings import CcdProcessorSettings
@@ -29,6 +30,7 @@ from state.clock import tai_now
 from state.durable_sqlite import SqliteThread
 from state.errors import ConfigurationError, InvalidInputError
 from state.events import Event
+from tests.standard import until
 
 NEWEST = OverloadConfig(policy="newest_first", latency_budget=60.0)
 FIFO = OverloadConfig(policy="fifo", latency_budget=60.0)
@@ -223,3 +225,52 @@ def test_the_overload_section_reaches_every_processor_and_is_validated(tmp_path:
     path.write_text(text.replace('policy = "fifo"', 'policy = "oldest_last"'))
     with pytest.raises(ConfigurationError, match="overload"):
         load_system_config(path)
+
+
+async def test_a_starved_processor_records_its_deferrals_and_raises_then_clears_the_alarm(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """A real CcdProcessor (fixed, newest_first) whose every listed CCD is past the budget:
+    each is ended as deferred (event and durable outcome), the Overload alarm is raised once
+    they are, and cleared at its next look, with nothing left behind."""
+    events: list[Event] = []
+    settings = {
+        "dsn": pg_dsn, "registry_schema": "reg_overload_proc", "records_schema": "pr_overload_proc",
+        "scheduling": "fixed", "overload": {"policy": "newest_first", "latency_budget": 60.0},
+    }  # fmt: skip
+    processor = CcdProcessor(
+        "CcdProcessor0", sink=events.append, settings=settings, data_dir=tmp_path
+    )
+    try:
+        await processor.start()
+        await processor.do_start()
+        await processor.do_enable()
+        for d in (0, 1):
+            processor.queue.enqueue(31, d)
+        _age(processor.queue, 31, 300.0)
+        processor._wakeup.set()
+        alarms = lambda: [e.data for e in events if e.topic == "overloadAlarm"]  # noqa: E731
+        await until(alarms, timeout=60)
+        processed = [e.data for e in events if e.topic == "ccdProcessed"]
+        assert sorted((p["detector"], p["status"], p["failureType"]) for p in processed) == [
+            (0, "deferred", "overload"),
+            (1, "deferred", "overload"),
+        ]
+        assert alarms()[0]["severity"] == "SERIOUS" and alarms()[0]["ccdsDeferred"] == 2
+        assert "deferred to the daytime catch-up" in alarms()[0]["reason"]
+        processor._wakeup.set()
+        await until(lambda: len(alarms()) == 2, timeout=60)
+        assert alarms()[1]["severity"] == "NONE", "within the budget again: cleared"
+        assert processor.queue.counts() == {"deferred": 2}
+        pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=1)
+        try:
+            records = await PromptRecords.connect(pool, "pr_overload_proc")
+            night = await records.fetch_night(visits=[31])
+        finally:
+            await pool.close()
+        assert sorted((o.detector, o.status, o.recovery) for o in night.outcomes) == [
+            (0, "deferred", "catch-up"),
+            (1, "deferred", "catch-up"),
+        ]
+    finally:
+        await processor.close()

@@ -95,7 +95,7 @@ class CcdProcessor(PoolMember, Controller):
         self._wakeup = asyncio.Event()
         self.counts = {"processed": 0, "failed": 0, "abandoned": 0, "retried": 0, "reconciled": 0,
                        DEFERRED: 0}  # fmt: skip
-        self._behind = False
+        self._alarmed = False
         self._reconciled_to: datetime | None = None
         self._started_at = datetime.now(UTC)
         self.stage_writer = StageWriter(self.log_message, self.log, self.config.retry_backoff)

@@ -33,7 +33,8 @@ class PoolMember:
     counts: dict[str, int]
     log: logging.Logger
     summary_state: State
-    _behind: bool
+    #: Whether the Overload alarm is raised (by a deferral, until within the budget again).
+    _alarmed: bool
     _wakeup: asyncio.Event
     _stages: dict[tuple[int, int], dict[str, float]]
     _headerless: set[tuple[int, int]]
@@ -48,25 +49,25 @@ class PoolMember:
         for item, reason in deferred:
             outcome = failure(OVERLOAD, reason, status=DEFERRED, recovery="catch-up")
             await self._finish(item, outcome)
-        behind = self.scheduler.behind
-        if deferred or behind != self._behind:
-            self._behind = behind
-            severity = "SERIOUS" if deferred or behind else "NONE"
-            total = self.counts[DEFERRED]
-            why = (
-                f"behind by {self.scheduler.backlog_s:.0f} s (budget"
-                f" {self.config.overload.latency_budget:g} s): newest visits first;"
-                f" {total} CCD(s) deferred to the daytime catch-up"
-                if severity != "NONE"
-                else ""
-            )
-            self.publish(
-                "overloadAlarm",
-                {"severity": severity, "reason": why, "ccdsDeferred": total,
-                 "backlogSeconds": round(self.scheduler.backlog_s, 1)},
-            )  # fmt: skip
-            if deferred:
-                self.log_message(logging.WARNING, f"{len(deferred)} CCD(s) deferred: {why}")
+        if not deferred and (self.scheduler.behind or not self._alarmed):
+            return  # raised by a deferral, cleared once within the budget again
+        self._alarmed = bool(deferred)
+        severity = "SERIOUS" if deferred else "NONE"
+        total = self.counts[DEFERRED]
+        why = (
+            f"behind by {self.scheduler.backlog_s:.0f} s (budget"
+            f" {self.config.overload.latency_budget:g} s): newest visits first;"
+            f" {total} CCD(s) deferred to the daytime catch-up"
+            if deferred
+            else ""
+        )
+        self.publish(
+            "overloadAlarm",
+            {"severity": severity, "reason": why, "ccdsDeferred": total,
+             "backlogSeconds": round(self.scheduler.backlog_s, 1)},
+        )  # fmt: skip
+        if deferred:
+            self.log_message(logging.WARNING, f"{len(deferred)} CCD(s) deferred: {why}")
 
     def _passed(self, visit: int, detector: int) -> None:
         """Another processor of the pool holds the CCD: its stage times stay recorded."""
