@@ -110,7 +110,11 @@ def _fail(e: DmcsError) -> click.ClickException:
 )
 @click.option("--release", help="Release name; outputs go to schema dr_<release>.")
 @click.option("--release-id", type=int, help="Release number 1..31 in every id it mints.")
-@click.option("--catch-up", is_flag=True, help="Process the night's failed prompt CCDs instead.")
+@click.option(
+    "--catch-up",
+    is_flag=True,
+    help="Process the night's failed, abandoned and deferred prompt CCDs instead.",
+)
 @click.option("--workers", default=1, show_default=True, help="CCDs processed at once.")
 @click.option("--address", help="An existing Ray cluster (default: an embedded local Ray).")
 @click.option("--local", is_flag=True, help="Run in this process (threads), without Ray.")

@@ -9,7 +9,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from state.errors import ConfigurationError
 
@@ -21,6 +28,8 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+#: The CCD processor's class, which takes the ``[overload]`` policy.
+PROCESSOR_CLASS = "base.prompt.ccd_processor:CcdProcessor"
 #: Node roles of a deployment: the mountain, the base/archive centre, batch reprocessing.
 ROLES: tuple[str, ...] = ("summit", "base", "batch")
 
@@ -85,6 +94,21 @@ def partition_name(name: str, partition: int) -> str:
     return name if partition == 0 else f"{name}{partition}"
 
 
+class OverloadConfig(_Frozen):
+    """What the processor pool does when it falls behind (``[overload]`` of the system file).
+
+    ``fifo``: every CCD in arrival order, however late (latency grows without bound while the
+    pool cannot keep up). ``newest_first``: while the backlog (the age of the oldest pending
+    ingested CCD, or the projected time to finish the pending ones) exceeds
+    ``latency_budget``, the newest visits go first and the CCDs older than the budget are
+    deferred to the daytime catch-up (``dmcs reprocess --catch-up``), recorded with a reason.
+    """
+
+    policy: Literal["newest_first", "fifo"] = "fifo"
+    #: Seconds from ingest within which a CCD's alerts are wanted (LSE-61 OTT1: 60 s).
+    latency_budget: float = Field(default=60.0, gt=0)
+
+
 class GatewayConfig(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=0, le=65535)
@@ -117,6 +141,7 @@ class SystemConfig(_Frozen):
     database: DatabaseConfig = DatabaseConfig()
     placement: PlacementConfig = PlacementConfig()
     association: AssociationConfig = AssociationConfig()
+    overload: OverloadConfig = OverloadConfig()
     components: tuple[ComponentConfig, ...] = ()
 
     @field_validator("components")
@@ -127,6 +152,21 @@ class SystemConfig(_Frozen):
         if duplicates:
             raise ValueError(f"component names must be unique; repeated: {', '.join(duplicates)}")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _overload_to_processors(cls, data: Any) -> Any:
+        """Hand ``[overload]`` to every CCD processor whose settings do not set their own."""
+        if not isinstance(data, dict) or not isinstance(data.get("components"), list | tuple):
+            return data
+        overload = data.get("overload", {})
+        components = [
+            {**c, "settings": {"overload": overload, **(c.get("settings") or {})}}
+            if isinstance(c, dict) and c.get("class") == PROCESSOR_CLASS
+            else c
+            for c in data["components"]
+        ]
+        return {**data, "components": components}
 
     def component(self, name: str) -> ComponentConfig:
         for c in self.components:

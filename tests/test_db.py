@@ -181,10 +181,14 @@ async def test_the_registry_and_prompt_records_refuse_a_newer_schema(
     try:
         await PromptRecords.connect(pool, "db_prompt")
         await conn.execute(
-            "UPDATE db_prompt.dmcs_metadata SET value = '3' WHERE key = 'schema_version'"
+            "UPDATE db_prompt.dmcs_metadata SET value = $1 WHERE key = 'schema_version'",
+            str(PROMPT_STORE.latest + 1),
         )
         with pytest.raises(IncompatibleDatabaseError, match="prompt store") as info:
             await PromptRecords.connect(pool, "db_prompt")
-        assert (info.value.recorded, info.value.expected) == (3, PROMPT_STORE.latest)
+        assert (info.value.recorded, info.value.expected) == (
+            PROMPT_STORE.latest + 1,
+            PROMPT_STORE.latest,
+        )
     finally:
         await pool.close()

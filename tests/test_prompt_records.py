@@ -13,6 +13,7 @@ import pytest_asyncio
 from base.apdb import DatabaseUnavailableError
 from base.prompt_records import (
     STAGES,
+    STORE,
     CcdOutcome,
     NightRecords,
     PromptRecords,
@@ -61,7 +62,7 @@ async def test_connect_is_idempotent(pool: asyncpg.Pool, records: PromptRecords)
     versions = await pool.fetch(
         f'SELECT version FROM "{SCHEMA}".schema_version WHERE component = $1', "prompt"
     )
-    assert [r["version"] for r in versions] == [1, 2]
+    assert [r["version"] for r in versions] == [m.version for m in STORE.migrations]
     tables = await pool.fetch(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", SCHEMA
     )
@@ -70,6 +71,8 @@ async def test_connect_is_idempotent(pool: asyncpg.Pool, records: PromptRecords)
         "stage_time",
         "ccd_outcome",
         "ccd_attempt",
+        "ccd_alerts",
+        "ccd_claim",
     }
 
 

@@ -1,9 +1,12 @@
-"""CcdProcessor: one of a pool; preloads on ``nextVisit``, processes each ingested CCD it owns.
+"""CcdProcessor: one of a pool; preloads on ``nextVisit``, processes ingested CCDs.
 
-Detector ``d`` belongs to the processor with ``index == d % pool_size``. The CPU work runs in
-a child process (:mod:`base.isolated`) so that a hung CCD is abandoned by killing it. Work is
-listed durably (:mod:`base.prompt.work_queue`) before it is acknowledged, so an actor killed
-mid-CCD finds it again when it is enabled after its restart.
+Detector ``d`` is preloaded by the processor with ``index == d % pool_size``. Which processor
+processes a CCD is :mod:`base.prompt.pool_scheduler`'s choice: that one (``scheduling =
+"fixed"``), or any idle one of the pool holding the CCD's claim (``"availability"``, the
+default: the preloading processor first, another when it leaves the CCD waiting). The CPU
+work runs in a child process (:mod:`base.isolated`) so that a hung CCD is abandoned by killing
+it. Work is listed durably (:mod:`base.prompt.work_queue`) before it is acknowledged, so an
+actor killed mid-CCD finds it again when it is enabled after its restart.
 
 Inputs come from the registry: calibrations, template and reference catalogue are looked up
 for each CCD (:mod:`base.prompt.registry_inputs`) and handed to the child as plain paths
@@ -21,6 +24,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, ParamSpec, TypeVar
@@ -31,12 +35,16 @@ from base.ccd_inputs import ResolvedInputs
 from base.db import connect_pool
 from base.isolated import IsolatedWorker, RemoteError, WorkerDiedError, WorkTimeoutError
 from base.prompt.outcomes import NO_HEADER, Outcome, failure, success
+from base.prompt.overload import DEFERRED
 from base.prompt.partitions import association_peer
+from base.prompt.pool_member import RECORD_ATTEMPTS, PoolMember
+from base.prompt.pool_scheduler import PoolScheduler
 from base.prompt.registry_inputs import resolve_inputs
 from base.prompt.settings import CcdProcessorSettings
 from base.prompt.stage_writer import StageWriter
 from base.prompt.work_queue import WorkItem, WorkQueue
 from base.prompt_records import CcdOutcome, PromptRecords, StageTime
+from base.prompt_records.claims import ClaimStore
 from base.registry.records import RawRecord
 from base.registry.repository import Repository
 from base.warm_up import log_failure, wait_for_warm_up
@@ -56,8 +64,6 @@ from state.events import Event
 from state.states import State
 
 WORK = "base.prompt.ccd_work"
-#: Tries to write a CCD's records while the database is restarting.
-RECORD_ATTEMPTS = 6
 #: How far back each periodic registry look reaches before the previous one's newest raw.
 RECONCILE_MARGIN = timedelta(seconds=60)
 #: errorCode of a FAULT caused by a durable work list that cannot be read or written.
@@ -70,9 +76,9 @@ OWN_STAGES = ("endReadout", "inBuffer", "ingested", "preloadReady", "isrDone",
               "differenceDone", "diaSourcesMeasured")  # fmt: skip
 
 
-class CcdProcessor(Controller):
+class CcdProcessor(PoolMember, Controller):
     uses_database: ClassVar[bool] = True
-    event_topics = ("ccdStage", "ccdProcessed", "processingStatus")
+    event_topics = ("ccdStage", "ccdProcessed", "processingStatus", "overloadAlarm")
     listen_components = ("Camera", "SummitBuffer", "Ingest")
     listen_topics = ("nextVisit", "endReadout", "imageInBuffer", "imageIngested")
     settings_model = CcdProcessorSettings
@@ -89,7 +95,9 @@ class CcdProcessor(Controller):
         self._stages: dict[tuple[int, int], dict[str, float]] = {}
         self._preloads: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
         self._wakeup = asyncio.Event()
-        self.counts = {"processed": 0, "failed": 0, "abandoned": 0, "retried": 0, "reconciled": 0}
+        self.counts = {"processed": 0, "failed": 0, "abandoned": 0, "retried": 0, "reconciled": 0,
+                       DEFERRED: 0}  # fmt: skip
+        self._alarmed = False
         self._reconciled_to: datetime | None = None
         self._started_at = datetime.now(UTC)
         self.stage_writer = StageWriter(self.log_message, self.log, self.config.retry_backoff)
@@ -97,13 +105,15 @@ class CcdProcessor(Controller):
         self._headerless_visits: set[int] = set()
         self._warming: asyncio.Task[Any] | None = None
         self._warm_pid: int | None = None
+        self.scheduler = PoolScheduler(name, self.queue, self._q, lambda: self.config, self._passed)
 
     async def _q(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a work-list call on its own thread: its fsync never blocks the event loop."""
         return await self._queue_thread.run(fn, *args, **kwargs)
 
     def owns(self, detector: int) -> bool:
-        return detector % self.config.pool_size == self.config.index
+        """Whether this processor preloads ``detector`` (its inputs are in its worker)."""
+        return self.scheduler.owns(detector)
 
     async def end_start(self, configuration_override: str) -> None:
         await self._q(self.queue.reopen)  # SQLite keeps a failed connection broken
@@ -111,10 +121,12 @@ class CcdProcessor(Controller):
             pool = await connect_pool(self.config.dsn, min_size=1, max_size=2, what="CCD processor")
             try:
                 records = await PromptRecords.connect(pool, self.config.records_schema)
+                claims = await ClaimStore.connect(pool, self.config.records_schema)
             except BaseException:
                 pool.terminate()  # a refused start keeps no connection; the next one reconnects
                 raise
             self._pool, self._records = pool, records
+            self.scheduler.claims = claims
             self.stage_writer.connected(records)
         if self._repository is None:
             self._repository = await Repository.connect(
@@ -149,6 +161,7 @@ class CcdProcessor(Controller):
             with contextlib.suppress(asyncio.CancelledError, DmcsError):
                 await warming
         pool, self._pool, self._records = self._pool, None, None
+        self.scheduler.claims = None
         self.stage_writer.connected(None)
         if pool is not None:
             await pool.close()
@@ -206,7 +219,8 @@ class CcdProcessor(Controller):
         missed = [
             r
             for r in raws
-            if self.owns(r.detector) and await self._q(self.queue.enqueue, r.visit, r.detector)
+            if self.scheduler.serves(r.detector)
+            and await self._q(self.queue.enqueue, r.visit, r.detector)
         ]
         if missed:
             self.counts["reconciled"] += len(missed)
@@ -250,6 +264,7 @@ class CcdProcessor(Controller):
         tg.create_task(lambda: self._keep_running(self._work_loop), name="work_loop")
         tg.create_task(lambda: self._keep_running(self._status_loop), name="status_loop")
         tg.create_task(lambda: self._keep_running(self._reconcile_loop), name="reconcile_loop")
+        tg.create_task(lambda: self._keep_running(self._claims_loop), name="claims_loop")
         tg.create_task(self.stage_writer.run, name="stage_writer")
 
     async def _keep_running(self, loop: Callable[[], Awaitable[None]]) -> None:
@@ -286,7 +301,7 @@ class CcdProcessor(Controller):
             return
         if event.topic == "nextVisit":
             mine = [int(d) for d in data.get("detectors", ()) if self.owns(int(d))]
-            if mine:
+            if mine or self.scheduler.by_availability:
                 await self._q(self.queue.remember_visit, visit, dict(data))
                 for detector in mine:
                     self._preloads.put_nowait((visit, detector))
@@ -301,6 +316,12 @@ class CcdProcessor(Controller):
                 self._stage(visit, detector, "inBuffer", event.tai)
             elif event.topic == "imageIngested":
                 await self._ingested(visit, detector, event)
+        elif event.topic == "imageIngested" and "detector" in data:
+            ok = int(data.get("statusCode", 0)) == 0
+            if ok and self.scheduler.serves(int(data["detector"])):
+                # another's, taken if left
+                await self._q(self.queue.enqueue, visit, int(data["detector"]))
+                self._wakeup.set()
 
     async def _ingested(self, visit: int, detector: int, event: Event) -> None:
         self._stage(visit, detector, "ingested", event.tai)
@@ -325,19 +346,36 @@ class CcdProcessor(Controller):
 
     # ------------------------------------------------------------------ work
     async def _work_loop(self) -> None:
+        wait: float | None = None
         while True:
-            await self._wakeup.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), wait)
             self._wakeup.clear()
+            wait = None
             while self.summary_state == State.ENABLED:
                 if not self._preloads.empty():
                     await self._preload(*self._preloads.get_nowait())
                     continue
-                item = await self._q(self.queue.next)
+                try:
+                    item, wait = await self.scheduler.next()
+                except NotReadyError as e:
+                    self.log.warning("no CCD claimed: %s", e)
+                    wait = self.config.retry_backoff
+                    break
+                finally:
+                    await self._defer(self.scheduler.take_deferred())
                 if item is None:
                     break
-                item = await self._q(self.queue.start, item)
+                if item.attempts > self.config.max_attempts:
+                    reason = f"{item.attempts - 1} attempt(s) interrupted (processor lost)"
+                    await self._finish(item, failure("actor_died", reason))
+                    continue
+                began = time.monotonic()
                 try:
                     await self._process(item)
+                    took = time.monotonic() - began
+                    last = self.scheduler.ccd_seconds
+                    self.scheduler.ccd_seconds = took if last == 0 else 0.8 * last + 0.2 * took
                 except Exception as e:
                     self.log.exception("visit %s detector %s", item.visit, item.detector)
                     await self._finish(item, failure("internal_error", repr(e)))
@@ -365,6 +403,10 @@ class CcdProcessor(Controller):
             raw = await self._raw_path(item.visit, item.detector)
             self._note_header(item, raw.header_merged)
             source = await self._inputs(info, item.detector, raw.path)
+            if item.detector in self.config.stall_detectors and self.config.stall_seconds > 0:
+                await self.worker.run(
+                    f"{WORK}:stall", self.config.stall_seconds, timeout=self.config.ccd_timeout
+                )
             result = await self.worker.run(
                 f"{WORK}:process", source, info, item.detector, raw.path,
                 timeout=self.config.ccd_timeout,
@@ -391,6 +433,8 @@ class CcdProcessor(Controller):
             self._stage(item.visit, item.detector, stage, tai)
         if not work.ok or work.ccd is None:
             await self._finish(item, failure("bad_input", work.reason, metrics=result))
+            return
+        if not await self._still_held(item):
             return
         await self._finish(item, await self._associate(item, work.ccd, result))
 
@@ -481,6 +525,7 @@ class CcdProcessor(Controller):
             outcome = dataclasses.replace(outcome, flags=(*outcome.flags, NO_HEADER))
         state = {"processed": "done"}.get(outcome.status, outcome.status)
         await self._q(self.queue.finish, item, state, outcome.reason)
+        await self._settle(item)
         self.counts[outcome.status if outcome.status in self.counts else "failed"] += 1
         self.publish(
             "ccdProcessed",

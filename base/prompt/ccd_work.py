@@ -91,6 +91,11 @@ def preload(source: ResolvedInputs, visit_info: dict[str, Any], detector: int) -
     return list(pre.flags)
 
 
+def stall(seconds: float) -> None:
+    """Hold the worker (a slow CCD on demand: ``CcdProcessorSettings.stall_detectors``)."""
+    time.sleep(seconds)
+
+
 def process(
     source: ResolvedInputs, visit_info: dict[str, Any], detector: int, raw_path: str
 ) -> dict[str, Any]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from algorithms.partition import REGION_ORDER
+from config.system import OverloadConfig
 
 
 class _Settings(BaseModel):
@@ -20,9 +21,24 @@ class _Settings(BaseModel):
 
 
 class CcdProcessorSettings(_Settings):
-    #: This processor serves the detectors with ``detector % pool_size == index``.
+    #: This processor preloads the detectors with ``detector % pool_size == index`` (and, with
+    #: ``scheduling = "fixed"``, processes only those).
     index: int = Field(default=0, ge=0)
     pool_size: int = Field(default=1, ge=1)
+    #: ``availability``: any idle processor of the pool claims the next ingested CCD (its own
+    #: detectors first; another's once that one's owner has left it unclaimed ``claim_grace``
+    #: seconds). ``fixed``: each processor does its own detectors only.
+    scheduling: Literal["availability", "fixed"] = "availability"
+    #: Seconds a CCD is left to the processor that preloaded it before an idle one takes it.
+    claim_grace: float = Field(default=0.5, ge=0)
+    #: Seconds a claim lasts unless renewed; a dead processor's CCDs go to others after it.
+    claim_lease: float = Field(default=15.0, gt=0)
+    #: Detectors whose CCDs are held ``stall_seconds`` in the worker before their processing
+    #: (within ``ccd_timeout``): a slow CCD on demand, for tests and scheduling benchmarks.
+    stall_detectors: tuple[int, ...] = ()
+    stall_seconds: float = Field(default=0.0, ge=0)
+    #: The system's ``[overload]`` section (the launcher's copy; see ``config.system``).
+    overload: OverloadConfig = OverloadConfig()
     #: Seconds one CCD may take before it is abandoned (its worker process killed).
     ccd_timeout: float = Field(default=120.0, gt=0)
     #: Attempts per CCD before its APDB write (Rubin: no retry after it).

@@ -2,8 +2,11 @@
 
 SQLite in WAL mode with synchronous=FULL: a row is on disk before the event that created it
 is considered handled. States: ``queued`` → ``running`` → ``done`` | ``failed`` |
-``abandoned``. After a crash, :meth:`recover` puts ``running`` work back in the queue with its
-attempt count kept, so the retry limit still holds. A list that cannot be read or written
+``abandoned`` | ``deferred`` (left to the daytime catch-up by the overload policy,
+:mod:`base.prompt.overload`); in a pool that schedules by availability, ``elsewhere``:
+another processor holds the CCD's claim (:mod:`base.prompt_records.claims`), queued again if
+that claim expires. After a crash, :meth:`recover` puts ``running`` work back in the queue
+with its attempt count kept, so the retry limit still holds. A list that cannot be read or written
 raises :class:`~state.errors.StorageError`; SQLite keeps such a connection broken, so a repaired
 file is used only after :meth:`reopen`.
 """
@@ -19,7 +22,9 @@ from typing import Any
 
 from state.durable_sqlite import SqliteStore, open_durable, read, write
 
-FINAL_STATES = ("done", "failed", "abandoned")
+FINAL_STATES = ("done", "failed", "abandoned", "deferred")
+#: Claimed by another processor of the pool: not this one's to do unless requeued.
+ELSEWHERE = "elsewhere"
 
 #: Frozen migrations: append, never edit a released one.
 STORE = SqliteStore(
@@ -34,6 +39,11 @@ CREATE TABLE IF NOT EXISTS work (
     attempts INTEGER NOT NULL DEFAULT 0, reason TEXT NOT NULL DEFAULT '',
     updated REAL NOT NULL, PRIMARY KEY (visit, detector));
 CREATE INDEX IF NOT EXISTS work_state ON work (state, visit, detector);
+""",
+        # When the CCD was listed (its imageIngested): its age for the overload policy, which
+        # a requeue (``updated``) does not reset.
+        """
+ALTER TABLE work ADD COLUMN ingested REAL;
 """,
     ),
 )
@@ -88,13 +98,15 @@ class WorkQueue:
 
     def enqueue(self, visit: int, detector: int) -> bool:
         """Add work once; False when (visit, detector) is already known in any state."""
+        now = time.time()
         return (
             self._write(
-                "INSERT OR IGNORE INTO work (visit, detector, state, updated)"
-                " VALUES (?, ?, 'queued', ?)",
+                "INSERT OR IGNORE INTO work (visit, detector, state, updated, ingested)"
+                " VALUES (?, ?, 'queued', ?, ?)",
                 visit,
                 detector,
-                time.time(),
+                now,
+                now,
             )
             == 1
         )
@@ -107,6 +119,38 @@ class WorkQueue:
         )
         return WorkItem(*rows[0]) if rows else None
 
+    def queued(self) -> list[tuple[WorkItem, float]]:
+        """All queued work, oldest visit first, each with the time it was (re)queued."""
+        return [(item, queued_at) for item, queued_at, _ in self.pending()]
+
+    def pending(self) -> list[tuple[WorkItem, float, float]]:
+        """All queued work, oldest visit first, each with the time it was (re)queued and the
+        time it was first listed (ingested)."""
+        rows = self._read(
+            "SELECT visit, detector, state, attempts, reason, updated,"
+            " coalesce(ingested, updated) FROM work"
+            " WHERE state = 'queued' ORDER BY visit, detector"
+        )
+        return [(WorkItem(*row[:5]), float(row[5]), float(row[6])) for row in rows]
+
+    def requeue(self, visit: int, detector: int) -> bool:
+        """Queue work whose holder in the pool is gone (or that was never heard of), as
+        queued since time 0: takeable at once. False when it is running or finished here."""
+        return (
+            self._write(
+                "INSERT INTO work (visit, detector, state, reason, updated, ingested)"
+                " VALUES (?, ?, 'queued', 'claim expired', ?, ?)"
+                " ON CONFLICT (visit, detector) DO UPDATE SET state = 'queued',"
+                " reason = 'claim expired', updated = excluded.updated"
+                f" WHERE state IN ('queued', '{ELSEWHERE}')",
+                visit,
+                detector,
+                0.0,
+                time.time(),
+            )
+            == 1
+        )
+
     def start(self, item: WorkItem) -> WorkItem:
         self._write(
             "UPDATE work SET state = 'running', attempts = attempts + 1, updated = ?"
@@ -118,7 +162,7 @@ class WorkQueue:
         return WorkItem(item.visit, item.detector, "running", item.attempts + 1, item.reason)
 
     def finish(self, item: WorkItem, state: str, reason: str = "") -> None:
-        if state not in (*FINAL_STATES, "queued"):
+        if state not in (*FINAL_STATES, "queued", ELSEWHERE):
             raise ValueError(f"unknown work state {state!r}")
         self._write(
             "UPDATE work SET state = ?, reason = ?, updated = ? WHERE visit = ? AND detector = ?",

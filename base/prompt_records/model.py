@@ -24,7 +24,8 @@ VISIT_STAGES = frozenset({"endReadout", "inBuffer", "ingested"})
 #: The detector number under which a whole-visit stage is stored.
 VISIT_DETECTOR = -1
 
-STATUSES = ("processed", "failed", "abandoned", "skipped")
+#: ``deferred``: left to the daytime catch-up by the overload policy (base.prompt.overload).
+STATUSES = ("processed", "failed", "abandoned", "skipped", "deferred")
 BANDS = ("u", "g", "r", "i", "z", "y")
 
 
@@ -156,7 +157,7 @@ class CcdOutcome:
         _set(self, "attempt", _nonneg_int("attempt", self.attempt, 1))
         if self.status not in STATUSES:
             raise InvalidInputError(f"status must be one of {STATUSES}, not {self.status!r}")
-        if self.status in ("failed", "abandoned") and not self.failure_type:
+        if self.status in ("failed", "abandoned", "deferred") and not self.failure_type:
             raise InvalidInputError(f"a {self.status} CCD needs a failure_type")
         _set(self, "n_dia_sources", _nonneg_int("n_dia_sources", self.n_dia_sources))
         _set(self, "n_alerts", _nonneg_int("n_alerts", self.n_alerts))

@@ -13,6 +13,9 @@ Tables (in schema ``prompt`` by default; created by the frozen migrations of
   recovered stays visible to the Performance Report.
 * ``ccd_alerts`` -- (visit, detector) -> the number of alerts published (first write wins),
   written by the alert publisher with its ``alertsPublished`` stage (``record_alerts``).
+* ``ccd_outcome``/``ccd_attempt`` statuses gained ``deferred`` (migration 4): a CCD the
+  overload policy left to the daytime catch-up.
+* ``ccd_claim`` -- which processor of the pool holds a CCD (:mod:`.claims`).
 
 Database errors are mapped as in the APDB: unreachable -> ``DatabaseUnavailableError``
 (retriable), anything else -> ``StorageError``.
@@ -99,6 +102,32 @@ CREATE TABLE IF NOT EXISTS {schema}.ccd_attempt (
 CREATE TABLE IF NOT EXISTS {schema}.ccd_alerts (
     visit bigint NOT NULL, detector integer NOT NULL, n_alerts integer NOT NULL,
     PRIMARY KEY (visit, detector));
+""",
+        ),
+        Migration(
+            3,
+            "ccd_claim: which processor of the pool holds a CCD (base.prompt_records.claims)",
+            """
+CREATE TABLE IF NOT EXISTS {schema}.ccd_claim (
+    visit bigint NOT NULL, detector integer NOT NULL, owner text NOT NULL,
+    attempt integer NOT NULL CHECK (attempt >= 1),
+    state text NOT NULL CHECK (state IN ('running', 'done')),
+    lease_until timestamptz NOT NULL, claimed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (visit, detector));
+CREATE INDEX IF NOT EXISTS ccd_claim_lease ON {schema}.ccd_claim (lease_until)
+    WHERE state = 'running';
+""",
+        ),
+        Migration(
+            4,
+            "outcome status deferred (the overload policy's, for the daytime catch-up)",
+            """
+ALTER TABLE {schema}.ccd_outcome DROP CONSTRAINT IF EXISTS ccd_outcome_status_check;
+ALTER TABLE {schema}.ccd_outcome ADD CONSTRAINT ccd_outcome_status_check CHECK
+    (status IN ('processed', 'failed', 'abandoned', 'skipped', 'deferred'));
+ALTER TABLE {schema}.ccd_attempt DROP CONSTRAINT IF EXISTS ccd_attempt_status_check;
+ALTER TABLE {schema}.ccd_attempt ADD CONSTRAINT ccd_attempt_status_check CHECK
+    (status IN ('processed', 'failed', 'abandoned', 'skipped', 'deferred'));
 """,
         ),
     ),

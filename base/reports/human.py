@@ -71,6 +71,7 @@ def performance_blocks(perf: dict[str, Any], figures: dict[str, bytes]) -> list[
     if perf["empty"]:
         return [*blocks, Para(f"**{perf['message']}**")]
     lat, img, out, fail = perf["latency"], perf["images"], perf["outcomes"], perf["failures"]
+    dfr = perf["deferral"]
     blocks += [
         Heading(2, "Summary"),
         Table(
@@ -86,6 +87,11 @@ def performance_blocks(perf: dict[str, Any], figures: dict[str, bytes]) -> list[
                     f"{out['failed']} / {out['abandoned']} / {out['skipped']}",
                 ),
                 ("CCDs without an outcome", out["noOutcome"]),
+                (
+                    "CCDs (visits) deferred / caught up / awaiting catch-up",
+                    f"{dfr['ccdsDeferred']} ({dfr['visitsDeferred']}) / {dfr['ccdsCaughtUp']}"
+                    f" ({dfr['visitsCaughtUp']}) / {dfr['ccdsAwaitingCatchUp']}",
+                ),
                 ("DIASources", perf["products"]["diaSources"]),
                 ("alerts", perf["products"]["alerts"]),
                 (

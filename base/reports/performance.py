@@ -90,6 +90,22 @@ def _failures(night: NightRecords) -> dict[str, Any]:
     }
 
 
+def _deferral(night: NightRecords) -> dict[str, Any]:
+    """CCDs and visits the overload policy deferred, and how many the catch-up has done."""
+    deferred = {(a.visit, a.detector) for a in night.attempts if a.status == "deferred"}
+    deferred |= {(o.visit, o.detector) for o in night.outcomes if o.status == "deferred"}
+    final = {(o.visit, o.detector): o.status for o in night.outcomes}
+    caught_up = {k for k in deferred if final.get(k) == "processed"}
+    waiting = deferred - caught_up
+    return {
+        "ccdsDeferred": len(deferred),
+        "visitsDeferred": len({v for v, _ in deferred}),
+        "ccdsCaughtUp": len(caught_up),
+        "visitsCaughtUp": len({v for v, _ in deferred} - {v for v, _ in waiting}),
+        "ccdsAwaitingCatchUp": len(waiting),
+    }
+
+
 def performance_report(night: NightRecords, budget_s: float = 60.0) -> dict[str, Any]:
     """Observations processed per pipeline, failures by type and recovery, images vs taken."""
     visits = night.visit_map()
@@ -153,6 +169,7 @@ def performance_report(night: NightRecords, budget_s: float = 60.0) -> dict[str,
         "diaSources": sum(o.n_dia_sources for o in night.outcomes),
         "alerts": sum(o.n_alerts for o in night.outcomes),
     }
+    report["deferral"] = _deferral(night)
     report["failures"] = _failures(night)
     report["latency"] = latency_summary(night, budget_s).to_dict()
     return report

@@ -1,5 +1,6 @@
-"""Daytime catch-up: the CCDs prompt processing recorded as failed or abandoned, into the
-prompt products, so the night ends complete.
+"""Daytime catch-up: the CCDs prompt processing recorded as failed, abandoned or deferred (the
+overload policy's, when the pool fell behind), into the prompt products, so the night ends
+complete.
 
 The CCDs run through the same executor as a release (release 0: prompt ids), then, in time
 order, through the prompt association step into the prompt APDB and the prompt alert path
@@ -40,7 +41,9 @@ from state.errors import DmcsError
 
 #: ``observation_reason`` of an alert published by the catch-up (the alert schema's field).
 LATE = "late:catch-up"
-MISSED = ("failed", "abandoned")
+#: Outcomes the catch-up processes: the failed and abandoned CCDs, and those the overload
+#: policy deferred to it (base.prompt.overload).
+MISSED = ("failed", "abandoned", "deferred")
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class CatchUpConfig:
 class CatchUpSummary:
     day_obs: int
     missed: int = 0
+    #: Of ``missed``, those the overload policy deferred (the rest failed or were abandoned).
+    deferred: int = 0
     recovered: int = 0
     already_stored: int = 0
     alerts: int = 0
@@ -101,6 +106,7 @@ async def _catch_up(
     night = await records.fetch_night(config.day_obs)
     missed = {(o.visit, o.detector): o for o in night.outcomes if o.status in MISSED}
     summary.missed = len(missed)
+    summary.deferred = sum(o.status == "deferred" for o in missed.values())
     every = await registered_units(
         config.dsn, config.registry_schema, config.night_dir, config.day_obs, None
     )

@@ -69,6 +69,11 @@ class Rules:
                 return [self._latency(event)]
             case "nodeLost":
                 return [self._node_lost(event)]
+            case "overloadAlarm":
+                severity = Severity.parse(data.get("severity", "NONE"))
+                reason = str(data.get("reason", "")) if severity else ""
+                name = f"Overload.{event.component}"
+                return [Verdict(name, event.component, severity, reason)]
         return []
 
     def _buffer(self, event: Event) -> Verdict:

@@ -42,7 +42,11 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         ("complete", "yes" if summary["complete"] else "NO"),
         ("visits", str(summary["visits"])),
         ("CCDs expected / ingested", f"{summary['ccdsExpected']} / {summary['ccdsIngested']}"),
-        ("CCDs processed / failed", f"{summary['ccdsProcessed']} / {summary['ccdsFailed']}"),
+        (
+            "CCDs processed / failed / deferred to catch-up",
+            f"{summary['ccdsProcessed']} / {summary['ccdsFailed']}"
+            f" / {summary.get('ccdsDeferred', 0)}",
+        ),
         ("alerts", str(summary["alerts"])),
         ("latency p50 / p95 / max", f"{_s(lat['p50'])} / {_s(lat['p95'])} / {_s(lat['max'])}"),
         ("visits within 60 s", "-" if share is None else f"{100 * share:.0f} %"),

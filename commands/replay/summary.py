@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 
+from base.prompt.overload import OVERLOAD
 from base.prompt.settings import AssociationSettings, CcdProcessorSettings
 from base.prompt_records import NightRecords, PromptRecords, latency_summary
 from base.reliability import alert_threshold, load_reliability_model
@@ -100,6 +101,9 @@ def night_summary(records: NightRecords | None, outcome: ReplayOutcome) -> dict[
     processed = (p.processed | r.processed) & expected
     for key in processed:
         failed.pop(key, None)
+    deferred = {k: why for k, why in failed.items() if why.startswith(f"{OVERLOAD}:")}
+    for key in deferred:
+        failed.pop(key)
     published = {**p.alerts_by_ccd, **{k: n for k, n in r.published.items() if k in expected}}
     ccd_latency = list(p.latencies.values())
     summary: dict[str, Any] = {
@@ -111,6 +115,8 @@ def night_summary(records: NightRecords | None, outcome: ReplayOutcome) -> dict[
         "ccdsIngested": len((p.ingested | r.ingested) & expected),
         "ccdsProcessed": len(processed),
         "ccdsFailed": len(failed),
+        # left to the daytime catch-up by the overload policy: ended, not lost
+        "ccdsDeferred": len(deferred),
         "ccdsPublished": len(published),
         "failures": {f"{v}/{d}": why for (v, d), why in sorted(failed.items())},
         "alerts": sum(published.values()),

@@ -120,6 +120,16 @@ class BufferAlarm(Contract):
     reason: Text | None = None
 
 
+class OverloadAlarm(Contract):
+    """A CCD processor fell behind its latency budget and defers CCDs (or recovered: NONE)."""
+
+    topic = "overloadAlarm"
+    severity: AlarmSeverity | None = None
+    reason: Text | None = None
+    ccdsDeferred: NonNegInt | None = None
+    backlogSeconds: Finite | None = None
+
+
 class BufferStatus(Contract):
     topic = "bufferStatus"
     bytesUsed: Size | None = None
@@ -246,6 +256,7 @@ COMPONENT_CONTRACTS: tuple[type[Contract], ...] = (
     ImageTransferred,
     BufferAlarm,
     BufferStatus,
+    OverloadAlarm,
     ImageIngested,
     IngestStatus,
     CcdStage,
