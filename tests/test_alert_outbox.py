@@ -8,6 +8,7 @@ and every CCD stored still has exactly its DIASources as archived alerts.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 from pathlib import Path
@@ -75,6 +76,20 @@ def test_an_unreadable_payload_is_a_clear_error() -> None:
         ob.decode(meta, payload[: len(payload) // 2])
     with pytest.raises(InvalidInputError, match="the payload is gone"):
         ob.decode(meta, None)
+
+
+def test_a_row_in_the_earlier_npz_payload_is_still_read() -> None:
+    original = handoff()
+    meta, payload = ob.encode(original)
+    assert payload.startswith(ob.MAGIC)
+    buf = io.BytesIO()
+    np.savez(buf, **ob._unpack(payload))
+    back, npz = ob.decode(meta, payload), ob.decode(meta, buf.getvalue())
+    assert back["cutouts"] == npz["cutouts"] == original["cutouts"]
+    for group in ("sources", "objects", "forcedHistory"):
+        for name, a in back[group].items():
+            b = npz[group][name]
+            assert a.dtype == b.dtype and str(a.tolist()) == str(b.tolist()), (group, name)
 
 
 async def outbox_rows(dsn: str, schema: str) -> dict[tuple[int, int], dict[str, Any]]:

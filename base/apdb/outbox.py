@@ -10,13 +10,17 @@ never retried forever and never dropped silently.
 
 The payload is what the publisher needs to build the alerts without reading the APDB back:
 the associated DIASources, the touched DIAObjects, the preloaded history, the cutouts (FITS
-bytes), as ``npz`` (no pickle); the scalars and the stage times go in a JSON column.
+bytes), as one flat buffer of raw arrays after a JSON layout (no pickle; :func:`encode`);
+the scalars and the stage times go in a JSON column. Rows in the earlier ``npz`` payload are
+still read.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
+import struct
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +40,9 @@ COLUMN_GROUPS = ("sources", "objects", "history", "forcedHistory", "ssSources")
 #: The hand-off's scalar fields, kept in the JSON column.
 SCALARS = ("visit", "detector", "dayObs", "band")
 _CUTOUTS = ("difference", "science", "template")
+#: First bytes of a flat payload (an ``npz`` one starts ``PK``).
+MAGIC = b"DMCSOB1\n"
+_ALIGN = 16
 
 
 #: The outbox, recorded as component ``alert_outbox`` in the APDB's schema; frozen DDL.
@@ -110,9 +117,51 @@ def encode(handoff: dict[str, Any]) -> tuple[str, bytes]:
     meta = {k: handoff[k] for k in SCALARS}
     meta["stages"] = {k: float(v) for k, v in handoff.get("stages", {}).items()}
     meta["groups"] = groups
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return json.dumps(meta), buf.getvalue()
+    return json.dumps(meta), _pack(arrays)
+
+
+def _pack(arrays: dict[str, np.ndarray]) -> bytes:
+    """``MAGIC``, the JSON layout's length (u64 LE), the layout ``[name, dtype, shape, offset]``
+    of each array, then the arrays' bytes, each at a 16-byte aligned offset of the data.
+
+    ``np.savez`` wrote each of the ~250 columns of a CCD as a zip member with an npy header:
+    about 5 ms of CPU per CCD against 0.3 ms for this.
+    """
+    layout: list[list[Any]] = []
+    parts: list[bytes] = []
+    at = 0
+    for name, a in arrays.items():
+        pad = -at % _ALIGN
+        if pad:
+            parts.append(bytes(pad))
+            at += pad
+        layout.append([name, a.dtype.str, list(a.shape), at])
+        data = a.tobytes()
+        parts.append(data)
+        at += len(data)
+    head = json.dumps(layout).encode()
+    pad = -(len(MAGIC) + 8 + len(head)) % _ALIGN
+    return b"".join([MAGIC, struct.pack("<Q", len(head) + pad), head, b" " * pad, *parts])
+
+
+def _unpack(payload: bytes) -> dict[str, np.ndarray]:
+    """The arrays :func:`_pack` wrote (writable copies); ``ValueError`` if they do not fit."""
+    start = len(MAGIC) + 8
+    (n,) = struct.unpack_from("<Q", payload, len(MAGIC))
+    layout = json.loads(payload[start : start + n])
+    data = bytearray(payload[start + n :])
+    arrays: dict[str, np.ndarray] = {}
+    end = 0
+    for name, dtype, shape, at in layout:
+        dt = np.dtype(dtype)
+        if dt.hasobject:
+            raise ValueError(f"{name}: object arrays are not read")
+        count = math.prod(shape)
+        arrays[name] = np.frombuffer(data, dt, count, at).reshape(shape)
+        end = max(end, at + count * dt.itemsize)
+    if end != len(data):
+        raise ValueError(f"{len(data) - end} payload bytes past the last array")
+    return arrays
 
 
 def decode(meta_json: str, payload: bytes | None) -> dict[str, Any]:
@@ -121,8 +170,11 @@ def decode(meta_json: str, payload: bytes | None) -> dict[str, Any]:
         meta = json.loads(meta_json)
         if payload is None:
             raise ValueError("the payload is gone")
-        with np.load(io.BytesIO(payload), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        if payload[: len(MAGIC)] == MAGIC:
+            arrays = _unpack(payload)
+        else:
+            with np.load(io.BytesIO(payload), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
         handoff: dict[str, Any] = {k: meta[k] for k in SCALARS}
         handoff["stages"] = dict(meta["stages"])
         for group, names in meta["groups"].items():
@@ -153,7 +205,15 @@ def decode(meta_json: str, payload: bytes | None) -> dict[str, Any]:
         if at != len(blob):
             raise ValueError(f"{len(blob) - at} cutout bytes left over")
         handoff["cutouts"] = cutouts
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as e:
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        struct.error,
+        zipfile.BadZipFile,
+    ) as e:
         raise InvalidInputError(f"unreadable alert outbox row: {type(e).__name__}: {e}") from e
     return handoff
 

@@ -8,6 +8,7 @@ scans; the exact padded-polygon test is then applied to the few extra rows on th
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -22,6 +23,8 @@ from state.errors import InvalidInputError
 #: HEALPix order of ``pixelId`` (nside = 2**16, pixels ≈ 3.2 arcsec across).
 ORDER = 16
 NSIDE = 1 << ORDER
+#: How many orders above the covering pixels ``Region.pixel_ranges`` runs its cone search.
+_SEARCH_UP = 3
 
 
 def pixel_ids(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
@@ -84,29 +87,44 @@ class Region:
         return inside
 
     def pixel_ranges(self) -> tuple[np.ndarray, np.ndarray]:
-        """Half-open ``[lo, hi)`` ranges of ``pixelId`` covering the padded region, merged.
+        """Half-open ``[lo, hi)`` ranges of ``pixelId`` covering the padded region, merged
+        (read-only; the last few regions' are kept, as a preload reads two tables by one).
 
-        Coarse pixels (~1/32 of the radius) from a cone search, kept only where the pixel can
-        touch the polygon (its centre within the polygon grown by the pixel's radius), so the
-        ranges cover little more than the region itself.
+        Coarse pixels (~1/32 of the radius) that can touch the polygon (their centre within the
+        polygon grown by the pixel's radius), so the ranges cover little more than the region
+        itself. The candidates are the children of a cone search :data:`_SEARCH_UP` orders
+        coarser: the cone search's cost grows with the pixels it returns (about 6 µs each,
+        12 ms for a padded lsstcam-lite CCD at the coarse order itself), and every coarse pixel
+        that overlaps the cone has a parent that does.
         """
-        radius = self.radius_deg()
-        coarse = int(np.clip(math.floor(math.log2(58.6 / max(radius / 32, 1e-6))), 0, ORDER))
-        ra0, dec0 = self.center
-        hp = HEALPix(nside=1 << coarse, order="nested")
-        pix = np.sort(hp.cone_search_lonlat(ra0 * u.deg, dec0 * u.deg, radius * u.deg))
-        lon, lat = hp.healpix_to_lonlat(pix)
-        reach = 1.5 * hp.pixel_resolution.to_value(u.arcsec)
-        grown = Region(self.ra, self.dec, self.pad_arcsec + reach)
-        pix = pix[grown.contains(lon.to_value(u.deg), lat.to_value(u.deg))]
-        shift = 2 * (ORDER - coarse)
-        lo = pix.astype(np.int64) << shift
-        hi = (pix.astype(np.int64) + 1) << shift
-        keep = np.ones(len(lo), dtype=bool)
-        keep[1:] = lo[1:] != hi[:-1]  # a range starting where the previous ends is merged
-        starts = np.flatnonzero(keep)
-        ends = np.append(starts[1:], len(lo)) - 1
-        return lo[starts], hi[ends]
+        return _pixel_ranges(self)
+
+
+@functools.lru_cache(maxsize=16)
+def _pixel_ranges(region: Region) -> tuple[np.ndarray, np.ndarray]:
+    radius = region.radius_deg()
+    coarse = int(np.clip(math.floor(math.log2(58.6 / max(radius / 32, 1e-6))), 0, ORDER))
+    ra0, dec0 = region.center
+    up = min(_SEARCH_UP, coarse)
+    search = HEALPix(nside=1 << (coarse - up), order="nested")
+    parents = search.cone_search_lonlat(ra0 * u.deg, dec0 * u.deg, radius * u.deg)
+    children = np.arange(1 << (2 * up), dtype=np.int64)
+    pix = np.sort(((parents.astype(np.int64)[:, None] << (2 * up)) + children).ravel())
+    hp = HEALPix(nside=1 << coarse, order="nested")
+    lon, lat = hp.healpix_to_lonlat(pix)
+    reach = 1.5 * math.degrees(math.sqrt(math.pi / 3) / (1 << coarse)) * 3600  # √(pixel area)
+    grown = Region(region.ra, region.dec, region.pad_arcsec + reach)
+    pix = pix[grown.contains(lon.to_value(u.deg), lat.to_value(u.deg))]
+    shift = 2 * (ORDER - coarse)
+    lo = pix.astype(np.int64) << shift
+    hi = (pix.astype(np.int64) + 1) << shift
+    keep = np.ones(len(lo), dtype=bool)
+    keep[1:] = lo[1:] != hi[:-1]  # a range starting where the previous ends is merged
+    starts = np.flatnonzero(keep)
+    ends = np.append(starts[1:], len(lo)) - 1
+    lo, hi = lo[starts], hi[ends]
+    lo.flags.writeable = hi.flags.writeable = False
+    return lo, hi
 
 
 def _unit(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
