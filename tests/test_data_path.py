@@ -16,7 +16,6 @@ from state.clock import tai_now
 from state.command import Command
 from state.contracts.values import ContractError
 from state.durable import sha256_hex
-from state.errors import BufferFullError
 from state.events import Event
 from state.states import State
 from tests.data_path_helpers import (
@@ -291,9 +290,8 @@ async def test_bad_handoffs_are_refused_with_reasons(
         assert "camera said" in said
         assert "malformed endReadout" in said
         assert not path.topic("imageInBuffer")
-        with pytest.raises(BufferFullError):
-            path.buffer.store.capacity = 10
-            await path.buffer.accept(_offer(readout.payload, readout.images[0]))
+        # (A full buffer's refusal is test_full_buffer_refuses_loudly_and_keeps_what_it_took's:
+        # here the reconciliation at enable may already have taken this readout's good raws.)
 
 
 async def test_a_header_whose_announcement_was_lost_is_found_and_merged(

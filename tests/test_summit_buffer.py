@@ -188,6 +188,8 @@ async def test_killed_at_each_point_of_receipt_loses_no_raw(
         await wait_for_event(events, lambda e: note(e) or len(seen) == 12, 90)
         assert all(n == 1 for n in seen.values()), seen
         status = await buffer.rpc.remote("status")
-        assert status["backlogCount"] == 0 and status["reconciled"] >= 4, status
+        # How many raws come through the readout records rather than a late event depends on
+        # where the kill landed; that some did, and none twice, is the point.
+        assert status["backlogCount"] == 0 and status["reconciled"] >= 1, status
         await events.aclose()
     await registry_matches(pg_dsn, schema, taken)
