@@ -188,12 +188,7 @@ def pixel_cpu_per_ccd(night: Path, sample: int, seed: int) -> dict[str, float]:
     picked = rnd.sample(jobs, min(len(jobs), sample + 1))
     cpu: list[float] = []
     for i, (v, det) in enumerate(picked):
-        info = {"visit": v.visit_id, "camera": source.camera.name, "band": v.band, "ra": v.ra,
-                "dec": v.dec, "rotSkyPos": v.rot_sky_pos, "fieldId": v.field_id,
-                "startMjd": v.mjd_start, "exposureTime": v.exptime}  # fmt: skip
-        pre = adapter.preload(info, det)
-        raw = NightDirectoryRepository(night).get_raw(v.visit_id, det)
-        out = adapter.process(raw if raw is not None else source.raw(v, det), pre)
+        out = adapter.process(source.raw(v, det), adapter.preload(source.visit_info(v), det))
         if i and out.cpu_timings:
             cpu.append(out.cpu_timings["total"])
     return {

@@ -69,9 +69,7 @@ def _process_one(night: str, visit_index: int, detector: int) -> ProcessedCcd:
         _ADAPTERS[night] = (src, CcdProcessing(NightDirectoryRepository(Path(night))))
     src, adapter = _ADAPTERS[night]
     v = src.visits[visit_index]
-    info = {"visit": v.visit_id, "camera": src.camera.name, "band": v.band, "ra": v.ra,
-            "dec": v.dec, "rotSkyPos": v.rot_sky_pos, "fieldId": v.field_id,
-            "startMjd": v.mjd_start, "exposureTime": v.exptime}  # fmt: skip
+    info = src.visit_info(v)
     pre = adapter.preload(info, detector)
     hdul, _ = src.simulator().render(v, detector)
     out = adapter.process(hdul, pre)

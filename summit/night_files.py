@@ -14,6 +14,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from config.cameras import Camera, load_camera
 from state.durable import writable_dir
@@ -61,6 +62,17 @@ class NightSource:
         if self.raws_root is None:
             raise InvalidInputError(f"the night {self.path} has no pre-rendered raws")
         return raw_path(self.raws_root, visit, detector)
+
+    def visit_info(self, visit: Visit) -> dict[str, Any]:
+        """What a CCD's processing needs of ``visit`` (the fields of ``nextVisit`` that
+        ``state.contracts.data_plane.CcdVisit`` reads), for processing the night outside a
+        running system (benchmarks, truth scripts)."""
+        return {
+            "visit": visit.visit_id, "camera": self.camera.name, "band": visit.band,
+            "ra": visit.ra, "dec": visit.dec, "rotSkyPos": visit.rot_sky_pos,
+            "fieldId": visit.field_id, "startMjd": visit.mjd_start,
+            "exposureTime": visit.exptime,
+        }  # fmt: skip
 
     def simulator(self) -> CameraSimulator:
         """The camera simulator that renders this night's raws (same sky as ``simulate``)."""
