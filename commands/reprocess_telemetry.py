@@ -3,8 +3,8 @@
 Best effort by design: the ledger in PostgreSQL is the run's record, so an unreachable or
 refusing gateway costs telemetry (logged once; what was still unsent at the end is counted
 as dropped) and never the run. Progress is
-coalesced to at most one message per ``interval`` (plus every phase change and the end);
-failures are queued (bounded, oldest dropped first) and sent in order.
+coalesced to at most one message per ``interval`` (plus every phase change and the end; the
+last unsent state of a phase is kept and sent before the next phase's); failures are queued (bounded, oldest dropped first) and sent in order.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ class RunTelemetry(RunObserver):
         self._phase_started = time.monotonic()
         self._phase_done0 = 0
         self._failures: DropOldestQueue[dict[str, Any]] = DropOldestQueue(MAX_QUEUED)
+        #: A phase's last state, unsent when the next phase began; sent in order.
+        self._phase_ends: DropOldestQueue[dict[str, Any]] = DropOldestQueue(MAX_QUEUED)
         self._progress_due = False
         self._urgent = False
         self._last_progress = 0.0
@@ -59,7 +61,7 @@ class RunTelemetry(RunObserver):
     @property
     def dropped(self) -> int:
         """Telemetry lost: failures pushed out of the full queue, and what was unsent at close."""
-        return self._failures.dropped + self._unsent_at_close
+        return self._failures.dropped + self._phase_ends.dropped + self._unsent_at_close
 
     def stats(self) -> dict[str, Any]:
         return {"sent": self.sent, "dropped": self.dropped, "refused": self.refused}
@@ -84,6 +86,8 @@ class RunTelemetry(RunObserver):
     def progress(self, phase: str, done: int, total: int) -> None:
         now = time.monotonic()
         if phase != self._state.get("phase") or done < self._phase_done0:
+            if self._progress_due and self._state:
+                self._phase_ends.put(dict(self._state))
             self._phase_started, self._phase_done0 = now, done
             self._due(urgent=True)
         elapsed = now - self._phase_started
@@ -131,7 +135,8 @@ class RunTelemetry(RunObserver):
                 if self.refused is None:
                     await self._send_due(session, force=closing)
                 if closing:
-                    self._unsent_at_close += len(self._failures) + self._progress_due
+                    unsent = len(self._failures) + len(self._phase_ends) + self._progress_due
+                    self._unsent_at_close += unsent
                     return
                 await self._sleep(self._next_wait())
 
@@ -145,7 +150,7 @@ class RunTelemetry(RunObserver):
             return None
         if self._unreachable:
             return self.interval
-        if self._failures or self._urgent:
+        if self._failures or self._phase_ends or self._urgent:
             return 0.0
         if self._progress_due:
             return max(0.0, self._last_progress + self.interval - time.monotonic())
@@ -160,6 +165,10 @@ class RunTelemetry(RunObserver):
             if not await self._post(session, "reprocessFailure", self._failures.peek()):
                 return
             self._failures.get_nowait()
+        while not self._phase_ends.empty():
+            if not await self._post(session, "reprocessProgress", self._phase_ends.peek()):
+                return
+            self._phase_ends.get_nowait()
         ready = force or self._urgent or time.monotonic() - self._last_progress >= self.interval
         if self._progress_due and self._state and ready:
             self._progress_due = self._urgent = False

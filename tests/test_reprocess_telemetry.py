@@ -113,6 +113,28 @@ async def test_progress_is_coalesced_and_every_failure_arrives_in_order(
     assert telemetry.stats() == {"sent": len(progress) + 3, "dropped": 0, "refused": None}
 
 
+async def test_a_phase_ends_on_its_last_state_even_when_the_next_begins_at_once(
+    running: RunningSystem,
+) -> None:
+    """The last ``done == total`` of a phase and the next phase's start arrive before the
+    sender runs: both are sent, in order (coalescing once kept only the newer one)."""
+    telemetry = RunTelemetry(running.ws_url, TOKENS["batch"], interval=30)
+    async with watching(running) as seen:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(telemetry.run())
+            telemetry.began("dr10", "release", 1)
+            await until(lambda: telemetry.sent == 1)
+            telemetry.progress("ccd", 7, 9)
+            telemetry.progress("ccd", 9, 9)
+            telemetry.progress("region", 0, 2)
+            await until(lambda: telemetry.sent == 3)
+            telemetry.ended("done")
+            await telemetry.close()
+        await until(lambda: sum(e.topic == "reprocessProgress" for e in seen) == 4)
+    states = [(e.data["phase"], e.data["done"]) for e in seen if e.topic == "reprocessProgress"]
+    assert states == [("ccd", 0), ("ccd", 9), ("region", 0), ("region", 0)]
+
+
 async def test_a_refused_token_costs_telemetry_not_the_run(running: RunningSystem) -> None:
     telemetry = RunTelemetry(running.ws_url, TOKENS["ocs"])
     async with asyncio.timeout(15), asyncio.TaskGroup() as tg:
