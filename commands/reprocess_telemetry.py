@@ -4,7 +4,8 @@ Best effort by design: the ledger in PostgreSQL is the run's record, so an unrea
 refusing gateway costs telemetry (logged once; what was still unsent at the end is counted
 as dropped) and never the run. Progress is
 coalesced to at most one message per ``interval`` (plus every phase change and the end; the
-last unsent state of a phase is kept and sent before the next phase's); failures are queued (bounded, oldest dropped first) and sent in order.
+last unsent state of a phase is kept and sent before the next phase's); failures are queued
+(bounded, oldest dropped first) and sent in order.
 """
 
 from __future__ import annotations
