@@ -2,8 +2,9 @@
 
 ``fit_background`` uses SEP (Source Extractor's background as a C library, ``method="sep"``):
 the same clipped-mode estimator on every pixel of a cell, and its own bicubic interpolation,
-about 3× faster than the hand-written path (``method="clipped"``, kept as the reference the
-tests and ``benchmarks/sep_side_by_side.py`` compare it with).
+about 1.5× faster on a 4k CCD (fit and full-resolution image) than the hand-written path
+(``method="clipped"``, kept as the reference the tests and ``benchmarks/sep_side_by_side.py``
+compare it with).
 """
 
 from __future__ import annotations
