@@ -97,31 +97,36 @@ def fit_background(
     method: str = "sep",
 ) -> BackgroundModel:
     """The background of ``image`` on a grid of about ``cell`` pixels, pixels with
-    ``bad_bits`` set in ``mask`` left out: ``method`` "sep" (``_fit_sep``) or "clipped"."""
+    ``bad_bits`` set in ``mask`` (or not finite) left out: ``method`` "sep" (``_fit_sep``;
+    the clipped path when under half the image is usable) or "clipped"."""
     if image.ndim != 2 or image.shape != mask.shape:
         raise ValueError("image and mask must be 2-D of the same shape")
     if cell < 8:
         raise ValueError("background cell must be ≥ 8 pixels")
-    if method == "sep":
-        return _fit_sep(image, mask, cell, bad_bits)
-    if method != "clipped":
+    if method not in ("sep", "clipped"):
         raise ValueError(f"unknown background method {method!r}")
+    if method == "sep":
+        bad = (mask & bad_bits) != 0
+        bad |= ~np.isfinite(image)
+        usable = np.count_nonzero(~bad)
+        if usable < 20:
+            raise ValueError("no usable pixels for the background")
+        # SEP leaves out meshes under half usable; when that is all of them (then under half
+        # of the image is usable) it would return 0: the clipped path takes any 20 pixels.
+        if usable >= 0.5 * bad.size:
+            return _fit_sep(image, bad, cell)
     return _fit_clipped(image, mask, cell, stride, bad_bits)
 
 
-def _fit_sep(image: np.ndarray, mask: np.ndarray, cell: int, bad_bits: int) -> BackgroundModel:
-    """SEP's background: ``cell``-pixel meshes from (0, 0), the last one in each axis partial;
-    clipped mode (2.5·median − 1.5·mean, the median where the two disagree) of a mesh's
-    histogram; meshes under half usable take the mean of the nearest good ones; no median
-    filter (``fw = fh = 1``, as the clipped path). The grid kept is SEP's node values, read
-    back from its interpolation at the node positions (x = (i + ½)·cell − ½,
-    y = (j + ½)·cell in SEP's convention; a node past the edge of a partial mesh is read at
-    the edge) by linear interpolation between pixels.
+def _fit_sep(image: np.ndarray, bad: np.ndarray, cell: int) -> BackgroundModel:
+    """SEP's background, ``bad`` pixels left out: ``cell``-pixel meshes from (0, 0), the last
+    one in each axis partial; clipped mode (2.5·median − 1.5·mean, the median where the two
+    disagree) of a mesh's histogram; meshes under half usable take the mean of the nearest
+    good ones; no median filter (``fw = fh = 1``, as the clipped path). The grid kept is
+    SEP's node values, read back from its interpolation at the node positions
+    (x = (i + ½)·cell − ½, y = (j + ½)·cell in SEP's convention; a node past the edge of a
+    partial mesh is read at the edge) by linear interpolation between pixels.
     """
-    bad = (mask & bad_bits) != 0
-    bad |= ~np.isfinite(image)
-    if np.count_nonzero(~bad) < 20:
-        raise ValueError("no usable pixels for the background")
     data = np.ascontiguousarray(image, dtype=np.float32)
     try:
         bk = sep.Background(data, mask=bad, bw=cell, bh=cell, fw=1, fh=1)

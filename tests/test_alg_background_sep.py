@@ -95,6 +95,20 @@ def test_sep_background_leaves_out_masked_and_non_finite_pixels() -> None:
     assert np.allclose(again.values, bkg.values, atol=1e-3)
 
 
+def test_mostly_masked_image_falls_back_to_the_clipped_estimator() -> None:
+    """SEP would leave out every mesh under half usable (and return 0): the clipped path runs."""
+    rng = np.random.default_rng(4)
+    img = rng.normal(300.0, 5.0, (256, 256)).astype(np.float32)
+    msk = mk.new_mask(img.shape)
+    msk[:, ::3] |= mk.DETECTED
+    msk[:, 1::3] |= mk.BAD
+    bkg = fit_background(img, msk, cell=64)
+    assert bkg.full is None
+    assert np.abs(bkg.evaluate() - 300.0).max() < 2.0
+    ref = fit_background(img, msk, cell=64, method="clipped")
+    assert np.array_equal(bkg.values, ref.values, equal_nan=True)
+
+
 def test_background_bad_input_is_refused() -> None:
     img = np.ones((64, 64), np.float32)
     msk = mk.new_mask(img.shape)
