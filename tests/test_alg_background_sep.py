@@ -32,11 +32,31 @@ def product_backgrounds(mini_night: Path) -> dict[str, Any]:
         calls.append((image.copy(), mask.copy(), cell))
         return real(image, mask, cell, **kw)
 
+    def clipped(image: np.ndarray, mask: np.ndarray, cell: int = 256, **kw: Any) -> Any:
+        return real(image, mask, cell, method="clipped", **kw)
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(pipeline, "fit_background", record)
         out = adapter.process(hdul, pre)
-    assert out.ok, out.reason
-    return {"calls": calls, "sources_e": src.simulator().electrons(v, 0, truth)}
+        mp.setattr(pipeline, "fit_background", clipped)
+        hand = adapter.process(src.simulator().render(v, 0)[0], pre)
+    assert out.ok and hand.ok, (out.reason, hand.reason)
+    return {
+        "calls": calls,
+        "sources_e": src.simulator().electrons(v, 0, truth),
+        "dia": {"sep": out.diasources, "clipped": hand.diasources},
+    }
+
+
+def test_the_chain_finds_the_same_diasources_with_either_background(
+    product_backgrounds: dict[str, Any],
+) -> None:
+    sepd, hand = product_backgrounds["dia"]["sep"], product_backgrounds["dia"]["clipped"]
+    assert len(hand) >= 2 and len(sepd) == len(hand)
+    order_s, order_h = np.lexsort((sepd["y"], sepd["x"])), np.lexsort((hand["y"], hand["x"]))
+    a, b = sepd[order_s], hand[order_h]
+    assert np.allclose(a["x"], b["x"], atol=0.05) and np.allclose(a["y"], b["y"], atol=0.05)
+    assert np.all(np.abs(a["psfFlux"] - b["psfFlux"]) < 0.2 * b["psfFluxErr"])
 
 
 def _sigma(img: np.ndarray, mask: np.ndarray) -> float:
