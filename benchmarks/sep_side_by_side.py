@@ -12,13 +12,13 @@ On exactly those images, for each call:
   difference in units of its noise;
 - detection: CPU seconds of ``detect_sources`` against ``sep.extract`` with the same variance
   plane, threshold, minimum area and excluded pixels, its matched filter either the same
-  Gaussian of the PSF's width (``sep_psf``) or SEP's default 3×3 kernel (``sep_3x3``, the
-  setting of the figures usually quoted for SEP); SEP's default
-  deblending; the negative polarity of the difference image by a second call on −image; the
-  difference image's variance multiplied by the square of the noise scale the hand-written
-  path measured, whose cost, a full matched filter, is not in SEP's figure),
-  completeness at true S/N ≥ 7 and detections with no truth source within 3 px, and how many
-  peaks of one are within 2 px of a peak of the other.
+  Gaussian of the PSF's width (``sep_psf``, timed once: it is >10× slower) or SEP's default
+  3×3 kernel (``sep_3x3``, the setting of the figures usually quoted for SEP), with SEP's
+  default deblending; the difference image's negative polarity by a second call on −image, its
+  variance multiplied by the square of the noise scale the hand-written path measured (that
+  measurement, a full matched filter, is not in SEP's time); completeness at true S/N ≥ 7,
+  detections with no truth source within 3 px, and the share of one's peaks within 2 px of a
+  peak of the other.
 
     PYTHONPATH=. python benchmarks/sep_side_by_side.py [--cameras comcam mini] [--seed 301]
 """
