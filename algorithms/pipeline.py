@@ -394,6 +394,7 @@ def _run(
         dbkg = fit_background(zr.image, zr.mask, cfg.background_cell)
         zr.image -= dbkg.evaluate()
         res.summary["diff_background_rms"] = float(np.std(dbkg.values))
+        del dbkg  # its full-resolution image (64 MB for 4k×4k) is not needed past here
         ratio = scale_variance(zr.image, zr.variance, zr.mask)
         res.summary["diff_variance_scale"] = ratio
         dpsf = KernelPsf(zr.psf, fit_size=psf.fit_size)
