@@ -87,19 +87,26 @@ def tokens_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+#: System names are unique in the session (a stopped system's named actors may linger).
+_SYSTEM_NUMBERS = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
 async def system_factory(
     ray_session: None, tokens_file: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Callable[..., Awaitable[RunningSystem]]]:
     """Start a system of the given components behind a gateway on a free loopback port.
 
-    Every system has its own name, bus and data folder; all stop at the end of the session.
+    Every system has its own name, bus and data folder; all stop at the end of the test
+    module that started them. (Kept to the session's end, the idle systems of every module
+    went on heartbeating, polling and holding their CCD workers: on the 2-core CI machine,
+    a load on every later test.)
     """
     from commands.server import serve
     from config.system import GatewayConfig, SystemConfig
 
     async with contextlib.AsyncExitStack() as stack:
-        counter = itertools.count(1)
+        counter = _SYSTEM_NUMBERS
 
         async def make(
             *components: dict[str, Any], heartbeat_interval: float = 0.5, **gateway: Any
