@@ -494,6 +494,18 @@ def test_alert_quality_counts_against_a_hand_built_truth() -> None:
     assert no_cut["nAlerted"] == 4 and no_cut["completenessSnrGe7Alerted"] == pytest.approx(2 / 3)
 
 
+def test_alert_quality_of_a_night_without_diasources() -> None:
+    """A night that processed nothing (a replay that failed at start) has figures, not an
+    IndexError that hid the failure's cause in the replay's summary."""
+    t = hand_truth()
+    scoped, snr = scope_truth(t, {(1, 0): CcdArea(nx=256, ny=512, sky_e=100.0, fwhm_px=4.0)})
+    empty = {k: np.array([]) for k in ("visit", "ra", "dec", "psfFlux", "psfFluxErr")}
+    empty |= {"reliability": np.array([]), "diaObjectId": np.array([], np.int64)}
+    q = alert_quality(t.select(t.visit == 1), scoped, snr, empty, threshold=0.5)
+    assert q["nTruthSnrGe7"] == 3 and q["completenessSnrGe7"] == 0.0
+    assert q["completenessSnrGe7Alerted"] == 0.0 and q["nAlerted"] == 0
+
+
 def test_false_diasources_near_bright_stars_are_counted_per_star_visit(tmp_path: Path) -> None:
     a = 1.0 / 3600.0
     stars = BrightStars(  # S1 on detector 0's pixels in visits 1 and 2; S2 off them; S3 det 1

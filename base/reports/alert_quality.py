@@ -113,7 +113,7 @@ def alert_quality(
     _, real = match(truth, dia, radius_arcsec)
     nearest, _ = match(scoped, dia, radius_arcsec)
     detected = nearest >= 0
-    kept = detected & alerted[np.maximum(nearest, 0)]
+    kept = detected & alerted[np.maximum(nearest, 0)] if n else np.zeros_like(detected)
     strong = snr >= HEADLINE_SNR
     found = {"Detected": detected, "Alerted": kept}
     with np.errstate(divide="ignore", invalid="ignore"):

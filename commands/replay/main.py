@@ -358,6 +358,10 @@ async def _failed_night(
         summary["reports"] = await write_reports(pool, config, records, visits, night, out)
     except (DmcsError, OSError, ValueError, asyncpg.PostgresError) as e:
         summary["reportsFailed"] = f"{type(e).__name__}: {e}"
+    except Exception as e:
+        # A fault in the reports must not take the place of the night's own failure cause.
+        log.exception("the failed night's reports could not be written")
+        summary["reportsFailed"] = f"{type(e).__name__}: {e}"
 
 
 async def _summarize(
