@@ -31,6 +31,8 @@ from algorithms.synthetic import SimConfig, SimVisit, make_visit, moffat_kernel
 from algorithms.wcs import TanSipWcs
 
 BRIGHT_MAG = 18.0
+#: Transients of this flux and above have S/N ≥ 6.5 in these scenes.
+STRONG_TRANSIENT_E = 850.0
 
 
 def _run(v: SimVisit) -> CcdResult:
@@ -134,17 +136,22 @@ def test_model_error_is_measured_and_covers_what_subtraction_leaves() -> None:
 
 
 def test_no_false_detections_on_bright_star_cores_and_transients_kept() -> None:
-    n_false = n_found = n_transients = 0
+    n_false = n_strong = n_strong_found = 0
     for seed in (1, 2):
         v, r = _bright_field(seed)
         assert r.summary["diff_model_error"] > 0.0
         d, false = r.diasources, _false(v, r)
         for x, y in zip(*_bright_stars(v), strict=True):
             n_false += int((false & (np.hypot(d["x"] - x, d["y"] - y) < 25.0)).sum())
-        n_transients += len(v.truth_transients["x"])
-        n_found += int((~false).sum())
+        t = v.truth_transients
+        found = np.hypot(d["x"][:, None] - t["x"], d["y"][:, None] - t["y"]).min(axis=0) < 2.0
+        # The faint half (under ~800 e-, S/N 4-6 here) sits at the 5-sigma threshold, where
+        # a few hundredths of a sigma of background decide; the rest must all be found.
+        strong = t["flux"] >= STRONG_TRANSIENT_E
+        n_strong += int(strong.sum())
+        n_strong_found += int((found & strong).sum())
     assert n_false == 0
-    assert n_found >= n_transients - 4  # the faint ones (S/N 4-6) may fall below threshold
+    assert n_strong >= 12 and n_strong_found == n_strong
 
 
 def test_saturated_stars_and_bleed_trails_flag_what_they_leave_and_drop_nothing() -> None:
