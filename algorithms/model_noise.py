@@ -111,6 +111,7 @@ def psf_flux_model_error(
     noise_scale: float = 1.0,
     eps_max: float = 0.05,
     min_stars: int = 10,
+    max_stars: int = 150,
 ) -> float | None:
     """ε of a PSF flux on the difference: what subtraction leaves at the stars' own positions.
 
@@ -122,14 +123,16 @@ def psf_flux_model_error(
     which the fluxes over ``sqrt((noise_scale·err)² + (ε·F)²)`` have a robust spread about
     zero (1.4826 × median |z|, so an offset counts too) of at most 1; variable stars are few
     and the median ignores them. None when fewer than ``min_stars`` stars are bright enough
-    for ε to matter (ε_max·F above the pixel error).
+    for ε to matter (ε_max·F above the pixel error); the ``max_stars`` brightest are used.
     """
     if not (diff.shape == variance.shape == mask.shape):
         raise ValueError("diff, variance and mask shapes differ")
     if not (len(xs) == len(ys) == len(static_flux)):
         raise ValueError("xs, ys and static_flux lengths differ")
     f, e, big = [], [], []
-    for x, y, s in zip(xs.tolist(), ys.tolist(), static_flux.tolist(), strict=True):
+    order = np.argsort(-np.nan_to_num(np.asarray(static_flux, np.float64)))[:max_stars]
+    for x, y, s in zip(xs[order].tolist(), ys[order].tolist(), static_flux[order].tolist(),
+                       strict=True):  # fmt: skip
         fl, er, _, nd, trunc = forced_psf_flux(diff, variance, mask, psf, x, y, _BAD)
         if nd == 0 or trunc or not (np.isfinite(fl) and np.isfinite(er) and er > 0 and s > 0):
             continue
