@@ -20,8 +20,8 @@ from algorithms.diasource import DIASOURCE_DTYPE, DiaImages, measure_diasources
 from algorithms.geometry import CcdGeometry
 from algorithms.interp import interpolate_masked
 from algorithms.isr import Calibrations, IsrConfig, run_isr
-from algorithms.measure import psf_fit
-from algorithms.model_noise import add_model_error
+from algorithms.measure import forced_psf_flux, psf_fit
+from algorithms.model_noise import add_model_error, psf_flux_model_error
 from algorithms.photocal import PhotoCalib, fit_zeropoint
 from algorithms.psf import (
     KernelPsf,
@@ -229,6 +229,31 @@ def scale_difference_errors(dia: np.ndarray, noise_scale: float) -> None:
         dia["ra_dec_Cov"] *= np.float32(noise_scale**2)
 
 
+def psf_flux_with_model_error(
+    dia: np.ndarray, diff: np.ndarray, variance: np.ndarray, mask: np.ndarray, psf: Psf,
+    calibration: float, noise_scale: float, eps: float,
+) -> None:  # fmt: skip
+    """Re-measure psfFlux of the single-PSF DIASources with pixel-noise weights, in place.
+
+    The flux is a PSF fit at the DIASource's position with ``variance`` (without the model
+    term); its error is √((s·σ_pix)² + (ε·templateFlux)²), s the measured noise scale, ε the
+    PSF-flux model error (``psf_flux_model_error``) and templateFlux the static flux under
+    the source. The detection's model term, measured on the wings of bright stars, would
+    both weight the fit towards the wings and overstate the error of a flux at a star.
+    """
+    s = noise_scale if noise_scale > 0 and np.isfinite(noise_scale) else 1.0
+    for row in dia:
+        if row["dipoleFitAttempted"] or row["psfFlux_flag"]:
+            continue
+        f, err, _, nd, _ = forced_psf_flux(diff, variance, mask, psf, row["x"], row["y"])
+        if nd == 0 or not (np.isfinite(f) and np.isfinite(err)):
+            continue
+        tf = float(row["templateFlux"])
+        tf = tf if np.isfinite(tf) and tf > 0 else 0.0
+        row["psfFlux"] = f * calibration
+        row["psfFluxErr"] = np.hypot(s * err * calibration, eps * tf)
+
+
 def run_ccd(
     raw_amps: Sequence[np.ndarray | None],
     geometry: CcdGeometry,
@@ -399,6 +424,7 @@ def _run(
         res.summary["diff_variance_scale"] = ratio
         dpsf = KernelPsf(zr.psf, fit_size=psf.fit_size)
         dsig = dpsf.sigma_at(0, 0)
+        pixel_var = zr.variance.copy()
         eps = add_model_error(zr.image, zr.variance, zr.mask, timg, dsig, cfg.max_model_error)
         res.summary["diff_model_error"] = eps
     with t.stage("dia_detection"):
@@ -418,6 +444,17 @@ def _run(
             ddet, imgs, exposure.visit, exposure.detector, cfg.aperture_radius
         )
         scale_difference_errors(res.diasources, ddet.noise_scale)
+        eps_psf = psf_flux_model_error(
+            zr.image, pixel_var, zr.mask, dpsf, stars["x"], stars["y"], stars["flux"],
+            ddet.noise_scale, cfg.max_model_error,
+        )  # fmt: skip
+        res.summary["diff_psf_flux_model_error"] = eps if eps_psf is None else eps_psf
+        if eps_psf is not None and eps_psf < eps:
+            psf_flux_with_model_error(
+                res.diasources, zr.image, pixel_var, zr.mask, dpsf, calib, ddet.noise_scale,
+                eps_psf,
+            )  # fmt: skip
+        del pixel_var
     if cfg.make_cutouts:
         with t.stage("cutouts"):
             planes = {

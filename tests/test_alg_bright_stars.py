@@ -247,3 +247,11 @@ def test_a_sparse_ccd_models_its_psf_from_a_few_stars() -> None:
     assert k[outside].sum() == pytest.approx(truth[outside].sum(), abs=0.02)
     with pytest.raises(ValueError, match="PSF stars"):
         fit_psf(img, var, msk, xs[:1], ys[:1], np.full(1, 500.0), min_stars=min_stars)
+
+
+def test_psf_fluxes_get_the_model_error_measured_at_the_stars_centres() -> None:
+    """The CCD's PSF-flux model error comes from its stars' cores, below the detection's ε."""
+    for seed in (1, 2):
+        _, r = _bright_field(seed)
+        eps, eps_psf = r.summary["diff_model_error"], r.summary["diff_psf_flux_model_error"]
+        assert 0.0 <= eps_psf < eps
