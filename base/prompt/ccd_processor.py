@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, ClassVar, ParamSpec, TypeVar
 
 import asyncpg
@@ -64,6 +65,8 @@ from state.events import Event
 from state.states import State
 
 WORK = "base.prompt.ccd_work"
+#: The pool's decoded-input cache, beside the processors' data directories (by default).
+CACHE = "ccd-input-cache"
 #: How far back each periodic registry look reaches before the previous one's newest raw.
 RECONCILE_MARGIN = timedelta(seconds=60)
 #: errorCode of a FAULT caused by a durable work list that cannot be read or written.
@@ -110,6 +113,15 @@ class CcdProcessor(PoolMember, Controller):
     async def _q(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a work-list call on its own thread: its fsync never blocks the event loop."""
         return await self._queue_thread.run(fn, *args, **kwargs)
+
+    @property
+    def input_cache(self) -> tuple[str, int] | None:
+        """The decoded-input cache the pool's workers share (directory, bytes), if any."""
+        cfg = self.config
+        if cfg.input_cache_gb <= 0:
+            return None
+        root = Path(cfg.input_cache_dir) if cfg.input_cache_dir else self.data_dir.parent / CACHE
+        return str(root.resolve()), int(cfg.input_cache_gb * 2**30)
 
     def owns(self, detector: int) -> bool:
         """Whether this processor preloads ``detector`` (its inputs are in its worker)."""
@@ -387,8 +399,9 @@ class CcdProcessor(PoolMember, Controller):
         try:
             source = await self._inputs(info, detector)
             await self.worker.run(
-                f"{WORK}:preload", source, info, detector, timeout=self.config.ccd_timeout
-            )
+                f"{WORK}:preload", source, info, detector, cache=self.input_cache,
+                timeout=self.config.ccd_timeout,
+            )  # fmt: skip
             self._stage(visit, detector, "preloadReady", tai_now())
         except DmcsError as e:
             self.log.warning("preload of visit %s detector %s failed: %s", visit, detector, e)
@@ -409,7 +422,7 @@ class CcdProcessor(PoolMember, Controller):
                 )
             result = await self.worker.run(
                 f"{WORK}:process", source, info, item.detector, raw.path,
-                timeout=self.config.ccd_timeout,
+                cache=self.input_cache, timeout=self.config.ccd_timeout,
             )  # fmt: skip
         except WorkTimeoutError as e:
             await self._finish(item, failure("timeout", str(e), status="abandoned"))
