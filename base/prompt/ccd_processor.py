@@ -4,13 +4,17 @@ Detector ``d`` is preloaded by the processor with ``index == d % pool_size``. Wh
 processes a CCD is :mod:`base.prompt.pool_scheduler`'s choice: that one (``scheduling =
 "fixed"``), or any idle one of the pool holding the CCD's claim (``"availability"``, the
 default: the preloading processor first, another when it leaves the CCD waiting). The CPU
-work runs in a child process (:mod:`base.isolated`) so that a hung CCD is abandoned by killing
-it. Work is listed durably (:mod:`base.prompt.work_queue`) before it is acknowledged, so an
-actor killed mid-CCD finds it again when it is enabled after its restart.
+work runs in a child process (:mod:`base.isolated`), the same one CCD after CCD, so that a
+hung CCD is abandoned by killing it (the next CCD gets a fresh child). Work is listed
+durably (:mod:`base.prompt.work_queue`) before it is acknowledged, so an actor killed mid-CCD
+finds it again when it is enabled after its restart.
 
 Inputs come from the registry: calibrations, template and reference catalogue are looked up
 for each CCD (:mod:`base.prompt.registry_inputs`) and handed to the child as plain paths
-with their registered checksums, which the child verifies as it reads them.
+with their registered checksums, which the child verifies as it reads them. The child
+decodes calibrations and templates once per node into the pool's shared cache
+(:mod:`base.input_cache`) and memory-maps them after that; how each CCD is recorded is
+:mod:`base.prompt.ccd_recording`'s.
 
 Failure policy (Rubin's, DMTN-260): a CCD is retried only before its APDB write. A worker
 that dies is retried up to ``max_attempts``; an association peer that is not ready is waited
@@ -22,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -35,16 +38,17 @@ import asyncpg
 from base.ccd_inputs import ResolvedInputs
 from base.db import connect_pool
 from base.isolated import IsolatedWorker, RemoteError, WorkerDiedError, WorkTimeoutError
-from base.prompt.outcomes import NO_HEADER, Outcome, failure, success
+from base.prompt.ccd_recording import CcdRecording
+from base.prompt.outcomes import Outcome, failure, success
 from base.prompt.overload import DEFERRED
 from base.prompt.partitions import association_peer
-from base.prompt.pool_member import RECORD_ATTEMPTS, PoolMember
+from base.prompt.pool_member import PoolMember
 from base.prompt.pool_scheduler import PoolScheduler
 from base.prompt.registry_inputs import resolve_inputs
 from base.prompt.settings import CcdProcessorSettings
 from base.prompt.stage_writer import StageWriter
 from base.prompt.work_queue import WorkItem, WorkQueue
-from base.prompt_records import CcdOutcome, PromptRecords, StageTime
+from base.prompt_records import PromptRecords
 from base.prompt_records.claims import ClaimStore
 from base.registry.records import RawRecord
 from base.registry.repository import Repository
@@ -74,12 +78,8 @@ WORK_LIST_FAILED = 400
 P = ParamSpec("P")
 T = TypeVar("T")
 
-#: Stages this component records itself (the rest come back from its peers).
-OWN_STAGES = ("endReadout", "inBuffer", "ingested", "preloadReady", "isrDone",
-              "differenceDone", "diaSourcesMeasured")  # fmt: skip
 
-
-class CcdProcessor(PoolMember, Controller):
+class CcdProcessor(CcdRecording, PoolMember, Controller):
     uses_database: ClassVar[bool] = True
     event_topics = ("ccdStage", "ccdProcessed", "processingStatus", "overloadAlarm")
     listen_components = ("Camera", "SummitBuffer", "Ingest")
@@ -344,18 +344,6 @@ class CcdProcessor(PoolMember, Controller):
         if await self._q(self.queue.enqueue, visit, detector):
             self._wakeup.set()
 
-    def _stage(self, visit: int, detector: int, stage: str, tai: float) -> None:
-        stages = self._stages.setdefault((visit, detector), {})
-        if stage not in stages:
-            stages[stage] = tai
-            self.publish(
-                "ccdStage", {"visit": visit, "detector": detector, "stage": stage, "stageTai": tai}
-            )
-            try:
-                self.stage_writer.add(StageTime(visit, detector, stage, tai))
-            except InvalidInputError as e:
-                self.log.warning("stage time not recorded: %s", e)
-
     # ------------------------------------------------------------------ work
     async def _work_loop(self) -> None:
         wait: float | None = None
@@ -482,18 +470,6 @@ class CcdProcessor(PoolMember, Controller):
             self._stage(item.visit, item.detector, stage, tai)
         return success(result, reply.nDiaSources, duplicate=not reply.stored)
 
-    async def _stages_of(self, visit: int, detector: int) -> dict[str, float]:
-        """The CCD's stage times, those recorded before a restart of this processor included."""
-        stages = dict(self._stages.get((visit, detector), {}))
-        if "endReadout" in stages or self._records is None:
-            return stages
-        try:
-            recorded = await self._records.ccd_stages(visit, detector)
-        except DmcsError as e:
-            self.log.warning("stage times of visit %s detector %s not read: %s", visit, detector, e)
-            return stages
-        return {**{k: v for k, v in recorded.items() if k in OWN_STAGES}, **stages}
-
     async def _inputs(
         self, info: dict[str, Any], detector: int, raw: str | None = None
     ) -> ResolvedInputs:
@@ -509,83 +485,6 @@ class CcdProcessor(PoolMember, Controller):
         if raw is None:
             raise InvalidInputError(f"visit {visit} detector {detector} is not in the registry")
         return raw
-
-    def _note_header(self, item: WorkItem, merged: bool) -> None:
-        """Flag a CCD ingested without the header service's header, and say so once a visit."""
-        key = (item.visit, item.detector)
-        if merged:
-            self._headerless.discard(key)
-            return
-        self._headerless.add(key)
-        if item.visit not in self._headerless_visits:
-            self._headerless_visits.add(item.visit)
-            self.log_message(
-                logging.WARNING,
-                f"visit {item.visit}: raw(s) ingested without the header service's header "
-                "(exposure metadata are the camera's own); flagged no_header",
-                visit=item.visit,
-            )
-
-    async def _retry(self, item: WorkItem, outcome: Outcome) -> None:
-        self.counts["retried"] += 1
-        await self._q(self.queue.finish, item, "queued", outcome.reason)
-        await self._record(item, outcome, final=False)
-        await asyncio.sleep(self.config.retry_backoff)
-
-    async def _finish(self, item: WorkItem, outcome: Outcome) -> None:
-        if (item.visit, item.detector) in self._headerless:
-            self._headerless.discard((item.visit, item.detector))
-            outcome = dataclasses.replace(outcome, flags=(*outcome.flags, NO_HEADER))
-        state = {"processed": "done"}.get(outcome.status, outcome.status)
-        await self._q(self.queue.finish, item, state, outcome.reason)
-        await self._settle(item)
-        self.counts[outcome.status if outcome.status in self.counts else "failed"] += 1
-        self.publish(
-            "ccdProcessed",
-            {
-                "visit": item.visit,
-                "detector": item.detector,
-                "statusCode": 0 if outcome.status == "processed" else 1,
-                "status": outcome.status,
-                "reason": outcome.reason,
-                "failureType": outcome.failure_type,
-                "nDiaSources": outcome.n_dia_sources,
-                "attempt": max(item.attempts, 1),
-            },
-        )
-        await self._record(item, outcome)
-
-    async def _record(self, item: WorkItem, outcome: Outcome, *, final: bool = True) -> None:
-        """Stage times and this attempt's outcome; retried while the database is away."""
-        if self._records is None:
-            return
-        key = (item.visit, item.detector)
-        stages = self._stages.pop(key, {}) if final else dict(self._stages.get(key, {}))
-        record = CcdOutcome(
-            visit=item.visit,
-            detector=item.detector,
-            attempt=max(item.attempts, 1),
-            status=outcome.status,
-            failure_type=outcome.failure_type,
-            reason=outcome.reason,
-            recovery=outcome.recovery,
-            n_dia_sources=outcome.n_dia_sources,
-            flags=outcome.flags,
-            **outcome.metrics,
-        )
-        rows = [StageTime(item.visit, item.detector, s, t) for s, t in stages.items()]
-        for attempt in range(RECORD_ATTEMPTS):
-            try:
-                await self._records.record_stages(rows)
-                await self._records.record_outcome(record)
-                return
-            except RetriableError as e:
-                if attempt == RECORD_ATTEMPTS - 1:
-                    self.log_message(logging.ERROR, f"visit {item.visit} not recorded: {e}")
-                await asyncio.sleep(self.config.retry_backoff * 2**attempt)
-            except DmcsError as e:
-                self.log_message(logging.ERROR, f"visit {item.visit} not recorded: {e}")
-                return
 
     async def _status_loop(self) -> None:
         while True:

@@ -194,4 +194,5 @@ def quality(out: CcdOutputs) -> dict[str, Any]:
         "psf_fwhm_px": s.get("psf_fwhm_pixels"),
         "astrom_rms_mas": s.get("astrometric_scatter_mas"),
         "n_sources": s.get("n_sources"),
+        "pixel_cpu_s": out.cpu_timings.get("total"),  # run_ccd's own CPU timer
     }
