@@ -131,9 +131,6 @@ class InputCache:
         return [p for p in self.root.iterdir() if p.is_dir() and p.name not in (VERIFIED,)
                 and not p.name.startswith(TMP_PREFIX)]  # fmt: skip
 
-    def size_bytes(self) -> int:
-        return sum(f.stat().st_size for e in self.entries() for f in e.iterdir() if f.is_file())
-
     def evict(self) -> None:
         """Remove the least recently used entries until the cache fits ``max_bytes``."""
         sized = []
