@@ -21,6 +21,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import shutil
 import statistics
 import tempfile
 from pathlib import Path
@@ -87,6 +88,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                                   for k, x in rows[-1].items()}), flush=True)  # fmt: skip
     finally:
         worker.close()
+        if cache_dir is not None:
+            shutil.rmtree(cache_dir, ignore_errors=True)
 
     def figures(sel: list[dict[str, Any]]) -> dict[str, Any]:
         if not sel:
