@@ -72,16 +72,21 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
     started = time.monotonic()
     with CpuSampler(args.out) as sampler:
         summary = await run_replay(options, console)
+    ended = time.monotonic()
+    # A replay that ended early (a component lost) has no latency summary; report the rest.
+    latency = summary.get("latencySummary") or {}
     up = console.up_at or started
     drive = summary.get("drive") or {}
-    visit_max = float((summary["latencySummary"].get("visit") or {}).get("max") or 0.0)
-    night_end = up + float(drive.get("duration_s") or 0.0) + visit_max
+    visit_max = float((latency.get("visit") or {}).get("max") or 0.0)
+    # The night: from "dmcs is up" to the last alert (the replay's end when it ended early).
+    drive_s = float(drive.get("duration_s") or 0.0)
+    night_end = up + drive_s + visit_max if drive_s and visit_max else ended
     night_s = sampler.between(up, night_end + 2 * SAMPLE_S)
     ccds = max(1, int(summary["ccdsProcessed"]))
     pixel = pixel_cpu_per_ccd(night, args.pixel_sample, args.seed)
     cost = processor_core_cost(night_s, ccds, pixel["mean"])
-    lat = summary["latencySeconds"]
-    steps = summary["latencySummary"].get("steps", [])
+    lat = summary.get("latencySeconds") or {"p50": None, "p95": None, "max": None}
+    steps = latency.get("steps", [])
     return {
         "benchmark": "latency",
         "camera": args.camera,
@@ -91,14 +96,15 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         "processors": args.processors,
         "cores": os.cpu_count(),
         "complete": summary["complete"],
+        "replay_failure": summary.get("failure"),
         "ccds_processed": summary["ccdsProcessed"],
         "ccds_failed": summary["ccdsFailed"],
         "failures": summary["failures"],
         "alerts": summary["alerts"],
         "ccd_latency_s": lat,
-        "visit_latency_s": summary["latencySummary"].get("visit"),
+        "visit_latency_s": latency.get("visit"),
         "visit_share_within_60s": summary["visitShareWithin60s"],
-        "alert_share_within_60s": summary["latencySummary"].get("alertShareWithinBudget"),
+        "alert_share_within_60s": latency.get("alertShareWithinBudget"),
         "stage_median_s": {s["stage"]: s.get("medianSeconds") for s in steps},
         "stage_p95_s": {s["stage"]: s.get("p95Seconds") for s in steps},
         **cost,
