@@ -29,6 +29,7 @@ from base.ccd_inputs import (
 from base.input_cache import TMP_PREFIX, InputCache
 from base.isolated import IsolatedWorker, WorkTimeoutError
 from base.prompt import ccd_work
+from base.prompt.ccd_processor import CACHE, CcdProcessor
 from config.cameras import load_camera
 from state.errors import InvalidInputError
 from summit.night_files import open_night
@@ -225,3 +226,20 @@ def test_cache_evicts_least_recently_used_and_drops_damaged_entries(tmp_path: Pa
     for entry in cache.entries():
         (entry / "a.npy").write_bytes(b"truncated")
     assert put(0)[0] == 0.0 and cache.misses == 4, "a damaged entry is decoded again"
+
+
+async def test_processor_hands_its_worker_the_pools_cache(tmp_path: Path) -> None:
+    """Every processor of a node shares one cache beside their data directories; 0 GB is none."""
+
+    def processor(name: str, **settings: Any) -> CcdProcessor:
+        return CcdProcessor(name, sink=lambda _e: None, settings=settings, data_dir=tmp_path / name)
+
+    pool = [processor(f"CcdProcessor{i}", index=i, pool_size=2) for i in range(2)]
+    off = processor("CcdProcessor9", input_cache_gb=0)
+    try:
+        specs = {p.input_cache for p in pool}
+        assert specs == {(str((tmp_path / CACHE).resolve()), 6 * 2**30)}
+        assert off.input_cache is None
+    finally:
+        for p in (*pool, off):
+            await p.close()
