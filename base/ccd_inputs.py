@@ -8,7 +8,9 @@ CcdProcessor and the batch reprocessing ask the registry, then hand the plain
 ``ResolvedInputs`` to their worker); it checks each file against the checksum the registry
 recorded, so a product that went missing or changed after registration is refused.
 The readers turn those files into the in-memory inputs of ``algorithms.pipeline.run_ccd``;
-they raise ``InvalidInputError`` on unreadable or inconsistent files.
+they raise ``InvalidInputError`` on unreadable or inconsistent files. Given an
+:class:`~base.input_cache.InputCache`, calibrations and templates are decoded once per node and
+memory-mapped by every worker after that (read-only arrays), and a checksum is verified once.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from algorithms.geometry import AmpGeometry, CcdGeometry, Section
 from algorithms.isr import Calibrations
 from algorithms.pipeline import ReferenceCatalog, Template
 from algorithms.wcs import TanSipWcs
+from base.input_cache import InputCache
 from config.cameras import Amplifier, Detector
 from state.errors import InvalidInputError
 
@@ -115,12 +118,15 @@ _verified: dict[tuple[str, int, int], str] = {}
 _MAX_VERIFIED = 4096
 
 
-def verify_product(path: Path, checksum: str) -> None:
+def verify_product(path: Path, checksum: str, cache: InputCache | None = None) -> None:
     """Raise ``InvalidInputError`` unless ``path`` exists and its sha256 is ``checksum``."""
     try:
         st = path.stat()
         key = (str(path), st.st_size, st.st_mtime_ns)
         if _verified.get(key) == checksum:
+            return
+        if cache is not None and cache.verified(path, checksum):
+            _verified[key] = checksum
             return
         with path.open("rb") as f:
             digest = hashlib.file_digest(f, "sha256").hexdigest()
@@ -134,6 +140,8 @@ def verify_product(path: Path, checksum: str) -> None:
     if len(_verified) >= _MAX_VERIFIED:
         _verified.clear()
     _verified[key] = checksum
+    if cache is not None:
+        cache.mark_verified(path, checksum)
 
 
 class ResolvedRepository:
@@ -143,13 +151,14 @@ class ResolvedRepository:
     changed file raises ``InvalidInputError`` (the adapter turns it into the CCD's reason).
     """
 
-    def __init__(self, inputs: ResolvedInputs) -> None:
+    def __init__(self, inputs: ResolvedInputs, cache: InputCache | None = None) -> None:
         self.inputs = inputs
+        self.cache = cache
         self._checksums = dict(inputs.checksums)
 
     def _checked(self, path: Path | None) -> Path | None:
         if path is not None and (checksum := self._checksums.get(str(path))) is not None:
-            verify_product(path, checksum)
+            verify_product(path, checksum, self.cache)
         return path
 
     def get_raw(self, visit: int, detector: int) -> Path | None:
@@ -202,7 +211,18 @@ def _image(path: Path, hdu: int | str = 0) -> np.ndarray:
         raise InvalidInputError(f"cannot read {path}: {e}") from e
 
 
-def read_calibrations(paths: CalibPaths, det: Detector) -> tuple[Calibrations, list[str]]:
+def _calibration(path: Path, name: str, cache: InputCache | None) -> np.ndarray:
+    def decode() -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        a = _image(path)
+        return {name: a.astype(np.float32) if name != "bpm" else a != 0}, {}
+
+    arrays, _ = decode() if cache is None else cache.load(path, name, None, decode)
+    return arrays[name]
+
+
+def read_calibrations(
+    paths: CalibPaths, det: Detector, cache: InputCache | None = None
+) -> tuple[Calibrations, list[str]]:
     """Calibrations on the assembled grid, and a flag for each one that is missing."""
     shape = (det.ny, det.nx)
     flags: list[str] = []
@@ -213,10 +233,10 @@ def read_calibrations(paths: CalibPaths, det: Detector) -> tuple[Calibrations, l
             flags.append(f"missing_calib:{name}")
             arrays[name] = None
             continue
-        a = _image(p)
+        a = _calibration(p, name, cache)
         if a.shape != shape:
             raise InvalidInputError(f"{p}: shape {a.shape} is not the CCD's {shape}")
-        arrays[name] = a.astype(np.float32) if name != "bpm" else a != 0
+        arrays[name] = a
     xt = None
     if paths.crosstalk is None:
         flags.append("missing_calib:crosstalk")
@@ -236,11 +256,24 @@ def read_calibrations(paths: CalibPaths, det: Detector) -> tuple[Calibrations, l
     return cal, flags
 
 
-def read_template(path: Path) -> Template:
+def read_template(path: Path, cache: InputCache | None = None) -> Template:
     """A template coadd in nJy (IMAGE, VARIANCE, PSF HDUs, TAN-SIP WCS in the IMAGE header)."""
+    if cache is None:
+        return _template(*_decode_template(path))
+    return _template(*cache.load(path, "template", None, lambda: _decode_template(path)))
+
+
+def _template(arrays: dict[str, np.ndarray], meta: dict[str, object]) -> Template:
+    return Template(image=arrays["image"], variance=arrays["variance"],
+                    wcs=TanSipWcs.from_header(meta["wcs"]),  # type: ignore[arg-type]
+                    psf=arrays["psf"], calibration=1.0, mask=arrays.get("mask"))  # fmt: skip
+
+
+def _decode_template(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
     try:
         with fits.open(path, memmap=False) as h:
-            wcs = TanSipWcs.from_header(h["IMAGE"].header)
+            cards = {k: v for k, v in h["IMAGE"].header.items() if isinstance(v, (int, float, str))}
+            TanSipWcs.from_header(cards)
             img = np.asarray(h["IMAGE"].data, dtype=np.float32)
             var = np.asarray(h["VARIANCE"].data, dtype=np.float32)
             psf = np.asarray(h["PSF"].data, dtype=np.float64)
@@ -255,8 +288,10 @@ def read_template(path: Path) -> Template:
 
         mask = np.where(bad, mk.NO_DATA, 0).astype(mk.MASK_DTYPE)
         img[bad], var[bad] = 0.0, np.inf
-    return Template(image=img, variance=var, wcs=wcs, psf=psf / psf.sum(), calibration=1.0,
-                    mask=mask)  # fmt: skip
+    arrays = {"image": img, "variance": var, "psf": psf / psf.sum()}
+    if mask is not None:
+        arrays["mask"] = mask
+    return arrays, {"wcs": cards}
 
 
 def read_reference_catalog(

@@ -42,6 +42,7 @@ from base.ccd_inputs import (
     read_template,
 )
 from base.cutouts import cutout_to_fits
+from base.input_cache import InputCache
 from config.cameras import Camera, load_camera
 from state.clock import tai_now
 from state.errors import ConfigurationError, DmcsError, InvalidInputError
@@ -94,7 +95,8 @@ class CcdOutputs:
 
 
 class CcdProcessing:
-    """The adapter. ``repository`` gives file paths; ``config`` tunes ``run_ccd``."""
+    """The adapter. ``repository`` gives file paths; ``config`` tunes ``run_ccd``; ``cache``
+    (optional) keeps decoded calibrations and templates for every worker of the node."""
 
     def __init__(
         self,
@@ -102,11 +104,13 @@ class CcdProcessing:
         config: PipelineConfig | None = None,
         refcat_max_mag: float = 23.0,
         make_cutouts: bool = True,
+        cache: InputCache | None = None,
     ) -> None:
         self.repository = repository
         self.config = config or PipelineConfig()
         self.refcat_max_mag = refcat_max_mag
         self.make_cutouts = make_cutouts
+        self.cache = cache
 
     # ----------------------------------------------------------------- preload
     def preload(self, visit_info: Mapping[str, Any], detector: int) -> Preloaded:
@@ -129,7 +133,7 @@ class CcdProcessing:
         calibs = Calibrations()
         try:
             calibs, missing = read_calibrations(
-                self.repository.get_calibs(detector, band, mjd), det
+                self.repository.get_calibs(detector, band, mjd), det, self.cache
             )
             flags += missing
         except DmcsError as e:
@@ -140,7 +144,7 @@ class CcdProcessing:
             if tpath is None:
                 flags.append("no_template")
             else:
-                template = read_template(tpath)
+                template = read_template(tpath, self.cache)
         except DmcsError as e:
             flags.append(f"template_unreadable:{e}")
         refcat = ReferenceCatalog(np.zeros(0), np.zeros(0), np.zeros(0))

@@ -6,8 +6,13 @@ ahead, as a replay of recorded raws would have them), then replayed at real-time
 PostgreSQL, the gateway and the client, with ``--processors`` CCD processors.
 
 Figures: per-CCD latency from ``endReadout`` to ``alertsPublished`` (p50/p95/max), per-visit
-latency (the slowest CCD), the share of visits within 60 s, and the per-stage breakdown
-(median seconds of each step, from the latency records in PostgreSQL). Anchors: LSE-61 OTT1
+latency (the slowest CCD), the share of visits within 60 s, the per-stage breakdown
+(median seconds of each step, from the latency records in PostgreSQL), and the per-CCD core
+cost the replay saw: every process of the run is sampled (``focal_plane.CpuSampler``) from
+"dmcs is up" to the last alert, and the CPU seconds of the CCD processors' processes (their
+actors and worker children) are divided by the CCDs processed; beside it ``run_ccd``'s own CPU
+timer on a sample of the same night's CCDs (``--pixel-sample``), so processing and overhead
+are told apart and compared with ``benchmarks/ccd.py``. Anchors: LSE-61 OTT1
 (98 % of alerts within 60 s), the SRD stretch goal (30 s), and Rubin's publicly reported
 ≈ 120 s for its 2025 prompt processing.
 
@@ -22,17 +27,33 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
-from rich.console import Console
+from focal_plane import SAMPLE_S, CpuSampler, MarkingConsole, pixel_cpu_per_ccd
 
 from commands.replay.main import ReplayOptions, prepare_night, run_replay
 
 TARGET_P95_S = 30.0
 RUBIN_REPORTED_S = 120.0
+#: The categories of ``CpuSampler`` that are the CCD processors' own processes.
+PROCESSOR_CATEGORIES = ("CCD processor actors", "CCD worker")
+
+
+def processor_core_cost(night_s: dict[str, float], ccds: int, pixel_s: float) -> dict[str, Any]:
+    """Core-seconds per CCD of the processors' processes: in all, ``run_ccd``'s, and the rest."""
+    mine = {k: v for k, v in night_s.items() if k.startswith(PROCESSOR_CATEGORIES)}
+    per_ccd = sum(mine.values()) / ccds
+    return {
+        "processor_core_s_per_ccd": round(per_ccd, 3),
+        "pixel_core_s_per_ccd": round(pixel_s, 3),
+        "processor_overhead_core_s_per_ccd": round(per_ccd - pixel_s, 3),
+        "processor_core_s_per_ccd_by_process": {k: round(v / ccds, 3) for k, v in mine.items()},
+        "system_core_s_per_ccd": round(sum(night_s.values()) / ccds, 3),
+    }
 
 
 async def main(args: argparse.Namespace) -> dict[str, object]:
-    console = Console(stderr=True)
+    console = MarkingConsole(stderr=True)
     options = ReplayOptions(
         out=args.out,
         camera=args.camera,
@@ -40,16 +61,32 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         seed=args.seed,
         speed=args.speed,
         processors=args.processors,
+        night=args.night,
         drain_seconds=args.drain,
         progress=False,
         fresh=True,  # a measurement starts clean, never from a resumed night
     )
     began = time.monotonic()
-    await prepare_night(options, console)
+    night = await prepare_night(options, console)
     simulated_s = time.monotonic() - began
-    summary = await run_replay(options, console)
-    lat = summary["latencySeconds"]
-    steps = summary["latencySummary"].get("steps", [])
+    started = time.monotonic()
+    with CpuSampler(args.out) as sampler:
+        summary = await run_replay(options, console)
+    ended = time.monotonic()
+    # A replay that ended early (a component lost) has no latency summary; report the rest.
+    latency = summary.get("latencySummary") or {}
+    up = console.up_at or started
+    drive = summary.get("drive") or {}
+    visit_max = float((latency.get("visit") or {}).get("max") or 0.0)
+    # The night: from "dmcs is up" to the last alert (the replay's end when it ended early).
+    drive_s = float(drive.get("duration_s") or 0.0)
+    night_end = up + drive_s + visit_max if drive_s and visit_max else ended
+    night_s = sampler.between(up, night_end + 2 * SAMPLE_S)
+    ccds = max(1, int(summary["ccdsProcessed"]))
+    pixel = pixel_cpu_per_ccd(night, args.pixel_sample, args.seed)
+    cost = processor_core_cost(night_s, ccds, pixel["mean"])
+    lat = summary.get("latencySeconds") or {"p50": None, "p95": None, "max": None}
+    steps = latency.get("steps", [])
     return {
         "benchmark": "latency",
         "camera": args.camera,
@@ -59,16 +96,20 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         "processors": args.processors,
         "cores": os.cpu_count(),
         "complete": summary["complete"],
+        "replay_failure": summary.get("failure"),
         "ccds_processed": summary["ccdsProcessed"],
         "ccds_failed": summary["ccdsFailed"],
         "failures": summary["failures"],
         "alerts": summary["alerts"],
         "ccd_latency_s": lat,
-        "visit_latency_s": summary["latencySummary"].get("visit"),
+        "visit_latency_s": latency.get("visit"),
         "visit_share_within_60s": summary["visitShareWithin60s"],
-        "alert_share_within_60s": summary["latencySummary"].get("alertShareWithinBudget"),
+        "alert_share_within_60s": latency.get("alertShareWithinBudget"),
         "stage_median_s": {s["stage"]: s.get("medianSeconds") for s in steps},
         "stage_p95_s": {s["stage"]: s.get("p95Seconds") for s in steps},
+        **cost,
+        "pixel_sample": pixel,
+        "visit_core_s": round(sum(night_s.values()) / max(1, int(summary["visits"])), 1),
         "replay_wall_s": summary["wallSeconds"],
         "simulation_wall_s": round(simulated_s, 1),
         "targets": {"p95_s": TARGET_P95_S, "requirement": "98 % of alerts within 60 s"},
@@ -82,8 +123,10 @@ if __name__ == "__main__":
     parser.add_argument("--camera", default="comcam")
     parser.add_argument("--visits", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--night", type=Path, default=None, help="an already simulated night")
     parser.add_argument("--speed", type=float, default=1.0)
     parser.add_argument("--processors", type=int, default=2)
     parser.add_argument("--drain", type=float, default=600.0)
+    parser.add_argument("--pixel-sample", type=int, default=3, help="CCDs timed for run_ccd's CPU")
     parser.add_argument("--out", type=Path, default=Path("var/bench/latency"))
     print(json.dumps(asyncio.run(main(parser.parse_args())), indent=2, default=str))

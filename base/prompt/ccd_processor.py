@@ -4,13 +4,17 @@ Detector ``d`` is preloaded by the processor with ``index == d % pool_size``. Wh
 processes a CCD is :mod:`base.prompt.pool_scheduler`'s choice: that one (``scheduling =
 "fixed"``), or any idle one of the pool holding the CCD's claim (``"availability"``, the
 default: the preloading processor first, another when it leaves the CCD waiting). The CPU
-work runs in a child process (:mod:`base.isolated`) so that a hung CCD is abandoned by killing
-it. Work is listed durably (:mod:`base.prompt.work_queue`) before it is acknowledged, so an
-actor killed mid-CCD finds it again when it is enabled after its restart.
+work runs in a child process (:mod:`base.isolated`), the same one CCD after CCD, so that a
+hung CCD is abandoned by killing it (the next CCD gets a fresh child). Work is listed
+durably (:mod:`base.prompt.work_queue`) before it is acknowledged, so an actor killed mid-CCD
+finds it again when it is enabled after its restart.
 
 Inputs come from the registry: calibrations, template and reference catalogue are looked up
 for each CCD (:mod:`base.prompt.registry_inputs`) and handed to the child as plain paths
-with their registered checksums, which the child verifies as it reads them.
+with their registered checksums, which the child verifies as it reads them. The child
+decodes calibrations and templates once per node into the pool's shared cache
+(:mod:`base.input_cache`) and memory-maps them after that; how each CCD is recorded is
+:mod:`base.prompt.ccd_recording`'s.
 
 Failure policy (Rubin's, DMTN-260): a CCD is retried only before its APDB write. A worker
 that dies is retried up to ``max_attempts``; an association peer that is not ready is waited
@@ -22,11 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, ClassVar, ParamSpec, TypeVar
 
 import asyncpg
@@ -34,16 +38,17 @@ import asyncpg
 from base.ccd_inputs import ResolvedInputs
 from base.db import connect_pool
 from base.isolated import IsolatedWorker, RemoteError, WorkerDiedError, WorkTimeoutError
-from base.prompt.outcomes import NO_HEADER, Outcome, failure, success
+from base.prompt.ccd_recording import CcdRecording
+from base.prompt.outcomes import Outcome, failure, success
 from base.prompt.overload import DEFERRED
 from base.prompt.partitions import association_peer
-from base.prompt.pool_member import RECORD_ATTEMPTS, PoolMember
+from base.prompt.pool_member import PoolMember
 from base.prompt.pool_scheduler import PoolScheduler
 from base.prompt.registry_inputs import resolve_inputs
 from base.prompt.settings import CcdProcessorSettings
 from base.prompt.stage_writer import StageWriter
 from base.prompt.work_queue import WorkItem, WorkQueue
-from base.prompt_records import CcdOutcome, PromptRecords, StageTime
+from base.prompt_records import PromptRecords
 from base.prompt_records.claims import ClaimStore
 from base.registry.records import RawRecord
 from base.registry.repository import Repository
@@ -64,6 +69,8 @@ from state.events import Event
 from state.states import State
 
 WORK = "base.prompt.ccd_work"
+#: The pool's decoded-input cache, beside the processors' data directories (by default).
+CACHE = "ccd-input-cache"
 #: How far back each periodic registry look reaches before the previous one's newest raw.
 RECONCILE_MARGIN = timedelta(seconds=60)
 #: errorCode of a FAULT caused by a durable work list that cannot be read or written.
@@ -71,12 +78,8 @@ WORK_LIST_FAILED = 400
 P = ParamSpec("P")
 T = TypeVar("T")
 
-#: Stages this component records itself (the rest come back from its peers).
-OWN_STAGES = ("endReadout", "inBuffer", "ingested", "preloadReady", "isrDone",
-              "differenceDone", "diaSourcesMeasured")  # fmt: skip
 
-
-class CcdProcessor(PoolMember, Controller):
+class CcdProcessor(CcdRecording, PoolMember, Controller):
     uses_database: ClassVar[bool] = True
     event_topics = ("ccdStage", "ccdProcessed", "processingStatus", "overloadAlarm")
     listen_components = ("Camera", "SummitBuffer", "Ingest")
@@ -110,6 +113,15 @@ class CcdProcessor(PoolMember, Controller):
     async def _q(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a work-list call on its own thread: its fsync never blocks the event loop."""
         return await self._queue_thread.run(fn, *args, **kwargs)
+
+    @property
+    def input_cache(self) -> tuple[str, int] | None:
+        """The decoded-input cache the pool's workers share (directory, bytes), if any."""
+        cfg = self.config
+        if cfg.input_cache_gb <= 0:
+            return None
+        root = Path(cfg.input_cache_dir) if cfg.input_cache_dir else self.data_dir.parent / CACHE
+        return str(root.resolve()), int(cfg.input_cache_gb * 2**30)
 
     def owns(self, detector: int) -> bool:
         """Whether this processor preloads ``detector`` (its inputs are in its worker)."""
@@ -332,18 +344,6 @@ class CcdProcessor(PoolMember, Controller):
         if await self._q(self.queue.enqueue, visit, detector):
             self._wakeup.set()
 
-    def _stage(self, visit: int, detector: int, stage: str, tai: float) -> None:
-        stages = self._stages.setdefault((visit, detector), {})
-        if stage not in stages:
-            stages[stage] = tai
-            self.publish(
-                "ccdStage", {"visit": visit, "detector": detector, "stage": stage, "stageTai": tai}
-            )
-            try:
-                self.stage_writer.add(StageTime(visit, detector, stage, tai))
-            except InvalidInputError as e:
-                self.log.warning("stage time not recorded: %s", e)
-
     # ------------------------------------------------------------------ work
     async def _work_loop(self) -> None:
         wait: float | None = None
@@ -387,8 +387,9 @@ class CcdProcessor(PoolMember, Controller):
         try:
             source = await self._inputs(info, detector)
             await self.worker.run(
-                f"{WORK}:preload", source, info, detector, timeout=self.config.ccd_timeout
-            )
+                f"{WORK}:preload", source, info, detector, cache=self.input_cache,
+                timeout=self.config.ccd_timeout,
+            )  # fmt: skip
             self._stage(visit, detector, "preloadReady", tai_now())
         except DmcsError as e:
             self.log.warning("preload of visit %s detector %s failed: %s", visit, detector, e)
@@ -409,7 +410,7 @@ class CcdProcessor(PoolMember, Controller):
                 )
             result = await self.worker.run(
                 f"{WORK}:process", source, info, item.detector, raw.path,
-                timeout=self.config.ccd_timeout,
+                cache=self.input_cache, timeout=self.config.ccd_timeout,
             )  # fmt: skip
         except WorkTimeoutError as e:
             await self._finish(item, failure("timeout", str(e), status="abandoned"))
@@ -469,18 +470,6 @@ class CcdProcessor(PoolMember, Controller):
             self._stage(item.visit, item.detector, stage, tai)
         return success(result, reply.nDiaSources, duplicate=not reply.stored)
 
-    async def _stages_of(self, visit: int, detector: int) -> dict[str, float]:
-        """The CCD's stage times, those recorded before a restart of this processor included."""
-        stages = dict(self._stages.get((visit, detector), {}))
-        if "endReadout" in stages or self._records is None:
-            return stages
-        try:
-            recorded = await self._records.ccd_stages(visit, detector)
-        except DmcsError as e:
-            self.log.warning("stage times of visit %s detector %s not read: %s", visit, detector, e)
-            return stages
-        return {**{k: v for k, v in recorded.items() if k in OWN_STAGES}, **stages}
-
     async def _inputs(
         self, info: dict[str, Any], detector: int, raw: str | None = None
     ) -> ResolvedInputs:
@@ -496,83 +485,6 @@ class CcdProcessor(PoolMember, Controller):
         if raw is None:
             raise InvalidInputError(f"visit {visit} detector {detector} is not in the registry")
         return raw
-
-    def _note_header(self, item: WorkItem, merged: bool) -> None:
-        """Flag a CCD ingested without the header service's header, and say so once a visit."""
-        key = (item.visit, item.detector)
-        if merged:
-            self._headerless.discard(key)
-            return
-        self._headerless.add(key)
-        if item.visit not in self._headerless_visits:
-            self._headerless_visits.add(item.visit)
-            self.log_message(
-                logging.WARNING,
-                f"visit {item.visit}: raw(s) ingested without the header service's header "
-                "(exposure metadata are the camera's own); flagged no_header",
-                visit=item.visit,
-            )
-
-    async def _retry(self, item: WorkItem, outcome: Outcome) -> None:
-        self.counts["retried"] += 1
-        await self._q(self.queue.finish, item, "queued", outcome.reason)
-        await self._record(item, outcome, final=False)
-        await asyncio.sleep(self.config.retry_backoff)
-
-    async def _finish(self, item: WorkItem, outcome: Outcome) -> None:
-        if (item.visit, item.detector) in self._headerless:
-            self._headerless.discard((item.visit, item.detector))
-            outcome = dataclasses.replace(outcome, flags=(*outcome.flags, NO_HEADER))
-        state = {"processed": "done"}.get(outcome.status, outcome.status)
-        await self._q(self.queue.finish, item, state, outcome.reason)
-        await self._settle(item)
-        self.counts[outcome.status if outcome.status in self.counts else "failed"] += 1
-        self.publish(
-            "ccdProcessed",
-            {
-                "visit": item.visit,
-                "detector": item.detector,
-                "statusCode": 0 if outcome.status == "processed" else 1,
-                "status": outcome.status,
-                "reason": outcome.reason,
-                "failureType": outcome.failure_type,
-                "nDiaSources": outcome.n_dia_sources,
-                "attempt": max(item.attempts, 1),
-            },
-        )
-        await self._record(item, outcome)
-
-    async def _record(self, item: WorkItem, outcome: Outcome, *, final: bool = True) -> None:
-        """Stage times and this attempt's outcome; retried while the database is away."""
-        if self._records is None:
-            return
-        key = (item.visit, item.detector)
-        stages = self._stages.pop(key, {}) if final else dict(self._stages.get(key, {}))
-        record = CcdOutcome(
-            visit=item.visit,
-            detector=item.detector,
-            attempt=max(item.attempts, 1),
-            status=outcome.status,
-            failure_type=outcome.failure_type,
-            reason=outcome.reason,
-            recovery=outcome.recovery,
-            n_dia_sources=outcome.n_dia_sources,
-            flags=outcome.flags,
-            **outcome.metrics,
-        )
-        rows = [StageTime(item.visit, item.detector, s, t) for s, t in stages.items()]
-        for attempt in range(RECORD_ATTEMPTS):
-            try:
-                await self._records.record_stages(rows)
-                await self._records.record_outcome(record)
-                return
-            except RetriableError as e:
-                if attempt == RECORD_ATTEMPTS - 1:
-                    self.log_message(logging.ERROR, f"visit {item.visit} not recorded: {e}")
-                await asyncio.sleep(self.config.retry_backoff * 2**attempt)
-            except DmcsError as e:
-                self.log_message(logging.ERROR, f"visit {item.visit} not recorded: {e}")
-                return
 
     async def _status_loop(self) -> None:
         while True:

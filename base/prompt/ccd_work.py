@@ -3,7 +3,9 @@
 The child keeps the preloaded inputs of the visits announced by ``nextVisit`` in this
 module's memory, so ``process`` finds them when the raw arrives. ``source`` is the
 ``ResolvedInputs`` the processor (or a batch reprocessing) looked up in the registry for this
-one CCD (a fresh adapter each call: it costs nothing).
+one CCD (a fresh adapter each call: it costs nothing). ``cache``, when given, is the
+directory of the :class:`~base.input_cache.InputCache` the node's workers share (and its bound
+in bytes): calibrations and templates are then decoded once and memory-mapped after that.
 Results go back as plain dicts and numpy arrays (pickled through the pipe).
 ``warm_up`` runs the chain once on a small simulated CCD when the processor starts, so that
 the first visit of a night finds its numba kernels compiled and its modules loaded.
@@ -28,6 +30,7 @@ from base.apdb.ids import IdPacker
 from base.ccd_inputs import ResolvedInputs, ResolvedRepository
 from base.ccd_processing import CcdOutputs, CcdProcessing, Preloaded
 from base.cutouts import cutout_to_fits
+from base.input_cache import InputCache
 from base.prompt.requests import CcdResults
 from state.clock import tai_mjd, tai_now
 from state.contracts.data_plane import CcdVisit
@@ -41,12 +44,27 @@ WARM_UP_CCD = SimConfig(seed=99, n_transients=5)
 
 _preloaded: OrderedDict[tuple[int, int], Preloaded] = OrderedDict()
 _ids = IdPacker(release=0)
+_caches: dict[tuple[str, int], InputCache] = {}
+
+#: A cache's directory and its bound in bytes, as the processor hands them over.
+CacheSpec = tuple[str, int]
 
 
-def _adapter(source: ResolvedInputs) -> CcdProcessing:
+def input_cache(spec: CacheSpec | None) -> InputCache | None:
+    """This process's cache for ``spec`` (opened once; its stale temporaries removed then)."""
+    if spec is None:
+        return None
+    key = (str(spec[0]), int(spec[1]))
+    if key not in _caches:
+        _caches[key] = InputCache(Path(key[0]), key[1])
+    return _caches[key]
+
+
+def _adapter(source: ResolvedInputs, cache: CacheSpec | None = None) -> CcdProcessing:
     if not isinstance(source, ResolvedInputs):
         raise InvalidInputError(f"CCD inputs must be looked up in the registry, not {source!r}")
-    return CcdProcessing(ResolvedRepository(source))
+    opened = input_cache(cache)
+    return CcdProcessing(ResolvedRepository(source, opened), cache=opened)
 
 
 def warm_up() -> dict[str, Any]:
@@ -81,10 +99,15 @@ def _process_simulated_ccd() -> dict[str, Any]:
     return {"diaSources": len(res.diasources)}
 
 
-def preload(source: ResolvedInputs, visit_info: dict[str, Any], detector: int) -> list[str]:
+def preload(
+    source: ResolvedInputs,
+    visit_info: dict[str, Any],
+    detector: int,
+    cache: CacheSpec | None = None,
+) -> list[str]:
     """Read everything but the raw for (visit, detector); returns the preload's flags."""
     CcdVisit.parse(visit_info)
-    pre = _adapter(source).preload(visit_info, detector)
+    pre = _adapter(source, cache).preload(visit_info, detector)
     _preloaded[(pre.visit, detector)] = pre
     while len(_preloaded) > MAX_PRELOADED:
         _preloaded.popitem(last=False)
@@ -97,13 +120,17 @@ def stall(seconds: float) -> None:
 
 
 def process(
-    source: ResolvedInputs, visit_info: dict[str, Any], detector: int, raw_path: str
+    source: ResolvedInputs,
+    visit_info: dict[str, Any],
+    detector: int,
+    raw_path: str,
+    cache: CacheSpec | None = None,
 ) -> dict[str, Any]:
     """Process one raw; ``{"ok", "reason", "stages", "summary", "ccd"}`` (``ccd`` when ok),
     a :class:`~state.contracts.data_plane.CcdWorkResult`; a visit that does not fit
     :class:`~state.contracts.data_plane.CcdVisit` raises ContractError before any work."""
     visit = CcdVisit.parse(visit_info)
-    adapter = _adapter(source)
+    adapter = _adapter(source, cache)
     key = (visit.visit, detector)
     pre = _preloaded.pop(key, None) or adapter.preload(visit_info, detector)
     out = adapter.process(raw_path, pre)
@@ -167,4 +194,5 @@ def quality(out: CcdOutputs) -> dict[str, Any]:
         "psf_fwhm_px": s.get("psf_fwhm_pixels"),
         "astrom_rms_mas": s.get("astrometric_scatter_mas"),
         "n_sources": s.get("n_sources"),
+        "pixel_cpu_s": out.cpu_timings.get("total"),  # run_ccd's own CPU timer
     }

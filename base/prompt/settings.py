@@ -50,6 +50,12 @@ class CcdProcessorSettings(_Settings):
     #: Seconds between looks in the registry for ingested CCDs whose ``imageIngested`` never
     #: arrived (events notify; the registry is the record).
     reconcile_interval: float = Field(default=10.0, gt=0)
+    #: Directory of the decoded calibrations and templates the pool's workers share as
+    #: memory-mapped files (``base.input_cache``); empty: ``ccd-input-cache`` beside the
+    #: processors' data directories. ``input_cache_gb = 0`` turns it off (each preload reads
+    #: and decodes its files again).
+    input_cache_dir: str = ""
+    input_cache_gb: float = Field(default=6.0, ge=0)
     #: Seconds the warm-up may take in all before its worker is killed.
     warm_up_timeout: float = Field(default=600.0, gt=0)
     association: str = "Association"

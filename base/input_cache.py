@@ -1,0 +1,161 @@
+"""Decoded CCD inputs shared by the worker processes of a node, as memory-mapped files.
+
+Each preload used to read and decode its calibrations again (a detector's bias, dark, flat
+and defects are the same all night) and the template of a field seen before, in every worker
+process its own copy, and to hash each of them once per process. Here a product is decoded
+once into native-endian ``.npy`` files under ``root``, named after the source file's path,
+size, modification time and registered checksum; every worker maps them read-only
+(``np.load(mmap_mode="r")``): no read, no decode, one copy in the page cache for all.
+A product whose checksum one worker verified is marked so for the others.
+
+An entry is written in a temporary directory named after its writer's pid and renamed into
+place, so a worker killed mid-write leaves no half-written entry; the next cache user removes
+the temporary directories of writers that no longer run. Over ``max_bytes`` the least
+recently used entries go (a worker that has one mapped keeps reading it: the file is only
+unlinked). An entry that cannot be read back is dropped and decoded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from state.errors import InvalidInputError
+
+#: Default bound of a cache: a ComCam night's calibrations and a few fields' templates.
+DEFAULT_MAX_BYTES = 6 * 2**30
+TMP_PREFIX = ".tmp-"
+VERIFIED = "verified"
+META = "meta.json"
+
+Arrays = dict[str, np.ndarray]
+Meta = dict[str, Any]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class InputCache:
+    """A directory of decoded products; safe for several processes at once."""
+
+    def __init__(self, root: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self.hits = 0
+        self.misses = 0
+        try:
+            (root / VERIFIED).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InvalidInputError(f"input cache {root} cannot be created: {e}") from e
+        self.remove_stale()
+
+    @staticmethod
+    def _key(path: Path, kind: str, checksum: str | None) -> str:
+        try:
+            st = path.stat()
+        except OSError as e:
+            raise InvalidInputError(f"{path} cannot be read: {e}") from e
+        what = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{checksum or ''}|{kind}"
+        return hashlib.sha1(what.encode()).hexdigest()
+
+    # ------------------------------------------------------------ checksums
+    def verified(self, path: Path, checksum: str) -> bool:
+        """Whether a process verified ``path`` (as it is now) against ``checksum``."""
+        return (self.root / VERIFIED / self._key(path, "sha256", checksum)).exists()
+
+    def mark_verified(self, path: Path, checksum: str) -> None:
+        (self.root / VERIFIED / self._key(path, "sha256", checksum)).touch()
+
+    # --------------------------------------------------------------- entries
+    def load(
+        self, path: Path, kind: str, checksum: str | None, decode: Callable[[], tuple[Arrays, Meta]]
+    ) -> tuple[Arrays, Meta]:
+        """The decoded ``kind`` of ``path``: mapped from the cache, or ``decode()`` then kept."""
+        entry = self.root / self._key(path, kind, checksum)
+        found = self._read(entry)
+        if found is not None:
+            self.hits += 1
+            return found
+        self.misses += 1
+        arrays, meta = decode()
+        self._write(entry, arrays, meta)
+        found = self._read(entry)
+        return found if found is not None else (arrays, meta)
+
+    def _read(self, entry: Path) -> tuple[Arrays, Meta] | None:
+        try:
+            meta = json.loads((entry / META).read_text())
+            arrays = {
+                name: np.load(entry / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+                for name in meta["arrays"]
+            }
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            shutil.rmtree(entry, ignore_errors=True)  # damaged (a crash mid-write): decode again
+            return None
+        os.utime(entry)
+        return arrays, meta["meta"]
+
+    def _write(self, entry: Path, arrays: Arrays, meta: Meta) -> None:
+        tmp = self.root / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            tmp.mkdir()
+            for name, a in arrays.items():
+                np.save(tmp / f"{name}.npy", np.ascontiguousarray(a), allow_pickle=False)
+            (tmp / META).write_text(json.dumps({"arrays": list(arrays), "meta": meta}))
+            os.rename(tmp, entry)
+        except OSError:
+            pass  # another process put it there first, or the disk is full: decode was enough
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.evict()
+
+    # ------------------------------------------------------------- upkeep
+    def entries(self) -> list[Path]:
+        return [p for p in self.root.iterdir() if p.is_dir() and p.name not in (VERIFIED,)
+                and not p.name.startswith(TMP_PREFIX)]  # fmt: skip
+
+    def evict(self) -> None:
+        """Remove the least recently used entries until the cache fits ``max_bytes``."""
+        sized = []
+        for e in self.entries():
+            try:
+                files = list(e.iterdir())
+                sized.append((e.stat().st_mtime, sum(f.stat().st_size for f in files), e))
+            except OSError:
+                continue  # removed by another process meanwhile
+        total = sum(s for _, s, _ in sized)
+        for _, size, e in sorted(sized):
+            if total <= self.max_bytes:
+                break
+            shutil.rmtree(e, ignore_errors=True)
+            total -= size
+
+    def remove_stale(self) -> list[Path]:
+        """Remove the temporary directories of writers that no longer run (killed mid-write)."""
+        removed = []
+        for p in self.root.glob(f"{TMP_PREFIX}*"):
+            try:
+                pid = int(p.name[len(TMP_PREFIX) :].split("-")[0])
+            except ValueError:
+                pid = -1
+            if pid != os.getpid() and (pid <= 0 or not _pid_alive(pid)):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+        return removed
