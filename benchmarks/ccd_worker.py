@@ -59,7 +59,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     try:
         await worker.run(f"{WORK}:warm_up", timeout=900)
         for i, v in enumerate(source.visits[: args.visits]):
-            info = {**source.visit_info(v), "dayObs": v.day_obs}
+            info = source.visit_info(v)
             for det in detectors:
                 calibs = repo.get_calibs(det, v.band, v.mjd_start)
                 template = repo.get_template(v.field_id, v.band, det)

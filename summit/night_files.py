@@ -71,7 +71,7 @@ class NightSource:
             "visit": visit.visit_id, "camera": self.camera.name, "band": visit.band,
             "ra": visit.ra, "dec": visit.dec, "rotSkyPos": visit.rot_sky_pos,
             "fieldId": visit.field_id, "startMjd": visit.mjd_start,
-            "exposureTime": visit.exptime,
+            "exposureTime": visit.exptime, "dayObs": visit.day_obs,
         }  # fmt: skip
 
     def simulator(self) -> CameraSimulator:

@@ -62,7 +62,7 @@ def _ccds(night: Path) -> list[tuple[ResolvedInputs, dict[str, Any], str]]:
     source, repo = open_night(night), NightDirectoryRepository(night)
     out = []
     for v in source.visits:
-        info = {**source.visit_info(v), "dayObs": v.day_obs}
+        info = source.visit_info(v)
         calibs = repo.get_calibs(DETECTOR, v.band, v.mjd_start)
         template = repo.get_template(v.field_id, v.band, DETECTOR)
         refcat = repo.get_refcat()
