@@ -26,9 +26,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import mmap
+import os
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from config.data_path import SummitBufferSettings
 from state.clock import tai_now
@@ -373,15 +377,13 @@ class SummitBuffer(Controller):
             "byteSize": entry.byte_size,
             "endReadoutTai": entry.end_readout_tai,
         }
-        await self._throttle(entry, len(data))
+        await self._throttle(entry, data.nbytes)
         await self.store.count_attempt(entry)
         started = time.monotonic()
         try:
             reply = await self.link.send(self.peers(self.config.ingest), "receive_raw", meta, data)
         except ChecksumMismatchError as e:
-            self.resent += 1
-            self.log_message(logging.WARNING, f"re-sending {entry.image_name}: {e}")
-            return "resend"
+            return await self._mismatched(entry, e)
         except RetriableError as e:
             self.log.info("send of %s deferred: %s", entry.image_name, e)
             return "retry"
@@ -411,6 +413,34 @@ class SummitBuffer(Controller):
         )
         self._alarm()
         return "sent"
+
+    async def _mismatched(self, entry: Entry, refusal: ChecksumMismatchError) -> str:
+        """The base refused ``entry`` for its checksum: re-send at once when the buffered copy
+        is intact (the link corrupted it) or was replaced by the camera's; otherwise keep it
+        and say why once (it is retried with backoff, never deleted)."""
+        what = f"{entry.image_name} detector {entry.detector}"
+        try:
+            repaired = await self.store.repair(entry)
+        except StorageError as e:
+            await self.fault(BUFFER_WRITE_FAILED, str(e))
+            return "retry"
+        except DmcsError as e:
+            self._report_once(
+                f"corrupt:{entry.seq}",
+                f"{what}: the base refused it ({refusal}); the buffered copy is corrupt and "
+                f"the camera's cannot replace it ({e}); kept, not sent",
+            )
+            return "retry"
+        self.resent += 1
+        if repaired:
+            self.log_message(
+                logging.WARNING,
+                f"re-sending {what}: the base refused it ({refusal}); the buffered copy was "
+                "corrupt and is replaced by the camera's",
+            )
+        else:
+            self.log_message(logging.WARNING, f"re-sending {entry.image_name}: {refusal}")
+        return "resend"
 
     async def _throttle(self, entry: Entry, size: int) -> None:
         """Catch-up pacing: raws older than the newest visit go at ``catchup_rate_mbps``."""
@@ -477,6 +507,11 @@ class SummitBuffer(Controller):
         }
 
 
-def _read(path: str) -> bytes:
+def _read(path: str) -> np.ndarray:
+    """The buffered raw as a read-only array over its file, mapped, not copied: Ray copies it
+    once into its object store and ingest reads it there without another copy."""
     with open(path, "rb") as f:
-        return f.read()
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return np.zeros(0, np.uint8)
+        return np.frombuffer(mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ), np.uint8)
