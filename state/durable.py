@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 _CHUNK = 4 << 20
 
@@ -36,6 +39,19 @@ def read_hashed(path: Path) -> tuple[bytearray, str]:
             digest.update(more)
             data += more
     return data, digest.hexdigest()
+
+
+def map_file(path: Path) -> np.ndarray:
+    """The bytes of ``path`` as a read-only uint8 array over the file, mapped, not copied (Ray
+    copies such an array once into its object store and its receiver reads it there).
+
+    Raises OSError; callers map it to their own error.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return np.zeros(0, np.uint8)
+        return np.frombuffer(mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ), np.uint8)
 
 
 def fsync_dir(folder: Path) -> None:

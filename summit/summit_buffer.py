@@ -26,20 +26,16 @@ import asyncio
 import contextlib
 import json
 import logging
-import mmap
-import os
 import time
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from config.data_path import SummitBufferSettings
 from state.clock import tai_now
 from state.contracts.data_plane import RawReceipt
 from state.contracts.values import ContractError
 from state.controller import Controller, SupervisedGroup
-from state.durable import write_durably
+from state.durable import map_file, write_durably
 from state.errors import (
     BufferFullError,
     ChecksumMismatchError,
@@ -364,7 +360,7 @@ class SummitBuffer(Controller):
     async def _send(self, entry: Entry) -> str:
         """Send one raw; ``sent``, ``resend`` (corrupted in transit) or ``retry`` (later)."""
         try:
-            data = await asyncio.to_thread(_read, entry.path)
+            data = await asyncio.to_thread(map_file, Path(entry.path))
         except OSError as e:
             await self.fault(BUFFER_WRITE_FAILED, f"buffered raw {entry.path} unreadable: {e}")
             return "retry"
@@ -505,13 +501,3 @@ class SummitBuffer(Controller):
             "reconciled": self.reconciled,
             "states": {k: v[0] for k, v in totals.items()},
         }
-
-
-def _read(path: str) -> np.ndarray:
-    """The buffered raw as a read-only array over its file, mapped, not copied: Ray copies it
-    once into its object store and ingest reads it there without another copy."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            return np.zeros(0, np.uint8)
-        return np.frombuffer(mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ), np.uint8)
