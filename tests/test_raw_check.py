@@ -22,9 +22,7 @@ def raw_bytes(namps: int = 2, primary_data: bool = False, amp_shape: tuple = (40
     rng = np.random.default_rng(1)
     primary = fits.PrimaryHDU(np.zeros((2, 2), np.int16) if primary_data else None)
     primary.header.update({"VISIT": VISIT, "DETECTOR": DETECTOR, "NAMPS": 2})
-    amps = [
-        fits.ImageHDU(rng.integers(0, 60000, amp_shape).astype(np.int32)) for _ in range(namps)
-    ]
+    amps = [fits.ImageHDU(rng.integers(0, 60000, amp_shape).astype(np.int32)) for _ in range(namps)]
     out = io.BytesIO()
     fits.HDUList([primary, *amps]).writeto(out)
     return out.getvalue()
