@@ -42,7 +42,7 @@ from commands.server import serve
 from config.system import SystemConfig
 from state.durable import map_file, sha256_hex, write_durably
 from state.states import State
-from summit.raw_check import read_raw
+from summit.raw_check import read_checked_raw
 
 MB = 1e6
 TOKEN = "bench-ocs-token"
@@ -174,8 +174,9 @@ def raw_path_cpu(template: bytes, folder: Path) -> dict[str, Any]:
         best[name] = [cpu, wall] if old is None or cpu < old[0] else old
         return out
 
+    detector = header["DETECTOR"]
     for _ in range(3):
-        raw = step("summit_read_hash_check", read_raw, staged, checksum, 1, header["DETECTOR"])
+        raw = step("summit_read_hash_check", read_checked_raw, staged, checksum, 1, detector)
         step("summit_durable_write", write_durably, buffered, raw)
         ref = step("send_map_and_put", lambda: ray.put(map_file(buffered)))
         view = step("base_get", ray.get, ref)

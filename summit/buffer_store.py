@@ -24,7 +24,7 @@ from state.durable import read_hashed, sha256_hex, write_durably
 from state.durable_sqlite import SqliteThread
 from state.errors import DmcsError, InvalidInputError, StorageError
 from summit.buffer_manifest import Entry, Manifest, Row
-from summit.raw_check import path_from_url, read_raw
+from summit.raw_check import path_from_url, read_checked_raw
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -159,7 +159,7 @@ class BufferStore:
             return _same(existing, offer), False
         source = path_from_url(offer.url)
         data = await asyncio.to_thread(
-            read_raw, source, offer.checksum, offer.visit, offer.detector
+            read_checked_raw, source, offer.checksum, offer.visit, offer.detector
         )
         path = self.raw_path(offer)
         if existing is None:
@@ -201,7 +201,7 @@ class BufferStore:
         except OSError as e:
             log.warning("buffered raw %s unreadable: %s", path, e)
         data = await asyncio.to_thread(
-            read_raw, path_from_url(entry.url), entry.checksum, entry.visit, entry.detector
+            read_checked_raw, path_from_url(entry.url), entry.checksum, entry.visit, entry.detector
         )
         try:
             await asyncio.to_thread(write_durably, path, data)
@@ -217,7 +217,7 @@ class BufferStore:
             try:
                 if await asyncio.to_thread(_hash_or_empty, path) != entry.checksum:
                     data = await asyncio.to_thread(
-                        read_raw,
+                        read_checked_raw,
                         path_from_url(entry.url),
                         entry.checksum,
                         entry.visit,

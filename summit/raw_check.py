@@ -1,6 +1,6 @@
 """Checks a raw from the camera before the summit buffer accepts it: checksum and FITS layout.
 
-The checksum is computed once, while the staged file is read (:func:`read_raw`); the layout
+The checksum is computed once, while the staged file is read (:func:`read_checked_raw`); the layout
 check then reads only the headers, walking from one HDU to the next by the data sizes they
 declare, since the checksum already covers the pixels.
 """
@@ -31,7 +31,7 @@ def path_from_url(url: str) -> Path:
     return Path(unquote(parsed.path))
 
 
-def read_raw(path: Path, checksum: str, visit: int, detector: int) -> bytearray:
+def read_checked_raw(path: Path, checksum: str, visit: int, detector: int) -> bytearray:
     """The staged raw at ``path``, read and hashed in one pass, then checked as by
     :func:`check_raw`. Raises ``InvalidInputError`` also when it cannot be read."""
     try:

@@ -13,7 +13,7 @@ from astropy.io import fits
 from base.raw_storage import store_raw
 from state.durable import read_hashed, sha256_hex
 from state.errors import ChecksumMismatchError, InvalidInputError
-from summit.raw_check import read_raw
+from summit.raw_check import read_checked_raw
 
 VISIT, DETECTOR = 7, 3
 
@@ -38,7 +38,7 @@ def test_a_raw_is_read_hashed_and_checked_in_one_pass(tmp_path: Path) -> None:
     data = raw_bytes()
     path, checksum = staged(tmp_path, data)
     assert read_hashed(path) == (bytearray(data), checksum)
-    assert read_raw(path, checksum, VISIT, DETECTOR) == data
+    assert read_checked_raw(path, checksum, VISIT, DETECTOR) == data
 
 
 @pytest.mark.parametrize(
@@ -59,15 +59,15 @@ def test_a_malformed_raw_with_the_right_checksum_is_refused(
     """The checksum covers the pixels; the headers must still make a raw of this CCD."""
     path, checksum = staged(tmp_path, data)
     with pytest.raises(InvalidInputError, match=reason):
-        read_raw(path, checksum, VISIT, DETECTOR)
+        read_checked_raw(path, checksum, VISIT, DETECTOR)
 
 
 def test_a_raw_of_another_ccd_or_checksum_is_refused(tmp_path: Path) -> None:
     path, checksum = staged(tmp_path, raw_bytes())
     with pytest.raises(InvalidInputError, match="the camera said 7/4"):
-        read_raw(path, checksum, VISIT, 4)
+        read_checked_raw(path, checksum, VISIT, 4)
     with pytest.raises(ChecksumMismatchError, match="differs from the camera's"):
-        read_raw(path, "0" * 64, VISIT, DETECTOR)
+        read_checked_raw(path, "0" * 64, VISIT, DETECTOR)
 
 
 @pytest.mark.parametrize("merged", [False, True])
