@@ -17,27 +17,31 @@ def sha256_hex(data: bytes | bytearray | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_hashed(path: Path) -> tuple[bytearray, str]:
-    """The bytes of ``path`` and their sha256, hashed chunk by chunk as they are read (each
-    chunk is still in the CPU's cache), so a raw costs one pass instead of a read and a hash.
+def read_hashed(path: Path) -> tuple[np.ndarray, str]:
+    """The bytes of ``path`` (a uint8 array) and their sha256, hashed chunk by chunk as they
+    are read (each chunk is still in the CPU's cache), so a raw costs one pass instead of a
+    read and a hash. The array is not zero-filled first: the read is its only write.
 
     Raises OSError; callers map it to their own error.
     """
     digest = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
-        data = bytearray(os.fstat(f.fileno()).st_size)
+        data = np.empty(os.fstat(f.fileno()).st_size, np.uint8)
+        view = memoryview(data)
         size = 0
-        with memoryview(data) as view:
-            while size < len(data):
-                n = f.readinto(view[size : size + _CHUNK])
-                if not n:
-                    break
-                digest.update(view[size : size + n])
-                size += n
-        del data[size:]
-        while more := f.read(_CHUNK):  # the file grew since fstat
-            digest.update(more)
-            data += more
+        while size < len(data):
+            n = f.readinto(view[size : size + _CHUNK])
+            if not n:
+                break
+            digest.update(view[size : size + n])
+            size += n
+        data = data[:size]
+        more = []
+        while chunk := f.read(_CHUNK):  # the file grew since fstat
+            digest.update(chunk)
+            more.append(np.frombuffer(chunk, np.uint8))
+    if more:
+        data = np.concatenate([data, *more])
     return data, digest.hexdigest()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import numpy as np
 from astropy.io import fits
 
 from state.durable import read_hashed, sha256_hex
@@ -31,7 +32,7 @@ def path_from_url(url: str) -> Path:
     return Path(unquote(parsed.path))
 
 
-def read_checked_raw(path: Path, checksum: str, visit: int, detector: int) -> bytearray:
+def read_checked_raw(path: Path, checksum: str, visit: int, detector: int) -> np.ndarray:
     """The staged raw at ``path``, read and hashed in one pass, then checked as by
     :func:`check_raw`. Raises ``InvalidInputError`` also when it cannot be read."""
     try:
@@ -48,7 +49,7 @@ def verify_raw(data: bytes | bytearray, checksum: str, visit: int, detector: int
 
 
 def check_raw(
-    data: bytes | bytearray, actual: str, checksum: str, visit: int, detector: int
+    data: bytes | bytearray | np.ndarray, actual: str, checksum: str, visit: int, detector: int
 ) -> None:
     """Raise unless ``actual`` (the sha256 of ``data``) is the camera's ``checksum`` and the
     headers make a raw of ``visit``/``detector``: a data-less primary HDU naming them, then

@@ -37,8 +37,9 @@ def staged(tmp_path: Path, data: bytes) -> tuple[Path, str]:
 def test_a_raw_is_read_hashed_and_checked_in_one_pass(tmp_path: Path) -> None:
     data = raw_bytes()
     path, checksum = staged(tmp_path, data)
-    assert read_hashed(path) == (bytearray(data), checksum)
-    assert read_checked_raw(path, checksum, VISIT, DETECTOR) == data
+    got, digest = read_hashed(path)
+    assert (got.tobytes(), digest) == (data, checksum)
+    assert read_checked_raw(path, checksum, VISIT, DETECTOR).tobytes() == data
 
 
 @pytest.mark.parametrize(
