@@ -78,11 +78,16 @@ def merged_parts(data: bytes, service: fits.Header) -> tuple[bytes, memoryview]:
     The new primary HDU gets a fresh CHECKSUM; the amplifier HDUs are a view of ``data``.
     """
     raw, offset = split_primary(data)
+    return merged_primary(raw, service), memoryview(data)[offset:]
+
+
+def merged_primary(raw: fits.Header, service: fits.Header) -> bytes:
+    """The data-less primary HDU of ``raw`` merged with ``service``, with a fresh CHECKSUM."""
     hdu = fits.PrimaryHDU(header=merge_headers(raw, service))
     hdu.add_checksum(when="dmcs ingest")
     out = io.BytesIO()
     hdu.writeto(out)
-    return out.getvalue(), memoryview(data)[offset:]
+    return out.getvalue()
 
 
 def merged_raw(data: bytes, service: fits.Header) -> bytes:

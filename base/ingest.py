@@ -1,9 +1,10 @@
 """Ingest: receives raws from the summit buffer, merges their headers, registers them.
 
-``rpc_receive_raw(meta, data)`` (the summit buffer's data-plane call) verifies the checksum
-(a mismatch raises ``ChecksumMismatchError``: send again), writes the raw with fsync into
-base storage, records it in the ledger and answers with the checksum; a raw it already has
-answers at once and adds nothing. Registration follows in the background: wait for the header
+``rpc_receive_raw(meta, data)`` (the summit buffer's data-plane call) answers at once for a raw
+it already has (adding nothing); otherwise it verifies the checksum while it writes the raw
+with fsync into base storage (:mod:`base.raw_storage`; a mismatch raises
+``ChecksumMismatchError``: send again, and leaves nothing), records it in the ledger and
+answers with the checksum. Registration follows in the background: wait for the header
 service's ``largeFileObjectAvailable`` (up to ``header_timeout`` after the raw arrived), merge
 it into the primary header (rule in :mod:`base.header_merge`), insert exposure, detector and
 raw rows in PostgreSQL (retried while the database is down), then publish ``imageIngested``.
@@ -24,11 +25,11 @@ from astropy.io import fits
 from base.header_merge import merged_parts, split_primary
 from base.ingest_ledger import Ledger, Received
 from base.ingest_records import raw_records
+from base.raw_storage import HEAD_BYTES, store_raw
 from base.registry import DetectorRecord, ExposureRecord, RawRecord, Repository
 from config.data_path import IngestSettings
 from state.clock import tai_now
 from state.contracts.data_plane import RawTransfer
-from state.contracts.values import ContractError
 from state.controller import Controller, SupervisedGroup
 from state.durable import sha256_hex, store_parts
 from state.durable_sqlite import SqliteThread
@@ -49,7 +50,6 @@ T = TypeVar("T")
 
 INGEST_WRITE_FAILED = 300
 _HEADER_CACHE = 4096
-_HEAD_BYTES = 64 * 2880
 
 
 class Ingest(Controller):
@@ -195,25 +195,23 @@ class Ingest(Controller):
         return header if header is not None else await self._header_on_disk(name)
 
     # --------------------------------------------------------------- receiving
-    async def rpc_receive_raw(self, meta: dict[str, Any], data: bytes) -> dict[str, Any]:
+    async def rpc_receive_raw(self, meta: dict[str, Any], data: Any) -> dict[str, Any]:
         if self.summary_state != State.ENABLED:
             raise RetriableError(f"{self.name} is {self.summary_state.name}; not taking raws")
         raw = RawTransfer.parse(meta)
-        if not isinstance(data, bytes):
-            raise ContractError(f"receive_raw: the raw must be bytes, got {type(data).__name__}")
+        view = raw.raw_bytes(data)
         name, visit, detector, checksum = raw.imageName, raw.visit, raw.detector, raw.checksum
-        actual = await asyncio.to_thread(sha256_hex, data)
-        if actual != checksum:
+        if raw.byteSize is not None and len(view) != raw.byteSize:
             self.counters["corrupt"] += 1
             raise ChecksumMismatchError(
-                f"{name} detector {detector} arrived with sha256 {actual[:12]}…, "
-                f"sent as {checksum[:12]}…"
+                f"{name} detector {detector} arrived with {len(view)} bytes, sent as {raw.byteSize}"
             )
         key = (visit, detector)
         while key in self._receiving:
             await asyncio.shield(self._receiving[key])
         existing = await self._l(self.ledger.find, visit, detector)
         if existing is not None:
+            # What is stored was verified against this checksum when it arrived.
             if existing.checksum != checksum:
                 raise InvalidInputError(
                     f"{name} detector {detector} was already received with another checksum"
@@ -223,19 +221,25 @@ class Ingest(Controller):
         done = asyncio.get_running_loop().create_future()
         self._receiving[key] = done
         try:
-            await self._store(raw, data)
+            await self._store(raw, view)
         finally:
             del self._receiving[key]
             done.set_result(None)
         return {"checksum": checksum, "duplicate": False}
 
-    async def _store(self, raw: RawTransfer, data: bytes) -> None:
+    async def _store(self, raw: RawTransfer, data: memoryview) -> None:
+        """Verify the raw's checksum while writing it (merged with its header when known):
+        one pass over its bytes, one durable write."""
         name, visit, detector = raw.imageName, raw.visit, raw.detector
         header = await self._header(name)
-        parts = await asyncio.to_thread(merged_parts, data, header) if header else (data,)
         path = self.storage / str(visit) / f"{name}_{detector:03d}.fits"
         try:
-            file_checksum, size = await asyncio.to_thread(store_parts, path, parts)
+            file_checksum, size = await asyncio.to_thread(
+                store_raw, path, data, raw.checksum, header
+            )
+        except ChecksumMismatchError as e:
+            self.counters["corrupt"] += 1
+            raise ChecksumMismatchError(f"{name} detector {detector} {e}") from e
         except OSError as e:
             error = StorageError(f"cannot write {name} detector {detector} to {path}: {e}")
             await self.fault(INGEST_WRITE_FAILED, str(error))
@@ -415,4 +419,4 @@ def _read_header(url: str, checksum: str) -> fits.Header:
 
 def _read_head(path: str) -> bytes:
     with open(path, "rb") as f:
-        return f.read(_HEAD_BYTES)
+        return f.read(HEAD_BYTES)

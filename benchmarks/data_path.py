@@ -13,6 +13,9 @@ rendering again. Prints JSON.
   arriving at the acquisition cadence; catch-up rate (MB/s drained) over the acquisition
   data rate (9 CCDs per ``--cadence`` s); target ≥ 2x.
 * reference: one raw copied with fsync on the same disk (the storage ceiling).
+* one raw's path: the CPU (and wall) time of each of its steps, run in this process with the
+  product's own functions (summit read + hash + header check, durable write, send, base
+  verify + merge + durable write).
 """
 
 from __future__ import annotations
@@ -33,11 +36,13 @@ from astropy.io import fits
 
 from base.header_merge import split_primary
 from base.postgres import postgres_dsn
+from base.raw_storage import store_raw
 from commands.client import Client
 from commands.server import serve
 from config.system import SystemConfig
-from state.durable import sha256_hex, write_durably
+from state.durable import map_file, sha256_hex, write_durably
 from state.states import State
+from summit.raw_check import read_checked_raw
 
 MB = 1e6
 TOKEN = "bench-ocs-token"
@@ -146,6 +151,47 @@ async def send_visit(client: Client, daq: Daq, seq: int) -> int:
     return int(p["visit"])
 
 
+def raw_path_cpu(template: bytes, folder: Path) -> dict[str, Any]:
+    """One raw through the path's own steps in this process, each timed (CPU of this process,
+    best of 3, and wall): the summit's read + hash + header check and durable write, the send
+    (the buffered file mapped and put into Ray's object store), the base's zero-copy get and
+    verify-while-writing with a header merged."""
+    import ray
+
+    data = restamp(template, 1, "CC_O_20261121_000001")
+    staged, buffered, stored = folder / "staged.fits", folder / "buffered.fits", folder / "b.fits"
+    staged.write_bytes(data)
+    checksum = sha256_hex(data)
+    header, _ = split_primary(data)
+    service = fits.Header({"SEEING": 0.7, "AIRTEMP": 11.5})
+    best: dict[str, list[float]] = {}
+
+    def step(name: str, fn: Any, *args: Any) -> Any:
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = fn(*args)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        old = best.get(name)
+        best[name] = [cpu, wall] if old is None or cpu < old[0] else old
+        return out
+
+    detector = header["DETECTOR"]
+    for _ in range(3):
+        raw = step("summit_read_hash_check", read_checked_raw, staged, checksum, 1, detector)
+        step("summit_durable_write", write_durably, buffered, raw)
+        ref = step("send_map_and_put", lambda: ray.put(map_file(buffered)))
+        view = step("base_get", ray.get, ref)
+        step("base_verify_merge_durable_write", store_raw, stored, memoryview(view), checksum,
+             service)  # fmt: skip
+        del raw, ref, view
+    for path in (staged, buffered, stored):
+        path.unlink()
+    return {
+        "cpu_s": {k: round(v[0], 3) for k, v in best.items()},
+        "wall_s": {k: round(v[1], 3) for k, v in best.items()},
+        "total_cpu_s": round(sum(v[0] for v in best.values()), 3),
+    }
+
+
 def fsync_copy_mbps(path: Path, folder: Path) -> float:
     data = path.read_bytes()
     t = time.perf_counter()
@@ -182,6 +228,7 @@ async def measure(args: argparse.Namespace, dsn: str, work: Path, raws: list[Pat
     async with serve(config, port=0) as running, Client(running.ws_url, token=TOKEN) as ocs:
         for name in ("HeaderService", "Ingest", "SummitBuffer"):
             await ocs.set_state(name, State.ENABLED)
+        one_raw = await asyncio.to_thread(raw_path_cpu, daq.templates[0], work)
         watch = Watch()
         watcher = asyncio.create_task(watch.run(ocs))
         await asyncio.sleep(0.5)
@@ -242,6 +289,7 @@ async def measure(args: argparse.Namespace, dsn: str, work: Path, raws: list[Pat
         "catchup_MBps": round(catchup_mbps, 1),
         "acquisition_MBps": round(acquisition_mbps, 1),
         "catchup_ratio": round(catchup_mbps / acquisition_mbps, 2),
+        "one_raw_path": one_raw,
         "failed_ingests": len(watch.failed),
         "images_ingested": len(watch.ingested),
         "images_taken": 9 * seq,

@@ -3,13 +3,68 @@
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 
-def sha256_hex(data: bytes) -> str:
+_CHUNK = 4 << 20
+
+
+def sha256_hex(data: bytes | bytearray | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def read_hashed(path: Path) -> tuple[np.ndarray, str]:
+    """The bytes of ``path`` (a uint8 array) and their sha256, hashed chunk by chunk as they
+    are read (each chunk is still in the CPU's cache), so a raw costs one pass instead of a
+    read and a hash. The array is not zero-filled first: the read is its only write.
+
+    Raises OSError; callers map it to their own error.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        data = np.empty(os.fstat(f.fileno()).st_size, np.uint8)
+        view = memoryview(data)
+        size = 0
+        while size < len(data):
+            n = f.readinto(view[size : size + _CHUNK])
+            if not n:
+                break
+            digest.update(view[size : size + n])
+            size += n
+        data = data[:size]
+        more = []
+        while chunk := f.read(_CHUNK):  # the file grew since fstat
+            digest.update(chunk)
+            more.append(np.frombuffer(chunk, np.uint8))
+    if more:
+        data = np.concatenate([data, *more])
+    return data, digest.hexdigest()
+
+
+def map_file(path: Path) -> np.ndarray:
+    """The bytes of ``path`` as a read-only uint8 array over the file, mapped, not copied (Ray
+    copies such an array once into its object store and its receiver reads it there).
+
+    Raises OSError; callers map it to their own error.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return np.zeros(0, np.uint8)
+        return np.frombuffer(mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ), np.uint8)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new file in ``folder`` durable."""
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def writable_dir(path: Path) -> Path:
@@ -25,37 +80,43 @@ def writable_dir(path: Path) -> Path:
     return path
 
 
-def write_durably(path: Path, data: bytes) -> None:
+def write_durably(path: Path, data: bytes | bytearray | memoryview) -> None:
     """Write ``data`` to ``path`` atomically: temp file, fsync, rename, fsync the folder.
 
     A crash leaves either the old file or the complete new one, never a torn write.
     Raises OSError; callers map it to their own error.
     """
-    store_parts(path, (data,))
+    _write(path, (data,), None)
 
 
-def store_parts(path: Path, parts: Sequence[bytes | memoryview]) -> tuple[str, int]:
+def store_parts(path: Path, parts: Sequence[bytes | bytearray | memoryview]) -> tuple[str, int]:
     """Write ``parts`` one after the other to ``path`` as :func:`write_durably` does.
 
     Returns (sha256 hex, size), hashed on the way. Merging a header into a 70 MB raw changes
     only its first kilobytes; writing the new header and a view of the original amplifier
     bytes avoids copying the pixels twice.
     """
+    digest = hashlib.sha256()
+    size = _write(path, parts, digest)
+    return digest.hexdigest(), size
+
+
+def _write(
+    path: Path,
+    parts: Sequence[bytes | bytearray | memoryview],
+    digest: hashlib._Hash | None,
+) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    digest = hashlib.sha256()
     size = 0
     with tmp.open("wb") as f:
         for part in parts:
-            digest.update(part)
+            if digest is not None:
+                digest.update(part)
             f.write(part)
             size += len(part)
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return digest.hexdigest(), size
+    fsync_dir(path.parent)
+    return size

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from state.clock import tai_now
-from state.durable import sha256_hex, write_durably
+from state.durable import read_hashed, sha256_hex, write_durably
 from state.durable_sqlite import SqliteThread
 from state.errors import DmcsError, InvalidInputError, StorageError
 from summit.buffer_manifest import Entry, Manifest, Row
-from summit.raw_check import path_from_url, verify_raw
+from summit.raw_check import path_from_url, read_checked_raw
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -147,7 +147,9 @@ class BufferStore:
     async def accept(self, offer: Offer) -> tuple[Entry, bool]:
         """Take a raw durably; returns its manifest entry and whether it was new.
 
-        Raises ``InvalidInputError`` (bad offer, unreadable or malformed raw),
+        The staged raw is read and hashed in one pass, its headers checked (not its pixels: the
+        checksum covers them) and written once. Raises ``InvalidInputError`` (bad offer,
+        unreadable or malformed raw),
         ``ChecksumMismatchError`` (the staged file is not what the camera said),
         ``BufferFullError`` (no room even after dropping retained raws) or ``StorageError``.
         """
@@ -156,11 +158,9 @@ class BufferStore:
         if existing is not None and existing.state != "receiving":
             return _same(existing, offer), False
         source = path_from_url(offer.url)
-        try:
-            data = await asyncio.to_thread(source.read_bytes)
-        except OSError as e:
-            raise InvalidInputError(f"cannot read the staged raw {source}: {e}") from e
-        await asyncio.to_thread(verify_raw, data, offer.checksum, offer.visit, offer.detector)
+        data = await asyncio.to_thread(
+            read_checked_raw, source, offer.checksum, offer.visit, offer.detector
+        )
         path = self.raw_path(offer)
         if existing is None:
             row = Row(
@@ -188,16 +188,41 @@ class BufferStore:
             raise StorageError(f"{offer.image_name} detector {offer.detector} left the manifest")
         return found, True
 
+    async def repair(self, entry: Entry) -> bool:
+        """After the base saw a checksum mismatch: whether ``entry``'s buffered copy was corrupt
+        and is now replaced by the camera's staged copy (False: it was intact, the transfer
+        corrupted it). Raises ``InvalidInputError`` or ``ChecksumMismatchError`` when it is
+        corrupt and the camera's copy cannot replace it, ``StorageError`` when it cannot be
+        rewritten."""
+        path = Path(entry.path)
+        try:
+            if await asyncio.to_thread(_hash_or_empty, path) == entry.checksum:
+                return False
+        except OSError as e:
+            log.warning("buffered raw %s unreadable: %s", path, e)
+        data = await asyncio.to_thread(
+            read_checked_raw, path_from_url(entry.url), entry.checksum, entry.visit, entry.detector
+        )
+        try:
+            await asyncio.to_thread(write_durably, path, data)
+        except OSError as e:
+            raise StorageError(f"cannot rewrite {entry.image_name} to {path}: {e}") from e
+        return True
+
     async def recover(self) -> list[Entry]:
         """Settle rows left ``receiving`` by a crash; returns those that became buffered."""
         settled = []
         for entry in await self._m(self.manifest.in_state, "receiving"):
             path = Path(entry.path)
             try:
-                data = await asyncio.to_thread(_read_or_empty, path)
-                if sha256_hex(data) != entry.checksum:
-                    data = await asyncio.to_thread(path_from_url(entry.url).read_bytes)
-                    verify_raw(data, entry.checksum, entry.visit, entry.detector)
+                if await asyncio.to_thread(_hash_or_empty, path) != entry.checksum:
+                    data = await asyncio.to_thread(
+                        read_checked_raw,
+                        path_from_url(entry.url),
+                        entry.checksum,
+                        entry.visit,
+                        entry.detector,
+                    )
                     await asyncio.to_thread(write_durably, path, data)
             except (OSError, DmcsError) as e:
                 log.warning("dropping interrupted receipt of %s: %s", entry.image_name, e)
@@ -218,8 +243,8 @@ def _same(existing: Entry, offer: Offer) -> Entry:
     return existing
 
 
-def _read_or_empty(path: Path) -> bytes:
+def _hash_or_empty(path: Path) -> str:
     try:
-        return path.read_bytes()
+        return read_hashed(path)[1]
     except FileNotFoundError:
-        return b""
+        return sha256_hex(b"")

@@ -14,6 +14,8 @@ import asyncio
 import time
 from typing import Any
 
+import numpy as np
+
 from config.data_path import LinkSettings
 from state.errors import ConnectionLostError
 from state.peers import Peer
@@ -64,22 +66,22 @@ class Link:
         """Flip one byte in each of the next ``count`` transfers (fault injection)."""
         self._corrupt_next += count
 
-    async def send(self, peer: Peer, method: str, meta: dict[str, Any], data: bytes) -> Any:
-        """Carry ``data`` to ``peer.rpc_<method>(meta, data)`` and return its answer."""
+    async def send(self, peer: Peer, method: str, meta: dict[str, Any], data: np.ndarray) -> Any:
+        """Carry ``data`` (a raw's bytes as a uint8 array, which Ray hands over without a copy)
+        to ``peer.rpc_<method>(meta, data)`` and return its answer."""
         if not self.is_up:
             raise ConnectionLostError("the summit-base link is down")
         bandwidth = self.bandwidth_mbps
         if bandwidth > 0:
             async with self._pipe:
-                await asyncio.sleep(len(data) / (bandwidth * MB))
+                await asyncio.sleep(data.nbytes / (bandwidth * MB))
         if not self.is_up:
             raise ConnectionLostError("the summit-base link went down during the transfer")
-        if self._corrupt_next > 0 and data:
+        if self._corrupt_next > 0 and data.nbytes:
             self._corrupt_next -= 1
             self.corrupted += 1
-            flipped = bytearray(data)
-            flipped[len(flipped) // 2] ^= 0xFF
-            data = bytes(flipped)
+            data = data.copy()
+            data[data.nbytes // 2] ^= 0xFF
         self.transfers += 1
-        self.bytes_sent += len(data)
+        self.bytes_sent += data.nbytes
         return await peer.call(method, meta, data)

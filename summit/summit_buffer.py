@@ -35,7 +35,7 @@ from state.clock import tai_now
 from state.contracts.data_plane import RawReceipt
 from state.contracts.values import ContractError
 from state.controller import Controller, SupervisedGroup
-from state.durable import write_durably
+from state.durable import map_file, write_durably
 from state.errors import (
     BufferFullError,
     ChecksumMismatchError,
@@ -360,7 +360,7 @@ class SummitBuffer(Controller):
     async def _send(self, entry: Entry) -> str:
         """Send one raw; ``sent``, ``resend`` (corrupted in transit) or ``retry`` (later)."""
         try:
-            data = await asyncio.to_thread(_read, entry.path)
+            data = await asyncio.to_thread(map_file, Path(entry.path))
         except OSError as e:
             await self.fault(BUFFER_WRITE_FAILED, f"buffered raw {entry.path} unreadable: {e}")
             return "retry"
@@ -373,15 +373,13 @@ class SummitBuffer(Controller):
             "byteSize": entry.byte_size,
             "endReadoutTai": entry.end_readout_tai,
         }
-        await self._throttle(entry, len(data))
+        await self._throttle(entry, data.nbytes)
         await self.store.count_attempt(entry)
         started = time.monotonic()
         try:
             reply = await self.link.send(self.peers(self.config.ingest), "receive_raw", meta, data)
         except ChecksumMismatchError as e:
-            self.resent += 1
-            self.log_message(logging.WARNING, f"re-sending {entry.image_name}: {e}")
-            return "resend"
+            return await self._mismatched(entry, e)
         except RetriableError as e:
             self.log.info("send of %s deferred: %s", entry.image_name, e)
             return "retry"
@@ -411,6 +409,34 @@ class SummitBuffer(Controller):
         )
         self._alarm()
         return "sent"
+
+    async def _mismatched(self, entry: Entry, refusal: ChecksumMismatchError) -> str:
+        """The base refused ``entry`` for its checksum: re-send at once when the buffered copy
+        is intact (the link corrupted it) or was replaced by the camera's; otherwise keep it
+        and say why once (it is retried with backoff, never deleted)."""
+        what = f"{entry.image_name} detector {entry.detector}"
+        try:
+            repaired = await self.store.repair(entry)
+        except StorageError as e:
+            await self.fault(BUFFER_WRITE_FAILED, str(e))
+            return "retry"
+        except DmcsError as e:
+            self._report_once(
+                f"corrupt:{entry.seq}",
+                f"{what}: the base refused it ({refusal}); the buffered copy is corrupt and "
+                f"the camera's cannot replace it ({e}); kept, not sent",
+            )
+            return "retry"
+        self.resent += 1
+        if repaired:
+            self.log_message(
+                logging.WARNING,
+                f"re-sending {what}: the base refused it ({refusal}); the buffered copy was "
+                "corrupt and is replaced by the camera's",
+            )
+        else:
+            self.log_message(logging.WARNING, f"re-sending {entry.image_name}: {refusal}")
+        return "resend"
 
     async def _throttle(self, entry: Entry, size: int) -> None:
         """Catch-up pacing: raws older than the newest visit go at ``catchup_rate_mbps``."""
@@ -475,8 +501,3 @@ class SummitBuffer(Controller):
             "reconciled": self.reconciled,
             "states": {k: v[0] for k, v in totals.items()},
         }
-
-
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import numpy as np
 import pytest
 from astropy.io import fits
 
@@ -16,6 +17,7 @@ from state.clock import tai_now
 from state.command import Command
 from state.contracts.values import ContractError
 from state.durable import sha256_hex
+from state.errors import ChecksumMismatchError
 from state.events import Event
 from state.states import State
 from tests.data_path_helpers import (
@@ -93,6 +95,51 @@ async def test_raw_corrupted_in_transit_is_detected_and_resent(
         warnings = [e for e in path.topic("logMessage") if "re-sending" in e.data["message"]]
         assert len(warnings) == 3
     await registry_matches(pg_dsn, schema, taken)
+
+
+def _flip(path: Path) -> bytes:
+    """Flip one byte in the middle of ``path`` (its pixels); returns the file as it was."""
+    good = path.read_bytes()
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0xFF
+    path.write_bytes(bad)
+    return good
+
+
+def said(path: LocalPath) -> str:
+    return " | ".join(e.data["message"] for e in path.topic("logMessage"))
+
+
+async def test_a_raw_corrupted_on_summit_storage_is_refused_at_the_base(
+    tmp_path: Path, pg_dsn: str, schema: str, camera: Camera
+) -> None:
+    """The one checksum, computed as the buffer read the camera's file and carried with the
+    raw, is what the base verifies: a raw that rotted on summit storage after its checks is
+    refused there (nothing stored), replaced from the camera's staged copy and sent again; one
+    whose staged copy is bad too is kept and said, and goes once that copy is good again."""
+    async with local_path(tmp_path, pg_dsn, schema) as path:
+        await path.buffer.do_cutLink()
+        readout = camera.readout(0)
+        await path.buffer.on_event(readout.event())
+        rotted, both = (await path.buffer.store.unsent())[:2]
+        _flip(Path(rotted.path))
+        _flip(Path(both.path))
+        staged = Path(both.url.removeprefix("file://"))
+        good = _flip(staged)
+        await path.buffer.do_restoreLink()
+        await path.wait_for(lambda: len(ingested(path)) == 3)
+        await path.wait_for(lambda: "cannot replace it" in said(path))
+        assert path.ingest.counters["corrupt"] >= 2
+        assert path.ingest.ledger.find(both.visit, both.detector) is None
+        assert not list(path.ingest.storage.rglob(".*.tmp")), "a refused raw leaves nothing"
+        text = said(path)
+        assert f"{rotted.image_name} detector {rotted.detector} arrived with sha256" in text
+        assert "buffered copy was corrupt and is replaced by the camera's" in text
+        assert "differs from the camera's" in text  # why the staged copy could not serve
+        assert (await path.buffer.rpc_status())["backlogCount"] == 1
+        staged.write_bytes(good)
+        await path.wait_for(lambda: len(ingested(path)) == 4)
+    await registry_matches(pg_dsn, schema, [readout])
 
 
 async def test_full_buffer_refuses_loudly_and_keeps_what_it_took(
@@ -345,6 +392,13 @@ async def test_malformed_raw_transfers_are_refused_and_store_nothing(
                 await path.ingest.rpc_receive_raw(bad, data)
         with pytest.raises(ContractError, match="the raw must be bytes"):
             await path.ingest.rpc_receive_raw(meta, data.decode("latin-1"))
+        pixels = np.frombuffer(data, np.uint8)
+        for shaped in (pixels.reshape(-1, 2880), pixels.view(np.uint16), pixels[::2]):
+            with pytest.raises(ContractError, match="flat uint8 array"):
+                await path.ingest.rpc_receive_raw(meta, shaped)
+        sized = {**meta, "byteSize": len(data)}
+        with pytest.raises(ChecksumMismatchError, match=f"arrived with {len(data) - 2880} bytes"):
+            await path.ingest.rpc_receive_raw(sized, pixels[:-2880])
         assert path.ingest.summary_state == State.ENABLED
         assert not list(path.ingest.storage.rglob("*")), "nothing written to base storage"
         assert not list(tmp_path.rglob("outside*"))

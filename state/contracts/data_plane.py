@@ -2,7 +2,8 @@
 
 One model per hand-off, checked once where it enters the component that receives it:
 
-* :class:`RawTransfer` — SummitBuffer → Ingest (``receive_raw``), answered by :class:`RawReceipt`;
+* :class:`RawTransfer` — SummitBuffer → Ingest (``receive_raw``; the bytes sent with it are
+  checked by :meth:`RawTransfer.raw_bytes`), answered by :class:`RawReceipt`;
 * :class:`CcdVisit` — the visit a CcdProcessor's worker process preloads and processes, and
   :class:`CcdWorkResult` — what the worker answers for one CCD;
 * :class:`CcdResultsWire` — CcdProcessor → Association (``associate``), answered by
@@ -130,6 +131,30 @@ class RawTransfer(DataContract):
     camera: Name = ""
     byteSize: NonNegInt | None = None
     endReadoutTai: TaiSeconds | None = None
+
+    def raw_bytes(self, data: Any) -> memoryview:
+        """The raw's bytes sent with this payload, as one flat byte view: ``bytes`` (or a
+        ``bytearray``/``memoryview`` of bytes) or a one-dimensional contiguous uint8 array,
+        which is how Ray hands a raw over without copying it out of its object store."""
+        if isinstance(data, np.ndarray):
+            if data.dtype != np.uint8 or data.ndim != 1 or not data.flags.c_contiguous:
+                raise ContractError(
+                    f"{self.door}: the raw must be bytes or a flat uint8 array, got an array "
+                    f"of {data.dtype} with shape {data.shape}"
+                )
+            return memoryview(data)
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise ContractError(
+                f"{self.door}: the raw must be bytes or a flat uint8 array, "
+                f"got {type(data).__name__}"
+            )
+        view = memoryview(data)
+        if view.ndim != 1 or view.itemsize != 1 or not view.c_contiguous:
+            raise ContractError(
+                f"{self.door}: the raw must be bytes or a flat uint8 array, got a "
+                f"{view.ndim}-dimensional view of {view.format!r}"
+            )
+        return view
 
 
 class RawReceipt(DataContract):

@@ -1,0 +1,82 @@
+"""Base storage of a received raw: verified and written durably in one pass over its bytes.
+
+The summit buffer carries the camera's sha256 with every raw. Ingest checks it while it writes
+the file (merged with the header service's header when that is already known): each chunk of
+the amplifier data is hashed for the check and, when the header was merged, for the stored
+file's own checksum, then written, so the 70 MB are read from memory once. The file is renamed
+into place only when the checksum matched; a mismatch leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from astropy.io import fits
+
+from base.header_merge import BLOCK, merged_primary, split_primary
+from state.durable import fsync_dir
+from state.errors import ChecksumMismatchError, InvalidInputError
+
+#: The most of a raw read for its primary header.
+HEAD_BYTES = 64 * BLOCK
+_CHUNK = 4 << 20
+
+
+def store_raw(
+    path: Path, data: memoryview, checksum: str, header: fits.Header | None
+) -> tuple[str, int]:
+    """Write ``data`` (the raw as sent, sha256 ``checksum``) to ``path`` durably, its primary
+    header merged with ``header`` when given; returns (sha256 of the stored file, its size).
+
+    Raises ``ChecksumMismatchError`` when ``data`` is not what was sent (nothing is written),
+    ``InvalidInputError`` when its primary header cannot be merged, ``OSError`` when the file
+    cannot be written.
+    """
+    raw_hash = hashlib.sha256()
+    file_hash = raw_hash
+    head: bytes | memoryview = data[:0]
+    rest = data
+    if header is not None:
+        try:
+            raw_header, offset = split_primary(bytes(data[:HEAD_BYTES]))
+        except InvalidInputError:
+            _check(data, checksum)
+            raise
+        file_hash = hashlib.sha256()
+        raw_hash.update(data[:offset])
+        head, rest = merged_primary(raw_header, header), data[offset:]
+    file_hash.update(head)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with tmp.open("wb") as f:
+            f.write(head)
+            for start in range(0, len(rest), _CHUNK):
+                chunk = rest[start : start + _CHUNK]
+                raw_hash.update(chunk)
+                if file_hash is not raw_hash:
+                    file_hash.update(chunk)
+                f.write(chunk)
+            f.flush()
+            actual = raw_hash.hexdigest()
+            if actual != checksum:
+                raise _mismatch(actual, checksum)
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(path)
+    fsync_dir(path.parent)
+    return file_hash.hexdigest(), len(head) + len(rest)
+
+
+def _check(data: memoryview, checksum: str) -> None:
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != checksum:
+        raise _mismatch(actual, checksum)
+
+
+def _mismatch(actual: str, checksum: str) -> ChecksumMismatchError:
+    return ChecksumMismatchError(f"arrived with sha256 {actual[:12]}…, sent as {checksum[:12]}…")
