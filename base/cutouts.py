@@ -17,27 +17,20 @@ from astropy.io import fits
 
 from algorithms import mask as mk
 from algorithms.cutouts import Cutout
-
-BLOCK = 2880
-CARD = 80
+from state.fits_blocks import data_block, header_block
 
 
 @lru_cache(maxsize=8192)
-def _card(key: str, value: object) -> bytes:
-    return fits.Card(key, value).image.encode("ascii")
+def _card(key: str, value: object) -> str:
+    return str(fits.Card(key, value).image)
 
 
-def _mask_cards() -> bytes:
+def _mask_cards() -> str:
     cards = mk.header_cards()
-    return b"".join(_card(k if len(k) <= 8 else f"HIERARCH {k}", v) for k, v in cards.items())
+    return "".join(_card(k if len(k) <= 8 else f"HIERARCH {k}", v) for k, v in cards.items())
 
 
-def _header(cards: list[bytes]) -> bytes:
-    body = b"".join(cards) + b"END".ljust(CARD)
-    return body + b" " * (-len(body) % BLOCK)
-
-
-def _structure(data: np.ndarray | None, *, primary: bool, name: str | None) -> list[bytes]:
+def _structure(data: np.ndarray | None, *, primary: bool, name: str | None) -> list[str]:
     first = _card("SIMPLE", True) if primary else _card("XTENSION", "IMAGE")
     if data is None:
         return [first, _card("BITPIX", 8), _card("NAXIS", 0), _card("EXTEND", True)]
@@ -52,11 +45,6 @@ def _structure(data: np.ndarray | None, *, primary: bool, name: str | None) -> l
     return cards
 
 
-def _data(data: np.ndarray) -> bytes:
-    raw = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder(">")).tobytes()
-    return raw + b"\0" * (-len(raw) % BLOCK)
-
-
 def cutout_to_fits(cutout: Cutout, extra: dict[str, object] | None = None) -> bytes:
     """An afw-like Exposure file: primary (empty) + IMAGE, MASK, VARIANCE (+ PSF) extensions.
 
@@ -66,7 +54,7 @@ def cutout_to_fits(cutout: Cutout, extra: dict[str, object] | None = None) -> by
     primary = _structure(None, primary=True, name=None)
     primary += [_card(k, v) for k, v in (extra or {}).items()]
     primary += [_card("LTV1", -cutout.x0), _card("LTV2", -cutout.y0)]
-    parts = [_header(primary)]
+    parts = [header_block(primary)]
     planes = (
         ("IMAGE", cutout.image.astype(np.float32, copy=False)),
         ("MASK", cutout.mask.astype(np.int32, copy=False)),
@@ -78,8 +66,8 @@ def cutout_to_fits(cutout: Cutout, extra: dict[str, object] | None = None) -> by
             cards.append(_mask_cards())
         if name == "IMAGE":
             cards.append(_card("BUNIT", "electron"))
-        parts += [_header(cards), _data(data)]
+        parts += [header_block(cards), data_block(data)]
     if cutout.psf is not None:
         psf = cutout.psf.astype(np.float32, copy=False)
-        parts += [_header(_structure(psf, primary=False, name="PSF")), _data(psf)]
+        parts += [header_block(_structure(psf, primary=False, name="PSF")), data_block(psf)]
     return b"".join(parts)

@@ -20,8 +20,8 @@ import io
 from astropy.io import fits
 
 from state.errors import InvalidInputError
+from state.fits_blocks import BLOCK, CARD
 
-BLOCK = 2880
 SERVICE_WINS: frozenset[str] = frozenset(
     {
         "SEEING",
@@ -48,8 +48,8 @@ def split_primary(data: bytes) -> tuple[fits.Header, int]:
     """The primary header of a FITS file and the offset where the next HDU starts."""
     for end in range(BLOCK, len(data) + 1, BLOCK):
         block = data[end - BLOCK : end]
-        for i in range(0, BLOCK, 80):
-            if block[i : i + 80].rstrip() == b"END":
+        for i in range(0, BLOCK, CARD):
+            if block[i : i + CARD].rstrip() == b"END":
                 try:
                     header = fits.Header.fromstring(data[:end].decode("ascii"))
                 except (UnicodeDecodeError, ValueError) as e:

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from astropy.io import fits
 
-from base.header_merge import BLOCK, merged_primary, split_primary
+from base.header_merge import merged_primary, split_primary
 from state.durable import fsync_dir
 from state.errors import ChecksumMismatchError, InvalidInputError
+from state.fits_blocks import BLOCK
 
 #: The most of a raw read for its primary header.
 HEAD_BYTES = 64 * BLOCK

@@ -15,9 +15,8 @@ from astropy.io import fits
 
 from state.durable import read_hashed, sha256_hex
 from state.errors import ChecksumMismatchError, InvalidInputError
+from state.fits_blocks import BLOCK, CARD, padded
 
-BLOCK = 2880
-CARD = 80
 #: More HDUs than any camera writes: a bound on the walk through a malformed file.
 MAX_HDUS = 1024
 #: The longest header read (in blocks).
@@ -82,14 +81,14 @@ def _headers(data: memoryview) -> tuple[fits.Header, list[int]]:
     """The primary header and the NAXIS of every extension, read header by header."""
     end, cards = _header_at(data, 0)
     primary = fits.Header.fromstring(bytes(data[:end]).decode("ascii"))
-    offset = end + _padded(_data_size(cards))
+    offset = end + padded(_data_size(cards))
     naxes = []
     while offset < len(data):
         if len(naxes) >= MAX_HDUS:
             raise ValueError(f"more than {MAX_HDUS} HDUs")
         end, cards = _header_at(data, offset)
         naxes.append(cards.get("NAXIS", -1))
-        offset = end + _padded(_data_size(cards))
+        offset = end + padded(_data_size(cards))
     if offset != len(data):
         raise ValueError(f"truncated: its HDUs need {offset} bytes, it has {len(data)}")
     return primary, naxes
@@ -125,7 +124,3 @@ def _data_size(cards: dict[str, int]) -> int:
         count *= cards.get(f"NAXIS{i}", 0)
     bits = abs(cards.get("BITPIX", 8))
     return bits // 8 * cards.get("GCOUNT", 1) * (cards.get("PCOUNT", 0) + count)
-
-
-def _padded(size: int) -> int:
-    return -(-size // BLOCK) * BLOCK

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BLOCK = 2880
+from state.fits_blocks import BLOCK, data_block, header_block
+
 _BITPIX = {np.dtype(np.float32): -32, np.dtype(np.int32): 32, np.dtype(np.int16): 16}
 
 
@@ -32,17 +33,6 @@ def _card(key: str, value: object, comment: str = "") -> str:
     if comment:
         card += f" / {comment}"
     return f"{card[:80]:<80}"
-
-
-def _header(cards: list[str]) -> bytes:
-    text = "".join(cards) + f"{'END':<80}"
-    pad = -len(text) % BLOCK
-    return (text + " " * pad).encode("ascii")
-
-
-def _data(array: np.ndarray) -> bytes:
-    raw = array.astype(array.dtype.newbyteorder(">"), copy=False).tobytes()
-    return raw + b"\0" * (-len(raw) % BLOCK)
 
 
 @functools.lru_cache(maxsize=64)
@@ -64,7 +54,8 @@ def _structure(shape: tuple[int, int], dtype: np.dtype, first: bool, extname: st
 
 
 def _hdu(array: np.ndarray, first: bool, extname: str, wcs_text: str) -> bytes:
-    return _header([_structure(array.shape, array.dtype, first, extname), wcs_text]) + _data(array)
+    header = header_block([_structure(array.shape, array.dtype, first, extname), wcs_text])
+    return header + data_block(array)
 
 
 def wcs_cards(wcs: Mapping[str, float | str]) -> str:
