@@ -10,13 +10,13 @@ into place only when the checksum matched; a mismatch leaves nothing behind.
 from __future__ import annotations
 
 import hashlib
-import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from astropy.io import fits
 
 from base.header_merge import merged_primary, split_primary
-from state.durable import fsync_dir
+from state.durable import write_chunks
 from state.errors import ChecksumMismatchError, InvalidInputError
 from state.fits_blocks import BLOCK
 
@@ -43,41 +43,26 @@ def store_raw(
         try:
             raw_header, offset = split_primary(bytes(data[:HEAD_BYTES]))
         except InvalidInputError:
-            _check(data, checksum)
+            _expect(hashlib.sha256(data).hexdigest(), checksum)
             raise
         file_hash = hashlib.sha256()
         raw_hash.update(data[:offset])
         head, rest = merged_primary(raw_header, header), data[offset:]
-    file_hash.update(head)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with tmp.open("wb") as f:
-            f.write(head)
-            for start in range(0, len(rest), _CHUNK):
-                chunk = rest[start : start + _CHUNK]
-                raw_hash.update(chunk)
-                if file_hash is not raw_hash:
-                    file_hash.update(chunk)
-                f.write(chunk)
-            f.flush()
-            actual = raw_hash.hexdigest()
-            if actual != checksum:
-                raise _mismatch(actual, checksum)
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(path)
-    fsync_dir(path.parent)
-    return file_hash.hexdigest(), len(head) + len(rest)
+
+    def hashed() -> Iterator[bytes | memoryview]:
+        file_hash.update(head)
+        yield head
+        for start in range(0, len(rest), _CHUNK):
+            chunk = rest[start : start + _CHUNK]
+            raw_hash.update(chunk)
+            if file_hash is not raw_hash:
+                file_hash.update(chunk)
+            yield chunk
+
+    size = write_chunks(path, hashed(), lambda: _expect(raw_hash.hexdigest(), checksum))
+    return file_hash.hexdigest(), size
 
 
-def _check(data: memoryview, checksum: str) -> None:
-    actual = hashlib.sha256(data).hexdigest()
+def _expect(actual: str, checksum: str) -> None:
     if actual != checksum:
-        raise _mismatch(actual, checksum)
-
-
-def _mismatch(actual: str, checksum: str) -> ChecksumMismatchError:
-    return ChecksumMismatchError(f"arrived with sha256 {actual[:12]}…, sent as {checksum[:12]}…")
+        raise ChecksumMismatchError(f"arrived with sha256 {actual[:12]}…, sent as {checksum[:12]}…")

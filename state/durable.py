@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +86,7 @@ def write_durably(path: Path, data: bytes | bytearray | memoryview) -> None:
     A crash leaves either the old file or the complete new one, never a torn write.
     Raises OSError; callers map it to their own error.
     """
-    _write(path, (data,), None)
+    write_chunks(path, (data,))
 
 
 def store_parts(path: Path, parts: Sequence[bytes | bytearray | memoryview]) -> tuple[str, int]:
@@ -97,26 +97,41 @@ def store_parts(path: Path, parts: Sequence[bytes | bytearray | memoryview]) -> 
     bytes avoids copying the pixels twice.
     """
     digest = hashlib.sha256()
-    size = _write(path, parts, digest)
+
+    def hashed() -> Iterator[bytes | bytearray | memoryview]:
+        for part in parts:
+            digest.update(part)
+            yield part
+
+    size = write_chunks(path, hashed())
     return digest.hexdigest(), size
 
 
-def _write(
+def write_chunks(
     path: Path,
-    parts: Sequence[bytes | bytearray | memoryview],
-    digest: hashlib._Hash | None,
+    chunks: Iterable[bytes | bytearray | memoryview],
+    before_commit: Callable[[], None] | None = None,
 ) -> int:
+    """Write ``chunks`` to ``path`` as :func:`write_durably` does; returns the size.
+
+    ``before_commit`` runs once every chunk is written, before the fsync and the rename: what
+    it raises leaves nothing behind (the temporary file is removed on any failure).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     size = 0
-    with tmp.open("wb") as f:
-        for part in parts:
-            if digest is not None:
-                digest.update(part)
-            f.write(part)
-            size += len(part)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with tmp.open("wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+                size += len(chunk)
+            f.flush()
+            if before_commit is not None:
+                before_commit()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
     fsync_dir(path.parent)
     return size
