@@ -194,36 +194,35 @@ class BufferStore:
         corrupted it). Raises ``InvalidInputError`` or ``ChecksumMismatchError`` when it is
         corrupt and the camera's copy cannot replace it, ``StorageError`` when it cannot be
         rewritten."""
-        path = Path(entry.path)
         try:
-            if await asyncio.to_thread(_hash_or_empty, path) == entry.checksum:
+            if await self._intact(entry):
                 return False
         except OSError as e:
-            log.warning("buffered raw %s unreadable: %s", path, e)
+            log.warning("buffered raw %s unreadable: %s", entry.path, e)
+        try:
+            await self._restore_from_staging(entry)
+        except OSError as e:
+            raise StorageError(f"cannot rewrite {entry.image_name} to {entry.path}: {e}") from e
+        return True
+
+    async def _intact(self, entry: Entry) -> bool:
+        """Whether the buffered copy of ``entry`` has its checksum (absent: it has not)."""
+        return await asyncio.to_thread(_hash_or_empty, Path(entry.path)) == entry.checksum
+
+    async def _restore_from_staging(self, entry: Entry) -> None:
+        """Rewrite the buffered copy of ``entry`` from the camera's staged one, checked first."""
         data = await asyncio.to_thread(
             read_checked_raw, path_from_url(entry.url), entry.checksum, entry.visit, entry.detector
         )
-        try:
-            await asyncio.to_thread(write_durably, path, data)
-        except OSError as e:
-            raise StorageError(f"cannot rewrite {entry.image_name} to {path}: {e}") from e
-        return True
+        await asyncio.to_thread(write_durably, Path(entry.path), data)
 
     async def recover(self) -> list[Entry]:
         """Settle rows left ``receiving`` by a crash; returns those that became buffered."""
         settled = []
         for entry in await self._m(self.manifest.in_state, "receiving"):
-            path = Path(entry.path)
             try:
-                if await asyncio.to_thread(_hash_or_empty, path) != entry.checksum:
-                    data = await asyncio.to_thread(
-                        read_checked_raw,
-                        path_from_url(entry.url),
-                        entry.checksum,
-                        entry.visit,
-                        entry.detector,
-                    )
-                    await asyncio.to_thread(write_durably, path, data)
+                if not await self._intact(entry):
+                    await self._restore_from_staging(entry)
             except (OSError, DmcsError) as e:
                 log.warning("dropping interrupted receipt of %s: %s", entry.image_name, e)
                 await self._m(self.manifest.remove, entry.seq)
