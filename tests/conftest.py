@@ -142,6 +142,24 @@ def mini_night(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def dense_mini_night(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``mini`` night of 2 visits near the Galactic centre (enough reference stars for a
+    102″ CCD), shared read-only, for the CCD processing tests."""
+    import dataclasses
+
+    from config.cameras import load_camera
+    from summit.schedule import generate_schedule, write_schedule
+    from summit.simulation import plan_night, run_night
+
+    out = tmp_path_factory.mktemp("dense_mini")
+    cam = load_camera("mini")
+    visits = [dataclasses.replace(v, ra=271.0, dec=-29.0) for v in generate_schedule(cam, 2, 1)]
+    write_schedule(visits, out / "opsim.sqlite")
+    run_night(plan_night("mini", 2, 1, out / "night", schedule=out / "opsim.sqlite"), raws=True)
+    return out / "night"
+
+
 @dataclass(frozen=True)
 class ClusterReplay:
     """A ``dmcs replay --nodes N`` that ran to its end in a subprocess, and what it left."""

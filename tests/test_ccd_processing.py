@@ -7,7 +7,6 @@ editing copies of its files.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import shutil
@@ -23,22 +22,15 @@ from algorithms.diasource import DIASOURCE_DTYPE
 from algorithms.wcs import TanSipWcs
 from base.ccd_inputs import CalibPaths, CcdRepository, NightDirectoryRepository
 from base.ccd_processing import CcdOutputs, CcdProcessing, Preloaded
-from config.cameras import load_camera
 from state.errors import InvalidInputError
-from summit.schedule import Visit, generate_schedule, read_schedule, write_schedule
-from summit.simulation import plan_night, run_night
+from summit.schedule import Visit, read_schedule
 
 DETECTORS = range(4)
 
 
 @pytest.fixture(scope="module")
-def night(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dense_mini")
-    cam = load_camera("mini")
-    visits = [dataclasses.replace(v, ra=271.0, dec=-29.0) for v in generate_schedule(cam, 2, 1)]
-    write_schedule(visits, out / "opsim.sqlite")
-    run_night(plan_night("mini", 2, 1, out / "night", schedule=out / "opsim.sqlite"), raws=True)
-    return out / "night"
+def night(dense_mini_night: Path) -> Path:
+    return dense_mini_night
 
 
 def _visits(night: Path) -> tuple[Visit, ...]:

@@ -33,8 +33,6 @@ from base.prompt.ccd_processor import CACHE, CcdProcessor
 from config.cameras import load_camera
 from state.errors import InvalidInputError
 from summit.night_files import open_night
-from summit.schedule import generate_schedule, write_schedule
-from summit.simulation import plan_night, run_night
 
 WORK = "base.prompt.ccd_work"
 DETECTOR = 1
@@ -42,14 +40,8 @@ CACHE_BYTES = 2**30
 
 
 @pytest.fixture(scope="module")
-def night(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A ``mini`` night near the Galactic centre (enough reference stars for a 102″ CCD)."""
-    out = tmp_path_factory.mktemp("worker_night")
-    cam = load_camera("mini")
-    visits = [dataclasses.replace(v, ra=271.0, dec=-29.0) for v in generate_schedule(cam, 2, 1)]
-    write_schedule(visits, out / "opsim.sqlite")
-    run_night(plan_night("mini", 2, 1, out / "night", schedule=out / "opsim.sqlite"), raws=True)
-    return out / "night"
+def night(dense_mini_night: Path) -> Path:
+    return dense_mini_night
 
 
 def _sha(path: Path) -> str:
