@@ -169,18 +169,19 @@ async def test_release_ids_and_names_are_checked(night: Path, pg_dsn: str) -> No
         config(pg_dsn, night, "Bad-Name", 3)
     with pytest.raises(InvalidInputError):
         config(pg_dsn, night, "zero", 0)
-    with pytest.raises(InvalidInputError, match="clashes"):
-        await reprocess(config(pg_dsn, night, "other", 2), InlineExecutor())
-    with pytest.raises(InvalidInputError, match="no raws"):
-        await reprocess(
-            config(pg_dsn, night, "empty", 4, last_night=DAY_OBS).__class__(
-                **{**config(pg_dsn, night, "empty", 4).__dict__, "first_night": 20990101}
-            ),
-            InlineExecutor(),
-        )
     pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
     try:
         holder = await Ledger.connect(pool)
+        await holder.begin_release("taken", 7, "dr_taken", "hash", {})
+        with pytest.raises(InvalidInputError, match="clashes"):
+            await reprocess(config(pg_dsn, night, "other", 7), InlineExecutor())
+        with pytest.raises(InvalidInputError, match="no raws"):
+            await reprocess(
+                config(pg_dsn, night, "empty", 4, last_night=DAY_OBS).__class__(
+                    **{**config(pg_dsn, night, "empty", 4).__dict__, "first_night": 20990101}
+                ),
+                InlineExecutor(),
+            )
         await holder.lock("locked")
         with pytest.raises(CommandRejected):
             await reprocess(config(pg_dsn, night, "locked", 5), InlineExecutor())
