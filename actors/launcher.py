@@ -27,6 +27,8 @@ log = logging.getLogger("dmcs.launcher")
 
 #: Seconds between two "waiting for ... to come up" messages at start-up.
 WAIT_REPORT_SECONDS = 15.0
+#: Seconds the components get to close (tasks cancelled, last events sent) before they are killed.
+CLOSE_GRACE_SECONDS = 15.0
 
 RemoteBus = ray.remote(EventBus)
 RemoteComponent = ray.remote(ComponentActor)
@@ -34,7 +36,7 @@ RemoteComponent = ray.remote(ComponentActor)
 
 @dataclass
 class System:
-    """Handles to a running system. Create with :func:`launch`; end with :meth:`stop`."""
+    """Handles to a running system. Create with :func:`launch`; end with :meth:`close`."""
 
     config: SystemConfig
     bus: ActorHandle
@@ -77,7 +79,28 @@ class System:
         for call in calls.values():
             call.result()
 
+    async def close(self, grace: float = CLOSE_GRACE_SECONDS) -> None:
+        """Close every component while the bus still runs, then kill the actors.
+
+        A component closes by cancelling its own tasks and sending its last events, so none is
+        left pending in a process that is killed under it; one that does not close within
+        ``grace`` seconds is killed as it is.
+        """
+        calls = {
+            asyncio.ensure_future(h.shutdown.remote()): name for name, h in self.components.items()
+        }
+        if calls:
+            done, pending = await asyncio.wait(calls, timeout=grace)
+            for call in pending:
+                call.cancel()
+                log.warning("%s did not close within %.0f s; killed", calls[call], grace)
+            for call in done:
+                if (error := call.exception()) is not None:
+                    log.warning("%s did not close cleanly: %s", calls[call], error)
+        self.stop()
+
     def stop(self) -> None:
+        """Kill the component actors and the bus at once (see :meth:`close`)."""
         for handle in [*self.components.values(), self.bus]:
             ray.kill(handle, no_restart=True)
         self.components.clear()

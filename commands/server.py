@@ -74,4 +74,4 @@ async def _serve(
     finally:
         if runner is not None:
             await runner.cleanup()
-        system.stop()
+        await system.close()

@@ -36,3 +36,12 @@ class NightEmitter(Controller):
 
     async def do_fail(self, *, code: int = 1, report: str = "test fault") -> None:
         await self.fault(code, report)
+
+
+class CloseRecorder(NightEmitter):
+    """Leaves a file ``closed`` in its data folder when it is closed (not merely killed)."""
+
+    async def close(self) -> None:
+        await super().close()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "closed").write_text("closed\n")
