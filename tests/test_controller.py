@@ -15,6 +15,7 @@ from state.controller import EVENT_HANDLER_FAILED, Controller
 from state.errors import CommandRejected, ConfigurationError
 from state.events import GENERIC_EVENTS, Event
 from state.states import State, transition_path
+from tests.standard import until
 
 
 class Recorder(Controller):
@@ -167,9 +168,11 @@ async def test_fault_publishes_error_code_and_only_standby_leaves(recorder: Reco
 
 
 async def test_heartbeat_sequence_is_contiguous(recorder: Recorder) -> None:
-    await asyncio.sleep(0.3)
-    seqs = [e.seq for e in recorder.events if e.topic == "heartbeat"]
-    assert len(seqs) >= 4
+    def heartbeats() -> list[int]:
+        return [e.seq for e in recorder.events if e.topic == "heartbeat"]
+
+    await until(lambda: len(heartbeats()) >= 4)
+    seqs = heartbeats()
     assert seqs == list(range(1, len(seqs) + 1))
 
 
