@@ -56,7 +56,7 @@ def _node_loss_blocks(losses: list[dict[str, Any]]) -> list[Block]:
         Heading(2, "Node losses"),
         Para(
             f"**{len(losses)}** Ray node(s) lost; their actors restarted on the surviving "
-            "nodes. CCDs under way: those of the visits begun that had not ended when it went."
+            "nodes. CCDs under way: those of the visits read out that had not ended when it went."
         ),
         Table(headers, rows),
     ]

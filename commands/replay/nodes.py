@@ -41,8 +41,9 @@ class NodeLossRecord:
     visit: int
     at: float
     actors: list[str] = field(default_factory=list)
-    #: CCDs of the visits begun (up to the one at which the node went) not yet ended then:
+    #: CCDs of the visits read out before the one at which the node went, not yet ended then:
     #: the work under way when the loss hit (those on the lost node redone on a survivor).
+    #: The visit whose integration had just begun has nothing read out yet, so is not counted.
     interrupted: list[tuple[int, int]] = field(default_factory=list)
     #: Of those, the ones that ended failed (with the reason), not processed.
     failed: dict[str, str] = field(default_factory=dict)
@@ -83,9 +84,9 @@ class NodeKiller:
         in_flight = []
         if self.progress is not None:
             done = self.progress.finished
-            started = set(self.visit_ids[: self.at_visit])
+            read_out = set(self.visit_ids[: self.at_visit - 1])
             in_flight = sorted(
-                k for k in self.progress.expected if k[0] in started and k not in done
+                k for k in self.progress.expected if k[0] in read_out and k not in done
             )
         node = self.cluster.victim()
         actors = await asyncio.to_thread(_actors_on, str(node.node_id))
