@@ -74,6 +74,54 @@ def _fit(
     return TanSipWcs(crpix=crpix, crval=crval, cd=cd, sip_a=sip_a, sip_b=sip_b)
 
 
+#: Prior widths of the nominal WCS's rotation (rad) and plate-scale errors when few stars
+#: constrain them (the simulated camera's rotation error is 0.003°).
+POINTING_PRIOR_ROTATION = np.deg2rad(0.01)
+POINTING_PRIOR_SCALE = 2e-4
+
+
+def _fit_pointing(
+    x: np.ndarray, y: np.ndarray, ra: np.ndarray, dec: np.ndarray, initial: TanSipWcs,
+    w: np.ndarray,
+) -> TanSipWcs:  # fmt: skip
+    """``initial`` corrected by a shift, and a rotation and scale about its tangent point.
+
+    What a nominal WCS gets wrong is mostly the pointing; its distortion is the optics' and its
+    rotation and scale are close. A free fit of a handful of stars extrapolates their centroid
+    noise into the CCD's corners (mini: 220-260 mas at a corner from 8 stars); here the
+    rotation and scale have Gaussian priors (``POINTING_PRIOR_*``) against the residual scatter
+    of a shift-only fit, so few stars move only the shift.
+    """
+    wcs = initial
+    for _ in range(3):
+        xi_p, eta_p = tan_project(*wcs.pixel_to_sky(x, y), *wcs.crval)
+        xi_r, eta_r = tan_project(ra, dec, *wcs.crval)
+        dxi, deta = xi_r - xi_p, eta_r - eta_p
+        use = w > 0
+        sx = dxi[use] - np.mean(dxi[use])
+        sy = deta[use] - np.mean(deta[use])
+        sigma = max(float(np.sqrt(np.mean(sx**2 + sy**2) / 2)), 5.0 / 3.6e6)  # deg, ≥ 5 mas
+        one, zero = np.ones_like(xi_p), np.zeros_like(xi_p)
+        # dξ = a + s·ξ − θ·η, dη = b + s·η + θ·ξ (ξ, η in deg; s, θ dimensionless)
+        rows = (
+            np.concatenate(
+                [np.stack([one, zero, xi_p, -eta_p], 1), np.stack([zero, one, eta_p, xi_p], 1)]
+            )
+            * np.concatenate([w, w])[:, None]
+            / sigma
+        )
+        rhs = np.concatenate([dxi * w, deta * w]) / sigma
+        prior = np.diag([0.0, 0.0, 1.0 / POINTING_PRIOR_SCALE, 1.0 / POINTING_PRIOR_ROTATION])
+        sol = np.linalg.lstsq(np.vstack([rows, prior[2:]]), np.concatenate([rhs, [0.0, 0.0]]),
+                              rcond=None)[0]  # fmt: skip
+        sa, sb, ds, th = (float(v) for v in sol)
+        c, sn = np.cos(th), np.sin(th)
+        cd = (1.0 + ds) * np.array([[c, -sn], [sn, c]]) @ wcs.cd
+        crval = tuple(float(v) for v in tan_deproject(sa, sb, *wcs.crval))
+        wcs = TanSipWcs(wcs.crpix, crval, cd, dict(wcs.sip_a), dict(wcs.sip_b))  # type: ignore[arg-type]
+    return wcs
+
+
 def separation_mas(
     ra1: np.ndarray, dec1: np.ndarray, ra2: np.ndarray, dec2: np.ndarray
 ) -> np.ndarray:
@@ -95,12 +143,16 @@ def fit_astrometry(
     match_radius_pix: float = 1.5,
     min_matches: int = 5,
     max_order: int = 3,
+    min_free_fit: int = 20,
 ) -> AstrometryResult:
     """Match sources to reference stars and fit a TAN-SIP WCS with 3σ clipping.
 
     The pointing offset is found from a histogram of all pairwise displacements between the
     brightest sources and references; an affine refit absorbs small rotations before the
-    final match. The SIP order grows with the number of matches (1 → 3).
+    final match. The SIP order grows with the number of matches (1 → 3); below
+    ``min_free_fit`` matches the initial WCS is only shifted, rotated and scaled
+    (``_fit_pointing``, reported as order 0), since a free fit to so few stars extrapolates
+    its noise into the CCD's corners.
     """
     if len(ref_ra) < min_matches:
         raise ValueError(f"only {len(ref_ra)} reference stars (need {min_matches})")
@@ -134,10 +186,16 @@ def fit_astrometry(
         si, rj = si[first], rj[first]
         if si.size < min_matches:
             raise ValueError(f"only {si.size} matched reference stars (need {min_matches})")
-        order = 1 if (step == 0 or si.size < 20) else min(max_order, 2 if si.size < 60 else 3)
+        if si.size < min_free_fit:
+            order = 0
+        else:
+            order = 1 if (step == 0 or si.size < 20) else min(max_order, 2 if si.size < 60 else 3)
         w = np.ones(si.size)
         for _ in range(5):
-            wcs = _fit(x[si], y[si], ref_ra[rj], ref_dec[rj], crpix, initial.crval, order, w)
+            if order == 0:
+                wcs = _fit_pointing(x[si], y[si], ref_ra[rj], ref_dec[rj], initial, w)
+            else:
+                wcs = _fit(x[si], y[si], ref_ra[rj], ref_dec[rj], crpix, initial.crval, order, w)
             fra, fdec = wcs.pixel_to_sky(x[si], y[si])
             res = separation_mas(ref_ra[rj], ref_dec[rj], fra, fdec)
             rms = np.sqrt(np.mean(res[w > 0] ** 2))

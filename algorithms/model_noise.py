@@ -15,6 +15,7 @@ pixels near bright stars has the same robust spread as on the whole image.
 from __future__ import annotations
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from algorithms import mask as mk
 from algorithms.fastconv import gaussian_smooth
@@ -157,3 +158,37 @@ def psf_flux_model_error(
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if spread(mid) > 1.0 else (lo, mid)
     return hi
+
+
+def flux_positions_at_stars(
+    x: np.ndarray,
+    y: np.ndarray,
+    diff_flux: np.ndarray,
+    star_x: np.ndarray,
+    star_y: np.ndarray,
+    star_flux: np.ndarray,
+    radius: float = 1.0,
+    dominance: float = 3.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where to fit the PSF flux of each DIASource: at a static star's centroid when one lies
+    within ``radius`` pixels and outshines the change ``dominance`` times, else where it is.
+
+    A change at a bright star is centred on the difference where the star's subtraction
+    residual (a registration dipole of a fraction of its flux) pulls it, 0.1-0.7 px away on
+    comcam; a PSF flux fitted there misses part of the change (|flux| 3-10 % low on 16-18 mag
+    variables). The star's science centroid is measured at far higher S/N, at the same place.
+    ``diff_flux`` and ``star_flux`` are in the same units.
+    """
+    fx, fy = np.array(x, np.float64), np.array(y, np.float64)
+    ok = np.isfinite(star_x) & np.isfinite(star_y) & np.isfinite(star_flux)
+    if not ok.any() or not len(fx):
+        return fx, fy
+    sx, sy, sf = star_x[ok], star_y[ok], star_flux[ok]
+    dist, j = cKDTree(np.stack([sx, sy], 1)).query(
+        np.stack([fx, fy], 1), distance_upper_bound=radius
+    )
+    hit = np.isfinite(dist)
+    jj = np.where(hit, j, 0)
+    hit &= sf[jj] > dominance * np.abs(np.nan_to_num(np.asarray(diff_flux, np.float64)))
+    fx[hit], fy[hit] = sx[jj[hit]], sy[jj[hit]]
+    return fx, fy

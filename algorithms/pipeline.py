@@ -21,7 +21,11 @@ from algorithms.geometry import CcdGeometry
 from algorithms.interp import interpolate_masked
 from algorithms.isr import Calibrations, IsrConfig, run_isr
 from algorithms.measure import forced_psf_flux, psf_fit
-from algorithms.model_noise import add_model_error, psf_flux_model_error
+from algorithms.model_noise import (
+    add_model_error,
+    flux_positions_at_stars,
+    psf_flux_model_error,
+)
 from algorithms.photocal import PhotoCalib, fit_zeropoint
 from algorithms.psf import (
     KernelPsf,
@@ -231,7 +235,7 @@ def scale_difference_errors(dia: np.ndarray, noise_scale: float) -> None:
 
 def psf_flux_with_model_error(
     dia: np.ndarray, diff: np.ndarray, variance: np.ndarray, mask: np.ndarray, psf: Psf,
-    calibration: float, noise_scale: float, eps: float,
+    calibration: float, noise_scale: float, eps: float, stars: np.ndarray | None = None,
 ) -> None:  # fmt: skip
     """Re-measure psfFlux of the single-PSF DIASources with pixel-noise weights, in place.
 
@@ -239,13 +243,21 @@ def psf_flux_with_model_error(
     term); its error is √((s·σ_pix)² + (ε·templateFlux)²), s the measured noise scale, ε the
     PSF-flux model error (``psf_flux_model_error``) and templateFlux the static flux under
     the source. The detection's model term, measured on the wings of bright stars, would
-    both weight the fit towards the wings and overstate the error of a flux at a star.
+    both weight the fit towards the wings and overstate the error of a flux at a star. A
+    change at one of the measured science ``stars`` (x, y, flux) is fitted at the star's
+    centroid (``flux_positions_at_stars``).
     """
     s = noise_scale if noise_scale > 0 and np.isfinite(noise_scale) else 1.0
-    for row in dia:
+    fx, fy = dia["x"], dia["y"]
+    if stars is not None and len(stars) and len(dia) and calibration > 0:
+        fx, fy = flux_positions_at_stars(
+            dia["x"], dia["y"], dia["psfFlux"] / calibration, stars["x"], stars["y"],
+            stars["flux"],
+        )  # fmt: skip
+    for k, row in enumerate(dia):
         if row["dipoleFitAttempted"] or row["psfFlux_flag"]:
             continue
-        f, err, _, nd, _ = forced_psf_flux(diff, variance, mask, psf, row["x"], row["y"])
+        f, err, _, nd, _ = forced_psf_flux(diff, variance, mask, psf, fx[k], fy[k])
         if nd == 0 or not (np.isfinite(f) and np.isfinite(err)):
             continue
         tf = float(row["templateFlux"])
@@ -452,7 +464,7 @@ def _run(
         if eps_psf is not None and eps_psf < eps:
             psf_flux_with_model_error(
                 res.diasources, zr.image, pixel_var, zr.mask, dpsf, calib, ddet.noise_scale,
-                eps_psf,
+                eps_psf, stars,
             )  # fmt: skip
         del pixel_var
     if cfg.make_cutouts:
