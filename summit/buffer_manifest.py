@@ -211,7 +211,15 @@ class Manifest:
             )
         return self._select("seq = ?", (seq,))[0]
 
-    def set_state(self, seq: int, state: str, transferred_tai: float | None = None) -> None:
+    def set_state(
+        self,
+        seq: int,
+        state: str,
+        transferred_tai: float | None = None,
+        *,
+        attempted: bool = False,
+    ) -> None:
+        """Move row ``seq`` to ``state``; ``attempted`` also counts a send attempt."""
         with self._transaction():
             found = read(
                 self._db, "SELECT state, byte_size FROM images WHERE seq = ?", (seq,), self._what
@@ -220,9 +228,9 @@ class Manifest:
                 raise StorageError(f"{self._what}: no row {seq} to mark {state}")
             old, size = str(found[0][0]), int(found[0][1])
             self._write(
-                "UPDATE images SET state = ?, transferred_tai = COALESCE(?, transferred_tai)"
-                " WHERE seq = ?",
-                (state, transferred_tai, seq),
+                "UPDATE images SET state = ?, transferred_tai = COALESCE(?, transferred_tai),"
+                " attempts = attempts + ? WHERE seq = ?",
+                (state, transferred_tai, int(attempted), seq),
             )
         self._moved([(size, old, state)])
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,6 +86,10 @@ class BufferStore:
         self.manifest = Manifest(root / "manifest.sqlite")
         self._thread = SqliteThread(f"{name}-manifest")
         self._closed = False
+        #: Reading and hashing a staged raw is CPU work: more at once than there are cores
+        #: only delays the first, while the durable writes (disk) overlap freely.
+        self.hashing_slots = os.cpu_count() or 1
+        self._hashing = asyncio.Semaphore(self.hashing_slots)
 
     async def _m(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._thread.run(fn, *args, **kwargs)
@@ -134,9 +139,12 @@ class BufferStore:
     async def count_attempt(self, entry: Entry) -> None:
         await self._m(self.manifest.count_attempt, entry.seq)
 
-    async def confirmed(self, entry: Entry, *, keep: bool) -> None:
-        """The base holds ``entry``: retained until it expires, or deleted at once."""
-        await self._m(self.manifest.set_state, entry.seq, "transferred", tai_now())
+    async def confirmed(self, entry: Entry, *, keep: bool, attempted: bool = False) -> None:
+        """The base holds ``entry``: retained until it expires, or deleted at once.
+        ``attempted``: the send that got the confirmation is counted in the same commit."""
+        await self._m(
+            self.manifest.set_state, entry.seq, "transferred", tai_now(), attempted=attempted
+        )
         if not keep:
             await self._m(self.manifest.delete, entry)
 
@@ -158,9 +166,10 @@ class BufferStore:
         if existing is not None and existing.state != "receiving":
             return _same(existing, offer), False
         source = path_from_url(offer.url)
-        data = await asyncio.to_thread(
-            read_checked_raw, source, offer.checksum, offer.visit, offer.detector
-        )
+        async with self._hashing:
+            data = await asyncio.to_thread(
+                read_checked_raw, source, offer.checksum, offer.visit, offer.detector
+            )
         path = self.raw_path(offer)
         if existing is None:
             row = Row(

@@ -114,7 +114,8 @@ class SummitBuffer(Controller):
                     " taken from its readout record once ENABLED",
                 )
             return
-        sem = asyncio.Semaphore(self.config.max_in_flight)
+        # Raws held in memory at once: those being written plus those being hashed.
+        sem = asyncio.Semaphore(self.config.max_in_flight + self.store.hashing_slots)
 
         async def take(image: dict[str, Any]) -> None:
             async with sem:
@@ -374,7 +375,12 @@ class SummitBuffer(Controller):
             "endReadoutTai": entry.end_readout_tai,
         }
         await self._throttle(entry, data.nbytes)
-        await self.store.count_attempt(entry)
+        outcome = await self._attempt(entry, meta, data)
+        if outcome != "sent":  # a confirmed send counts its attempt with the confirmation
+            await self.store.count_attempt(entry)
+        return outcome
+
+    async def _attempt(self, entry: Entry, meta: dict[str, Any], data: Any) -> str:
         started = time.monotonic()
         try:
             reply = await self.link.send(self.peers(self.config.ingest), "receive_raw", meta, data)
@@ -396,7 +402,7 @@ class SummitBuffer(Controller):
                 logging.ERROR, f"base confirmed {entry.image_name} with {confirmed!r}; kept"
             )
             return "retry"
-        await self.store.confirmed(entry, keep=self.config.retention_seconds > 0)
+        await self.store.confirmed(entry, keep=self.config.retention_seconds > 0, attempted=True)
         self.publish(
             "imageTransferred",
             {
