@@ -151,14 +151,17 @@ class Apdb:
 
         Every table is read by ``pixelId`` ranges (index range scans, sequential once the
         tables are clustered, see :meth:`cluster`); the history by the ranges of the region
-        grown by :data:`HISTORY_PAD_ARCSEC`, then kept for the objects found. The three tables
-        are read at once, each on its own connection, and decoded off the event loop.
+        grown by :data:`HISTORY_PAD_ARCSEC`, then kept for the objects found. The objects are
+        read by the same ranges (a ring a few arcseconds wider, cut by the exact polygon test
+        below), so the covering ranges are computed once. The three tables are read at once,
+        each on its own connection, and large streams are decoded off the event loop.
         """
         since = float(mjd - history_days)
         wider = Region(region.ra, region.dec, region.pad_arcsec + HISTORY_PAD_ARCSEC)
+        ranges = wider.pixel_ranges()
         when = f' AND o."midpointMjdTai" > {since!r}'
-        reads = (("DiaObjectLast", region, ""), ("DiaSource", wider, when),
-                 ("DiaForcedSource", wider, when))  # fmt: skip
+        reads = (("DiaObjectLast", ranges, ""), ("DiaSource", ranges, when),
+                 ("DiaForcedSource", ranges, when))  # fmt: skip
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(self._read(*read)) for read in reads]
@@ -175,16 +178,21 @@ class Apdb:
         forced = {k: v[keep] for k, v in forced.items()}
         return Preload(objects, sources, forced)
 
-    async def _read(self, name: str, region: Region, where: str) -> Columns:
-        """One table's rows in ``region``, on a connection of its own (the three reads of a
-        preload run at once: the server produces one stream while another is decoded)."""
+    async def _read(self, name: str, ranges: tuple[np.ndarray, np.ndarray], where: str) -> Columns:
+        """One table's rows in ``pixelId`` ``ranges``, on a connection of its own (the three
+        reads of a preload run at once: the server produces one stream while another is
+        decoded)."""
         async with mapped_errors("APDB preload"), self._pool.acquire() as conn:
-            return await self._in_ranges(conn, name, region, where)
+            return await self._in_ranges(conn, name, ranges, where)
 
     async def _in_ranges(
-        self, conn: asyncpg.Connection, name: str, region: Region, where: str
+        self,
+        conn: asyncpg.Connection,
+        name: str,
+        ranges: tuple[np.ndarray, np.ndarray],
+        where: str,
     ) -> Columns:
-        lo, hi = region.pixel_ranges()
+        lo, hi = ranges
         return await fetch_columns(
             conn, self._tables[name],
             f"SELECT o.* FROM unnest({int_array(lo)}, {int_array(hi)}) AS r(lo, hi)"

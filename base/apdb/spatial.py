@@ -23,6 +23,9 @@ from state.errors import InvalidInputError
 #: HEALPix order of ``pixelId`` (nside = 2**16, pixels ≈ 3.2 arcsec across).
 ORDER = 16
 NSIDE = 1 << ORDER
+#: The finest covering pixel (degrees): a small region (a 512-pixel CCD) is covered by ~25″
+#: pixels, not by thousands of 3.2″ ones; the few more rows read cost less than the cover.
+MIN_COVER_DEG = 20.0 / 3600.0
 #: How many orders above the covering pixels ``Region.pixel_ranges`` runs its cone search.
 _SEARCH_UP = 3
 
@@ -88,14 +91,14 @@ class Region:
 
     def pixel_ranges(self) -> tuple[np.ndarray, np.ndarray]:
         """Half-open ``[lo, hi)`` ranges of ``pixelId`` covering the padded region, merged
-        (read-only; the last few regions' are kept, as a preload reads two tables by one).
+        (read-only; the last few regions' are kept).
 
-        Coarse pixels (~1/32 of the radius) that can touch the polygon (their centre within the
-        polygon grown by the pixel's radius), so the ranges cover little more than the region
-        itself. The candidates are the children of a cone search :data:`_SEARCH_UP` orders
-        coarser: the cone search's cost grows with the pixels it returns (about 6 µs each,
-        12 ms for a padded lsstcam-lite CCD at the coarse order itself), and every coarse pixel
-        that overlaps the cone has a parent that does.
+        Coarse pixels (~1/32 of the radius, no finer than :data:`MIN_COVER_DEG`) that can touch
+        the polygon (their centre within the polygon grown by the pixel's radius), so the ranges
+        cover little more than the region itself. The candidates are the children of a cone
+        search :data:`_SEARCH_UP` orders coarser: the cone search's cost grows with the pixels
+        it returns (about 6 µs each), and every coarse pixel that overlaps the cone has a parent
+        that does.
         """
         return _pixel_ranges(self)
 
@@ -103,7 +106,7 @@ class Region:
 @functools.lru_cache(maxsize=16)
 def _pixel_ranges(region: Region) -> tuple[np.ndarray, np.ndarray]:
     radius = region.radius_deg()
-    coarse = int(np.clip(math.floor(math.log2(58.6 / max(radius / 32, 1e-6))), 0, ORDER))
+    coarse = int(np.clip(math.floor(math.log2(58.6 / max(radius / 32, MIN_COVER_DEG))), 0, ORDER))
     ra0, dec0 = region.center
     up = min(_SEARCH_UP, coarse)
     search = HEALPix(nside=1 << (coarse - up), order="nested")
