@@ -308,7 +308,7 @@ class Apdb:
                 cols = {**cols, "pixelId": pixel_ids(cols["ra"], cols["dec"])}  # noqa: PLW2901
             names, payload = copy_payload(tables[name], cols, n)
             prepared.append((name, names, payload))
-        versions = store_mod.object_records(objects) if n_obj else {}
+        versions = store_mod.object_records(objects) if n_obj else ([], b"")
         obj_ids = np.asarray(objects.get("diaObjectId", []), dtype=np.int64).tolist()
         counts = {"DiaSource": n_src, "DiaObject": n_obj, "DiaForcedSource": n_fs, "SSSource": n_ss}
         async with (
