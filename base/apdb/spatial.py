@@ -93,7 +93,7 @@ class Region:
         """Half-open ``[lo, hi)`` ranges of ``pixelId`` covering the padded region, merged
         (read-only; the last few regions' are kept).
 
-        Coarse pixels (~1/32 of the radius, no finer than :data:`MIN_COVER_DEG`) that can touch
+        Coarse pixels (~1/64 of the radius, no finer than :data:`MIN_COVER_DEG`) that can touch
         the polygon (their centre within the polygon grown by the pixel's radius), so the ranges
         cover little more than the region itself. The candidates are the children of a cone
         search :data:`_SEARCH_UP` orders coarser: the cone search's cost grows with the pixels
@@ -106,7 +106,7 @@ class Region:
 @functools.lru_cache(maxsize=16)
 def _pixel_ranges(region: Region) -> tuple[np.ndarray, np.ndarray]:
     radius = region.radius_deg()
-    coarse = int(np.clip(math.floor(math.log2(58.6 / max(radius / 32, MIN_COVER_DEG))), 0, ORDER))
+    coarse = int(np.clip(math.floor(math.log2(58.6 / max(radius / 64, MIN_COVER_DEG))), 0, ORDER))
     ra0, dec0 = region.center
     up = min(_SEARCH_UP, coarse)
     search = HEALPix(nside=1 << (coarse - up), order="nested")
