@@ -23,9 +23,6 @@ from state.errors import InvalidInputError
 #: HEALPix order of ``pixelId`` (nside = 2**16, pixels ≈ 3.2 arcsec across).
 ORDER = 16
 NSIDE = 1 << ORDER
-#: The finest covering pixel (degrees): a small region (a 512-pixel CCD) is covered by ~25″
-#: pixels, not by thousands of 3.2″ ones; the few more rows read cost less than the cover.
-MIN_COVER_DEG = 20.0 / 3600.0
 #: How many orders above the covering pixels ``Region.pixel_ranges`` runs its cone search.
 _SEARCH_UP = 3
 
@@ -93,12 +90,12 @@ class Region:
         """Half-open ``[lo, hi)`` ranges of ``pixelId`` covering the padded region, merged
         (read-only; the last few regions' are kept).
 
-        Coarse pixels (~1/64 of the radius, no finer than :data:`MIN_COVER_DEG`) that can touch
-        the polygon (their centre within the polygon grown by the pixel's radius), so the ranges
-        cover little more than the region itself. The candidates are the children of a cone
-        search :data:`_SEARCH_UP` orders coarser: the cone search's cost grows with the pixels
-        it returns (about 6 µs each), and every coarse pixel that overlaps the cone has a parent
-        that does.
+        Coarse pixels (~1/64 of the radius, at most :data:`ORDER`) that can touch the polygon
+        (their centre within the polygon grown by the pixel's radius), so the ranges cover
+        little more than the region itself (a full focal plane: 8 % more area; 1/32 read 22 %).
+        The candidates are the children of a cone search :data:`_SEARCH_UP` orders coarser: the
+        cone search's cost grows with the pixels it returns (about 6 µs each), and every coarse
+        pixel that overlaps the cone has a parent that does.
         """
         return _pixel_ranges(self)
 
@@ -106,7 +103,7 @@ class Region:
 @functools.lru_cache(maxsize=16)
 def _pixel_ranges(region: Region) -> tuple[np.ndarray, np.ndarray]:
     radius = region.radius_deg()
-    coarse = int(np.clip(math.floor(math.log2(58.6 / max(radius / 64, MIN_COVER_DEG))), 0, ORDER))
+    coarse = int(np.clip(math.floor(math.log2(58.6 / max(radius / 64, 1e-6))), 0, ORDER))
     ra0, dec0 = region.center
     up = min(_SEARCH_UP, coarse)
     search = HEALPix(nside=1 << (coarse - up), order="nested")
