@@ -242,17 +242,22 @@ class ReliabilityModel:
     def decision(self, x: np.ndarray) -> np.ndarray:
         """Log-odds of being real for a feature matrix from :func:`features`."""
         x = np.asarray(x, dtype=np.float32).astype(np.float64)
-        n, t = x.shape[0], self.feature.shape[0]
+        n, (t, width) = x.shape[0], self.feature.shape
+        # Flat ``take`` on raveled tables: 2-D fancy indexing cost ~5x more for a CCD's sources.
+        feature, threshold = self.feature.ravel(), self.threshold.ravel()
+        left, right = self.left.ravel(), self.right.ravel()
+        flat_x = np.ascontiguousarray(x).ravel()
+        tree = (np.arange(t, dtype=np.int64) * width)[:, None]
+        sample = (np.arange(n, dtype=np.int64) * x.shape[1])[None, :]
         node = np.zeros((t, n), np.int64)
-        rows = np.arange(t)[:, None]
         for _ in range(self.depth):
-            f = self.feature[rows, node]
+            at = tree + node
+            f = feature.take(at)
             leaf = f < 0
-            xv = x[np.arange(n)[None, :], np.where(leaf, 0, f)]
-            go_left = xv <= self.threshold[rows, node]
-            nxt = np.where(go_left, self.left[rows, node], self.right[rows, node])
+            xv = flat_x.take(sample + np.where(leaf, 0, f))
+            nxt = np.where(xv <= threshold.take(at), left.take(at), right.take(at))
             node = np.where(leaf, node, nxt)
-        return self.base + self.rate * self.value[rows, node].sum(axis=0)
+        return self.base + self.rate * self.value.ravel().take(tree + node).sum(axis=0)
 
     def score(self, cols: Mapping[str, np.ndarray] | np.ndarray) -> np.ndarray:
         """Reliability in [0, 1] of each DIASource (probability of being real)."""

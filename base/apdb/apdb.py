@@ -83,6 +83,14 @@ def store_spec() -> Store:
     )
 
 
+def _member(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    """``np.isin(values, sorted_ids)`` by binary search (a fifth of its time for a preload)."""
+    if len(sorted_ids) == 0:
+        return np.zeros(len(values), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_ids, values), len(sorted_ids) - 1)
+    return sorted_ids[at] == values
+
+
 @dataclass(frozen=True)
 class Preload:
     """What one CCD's processing needs from the APDB before its DIASources exist."""
@@ -151,14 +159,17 @@ class Apdb:
 
         Every table is read by ``pixelId`` ranges (index range scans, sequential once the
         tables are clustered, see :meth:`cluster`); the history by the ranges of the region
-        grown by :data:`HISTORY_PAD_ARCSEC`, then kept for the objects found. The three tables
-        are read at once, each on its own connection, and decoded off the event loop.
+        grown by :data:`HISTORY_PAD_ARCSEC`, then kept for the objects found. The objects are
+        read by the same ranges (a ring a few arcseconds wider, cut by the exact polygon test
+        below), so the covering ranges are computed once. The three tables are read at once,
+        each on its own connection, and large streams are decoded off the event loop.
         """
         since = float(mjd - history_days)
         wider = Region(region.ra, region.dec, region.pad_arcsec + HISTORY_PAD_ARCSEC)
+        ranges = wider.pixel_ranges()
         when = f' AND o."midpointMjdTai" > {since!r}'
-        reads = (("DiaObjectLast", region, ""), ("DiaSource", wider, when),
-                 ("DiaForcedSource", wider, when))  # fmt: skip
+        reads = (("DiaObjectLast", ranges, ""), ("DiaSource", ranges, when),
+                 ("DiaForcedSource", ranges, when))  # fmt: skip
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(self._read(*read)) for read in reads]
@@ -168,23 +179,28 @@ class Apdb:
         inside = np.flatnonzero(region.contains(objects["ra"], objects["dec"]))
         inside = inside[np.argsort(objects["pixelId"][inside], kind="stable")]
         objects = {k: v[inside] for k, v in objects.items()}
-        ids = objects["diaObjectId"]
-        keep = np.isin(sources["diaObjectId"], ids)
+        ids = np.sort(objects["diaObjectId"])
+        keep = _member(sources["diaObjectId"], ids)
         sources = {k: v[keep] for k, v in sources.items()}
-        keep = np.isin(forced["diaObjectId"], ids)
+        keep = _member(forced["diaObjectId"], ids)
         forced = {k: v[keep] for k, v in forced.items()}
         return Preload(objects, sources, forced)
 
-    async def _read(self, name: str, region: Region, where: str) -> Columns:
-        """One table's rows in ``region``, on a connection of its own (the three reads of a
-        preload run at once: the server produces one stream while another is decoded)."""
+    async def _read(self, name: str, ranges: tuple[np.ndarray, np.ndarray], where: str) -> Columns:
+        """One table's rows in ``pixelId`` ``ranges``, on a connection of its own (the three
+        reads of a preload run at once: the server produces one stream while another is
+        decoded)."""
         async with mapped_errors("APDB preload"), self._pool.acquire() as conn:
-            return await self._in_ranges(conn, name, region, where)
+            return await self._in_ranges(conn, name, ranges, where)
 
     async def _in_ranges(
-        self, conn: asyncpg.Connection, name: str, region: Region, where: str
+        self,
+        conn: asyncpg.Connection,
+        name: str,
+        ranges: tuple[np.ndarray, np.ndarray],
+        where: str,
     ) -> Columns:
-        lo, hi = region.pixel_ranges()
+        lo, hi = ranges
         return await fetch_columns(
             conn, self._tables[name],
             f"SELECT o.* FROM unnest({int_array(lo)}, {int_array(hi)}) AS r(lo, hi)"
@@ -300,7 +316,7 @@ class Apdb:
                 cols = {**cols, "pixelId": pixel_ids(cols["ra"], cols["dec"])}  # noqa: PLW2901
             names, payload = copy_payload(tables[name], cols, n)
             prepared.append((name, names, payload))
-        versions = store_mod.object_records(objects) if n_obj else {}
+        versions = store_mod.object_records(objects) if n_obj else ([], b"")
         obj_ids = np.asarray(objects.get("diaObjectId", []), dtype=np.int64).tolist()
         counts = {"DiaSource": n_src, "DiaObject": n_obj, "DiaForcedSource": n_fs, "SSSource": n_ss}
         async with (

@@ -18,6 +18,8 @@ import numpy as np
 
 from .schema import Table
 
+#: Streams up to this size are decoded on the event loop (well under a millisecond).
+INLINE_DECODE_BYTES = 1 << 20
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 _BIG_ENDIAN = {
     "double precision": ">f8", "real": ">f4", "bigint": ">i8", "integer": ">i4",
@@ -178,8 +180,10 @@ def int_array(values: Any) -> str:
 async def fetch_columns(
     conn: asyncpg.Connection, table: Table, select_sql: str, order_by: str = ""
 ) -> dict[str, np.ndarray]:
-    """Run ``select_sql`` as a binary COPY and decode it into columns (in a thread: the
-    decoding kernels release the GIL, and the event loop goes on meanwhile)."""
+    """Run ``select_sql`` as a binary COPY and decode it into columns (a stream over
+    :data:`INLINE_DECODE_BYTES` in a thread: the decoding kernels release the GIL, and the event
+    loop goes on meanwhile; a small one here, where the hand-off to a thread would cost more
+    than the decoding)."""
     chunks: list[bytes] = []
 
     async def sink(chunk: bytes) -> None:
@@ -189,4 +193,6 @@ async def fetch_columns(
     await conn.copy_from_query(query, output=sink, format="binary")
     data = b"".join(chunks)
     chunks.clear()
+    if len(data) <= INLINE_DECODE_BYTES:
+        return decode_copy(data, table)
     return await asyncio.to_thread(decode_copy, data, table)

@@ -222,17 +222,19 @@ def decode(meta_json: str, payload: bytes | None) -> dict[str, Any]:
 async def put(
     conn: asyncpg.Connection, schema: str, visit: int, detector: int, handoff: dict[str, Any]
 ) -> None:
-    """Write the outbox row of (visit, detector) in ``conn``'s open transaction, and notify."""
+    """Write the outbox row of (visit, detector) in ``conn``'s open transaction, and notify
+    (one statement: one round trip)."""
     meta, payload = encode(handoff)
     await conn.execute(
-        f"INSERT INTO {q(schema)}.{TABLE} (visit, detector, meta, payload)"
-        " VALUES ($1, $2, $3::jsonb, $4)",
+        f"WITH row AS (INSERT INTO {q(schema)}.{TABLE} (visit, detector, meta, payload)"
+        " VALUES ($1, $2, $3::jsonb, $4)) SELECT pg_notify($5, $6)",
         visit,
         detector,
         meta,
         payload,
+        channel(schema),
+        f"{visit}/{detector}",
     )
-    await conn.execute("SELECT pg_notify($1, $2)", channel(schema), f"{visit}/{detector}")
 
 
 HandoffBuilder = Callable[[], dict[str, Any]]

@@ -70,15 +70,16 @@ class Column:
     datatype: str  # the Felis datatype from apdb.yaml
     nullable: bool
 
-    @property
+    # Cached: the bulk codecs ask for these for every column of every COPY.
+    @functools.cached_property
     def pg_type(self) -> str:
         return _PG_TYPES[self.datatype]
 
-    @property
+    @functools.cached_property
     def np_type(self) -> type:
         return _NP_TYPES[self.datatype]
 
-    @property
+    @functools.cached_property
     def kind(self) -> str:
         """One of ``float``, ``int``, ``bool``, ``str``: how NULL is represented in memory."""
         t = self.np_type

@@ -84,29 +84,32 @@ async def recompute(
     return out
 
 
-def object_records(objects: Columns) -> dict[str, tuple[list[str], bytes]]:
-    """Binary COPY of new DiaObject versions for DiaObject and DiaObjectLast (with pixelId)."""
+def object_records(objects: Columns) -> tuple[list[str], bytes]:
+    """Column names and binary COPY of new DiaObject versions (with pixelId)."""
     n = len(objects["diaObjectId"])
     cols = {**objects, "pixelId": pixel_ids(objects["ra"], objects["dec"])}
-    names, payload = copy_payload(sch.tables()["DiaObject"], cols, n)
-    return {"DiaObject": (names, payload), "DiaObjectLast": (names, payload)}
+    return copy_payload(sch.tables()["DiaObject"], cols, n)
 
 
 async def write_versions(
     conn: asyncpg.Connection,
     schema: str,
     objects: Columns,
-    prepared: dict[str, tuple[list[str], bytes]],
+    prepared: tuple[list[str], bytes],
     replace: np.ndarray,
 ) -> None:
     """Close the open versions, append the new ones, and update DiaObjectLast in place.
 
     ``replace`` marks rows whose exact (diaObjectId, validityStartMjdTai) may already exist
-    (contended objects): that version is replaced.
+    (contended objects): that version is replaced. DiaObjectLast takes the new versions from
+    DiaObject itself (by its primary key, in one statement), so the rows are sent once and
+    the two tables hold the same values.
     """
     t_obj, t_last = f"{q(schema)}.{q('DiaObject')}", f"{q(schema)}.{q('DiaObjectLast')}"
     ids = np.asarray(objects["diaObjectId"], dtype=np.int64)
     start = np.asarray(objects["validityStartMjdTai"], dtype=np.float64)
+    order = np.argsort(ids, kind="stable")  # the primary key's order: index pages in sequence
+    ids_list, start_list = ids[order].tolist(), start[order].tolist()
     if replace.any():
         await conn.execute(
             f"DELETE FROM {t_obj} d USING unnest($1::bigint[], $2::float8[]) AS u(id, t)"
@@ -118,23 +121,21 @@ async def write_versions(
         f'UPDATE {t_obj} d SET "validityEndMjdTai" = u.t'
         " FROM unnest($1::bigint[], $2::float8[]) AS u(id, t)"
         ' WHERE d."diaObjectId" = u.id AND d."validityEndMjdTai" IS NULL',
-        ids.tolist(),
-        start.tolist(),
+        ids_list,
+        start_list,
     )
-    names, payload = prepared["DiaObject"]
+    names, payload = prepared
     await conn.copy_to_table(
         "DiaObject", source=io.BytesIO(payload), schema_name=schema, columns=names,
         format="binary",
     )  # fmt: skip
-    names, payload = prepared["DiaObjectLast"]
-    tmp = q(f"{schema}_last_new")
-    await conn.execute(
-        f"CREATE TEMP TABLE IF NOT EXISTS {tmp} (LIKE {t_last}) ON COMMIT DELETE ROWS"
-    )
-    await conn.copy_to_table(tmp[1:-1], source=io.BytesIO(payload), columns=names, format="binary")
     cols = ", ".join(q(c.name) for c in sch.tables()["DiaObjectLast"].columns)
     excluded = ", ".join(f"EXCLUDED.{q(c.name)}" for c in sch.tables()["DiaObjectLast"].columns)
     await conn.execute(
-        f"INSERT INTO {t_last} ({cols}) SELECT {cols} FROM {tmp}"
-        f' ON CONFLICT ("diaObjectId") DO UPDATE SET ({cols}) = ROW({excluded})'
+        f"INSERT INTO {t_last} ({cols}) SELECT {cols} FROM {t_obj} d"
+        " JOIN unnest($1::bigint[], $2::float8[]) WITH ORDINALITY AS u(id, t, i)"
+        ' ON d."diaObjectId" = u.id AND d."validityStartMjdTai" = u.t ORDER BY u.i'
+        f' ON CONFLICT ("diaObjectId") DO UPDATE SET ({cols}) = ROW({excluded})',
+        ids_list,
+        start_list,
     )

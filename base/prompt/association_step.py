@@ -22,6 +22,17 @@ from base.prompt.requests import CcdResults
 from state.clock import tai_now
 from state.errors import InvalidInputError
 
+#: CCDs with at most this many DIASources (and preloaded DIAObjects) are scored and associated
+#: on the event loop (a millisecond or two): a thread hand-off would cost more than the work.
+INLINE_SOURCES = 500
+
+
+async def _run(n_sources: int, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, in a thread when the CCD is large enough to hold the loop."""
+    if n_sources <= INLINE_SOURCES:
+        return fn(*args, **kwargs)
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
 
 class AssociationParams(Protocol):
     @property
@@ -129,7 +140,7 @@ async def associate_ccd(
     region = Region(ccd.footprint_ra, ccd.footprint_dec, params.pad_arcsec)
     if model is not None:
         try:
-            await asyncio.to_thread(score_reliability, ccd, model)
+            await _run(_n_sources(ccd), score_reliability, ccd, model)
         except (ValueError, TypeError, KeyError) as e:
             raise InvalidInputError(f"visit {ccd.visit} detector {ccd.detector}: {e}") from e
     lock = apdb.region_lock(region) if exclusive else contextlib.nullcontext()
@@ -150,7 +161,8 @@ async def _associate_and_store(
 ) -> Associated:
     try:
         preload = await apdb.preload(region, ccd.midpoint_mjd, params.history_days)
-        result = await asyncio.to_thread(
+        result = await _run(
+            _n_sources(ccd) + len(preload.objects["diaObjectId"]),
             associate,
             ccd.sources,
             preload.objects,
@@ -186,3 +198,7 @@ async def _associate_and_store(
     ccd.stages.setdefault("apdbStored", tai_now())
     not_alerted = int(built[-1].get("notAlerted", 0)) if built else 0
     return Associated(result, preload, store.stored, not_alerted)
+
+
+def _n_sources(ccd: CcdResults) -> int:
+    return len(ccd.sources.get("diaSourceId", ccd.sources.get("ra", ())))
