@@ -32,6 +32,7 @@ from algorithms.psf import (
     select_psf_stars,
 )
 from algorithms.psf_wings import extend_kernel
+from algorithms.star_changes import star_change_peaks
 from algorithms.warp import warp_image
 from algorithms.wcs import TanSipWcs
 from algorithms.zogy import ZogyResult, scale_variance, zogy_subtract
@@ -87,6 +88,9 @@ class PipelineConfig:
     fft_workers: int = 1
     subtraction: str = "zogy"
     max_model_error: float = 0.015
+    #: Forced PSF fluxes on the difference at the measured stars find changes of bright
+    #: stars that the detection's model-error variance hides (``algorithms.star_changes``).
+    star_changes: bool = True
     al_kernel_size: int = 21
     al_spatial_order: int = 1
     al_min_snr: float = 30.0
@@ -433,6 +437,18 @@ def _run(
             exclude_bits=mk.NO_DATA | mk.SAT | mk.BAD, normalize_noise=True,
         )  # fmt: skip
         res.summary["dia_significance_scale"] = ddet.noise_scale
+        eps_psf = psf_flux_model_error(
+            zr.image, pixel_var, zr.mask, dpsf, stars["x"], stars["y"], stars["flux"],
+            ddet.noise_scale, cfg.max_model_error,
+        )  # fmt: skip
+        at_stars = star_change_peaks(
+            zr.image, pixel_var, zr.mask, dpsf, stars["x"], stars["y"], stars["flux"],
+            ddet.peaks, ddet.noise_scale,
+            np.nan if eps_psf is None or not cfg.star_changes else eps_psf, eps,
+            cfg.dia_threshold, 2.5 * 2.3548 * dsig,
+        )  # fmt: skip
+        ddet.peaks = np.concatenate([ddet.peaks, at_stars])
+        res.summary["n_star_changes"] = len(at_stars)
     with t.stage("dia_measurement"):
         imgs = DiaImages(
             diff=zr.image, diff_var=zr.variance, diff_mask=zr.mask, diff_psf=dpsf,
@@ -444,10 +460,6 @@ def _run(
             ddet, imgs, exposure.visit, exposure.detector, cfg.aperture_radius
         )
         scale_difference_errors(res.diasources, ddet.noise_scale)
-        eps_psf = psf_flux_model_error(
-            zr.image, pixel_var, zr.mask, dpsf, stars["x"], stars["y"], stars["flux"],
-            ddet.noise_scale, cfg.max_model_error,
-        )  # fmt: skip
         res.summary["diff_psf_flux_model_error"] = eps if eps_psf is None else eps_psf
         if eps_psf is not None and eps_psf < eps:
             psf_flux_with_model_error(
