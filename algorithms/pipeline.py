@@ -32,7 +32,7 @@ from algorithms.psf import (
     select_psf_stars,
 )
 from algorithms.psf_wings import extend_kernel
-from algorithms.star_changes import star_change_peaks
+from algorithms.star_changes import saturated_star_peaks, star_change_peaks
 from algorithms.warp import warp_image
 from algorithms.wcs import TanSipWcs
 from algorithms.zogy import ZogyResult, scale_variance, zogy_subtract
@@ -447,8 +447,12 @@ def _run(
             np.nan if eps_psf is None or not cfg.star_changes else eps_psf, eps,
             cfg.dia_threshold, 2.5 * 2.3548 * dsig,
         )  # fmt: skip
-        ddet.peaks = np.concatenate([ddet.peaks, at_stars])
-        res.summary["n_star_changes"] = len(at_stars)
+        at_sat, fragments = saturated_star_peaks(
+            zr.image, zr.variance, zr.mask, dpsf, ddet.peaks, pfit.fwhm, ddet.noise_scale,
+            cfg.dia_threshold,
+        ) if cfg.star_changes else (at_stars[:0], np.zeros(0, int))  # fmt: skip
+        ddet.peaks = np.concatenate([np.delete(ddet.peaks, fragments), at_stars, at_sat])
+        res.summary["n_star_changes"] = len(at_stars) + len(at_sat)
     with t.stage("dia_measurement"):
         imgs = DiaImages(
             diff=zr.image, diff_var=zr.variance, diff_mask=zr.mask, diff_psf=dpsf,

@@ -88,3 +88,70 @@ def star_change_peaks(
              max(ix - half, 0), max(iy - half, 0), min(ix + half + 1, nx), min(iy + half + 1, ny))
         )  # fmt: skip
     return np.array(rows, PEAK_DTYPE) if rows else np.zeros(0, PEAK_DTYPE)
+
+
+def saturated_star_peaks(
+    diff: np.ndarray,
+    variance: np.ndarray,
+    mask: np.ndarray,
+    psf: Psf,
+    existing: np.ndarray,
+    fwhm: float,
+    noise_scale: float,
+    threshold: float = 5.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One peak at each saturated star whose wings changed; and the fragments it replaces.
+
+    A saturated core is zeroed before subtraction, so a variable saturated star leaves its
+    change only in its wings, as fragments on a ring 1–2″ out (each more than 1″ from the
+    star). Its centre is the centroid of the saturated region (charge bleeds up and down the
+    column alike); the forced PSF flux there on the unsaturated pixels, with ``variance``
+    (the model term included: the wings are where it was measured), decides. When significant
+    the peaks of its polarity within the region's SUSPECT box (``flag_saturation_surroundings``)
+    are its fragments: their indices in ``existing`` come back to be replaced by the one peak.
+    A star without a detected fragment gets none (the forced flux only places what the
+    detection found; the ε of the wings is not measured on saturated stars).
+    Regions touching the CCD edge are left alone (their centroid is not the star's).
+    """
+    from scipy import ndimage
+
+    none = (np.zeros(0, PEAK_DTYPE), np.zeros(0, np.int64))
+    sat = (mask & mk.SAT) != 0
+    if not sat.any():
+        return none
+    s = noise_scale if noise_scale > 0 and np.isfinite(noise_scale) else 1.0
+    ny, nx = mask.shape
+    labels, _ = ndimage.label(sat)
+    rows: list[tuple] = []
+    replaced: list[int] = []
+    for lab, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        y0, y1, x0, x1 = box[0].start, box[0].stop, box[1].start, box[1].stop
+        if y0 == 0 or x0 == 0 or y1 == ny or x1 == nx:
+            continue
+        yy, xx = np.nonzero(labels[box] == lab)
+        x, y = x0 + float(xx.mean()), y0 + float(yy.mean())
+        f, err, _, nd, _ = forced_psf_flux(diff, variance, mask, psf, x, y, _BAD)
+        if nd == 0 or not (np.isfinite(f) and np.isfinite(err) and err > 0):
+            continue
+        z = f / (s * err)
+        if abs(z) < threshold:
+            continue
+        r = int(np.ceil(2.0 * fwhm + min(np.sqrt(yy.size), y1 - y0, x1 - x0)))
+        near = (
+            (existing["negative"] == (z < 0))
+            & (existing["x"] >= x0 - r) & (existing["x"] < x1 + r)
+            & (existing["y"] >= y0 - r) & (existing["y"] < y1 + r)
+        )  # fmt: skip
+        if not near.any():
+            continue
+        replaced += np.flatnonzero(near).tolist()
+        ix, iy = round(x), round(y)
+        rows.append(
+            (0, ix, iy, float(z), float(diff[iy, ix]), bool(z < 0), 0,
+             max(x0 - r, 0), max(y0 - r, 0), min(x1 + r, nx), min(y1 + r, ny))
+        )  # fmt: skip
+    if not rows:
+        return none
+    return np.array(rows, PEAK_DTYPE), np.unique(np.array(replaced, np.int64))

@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 from algorithms.detection import PEAK_DTYPE
-from algorithms.pipeline import CcdResult, ExposureInfo, ReferenceCatalog, Template, run_ccd
+from algorithms.pipeline import (
+    CcdResult,
+    ExposureInfo,
+    PipelineConfig,
+    ReferenceCatalog,
+    Template,
+    run_ccd,
+)
 from algorithms.psf import KernelPsf
 from algorithms.star_changes import star_change_peaks
 from algorithms.synthetic import SimConfig, SimVisit, make_visit, moffat_kernel, render_moffat
@@ -138,3 +145,44 @@ def test_star_change_peaks_tests_only_stars_where_the_detection_variance_hides_a
         star_change_peaks(diff, var[:5], mask, psf, xs, ys, fl, none, 1.0, 0.002, 0.015)
     with pytest.raises(ValueError, match="lengths"):
         star_change_peaks(diff, var, mask, psf, xs, ys[:2], fl, none, 1.0, 0.002, 0.015)
+
+
+def _saturated_variable(change: float, star_changes: bool = True) -> tuple[SimVisit, CcdResult]:
+    """The 12.5 mag star of the saturation scene (a saturated core and a bleed trail), its
+    template flux set so that the science image sees it ``change`` × its flux brighter."""
+    cfg = SimConfig(beta=3.0, mag_range=(14.0, 24.0), star_density=5e-4, n_transients=10,
+                    seed=3)  # fmt: skip
+    v = make_visit(cfg)
+    s = v.truth_stars
+    tx, ty = v.template_wcs.sky_to_pixel(s["ra"][:1], s["dec"][:1])
+    delta = np.zeros(v.template_image.shape)
+    fw_t = np.array([cfg.fwhm_template / cfg.pixel_scale])
+    render_moffat(delta, tx, ty, np.array([-change * s["flux"][0]]), fw_t, cfg.beta, 8.0)
+    v = dataclasses.replace(v, template_image=(v.template_image + delta).astype(np.float32))
+    exp = ExposureInfo(visit=1, detector=0, exptime=v.exptime, initial_wcs=v.initial_wcs)
+    ref = ReferenceCatalog(v.ref_ra, v.ref_dec, v.ref_flux)
+    tm = Template(v.template_image, v.template_variance, v.template_wcs, v.template_psf)
+    cfg_p = PipelineConfig(star_changes=star_changes)
+    return v, run_ccd(v.raw_amps, v.geometry, v.calibs, exp, ref, tm, cfg_p)
+
+
+def test_a_saturated_star_that_changed_gives_one_diasource_at_the_star() -> None:
+    """Its core is zeroed before subtraction, so the change shows only in the wings, as
+    fragments 10-15 px (2-3″) out that match nothing within 1″; now one DIASource at the star
+    (flagged saturated) whose flux follows the change."""
+    flux = {}
+    for change in (-0.08, 0.0, 0.08):
+        v, r = _saturated_variable(change)
+        d = r.diasources
+        sx, sy = v.truth_stars["x"][0], v.truth_stars["y"][0]
+        dist = np.hypot(d["x"] - sx, d["y"] - sy)
+        assert (dist < 40).sum() == 1 and dist.min() < 3.0
+        row = d[np.argmin(dist)]
+        assert row["pixelFlags_saturated"] and row["pixelFlags_suspect"]
+        flux[change] = (float(row["psfFlux"]), float(row["psfFluxErr"]))
+    (lo, e_lo), (mid, _), (hi, e_hi) = flux[-0.08], flux[0.0], flux[0.08]
+    assert lo < mid < hi and hi - lo > 5.0 * np.hypot(e_lo, e_hi)
+    v, r = _saturated_variable(0.08, star_changes=False)
+    d = r.diasources
+    dist = np.hypot(d["x"] - v.truth_stars["x"][0], d["y"] - v.truth_stars["y"][0])
+    assert dist.min() > 5.0 and (dist < 40).sum() >= 2  # before: fragments only
