@@ -32,7 +32,11 @@ from algorithms.psf import (
     select_psf_stars,
 )
 from algorithms.psf_wings import extend_kernel
-from algorithms.star_changes import saturated_star_peaks, star_change_peaks
+from algorithms.star_changes import (
+    recentre_on_saturated_stars,
+    saturated_star_peaks,
+    star_change_peaks,
+)
 from algorithms.warp import warp_image
 from algorithms.wcs import TanSipWcs
 from algorithms.zogy import ZogyResult, scale_variance, zogy_subtract
@@ -464,6 +468,7 @@ def _run(
             ddet, imgs, exposure.visit, exposure.detector, cfg.aperture_radius
         )
         scale_difference_errors(res.diasources, ddet.noise_scale)
+        recentre_on_saturated_stars(res.diasources, at_sat, img, var, msk, psf, wcs)
         res.summary["diff_psf_flux_model_error"] = eps if eps_psf is None else eps_psf
         if eps_psf is not None and eps_psf < eps:
             psf_flux_with_model_error(

@@ -176,7 +176,8 @@ def test_a_saturated_star_that_changed_gives_one_diasource_at_the_star() -> None
         d = r.diasources
         sx, sy = v.truth_stars["x"][0], v.truth_stars["y"][0]
         dist = np.hypot(d["x"] - sx, d["y"] - sy)
-        assert (dist < 40).sum() == 1 and dist.min() < 3.0
+        # one DIASource, at the star (its centroid on the difference's wings was 1.4-1.8 px off)
+        assert (dist < 40).sum() == 1 and dist.min() < 0.6
         row = d[np.argmin(dist)]
         assert row["pixelFlags_saturated"] and row["pixelFlags_suspect"]
         flux[change] = (float(row["psfFlux"]), float(row["psfFluxErr"]))
