@@ -36,6 +36,11 @@ from algorithms.psf import (
     select_psf_stars,
 )
 from algorithms.psf_wings import extend_kernel
+from algorithms.star_changes import (
+    recentre_on_saturated_stars,
+    saturated_star_peaks,
+    star_change_peaks,
+)
 from algorithms.warp import warp_image
 from algorithms.wcs import TanSipWcs
 from algorithms.zogy import ZogyResult, scale_variance, zogy_subtract
@@ -91,6 +96,9 @@ class PipelineConfig:
     fft_workers: int = 1
     subtraction: str = "zogy"
     max_model_error: float = 0.015
+    #: Forced PSF fluxes on the difference at the measured stars find changes of bright
+    #: stars that the detection's model-error variance hides (``algorithms.star_changes``).
+    star_changes: bool = True
     al_kernel_size: int = 21
     al_spatial_order: int = 1
     al_min_snr: float = 30.0
@@ -445,6 +453,22 @@ def _run(
             exclude_bits=mk.NO_DATA | mk.SAT | mk.BAD, normalize_noise=True,
         )  # fmt: skip
         res.summary["dia_significance_scale"] = ddet.noise_scale
+        eps_psf = psf_flux_model_error(
+            zr.image, pixel_var, zr.mask, dpsf, stars["x"], stars["y"], stars["flux"],
+            ddet.noise_scale, cfg.max_model_error,
+        )  # fmt: skip
+        at_stars = star_change_peaks(
+            zr.image, pixel_var, zr.mask, dpsf, stars["x"], stars["y"], stars["flux"],
+            ddet.peaks, ddet.noise_scale,
+            np.nan if eps_psf is None or not cfg.star_changes else eps_psf, eps,
+            cfg.dia_threshold, 2.5 * 2.3548 * dsig,
+        )  # fmt: skip
+        at_sat, fragments = saturated_star_peaks(
+            zr.image, zr.variance, zr.mask, dpsf, ddet.peaks, pfit.fwhm, ddet.noise_scale,
+            cfg.dia_threshold,
+        ) if cfg.star_changes else (at_stars[:0], np.zeros(0, int))  # fmt: skip
+        ddet.peaks = np.concatenate([np.delete(ddet.peaks, fragments), at_stars, at_sat])
+        res.summary["n_star_changes"] = len(at_stars) + len(at_sat)
     with t.stage("dia_measurement"):
         imgs = DiaImages(
             diff=zr.image, diff_var=zr.variance, diff_mask=zr.mask, diff_psf=dpsf,
@@ -456,10 +480,7 @@ def _run(
             ddet, imgs, exposure.visit, exposure.detector, cfg.aperture_radius
         )
         scale_difference_errors(res.diasources, ddet.noise_scale)
-        eps_psf = psf_flux_model_error(
-            zr.image, pixel_var, zr.mask, dpsf, stars["x"], stars["y"], stars["flux"],
-            ddet.noise_scale, cfg.max_model_error,
-        )  # fmt: skip
+        recentre_on_saturated_stars(res.diasources, at_sat, img, var, msk, psf, wcs)
         res.summary["diff_psf_flux_model_error"] = eps if eps_psf is None else eps_psf
         if eps_psf is not None and eps_psf < eps:
             psf_flux_with_model_error(

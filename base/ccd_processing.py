@@ -261,6 +261,7 @@ def _summary(pre: Preloaded, res: CcdResult) -> dict[str, Any]:
         "template_coverage": s.get("template_coverage"),
         "diff_variance_scale": s.get("diff_variance_scale"),
         "n_diasources": len(res.diasources),
+        "n_star_changes": s.get("n_star_changes"),
         "n_reference_stars": len(pre.refcat.ra),
         "preload_s": pre.preload_s,
     }
