@@ -11,6 +11,7 @@ subscriber starts from. Filters, queues and the follow loop are those of :mod:`s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -86,17 +87,22 @@ class EventBus:
         self._subscribers[subscriber_id] = sub
         return [event for event in self._latest.values() if sub.filter.wants_wire(event)]
 
-    async def poll(self, subscriber_id: str, max_events: int = 1000, timeout: float = 1.0) -> Wire:
+    async def poll(
+        self, subscriber_id: str, max_events: int = 1000, timeout: float = 1.0, linger: float = 0.0
+    ) -> Wire:
         """Wait up to ``timeout`` s for events; return them with the running drop count.
 
         ``{"events": [...], "dropped": n, "known": bool}``; ``known`` is False when the
         subscription does not exist (expired, or the bus restarted), so the caller resubscribes.
+        ``linger``: once an event arrives in an empty queue, wait that long for those that
+        follow it, so that a burst goes out in one answer (for a subscriber that can wait).
         """
         sub = self._subscribers.get(subscriber_id)
         if sub is None:
             return {"events": [], "dropped": 0, "known": False}
         sub.last_poll = time.monotonic()
-        await sub.queue.wait(timeout)
+        if sub.queue.empty() and await sub.queue.wait(timeout) and linger > 0:
+            await asyncio.sleep(linger)
         events = sub.queue.take(max_events)
         sub.delivered += len(events)
         sub.last_poll = time.monotonic()
@@ -140,12 +146,13 @@ def follow_bus(
     max_events: int = 1000,
     on_dropped: Callable[[int], None] | None = None,
     on_failure: Callable[[Wire, Exception], None] | None = None,
+    linger: float = 0.0,
 ) -> Follower[Wire]:
     """A :class:`~state.fanout.Follower` of the bus actor ``bus``; run it as an owned task.
 
     ``deliver(wire, snapshot)`` gets each matching event; ``on_dropped`` the bus's running
     count of events it dropped for this subscriber, after every poll; ``on_failure`` each
-    event that ``deliver`` raised on (skipped).
+    event that ``deliver`` raised on (skipped); ``linger`` as in :meth:`EventBus.poll`.
     """
     sid = f"{name}-{uuid.uuid4().hex[:8]}"
     wanted = topic_filter.to_wire()
@@ -154,7 +161,7 @@ def follow_bus(
         return await bus.subscribe.remote(sid, wanted["components"], wanted["topics"], queue_size)
 
     async def poll() -> Batch[Wire]:
-        reply = await bus.poll.remote(sid, max_events, 1.0)
+        reply = await bus.poll.remote(sid, max_events, 1.0, linger)
         if on_dropped is not None:
             on_dropped(reply["dropped"])
         return Batch(reply["events"], reply["known"])

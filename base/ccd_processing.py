@@ -260,6 +260,8 @@ def _summary(pre: Preloaded, res: CcdResult) -> dict[str, Any]:
         "n_cosmic_rays": s.get("n_cosmic_rays"),
         "template_coverage": s.get("template_coverage"),
         "diff_variance_scale": s.get("diff_variance_scale"),
+        "diff_model_error": s.get("diff_model_error"),
+        "diff_psf_flux_model_error": s.get("diff_psf_flux_model_error"),
         "n_diasources": len(res.diasources),
         "n_star_changes": s.get("n_star_changes"),
         "n_reference_stars": len(pre.refcat.ra),

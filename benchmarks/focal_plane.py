@@ -83,6 +83,12 @@ class CpuSampler:
         self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
         self._actors: dict[int, str] = {}
         self._actors_read = 0.0
+        #: Whether each process seen, by (pid, start time), is one of the run's.
+        self._ours: dict[tuple[int, float], bool] = {}
+        self._servers: set[int] = set()
+        #: CPU seconds of the sampling itself (its thread in this process): the instrument's,
+        #: not the product's, so not in :attr:`seconds`.
+        self.sampler_s = 0.0
 
     def __enter__(self) -> CpuSampler:
         own = psutil.Process().cpu_times()
@@ -125,23 +131,43 @@ class CpuSampler:
             return "PostgreSQL (registry, APDB, records)"
         return "Ray runtime (raylet, GCS, idle workers)"
 
+    def _is_ours(self, proc: psutil.Process, run: str) -> bool:
+        """A process of the run (its environment says so), the run's PostgreSQL server, or
+        one of that server's backends (whose environment is overwritten); decided once."""
+        key = (proc.pid, proc.create_time())
+        if key not in self._ours:
+            postgres = proc.name() == "postgres"
+            server = postgres and self._out in " ".join(proc.cmdline())
+            if server:
+                self._servers.add(proc.pid)
+            self._ours[key] = (
+                server
+                or proc.environ().get(RUN_ENV) == run
+                or (postgres and proc.ppid() in self._servers)
+            )
+        return self._ours[key]
+
     def sample(self) -> None:
+        began = time.thread_time()
+        try:
+            self._sample(began)
+        finally:
+            self.sampler_s += time.thread_time() - began
+
+    def _sample(self, began: float) -> None:
         run = os.environ.get(RUN_ENV)
         if not run:
             return
         actors = self._actor_pids()
         procs = [psutil.Process()]
-        for proc in psutil.process_iter(["pid"]):
+        # Oldest first, so that a backend is looked at after its server.
+        for proc in sorted(psutil.process_iter(["pid", "create_time"]),
+                           key=lambda p: p.info["create_time"] or 0.0):  # fmt: skip
             try:
-                ours = proc.environ().get(RUN_ENV) == run
-                server = proc.name() == "postgres" and self._out in " ".join(proc.cmdline())
-                if proc.pid != os.getpid() and (ours or server):
+                if proc.pid != os.getpid() and self._is_ours(proc, run):
                     procs.append(proc)
-                if server:
-                    procs.extend(proc.children())  # backends, whose environment is overwritten
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
-        procs = list({p.pid: p for p in procs}.values())
         for proc in procs:
             try:
                 times = proc.cpu_times()
@@ -149,6 +175,8 @@ class CpuSampler:
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
             used = times.user + times.system
+            if proc.pid == os.getpid():  # less the sampling so far, this sample's included
+                used -= self.sampler_s + time.thread_time() - began
             # A process first seen is new to this run (its processes carry the run's id), so
             # all its CPU counts; this process's own counts from the start of the sampling.
             self.seconds[kind] += max(0.0, used - self._last.get(proc.pid, 0.0))
@@ -278,6 +306,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "startup_core_s": round(sum(sampler.at(up).values()), 1),
         "run_core_s": round(sum(sampler.seconds.values()), 1),
         "night_core_s": round(sum(night_s.values()), 1),
+        "sampler_core_s": round(sampler.sampler_s, 1),  # the measurement's own, not counted
         "pixel_core_s_per_ccd": pixel,
         **costs,
         "stage_median_s": {

@@ -108,6 +108,7 @@ def test_processing_outputs_against_truth(
         assert 0.6 < s["psf_fwhm_arcsec"] < 1.3
         assert s["astrometric_scatter_mas"] < 50.0 and s["n_sources"] >= 5
         assert s["sky_level_electrons"] > 100 and s["template_coverage"] > 0.99
+        assert 0.0 <= s["diff_model_error"] < 0.1 and 0.0 <= s["diff_psf_flux_model_error"] < 0.1
         assert o.diasources.dtype == DIASOURCE_DTYPE and o.summary["n_diasources"] == len(
             o.diasources
         )

@@ -15,7 +15,7 @@ import pytest_asyncio
 from base.apdb import Apdb, store_spec
 from base.apdb import schema as sch
 from base.apdb.apdb import FROZEN_YAML_VERSION
-from base.db import IncompatibleDatabaseError, Migration, Store, migrate, recorded
+from base.db import IncompatibleDatabaseError, Migration, Store, connect_pool, migrate, recorded
 from base.prompt_records import STORE as PROMPT_STORE
 from base.prompt_records import PromptRecords
 from base.registry import Repository
@@ -190,5 +190,26 @@ async def test_the_registry_and_prompt_records_refuse_a_newer_schema(
             PROMPT_STORE.latest + 1,
             PROMPT_STORE.latest,
         )
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize("stateless", [False, True])
+async def test_a_stateless_pool_skips_the_session_reset_but_not_the_rollback(
+    pg_dsn: str, stateless: bool
+) -> None:
+    """A stateless pool saves the round trip of asyncpg's session reset on every release; a
+    transaction left open is rolled back either way."""
+    pool = await connect_pool(pg_dsn, min_size=1, max_size=1, stateless=stateless)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("SET application_name = 'kept'")
+            await conn.transaction().start()
+            await conn.execute("CREATE TEMP TABLE left_open (x int)")
+        async with pool.acquire() as conn:
+            name = await conn.fetchval("SHOW application_name")
+            assert (name == "kept") is stateless
+            assert await conn.fetchval("SELECT to_regclass('pg_temp.left_open')") is None
+            assert not conn.is_in_transaction()
     finally:
         await pool.close()

@@ -181,6 +181,30 @@ async def test_bus_refuses_a_malformed_event_and_publishes_the_rest_of_the_batch
     assert (stats["published"], stats["refused"]) == (2, 3)
 
 
+async def test_a_lingering_poll_answers_a_burst_at_once_and_a_backlog_without_waiting() -> None:
+    bus = EventBus()
+    for sid in ("eager", "lingering"):
+        await bus.subscribe(sid)
+
+    async def burst() -> None:
+        for seq in (1, 2, 3):
+            await bus.publish(_wire("A", "x", seq))
+            await asyncio.sleep(0.01)
+
+    eager, lingering, _ = await asyncio.gather(
+        bus.poll("eager", timeout=5.0), bus.poll("lingering", timeout=5.0, linger=0.2), burst()
+    )
+    assert [e["seq"] for e in eager["events"]] == [1]
+    assert [e["seq"] for e in lingering["events"]] == [1, 2, 3]
+    await bus.publish(_wire("A", "x", 4))
+    began = asyncio.get_running_loop().time()
+    queued = await bus.poll("lingering", timeout=5.0, linger=5.0)
+    assert [e["seq"] for e in queued["events"]] == [4]
+    assert asyncio.get_running_loop().time() - began < 1.0, "queued events are not held"
+    quiet = await bus.poll("lingering", timeout=0.05, linger=5.0)
+    assert quiet["events"] == [] and asyncio.get_running_loop().time() - began < 1.0
+
+
 def test_an_ack_that_cannot_be_encoded_still_tells_how_the_command_ended() -> None:
     channel = Channel(web.WebSocketResponse(), Codec(SUBPROTOCOL_MSGPACK), "ocs", max_events=4)
     ack = Ack("Big\ud800", "count", 7, AckCode.CMD_COMPLETE, "done", 0.0, {"n": 10**30})

@@ -162,6 +162,46 @@ async def test_missing_registry_inputs_are_flagged_not_raised(
     assert other.get_raw(v.visit_id, 2) is None and other.get_calibs(2, "r", 0.0) == CalibPaths()
 
 
+def test_the_worker_keeps_preloads_by_the_memory_they_hold(
+    mini_night: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A processor preloads all its detectors at nextVisit (95 of lsstcam-lite's 189): the
+    worker keeps them by the bytes they hold in its own memory, memory-mapped inputs aside."""
+    night, v = NightDirectoryRepository(mini_night), _first_visit(mini_night)
+
+    def source(det: int) -> ResolvedInputs:
+        return ResolvedInputs(
+            v.visit_id, det, calibs=night.get_calibs(det, v.band, v.mjd_start),
+            template=night.get_template(v.field_id, v.band, det), refcat=night.get_refcat(),
+        )  # fmt: skip
+
+    ccd_work._preloaded.clear()
+    try:
+        cache = (str(tmp_path / "cache"), 1 << 30)
+        for det in DETECTORS:  # decoded into the cache, then kept as its mappings
+            ccd_work.preload(source(det), _info(v), det, cache=cache)
+        mapped = [held for _, held in ccd_work._preloaded.values()]
+        assert len(mapped) == len(DETECTORS)
+        ccd_work.preload(source(0), {**_info(v), "visit": v.visit_id + 1}, 0)  # decoded here
+        own = ccd_work._preloaded[(v.visit_id + 1, 0)][1]
+        assert own > 3 * 512 * 512 * 4 > 20 * max(mapped), (own, mapped)
+        # Over the byte bound the oldest go first; the mapped ones hardly count.
+        later = {**_info(v), "visit": v.visit_id + 1}
+        monkeypatch.setattr(ccd_work, "MAX_PRELOADED_BYTES", int(1.5 * own))
+        ccd_work.preload(source(1), later, 1)
+        assert list(ccd_work._preloaded) == [(v.visit_id + 1, 1)]
+        ccd_work.preload(source(3), later, 3, cache=cache)
+        assert list(ccd_work._preloaded) == [(v.visit_id + 1, 1), (v.visit_id + 1, 3)]
+        monkeypatch.setattr(ccd_work, "MAX_PRELOADED", 2)  # and by their number
+        ccd_work.preload(source(2), later, 2, cache=cache)
+        assert list(ccd_work._preloaded) == [(v.visit_id + 1, 3), (v.visit_id + 1, 2)]
+        raw = night.get_raw(v.visit_id, 2)
+        out = ccd_work.process(source(2), later, 2, str(raw), cache=cache)
+        assert "stages" in out and list(ccd_work._preloaded) == [(v.visit_id + 1, 3)]
+    finally:
+        ccd_work._preloaded.clear()
+
+
 def test_the_worker_takes_registry_inputs_only(mini_night: Path) -> None:
     with pytest.raises(InvalidInputError, match="looked up in the registry"):
         ccd_work._adapter(str(mini_night))  # type: ignore[arg-type]

@@ -80,7 +80,7 @@ class AlertArchive:
         cls, dsn: str, root: Path, schema: str = "alerts", alert_schema: AlertSchema | None = None
     ) -> AlertArchive:
         await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
-        pool = await connect_pool(dsn, min_size=1, max_size=2, what="alert archive")
+        pool = await connect_pool(dsn, min_size=1, max_size=2, what="alert archive", stateless=True)
         try:
             async with mapped_errors("alert archive open"), pool.acquire() as conn:
                 await migrate(conn, schema, STORE)

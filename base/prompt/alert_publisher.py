@@ -73,8 +73,9 @@ class AlertPublisher(Controller, AlertStreamRpc):
         self._publishing = asyncio.Lock()
         #: The alert encoder's warm-up (a thread: it cannot be cancelled, and it is short).
         self._warming: asyncio.Future[float] | None = None
-        #: The outbox's rows pending, published and failed, as of the last drain.
+        #: The outbox's rows pending, published and failed, as of the last status.
         self._outbox_state: dict[str, int] = {}
+        self._recount = True
         self.counts = {"published": 0, "alerts": 0, "duplicates": 0, "unpublishable": 0}
 
     async def end_start(self, configuration_override: str) -> None:
@@ -90,7 +91,7 @@ class AlertPublisher(Controller, AlertStreamRpc):
 
         if self._pool is None:
             self._pool = await connect_pool(
-                self.config.dsn, min_size=1, max_size=2, what="alert publisher"
+                self.config.dsn, min_size=1, max_size=2, what="alert publisher", stateless=True
             )
             self._records = await PromptRecords.connect(self._pool, self.config.records_schema)
             self._outbox = await AlertOutbox.open(self._pool, self.config.apdb_schema)
@@ -162,9 +163,7 @@ class AlertPublisher(Controller, AlertStreamRpc):
             if self.summary_state != State.ENABLED:
                 continue
             try:
-                await self.drain()
-                if self._outbox is not None:
-                    self._outbox_state = await self._outbox.counts()
+                self._recount = await self.drain() > 0 or self._recount
                 if self._listener is not None and self._listener.is_closed():
                     self._listener = await self._listen()  # lost with a database restart
             except RetriableError as e:
@@ -202,6 +201,7 @@ class AlertPublisher(Controller, AlertStreamRpc):
 
     async def _outbox_failed(self, box: AlertOutbox, visit: int, detector: int, why: str) -> None:
         self.counts["unpublishable"] += 1
+        self._recount = True
         self.log_message(
             logging.ERROR,
             f"alerts of visit {visit} detector {detector} cannot be published: {why};"
@@ -330,6 +330,15 @@ class AlertPublisher(Controller, AlertStreamRpc):
     async def _status_loop(self) -> None:
         while True:
             await asyncio.sleep(max(self.heartbeat_interval, 1.0))
+            # Counted here, at most once a status and only after rows were drained (a count
+            # scans the whole outbox), not after each CCD's drain.
+            if self._recount and self._outbox is not None and self.summary_state == State.ENABLED:
+                self._recount = False
+                try:
+                    self._outbox_state = await self._outbox.counts()
+                except DmcsError as e:
+                    self._recount = True
+                    self.log.warning("alert outbox not counted now: %s", e)
             self.publish(
                 "processingStatus",
                 {

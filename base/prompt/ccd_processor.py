@@ -28,7 +28,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar, ParamSpec, TypeVar
@@ -75,6 +77,8 @@ CACHE = "ccd-input-cache"
 RECONCILE_MARGIN = timedelta(seconds=60)
 #: errorCode of a FAULT caused by a durable work list that cannot be read or written.
 WORK_LIST_FAILED = 400
+#: Registry answers of preloaded CCDs kept for their processing (a few visits' worth).
+MAX_RESOLVED = 1024
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -97,6 +101,8 @@ class CcdProcessor(CcdRecording, PoolMember, Controller):
         self._repository: Repository | None = None
         self._stages: dict[tuple[int, int], dict[str, float]] = {}
         self._preloads: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+        #: The registry's answer for each CCD preloaded here, reused when it is processed.
+        self._resolved: OrderedDict[tuple[int, int], ResolvedInputs] = OrderedDict()
         self._wakeup = asyncio.Event()
         self.counts = {"processed": 0, "failed": 0, "abandoned": 0, "retried": 0, "reconciled": 0,
                        DEFERRED: 0}  # fmt: skip
@@ -130,7 +136,9 @@ class CcdProcessor(CcdRecording, PoolMember, Controller):
     async def end_start(self, configuration_override: str) -> None:
         await self._q(self.queue.reopen)  # SQLite keeps a failed connection broken
         if self._pool is None:
-            pool = await connect_pool(self.config.dsn, min_size=1, max_size=2, what="CCD processor")
+            pool = await connect_pool(
+                self.config.dsn, min_size=1, max_size=2, what="CCD processor", stateless=True
+            )
             try:
                 records = await PromptRecords.connect(pool, self.config.records_schema)
                 claims = await ClaimStore.connect(pool, self.config.records_schema)
@@ -321,11 +329,11 @@ class CcdProcessor(CcdRecording, PoolMember, Controller):
         elif event.topic == "endReadout":
             for detector in data.get("detectors", ()):
                 if self.owns(int(detector)):
-                    self._stage(visit, int(detector), "endReadout", event.tai)
+                    self._stage(visit, int(detector), "endReadout", event.tai, announce=False)
         elif "detector" in data and self.owns(int(data["detector"])):
             detector = int(data["detector"])
             if event.topic == "imageInBuffer":
-                self._stage(visit, detector, "inBuffer", event.tai)
+                self._stage(visit, detector, "inBuffer", event.tai, announce=False)
             elif event.topic == "imageIngested":
                 await self._ingested(visit, detector, event)
         elif event.topic == "imageIngested" and "detector" in data:
@@ -336,7 +344,7 @@ class CcdProcessor(CcdRecording, PoolMember, Controller):
                 self._wakeup.set()
 
     async def _ingested(self, visit: int, detector: int, event: Event) -> None:
-        self._stage(visit, detector, "ingested", event.tai)
+        self._stage(visit, detector, "ingested", event.tai, announce=False)
         if int(event.data.get("statusCode", 0)) != 0:
             item = WorkItem(visit, detector, "failed", 0, "")
             await self._finish(item, failure("ingest_failed", str(event.data.get("description"))))
@@ -390,6 +398,9 @@ class CcdProcessor(CcdRecording, PoolMember, Controller):
                 f"{WORK}:preload", source, info, detector, cache=self.input_cache,
                 timeout=self.config.ccd_timeout,
             )  # fmt: skip
+            self._resolved[(visit, detector)] = source
+            while len(self._resolved) > MAX_RESOLVED:
+                self._resolved.popitem(last=False)
             self._stage(visit, detector, "preloadReady", tai_now())
         except DmcsError as e:
             self.log.warning("preload of visit %s detector %s failed: %s", visit, detector, e)
@@ -403,7 +414,11 @@ class CcdProcessor(CcdRecording, PoolMember, Controller):
         try:
             raw = await self._raw_path(item.visit, item.detector)
             self._note_header(item, raw.header_merged)
-            source = await self._inputs(info, item.detector, raw.path)
+            source = self._resolved.pop((item.visit, item.detector), None)
+            if source is None:
+                source = await self._inputs(info, item.detector, raw.path)
+            else:  # looked up at the preload: the registry is not asked again
+                source = replace(source, raw=Path(raw.path))
             if item.detector in self.config.stall_detectors and self.config.stall_seconds > 0:
                 await self.worker.run(
                     f"{WORK}:stall", self.config.stall_seconds, timeout=self.config.ccd_timeout
@@ -466,8 +481,8 @@ class CcdProcessor(CcdRecording, PoolMember, Controller):
                 await asyncio.sleep(self.config.retry_backoff)
             except DmcsError as e:
                 return failure(type(e).__name__, f"association failed: {e}", metrics=result)
-        for stage, tai in reply.stages.items():
-            self._stage(item.visit, item.detector, stage, tai)
+        for stage, tai in reply.stages.items():  # Association announced its own
+            self._stage(item.visit, item.detector, stage, tai, announce=False)
         return success(result, reply.nDiaSources, duplicate=not reply.stored)
 
     async def _inputs(

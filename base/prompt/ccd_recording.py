@@ -45,13 +45,21 @@ class CcdRecording:
     publish: Callable[..., Any]
     _settle: Callable[[WorkItem], Awaitable[None]]
 
-    def _stage(self, visit: int, detector: int, stage: str, tai: float) -> None:
+    def _stage(
+        self, visit: int, detector: int, stage: str, tai: float, *, announce: bool = True
+    ) -> None:
+        """Record a stage time once; ``announce``: also as a ``ccdStage`` event, for the stages
+        this processor reaches itself (the others' are on the bus already, as the Camera's
+        ``endReadout``, SummitBuffer's ``imageInBuffer``, Ingest's ``imageIngested`` and
+        Association's own ``ccdStage``: sent again they only cost the bus)."""
         stages = self._stages.setdefault((visit, detector), {})
         if stage not in stages:
             stages[stage] = tai
-            self.publish(
-                "ccdStage", {"visit": visit, "detector": detector, "stage": stage, "stageTai": tai}
-            )
+            if announce:
+                self.publish(
+                    "ccdStage",
+                    {"visit": visit, "detector": detector, "stage": stage, "stageTai": tai},
+                )
             try:
                 self.stage_writer.add(StageTime(visit, detector, stage, tai))
             except InvalidInputError as e:

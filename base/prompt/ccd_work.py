@@ -37,13 +37,17 @@ from state.clock import tai_mjd, tai_now
 from state.contracts.data_plane import CcdVisit
 from state.errors import InvalidInputError, StartupError
 
-#: Preloaded (visit, detector) inputs kept at most (a few visits of one processor's CCDs).
-MAX_PRELOADED = 16
+#: Preloaded (visit, detector) inputs kept at most (a few visits of one processor's CCDs:
+#: a processor of a pool of two preloads 95 of ``lsstcam-lite``'s 189 at each ``nextVisit``).
+MAX_PRELOADED = 256
+#: Bytes of the process's own memory the kept preloads may hold; arrays memory-mapped from
+#: the node's input cache are the page cache's, not counted.
+MAX_PRELOADED_BYTES = 2 << 30
 #: The warm-up's simulated CCD: a mini-sized one with a few transients, so that every stage
 #: (detection, PSF, astrometry, difference imaging, DIASources, cutouts) runs.
 WARM_UP_CCD = SimConfig(seed=99, n_transients=5)
 
-_preloaded: OrderedDict[tuple[int, int], Preloaded] = OrderedDict()
+_preloaded: OrderedDict[tuple[int, int], tuple[Preloaded, int]] = OrderedDict()
 _ids = IdPacker(release=0)
 _caches: dict[tuple[str, int], InputCache] = {}
 
@@ -128,10 +132,29 @@ def preload(
     """Read everything but the raw for (visit, detector); returns the preload's flags."""
     CcdVisit.parse(visit_info)
     pre = _adapter(source, cache).preload(visit_info, detector)
-    _preloaded[(pre.visit, detector)] = pre
-    while len(_preloaded) > MAX_PRELOADED:
-        _preloaded.popitem(last=False)
+    _preloaded[(pre.visit, detector)] = (pre, heap_bytes(pre))
+    held = sum(n for _, n in _preloaded.values())
+    while len(_preloaded) > 1 and (len(_preloaded) > MAX_PRELOADED or held > MAX_PRELOADED_BYTES):
+        held -= _preloaded.popitem(last=False)[1][1]
     return list(pre.flags)
+
+
+def heap_bytes(pre: Preloaded) -> int:
+    """Bytes of this process's memory that ``pre``'s arrays hold (memory-mapped ones aside)."""
+    arrays = [getattr(pre.calibs, f.name) for f in fields(pre.calibs)]
+    arrays += [pre.refcat.ra, pre.refcat.dec, pre.refcat.flux]
+    if pre.template is not None:
+        t = pre.template
+        arrays += [t.image, t.variance, t.psf, t.mask]
+    return sum(a.nbytes for a in arrays if isinstance(a, np.ndarray) and not _mapped(a))
+
+
+def _mapped(a: np.ndarray) -> bool:
+    while a is not None:
+        if isinstance(a, np.memmap):
+            return True
+        a = a.base if isinstance(a.base, np.ndarray) else None
+    return False
 
 
 def stall(seconds: float) -> None:
@@ -152,7 +175,8 @@ def process(
     visit = CcdVisit.parse(visit_info)
     adapter = _adapter(source, cache)
     key = (visit.visit, detector)
-    pre = _preloaded.pop(key, None) or adapter.preload(visit_info, detector)
+    kept = _preloaded.pop(key, None)
+    pre = kept[0] if kept is not None else adapter.preload(visit_info, detector)
     out = adapter.process(raw_path, pre)
     stages = {"preloadReady": pre.preload_tai, **out.stages}
     summary = quality(out)

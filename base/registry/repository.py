@@ -62,7 +62,9 @@ class Repository:
     @classmethod
     async def connect(cls, dsn: str, schema: str = "registry") -> Repository:
         """Open a pool on ``dsn`` and bring ``schema`` up to the latest migration."""
-        pool = await connect_pool(dsn, min_size=0, max_size=4, search_path=schema, what="registry")
+        pool = await connect_pool(
+            dsn, min_size=0, max_size=4, search_path=schema, what="registry", stateless=True
+        )
         try:
             async with _database("migrating"), pool.acquire() as conn:
                 await adopt_legacy(conn, schema)

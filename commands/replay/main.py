@@ -307,7 +307,9 @@ async def _replay(
             await _drop_schemas(dsn, config, say)
         registered = await register_products(config, night)
         say(_registered_text(registered))
-        pool = await connect_pool(dsn, min_size=1, max_size=2, what="replay records")
+        pool = await connect_pool(
+            dsn, min_size=1, max_size=2, what="replay records", stateless=True
+        )
         try:
             reader = NightRecordReader(pool, config)
             try:
