@@ -31,12 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from algorithms.pipeline import (
     CcdResult,
-    ExposureInfo,
-    ReferenceCatalog,
-    Template,
-    run_ccd,
 )
 from algorithms.synthetic import SimConfig, SimVisit, make_visit
+from algorithms.synthetic_run import run_visit
 
 REPEATS = 3
 
@@ -50,10 +47,7 @@ def lsstcam_config(seed: int = 1) -> SimConfig:
 
 
 def process(v: SimVisit) -> CcdResult:
-    exp = ExposureInfo(visit=1, detector=0, exptime=v.exptime, initial_wcs=v.initial_wcs)
-    ref = ReferenceCatalog(v.ref_ra, v.ref_dec, v.ref_flux)
-    tm = Template(v.template_image, v.template_variance, v.template_wcs, v.template_psf)
-    return run_ccd(v.raw_amps, v.geometry, v.calibs, exp, ref, tm)
+    return run_visit(v)
 
 
 def _child(path: str) -> None:

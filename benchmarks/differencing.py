@@ -27,24 +27,17 @@ from synthetic_metrics import metrics
 
 from algorithms.pipeline import (
     CcdResult,
-    ExposureInfo,
     PipelineConfig,
-    ReferenceCatalog,
-    Template,
-    run_ccd,
 )
 from algorithms.synthetic import SimConfig, SimVisit, make_visit
+from algorithms.synthetic_run import run_visit
 
 REPEATS = 2
 ALGORITHMS = ("zogy", "alard_lupton")
 
 
 def _run(v: SimVisit, algorithm: str) -> CcdResult:
-    exp = ExposureInfo(visit=1, detector=0, exptime=v.exptime, initial_wcs=v.initial_wcs)
-    ref = ReferenceCatalog(v.ref_ra, v.ref_dec, v.ref_flux)
-    tm = Template(v.template_image, v.template_variance, v.template_wcs, v.template_psf)
-    cfg = PipelineConfig(subtraction=algorithm)
-    return run_ccd(v.raw_amps, v.geometry, v.calibs, exp, ref, tm, cfg)
+    return run_visit(v, PipelineConfig(subtraction=algorithm))
 
 
 def main(seeds: tuple[int, ...] = (1, 2)) -> None:

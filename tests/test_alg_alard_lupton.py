@@ -11,14 +11,11 @@ from algorithms import mask as mk
 from algorithms.alard_lupton import alard_lupton_subtract, fit_kernel, gaussian_basis
 from algorithms.measure import psf_fit
 from algorithms.pipeline import (
-    ExposureInfo,
     PipelineConfig,
-    ReferenceCatalog,
-    Template,
-    run_ccd,
 )
 from algorithms.psf import KernelPsf, gaussian_kernel
 from algorithms.synthetic import SimConfig, make_visit, moffat_kernel, render_moffat
+from algorithms.synthetic_run import run_visit
 
 
 def test_basis_normalisation() -> None:
@@ -96,16 +93,11 @@ def test_too_few_stamps_is_an_error() -> None:
 
 def test_pipeline_with_alard_lupton_finds_transients() -> None:
     v = make_visit(SimConfig(seed=21))
-    exp = ExposureInfo(visit=1, detector=0, exptime=v.exptime, initial_wcs=v.initial_wcs)
-    ref = ReferenceCatalog(v.ref_ra, v.ref_dec, v.ref_flux)
-    tm = Template(v.template_image, v.template_variance, v.template_wcs, v.template_psf)
-    r = run_ccd(v.raw_amps, v.geometry, v.calibs, exp, ref, tm,
-                PipelineConfig(subtraction="alard_lupton"))  # fmt: skip
+    r = run_visit(v, PipelineConfig(subtraction="alard_lupton"))
     assert r.ok, r.flags
     assert r.summary["al_n_stamps"] >= 10
     d, tt = r.diasources, v.truth_transients
     dist, _ = cKDTree(np.stack([d["x"], d["y"]], 1)).query(np.stack([tt["x"], tt["y"]], 1))
     assert (dist < 2.0)[tt["snr"] >= 7].mean() >= 0.95
-    r2 = run_ccd(v.raw_amps, v.geometry, v.calibs, exp, ref, tm,
-                 PipelineConfig(subtraction="bogus"))  # fmt: skip
+    r2 = run_visit(v, PipelineConfig(subtraction="bogus"))
     assert not r2.ok and any("unknown subtraction" in f for f in r2.flags)

@@ -19,15 +19,12 @@ from algorithms.diasource import DiaImages, measure_diasources
 from algorithms.model_noise import add_model_error
 from algorithms.pipeline import (
     CcdResult,
-    ExposureInfo,
     PipelineConfig,
-    ReferenceCatalog,
-    Template,
-    run_ccd,
 )
 from algorithms.psf import KernelPsf, WingedPsf, fit_psf
 from algorithms.psf_wings import Moffat, extend_kernel, fit_moffat
 from algorithms.synthetic import SimConfig, SimVisit, make_visit, moffat_kernel
+from algorithms.synthetic_run import run_visit
 from algorithms.wcs import TanSipWcs
 
 BRIGHT_MAG = 18.0
@@ -36,10 +33,7 @@ STRONG_TRANSIENT_E = 850.0
 
 
 def _run(v: SimVisit) -> CcdResult:
-    exp = ExposureInfo(visit=1, detector=0, exptime=v.exptime, initial_wcs=v.initial_wcs)
-    ref = ReferenceCatalog(v.ref_ra, v.ref_dec, v.ref_flux)
-    tm = Template(v.template_image, v.template_variance, v.template_wcs, v.template_psf)
-    return run_ccd(v.raw_amps, v.geometry, v.calibs, exp, ref, tm)
+    return run_visit(v)
 
 
 @cache

@@ -22,16 +22,14 @@ from algorithms.pipeline import (
 from algorithms.psf import KernelPsf
 from algorithms.star_changes import star_change_peaks
 from algorithms.synthetic import SimConfig, SimVisit, make_visit, moffat_kernel, render_moffat
+from algorithms.synthetic_run import run_visit
 
 CHANGE = 0.04  # of the star's flux: the detection (ε ≈ 0.009-0.011 here) sees at most ~4σ of it
 MIN_TRUE_SNR = 7.0
 
 
 def _run(v: SimVisit) -> CcdResult:
-    exp = ExposureInfo(visit=1, detector=0, exptime=v.exptime, initial_wcs=v.initial_wcs)
-    ref = ReferenceCatalog(v.ref_ra, v.ref_dec, v.ref_flux)
-    tm = Template(v.template_image, v.template_variance, v.template_wcs, v.template_psf)
-    return run_ccd(v.raw_amps, v.geometry, v.calibs, exp, ref, tm)
+    return run_visit(v)
 
 
 def _true_snr(v: SimVisit, flux_e: np.ndarray) -> np.ndarray:
