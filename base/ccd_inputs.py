@@ -111,6 +111,8 @@ class ResolvedInputs:
     refcat: Path | None = None
     #: (path, sha256) the registry recorded for each product above (the raw aside).
     checksums: tuple[tuple[str, str], ...] = ()
+    #: sha256 of the stored raw file as ingest wrote and registered it (None: not known).
+    raw_checksum: str | None = None
 
 
 #: Files whose checksum matched, by (path, size, mtime_ns): each is hashed once per process.
@@ -329,19 +331,26 @@ class RawCcd:
     flags: list[str]
 
 
-def read_raw(source: Path | str | fits.HDUList, det: Detector) -> RawCcd:
-    """Amplifier arrays in camera order; checksums are verified when present.
+def read_raw(
+    source: Path | str | fits.HDUList, det: Detector, sha256: str | None = None
+) -> RawCcd:
+    """Amplifier arrays in camera order.
 
-    A missing or wrongly shaped amplifier HDU becomes None with a flag; a file that cannot be
-    opened, or whose checksum does not match, raises ``InvalidInputError``.
+    With ``sha256`` (the file's registered checksum) the whole file, headers included, is
+    verified against it; without it, the FITS checksums of its HDUs are verified where
+    present. A missing or wrongly shaped amplifier HDU becomes None with a
+    flag; a file that cannot be opened, or whose checksum does not match, raises
+    ``InvalidInputError``.
     """
+    if sha256 is not None and not isinstance(source, fits.HDUList):
+        verify_product(Path(source), sha256)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", AstropyUserWarning)
         try:
             if isinstance(source, fits.HDUList):
                 hdul, close = source, False
             else:
-                hdul, close = fits.open(source, memmap=False, checksum=True), True
+                hdul, close = fits.open(source, memmap=False, checksum=sha256 is None), True
             try:
                 header = dict(hdul[0].header)
                 by_name = {str(h.header.get("EXTNAME", "")): h for h in hdul[1:]}

@@ -166,11 +166,14 @@ class CcdProcessing:
         )  # fmt: skip
 
     # ----------------------------------------------------------------- process
-    def process(self, raw: Path | str | fits.HDUList, pre: Preloaded) -> CcdOutputs:
-        """Run the chain on one raw (a path or an open HDUList). Never raises."""
+    def process(
+        self, raw: Path | str | fits.HDUList, pre: Preloaded, raw_sha256: str | None = None
+    ) -> CcdOutputs:
+        """Run the chain on one raw (a path or an open HDUList; ``raw_sha256``, its registered
+        checksum, where known: see ``read_raw``). Never raises."""
         stages: dict[str, float] = {}
         try:
-            return self._process(raw, pre, stages)
+            return self._process(raw, pre, stages, raw_sha256)
         except DmcsError as e:
             return _failed(pre, f"bad_input:{e}", stages)
         except Exception as e:  # the worker boundary: record the reason, never crash
@@ -178,10 +181,14 @@ class CcdProcessing:
             return _failed(pre, f"internal_error:{type(e).__name__}:{e}", stages)
 
     def _process(
-        self, raw: Path | str | fits.HDUList, pre: Preloaded, stages: dict[str, float]
+        self,
+        raw: Path | str | fits.HDUList,
+        pre: Preloaded,
+        stages: dict[str, float],
+        raw_sha256: str | None,
     ) -> CcdOutputs:
         det = pre.camera.detector(pre.detector)
-        rc = read_raw(raw, det)
+        rc = read_raw(raw, det, raw_sha256)
         hdr = rc.header
         for key, want in (("VISIT", pre.visit), ("DETECTOR", pre.detector)):
             if key in hdr and int(hdr[key]) != want:  # type: ignore[call-overload]

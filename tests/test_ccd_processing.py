@@ -7,6 +7,7 @@ editing copies of its files.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -20,7 +21,7 @@ from astropy.io import fits
 
 from algorithms.diasource import DIASOURCE_DTYPE
 from algorithms.wcs import TanSipWcs
-from base.ccd_inputs import CalibPaths, CcdRepository, NightDirectoryRepository
+from base.ccd_inputs import CalibPaths, CcdRepository, NightDirectoryRepository, read_raw
 from base.ccd_processing import CcdOutputs, CcdProcessing, Preloaded
 from state.errors import InvalidInputError
 from summit.schedule import Visit, read_schedule
@@ -264,3 +265,29 @@ def test_corrupt_missing_or_wrong_raw_files(night: Path, tmp_path: Path) -> None
         o = adapter.process(path, pre)
         assert not o.ok and o.reason.startswith("bad_input:"), (path, o.reason)
         assert len(o.diasources) == 0 and o.cutouts == []
+
+
+def test_a_raw_is_checked_against_its_registered_checksum(night: Path, tmp_path: Path) -> None:
+    """With the registry's sha256 the raw is verified by it (not by the HDUs' FITS checksums):
+    one flipped bit anywhere is refused, and a good file reads as without it."""
+    repo = NightDirectoryRepository(night)
+    v = _visits(night)[0]
+    good = repo.get_raw(v.visit_id, 2)
+    assert good is not None
+    blob = good.read_bytes()
+    registered = hashlib.sha256(blob).hexdigest()
+    adapter = CcdProcessing(repo)
+    pre = adapter.preload(_info(v), 2)
+    det = pre.camera.detector(2)
+    plain, checked = read_raw(good, det), read_raw(good, det, registered)
+    assert checked.header == plain.header
+    assert all(np.array_equal(a, b) for a, b in zip(checked.amps, plain.amps, strict=True))
+    for offset in (100, len(blob) // 2, len(blob) - 5000):
+        flipped = tmp_path / f"flipped{offset}.fits"
+        b = bytearray(blob)
+        b[offset] ^= 0x01
+        flipped.write_bytes(bytes(b))
+        with pytest.raises(InvalidInputError, match="corrupt"):
+            read_raw(flipped, det, registered)
+    o = adapter.process(flipped, pre, registered)
+    assert not o.ok and o.reason.startswith("bad_input:") and "corrupt" in o.reason

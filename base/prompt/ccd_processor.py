@@ -417,8 +417,8 @@ class CcdProcessor(CcdRecording, PoolMember, Controller):
             source = self._resolved.pop((item.visit, item.detector), None)
             if source is None:
                 source = await self._inputs(info, item.detector, raw.path)
-            else:  # looked up at the preload: the registry is not asked again
-                source = replace(source, raw=Path(raw.path))
+            # the raw as registered: the worker checks it against the file's checksum
+            source = replace(source, raw=Path(raw.path), raw_checksum=raw.file_checksum)
             if item.detector in self.config.stall_detectors and self.config.stall_seconds > 0:
                 await self.worker.run(
                     f"{WORK}:stall", self.config.stall_seconds, timeout=self.config.ccd_timeout

@@ -177,7 +177,8 @@ def process(
     key = (visit.visit, detector)
     kept = _preloaded.pop(key, None)
     pre = kept[0] if kept is not None else adapter.preload(visit_info, detector)
-    out = adapter.process(raw_path, pre)
+    registered = source.raw_checksum if source.raw == Path(raw_path) else None
+    out = adapter.process(raw_path, pre, registered or None)
     stages = {"preloadReady": pre.preload_tai, **out.stages}
     summary = quality(out)
     if not out.ok:
