@@ -331,9 +331,7 @@ class RawCcd:
     flags: list[str]
 
 
-def read_raw(
-    source: Path | str | fits.HDUList, det: Detector, sha256: str | None = None
-) -> RawCcd:
+def read_raw(source: Path | str | fits.HDUList, det: Detector, sha256: str | None = None) -> RawCcd:
     """Amplifier arrays in camera order.
 
     With ``sha256`` (the file's registered checksum) the whole file, headers included, is
