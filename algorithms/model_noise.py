@@ -160,6 +160,12 @@ def psf_flux_model_error(
     return hi
 
 
+def noise_scale_or_one(noise_scale: float) -> float:
+    """The measured noise scale of the difference image, or 1 where none could be measured
+    (zero, negative or not finite): the factor its propagated errors are multiplied by."""
+    return noise_scale if noise_scale > 0 and np.isfinite(noise_scale) else 1.0
+
+
 def flux_positions_at_stars(
     x: np.ndarray,
     y: np.ndarray,

@@ -15,7 +15,7 @@ from algorithms.astrometry import AstrometryResult, fit_astrometry
 from algorithms.background import BackgroundModel, fit_background
 from algorithms.cosmicray import find_cosmic_rays
 from algorithms.cutouts import Cutout, Plane, make_cutouts
-from algorithms.detection import detect_sources
+from algorithms.detection import PEAK_DTYPE, detect_sources
 from algorithms.diasource import DIASOURCE_DTYPE, DiaImages, measure_diasources
 from algorithms.geometry import CcdGeometry
 from algorithms.interp import interpolate_masked
@@ -24,6 +24,7 @@ from algorithms.measure import forced_psf_flux, psf_fit
 from algorithms.model_noise import (
     add_model_error,
     flux_positions_at_stars,
+    noise_scale_or_one,
     psf_flux_model_error,
 )
 from algorithms.photocal import PhotoCalib, fit_zeropoint
@@ -235,10 +236,11 @@ def scale_difference_errors(dia: np.ndarray, noise_scale: float) -> None:
     per-pixel variance are too small by the robust σ of the matched-filter significance
     image (1.0-1.4 measured): the noise of a PSF-weighted flux, the very quantity psfFlux is.
     """
-    if noise_scale > 0 and np.isfinite(noise_scale) and len(dia):
+    s = noise_scale_or_one(noise_scale)
+    if s != 1.0 and len(dia):
         for name in DIFFERENCE_ERRORS:
-            dia[name] *= np.float32(noise_scale)
-        dia["ra_dec_Cov"] *= np.float32(noise_scale**2)
+            dia[name] *= np.float32(s)
+        dia["ra_dec_Cov"] *= np.float32(s**2)
 
 
 def psf_flux_with_model_error(
@@ -255,7 +257,7 @@ def psf_flux_with_model_error(
     change at one of the measured science ``stars`` (x, y, flux) is fitted at the star's
     centroid (``flux_positions_at_stars``).
     """
-    s = noise_scale if noise_scale > 0 and np.isfinite(noise_scale) else 1.0
+    s = noise_scale_or_one(noise_scale)
     fx, fy = dia["x"], dia["y"]
     if stars is not None and len(stars) and len(dia) and calibration > 0:
         fx, fy = flux_positions_at_stars(
@@ -457,17 +459,18 @@ def _run(
             zr.image, pixel_var, zr.mask, dpsf, stars["x"], stars["y"], stars["flux"],
             ddet.noise_scale, cfg.max_model_error,
         )  # fmt: skip
-        at_stars = star_change_peaks(
-            zr.image, pixel_var, zr.mask, dpsf, stars["x"], stars["y"], stars["flux"],
-            ddet.peaks, ddet.noise_scale,
-            np.nan if eps_psf is None or not cfg.star_changes else eps_psf, eps,
-            cfg.dia_threshold, 2.5 * 2.3548 * dsig,
-        )  # fmt: skip
-        at_sat, fragments = saturated_star_peaks(
-            zr.image, zr.variance, zr.mask, dpsf, ddet.peaks, pfit.fwhm, ddet.noise_scale,
-            cfg.dia_threshold,
-        ) if cfg.star_changes else (at_stars[:0], np.zeros(0, int))  # fmt: skip
-        ddet.peaks = np.concatenate([np.delete(ddet.peaks, fragments), at_stars, at_sat])
+        at_stars = at_sat = np.zeros(0, PEAK_DTYPE)
+        if cfg.star_changes:
+            at_stars = star_change_peaks(
+                zr.image, pixel_var, zr.mask, dpsf, stars["x"], stars["y"], stars["flux"],
+                ddet.peaks, ddet.noise_scale, np.nan if eps_psf is None else eps_psf, eps,
+                cfg.dia_threshold, 2.5 * 2.3548 * dsig,
+            )  # fmt: skip
+            at_sat, fragments = saturated_star_peaks(
+                zr.image, zr.variance, zr.mask, dpsf, ddet.peaks, pfit.fwhm, ddet.noise_scale,
+                cfg.dia_threshold,
+            )  # fmt: skip
+            ddet.peaks = np.concatenate([np.delete(ddet.peaks, fragments), at_stars, at_sat])
         res.summary["n_star_changes"] = len(at_stars) + len(at_sat)
     with t.stage("dia_measurement"):
         imgs = DiaImages(

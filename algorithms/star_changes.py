@@ -19,6 +19,7 @@ from scipy.spatial import cKDTree
 from algorithms import mask as mk
 from algorithms.detection import PEAK_DTYPE
 from algorithms.measure import forced_psf_flux, psf_fit
+from algorithms.model_noise import noise_scale_or_one
 from algorithms.psf import Psf
 from algorithms.wcs import TanSipWcs
 
@@ -58,7 +59,7 @@ def star_change_peaks(
         raise ValueError("star_x, star_y and star_flux lengths differ")
     if not (np.isfinite(eps_psf) and eps_psf < eps_detection) or len(star_x) == 0:
         return np.zeros(0, PEAK_DTYPE)
-    s = noise_scale if noise_scale > 0 and np.isfinite(noise_scale) else 1.0
+    s = noise_scale_or_one(noise_scale)
     ny, nx = diff.shape
     xs, ys = np.asarray(star_x, np.float64), np.asarray(star_y, np.float64)
     keep = np.isfinite(xs) & np.isfinite(ys) & np.isfinite(star_flux) & (star_flux > 0)
@@ -141,7 +142,7 @@ def saturated_star_peaks(
     sat = (mask & mk.SAT) != 0
     if not sat.any():
         return none
-    s = noise_scale if noise_scale > 0 and np.isfinite(noise_scale) else 1.0
+    s = noise_scale_or_one(noise_scale)
     ny, nx = mask.shape
     b = 4  # regions are found on 4×4 blocks (cheap on a 4k CCD), centroids on their pixels
     labels, _ = ndimage.label(_blocks_any(sat, b), structure=np.ones((3, 3), bool))
