@@ -416,7 +416,7 @@ class CcdProcessor(CcdRecording, PoolMember, Controller):
             self._note_header(item, raw.header_merged)
             source = self._resolved.pop((item.visit, item.detector), None)
             if source is None:
-                source = await self._inputs(info, item.detector, raw.path)
+                source = await self._inputs(info, item.detector)
             # the raw as registered: the worker checks it against the file's checksum
             source = replace(source, raw=Path(raw.path), raw_checksum=raw.file_checksum)
             if item.detector in self.config.stall_detectors and self.config.stall_seconds > 0:
@@ -485,13 +485,12 @@ class CcdProcessor(CcdRecording, PoolMember, Controller):
             self._stage(item.visit, item.detector, stage, tai, announce=False)
         return success(result, reply.nDiaSources, duplicate=not reply.stored)
 
-    async def _inputs(
-        self, info: dict[str, Any], detector: int, raw: str | None = None
-    ) -> ResolvedInputs:
-        """The worker's inputs: the paths (and checksums) the registry holds for the CCD."""
+    async def _inputs(self, info: dict[str, Any], detector: int) -> ResolvedInputs:
+        """The worker's inputs but the raw: the paths (and checksums) the registry holds for
+        the CCD's calibrations, template and reference catalogue."""
         if self._repository is None:
             raise NotReadyError(f"{self.name} has no registry connection")
-        return await resolve_inputs(self._repository, info, detector, raw=raw)
+        return await resolve_inputs(self._repository, info, detector)
 
     async def _raw_path(self, visit: int, detector: int) -> RawRecord:
         if self._repository is None:
