@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from algorithms import mask as mk
@@ -78,6 +79,84 @@ def forced_psf_flux(
     return f, 1.0 / np.sqrt(a), chi2, int((w > 0).sum()), p.shape != k.shape
 
 
+@numba.njit(cache=True, nogil=True)
+def _grad(k: np.ndarray, i: int, j: int) -> tuple[float, float]:
+    """``np.gradient(k)`` (central differences, one-sided at the edges) at (i, j): (gy, gx)."""
+    n0, n1 = k.shape
+    if i == 0:
+        gy = k[1, j] - k[0, j]
+    elif i == n0 - 1:
+        gy = k[i, j] - k[i - 1, j]
+    else:
+        gy = 0.5 * (k[i + 1, j] - k[i - 1, j])
+    if j == 0:
+        gx = k[i, 1] - k[i, 0]
+    elif j == n1 - 1:
+        gx = k[i, j] - k[i, j - 1]
+    else:
+        gx = 0.5 * (k[i, j + 1] - k[i, j - 1])
+    return gy, gx
+
+
+@numba.njit(cache=True, nogil=True)
+def _fit_step(
+    k: np.ndarray, ky0: int, kx0: int, image: np.ndarray, variance: np.ndarray,
+    mask: np.ndarray, has_mask: bool, iy0: int, iy1: int, ix0: int, ix1: int, bad_bits: int,
+    fisher: np.ndarray, grad: np.ndarray,
+) -> tuple[float, float, int, float, float]:  # fmt: skip
+    """One Gauss–Newton step of ``psf_fit`` on the overlap of stamp and image, in one pass
+    per sum: (a = Σp²w, flux, ndata, χ², ln L); fills the Fisher matrix and Jᵀ·W·r."""
+    a = 0.0
+    b = 0.0
+    for i in range(iy0, iy1):
+        for j in range(ix0, ix1):
+            v = np.float64(variance[i, j])
+            if not (np.isfinite(v) and v > 0) or (has_mask and (mask[i, j] & bad_bits) != 0):
+                continue
+            w = 1.0 / v
+            p = k[ky0 + i - iy0, kx0 + j - ix0]
+            a += p * p * w
+            b += p * np.float64(image[i, j]) * w
+    fisher[:] = 0.0
+    grad[:] = 0.0
+    if a <= 0:
+        return a, np.nan, 0, np.nan, np.nan
+    f = b / a
+    nd = 0
+    chi2 = 0.0
+    lw = 0.0
+    for i in range(iy0, iy1):
+        for j in range(ix0, ix1):
+            v = np.float64(variance[i, j])
+            if not (np.isfinite(v) and v > 0) or (has_mask and (mask[i, j] & bad_bits) != 0):
+                continue
+            w = 1.0 / v
+            ki, kj = ky0 + i - iy0, kx0 + j - ix0
+            p = k[ki, kj]
+            gy, gx = _grad(k, ki, kj)
+            j0, j1, j2 = p, -f * gx, -f * gy
+            r = np.float64(image[i, j]) - f * p
+            nd += 1
+            chi2 += r * r * w
+            lw += np.log(2 * np.pi * v)
+            fisher[0, 0] += j0 * j0 * w
+            fisher[0, 1] += j0 * j1 * w
+            fisher[0, 2] += j0 * j2 * w
+            fisher[1, 1] += j1 * j1 * w
+            fisher[1, 2] += j1 * j2 * w
+            fisher[2, 2] += j2 * j2 * w
+            grad[0] += j0 * r * w
+            grad[1] += j1 * r * w
+            grad[2] += j2 * r * w
+    fisher[1, 0] = fisher[0, 1]
+    fisher[2, 0] = fisher[0, 2]
+    fisher[2, 1] = fisher[1, 2]
+    return a, f, nd, chi2, -0.5 * chi2 - 0.5 * lw
+
+
+_NO_MASK = np.zeros((1, 1), dtype=mk.MASK_DTYPE)
+
+
 def psf_fit(
     image: np.ndarray,
     variance: np.ndarray,
@@ -93,7 +172,11 @@ def psf_fit(
     ok = True
     cov = np.full((3, 3), np.nan)
     f = np.nan
+    a = 0.0
     chi2, nd, edge, lnl = np.nan, 0, True, np.nan
+    fisher = np.zeros((3, 3))
+    grad = np.zeros(3)
+    msk = _NO_MASK if mask is None else mask
     for it in range(n_iter):
         k, x0, y0 = psf.realize(cx, cy)
         ov = _overlap(image.shape, x0, y0, k.shape[0])
@@ -101,25 +184,15 @@ def psf_fit(
             ok = False
             break
         iy, ix, ky, kx = ov
-        edge = k[ky, kx].shape != k.shape
-        gy, gx = np.gradient(k)
-        p, dpx, dpy = k[ky, kx], -gx[ky, kx], -gy[ky, kx]
-        d = image[iy, ix].astype(np.float64)
-        var = variance[iy, ix].astype(np.float64)
-        w = _weights(var, None if mask is None else mask[iy, ix], bad_bits)
-        a = float((p * p * w).sum())
+        edge = (iy.stop - iy.start, ix.stop - ix.start) != k.shape
+        a, step_f, step_nd, step_chi2, step_lnl = _fit_step(
+            np.asarray(k, dtype=np.float64), ky.start, kx.start, image, variance, msk,
+            mask is not None, iy.start, iy.stop, ix.start, ix.stop, bad_bits, fisher, grad,
+        )  # fmt: skip
         if a <= 0:
             ok = False
             break
-        f = float((p * d * w).sum()) / a
-        nd = int((w > 0).sum())
-        jac = np.stack([p.ravel(), (f * dpx).ravel(), (f * dpy).ravel()], axis=1)
-        wr = w.ravel()
-        r = (d - f * p).ravel()
-        chi2 = float((r * r * wr).sum())
-        valid = wr > 0
-        lnl = float(-0.5 * chi2 - 0.5 * np.log(2 * np.pi / wr[valid]).sum())
-        fisher = jac.T @ (jac * wr[:, None])
+        f, nd, chi2, lnl = step_f, step_nd, step_chi2, step_lnl
         try:
             cov = np.linalg.inv(fisher)
         except np.linalg.LinAlgError:
@@ -127,7 +200,7 @@ def psf_fit(
             break
         if it == n_iter - 1:
             break
-        step = cov @ (jac.T @ (r * wr))
+        step = cov @ grad
         dx, dy = float(np.clip(step[1], -1, 1)), float(np.clip(step[2], -1, 1))
         cx, cy = cx + dx, cy + dy
         if abs(cx - x) > 3 or abs(cy - y) > 3:

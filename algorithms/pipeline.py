@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
 from algorithms import mask as mk
@@ -154,16 +155,47 @@ class _Timer:
             self.on_stage(name)
 
 
+@numba.njit(cache=True, nogil=True)
+def _sanity_counts(
+    image: np.ndarray, mask: np.ndarray, nodata_bit: int, sat_bit: int, every: int
+) -> tuple[int, int, int, bool]:
+    """One pass: NO_DATA pixels, zeros and SAT among the others, and whether every
+    ``every``-th of the others (in row order) holds one and the same finite value."""
+    nodata = zeros = sat = 0
+    k = 0
+    first = np.float32(0.0)
+    constant = False
+    ny, nx = image.shape
+    for y in range(ny):
+        for x in range(nx):
+            m = mask[y, x]
+            if m & nodata_bit:
+                nodata += 1
+                continue
+            v = image[y, x]
+            if v == 0:
+                zeros += 1
+            if m & sat_bit:
+                sat += 1
+            if k % every == 0:
+                if k == 0:
+                    first, constant = v, bool(np.isfinite(v))
+                elif v != first:
+                    constant = False
+            k += 1
+    return nodata, zeros, sat, constant
+
+
 def _image_sanity(image: np.ndarray, mask: np.ndarray, cfg: PipelineConfig) -> str | None:
-    nodata = (mask & mk.NO_DATA) != 0
-    if nodata.mean() > cfg.max_bad_fraction:
-        return f"too_much_missing_data:{nodata.mean():.2f}"
-    valid = image[~nodata]
-    if (valid.size and np.mean(valid == 0.0) > 0.9) or float(np.std(valid[::97])) == 0.0:
+    nodata, zeros, sat, constant = _sanity_counts(image, mask, mk.NO_DATA, mk.SAT, 97)
+    n = image.size
+    valid = n - nodata
+    if nodata / n > cfg.max_bad_fraction:
+        return f"too_much_missing_data:{nodata / n:.2f}"
+    if (valid and zeros / valid > 0.9) or constant:
         return "all_zero_or_constant_image"
-    sat = ((mask & mk.SAT) != 0) & ~nodata
-    if sat.mean() > cfg.max_bad_fraction:
-        return f"saturated_image:{sat.mean():.2f}"
+    if sat / n > cfg.max_bad_fraction:
+        return f"saturated_image:{sat / n:.2f}"
     return None
 
 
@@ -412,8 +444,9 @@ def _run(
         if wr.coverage < 0.999:
             res.flags.append(f"template_partial_coverage:{wr.coverage:.3f}")
         scale = np.float32(template.calibration / calib)
-        timg = wr.image * scale
-        tvar = wr.variance * scale**2
+        timg, tvar = wr.image, wr.variance
+        timg *= scale
+        tvar *= scale**2
         res.template = Plane(timg, tvar, wr.mask)
     with t.stage("subtraction"):
         spsf = psf.kernel_at(img.shape[1] / 2, img.shape[0] / 2)

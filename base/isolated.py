@@ -17,6 +17,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from base.heap import keep_freed_memory
 from state.errors import ConfigurationError, DmcsError, NonRetriableError
 
 
@@ -38,6 +39,7 @@ def _resolve(target: str) -> Any:
 
 
 def _serve(conn: Connection) -> None:
+    keep_freed_memory()
     while True:
         try:
             target, args, kwargs = conn.recv()

@@ -34,6 +34,7 @@ from algorithms.pipeline import (
 )
 from algorithms.synthetic import SimConfig, SimVisit, make_visit
 from algorithms.synthetic_run import run_visit
+from base.heap import keep_freed_memory
 
 REPEATS = 3
 
@@ -51,6 +52,7 @@ def process(v: SimVisit) -> CcdResult:
 
 
 def _child(path: str) -> None:
+    keep_freed_memory()  # as the CCD processor's worker child does (base/isolated.py)
     t0 = time.perf_counter()
     process(make_visit(SimConfig(seed=99, n_transients=5)))
     warm = time.perf_counter() - t0
