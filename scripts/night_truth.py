@@ -23,6 +23,7 @@ import numpy as np
 from algorithms.association_run import associate
 from base.ccd_inputs import NightDirectoryRepository
 from base.ccd_processing import CcdProcessing
+from base.heap import keep_freed_memory
 from base.reports.truth import TruthSources, load_truth, match
 from summit.night_files import open_night
 from summit.simulation import plan_night, run_night
@@ -85,7 +86,8 @@ def process_night(night: Path, workers: int = 2) -> list[ProcessedCcd]:
     jobs = [(str(night), i, d.id) for i in range(len(src.visits)) for d in src.camera.detectors]
     if workers <= 1:
         return [_process_one(*j) for j in jobs]
-    with ProcessPoolExecutor(workers) as pool:
+    # Each worker keeps its freed planes for the next CCD, as the CCD processor's child does.
+    with ProcessPoolExecutor(workers, initializer=keep_freed_memory) as pool:
         return list(pool.map(_process_one, *zip(*jobs, strict=True)))
 
 
