@@ -17,6 +17,7 @@ from algorithms.cosmicray import find_cosmic_rays
 from algorithms.cutouts import Cutout, Plane, make_cutouts
 from algorithms.detection import PEAK_DTYPE, detect_sources
 from algorithms.diasource import DIASOURCE_DTYPE, DiaImages, measure_diasources
+from algorithms.dipole import drop_registration_dipoles
 from algorithms.geometry import CcdGeometry
 from algorithms.interp import interpolate_masked
 from algorithms.isr import Calibrations, IsrConfig, run_isr
@@ -104,6 +105,8 @@ class PipelineConfig:
     #: Drop detections centred on saturated cores, bleed trails and their SUSPECT
     #: surroundings (``star_changes.saturation_residuals``): subtraction cannot model them.
     drop_saturation_residuals: bool = True
+    #: Drop DIASources the dipole fit calls registration artefacts (``isDipole``).
+    drop_registration_dipoles: bool = True
     al_kernel_size: int = 21
     al_spatial_order: int = 1
     al_min_snr: float = 30.0
@@ -498,6 +501,8 @@ def _run(
                 eps_psf, stars,
             )  # fmt: skip
         del pixel_var
+        if cfg.drop_registration_dipoles:
+            res.diasources = drop_registration_dipoles(res.diasources)
     if cfg.make_cutouts:
         with t.stage("cutouts"):
             planes = {

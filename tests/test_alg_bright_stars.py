@@ -16,6 +16,7 @@ import pytest
 from algorithms import mask as mk
 from algorithms.detection import detect_sources
 from algorithms.diasource import DiaImages, measure_diasources
+from algorithms.dipole import drop_registration_dipoles
 from algorithms.model_noise import add_model_error
 from algorithms.pipeline import (
     CcdResult,
@@ -262,6 +263,9 @@ def test_dipole_fit_tells_a_misregistered_star_from_a_variable_that_moved() -> N
         net = float(real["dipoleFluxDiff"][0])
         assert net > 5 * float(real["dipoleFluxDiffErr"][0]) and 1.4e4 < net < 2.6e4
         assert real["psfFlux"][0] == real["dipoleFluxDiff"][0]
+        # the pipeline keeps the variable and drops the artefact (drop_registration_dipoles)
+        assert len(drop_registration_dipoles(artefact)) == 0
+        assert len(drop_registration_dipoles(real)) == 1
 
 
 def test_a_sparse_ccd_models_its_psf_from_a_few_stars() -> None:
