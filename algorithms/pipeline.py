@@ -18,6 +18,7 @@ from algorithms.cosmicray import find_cosmic_rays
 from algorithms.cutouts import Cutout, Plane, make_cutouts
 from algorithms.detection import PEAK_DTYPE, detect_sources
 from algorithms.diasource import DIASOURCE_DTYPE, DiaImages, measure_diasources
+from algorithms.dipole import drop_registration_dipoles
 from algorithms.geometry import CcdGeometry
 from algorithms.interp import interpolate_masked
 from algorithms.isr import Calibrations, IsrConfig, run_isr
@@ -41,6 +42,7 @@ from algorithms.psf_wings import extend_kernel
 from algorithms.star_changes import (
     recentre_on_saturated_stars,
     saturated_star_peaks,
+    saturation_residuals,
     star_change_peaks,
 )
 from algorithms.warp import warp_image
@@ -101,6 +103,11 @@ class PipelineConfig:
     #: Forced PSF fluxes on the difference at the measured stars find changes of bright
     #: stars that the detection's model-error variance hides (``algorithms.star_changes``).
     star_changes: bool = True
+    #: Drop detections centred on saturated cores, bleed trails and their SUSPECT
+    #: surroundings (``star_changes.saturation_residuals``): subtraction cannot model them.
+    drop_saturation_residuals: bool = True
+    #: Drop DIASources the dipole fit calls registration artefacts (``isDipole``).
+    drop_registration_dipoles: bool = True
     al_kernel_size: int = 21
     al_spatial_order: int = 1
     al_min_snr: float = 30.0
@@ -503,7 +510,10 @@ def _run(
                 zr.image, zr.variance, zr.mask, dpsf, ddet.peaks, pfit.fwhm, ddet.noise_scale,
                 cfg.dia_threshold,
             )  # fmt: skip
-            ddet.peaks = np.concatenate([np.delete(ddet.peaks, fragments), at_stars, at_sat])
+            ddet.peaks = np.delete(ddet.peaks, fragments)
+        if cfg.drop_saturation_residuals:
+            ddet.peaks = np.delete(ddet.peaks, saturation_residuals(ddet.peaks, zr.mask))
+        ddet.peaks = np.concatenate([ddet.peaks, at_stars, at_sat])
         res.summary["n_star_changes"] = len(at_stars) + len(at_sat)
     with t.stage("dia_measurement"):
         imgs = DiaImages(
@@ -524,6 +534,8 @@ def _run(
                 eps_psf, stars,
             )  # fmt: skip
         del pixel_var
+        if cfg.drop_registration_dipoles:
+            res.diasources = drop_registration_dipoles(res.diasources)
     if cfg.make_cutouts:
         with t.stage("cutouts"):
             planes = {

@@ -181,6 +181,21 @@ def saturated_star_peaks(
     return np.array(rows, PEAK_DTYPE), np.unique(np.array(replaced, np.int64))
 
 
+def saturation_residuals(peaks: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Indices of the ``peaks`` centred on a saturated core or its SUSPECT surroundings.
+
+    What subtraction leaves there is the charge the clipped core and bleed trail lost, spread
+    by the kernels, in both polarities and at any S/N (12–28 on mini); the PSF flux of a
+    change of the saturated star itself (``saturated_star_peaks``, which replaces the star's
+    fragments by one peak on its core) is the one measurement those pixels allow. Rubin's
+    pipelines drop DIASources centred on saturated pixels in the same way.
+    """
+    if not len(peaks):
+        return np.zeros(0, np.int64)
+    centre = mask[peaks["y"], peaks["x"]]
+    return np.flatnonzero((centre & (mk.SAT | mk.SUSPECT)) != 0)
+
+
 def _blocks_any(a: np.ndarray, b: int) -> np.ndarray:
     """Whether each b×b block of the boolean ``a`` holds a True (4 bytes of a row at once)."""
     ny, nx = a.shape

@@ -16,6 +16,7 @@ import pytest
 from algorithms import mask as mk
 from algorithms.detection import detect_sources
 from algorithms.diasource import DiaImages, measure_diasources
+from algorithms.dipole import drop_registration_dipoles
 from algorithms.model_noise import add_model_error
 from algorithms.pipeline import (
     CcdResult,
@@ -23,6 +24,7 @@ from algorithms.pipeline import (
 )
 from algorithms.psf import KernelPsf, WingedPsf, fit_psf
 from algorithms.psf_wings import Moffat, extend_kernel, fit_moffat
+from algorithms.star_changes import saturation_residuals
 from algorithms.synthetic import SimConfig, SimVisit, make_visit, moffat_kernel
 from algorithms.synthetic_run import run_visit
 from algorithms.wcs import TanSipWcs
@@ -171,6 +173,54 @@ def test_saturated_stars_and_bleed_trails_flag_what_they_leave_and_drop_nothing(
         assert r.summary["n_saturated_regions"] > 0
 
 
+def test_what_a_saturated_core_leaves_is_dropped_and_a_transient_beside_it_kept() -> None:
+    """On mini, a 12.1-12.3 mag star's clipped core left 2-4 DIASources of either sign 12-17
+    px out (S/N 11-28, flagged suspect, all false): a difference holding such a ring of
+    residuals around a saturated core and bleed trail, and transients beyond its SUSPECT box
+    and on the trail's far side. The ring's peaks are dropped; the transients and the peak
+    of the saturated star's own change (``saturated_star_peaks``, centred on the core) are
+    not part of the drop."""
+    rng = np.random.default_rng(7)
+    n, fwhm = 160, 4.0
+    sigma = fwhm / 2.3548
+    diff = rng.normal(0.0, 10.0, (n, n)).astype(np.float32)
+    var = np.full((n, n), 100.0, np.float32)
+    mask = np.zeros((n, n), mk.MASK_DTYPE)
+    mask[75:86, 75:86] |= mk.SAT  # the core
+    mask[86:120, 79:82] |= mk.SAT  # its bleed trail
+    yy, xx = np.mgrid[:n, :n]
+
+    def blob(x: float, y: float, flux: float) -> None:
+        diff[:] += (
+            flux
+            * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+            / (2 * np.pi * sigma**2)
+        )
+
+    ring = [(80 + 14 * np.cos(a), 80 + 14 * np.sin(a), f)
+            for a, f in ((0.3, 3000.0), (2.0, -2500.0), (3.5, 2000.0), (5.0, -3000.0))]  # fmt: skip
+    transients = [(20.0, 20.0, 2500.0), (140.0, 40.0, 2500.0), (30.0, 140.0, 2500.0)]
+    for x, y, f in ring + transients:
+        blob(x, y, f)
+    assert mk.flag_saturation_surroundings(mask, fwhm) == 1
+    det = detect_sources(diff, var, mask, sigma, 5.0, negative=True,
+                         exclude_bits=mk.NO_DATA | mk.SAT | mk.BAD)  # fmt: skip
+    pk = det.peaks
+
+    def found(peaks: np.ndarray, x: float, y: float) -> bool:
+        return bool((np.hypot(peaks["x"] - x, peaks["y"] - y) < 3).any())
+
+    assert all(found(pk, x, y) for x, y, _ in ring + transients)
+    drop = saturation_residuals(pk, mask)
+    kept = np.delete(pk, drop)
+    assert not any(found(kept, x, y) for x, y, _ in ring)
+    assert all(found(kept, x, y) for x, y, _ in transients)
+    core = np.zeros(1, pk.dtype)
+    core["x"], core["y"] = 80, 80
+    assert len(saturation_residuals(core, mask)) == 1  # centred on SAT: the pipeline adds
+    assert len(saturation_residuals(pk[:0], mask)) == 0  # the change's peak after the drop
+
+
 def _dipole_scene(change: float, shift: float, seed: int) -> np.ndarray:
     """DIASources of a difference image holding one 16.5 mag star (2e5 e-) that moved by
     ``shift`` px against the template (a registration error) and changed by ``change``×F."""
@@ -213,6 +263,9 @@ def test_dipole_fit_tells_a_misregistered_star_from_a_variable_that_moved() -> N
         net = float(real["dipoleFluxDiff"][0])
         assert net > 5 * float(real["dipoleFluxDiffErr"][0]) and 1.4e4 < net < 2.6e4
         assert real["psfFlux"][0] == real["dipoleFluxDiff"][0]
+        # the pipeline keeps the variable and drops the artefact (drop_registration_dipoles)
+        assert len(drop_registration_dipoles(artefact)) == 0
+        assert len(drop_registration_dipoles(real)) == 1
 
 
 def test_a_sparse_ccd_models_its_psf_from_a_few_stars() -> None:

@@ -160,7 +160,8 @@ def _saturated_variable(change: float, star_changes: bool = True) -> tuple[SimVi
     exp = ExposureInfo(visit=1, detector=0, exptime=v.exptime, initial_wcs=v.initial_wcs)
     ref = ReferenceCatalog(v.ref_ra, v.ref_dec, v.ref_flux)
     tm = Template(v.template_image, v.template_variance, v.template_wcs, v.template_psf)
-    cfg_p = PipelineConfig(star_changes=star_changes)
+    # without the star's change the fragments are saturation residuals, dropped as such
+    cfg_p = PipelineConfig(star_changes=star_changes, drop_saturation_residuals=star_changes)
     return v, run_ccd(v.raw_amps, v.geometry, v.calibs, exp, ref, tm, cfg_p)
 
 
