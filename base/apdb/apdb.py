@@ -64,6 +64,11 @@ INSERT INTO {{schema}}.metadata VALUES ('apdb.yaml version', '{FROZEN_YAML_VERSI
     ON CONFLICT (name) DO NOTHING;
 """,
     ),
+    Migration(
+        2,
+        "room on DiaObject and DiaObjectLast pages for each row's in-place update (HOT)",
+        _SQL.joinpath("0002_update_room.sql").read_text(),
+    ),
 )
 
 
