@@ -220,6 +220,7 @@ async def run(dsn: str) -> dict[str, Any]:
         "objects_written": len(res.objects["diaObjectId"]), "stored": stored.stored,
         "prefill_s": prefill_dmcs_s, "cluster_s": cluster_dmcs_s,
     }  # fmt: skip
+    prefilled = await apdb.count("DiaObjectLast")
     await apdb.close()  # its backends end, reporting their statistics
     dmcs["updates"] = await _update_stats(dsn, before)
     dax_out = await asyncio.to_thread(dax_visit, dax, res.objects, res.sources)
@@ -227,7 +228,7 @@ async def run(dsn: str) -> dict[str, Any]:
     dax_out["cluster_s"] = cluster_dax_s
     out = {
         "benchmark": "apdb",
-        "dia_objects_prefilled": await apdb.count("DiaObjectLast"),
+        "dia_objects_prefilled": prefilled,
         "n_dia_sources": N_SRC, "visit_region_deg": 2 * VISIT_HALF,
         "dmcs": dmcs,
         "lsst_dax_apdb": {**dax_out, "version": _version("lsst-dax-apdb"),
