@@ -1,7 +1,8 @@
 """APDB benchmark: per-visit preload + store of 10k DIASources with >= 1M DiaObjects pre-filled,
 dmcs beside lsst-dax-apdb's SQL APDB (ApdbSql, ``last_object_table`` index, its best
 PostgreSQL layout) in one run, on the same embedded PostgreSQL (or DMCS_BENCH_DSN) and the
-same data. Prints JSON.
+same data. Prints JSON, with the visit's row updates of DiaObject and DiaObjectLast (how many
+were HOT) and the WAL the server wrote meanwhile.
 
 Both databases get the same 1M DiaObjects (each with one earlier DiaSource) over 10 x 10 deg;
 dmcs fills its own through ``Apdb.store`` (COPY), lsst-dax-apdb's tables are filled with COPY
@@ -190,6 +191,9 @@ async def run(dsn: str) -> dict[str, Any]:
     cluster_dmcs_s = time.perf_counter() - t
     cluster_dax_s = await cluster_dax(dsn)
 
+    await apdb.close()  # the visit gets its own connections: their statistics are the visit's
+    apdb = await Apdb.connect(dsn, schema=DMCS_SCHEMA, max_size=2)
+    before = await _update_stats(dsn)
     rng = np.random.default_rng(0)
     region = Region.box(RA0, DEC0, VISIT_HALF, pad_arcsec=PAD)
     warm_up_codecs()  # as the Association does when it starts: the numba kernels are loaded
@@ -216,12 +220,15 @@ async def run(dsn: str) -> dict[str, Any]:
         "objects_written": len(res.objects["diaObjectId"]), "stored": stored.stored,
         "prefill_s": prefill_dmcs_s, "cluster_s": cluster_dmcs_s,
     }  # fmt: skip
+    prefilled = await apdb.count("DiaObjectLast")
+    await apdb.close()  # its backends end, reporting their statistics
+    dmcs["updates"] = await _update_stats(dsn, before)
     dax_out = await asyncio.to_thread(dax_visit, dax, res.objects, res.sources)
     dax_out["prefill_by_copy_s"] = prefill_dax_s
     dax_out["cluster_s"] = cluster_dax_s
     out = {
         "benchmark": "apdb",
-        "dia_objects_prefilled": await apdb.count("DiaObjectLast"),
+        "dia_objects_prefilled": prefilled,
         "n_dia_sources": N_SRC, "visit_region_deg": 2 * VISIT_HALF,
         "dmcs": dmcs,
         "lsst_dax_apdb": {**dax_out, "version": _version("lsst-dax-apdb"),
@@ -232,8 +239,30 @@ async def run(dsn: str) -> dict[str, Any]:
         "clock": "wall time, on a 2-core machine shared with other work",
     }  # fmt: skip
     out["meets_ratio"] = out["ratio_dax_over_dmcs"] >= 10.0
-    await apdb.close()
     return out
+
+
+async def _update_stats(dsn: str, since: dict[str, int] | None = None) -> dict[str, int]:
+    """Row updates of DiaObject and DiaObjectLast, how many were HOT, and the WAL written
+    (cumulative, or since ``since``)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        for _ in range(20):  # ended backends report within a moment
+            await conn.execute("SELECT pg_stat_clear_snapshot()")
+            rows = await conn.fetch(
+                "SELECT relname, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
+                " WHERE schemaname = $1 AND relname IN ('DiaObject', 'DiaObjectLast')",
+                DMCS_SCHEMA,
+            )
+            wal = await conn.fetchrow("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal")
+            now = {f"{r[0]}_{k}": int(r[k]) for r in rows for k in ("n_tup_upd", "n_tup_hot_upd")}
+            now |= {k: int(wal[k]) for k in ("wal_records", "wal_fpi", "wal_bytes")}
+            if since is None or now["DiaObject_n_tup_upd"] > since["DiaObject_n_tup_upd"]:
+                break
+            await asyncio.sleep(0.25)
+    finally:
+        await conn.close()
+    return now if since is None else {k: v - since.get(k, 0) for k, v in now.items()}
 
 
 def _version(name: str) -> str:

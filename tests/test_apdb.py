@@ -12,7 +12,10 @@ import pytest_asyncio
 
 from base.apdb import Apdb, DatabaseUnavailableError, IdPacker, Region, pixel_ids
 from base.apdb import schema as sch
+from base.apdb.apdb import store_spec
 from base.apdb.simulate import dia_objects_from_sources, dia_sources, random_sky
+from base.db.migrate import Store, migrate
+from base.db.pool import connect_pool
 from state.errors import DmcsError, RetriableError, StorageError
 
 SCHEMA = "apdb_test_apdb"
@@ -56,13 +59,13 @@ async def test_columns_in_database_match_yaml(apdb: Apdb, pg_dsn: str) -> None:
     for c in sch.tables()["DiaSource"].columns:
         assert db_cols[c.name][0] == c.pg_type
         assert (db_cols[c.name][1] == "YES") == c.nullable
-    assert await apdb.schema_version() == 1
+    assert await apdb.schema_version() == 2
 
 
 async def test_migrations_rerun_is_noop(apdb: Apdb, pg_dsn: str) -> None:
     again = await Apdb.connect(pg_dsn, schema=SCHEMA)
     try:
-        assert await again.schema_version() == 1
+        assert await again.schema_version() == 2
     finally:
         await again.close()
 
@@ -161,6 +164,79 @@ async def test_new_version_replaces_last(apdb: Apdb) -> None:
     assert len(pre.objects["diaObjectId"]) == 20
     assert set(pre.objects["nDiaSources"].tolist()) == {2}
     assert len(pre.sources["diaSourceId"]) == 40
+
+
+async def _blocks(conn: asyncpg.Connection, schema: str, ids: list[int], start: float) -> list[int]:
+    rows = await conn.fetch(
+        f'SELECT ("ctid"::text::point)[0] AS block FROM "{schema}"."DiaObject"'
+        ' WHERE "diaObjectId" = ANY($1::bigint[]) AND "validityStartMjdTai" = $2'
+        ' ORDER BY "diaObjectId"',
+        ids,
+        start,
+    )
+    return [int(r["block"]) for r in rows]
+
+
+async def test_an_existing_apdb_is_migrated_to_hot_version_updates(pg_dsn: str) -> None:
+    """Migration 2 on an APDB filled under migration 1: the rows are kept, the pages get room,
+    and closing a version is a HOT update: it stays on its page and adds no index entry."""
+    schema = "apdb_test_hot"
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        spec = store_spec()
+        v1 = Store(spec.component, spec.migrations[:1], spec.code_version, spec.params)
+        assert await migrate(conn, schema, v1) == [1]
+        pool = await connect_pool(pg_dsn, max_size=2)
+        rng = np.random.default_rng(11)
+        ra, dec = random_sky(rng, 3000, 30.0, -20.0, 0.5)
+        src = dia_sources(rng, ra, dec, 51, 2, MJD)
+        src["diaObjectId"] = src["diaSourceId"].copy()
+        obj = dia_objects_from_sources(src, MJD)
+        try:
+            await Apdb(pool, schema).store(51, 2, src, obj)  # full pages, as migration 1 made them
+        finally:
+            await pool.close()
+
+        db = await Apdb.connect(pg_dsn, schema=schema)
+        try:
+            assert await db.schema_version() == 2
+            options = await conn.fetch(
+                "SELECT relname, reloptions FROM pg_class WHERE relnamespace = $1::regnamespace"
+                " AND relname IN ('DiaObject', 'DiaObjectLast') ORDER BY relname",
+                schema,
+            )
+            assert [r["reloptions"] for r in options] == [["fillfactor=70"], ["fillfactor=80"]]
+            assert await db.count("DiaObjectLast") == 3000
+            assert await conn.fetchval(f'SELECT count(*) FROM "{schema}"."DiaObject"') == 3000
+            assert await db.schema_version() == 2  # a second connect applied nothing more
+            again = await Apdb.connect(pg_dsn, schema=schema)
+            await again.close()
+
+            touched = np.arange(0, 3000, 10)  # one object in ten gets a new version
+            ids = np.sort(obj["diaObjectId"][touched]).tolist()
+            before = await _blocks(conn, schema, ids, MJD)
+            src2 = dia_sources(rng, ra[touched], dec[touched], 52, 2, MJD + 1)
+            src2["diaObjectId"] = obj["diaObjectId"][touched].copy()
+            obj2 = {k: v[touched].copy() for k, v in obj.items()}
+            obj2["validityStartMjdTai"][:] = MJD + 1
+            obj2["nDiaSources"][:] = 2
+            await db.store(52, 2, src2, obj2)
+        finally:
+            await db.close()
+        closed = await conn.fetch(
+            f'SELECT "validityEndMjdTai" FROM "{schema}"."DiaObject"'
+            ' WHERE "diaObjectId" = ANY($1::bigint[]) AND "validityStartMjdTai" = $2',
+            ids,
+            MJD,
+        )
+        assert [r[0] for r in closed] == [MJD + 1] * len(ids)
+        # Same block: the closing update was HOT (no indexed column changes, so an update that
+        # stays on its page is a heap-only tuple).
+        assert await _blocks(conn, schema, ids, MJD) == before
+    finally:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.close()
 
 
 async def test_unreachable_database_is_retriable(tmp_path) -> None:

@@ -16,7 +16,7 @@ import pytest_asyncio
 from algorithms.partition import REGION_ORDER, footprint_center, partition_of, region_of
 from base.apdb import Apdb, Region
 from base.apdb.outbox import decode
-from base.apdb.region_lock import lock_keys
+from base.apdb.region_lock import lock_keys, namespace
 from base.apdb.simulate import dia_sources
 from base.prompt.association_step import alert_handoff, associate_ccd
 from base.prompt.partitions import association_peer
@@ -288,6 +288,51 @@ async def test_a_source_on_a_partition_border_makes_one_diaobject(pg_dsn: str, a
     assert links["groups"] == {
         frozenset({int(x.sources["diaSourceId"][0]), int(y.sources["diaSourceId"][0])})
     }
+
+
+async def test_a_region_lock_lets_its_keys_go_on_exit_error_and_cancel(apdbs, pg_dsn) -> None:
+    """The APDB pool does not reset a released connection (no round trip per release): the
+    region lock lets its advisory locks go itself, after the block, after an error in it,
+    and when cancelled while it waits for a key another session holds."""
+    schema = "apdb_part_unlock"
+    await apdbs(schema, fresh=True)
+    a = await apdbs(schema)
+    region = Region(*_box(61.0, -21.0), 10.0)
+    ns = namespace(schema)
+    conn = await asyncpg.connect(pg_dsn)
+
+    async def held() -> int:
+        return await conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid::bigint = $1"
+            " AND pid <> pg_backend_pid()",
+            ns % (1 << 32),
+        )
+
+    async def hold_a_while() -> None:
+        async with a.region_lock(region):
+            await asyncio.sleep(30)
+
+    try:
+        async with a.region_lock(region):
+            assert await held() == len(lock_keys(region))
+        assert await held() == 0
+        with pytest.raises(RuntimeError, match="inside"):
+            async with a.region_lock(region):
+                raise RuntimeError("inside")
+        assert await held() == 0
+        await conn.execute("SELECT pg_advisory_lock($1, $2)", ns, lock_keys(region)[-1])
+        waiting = asyncio.ensure_future(hold_a_while())
+        await asyncio.sleep(0.5)
+        assert not waiting.done()
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert await held() == 0
+        await conn.execute("SELECT pg_advisory_unlock_all()")
+        async with a.region_lock(region):  # every key is free again
+            assert await held() == len(lock_keys(region))
+    finally:
+        await conn.close()
 
 
 async def test_a_ccd_waits_for_the_region_a_neighbour_holds(apdbs) -> None:

@@ -64,6 +64,11 @@ INSERT INTO {{schema}}.metadata VALUES ('apdb.yaml version', '{FROZEN_YAML_VERSI
     ON CONFLICT (name) DO NOTHING;
 """,
     ),
+    Migration(
+        2,
+        "room on DiaObject and DiaObjectLast pages for each row's in-place update (HOT)",
+        _SQL.joinpath("0002_update_room.sql").read_text(),
+    ),
 )
 
 
@@ -126,7 +131,11 @@ class Apdb:
         apdb.yaml version) raises ``IncompatibleDatabaseError``.
         """
         spec = store_spec()
-        pool = await connect_pool(dsn, min_size=min_size, max_size=max_size, what="APDB")
+        # Stateless: no reset round trip after each of a CCD's ~8 acquisitions; the one user
+        # of session state, the region lock, lets its advisory locks go itself.
+        pool = await connect_pool(
+            dsn, min_size=min_size, max_size=max_size, what="APDB", stateless=True
+        )
         try:
             async with mapped_errors("APDB connect"), pool.acquire() as conn:
                 await migrate(conn, schema, spec)

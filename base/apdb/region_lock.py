@@ -64,8 +64,13 @@ async def region_lock(pool: asyncpg.Pool, schema: str, region: Region) -> AsyncI
             )
         yield
     finally:
+        # The APDB's pool does not reset a released connection (``stateless``): the locks are
+        # let go here, or the session, and so its locks, ends with the connection.
         try:
             await conn.execute("SELECT pg_advisory_unlock_all()")
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-            conn.terminate()  # its session, and so its locks, end with it
-        await pool.release(conn)
+        except BaseException as e:
+            conn.terminate()
+            if not isinstance(e, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+                raise
+        finally:
+            await pool.release(conn)
