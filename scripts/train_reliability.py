@@ -35,9 +35,9 @@ from scripts.night_truth import LabelledNight, default_workers, nights
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "base" / "reliability_model.json"
-TRAIN = [("mini", s, 6) for s in range(101, 107)] + [("comcam", 101, 2)]
+TRAIN = [("mini", s, 6) for s in range(101, 107)] + [("comcam", s, 2) for s in range(101, 104)]
 HOLDOUT = [("mini", s, 6) for s in range(201, 203)] + [("comcam", 201, 2)]
-VERSION = "gbt-2"
+VERSION = "gbt-3"
 
 
 def _areas(n: LabelledNight) -> dict[tuple[int, int], CcdArea]:
