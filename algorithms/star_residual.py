@@ -36,10 +36,21 @@ BAD_BITS = mk.NO_DATA | mk.SAT | mk.BAD
 
 
 def _stamp(
-    image: np.ndarray, variance: np.ndarray, mask: np.ndarray, psf: Psf, x: float, y: float
+    image: np.ndarray,
+    variance: np.ndarray,
+    mask: np.ndarray,
+    psf: Psf,
+    x: float,
+    y: float,
+    shift: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(psf, data, inverse variance) on the pixels where the PSF at (x, y) meets the image."""
-    k, x0, y0 = psf.realize(x, y)
+    """(psf, data, inverse variance) on the pixels where the PSF at (x, y) meets the image;
+    without ``shift`` the PSF is centred on the nearest pixel (no sub-pixel resampling)."""
+    if shift:
+        k, x0, y0 = psf.realize(x, y)
+    else:
+        k = psf.fit_kernel_at(x, y)
+        x0, y0 = round(x) - k.shape[0] // 2, round(y) - k.shape[0] // 2
     n = k.shape[0]
     ny, nx = image.shape
     ax0, ay0, ax1, ay1 = max(x0, 0), max(y0, 0), min(x0 + n, nx), min(y0 + n, ny)
@@ -72,6 +83,22 @@ def _asymmetry(image: np.ndarray, mask: np.ndarray, x: float, y: float, half: in
     r = d[::-1, ::-1]
     total = float(((d - r) ** 2).sum() + ((d + r) ** 2).sum())
     return float(((d - r) ** 2).sum()) / total if total > 0 else np.nan
+
+
+def _at_star(
+    diff: np.ndarray, variance: np.ndarray, mask: np.ndarray, psf: Psf, x: float, y: float,
+    noise_scale: float, floor: float,
+) -> tuple[float, float, float]:  # fmt: skip
+    """(forced PSF flux, its S/N against √((s·σ)² + floor²), PSF correlation) at a star."""
+    st = _stamp(diff, variance, mask, psf, x, y)
+    if st is None:
+        return np.nan, np.nan, np.nan
+    p, d, w = st
+    a = float((p * p * w).sum())
+    if a <= 0:
+        return np.nan, np.nan, np.nan
+    f = float((p * d * w).sum()) / a
+    return f, f / float(np.hypot(noise_scale / np.sqrt(a), floor)), _correlation(p, d, w)
 
 
 def star_residual_columns(
@@ -120,10 +147,11 @@ def star_residual_columns(
         tree = cKDTree(np.stack([sx, sy], 1))
         near = tree.query_ball_point(np.stack([x, y], 1), r=radius_sigma * sigma)
     half = max(2, round(2.0 * sigma))
+    at_star: dict[int, tuple[float, float, float]] = {}
     for k in range(n):
         if not (np.isfinite(x[k]) and np.isfinite(y[k])):
             continue
-        st = _stamp(diff, variance, mask, psf, x[k], y[k])
+        st = _stamp(diff, variance, mask, psf, x[k], y[k], shift=False)
         if st is not None:
             out["stampPsfCorrelation"][k] = _correlation(*st)
         out["stampAsymmetry"][k] = _asymmetry(diff, mask, x[k], y[k], half)
@@ -134,17 +162,11 @@ def star_residual_columns(
         j = cand[int(np.argmax(sf[cand] / (1.0 + d2)))]
         out["starOffset"][k] = np.sqrt((sx[j] - x[k]) ** 2 + (sy[j] - y[k]) ** 2) / sigma
         out["starFluxFraction"][k] = dflux[k] / sf[j]
-        at = _stamp(diff, variance, mask, psf, sx[j], sy[j])
-        if at is None:
-            continue
-        p, d, w = at
-        a = float((p * p * w).sum())
-        if a <= 0:
-            continue
-        f = float((p * d * w).sum()) / a
-        floor = np.hypot(s / np.sqrt(a), e * sf[j])
-        out["starModelSnr"][k] = f / floor
+        if j not in at_star:
+            at_star[j] = _at_star(diff, variance, mask, psf, sx[j], sy[j], s, e * sf[j])
+        f, snr, corr = at_star[j]
+        out["starModelSnr"][k] = snr
         pf = float(dia["psfFlux"][k]) / cal
         out["starFluxRatio"][k] = f / pf if pf != 0 and np.isfinite(pf) else np.nan
-        out["starPsfCorrelation"][k] = _correlation(p, d, w)
+        out["starPsfCorrelation"][k] = corr
     return out
