@@ -11,7 +11,8 @@ reliability model gets these columns (``STAR_COLUMNS``), measured once where the
 - ``starFluxFraction``: |psfFlux| over the star's flux;
 - ``starModelSnr``: the forced PSF flux on the difference at the star over
   √((s·σ_pix)² + (ε·F_star)²), ε the CCD's PSF-flux model error: the change measured against
-  the star's own floor;
+  the star's own floor, positive when it has the DIASource's sign (a star dims as often as it
+  brightens, so this and the correlations are taken in the direction of the DIASource);
 - ``starFluxRatio``: that forced flux at the star over the DIASource's psfFlux (≈ 1 for a
   change of the star; small or of the other sign for a fragment of a ring);
 - ``starPsfCorrelation``: normalised correlation of the difference with the PSF at the star
@@ -151,9 +152,10 @@ def star_residual_columns(
     for k in range(n):
         if not (np.isfinite(x[k]) and np.isfinite(y[k])):
             continue
+        sign = -1.0 if float(dia["psfFlux"][k]) < 0 else 1.0
         st = _stamp(diff, variance, mask, psf, x[k], y[k], shift=False)
         if st is not None:
-            out["stampPsfCorrelation"][k] = _correlation(*st)
+            out["stampPsfCorrelation"][k] = sign * _correlation(*st)
         out["stampAsymmetry"][k] = _asymmetry(diff, mask, x[k], y[k], half)
         cand = [j for j in near[k] if sf[j] >= dflux[k]]
         if not cand:
@@ -165,8 +167,8 @@ def star_residual_columns(
         if j not in at_star:
             at_star[j] = _at_star(diff, variance, mask, psf, sx[j], sy[j], s, e * sf[j])
         f, snr, corr = at_star[j]
-        out["starModelSnr"][k] = snr
+        out["starModelSnr"][k] = sign * snr
         pf = float(dia["psfFlux"][k]) / cal
         out["starFluxRatio"][k] = f / pf if pf != 0 and np.isfinite(pf) else np.nan
-        out["starPsfCorrelation"][k] = corr
+        out["starPsfCorrelation"][k] = sign * corr
     return out

@@ -58,6 +58,15 @@ def test_a_few_per_cent_change_is_psf_shaped_at_the_star_and_above_its_floor(
     assert c["stampAsymmetry"][0] < 0.1
 
 
+def test_a_star_that_dims_looks_like_one_that_brightens(noise: np.ndarray) -> None:
+    change = -0.04 * STAR_FLUX
+    diff = _psf_image(SIGMA, *STAR, change) + noise
+    c = _measure(diff, [(STAR[0] - 0.2, STAR[1] + 0.1, change)])
+    assert c["starModelSnr"][0] > 5.0
+    assert c["starFluxRatio"][0] == pytest.approx(1.0, abs=0.05)
+    assert c["starPsfCorrelation"][0] > 0.9 and c["stampPsfCorrelation"][0] > 0.9
+
+
 def test_a_psf_width_mismatch_ring_is_not_psf_shaped_and_within_the_floor(
     noise: np.ndarray,
 ) -> None:
