@@ -14,6 +14,7 @@ from algorithms.measure import aperture_flux, forced_psf_flux, psf_fit
 from algorithms.moments import adaptive_moments
 from algorithms.psf import Psf
 from algorithms.reliability import RELIABILITY_VERSION, reliability_score
+from algorithms.star_residual import STAR_COLUMNS
 from algorithms.wcs import TanSipWcs
 
 _F4 = [
@@ -38,6 +39,8 @@ DIASOURCE_DTYPE = np.dtype(
     [("diaSourceId", "i8"), ("visit", "i8"), ("detector", "i2"), ("ra", "f8"), ("dec", "f8")]
     + [("trailRa", "f8"), ("trailDec", "f8")]
     + [(n, "f4") for n in _F4]
+    # not APDB columns: features of the reliability model (``algorithms.star_residual``)
+    + [(n, "f4") for n in STAR_COLUMNS]
     + [("psfNdata", "i4"), ("dipoleNdata", "i4"), ("bboxSize", "i4")]
     + [(n, "?") for n in _BOOL]
     + [("reliabilityVersion", "U16")]
@@ -131,6 +134,8 @@ def measure_diasources(
     tpsf = pixx + piyy
     groups = _pair_dipoles(det.peaks, 2.5 * 2.3548 * sigma)
     rows = np.zeros(len(groups), dtype=DIASOURCE_DTYPE)
+    for name in STAR_COLUMNS:
+        rows[name] = np.nan
     xs = np.zeros(len(groups))
     ys = np.zeros(len(groups))
     for r, (ip, ineg) in enumerate(groups):

@@ -45,6 +45,7 @@ from algorithms.star_changes import (
     saturation_residuals,
     star_change_peaks,
 )
+from algorithms.star_residual import STAR_COLUMNS, star_residual_columns
 from algorithms.warp import warp_image
 from algorithms.wcs import TanSipWcs
 from algorithms.zogy import ZogyResult, scale_variance, zogy_subtract
@@ -315,6 +316,20 @@ def psf_flux_with_model_error(
         row["psfFluxErr"] = np.hypot(s * err * calibration, eps * tf)
 
 
+def star_residuals(
+    dia: np.ndarray, diff: np.ndarray, variance: np.ndarray, mask: np.ndarray, psf: Psf,
+    calibration: float, noise_scale: float, eps: float, stars: np.ndarray,
+) -> None:  # fmt: skip
+    """Fill the DIASources' ``STAR_COLUMNS`` (``algorithms.star_residual``), in place."""
+    good = stars[stars["ok"]] if "ok" in (stars.dtype.names or ()) else stars
+    cols = star_residual_columns(
+        dia, diff, variance, mask, psf, calibration, noise_scale, eps,
+        good["x"], good["y"], good["flux"],
+    )  # fmt: skip
+    for name in STAR_COLUMNS:
+        dia[name] = cols[name]
+
+
 def run_ccd(
     raw_amps: Sequence[np.ndarray | None],
     geometry: CcdGeometry,
@@ -533,6 +548,10 @@ def _run(
                 res.diasources, zr.image, pixel_var, zr.mask, dpsf, calib, ddet.noise_scale,
                 eps_psf, stars,
             )  # fmt: skip
+        star_residuals(
+            res.diasources, zr.image, pixel_var, zr.mask, dpsf, calib, ddet.noise_scale,
+            eps if eps_psf is None else min(eps, eps_psf), stars,
+        )  # fmt: skip
         del pixel_var
         if cfg.drop_registration_dipoles:
             res.diasources = drop_registration_dipoles(res.diasources)

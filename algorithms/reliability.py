@@ -74,6 +74,9 @@ FEATURES: tuple[str, ...] = (
     "pixelFlags_saturated", "pixelFlags_saturatedCenter", "pixelFlags_suspect",
     "pixelFlags_suspectCenter", "centroid_flag", "psfFlux_flag", "shape_flag",
     "apFlux_flag_apertureTruncated",
+    # what the difference looks like at the nearest bright star (``algorithms.star_residual``)
+    "starOffset", "logStarFluxFraction", "starModelSnr", "starFluxRatio", "starPsfCorrelation",
+    "stampPsfCorrelation", "stampAsymmetry",
 )  # fmt: skip
 #: A feature that cannot be computed (a failed fit, no moments) takes this value; trees split
 #: it off like any other value, so missing is informative rather than imputed.
@@ -127,6 +130,13 @@ def features(cols: Mapping[str, np.ndarray] | np.ndarray) -> np.ndarray:
             "logDipoleRedChi2": np.log10(c("dipoleChi2") / dnd),
             "dipoleAsymmetry": np.abs(c("dipoleFluxDiff")) / np.abs(c("dipoleMeanFlux")),
             "bboxSize": c("bboxSize"),
+            "starOffset": c("starOffset"),
+            "logStarFluxFraction": np.log10(np.clip(c("starFluxFraction"), 1e-6, None)),
+            "starModelSnr": np.arcsinh(np.clip(c("starModelSnr"), -1e3, 1e3)),
+            "starFluxRatio": np.clip(c("starFluxRatio"), -5.0, 5.0),
+            "starPsfCorrelation": c("starPsfCorrelation"),
+            "stampPsfCorrelation": c("stampPsfCorrelation"),
+            "stampAsymmetry": c("stampAsymmetry"),
         }
     m = np.empty((n, len(FEATURES)), dtype=np.float32)
     for k, name in enumerate(FEATURES):
@@ -139,7 +149,8 @@ def features(cols: Mapping[str, np.ndarray] | np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ReliabilityModel:
-    """Gradient-boosted regression trees on :data:`FEATURES`, evaluated with numpy.
+    """Gradient-boosted regression trees on :data:`FEATURES` (or, for a model trained before
+    some were added, on the subset it names), evaluated with numpy.
 
     Trees are flat arrays (node ``k`` splits on ``feature[k]`` at ``threshold[k]``: ``x <=
     threshold`` goes to ``left[k]``; a leaf has ``feature == -1`` and adds ``value[k]``).
@@ -166,10 +177,10 @@ class ReliabilityModel:
             if d.get("kind") != "gradient_boosted_trees":
                 raise ValueError(f"unknown model kind {d.get('kind')!r}")
             names = tuple(str(f) for f in d["features"])
-            if names != FEATURES:
+            if not names or not set(names) <= set(FEATURES):
                 raise ValueError(
                     "the model was trained on other features than this code computes: "
-                    f"{sorted(set(names) ^ set(FEATURES))}"
+                    f"{sorted(set(names) - set(FEATURES)) or 'none'}"
                 )
             trees = d["trees"]
             if not trees:
@@ -240,7 +251,8 @@ class ReliabilityModel:
         }
 
     def decision(self, x: np.ndarray) -> np.ndarray:
-        """Log-odds of being real for a feature matrix from :func:`features`."""
+        """Log-odds of being real for a feature matrix of the model's ``features`` (in order;
+        :func:`features` when the model was trained on all of them)."""
         x = np.asarray(x, dtype=np.float32).astype(np.float64)
         n, (t, width) = x.shape[0], self.feature.shape
         # Flat ``take`` on raveled tables: 2-D fancy indexing cost ~5x more for a CCD's sources.
@@ -263,5 +275,8 @@ class ReliabilityModel:
         """Reliability in [0, 1] of each DIASource (probability of being real)."""
         if (len(cols) if isinstance(cols, np.ndarray) else len(np.asarray(cols["psfFlux"]))) == 0:
             return np.zeros(0, np.float32)
-        z = self.decision(features(cols))
+        x = features(cols)
+        if self.features != FEATURES:
+            x = x[:, [FEATURES.index(f) for f in self.features]]
+        z = self.decision(x)
         return (1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))).astype(np.float32)

@@ -27,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from algorithms.reliability import ReliabilityModel
 from base.reliability import alert_threshold, load_reliability_model
 from base.reports.alert_quality import (
     PULL_SNR_EDGES,
@@ -59,10 +60,12 @@ TARGETS = {
 BRIGHT_MAG = 18.0
 
 
-def night_quality(n: LabelledNight, threshold: float, night_dir: Path) -> dict[str, Any]:
+def night_quality(
+    n: LabelledNight, threshold: float, night_dir: Path, model: ReliabilityModel | None = None
+) -> dict[str, Any]:
     """The figures of one night (``alert_quality``), the WCS fit and the bright-star count;
     ``_pulls`` holds the raw (S/N, pull) pairs for pooling."""
-    model = load_reliability_model()
+    model = model or load_reliability_model()
     areas, wcs = {}, []
     for c in n.ccds:
         s = c.summary
@@ -164,9 +167,11 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/dmcs-ccd-quality"))
     ap.add_argument("--workers", type=int, default=default_workers())
     ap.add_argument("--reuse", action="store_true", help="reuse processed CCDs of a past run")
+    ap.add_argument("--model", type=Path, help="a reliability model file (default: shipped)")
+    ap.add_argument("--threshold", type=float, help="alert threshold (default: the model's)")
     args = ap.parse_args()
-    model = load_reliability_model()
-    threshold = alert_threshold(model, None)
+    model = load_reliability_model(args.model)
+    threshold = alert_threshold(model, args.threshold)
     visits = {"mini": args.mini_visits, "comcam": args.comcam_visits}
     specs = [(c, s, visits.get(c, 2)) for c in args.cameras for s in args.seeds]
     t0 = time.time()
@@ -179,7 +184,7 @@ def main() -> None:
     per_camera: dict[str, list[dict[str, Any]]] = {}
     labelled = nights(specs, args.work, args.workers, args.reuse)
     for (camera, seed, v), n in zip(specs, labelled, strict=True):
-        q = night_quality(n, threshold, args.work / f"{camera}-s{seed}-v{v}")
+        q = night_quality(n, threshold, args.work / f"{camera}-s{seed}-v{v}", model)
         out["nights"][f"{n.camera}-s{n.seed}"] = {k: x for k, x in q.items() if k != "_pulls"}
         per_camera.setdefault(n.camera, []).append(q)
     out["pooled"] = {c: _pooled(qs) for c, qs in per_camera.items()}

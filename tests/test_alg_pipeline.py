@@ -22,6 +22,7 @@ from algorithms.pipeline import (
     Template,
     run_ccd,
 )
+from algorithms.star_residual import STAR_COLUMNS
 from algorithms.synthetic import SimConfig, SimVisit, make_visit
 from base.cutouts import cutout_to_fits
 
@@ -132,7 +133,7 @@ def test_columns_follow_apdb_and_cutouts_are_fits() -> None:
     apdb = yaml.safe_load((Path(schemas.__file__).parent / "apdb.yaml").read_text())
     cols = {c["name"] for t in apdb["tables"] if t["name"] == "DiaSource" for c in t["columns"]}
     extra = set(DIASOURCE_DTYPE.names) - cols
-    assert extra == {"templateBackground"}
+    assert extra == {"templateBackground", *STAR_COLUMNS}
     _, r = _processed(SEEDS[0])
     d = r.diasources
     assert np.all(np.isfinite(d["ra"])) and np.all(np.isfinite(d["psfFlux"]))

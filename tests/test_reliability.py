@@ -71,6 +71,23 @@ def test_tree_walk_matches_the_hand_computation() -> None:
     np.testing.assert_array_equal(again.score(cols), model.score(cols))
 
 
+def test_a_model_on_a_subset_of_the_features_scores_by_name() -> None:
+    """A model trained before features were added keeps scoring on the ones it names."""
+    full = ReliabilityModel.from_dict(tiny_model())
+    t0, t1 = tiny_model()["trees"]
+    subset = ReliabilityModel.from_dict(
+        tiny_model(
+            features=["isDipole", "logSnr"],
+            trees=[dict(t0, feature=[1, -1, -1]), dict(t1, feature=[0, -1, -1])],
+        )
+    )
+    cols = sources(3)
+    cols["psfFlux"] = np.array([50.0, 500.0, 500.0])
+    cols["psfFluxErr"] = np.array([10.0, 10.0, 10.0])
+    cols["isDipole"] = np.array([False, False, True])
+    np.testing.assert_array_equal(subset.score(cols), full.score(cols))
+
+
 def test_features_of_missing_columns_and_failed_fits() -> None:
     cols = sources(2)
     cols["psfChi2"] = np.array([np.nan, 4.0], np.float32)
@@ -80,11 +97,18 @@ def test_features_of_missing_columns_and_failed_fits() -> None:
     k = FEATURES.index("logRedChi2")
     assert m[0, k] == -9.0 and m[1, k] != -9.0
     assert (m[:, FEATURES.index("sizeRatio")] == -9.0).all()
+    assert (m[:, FEATURES.index("starModelSnr")] == -9.0).all()  # no star columns: missing
+    cols.update(starFluxFraction=np.array([0.04, np.nan]), starModelSnr=np.array([-5e3, 8.0]))
+    m = features(cols)
+    assert m[0, FEATURES.index("logStarFluxFraction")] == pytest.approx(np.log10(0.04))
+    assert m[1, FEATURES.index("logStarFluxFraction")] == -9.0
+    z = m[:, FEATURES.index("starModelSnr")]
+    assert z[0] == pytest.approx(-np.arcsinh(1e3)) and z[0] > -9.0 and z[1] > 0
 
 
 def test_the_shipped_model_loads_and_scores() -> None:
     model = load_reliability_model()
-    assert model.features == FEATURES and model.feature.shape[0] >= 10
+    assert set(model.features) <= set(FEATURES) and model.feature.shape[0] >= 10
     assert 0.0 <= alert_threshold(model, None) < 1.0
     assert model.metadata["nTrainReal"] > 0 and model.metadata["heldOut"]
     cols = sources(40)
@@ -102,7 +126,8 @@ def test_the_shipped_model_loads_and_scores() -> None:
         (None, "cannot read"),
         ("{not json", "not JSON"),
         ("[1, 2]", "not a JSON object"),
-        (json.dumps(tiny_model(features=["logSnr"])), "other features"),
+        (json.dumps(tiny_model(features=["logSnr", "noSuchFeature"])), "other features"),
+        (json.dumps(tiny_model(features=[])), "other features"),
         (json.dumps(tiny_model(kind="forest")), "unknown model kind"),
         (json.dumps(tiny_model(trees=[])), "without trees"),
         (json.dumps({k: v for k, v in tiny_model().items() if k != "base"}), "malformed"),
