@@ -28,6 +28,13 @@ from state.peers import rpc_method
 
 log = logging.getLogger("dmcs.actors")
 
+#: Once an event for a component reaches its empty queue at the bus, the bus waits this long
+#: for those that follow before answering the component's poll: the per-CCD events a processor,
+#: Ingest or AlertPublisher hears (a focal plane's 189 ``imageInBuffer``/``imageIngested``/
+#: ``ccdProcessed`` in bursts) then cost one poll (a Ray call through bus, Ray and the actor)
+#: per burst instead of one each; each hop to a component is up to this much later.
+LISTEN_LINGER_S = 0.02
+
 
 def load_component_class(path: str) -> type[Controller]:
     module_name, _, class_name = path.partition(":")
@@ -111,7 +118,9 @@ class ComponentActor:
                 await component.deliver(Event.from_wire(wire))
 
         wanted = TopicFilter.of(component.listen_components, component.listen_topics)
-        await follow_bus(self._bus, component.name, wanted, deliver, log=log).run()
+        await follow_bus(
+            self._bus, component.name, wanted, deliver, log=log, linger=LISTEN_LINGER_S
+        ).run()
 
     async def _component_ready(self) -> Controller:
         await self._ready.wait()
