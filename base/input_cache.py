@@ -16,7 +16,7 @@ unlinked). Finding them means a look at every entry (a stat of each file), so a 
 only when what it wrote since its last look passes ``max_bytes / SCAN_EVERY``, or its count
 of the cache (the last look's total plus its own writes since) passes ``max_bytes``: a night's
 first visit writes ~1,000 entries on ``lsstcam-lite``, and a look after each write made its
-preloads quadratic (~2/3 of their CPU). The cache may so hold more than ``max_bytes`` by what
+preloads quadratic (over half of their time). The cache may so hold more than ``max_bytes`` by what
 the other processes wrote since this one's last look (at most ``max_bytes / SCAN_EVERY``
 each, as they look too). An entry that cannot be read back is dropped and decoded again.
 """
