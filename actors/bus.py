@@ -27,6 +27,12 @@ from state.fanout import Batch, DropOldestQueue, Follower, TopicFilter
 Wire = dict[str, Any]
 log = logging.getLogger("dmcs.bus")
 
+#: How long a follower's poll waits on an empty queue: an idle subscriber costs the bus, Ray
+#: and itself one call every this many seconds (it was 1 s: ~7 calls a second for the
+#: components and the gateway with nothing flowing). Events end the wait at once; a bus that
+#: dies fails the waiting call at once; well under the bus's ``idle_expiry``.
+POLL_TIMEOUT_S = 5.0
+
 
 @dataclass(slots=True)
 class _Subscriber:
@@ -147,12 +153,14 @@ def follow_bus(
     on_dropped: Callable[[int], None] | None = None,
     on_failure: Callable[[Wire, Exception], None] | None = None,
     linger: float = 0.0,
+    poll_timeout: float = POLL_TIMEOUT_S,
 ) -> Follower[Wire]:
     """A :class:`~state.fanout.Follower` of the bus actor ``bus``; run it as an owned task.
 
     ``deliver(wire, snapshot)`` gets each matching event; ``on_dropped`` the bus's running
     count of events it dropped for this subscriber, after every poll; ``on_failure`` each
-    event that ``deliver`` raised on (skipped); ``linger`` as in :meth:`EventBus.poll`.
+    event that ``deliver`` raised on (skipped); ``linger`` and ``poll_timeout`` (its
+    ``timeout``) as in :meth:`EventBus.poll`.
     """
     sid = f"{name}-{uuid.uuid4().hex[:8]}"
     wanted = topic_filter.to_wire()
@@ -161,7 +169,7 @@ def follow_bus(
         return await bus.subscribe.remote(sid, wanted["components"], wanted["topics"], queue_size)
 
     async def poll() -> Batch[Wire]:
-        reply = await bus.poll.remote(sid, max_events, 1.0, linger)
+        reply = await bus.poll.remote(sid, max_events, poll_timeout, linger)
         if on_dropped is not None:
             on_dropped(reply["dropped"])
         return Batch(reply["events"], reply["known"])

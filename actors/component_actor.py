@@ -8,11 +8,12 @@ import importlib
 import logging
 import os
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import ray
+from ray.exceptions import RayError
 
 from actors.bus import follow_bus
 from actors.ordered_sender import OrderedSender
@@ -27,6 +28,34 @@ from state.fanout import TopicFilter
 from state.peers import rpc_method
 
 log = logging.getLogger("dmcs.actors")
+
+#: Once an event for a component reaches its empty queue at the bus, the bus waits this long
+#: for those that follow before answering the component's poll: the per-CCD events a processor,
+#: Ingest or AlertPublisher hears (a focal plane's 189 ``imageInBuffer``/``imageIngested``/
+#: ``ccdProcessed`` in bursts) then cost one poll (a Ray call through bus, Ray and the actor)
+#: per burst instead of one each; each hop to a component is up to this much later.
+LISTEN_LINGER_S = 0.02
+#: How long a restarted component waits for the bus to count its restart: the bus may be
+#: restarting too (Ray's memory monitor, or a lost node, takes several actors at once), and a
+#: component that gave up at once never started again.
+RESTART_COUNT_WAIT_S = 60.0
+
+
+async def count_restart(
+    note: Callable[[], Awaitable[int]], name: str, wait: float = RESTART_COUNT_WAIT_S
+) -> int:
+    """``note()`` (the bus's count of ``name``'s restarts), tried again while the bus is away."""
+    loop = asyncio.get_running_loop()
+    deadline, delay = loop.time() + wait, 0.1
+    while True:
+        try:
+            return int(await note())
+        except RayError as e:
+            if loop.time() + delay > deadline:
+                raise
+            log.warning("%s: the bus cannot count its restart yet (%s); retrying", name, e)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 def load_component_class(path: str) -> type[Controller]:
@@ -63,8 +92,11 @@ class ComponentActor:
     async def _run(self, heartbeat_interval: float, data_dir: Path) -> None:
         spec = self._spec
         try:
+            name = spec["name"]
             restart_count = (
-                await self._bus.note_restart.remote(spec["name"]) if self._restarted else 0
+                await count_restart(lambda: self._bus.note_restart.remote(name), name)
+                if self._restarted
+                else 0
             )
             component = self._build(spec, heartbeat_interval, data_dir, restart_count)
         except Exception as e:  # reported to every caller instead of leaving them waiting
@@ -111,7 +143,9 @@ class ComponentActor:
                 await component.deliver(Event.from_wire(wire))
 
         wanted = TopicFilter.of(component.listen_components, component.listen_topics)
-        await follow_bus(self._bus, component.name, wanted, deliver, log=log).run()
+        await follow_bus(
+            self._bus, component.name, wanted, deliver, log=log, linger=LISTEN_LINGER_S
+        ).run()
 
     async def _component_ready(self) -> Controller:
         await self._ready.wait()

@@ -122,6 +122,13 @@ def placement(config: SystemConfig, role: str) -> dict[str, Any]:
     return {"resources": {resource: ROLE_SHARE}, "scheduling_strategy": "SPREAD"}
 
 
+#: Ray records each call to an actor as task events (its state changes, sent to the GCS for
+#: Ray's state API and timeline): on the ~25 calls a CCD to the bus and the components that was
+#: CPU in every caller, every actor and the GCS, for views dmcs does not use (its own records,
+#: events and the Performance Report say what each CCD did). Off, as Ray Serve has them.
+TASK_EVENTS = False
+
+
 def launch(config: SystemConfig) -> System:
     """Create the bus and the component actors on the connected Ray (see actors.runtime)."""
     places = {
@@ -134,6 +141,7 @@ def launch(config: SystemConfig) -> System:
         num_cpus=0,
         max_restarts=-1,
         get_if_exists=True,
+        enable_task_events=TASK_EVENTS,
         **places["base"],
     ).remote()
     system = System(config=config, bus=bus)
@@ -147,6 +155,7 @@ def launch(config: SystemConfig) -> System:
             max_restarts=spec.max_restarts,
             max_task_retries=0,
             get_if_exists=True,
+            enable_task_events=TASK_EVENTS,
             **places[spec.placement_role],
         ).remote(config.name, wire, config.heartbeat_interval, data_dir)
         where = f" on a {spec.placement_role} node" if config.placement.by_role else ""

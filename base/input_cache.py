@@ -12,7 +12,13 @@ An entry is written in a temporary directory named after its writer's pid and re
 place, so a worker killed mid-write leaves no half-written entry; the next cache user removes
 the temporary directories of writers that no longer run. Over ``max_bytes`` the least
 recently used entries go (a worker that has one mapped keeps reading it: the file is only
-unlinked). An entry that cannot be read back is dropped and decoded again.
+unlinked). Finding them means a look at every entry (a stat of each file), so a process looks
+only when what it wrote since its last look passes ``max_bytes / SCAN_EVERY``, or its count
+of the cache (the last look's total plus its own writes since) passes ``max_bytes``: a night's
+first visit writes ~1,000 entries on ``lsstcam-lite``, and a look after each write made its
+preloads quadratic (over half of their time). The cache may so hold more than ``max_bytes`` by what
+the other processes wrote since this one's last look (at most ``max_bytes / SCAN_EVERY``
+each, as they look too). An entry that cannot be read back is dropped and decoded again.
 """
 
 from __future__ import annotations
@@ -35,9 +41,16 @@ DEFAULT_MAX_BYTES = 6 * 2**30
 TMP_PREFIX = ".tmp-"
 VERIFIED = "verified"
 META = "meta.json"
+#: A process looks at the whole cache for eviction after writing 1/SCAN_EVERY of its bound.
+SCAN_EVERY = 16
 
 Arrays = dict[str, np.ndarray]
 Meta = dict[str, Any]
+
+
+def _bytes_in(entry: Path) -> int:
+    with os.scandir(entry) as files:
+        return sum(f.stat().st_size for f in files)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -58,6 +71,11 @@ class InputCache:
         self.max_bytes = max_bytes
         self.hits = 0
         self.misses = 0
+        #: Looks at every entry for eviction so far.
+        self.scans = 0
+        #: The cache's bytes at this process's last look, plus what it wrote since (None: no look).
+        self._counted: int | None = None
+        self._unscanned = 0
         try:
             (root / VERIFIED).mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -114,17 +132,28 @@ class InputCache:
 
     def _write(self, entry: Path, arrays: Arrays, meta: Meta) -> None:
         tmp = self.root / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        written = 0
         try:
             tmp.mkdir()
             for name, a in arrays.items():
                 np.save(tmp / f"{name}.npy", np.ascontiguousarray(a), allow_pickle=False)
             (tmp / META).write_text(json.dumps({"arrays": list(arrays), "meta": meta}))
+            written = _bytes_in(tmp)
             os.rename(tmp, entry)
         except OSError:
-            pass  # another process put it there first, or the disk is full: decode was enough
+            written = 0  # another process put it there first, or the disk is full
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        self.evict()
+        self._wrote(written)
+
+    def _wrote(self, n: int) -> None:
+        """Count ``n`` bytes written here; look at the whole cache when due (see the module)."""
+        self._unscanned += n
+        if self._counted is not None:
+            self._counted += n
+        due = self._counted is None or self._counted > self.max_bytes
+        if due or self._unscanned > self.max_bytes // SCAN_EVERY:
+            self.evict()
 
     # ------------------------------------------------------------- upkeep
     def entries(self) -> list[Path]:
@@ -133,11 +162,11 @@ class InputCache:
 
     def evict(self) -> None:
         """Remove the least recently used entries until the cache fits ``max_bytes``."""
+        self.scans += 1
         sized = []
         for e in self.entries():
             try:
-                files = list(e.iterdir())
-                sized.append((e.stat().st_mtime, sum(f.stat().st_size for f in files), e))
+                sized.append((e.stat().st_mtime, _bytes_in(e), e))
             except OSError:
                 continue  # removed by another process meanwhile
         total = sum(s for _, s, _ in sized)
@@ -146,6 +175,7 @@ class InputCache:
                 break
             shutil.rmtree(e, ignore_errors=True)
             total -= size
+        self._counted, self._unscanned = total, 0
 
     def remove_stale(self) -> list[Path]:
         """Remove the temporary directories of writers that no longer run (killed mid-write)."""

@@ -26,7 +26,7 @@ from base.ccd_inputs import (
     read_template,
     verify_product,
 )
-from base.input_cache import TMP_PREFIX, InputCache
+from base.input_cache import SCAN_EVERY, TMP_PREFIX, InputCache
 from base.isolated import IsolatedWorker, WorkTimeoutError
 from base.prompt import ccd_work
 from base.prompt.ccd_processor import CACHE, CcdProcessor
@@ -235,3 +235,30 @@ async def test_processor_hands_its_worker_the_pools_cache(tmp_path: Path) -> Non
     finally:
         for p in (*pool, off):
             await p.close()
+
+
+def test_cache_looks_at_every_entry_only_when_its_writes_may_pass_the_bound(
+    tmp_path: Path,
+) -> None:
+    """A look (a stat of every file) after each write made a night's first preloads quadratic;
+    a process looks after writing 1/SCAN_EVERY of the bound, or when its count passes it."""
+    entry_bytes = 8 * 1_000
+    cache = InputCache(tmp_path / "cache", max_bytes=SCAN_EVERY * 10 * entry_bytes)
+
+    def put(c: InputCache, i: int) -> None:
+        src = tmp_path / f"src{i}"
+        src.write_bytes(i.to_bytes(4, "little"))
+        c.load(src, "a", None, lambda: ({"a": np.full(1_000, float(i))}, {}))
+
+    for i in range(40):
+        put(cache, i)
+    assert len(cache.entries()) == 40 and cache.scans <= 1 + 40 // 10
+    # Another process filled the cache past the bound meanwhile: this one's next due look,
+    # not a look after each write, brings it back within.
+    small = InputCache(tmp_path / "cache", max_bytes=20 * (entry_bytes + 256))
+    scans = small.scans
+    put(small, 100)
+    assert small.scans == scans + 1 and len(small.entries()) <= 20
+    for i in range(101, 105):
+        put(small, i)
+    assert len(small.entries()) <= 20, "over the bound by its own count: looked each time"

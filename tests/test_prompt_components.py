@@ -339,12 +339,14 @@ async def test_processor_faults_on_a_broken_work_list_and_goes_on_after_repair(
         mark = len(events)
         await processor.on_event(ingested(VISIT, 4))
         await until(lambda: processor.queue.counts() == {"failed": 1})  # the work loop lives
-        done = [e for e in events if e.topic == "ccdProcessed"]
+        # announced, then recorded, after the work list: waited for, not raced
+        done = await until(lambda: [e for e in events[mark:] if e.topic == "ccdProcessed"])
         assert done[-1].data["reason"] == "neither nextVisit nor the registry describes this visit"
         # Ingest's imageIngested is the stage's event: recorded, not announced again.
         assert not [e for e in events[mark:] if e.topic == "ccdStage"]
-        assert processor._records is not None
-        assert "ingested" in await processor._records.ccd_stages(VISIT, 4)
+        records = processor._records
+        assert records is not None
+        assert "ingested" in await until(lambda: records.ccd_stages(VISIT, 4))
         await until(lambda: any(e.topic == "processingStatus" for e in events[mark:]))
     finally:
         await processor.close()
