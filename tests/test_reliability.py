@@ -108,7 +108,7 @@ def test_features_of_missing_columns_and_failed_fits() -> None:
 
 def test_the_shipped_model_loads_and_scores() -> None:
     model = load_reliability_model()
-    assert set(model.features) <= set(FEATURES) and model.feature.shape[0] >= 10
+    assert model.version == "gbt-3" and list(model.features) == list(FEATURES)
     assert 0.0 <= alert_threshold(model, None) < 1.0
     assert model.metadata["nTrainReal"] > 0 and model.metadata["heldOut"]
     cols = sources(40)
@@ -225,15 +225,16 @@ async def test_association_honours_the_threshold_and_alerts_reference_objects(
     )
     assert strict_reply["nDiaSources"] == 30, "every DIASource is stored"
     assert strict_reply["nAlerted"] == 0 and len(strict["sources"]["diaSourceId"]) == 0
+    scores = load_reliability_model().score(ccd_wire(n=30)["sources"])
+    threshold = float(np.median(scores))  # the shipped model's: some pass, some do not
     reply, handoff = await _associate(
-        tmp_path / "b", pg_dsn, "apdb_rb_open", alert_reliability_threshold=0.3
+        tmp_path / "b", pg_dsn, "apdb_rb_open", alert_reliability_threshold=threshold
     )
     src = handoff["sources"]
-    model = load_reliability_model()
-    expected = model.score(ccd_wire(n=30)["sources"]) >= 0.3
-    assert 0 < reply["nAlerted"] == len(src["diaSourceId"]) == int(expected.sum())
+    expected = scores >= threshold
+    assert 0 < reply["nAlerted"] == len(src["diaSourceId"]) == int(expected.sum()) < 30
     assert ((src["diaObjectId"] != 0) | (src["ssObjectId"] != 0)).all()
-    assert (src["reliability"] >= 0.3).all()
+    assert (src["reliability"] >= threshold).all()
 
 
 async def test_association_start_fails_on_a_bad_model(tmp_path: Path, pg_dsn: str) -> None:
