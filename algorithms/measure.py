@@ -98,6 +98,17 @@ def _grad(k: np.ndarray, i: int, j: int) -> tuple[float, float]:
     return gy, gx
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _pixel_weight(
+    variance: np.ndarray, mask: np.ndarray, has_mask: bool, bad_bits: int, i: int, j: int
+) -> float:
+    """1/variance of a usable pixel; 0 for a masked one or a variance that is not > 0."""
+    v = np.float64(variance[i, j])
+    if not (np.isfinite(v) and v > 0) or (has_mask and (mask[i, j] & bad_bits) != 0):
+        return 0.0
+    return 1.0 / v
+
+
 @numba.njit(cache=True, nogil=True)
 def _fit_step(
     k: np.ndarray, ky0: int, kx0: int, image: np.ndarray, variance: np.ndarray,
@@ -110,10 +121,9 @@ def _fit_step(
     b = 0.0
     for i in range(iy0, iy1):
         for j in range(ix0, ix1):
-            v = np.float64(variance[i, j])
-            if not (np.isfinite(v) and v > 0) or (has_mask and (mask[i, j] & bad_bits) != 0):
+            w = _pixel_weight(variance, mask, has_mask, bad_bits, i, j)
+            if w == 0.0:
                 continue
-            w = 1.0 / v
             p = k[ky0 + i - iy0, kx0 + j - ix0]
             a += p * p * w
             b += p * np.float64(image[i, j]) * w
@@ -127,10 +137,9 @@ def _fit_step(
     lw = 0.0
     for i in range(iy0, iy1):
         for j in range(ix0, ix1):
-            v = np.float64(variance[i, j])
-            if not (np.isfinite(v) and v > 0) or (has_mask and (mask[i, j] & bad_bits) != 0):
+            w = _pixel_weight(variance, mask, has_mask, bad_bits, i, j)
+            if w == 0.0:
                 continue
-            w = 1.0 / v
             ki, kj = ky0 + i - iy0, kx0 + j - ix0
             p = k[ki, kj]
             gy, gx = _grad(k, ki, kj)
@@ -138,7 +147,7 @@ def _fit_step(
             r = np.float64(image[i, j]) - f * p
             nd += 1
             chi2 += r * r * w
-            lw += np.log(2 * np.pi * v)
+            lw += np.log(2 * np.pi / w)
             fisher[0, 0] += j0 * j0 * w
             fisher[0, 1] += j0 * j1 * w
             fisher[0, 2] += j0 * j2 * w
