@@ -25,6 +25,7 @@ from state.controller import Controller
 from state.errors import ConfigurationError
 from state.events import Event
 from state.fanout import TopicFilter
+from state.patience import call_patiently
 from state.peers import rpc_method
 
 log = logging.getLogger("dmcs.actors")
@@ -45,17 +46,14 @@ async def count_restart(
     note: Callable[[], Awaitable[int]], name: str, wait: float = RESTART_COUNT_WAIT_S
 ) -> int:
     """``note()`` (the bus's count of ``name``'s restarts), tried again while the bus is away."""
-    loop = asyncio.get_running_loop()
-    deadline, delay = loop.time() + wait, 0.1
-    while True:
-        try:
-            return int(await note())
-        except RayError as e:
-            if loop.time() + delay > deadline:
-                raise
-            log.warning("%s: the bus cannot count its restart yet (%s); retrying", name, e)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+
+    def retrying(e: BaseException) -> None:
+        log.warning("%s: the bus cannot count its restart yet (%s); retrying", name, e)
+
+    count = await call_patiently(
+        note, RayError, patience=wait, on_retry=retrying, delay=0.1, max_delay=2.0
+    )
+    return int(count)
 
 
 def load_component_class(path: str) -> type[Controller]:

@@ -57,6 +57,7 @@ from commands.replay.watch import NightWatcher
 from commands.server import serve
 from config.system import SystemConfig, load_system_config
 from state.errors import ConfigurationError, DmcsError, RetriableError
+from state.patience import call_patiently
 from state.states import State
 from summit.night_files import open_night
 from summit.simulation import plan_night, run_night
@@ -330,15 +331,11 @@ async def _replay(
 async def _patiently(read: Callable[[], Awaitable[T]], patience: float = REPORT_PATIENCE) -> T:
     """``read()``, tried again while the database is away (the supervised embedded server
     restarting as the night ends) for up to ``patience`` seconds."""
-    deadline = time.monotonic() + patience
-    while True:
-        try:
-            return await read()
-        except RetriableError as e:
-            if time.monotonic() >= deadline:
-                raise
-            log.warning("the night's records cannot be read yet (%s); retrying", e)
-            await asyncio.sleep(1.0)
+
+    def retrying(e: BaseException) -> None:
+        log.warning("the night's records cannot be read yet (%s); retrying", e)
+
+    return await call_patiently(read, RetriableError, patience=patience, on_retry=retrying)
 
 
 async def _failed_night(
