@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import numba
 import numpy as np
 
 from algorithms import mask as mk
@@ -20,6 +19,7 @@ from algorithms.detection import PEAK_DTYPE, detect_sources
 from algorithms.diasource import DIASOURCE_DTYPE, DiaImages, measure_diasources
 from algorithms.dipole import drop_registration_dipoles
 from algorithms.geometry import CcdGeometry
+from algorithms.image_sanity import image_sanity
 from algorithms.interp import interpolate_masked
 from algorithms.isr import Calibrations, IsrConfig, run_isr
 from algorithms.measure import forced_psf_flux, psf_fit
@@ -45,7 +45,7 @@ from algorithms.star_changes import (
     saturation_residuals,
     star_change_peaks,
 )
-from algorithms.star_residual import STAR_COLUMNS, star_residual_columns
+from algorithms.star_residual import fill_star_columns
 from algorithms.warp import warp_image
 from algorithms.wcs import TanSipWcs
 from algorithms.zogy import ZogyResult, scale_variance, zogy_subtract
@@ -163,50 +163,6 @@ class _Timer:
             self.on_stage(name)
 
 
-@numba.njit(cache=True, nogil=True)
-def _sanity_counts(
-    image: np.ndarray, mask: np.ndarray, nodata_bit: int, sat_bit: int, every: int
-) -> tuple[int, int, int, bool]:
-    """One pass: NO_DATA pixels, zeros and SAT among the others, and whether every
-    ``every``-th of the others (in row order) holds one and the same finite value."""
-    nodata = zeros = sat = 0
-    k = 0
-    first = np.float32(0.0)
-    constant = False
-    ny, nx = image.shape
-    for y in range(ny):
-        for x in range(nx):
-            m = mask[y, x]
-            if m & nodata_bit:
-                nodata += 1
-                continue
-            v = image[y, x]
-            if v == 0:
-                zeros += 1
-            if m & sat_bit:
-                sat += 1
-            if k % every == 0:
-                if k == 0:
-                    first, constant = v, bool(np.isfinite(v))
-                elif v != first:
-                    constant = False
-            k += 1
-    return nodata, zeros, sat, constant
-
-
-def _image_sanity(image: np.ndarray, mask: np.ndarray, cfg: PipelineConfig) -> str | None:
-    nodata, zeros, sat, constant = _sanity_counts(image, mask, mk.NO_DATA, mk.SAT, 97)
-    n = image.size
-    valid = n - nodata
-    if nodata / n > cfg.max_bad_fraction:
-        return f"too_much_missing_data:{nodata / n:.2f}"
-    if (valid and zeros / valid > 0.9) or constant:
-        return "all_zero_or_constant_image"
-    if sat / n > cfg.max_bad_fraction:
-        return f"saturated_image:{sat / n:.2f}"
-    return None
-
-
 def _fallback_psf(locus_sigma: float, exposure: ExposureInfo, default: float) -> PsfFitResult:
     """A Gaussian PSF for fields too sparse to model one (flagged ``psf_fallback``): its width
     is the stellar locus of the few stars found, else the exposure's nominal seeing."""
@@ -316,20 +272,6 @@ def psf_flux_with_model_error(
         row["psfFluxErr"] = np.hypot(s * err * calibration, eps * tf)
 
 
-def star_residuals(
-    dia: np.ndarray, diff: np.ndarray, variance: np.ndarray, mask: np.ndarray, psf: Psf,
-    calibration: float, noise_scale: float, eps: float, stars: np.ndarray,
-) -> None:  # fmt: skip
-    """Fill the DIASources' ``STAR_COLUMNS`` (``algorithms.star_residual``), in place."""
-    good = stars[stars["ok"]] if "ok" in (stars.dtype.names or ()) else stars
-    cols = star_residual_columns(
-        dia, diff, variance, mask, psf, calibration, noise_scale, eps,
-        good["x"], good["y"], good["flux"],
-    )  # fmt: skip
-    for name in STAR_COLUMNS:
-        dia[name] = cols[name]
-
-
 def run_ccd(
     raw_amps: Sequence[np.ndarray | None],
     geometry: CcdGeometry,
@@ -375,7 +317,7 @@ def _run(
     res.flags += isr.flags
     img, var, msk = isr.image, isr.variance, isr.mask
     res.image, res.variance, res.mask = img, var, msk
-    reason = _image_sanity(img, msk, cfg)
+    reason = image_sanity(img, msk, cfg.max_bad_fraction)
     if reason:
         res.flags.append(reason)
         return
@@ -548,7 +490,7 @@ def _run(
                 res.diasources, zr.image, pixel_var, zr.mask, dpsf, calib, ddet.noise_scale,
                 eps_psf, stars,
             )  # fmt: skip
-        star_residuals(
+        fill_star_columns(
             res.diasources, zr.image, pixel_var, zr.mask, dpsf, calib, ddet.noise_scale,
             eps if eps_psf is None else min(eps, eps_psf), stars,
         )  # fmt: skip

@@ -172,3 +172,18 @@ def star_residual_columns(
         out["starFluxRatio"][k] = f / pf if pf != 0 and np.isfinite(pf) else np.nan
         out["starPsfCorrelation"][k] = sign * corr
     return out
+
+
+def fill_star_columns(
+    dia: np.ndarray, diff: np.ndarray, variance: np.ndarray, mask: np.ndarray, psf: Psf,
+    calibration: float, noise_scale: float, eps: float, stars: np.ndarray,
+) -> None:  # fmt: skip
+    """Fill the DIASources' ``STAR_COLUMNS`` in place, from the measured science ``stars``
+    (x, y, flux; those with an ``ok`` column, the good ones)."""
+    good = stars[stars["ok"]] if "ok" in (stars.dtype.names or ()) else stars
+    cols = star_residual_columns(
+        dia, diff, variance, mask, psf, calibration, noise_scale, eps,
+        good["x"], good["y"], good["flux"],
+    )  # fmt: skip
+    for name in STAR_COLUMNS:
+        dia[name] = cols[name]
