@@ -27,6 +27,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from algorithms import mask as mk
+from algorithms.model_noise import noise_scale_or_one
 from algorithms.psf import Psf
 
 STAR_COLUMNS: tuple[str, ...] = (
@@ -134,7 +135,7 @@ def star_residual_columns(
         return out
     ny, nx = diff.shape
     sigma = float(psf.sigma_at(nx / 2, ny / 2))
-    s = noise_scale if np.isfinite(noise_scale) and noise_scale > 0 else 1.0
+    s = noise_scale_or_one(noise_scale)
     e = eps if np.isfinite(eps) and eps > 0 else 0.0
     cal = calibration if np.isfinite(calibration) and calibration > 0 else 1.0
     x = np.asarray(dia["x"], np.float64)
