@@ -2,7 +2,7 @@
 SIGKILL, and with its PostgreSQL killed.
 
 Each replay is the real command in a subprocess (2-visit ``mini`` nights; the first test
-simulates its own, the kill tests replay the session's ``mini_night``), so what is
+simulates its own, the PostgreSQL test replays the session's ``mini_night``), so what is
 checked is what a user sees: the exit status, what it says, ``summary.json``, and that no
 process of the run (Ray, the embedded PostgreSQL, CCD workers) outlives it.
 """
@@ -79,42 +79,6 @@ def _counts(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: summary[k] for k in keys}
 
 
-def test_a_failed_start_then_two_replays_in_a_row_complete_with_equal_counts(
-    tmp_path: Path,
-) -> None:
-    """A replay whose start fails says what failed and blocks nothing: the next replay in the
-    directory runs the night again from a clean state, reusing the night it simulated, and a
-    replay after that completes with the same counts (one directory, three runs)."""
-    out, tag = tmp_path / "replay", uuid.uuid4().hex
-    unreachable = ("--address", "127.0.0.1:1", "--startup-timeout", "2")
-    rc, output, failed = _run(out, tag, *unreachable)
-    assert rc == 1
-    assert "Traceback" not in output
-    assert "the replay failed: StartupError: the Ray cluster at 127.0.0.1:1" in output
-    assert not failed["complete"]
-    assert failed["failure"].startswith("StartupError: the Ray cluster at 127.0.0.1:1")
-    assert failed["ccdsExpected"] == 8 and failed["ccdsIngested"] == 0
-    assert "Traceback" in Path(failed["errorLog"]).read_text()
-    _assert_no_orphans(tag, out / "pg")
-
-    rc1, output1, first = _run(out, tag)
-    assert rc1 == 0, output1[-3000:]
-    assert "replaying the night again from a clean state" in output1
-    assert "reusing the simulated night" in output1
-    assert first["complete"] and first["mode"] == "again"
-    assert "the processors read them through the registry" in output1
-    _assert_no_orphans(tag, out / "pg")
-
-    rc2, output2, second = _run(out, tag)
-    assert rc2 == 0, output2[-3000:]
-    assert "replaying the night again" in output2
-    assert second["complete"] and second["mode"] == "again"
-    assert _counts(second) == _counts(first)
-    assert second["ccdsIngested"] == second["ccdsExpected"] == 8
-    assert second["alertsThisRun"] == second["alerts"], "a clean replay publishes every alert"
-    _assert_no_orphans(tag, out / "pg")
-
-
 async def _wait_for_rows(pgdata: Path, table: str, n: int, proc: subprocess.Popen[str]) -> None:
     """Until the running replay has ``n`` rows in ``table`` of its database (mid-night)."""
     deadline = time.monotonic() + RUN_TIMEOUT
@@ -134,18 +98,32 @@ async def _wait_for_rows(pgdata: Path, table: str, n: int, proc: subprocess.Pope
     raise AssertionError(f"no {n} rows in {table} within {RUN_TIMEOUT} s")
 
 
-async def test_a_sigkilled_replay_resumes_to_a_complete_night(
-    tmp_path: Path, mini_night: Path
+async def test_a_failed_start_three_sigkills_and_a_rerun_end_in_one_complete_night(
+    tmp_path: Path,
 ) -> None:
+    """One directory, used as a user would. A replay whose start fails says what failed and
+    blocks nothing; the night it simulated is reused by every later run. The next replay is
+    SIGKILLed three times, each run resuming the one before: during start-up (the night's
+    products registered, Ray and the components starting), once the first raw is registered
+    (the camera still sending, CCDs in ingest and processing), and once three CCDs have their
+    outcome (others inside the APDB -> alert hand-off, which the outbox makes durable). The
+    resumed night is complete with nothing duplicated, and the night replayed once more from a
+    clean state gives the same counts: the kills lost nothing."""
     out, tag = tmp_path / "replay", uuid.uuid4().hex
-    night = ("--night", str(mini_night))
-    # Killed three times, each run resuming the one before: during start-up (the night's
-    # products registered, Ray and the components starting), once the first raw is registered
-    # (the camera still sending, CCDs in ingest and processing), and once three CCDs have
-    # their outcome (others inside the APDB -> alert hand-off, which the outbox makes durable).
+    unreachable = ("--address", "127.0.0.1:1", "--startup-timeout", "2")
+    rc, output, failed = await asyncio.to_thread(_run, out, tag, *unreachable)
+    assert rc == 1
+    assert "Traceback" not in output
+    assert "the replay failed: StartupError: the Ray cluster at 127.0.0.1:1" in output
+    assert not failed["complete"]
+    assert failed["failure"].startswith("StartupError: the Ray cluster at 127.0.0.1:1")
+    assert failed["ccdsExpected"] == 8 and failed["ccdsIngested"] == 0
+    assert "Traceback" in Path(failed["errorLog"]).read_text()
+    _assert_no_orphans(tag, out / "pg")
+
     killed = []
     for table, rows in (("registry.detectors", 1), ("registry.raws", 1), ("prompt.ccd_outcome", 3)):
-        proc = _start(out, tag, *night)
+        proc = _start(out, tag)
         try:
             await _wait_for_rows(out / "pg", table, rows, proc)
         finally:
@@ -154,19 +132,26 @@ async def test_a_sigkilled_replay_resumes_to_a_complete_night(
         killed.append(proc.pid)
         assert postmaster_pid(out / "pg") is not None, "the killed replay's PostgreSQL is left"
 
-    rc, output, summary = await asyncio.to_thread(_run, out, tag, *night)
+    rc, output, resumed = await asyncio.to_thread(_run, out, tag)
     assert rc == 0, output[-3000:]
+    assert "reusing the simulated night" in output
     assert "resuming the night" in output and f"(pid {killed[-1]}) was interrupted" in output
     assert "reusing the PostgreSQL left running by the earlier replay" in output
-    assert summary["complete"] and summary["mode"] == "resume"
-    assert summary["ccdsIngested"] == summary["ccdsExpected"] == 8
-    assert summary["ccdsProcessed"] + summary["ccdsFailed"] == 8
+    assert resumed["complete"] and resumed["mode"] == "resume"
+    assert resumed["ccdsIngested"] == resumed["ccdsExpected"] == 8
+    assert resumed["ccdsProcessed"] + resumed["ccdsFailed"] == 8
     _assert_no_orphans(tag, out / "pg")
-
     apdb = await _apdb_check(out / "pg")
     assert apdb["duplicates"] == 0
     assert apdb["ccds_with_alerts_unlike_diasources"] == 0
-    assert apdb["alerts"] == summary["alerts"]
+    assert apdb["alerts"] == resumed["alerts"]
+
+    rc, output, again = await asyncio.to_thread(_run, out, tag)
+    assert rc == 0, output[-3000:]
+    assert "replaying the night again" in output
+    assert again["complete"] and again["mode"] == "again"
+    assert _counts(again) == _counts(resumed)
+    assert again["alertsThisRun"] == again["alerts"], "a clean replay publishes every alert"
     _assert_no_orphans(tag, out / "pg")
 
 
