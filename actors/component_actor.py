@@ -24,7 +24,6 @@ from state.command import Command
 from state.controller import Controller
 from state.errors import ConfigurationError
 from state.events import Event
-from state.fanout import TopicFilter
 from state.patience import call_patiently
 from state.peers import rpc_method
 
@@ -140,10 +139,10 @@ class ComponentActor:
             if not snapshot or wire.get("kind") == "telemetry":
                 await component.deliver(Event.from_wire(wire))
 
-        wanted = TopicFilter.of(component.listen_components, component.listen_topics)
         await follow_bus(
-            self._bus, component.name, wanted, deliver, log=log, linger=LISTEN_LINGER_S
-        ).run()
+            self._bus, component.name, component.listen_filter, deliver, log=log,
+            linger=LISTEN_LINGER_S,
+        ).run()  # fmt: skip
 
     async def _component_ready(self) -> Controller:
         await self._ready.wait()
