@@ -130,7 +130,8 @@ class ComponentActor:
         )
 
     def _publish(self, event: Event) -> None:
-        self._outbox.put(event.to_wire())
+        periodic = event.kind == "telemetry" or event.topic == "heartbeat"
+        self._outbox.put(event.to_wire(), urgent=not periodic)
 
     async def _feed(self, component: Controller) -> None:
         """Deliver the bus topics the component listens to; of the snapshot, telemetry only."""
