@@ -68,8 +68,10 @@ class EventBus:
         self._published += 1
         self._latest[(component, topic)] = event
         for sub in self._subscribers.values():
-            if sub.filter.wants(component, topic) and (
-                sub.filter.share is None or sub.filter.share.wants(topic, event.get("data"))
+            wanted = sub.filter
+            if wanted.wants(component, topic) and (
+                (wanted.share is None and not wanted.only_failed)
+                or wanted.wants_data(topic, event.get("data"))
             ):
                 sub.queue.put(event)
 
@@ -89,13 +91,17 @@ class EventBus:
         topics: list[str] | None = None,
         maxsize: int = 10_000,
         share: list[Any] | None = None,
+        only_failed: list[str] | None = None,
     ) -> list[Wire]:
         """Register (or replace) a subscription; return the snapshot it starts from.
 
-        ``share``: a :class:`~state.fanout.DetectorShare` in its wire form, or None.
+        ``share``: a :class:`~state.fanout.DetectorShare` in its wire form, or None;
+        ``only_failed`` as in :class:`~state.fanout.TopicFilter`.
         """
         self._expire_idle()
-        wanted = TopicFilter.of(components, topics, DetectorShare.from_wire(share))
+        wanted = TopicFilter.of(
+            components, topics, DetectorShare.from_wire(share), only_failed or ()
+        )
         sub = _Subscriber(wanted, DropOldestQueue(maxsize))
         self._subscribers[subscriber_id] = sub
         return [event for event in self._latest.values() if sub.filter.wants_wire(event)]
@@ -106,12 +112,15 @@ class EventBus:
         components: list[str] | None = None,
         topics: list[str] | None = None,
         share: list[Any] | None = None,
+        only_failed: list[str] | None = None,
     ) -> bool:
         """Change what a subscription wants from now on, keeping its queue; False if unknown."""
         sub = self._subscribers.get(subscriber_id)
         if sub is None:
             return False
-        sub.filter = TopicFilter.of(components, topics, DetectorShare.from_wire(share))
+        sub.filter = TopicFilter.of(
+            components, topics, DetectorShare.from_wire(share), only_failed or ()
+        )
         return True
 
     async def poll(
@@ -189,14 +198,14 @@ def follow_bus(
     current = topic_filter if callable(topic_filter) else lambda: topic_filter
     sent: list[TopicFilter] = [current()]
 
-    def args(wanted: TopicFilter) -> tuple[Any, Any, Any]:
+    def args(wanted: TopicFilter) -> tuple[Any, Any, Any, Any]:
         wire = wanted.to_wire()
-        return wire["components"], wire["topics"], wire.get("share")
+        return wire["components"], wire["topics"], wire.get("share"), wire.get("onlyFailed")
 
     async def subscribe() -> list[Wire]:
         sent[0] = current()
-        components, topics, share = args(sent[0])
-        return await bus.subscribe.remote(sid, components, topics, queue_size, share)
+        components, topics, share, only_failed = args(sent[0])
+        return await bus.subscribe.remote(sid, components, topics, queue_size, share, only_failed)
 
     async def poll() -> Batch[Wire]:
         wanted = current()

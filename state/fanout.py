@@ -75,12 +75,15 @@ class DetectorShare:
 class TopicFilter:
     """Which (component, topic) pairs a subscriber wants; ``None`` on a side means all.
 
-    ``share``, if any, narrows the per-CCD events of some topics to a share of the detectors.
+    ``share``, if any, narrows the per-CCD events of some topics to a share of the detectors;
+    of the topics in ``only_failed``, only events whose ``statusCode`` is not 0 pass (the
+    AlertPublisher needs the CCDs that failed, not the 189 that did not).
     """
 
     components: frozenset[str] | None = None
     topics: frozenset[str] | None = None
     share: DetectorShare | None = None
+    only_failed: frozenset[str] = frozenset()
 
     @classmethod
     def of(
@@ -88,9 +91,17 @@ class TopicFilter:
         components: Iterable[Any] | str | None = None,
         topics: Iterable[Any] | str | None = None,
         share: DetectorShare | None = None,
+        only_failed: Iterable[str] = (),
     ) -> TopicFilter:
         """A filter from what a caller wrote: None, empty or ``"*"`` each mean all."""
-        return cls(_names(components), _names(topics), share)
+        return cls(_names(components), _names(topics), share, frozenset(only_failed))
+
+    def wants_data(self, topic: str, data: Any) -> bool:
+        """The share's and ``only_failed``'s verdict on an event's payload."""
+        failed_only = topic in self.only_failed and isinstance(data, Mapping)
+        if failed_only and data.get("statusCode", 0) == 0:
+            return False
+        return self.share is None or self.share.wants(topic, data)
 
     def wants(self, component: str, topic: str) -> bool:
         return (self.components is None or component in self.components) and (
@@ -100,19 +111,19 @@ class TopicFilter:
     def wants_wire(self, wire: dict[str, Any]) -> bool:
         """Whether an event in its wire form (``Event.to_wire()``) passes, share included."""
         topic = wire["topic"]
-        return self.wants(wire["component"], topic) and (
-            self.share is None or self.share.wants(topic, wire.get("data"))
-        )
+        return self.wants(wire["component"], topic) and self.wants_data(topic, wire.get("data"))
 
     def to_wire(self) -> dict[str, Any]:
-        """``{"components": [...] | None, "topics": [...] | None}`` (and ``"share"`` when it
-        has one), as sent to a gateway or bus."""
+        """``{"components": [...] | None, "topics": [...] | None}`` (and ``"share"``,
+        ``"onlyFailed"`` when set), as sent to a gateway or bus."""
         wire: dict[str, Any] = {
             "components": sorted(self.components) if self.components is not None else None,
             "topics": sorted(self.topics) if self.topics is not None else None,
         }
         if self.share is not None:
             wire["share"] = self.share.to_wire()
+        if self.only_failed:
+            wire["onlyFailed"] = sorted(self.only_failed)
         return wire
 
 

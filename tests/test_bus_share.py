@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 
 from actors.bus import EventBus, follow_bus
+from actors.ordered_sender import OrderedSender
+from base.prompt.alert_publisher import AlertPublisher
 from base.prompt.ccd_processor import CcdProcessor
 from state.fanout import DetectorShare, TopicFilter
 from tests.standard import until
@@ -122,3 +124,41 @@ def test_a_processor_asks_only_for_its_own_detectors_per_ccd_events(
         assert ingested == (scheduling == "availability" or detector % 2 == 1)
     next_visit = {"component": "Camera", "topic": "nextVisit", "data": {"visit": 7}}
     assert wanted.wants_wire(next_visit)
+
+
+async def test_periodic_events_share_a_send_and_ride_with_the_next_urgent_one() -> None:
+    sent: list[list[str]] = []
+
+    async def send_many(batch: list[str]) -> None:
+        sent.append(batch)
+
+    sender = OrderedSender(send_many, "test", hold=1.0)
+    sender.put("heartbeat", urgent=False)
+    await asyncio.sleep(0.05)
+    sender.put("status", urgent=False)
+    await asyncio.sleep(0.05)
+    assert sent == [], "periodic events wait for the hold"
+    await until(lambda: sent == [["heartbeat", "status"]])
+    sender.put("heartbeat", urgent=False)
+    sender.put("imageIngested")
+    await until(lambda: len(sent) == 2)
+    assert sent[1] == ["heartbeat", "imageIngested"], "in order, at once"
+    sender.put("last", urgent=False)
+    await sender.close()
+    assert sent[2:] == [["last"]], "close sends what is held"
+
+
+async def test_the_alert_publisher_hears_only_failed_ccds_and_every_next_visit() -> None:
+    bus = EventBus()
+    wanted = AlertPublisher("AlertPublisher", sink=lambda _event: None).listen_filter().to_wire()
+    await bus.subscribe("ap", wanted["components"], wanted["topics"], 100, None,
+                        wanted.get("onlyFailed"))  # fmt: skip
+    done = [
+        {"component": "CcdProcessor0", "topic": "ccdProcessed", "seq": d, "tai": 0.0,
+         "data": {"visit": 7, "detector": d, "statusCode": 0 if d % 3 else 1}}
+        for d in range(1, 10)
+    ]  # fmt: skip
+    nxt = {"component": "OCS", "topic": "nextVisit", "seq": 1, "tai": 0.0, "data": {"visit": 8}}
+    await bus.publish_many([*done, nxt])
+    got = (await bus.poll("ap", timeout=0))["events"]
+    assert got == [done[2], done[5], done[8], nxt]
