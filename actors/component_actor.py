@@ -80,6 +80,7 @@ class ComponentActor:
             warnings.simplefilter("ignore", DeprecationWarning)
             self._restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self._component: Controller | None = None
+        self._held: frozenset[str] = frozenset()
         self._failure: Exception | None = None
         self._ready = asyncio.Event()
         self._main = asyncio.get_running_loop().create_task(
@@ -115,6 +116,7 @@ class ComponentActor:
         self, spec: dict[str, Any], heartbeat_interval: float, data_dir: Path, restart_count: int
     ) -> Controller:
         cls = load_component_class(spec["class"])
+        self._held = frozenset(cls.held_topics)
         return cls(
             spec["name"],
             sink=self._publish,
@@ -130,8 +132,8 @@ class ComponentActor:
         )
 
     def _publish(self, event: Event) -> None:
-        periodic = event.kind == "telemetry" or event.topic == "heartbeat"
-        self._outbox.put(event.to_wire(), urgent=not periodic)
+        held = event.kind == "telemetry" or event.topic == "heartbeat" or event.topic in self._held
+        self._outbox.put(event.to_wire(), urgent=not held)
 
     async def _feed(self, component: Controller) -> None:
         """Deliver the bus topics the component listens to; of the snapshot, telemetry only."""

@@ -89,6 +89,10 @@ class Controller(Configurable):
     #: Bus sources and topics delivered to :meth:`on_event` (no sources: nothing delivered).
     listen_components: ClassVar[tuple[str, ...]] = ()
     listen_topics: ClassVar[tuple[str, ...]] = ()
+    #: Own topics that only watchers read (the gateway, dashboard, replay, reports), never a
+    #: component: like heartbeats and telemetry, they may wait (0.5 s at most) for the next
+    #: send to the bus, in order with everything else the component publishes.
+    held_topics: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,

@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 
 from actors.bus import EventBus, follow_bus
+from actors.component_actor import load_component_class
 from actors.ordered_sender import OrderedSender
 from base.prompt.alert_publisher import AlertPublisher
 from base.prompt.ccd_processor import CcdProcessor
+from config.system import load_system_config
 from state.fanout import DetectorShare, TopicFilter
 from tests.standard import until
 
@@ -162,3 +164,11 @@ async def test_the_alert_publisher_hears_only_failed_ccds_and_every_next_visit()
     await bus.publish_many([*done, nxt])
     got = (await bus.poll("ap", timeout=0))["events"]
     assert got == [done[2], done[5], done[8], nxt]
+
+
+def test_no_component_listens_to_a_topic_another_holds_back() -> None:
+    classes = [load_component_class(c.cls) for c in load_system_config().components]
+    listened = {t for cls in classes for t in cls.listen_topics}
+    held = {t: cls.__name__ for cls in classes for t in cls.held_topics}
+    assert held, "the per-CCD reports are held"
+    assert not listened & set(held), f"held topics a component waits on: {listened & set(held)}"

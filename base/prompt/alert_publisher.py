@@ -56,6 +56,7 @@ class AlertPublisher(Controller, AlertStreamRpc):
     event_topics = ("alertsPublished", "visitLatency", "processingStatus")
     listen_components = ("*",)
     listen_topics = ("nextVisit", "ccdProcessed")
+    held_topics = ("alertsPublished",)
     settings_model = AlertPublisherSettings
     config: AlertPublisherSettings
 

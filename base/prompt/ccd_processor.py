@@ -93,6 +93,7 @@ class CcdProcessor(CcdRecording, PoolMember, Controller):
     event_topics = ("ccdStage", "ccdProcessed", "processingStatus", "overloadAlarm")
     listen_components = ("Camera", "SummitBuffer", "Ingest")
     listen_topics = ("nextVisit", "endReadout", "imageInBuffer", "imageIngested")
+    held_topics = ("ccdStage",)
     settings_model = CcdProcessorSettings
     config: CcdProcessorSettings
 
