@@ -126,6 +126,9 @@ def test_a_processor_asks_only_for_its_own_detectors_per_ccd_events(
         assert ingested == (scheduling == "availability" or detector % 2 == 1)
     next_visit = {"component": "Camera", "topic": "nextVisit", "data": {"visit": 7}}
     assert wanted.wants_wire(next_visit)
+    settings["index"] = 2
+    outside = CcdProcessor("CcdProcessor2", sink=lambda _event: None, settings=settings)
+    assert outside.listen_filter().share is None, "a processor outside the pool owns none"
 
 
 async def test_periodic_events_share_a_send_and_ride_with_the_next_urgent_one() -> None:
