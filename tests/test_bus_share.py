@@ -127,7 +127,9 @@ def test_a_processor_asks_only_for_its_own_detectors_per_ccd_events(
     next_visit = {"component": "Camera", "topic": "nextVisit", "data": {"visit": 7}}
     assert wanted.wants_wire(next_visit)
     settings["index"] = 2
-    outside = CcdProcessor("CcdProcessor2", sink=lambda _event: None, settings=settings)
+    outside = CcdProcessor(
+        "CcdProcessor2", sink=lambda _event: None, settings=settings, data_dir=tmp_path / "2"
+    )
     assert outside.listen_filter().share is None, "a processor outside the pool owns none"
 
 
