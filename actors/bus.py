@@ -22,7 +22,7 @@ from typing import Any
 from ray.exceptions import RayError
 
 from state.errors import InvalidInputError
-from state.fanout import Batch, DropOldestQueue, Follower, TopicFilter
+from state.fanout import Batch, DetectorShare, DropOldestQueue, Follower, TopicFilter
 
 Wire = dict[str, Any]
 log = logging.getLogger("dmcs.bus")
@@ -68,7 +68,11 @@ class EventBus:
         self._published += 1
         self._latest[(component, topic)] = event
         for sub in self._subscribers.values():
-            if sub.filter.wants(component, topic):
+            wanted = sub.filter
+            if wanted.wants(component, topic) and (
+                (wanted.share is None and not wanted.only_failed)
+                or wanted.wants_data(topic, event.get("data"))
+            ):
                 sub.queue.put(event)
 
     async def publish_many(self, events: list[Wire]) -> None:
@@ -86,12 +90,38 @@ class EventBus:
         components: list[str] | None = None,
         topics: list[str] | None = None,
         maxsize: int = 10_000,
+        share: list[Any] | None = None,
+        only_failed: list[str] | None = None,
     ) -> list[Wire]:
-        """Register (or replace) a subscription; return the snapshot it starts from."""
+        """Register (or replace) a subscription; return the snapshot it starts from.
+
+        ``share``: a :class:`~state.fanout.DetectorShare` in its wire form, or None;
+        ``only_failed`` as in :class:`~state.fanout.TopicFilter`.
+        """
         self._expire_idle()
-        sub = _Subscriber(TopicFilter.of(components, topics), DropOldestQueue(maxsize))
+        wanted = TopicFilter.of(
+            components, topics, DetectorShare.from_wire(share), only_failed or ()
+        )
+        sub = _Subscriber(wanted, DropOldestQueue(maxsize))
         self._subscribers[subscriber_id] = sub
         return [event for event in self._latest.values() if sub.filter.wants_wire(event)]
+
+    async def refilter(
+        self,
+        subscriber_id: str,
+        components: list[str] | None = None,
+        topics: list[str] | None = None,
+        share: list[Any] | None = None,
+        only_failed: list[str] | None = None,
+    ) -> bool:
+        """Change what a subscription wants from now on, keeping its queue; False if unknown."""
+        sub = self._subscribers.get(subscriber_id)
+        if sub is None:
+            return False
+        sub.filter = TopicFilter.of(
+            components, topics, DetectorShare.from_wire(share), only_failed or ()
+        )
+        return True
 
     async def poll(
         self, subscriber_id: str, max_events: int = 1000, timeout: float = 1.0, linger: float = 0.0
@@ -144,7 +174,7 @@ class EventBus:
 def follow_bus(
     bus: Any,
     name: str,
-    topic_filter: TopicFilter,
+    topic_filter: TopicFilter | Callable[[], TopicFilter],
     deliver: Callable[[Wire, bool], Awaitable[None] | None],
     *,
     log: logging.Logger,
@@ -160,15 +190,29 @@ def follow_bus(
     ``deliver(wire, snapshot)`` gets each matching event; ``on_dropped`` the bus's running
     count of events it dropped for this subscriber, after every poll; ``on_failure`` each
     event that ``deliver`` raised on (skipped); ``linger`` and ``poll_timeout`` (its
-    ``timeout``) as in :meth:`EventBus.poll`.
+    ``timeout``) as in :meth:`EventBus.poll`. ``topic_filter`` may be a callable that gives
+    the filter now (a component's, which follows its configuration): a changed filter is sent
+    to the bus before the next poll and applies to events published after that.
     """
     sid = f"{name}-{uuid.uuid4().hex[:8]}"
-    wanted = topic_filter.to_wire()
+    current = topic_filter if callable(topic_filter) else lambda: topic_filter
+    sent: list[TopicFilter] = [current()]
+
+    def args(wanted: TopicFilter) -> tuple[Any, Any, Any, Any]:
+        wire = wanted.to_wire()
+        return wire["components"], wire["topics"], wire.get("share"), wire.get("onlyFailed")
 
     async def subscribe() -> list[Wire]:
-        return await bus.subscribe.remote(sid, wanted["components"], wanted["topics"], queue_size)
+        sent[0] = current()
+        components, topics, share, only_failed = args(sent[0])
+        return await bus.subscribe.remote(sid, components, topics, queue_size, share, only_failed)
 
     async def poll() -> Batch[Wire]:
+        wanted = current()
+        if wanted != sent[0]:
+            if not await bus.refilter.remote(sid, *args(wanted)):
+                return Batch([], known=False)
+            sent[0] = wanted
         reply = await bus.poll.remote(sid, max_events, poll_timeout, linger)
         if on_dropped is not None:
             on_dropped(reply["dropped"])

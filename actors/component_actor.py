@@ -24,7 +24,6 @@ from state.command import Command
 from state.controller import Controller
 from state.errors import ConfigurationError
 from state.events import Event
-from state.fanout import TopicFilter
 from state.patience import call_patiently
 from state.peers import rpc_method
 
@@ -81,6 +80,7 @@ class ComponentActor:
             warnings.simplefilter("ignore", DeprecationWarning)
             self._restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self._component: Controller | None = None
+        self._held: frozenset[str] = frozenset()
         self._failure: Exception | None = None
         self._ready = asyncio.Event()
         self._main = asyncio.get_running_loop().create_task(
@@ -116,6 +116,7 @@ class ComponentActor:
         self, spec: dict[str, Any], heartbeat_interval: float, data_dir: Path, restart_count: int
     ) -> Controller:
         cls = load_component_class(spec["class"])
+        self._held = frozenset(cls.held_topics)
         return cls(
             spec["name"],
             sink=self._publish,
@@ -131,7 +132,8 @@ class ComponentActor:
         )
 
     def _publish(self, event: Event) -> None:
-        self._outbox.put(event.to_wire())
+        held = event.kind == "telemetry" or event.topic == "heartbeat" or event.topic in self._held
+        self._outbox.put(event.to_wire(), urgent=not held)
 
     async def _feed(self, component: Controller) -> None:
         """Deliver the bus topics the component listens to; of the snapshot, telemetry only."""
@@ -140,10 +142,10 @@ class ComponentActor:
             if not snapshot or wire.get("kind") == "telemetry":
                 await component.deliver(Event.from_wire(wire))
 
-        wanted = TopicFilter.of(component.listen_components, component.listen_topics)
         await follow_bus(
-            self._bus, component.name, wanted, deliver, log=log, linger=LISTEN_LINGER_S
-        ).run()
+            self._bus, component.name, component.listen_filter, deliver, log=log,
+            linger=LISTEN_LINGER_S,
+        ).run()  # fmt: skip
 
     async def _component_ready(self) -> Controller:
         await self._ready.wait()

@@ -5,7 +5,12 @@ calls from one sender can reach the event bus reordered. Queue locally, and let 
 what has queued up, in order, one ``publish_many`` call at a time; batching keeps the rate up.
 
 While the bus is unreachable (killed, restarting) the batch is kept and sent again with
-backoff, so a camera's or the OCS's input reaches its components once the bus is back. The
+backoff, so a camera's or the OCS's input reaches its components once the bus is back.
+
+Periodic items (heartbeats, telemetry: ``put(item, urgent=False)``) wait up to ``hold``
+seconds for the next send instead of starting one: a component's 1 Hz heartbeat and 1 Hz
+status then cost one bus call a second between them, and none while its per-CCD events flow
+(they go with those). The order of all items is kept. The
 queue is bounded (``max_pending``): beyond it the oldest events are dropped, counted and
 logged, so a bus that never returns cannot exhaust the sender's memory. A batch whose reply
 was lost may arrive twice; events carry per-topic sequence numbers for that.
@@ -27,6 +32,9 @@ log = logging.getLogger("dmcs.actors")
 MAX_PENDING = 10_000
 #: Events sent in one ``publish_many`` call.
 MAX_BATCH = 1_000
+#: How long a periodic item may wait for a send: half the 1 s heartbeat interval, so that two
+#: 1 Hz streams of any phase share one call (the dashboard's stale-heartbeat alarm waits 3 s).
+HOLD_S = 0.5
 
 
 class OrderedSender:
@@ -38,6 +46,7 @@ class OrderedSender:
         max_pending: int = MAX_PENDING,
         retry_initial: float = 0.1,
         retry_max: float = 2.0,
+        hold: float = HOLD_S,
     ) -> None:
         self._send_many = send_many
         self._name = name
@@ -45,6 +54,8 @@ class OrderedSender:
         self._retry = (retry_initial, retry_max)
         self._outbox: deque[Any] = deque()
         self._task: asyncio.Task[None] | None = None
+        self._hold = hold
+        self._held: asyncio.TimerHandle | None = None
         #: Events dropped because the queue was full while the bus was away.
         self.dropped = 0
         #: Sends that failed and were tried again.
@@ -54,10 +65,22 @@ class OrderedSender:
     def pending(self) -> int:
         return len(self._outbox)
 
-    def put(self, item: Any) -> None:
+    def put(self, item: Any, urgent: bool = True) -> None:
+        """Queue ``item``; sent at once if ``urgent``, else within ``hold`` seconds."""
         self._outbox.append(item)
         self._trim()
-        if self._task is None or self._task.done():
+        if self._task is not None and not self._task.done():
+            return
+        if urgent:
+            self._send_now()
+        elif self._held is None:
+            self._held = asyncio.get_running_loop().call_later(self._hold, self._send_now)
+
+    def _send_now(self) -> None:
+        if self._held is not None:
+            self._held.cancel()
+            self._held = None
+        if self._outbox and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._flush(), name=self._name)
 
     def _trim(self) -> None:
@@ -100,6 +123,7 @@ class OrderedSender:
 
     async def close(self) -> None:
         """Send what is queued (best effort, 2 s), then stop."""
+        self._send_now()
         task, self._task = self._task, None
         if task is not None and not task.done():
             try:

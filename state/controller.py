@@ -43,6 +43,7 @@ from state.errors import (
 )
 from state.event_checks import EventChecks
 from state.events import GENERIC_EVENTS, Event, EventKind
+from state.fanout import TopicFilter
 from state.peers import NoPeers, Peers
 from state.settings import Configurable, override_names
 from state.states import TRANSITIONS, State
@@ -88,6 +89,10 @@ class Controller(Configurable):
     #: Bus sources and topics delivered to :meth:`on_event` (no sources: nothing delivered).
     listen_components: ClassVar[tuple[str, ...]] = ()
     listen_topics: ClassVar[tuple[str, ...]] = ()
+    #: Own topics that only watchers read (the gateway, dashboard, replay, reports), never a
+    #: component: like heartbeats and telemetry, they may wait (0.5 s at most) for the next
+    #: send to the bus, in order with everything else the component publishes.
+    held_topics: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -197,6 +202,11 @@ class Controller(Configurable):
     async def _background_failed(self, name: str, error: BaseException, trace: str) -> None:
         self.log.error("background task %s failed: %r\n%s", name, error, trace)
         await self.fault(BACKGROUND_TASK_FAILED, f"background task {name} failed: {error!r}", trace)
+
+    def listen_filter(self) -> TopicFilter:
+        """What the event feed asks the bus for; read before each poll, so that a subclass's
+        filter may follow its configuration (a changed one applies from the next poll on)."""
+        return TopicFilter.of(self.listen_components, self.listen_topics)
 
     async def on_event(self, event: Event) -> None:
         """Hook: an event from :attr:`listen_components` arrived (in any state)."""

@@ -13,7 +13,7 @@ import contextlib
 import inspect
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, NoReturn, TypeVar
 
@@ -36,20 +36,72 @@ def _names(values: Iterable[Any] | str | None) -> frozenset[str] | None:
 
 
 @dataclass(frozen=True, slots=True)
+class DetectorShare:
+    """A subscriber's share of the focal plane: of the events on ``topics`` that name a
+    ``detector``, only those of the detectors ``d`` with ``d % count == index``.
+
+    A CCD processor of a pool of ``count`` hears only its own detectors' per-CCD events on
+    these topics instead of all 189 of each visit; events without a detector all pass.
+    """
+
+    count: int
+    index: int
+    topics: frozenset[str]
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"share {self.index} of {self.count} does not exist")
+
+    def wants(self, topic: str, data: Mapping[str, Any] | None) -> bool:
+        if topic not in self.topics or not isinstance(data, Mapping):
+            return True
+        detector = data.get("detector")
+        if not isinstance(detector, int) or isinstance(detector, bool):
+            return True
+        return detector % self.count == self.index
+
+    def to_wire(self) -> list[Any]:
+        return [self.count, self.index, sorted(self.topics)]
+
+    @classmethod
+    def from_wire(cls, wire: Sequence[Any] | None) -> DetectorShare | None:
+        if wire is None:
+            return None
+        count, index, topics = wire
+        return cls(int(count), int(index), frozenset(str(t) for t in topics))
+
+
+@dataclass(frozen=True, slots=True)
 class TopicFilter:
-    """Which (component, topic) pairs a subscriber wants; ``None`` on a side means all."""
+    """Which (component, topic) pairs a subscriber wants; ``None`` on a side means all.
+
+    ``share``, if any, narrows the per-CCD events of some topics to a share of the detectors;
+    of the topics in ``only_failed``, only events whose ``statusCode`` is not 0 pass (the
+    AlertPublisher needs the CCDs that failed, not the 189 that did not).
+    """
 
     components: frozenset[str] | None = None
     topics: frozenset[str] | None = None
+    share: DetectorShare | None = None
+    only_failed: frozenset[str] = frozenset()
 
     @classmethod
     def of(
         cls,
         components: Iterable[Any] | str | None = None,
         topics: Iterable[Any] | str | None = None,
+        share: DetectorShare | None = None,
+        only_failed: Iterable[str] = (),
     ) -> TopicFilter:
         """A filter from what a caller wrote: None, empty or ``"*"`` each mean all."""
-        return cls(_names(components), _names(topics))
+        return cls(_names(components), _names(topics), share, frozenset(only_failed))
+
+    def wants_data(self, topic: str, data: Any) -> bool:
+        """The share's and ``only_failed``'s verdict on an event's payload."""
+        failed_only = topic in self.only_failed and isinstance(data, Mapping)
+        if failed_only and data.get("statusCode", 0) == 0:
+            return False
+        return self.share is None or self.share.wants(topic, data)
 
     def wants(self, component: str, topic: str) -> bool:
         return (self.components is None or component in self.components) and (
@@ -57,15 +109,22 @@ class TopicFilter:
         )
 
     def wants_wire(self, wire: dict[str, Any]) -> bool:
-        """``wants`` for an event in its wire form (``Event.to_wire()``)."""
-        return self.wants(wire["component"], wire["topic"])
+        """Whether an event in its wire form (``Event.to_wire()``) passes, share included."""
+        topic = wire["topic"]
+        return self.wants(wire["component"], topic) and self.wants_data(topic, wire.get("data"))
 
-    def to_wire(self) -> dict[str, list[str] | None]:
-        """``{"components": [...] | None, "topics": [...] | None}``, as sent to a gateway or bus."""
-        return {
+    def to_wire(self) -> dict[str, Any]:
+        """``{"components": [...] | None, "topics": [...] | None}`` (and ``"share"``,
+        ``"onlyFailed"`` when set), as sent to a gateway or bus."""
+        wire: dict[str, Any] = {
             "components": sorted(self.components) if self.components is not None else None,
             "topics": sorted(self.topics) if self.topics is not None else None,
         }
+        if self.share is not None:
+            wire["share"] = self.share.to_wire()
+        if self.only_failed:
+            wire["onlyFailed"] = sorted(self.only_failed)
+        return wire
 
 
 class DropOldestQueue(Generic[T]):

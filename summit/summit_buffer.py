@@ -62,6 +62,7 @@ class SummitBuffer(Controller):
     event_topics = ("imageInBuffer", "imageTransferred", "bufferAlarm", "bufferStatus")
     listen_components = ("Camera",)
     listen_topics = ("endReadout",)
+    held_topics = ("imageTransferred",)
     settings_model = SummitBufferSettings
     config: SummitBufferSettings
 

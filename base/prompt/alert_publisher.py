@@ -42,6 +42,7 @@ from state.contracts.data_plane import AlertHandoff
 from state.controller import Controller, SupervisedGroup
 from state.errors import DmcsError, InvalidInputError, NotReadyError, RetriableError, StorageError
 from state.events import Event
+from state.fanout import TopicFilter
 from state.states import State
 
 #: Sky positions sent per CCD in ``alertsPublished`` for the dashboard's sky map.
@@ -55,6 +56,7 @@ class AlertPublisher(Controller, AlertStreamRpc):
     event_topics = ("alertsPublished", "visitLatency", "processingStatus")
     listen_components = ("*",)
     listen_topics = ("nextVisit", "ccdProcessed")
+    held_topics = ("alertsPublished",)
     settings_model = AlertPublisherSettings
     config: AlertPublisherSettings
 
@@ -141,6 +143,10 @@ class AlertPublisher(Controller, AlertStreamRpc):
     async def run_background(self, tg: SupervisedGroup) -> None:
         tg.create_task(self._status_loop)
         tg.create_task(self._drain_loop)
+
+    def listen_filter(self) -> TopicFilter:
+        """Of ``ccdProcessed``, only the failed CCDs' (the others' alerts come by the outbox)."""
+        return TopicFilter.of(self.listen_components, self.listen_topics, None, ["ccdProcessed"])
 
     async def on_event(self, event: Event) -> None:
         data = event.data

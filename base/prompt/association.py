@@ -43,6 +43,7 @@ APDB_FAILED = 601
 class Association(Controller):
     uses_database: ClassVar[bool] = True
     event_topics = ("ccdStage", "processingStatus")
+    held_topics = ("ccdStage",)
     settings_model = AssociationSettings
     config: AssociationSettings
 

@@ -68,6 +68,7 @@ from state.errors import (
     StorageError,
 )
 from state.events import Event
+from state.fanout import DetectorShare, TopicFilter
 from state.states import State
 
 WORK = "base.prompt.ccd_work"
@@ -83,11 +84,16 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+#: The per-CCD events a processor hears only for its own detectors with fixed scheduling.
+PER_CCD_TOPICS = frozenset({"imageInBuffer", "imageIngested"})
+
+
 class CcdProcessor(CcdRecording, PoolMember, Controller):
     uses_database: ClassVar[bool] = True
     event_topics = ("ccdStage", "ccdProcessed", "processingStatus", "overloadAlarm")
     listen_components = ("Camera", "SummitBuffer", "Ingest")
     listen_topics = ("nextVisit", "endReadout", "imageInBuffer", "imageIngested")
+    held_topics = ("ccdStage",)
     settings_model = CcdProcessorSettings
     config: CcdProcessorSettings
 
@@ -132,6 +138,16 @@ class CcdProcessor(CcdRecording, PoolMember, Controller):
     def owns(self, detector: int) -> bool:
         """Whether this processor preloads ``detector`` (its inputs are in its worker)."""
         return self.scheduler.owns(detector)
+
+    def listen_filter(self) -> TopicFilter:
+        """Only this processor's own detectors' ``imageInBuffer`` (and, with fixed scheduling,
+        ``imageIngested``): the others' are no use to it (see :meth:`_on_event`)."""
+        c = self.config
+        if not 0 <= c.index < c.pool_size:  # it owns no detector: everything, as it always had
+            return super().listen_filter()
+        topics = {"imageInBuffer"} if self.scheduler.by_availability else PER_CCD_TOPICS
+        share = DetectorShare(c.pool_size, c.index, frozenset(topics))
+        return TopicFilter.of(self.listen_components, self.listen_topics, share)
 
     async def end_start(self, configuration_override: str) -> None:
         await self._q(self.queue.reopen)  # SQLite keeps a failed connection broken
