@@ -198,3 +198,21 @@ def flux_positions_at_stars(
     hit &= sf[jj] > dominance * np.abs(np.nan_to_num(np.asarray(diff_flux, np.float64)))
     fx[hit], fy[hit] = sx[jj[hit]], sy[jj[hit]]
     return fx, fy
+
+
+def add_flux_model_error(dia: np.ndarray, eps: float) -> None:
+    """psfFluxErr of the single-PSF DIASources ⊕ ε·|psfFlux|, in place (ε ≤ 0: unchanged).
+
+    ε is the CCD's PSF-flux model error (``psf_flux_model_error``: what subtraction leaves of
+    a static star, per unit of its flux). A PSF fit with an imperfect PSF model misses the
+    same fraction of any point source's flux, so the change's own flux carries that error
+    too, not only the static flux under it: without it the pulls of bright transients on
+    blank sky widened with S/N (robust σ 1.45 at true S/N 50-100 on mini training nights).
+    Dipole fits (their flux is a difference of two lobes) and failed fits are left alone.
+    """
+    if not (eps > 0 and np.isfinite(eps)) or not len(dia):
+        return
+    one = ~dia["dipoleFitAttempted"] & ~dia["psfFlux_flag"] & np.isfinite(dia["psfFlux"])
+    f = dia["psfFlux"][one].astype(np.float64)
+    e = dia["psfFluxErr"][one].astype(np.float64)
+    dia["psfFluxErr"][one] = np.hypot(e, eps * np.abs(f)).astype(dia["psfFluxErr"].dtype)

@@ -24,6 +24,7 @@ from algorithms.interp import interpolate_masked
 from algorithms.isr import Calibrations, IsrConfig, run_isr
 from algorithms.measure import forced_psf_flux, psf_fit
 from algorithms.model_noise import (
+    add_flux_model_error,
     add_model_error,
     flux_positions_at_stars,
     noise_scale_or_one,
@@ -490,6 +491,8 @@ def _run(
                 res.diasources, zr.image, pixel_var, zr.mask, dpsf, calib, ddet.noise_scale,
                 eps_psf, stars,
             )  # fmt: skip
+        if eps_psf is not None:
+            add_flux_model_error(res.diasources, eps_psf)
         fill_star_columns(
             res.diasources, zr.image, pixel_var, zr.mask, dpsf, calib, ddet.noise_scale,
             eps if eps_psf is None else min(eps, eps_psf), stars,

@@ -6,7 +6,7 @@ the product's CCD chain, scored by the shipped reliability model, associated CCD
 Association component does (``scripts/night_truth.py``), and compared with the truth
 (``base/reports/alert_quality.py``): completeness per true S/N and magnitude bin before and after
 the alert cut, purity of all and of the alerted DIASources, DIASource astrometry at S/N ≥ 20
-beside the WCS fit, PSF-flux pulls per measured-S/N bin, and false DIASources within 5″ of
+beside the WCS fit, PSF-flux pulls per true-S/N bin, and false DIASources within 5″ of
 stars brighter than 18 mag per star per visit. ``pooled`` holds each camera's figures over its
 nights and ``meets`` says which of the issue's targets they reach. Seeds 301+ are used neither
 by the tests nor by the training.
@@ -34,11 +34,13 @@ from base.reports.alert_quality import (
     CcdArea,
     alert_quality,
     bright_star_false,
+    ccd_noise,
     flux_pulls,
     pull_table,
     scope_truth,
 )
 from base.reports.truth import load_bright_stars, match
+from config.cameras import load_camera
 from scripts.night_truth import (
     LabelledNight,
     associate_night,
@@ -66,13 +68,16 @@ def night_quality(
     """The figures of one night (``alert_quality``), the WCS fit and the bright-star count;
     ``_pulls`` holds the raw (S/N, pull) pairs for pooling."""
     model = model or load_reliability_model()
+    camera = load_camera(n.camera)
     areas, wcs = {}, []
     for c in n.ccds:
         s = c.summary
         if c.ok and s.get("sky_level_electrons") is not None:
+            rn2, tvar = ccd_noise(camera, c.detector, str(s.get("band", "")), s.get("zeropoint"))
             areas[(c.visit, c.detector)] = CcdArea(
-                c.shape[1], c.shape[0], float(s["sky_level_electrons"]), float(s["psf_fwhm_pixels"])
-            )
+                c.shape[1], c.shape[0], float(s["sky_level_electrons"]),
+                float(s["psf_fwhm_pixels"]), rn2, tvar,
+            )  # fmt: skip
         if c.ok and s.get("astrometric_scatter_mas") is not None:
             wcs.append(float(s["astrometric_scatter_mas"]))
     scoped, snr = scope_truth(n.truth, areas)
@@ -89,7 +94,7 @@ def night_quality(
         dia.get("reliability", np.zeros(0)) >= threshold
     )
     q["brightStars"] = bright_star_false(stars, areas, dia, match(n.truth, dia)[1], 5.0, alerted)
-    q["_pulls"] = flux_pulls(scoped, dia, match(scoped, dia)[0])
+    q["_pulls"] = flux_pulls(scoped, snr, dia, match(scoped, dia)[0])
     q["nCcds"], q["nCcdsFailed"] = len(n.ccds), sum(not c.ok for c in n.ccds)
     return q
 

@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 
 from algorithms import render as rk
 from algorithms.render_wcs import pixel_to_sky, sip_header, sky_to_pixel
+from config.cameras import Camera
 from state.errors import StorageError
 from summit.camera import CameraSimulator, Pointing
 from summit.fitsio import write_fits
@@ -24,6 +25,9 @@ from summit.schedule import Visit
 from summit.sky import AB_NJY_ZERO, mag_to_njy
 
 PSF_HALF = 20
+#: The template stands for this many visits of this length (``render_template``).
+TEMPLATE_EPOCHS = 20
+TEMPLATE_EPOCH_S = 30.0
 # Lossy float compression as Rubin ships coadds: quantized to 1/16 of the noise, fixed dither.
 _RICE = {"compression_type": "RICE_1", "quantize_level": 16.0, "dither_seed": 1}
 
@@ -48,12 +52,37 @@ def psf_image(fwhm_px: float, beta: float = 3.0) -> NDArray[np.float32]:
     return img / img.sum()
 
 
+def _njy_per_e(cam: Camera, band: str) -> float:
+    return float(10.0 ** ((AB_NJY_ZERO - cam.photometry.zeropoint[band]) / 2.5) / TEMPLATE_EPOCH_S)
+
+
+def _sky_and_read_e(cam: Camera, detector_id: int, band: str) -> tuple[float, float]:
+    """Dark-sky electrons per pixel of one template epoch, and the mean read-noise variance."""
+    zp = cam.photometry.zeropoint[band]
+    sky_e = (
+        TEMPLATE_EPOCH_S
+        * 10 ** (-0.4 * (cam.photometry.dark_sky[band] - zp))
+        * cam.pixel_scale_arcsec**2
+    )
+    rn2 = float(np.mean([a.read_noise**2 for a in cam.detector(detector_id).amplifiers]))
+    return sky_e, rn2
+
+
+def template_sky_variance(
+    cam: Camera, detector_id: int, band: str, n_epochs: int = TEMPLATE_EPOCHS
+) -> float:
+    """The template's per-pixel variance away from sources (nJy²): the dark sky and read noise
+    of ``n_epochs`` visits, averaged. What a difference image inherits from its template."""
+    sky_e, rn2 = _sky_and_read_e(cam, detector_id, band)
+    return (sky_e + rn2) / n_epochs * _njy_per_e(cam, band) ** 2
+
+
 def render_template(
     sim: CameraSimulator,
     visit: Visit,
     detector_id: int,
     *,
-    n_epochs: int = 20,
+    n_epochs: int = TEMPLATE_EPOCHS,
     fwhm_arcsec: float = 0.8,
     margin: int = 64,
 ) -> fits.HDUList:
@@ -86,12 +115,8 @@ def render_template(
         3.0,
         0.001,
     )
-    zp = cam.photometry.zeropoint[visit.band]
-    njy_per_e = 10.0 ** ((AB_NJY_ZERO - zp) / 2.5) / 30.0
-    sky_e = (
-        30.0 * 10 ** (-0.4 * (cam.photometry.dark_sky[visit.band] - zp)) * cam.pixel_scale_arcsec**2
-    )
-    rn2 = float(np.mean([a.read_noise**2 for a in det.amplifiers]))
+    njy_per_e = _njy_per_e(cam, visit.band)
+    sky_e, rn2 = _sky_and_read_e(cam, detector_id, visit.band)
     variance = ((sky_e + rn2 + img / njy_per_e) / n_epochs * njy_per_e**2).astype(np.float32)
     rng = np.random.default_rng([sim.seed, visit.field_id, "ugrizy".index(visit.band), det.id, 5])
     img += np.sqrt(variance) * rng.standard_normal((ny, nx), dtype=np.float32)

@@ -29,13 +29,17 @@ from base.reports import (
     write_night_reports,
 )
 from base.reports.alert_quality import (
+    PULL_SNR_EDGES,
     CcdArea,
     alert_quality,
     bright_star_false,
+    ccd_noise,
+    flux_pulls,
+    pull_table,
     scope_truth,
 )
 from base.reports.quality import m50
-from base.reports.truth import BrightStars, TruthSources, load_bright_stars
+from base.reports.truth import BrightStars, TruthSources, load_bright_stars, true_snr
 from config.cameras import SkyConfig, load_camera
 from state.errors import InvalidInputError, StorageError
 from summit.schedule import Visit
@@ -482,12 +486,12 @@ def test_alert_quality_counts_against_a_hand_built_truth() -> None:
     assert ast["n"] == 1, "only the S/N 30 match of A counts (B's is S/N 15)"
     assert ast["diaSourceRmsMas"] == pytest.approx(300.0, rel=1e-3)
     pulls = {b["lo"]: b for b in q["pullsBySnr"]}
-    assert sorted(pulls) == [10.0, 20.0], "A at S/N 30, B at S/N 15; C has no DIASource"
-    assert pulls[20.0]["n"] == 1 and pulls[20.0]["median"] == pytest.approx(0.0, abs=1e-9)
+    assert sorted(pulls) == [20.0, 50.0], "by true S/N: A at 79, B at 48; C has no DIASource"
+    assert pulls[50.0]["n"] == 1 and pulls[50.0]["median"] == pytest.approx(0.0, abs=1e-9)
     off = dict(dia, psfFlux=dia["psfFlux"] + np.array([2e3, -1e3, 0, 0, 0]))
     moved = alert_quality(every, scoped, snr, off, 0.5)["pullsBySnr"]
     moved = {b["lo"]: b["median"] for b in moved}
-    assert moved == pytest.approx({20.0: 2.0, 10.0: -1.0})
+    assert moved == pytest.approx({50.0: 2.0, 20.0: -1.0})
     flagged = dict(dia, isDipole=np.array([True, False, False, False, False]))
     assert [b["n"] for b in alert_quality(every, scoped, snr, flagged, 0.5)["pullsBySnr"]] == [1]
     no_cut = alert_quality(every, scoped, snr, dia, threshold=None)
@@ -534,3 +538,77 @@ def test_false_diasources_near_bright_stars_are_counted_per_star_visit(tmp_path:
     bad.write_bytes(b"not a database")
     with pytest.raises(InvalidInputError, match="not a dmcs truth database"):
         load_bright_stars(bad, [1])
+
+
+def _changes(diff_e: np.ndarray, flux_e: np.ndarray) -> TruthSources:
+    """Transients at (100, 100) of detector 0, visit 1, one per entry (electrons)."""
+    n = len(diff_e)
+    return TruthSources(
+        visit=np.ones(n, np.int64), detector=np.zeros(n, np.int64), object_id=np.arange(n),
+        kind=np.full(n, "transient"), band=np.full(n, "r"), ra=np.full(n, 10.0),
+        dec=np.zeros(n), mag=np.full(n, 22.0), diff_flux_njy=np.asarray(diff_e, float),
+        diff_mag=np.full(n, 22.0), x=np.full(n, 100.0), y=np.full(n, 100.0),
+        flux_e=np.asarray(flux_e, float), diff_e=np.asarray(diff_e, float),
+    )  # fmt: skip
+
+
+def test_true_snr_counts_the_read_and_template_noise_the_difference_has() -> None:
+    """A PSF flux on (visit − template) of the simulator's Moffat: the noise of many
+    realisations is the visit's sky, read noise and source photons plus the template's own
+    noise. The S/N without the last two (the report's before) was 11 % too high here."""
+    from summit.templates import psf_image
+
+    fwhm, sky, rn2, tvar, flux = 4.5, 400.0, 49.0, 40.0, 1500.0
+    p = psf_image(fwhm).astype(np.float64)
+    rng = np.random.default_rng(5)
+    n = 4000
+    visit = rng.poisson(sky + flux * p, (n, *p.shape)) - sky
+    visit = visit + rng.normal(0.0, np.sqrt(rn2), visit.shape)
+    template = rng.normal(0.0, np.sqrt(tvar), visit.shape)
+    w = p / (p * p).sum()
+    measured = ((visit - template) * w).sum(axis=(1, 2))
+    t = _changes(np.array([flux]), np.array([flux]))
+    honest = true_snr(t, np.array([sky]), np.array([fwhm]), rn2, tvar)[0]
+    assert flux / measured.std() == pytest.approx(honest, rel=0.04)
+    assert true_snr(t, np.array([sky]), np.array([fwhm]))[0] > 1.08 * honest
+
+
+def test_ccd_noise_follows_the_camera_and_the_template_recipe() -> None:
+    from summit.templates import TEMPLATE_EPOCHS, template_sky_variance
+
+    cam = load_camera("mini")
+    rn2, tvar = ccd_noise(cam, 0, "r", 28.0)
+    amps = cam.detector(0).amplifiers
+    assert rn2 == pytest.approx(np.mean([a.read_noise**2 for a in amps]))
+    njy_per_e = 10 ** ((31.4 - 28.0) / 2.5)
+    assert tvar == pytest.approx(template_sky_variance(cam, 0, "r") / njy_per_e**2)
+    assert 0 < tvar < 1e4 and TEMPLATE_EPOCHS == 20
+    assert ccd_noise(cam, 0, "r", None) == (rn2, 0.0)
+    areas = {(1, 0): CcdArea(256, 256, 400.0, 4.5, rn2, tvar)}
+    t = _changes(np.array([1500.0]), np.array([1500.0]))
+    assert scope_truth(t, areas)[1][0] == pytest.approx(
+        true_snr(t, np.array([400.0]), np.array([4.5]), rn2, tvar)[0]
+    )
+
+
+def test_pulls_are_binned_by_true_snr_without_eddington_bias() -> None:
+    """Right fluxes and errors, sources piling up towards faint fluxes: the pulls of a bin of
+    *measured* S/N are biased (the upward fluctuations of fainter sources move into it); a
+    bin of true S/N is not."""
+    rng = np.random.default_rng(8)
+    true = 4.0 + rng.pareto(1.5, 20000)
+    t = _changes(true * 100.0, np.zeros(true.size))
+    meas = true + rng.normal(0.0, 1.0, true.size)
+    dia = {
+        "ra": np.zeros(true.size), "psfFlux": meas * 100.0,
+        "psfFluxErr": np.full(true.size, 100.0),
+    }  # fmt: skip
+    nearest = np.arange(true.size)
+    snr, pull = flux_pulls(t, true, dia, nearest)
+    assert np.array_equal(snr, true)
+    by_true = [b for b in pull_table(snr, pull, np.asarray(PULL_SNR_EDGES)) if b["n"] >= 300]
+    assert len(by_true) >= 3
+    for b in by_true:
+        assert abs(b["median"]) < 0.1 and 0.9 < b["robustSigma"] < 1.1, b
+    by_measured = pull_table(np.abs(meas), pull, np.asarray(PULL_SNR_EDGES))
+    assert max(b["median"] for b in by_measured) > 0.2

@@ -22,7 +22,7 @@ from base.prompt_records import METRICS, NightRecords
 from config.cameras import load_camera
 from state.errors import ConfigurationError
 
-from .alert_quality import CcdArea, alert_quality, scope_truth
+from .alert_quality import CcdArea, alert_quality, ccd_noise, scope_truth
 from .truth import TruthSources, match
 
 #: record field -> JSON key (the names of the CCD summary in docs/reports.md)
@@ -117,19 +117,23 @@ def m50(bins: list[dict[str, Any]]) -> float | None:
 
 
 def ccd_areas(night: NightRecords) -> dict[tuple[int, int], CcdArea]:
-    """Size, sky and PSF of every processed CCD whose camera is known (for ``scope_truth``)."""
+    """Size, sky, PSF, read and template noise of every processed CCD whose camera is known
+    (for ``scope_truth``)."""
     visits = night.visit_map()
     out = {}
     for o in night.outcomes:
         if o.status != "processed" or o.visit not in visits:
             continue
+        vr = visits[o.visit]
         try:
-            det = load_camera(visits[o.visit].camera).detector(o.detector)
+            camera = load_camera(vr.camera)
+            det = camera.detector(o.detector)
         except ConfigurationError:
             continue
         sky = np.nan if o.sky_level is None else float(o.sky_level)
         fwhm = np.nan if o.psf_fwhm_px is None else float(o.psf_fwhm_px)
-        out[(o.visit, o.detector)] = CcdArea(det.nx, det.ny, sky, fwhm)
+        rn2, tvar = ccd_noise(camera, o.detector, vr.band, o.zeropoint)
+        out[(o.visit, o.detector)] = CcdArea(det.nx, det.ny, sky, fwhm, rn2, tvar)
     return out
 
 

@@ -162,21 +162,29 @@ def load_bright_stars(
 
 
 def true_snr(
-    truth: TruthSources, sky_e: NDArray[np.float64], fwhm_px: NDArray[np.float64]
+    truth: TruthSources,
+    sky_e: NDArray[np.float64],
+    fwhm_px: NDArray[np.float64],
+    read_var_e: NDArray[np.float64] | float = 0.0,
+    template_var_e: NDArray[np.float64] | float = 0.0,
 ) -> NDArray[np.float64]:
     """The difference-image S/N a perfect PSF fit would give each truth source.
 
-    Noise of an optimal (PSF-weighted) measurement: sky over the effective area 1/∫P² of the
+    Noise of an optimal (PSF-weighted) measurement: the per-pixel noise of the difference —
+    the visit's sky (``sky_e``, electrons per pixel) and read noise (``read_var_e``, e⁻²) plus
+    the template's own noise (``template_var_e``, e⁻² per pixel in the visit's electrons: the
+    template is subtracted, and its noise with it) — over the effective area 1/∫P² of the
     simulator's PSF (a Moffat of ``SIM_PSF_BETA``, 1.67 times the area of a Gaussian of the
     same FWHM) at the CCD's measured FWHM, plus the Poisson noise of the source's own visit
-    electrons; the deep template's noise is left out. ``sky_e`` and ``fwhm_px`` are per row
-    (the processed CCD's sky level in electrons per pixel and PSF FWHM in pixels).
+    electrons. Every argument is per row or a scalar.
     """
     beta = SIM_PSF_BETA
     alpha = np.asarray(fwhm_px, np.float64) / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
     n_eff = np.pi * alpha**2 * (2.0 * beta - 1.0) / (beta - 1.0) ** 2
-    var = n_eff * np.maximum(np.asarray(sky_e, np.float64), 0.0)
-    var = var + np.abs(truth.flux_e)
+    pix = np.maximum(np.asarray(sky_e, np.float64), 0.0) + np.maximum(
+        np.asarray(read_var_e, np.float64) + np.asarray(template_var_e, np.float64), 0.0
+    )
+    var = n_eff * pix + np.abs(truth.flux_e)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.abs(truth.diff_e) / np.sqrt(var)
 
