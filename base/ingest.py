@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,7 @@ from state.errors import (
 )
 from state.events import Event
 from state.states import State
+from summit.step_times import StepTimes
 
 #: errorCode published when ingest cannot write to base storage.
 P = ParamSpec("P")
@@ -84,6 +86,7 @@ class Ingest(Controller):
             else root.parent / "HeaderService" / "headers"
         )
         self.last_lag = 0.0
+        self.steps = StepTimes()
 
     async def _l(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a ledger call on its own thread: its fsync never blocks the event loop."""
@@ -201,6 +204,7 @@ class Ingest(Controller):
         raw = RawTransfer.parse(meta)
         view = raw.raw_bytes(data)
         name, visit, detector, checksum = raw.imageName, raw.visit, raw.detector, raw.checksum
+        self.steps.mark(visit, detector, "arrived")
         if raw.byteSize is not None and len(view) != raw.byteSize:
             self.counters["corrupt"] += 1
             raise ChecksumMismatchError(
@@ -231,12 +235,15 @@ class Ingest(Controller):
         """Verify the raw's checksum while writing it (merged with its header when known):
         one pass over its bytes, one durable write."""
         name, visit, detector = raw.imageName, raw.visit, raw.detector
+        self.steps.mark(visit, detector, "looked_up")
         header = await self._header(name)
+        self.steps.mark(visit, detector, "header")
         path = self.storage / str(visit) / f"{name}_{detector:03d}.fits"
         try:
             file_checksum, size = await asyncio.to_thread(
                 store_raw, path, data, raw.checksum, header
             )
+            self.steps.mark(visit, detector, "stored")
         except ChecksumMismatchError as e:
             self.counters["corrupt"] += 1
             raise ChecksumMismatchError(f"{name} detector {detector} {e}") from e
@@ -261,6 +268,7 @@ class Ingest(Controller):
                 state="received",
             ),
         )
+        self.steps.mark(visit, detector, "recorded")
         self._todo.put_nowait((visit, detector))
 
     # ------------------------------------------------------------- registering
@@ -281,11 +289,14 @@ class Ingest(Controller):
         r = await self._l(self.ledger.find, visit, detector)
         if r is None or r.state != "received":
             return
+        self.steps.mark(visit, detector, "finishing")
         try:
             r, description = await self._merge_late_header(r)
             head = await asyncio.to_thread(_read_head, r.path)
             header, _ = split_primary(head)
+            self.steps.mark(visit, detector, "head_read")
             await self._register(*raw_records(r, header))
+            self.steps.mark(visit, detector, "registered")
         except DmcsError as e:
             self.counters["failed"] += 1
             self.log_message(logging.ERROR, f"ingest of {r.image_name}/{detector} failed: {e}")
@@ -301,6 +312,7 @@ class Ingest(Controller):
         )
         self.counters["ingested"] += 1
         self.last_lag = tai_now() - r.end_readout_tai
+        self.steps.mark(visit, detector, "imageIngested")
         self._announce(r, 0, description)
 
     async def _merge_late_header(self, r: Received) -> tuple[Received, str]:
@@ -397,7 +409,13 @@ class Ingest(Controller):
 
     async def rpc_status(self) -> dict[str, Any]:
         pending = await self._l(self.ledger.pending)
-        return {**self.status(), **self.counters, "pending": len(pending)}
+        return {
+            **self.status(),
+            **self.counters,
+            "pending": len(pending),
+            "steps": self.steps.snapshot(),
+            "processCpuSeconds": time.process_time(),
+        }
 
 
 def _fields(r: Received) -> dict[str, Any]:

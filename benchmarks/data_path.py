@@ -16,6 +16,9 @@ rendering again. Prints JSON.
 * one raw's path: the CPU (and wall) time of each of its steps, run in this process with the
   product's own functions (summit read + hash + header check, durable write, send, base
   verify + merge + durable write).
+* where the latency goes: each step's p50/p95/max over the timed raws and the slowest raw's
+  timeline, from the buffer's and ingest's step marks (``summit.step_times``), and the CPU
+  seconds the two components' processes used per timed visit.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import io
+import itertools
 import json
 import os
 import shutil
@@ -40,6 +44,7 @@ from base.raw_storage import store_raw
 from commands.client import Client
 from commands.server import serve
 from config.system import SystemConfig
+from state.direct_io import write_array_direct
 from state.durable import map_file, sha256_hex, write_durably
 from state.states import State
 from summit.raw_check import read_checked_raw
@@ -186,7 +191,7 @@ def raw_path_cpu(template: bytes, folder: Path) -> dict[str, Any]:
     detector = header["DETECTOR"]
     for _ in range(3):
         raw = step("summit_read_hash_check", read_checked_raw, staged, checksum, 1, detector)
-        step("summit_durable_write", write_durably, buffered, raw)
+        step("summit_durable_write", write_array_direct, buffered, raw)
         ref = step("send_map_and_put", lambda: ray.put(map_file(buffered)))
         view = step("base_get", ray.get, ref)
         step("base_verify_merge_durable_write", store_raw, stored, memoryview(view), checksum,
@@ -241,6 +246,7 @@ async def measure(args: argparse.Namespace, dsn: str, work: Path, raws: list[Pat
         watch = Watch()
         watcher = asyncio.create_task(watch.run(ocs))
         await asyncio.sleep(0.5)
+        cpu_before = await component_cpu(running)
         latencies: list[float] = []
         stages: dict[str, list[float]] = {"imageInBuffer": [], "imageTransferred": []}
         first_readout = time.time()
@@ -252,6 +258,8 @@ async def measure(args: argparse.Namespace, dsn: str, work: Path, raws: list[Pat
             for topic, times in stages.items():
                 times += [watch.stage[topic][(visit, d)] - watch.readout[visit] for d in range(9)]
         busy = time.time() - first_readout
+        cpu_after = await component_cpu(running)
+        steps = await path_steps(running, set(watch.readout))
 
         await ocs.command("SummitBuffer", "cutLink", timeout=10)
         for _ in range(args.outage):
@@ -303,10 +311,63 @@ async def measure(args: argparse.Namespace, dsn: str, work: Path, raws: list[Pat
         "acquisition_MBps": round(acquisition_mbps, 1),
         "catchup_ratio": round(catchup_mbps / acquisition_mbps, 2),
         "one_raw_path": one_raw,
+        "where_the_latency_goes": steps,
+        "component_cpu_s_per_visit": {
+            k: round((cpu_after[k] - cpu_before[k]) / args.visits, 3) for k in cpu_after
+        },
         "failed_ingests": len(watch.failed),
         "images_ingested": len(watch.ingested),
         "images_taken": 9 * seq,
     }
+
+
+#: The steps a raw passes, in order (``summit.step_times``): summit buffer, then ingest.
+PATH_STEPS = (
+    "endReadout", "admitted", "hash_slot", "hashed", "reserved", "written", "imageInBuffer",
+    "send", "arrived", "looked_up", "header", "stored", "recorded", "finishing", "head_read",
+    "registered", "imageIngested",
+)  # fmt: skip
+
+
+def step_figures(marks: list[dict[str, float]]) -> dict[str, Any]:
+    """Per step (the time since the one before it): p50, p95 and max over ``marks``, and the
+    whole breakdown of the slowest raw."""
+    gaps: dict[str, list[float]] = {}
+    for m in marks:
+        steps = [s for s in PATH_STEPS if s in m]
+        for before, step in itertools.pairwise(steps):
+            gaps.setdefault(f"{before}->{step}", []).append(m[step] - m[before])
+    slowest = max(marks, key=lambda m: m.get("imageIngested", 0) - m["endReadout"])
+    first = slowest["endReadout"]
+    return {
+        "per_step_p50_p95_max_s": {
+            k: [round(_pct(v, 0.5), 3), round(_pct(v, 0.95), 3), round(max(v), 3)]
+            for k, v in gaps.items()
+        },
+        "slowest_raw_s_since_endReadout": {
+            "detector": slowest["detector"],
+            **{s: round(slowest[s] - first, 3) for s in PATH_STEPS if s in slowest},
+        },
+    }
+
+
+async def component_cpu(running: Any) -> dict[str, float]:
+    """CPU seconds used so far by the buffer's and ingest's processes."""
+    return {
+        name: (await running.system.handle(name).rpc.remote("status"))["processCpuSeconds"]
+        for name in ("SummitBuffer", "Ingest")
+    }
+
+
+async def path_steps(running: Any, visits: set[int]) -> dict[str, Any]:
+    """Where the timed raws' latency went, from the buffer's and ingest's step marks."""
+    marks: dict[tuple[int, int], dict[str, float]] = {}
+    for name in ("SummitBuffer", "Ingest"):
+        status = await running.system.handle(name).rpc.remote("status")
+        for m in status["steps"]:
+            if m["visit"] in visits:
+                marks.setdefault((m["visit"], m["detector"]), {}).update(m)
+    return step_figures([m for m in marks.values() if "endReadout" in m])
 
 
 def _workdir(parent: Path | None) -> Path:

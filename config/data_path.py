@@ -35,6 +35,9 @@ class SummitBufferSettings(BaseModel):
     #: Retry backoff after a failed send: first delay and cap, seconds.
     retry_initial: float = Field(default=0.2, gt=0)
     retry_max: float = Field(default=5.0, gt=0)
+    #: Bytes of written, unconfirmed raws kept in memory as verified, so that their send reads
+    #: no file (beyond it, or after a restart, a raw is sent from its file); 0: always the file.
+    send_from_memory_bytes: int = Field(default=1_000_000_000, ge=0)
     #: Seconds between bufferStatus telemetry samples.
     status_interval: float = Field(default=1.0, gt=0)
     #: The component that receives raws (``rpc_receive_raw``).

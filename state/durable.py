@@ -17,16 +17,20 @@ def sha256_hex(data: bytes | bytearray | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_hashed(path: Path) -> tuple[np.ndarray, str]:
+def read_hashed(
+    path: Path, empty: Callable[[int], np.ndarray] | None = None
+) -> tuple[np.ndarray, str]:
     """The bytes of ``path`` (a uint8 array) and their sha256, hashed chunk by chunk as they
     are read (each chunk is still in the CPU's cache), so a raw costs one pass instead of a
     read and a hash. The array is not zero-filled first: the read is its only write.
 
+    ``empty(size)`` allocates the array (e.g. page-aligned, for a write past the page cache).
     Raises OSError; callers map it to their own error.
     """
     digest = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
-        data = np.empty(os.fstat(f.fileno()).st_size, np.uint8)
+        size = os.fstat(f.fileno()).st_size
+        data = np.empty(size, np.uint8) if empty is None else empty(size)
         view = memoryview(data)
         size = 0
         while size < len(data):

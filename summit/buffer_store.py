@@ -2,7 +2,8 @@
 
 A raw is accepted in three durable steps: a ``receiving`` row in the manifest (inserted in
 one transaction with the room it takes, so a crash leaves either both or neither), the file
-written with fsync (``state.durable.write_durably``), then the row marked ``buffered``. Only
+written with fsync past the page cache (``state.direct_io``), then the row marked
+``buffered``. Only
 after that may the buffer announce it. After a crash :meth:`BufferStore.recover` settles the
 rows caught in between: a complete file is kept, a missing or torn one is fetched again from
 the camera's staging URL, and only if that fails too is the row dropped (the image was never
@@ -20,12 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+import numpy as np
+
 from state.clock import tai_now
-from state.durable import read_hashed, sha256_hex, write_durably
+from state.direct_io import write_array_direct
+from state.durable import read_hashed, sha256_hex
 from state.durable_sqlite import SqliteThread
 from state.errors import DmcsError, InvalidInputError, StorageError
 from summit.buffer_manifest import Entry, Manifest, Row
 from summit.raw_check import path_from_url, read_checked_raw
+from summit.step_times import StepTimes
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -80,8 +85,16 @@ class BufferStore:
     in call order; the event loop reads only :meth:`usage` and :meth:`oldest_unsent_tai`,
     which the writes keep current."""
 
-    def __init__(self, root: Path, capacity: int, name: str = "buffer") -> None:
+    def __init__(
+        self,
+        root: Path,
+        capacity: int,
+        name: str = "buffer",
+        steps: StepTimes | None = None,
+        hold_bytes: int = 0,
+    ) -> None:
         self.root = root
+        self.steps = steps or StepTimes()
         self.capacity = capacity
         self.manifest = Manifest(root / "manifest.sqlite")
         self._thread = SqliteThread(f"{name}-manifest")
@@ -90,6 +103,12 @@ class BufferStore:
         #: only delays the first, while the durable writes (disk) overlap freely.
         self.hashing_slots = os.cpu_count() or 1
         self._hashing = asyncio.Semaphore(self.hashing_slots)
+        #: Raws written and not yet confirmed, kept in memory as read and verified (up to
+        #: ``hold_bytes`` in all) so that their send reads no file: the write went past the
+        #: page cache, so mapping the file would read it back from the disk.
+        self.hold_bytes = hold_bytes
+        self._held: dict[int, np.ndarray] = {}
+        self._held_size = 0
 
     async def _m(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._thread.run(fn, *args, **kwargs)
@@ -136,12 +155,27 @@ class BufferStore:
     async def newest_unsent(self) -> Entry | None:
         return await self._m(self.manifest.newest, "buffered")
 
+    def held(self, entry: Entry) -> np.ndarray | None:
+        """``entry``'s bytes as verified when it was taken, if still held in memory."""
+        return self._held.get(entry.seq)
+
+    def release(self, entry: Entry) -> None:
+        data = self._held.pop(entry.seq, None)
+        if data is not None:
+            self._held_size -= len(data)
+
+    def _hold(self, seq: int, data: np.ndarray) -> None:
+        if seq not in self._held and self._held_size + len(data) <= self.hold_bytes:
+            self._held[seq] = data
+            self._held_size += len(data)
+
     async def count_attempt(self, entry: Entry) -> None:
         await self._m(self.manifest.count_attempt, entry.seq)
 
     async def confirmed(self, entry: Entry, *, keep: bool, attempted: bool = False) -> None:
         """The base holds ``entry``: retained until it expires, or deleted at once.
         ``attempted``: the send that got the confirmation is counted in the same commit."""
+        self.release(entry)
         await self._m(
             self.manifest.set_state, entry.seq, "transferred", tai_now(), attempted=attempted
         )
@@ -166,10 +200,13 @@ class BufferStore:
         if existing is not None and existing.state != "receiving":
             return _same(existing, offer), False
         source = path_from_url(offer.url)
+        mark = self.steps.mark
         async with self._hashing:
+            mark(offer.visit, offer.detector, "hash_slot")
             data = await asyncio.to_thread(
                 read_checked_raw, source, offer.checksum, offer.visit, offer.detector
             )
+        mark(offer.visit, offer.detector, "hashed")
         path = self.raw_path(offer)
         if existing is None:
             row = Row(
@@ -187,15 +224,22 @@ class BufferStore:
             existing = await self._m(self.manifest.reserve, row, self.capacity)
             if existing.state != "receiving":
                 return _same(existing, offer), False
+        mark(offer.visit, offer.detector, "reserved")
         try:
-            await asyncio.to_thread(write_durably, path, data)
+            await asyncio.to_thread(write_array_direct, path, data)
         except OSError as e:
             raise StorageError(f"cannot write {offer.image_name} to {path}: {e}") from e
-        await self._m(self.manifest.set_state, existing.seq, "buffered")
-        found = await self.find(offer.visit, offer.detector)
+        mark(offer.visit, offer.detector, "written")
+        found = await self._m(self._mark_buffered, existing.seq, offer.visit, offer.detector)
         if found is None:
             raise StorageError(f"{offer.image_name} detector {offer.detector} left the manifest")
+        self._hold(found.seq, data)
         return found, True
+
+    def _mark_buffered(self, seq: int, visit: int, detector: int) -> Entry | None:
+        """Row ``seq`` marked buffered and read back, in one turn of the manifest's thread."""
+        self.manifest.set_state(seq, "buffered")
+        return self.manifest.find(visit, detector)
 
     async def repair(self, entry: Entry) -> bool:
         """After the base saw a checksum mismatch: whether ``entry``'s buffered copy was corrupt
@@ -203,6 +247,7 @@ class BufferStore:
         corrupted it). Raises ``InvalidInputError`` or ``ChecksumMismatchError`` when it is
         corrupt and the camera's copy cannot replace it, ``StorageError`` when it cannot be
         rewritten."""
+        self.release(entry)
         try:
             if await self._intact(entry):
                 return False
@@ -223,7 +268,7 @@ class BufferStore:
         data = await asyncio.to_thread(
             read_checked_raw, path_from_url(entry.url), entry.checksum, entry.visit, entry.detector
         )
-        await asyncio.to_thread(write_durably, Path(entry.path), data)
+        await asyncio.to_thread(write_array_direct, Path(entry.path), data)
 
     async def recover(self) -> list[Entry]:
         """Settle rows left ``receiving`` by a crash; returns those that became buffered."""

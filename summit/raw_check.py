@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 from astropy.io import fits
 
+from state.direct_io import aligned_empty
 from state.durable import read_hashed, sha256_hex
 from state.errors import ChecksumMismatchError, InvalidInputError
 from state.fits_blocks import BLOCK, CARD, padded
@@ -33,9 +34,10 @@ def path_from_url(url: str) -> Path:
 
 def read_checked_raw(path: Path, checksum: str, visit: int, detector: int) -> np.ndarray:
     """The staged raw at ``path``, read and hashed in one pass, then checked as by
-    :func:`check_raw`. Raises ``InvalidInputError`` also when it cannot be read."""
+    :func:`check_raw`. Raises ``InvalidInputError`` also when it cannot be read. The array is
+    page-aligned, so the buffer writes it to disk without a copy (``state.direct_io``)."""
     try:
-        data, actual = read_hashed(path)
+        data, actual = read_hashed(path, aligned_empty)
     except OSError as e:
         raise InvalidInputError(f"cannot read the staged raw {path}: {e}") from e
     check_raw(data, actual, checksum, visit, detector)

@@ -52,6 +52,7 @@ from summit.buffer_store import BufferStore, Offer
 from summit.link import MB, Link
 from summit.raw_check import path_from_url
 from summit.readout_records import ReadoutRecord, read_records, staging_root
+from summit.step_times import StepTimes
 
 #: errorCode published when the buffer cannot write to its own storage.
 BUFFER_WRITE_FAILED = 200
@@ -69,7 +70,14 @@ class SummitBuffer(Controller):
     def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
         self.link = Link(self.config.link)
-        self.store = BufferStore(self.data_dir.absolute(), self.config.capacity_bytes, name)
+        self.steps = StepTimes()
+        self.store = BufferStore(
+            self.data_dir.absolute(),
+            self.config.capacity_bytes,
+            name,
+            steps=self.steps,
+            hold_bytes=self.config.send_from_memory_bytes,
+        )
         self._wake = asyncio.Event()
         self._catchup = asyncio.Lock()
         self._severity = "NONE"
@@ -88,6 +96,7 @@ class SummitBuffer(Controller):
     async def configure(self, override: str) -> dict[str, Any]:
         applied = await super().configure(override)
         self.store.capacity = self.config.capacity_bytes
+        self.store.hold_bytes = self.config.send_from_memory_bytes
         self.link.set_bandwidth(self.config.link.bandwidth_mbps)
         return applied
 
@@ -121,7 +130,10 @@ class SummitBuffer(Controller):
         async def take(image: dict[str, Any]) -> None:
             async with sem:
                 try:
-                    await self.accept(self._offer(event, image))
+                    offer = self._offer(event, image)
+                    self.steps.mark(offer.visit, offer.detector, "endReadout", event.tai)
+                    self.steps.mark(offer.visit, offer.detector, "admitted")
+                    await self.accept(offer)
                 except DmcsError as e:
                     self.log_message(logging.ERROR, f"raw refused: {e}")
 
@@ -193,6 +205,7 @@ class SummitBuffer(Controller):
                     "byteSize": entry.byte_size,
                 },
             )
+            self.steps.mark(entry.visit, entry.detector, "imageInBuffer")
             self._alarm()
             self._wake.set()
         return entry, new
@@ -361,8 +374,11 @@ class SummitBuffer(Controller):
 
     async def _send(self, entry: Entry) -> str:
         """Send one raw; ``sent``, ``resend`` (corrupted in transit) or ``retry`` (later)."""
+        self.steps.mark(entry.visit, entry.detector, "send")
         try:
-            data = await asyncio.to_thread(map_file, Path(entry.path))
+            data = self.store.held(entry)
+            if data is None:
+                data = await asyncio.to_thread(map_file, Path(entry.path))
         except OSError as e:
             await self.fault(BUFFER_WRITE_FAILED, f"buffered raw {entry.path} unreadable: {e}")
             return "retry"
@@ -398,12 +414,14 @@ class SummitBuffer(Controller):
         except ContractError as e:
             self.log_message(logging.ERROR, f"base answered {entry.image_name} with {e}; kept")
             return "retry"
+        self.steps.mark(entry.visit, entry.detector, "base_answered")
         if confirmed != entry.checksum:
             self.log_message(
                 logging.ERROR, f"base confirmed {entry.image_name} with {confirmed!r}; kept"
             )
             return "retry"
         await self.store.confirmed(entry, keep=self.config.retention_seconds > 0, attempted=True)
+        self.steps.mark(entry.visit, entry.detector, "confirmed")
         self.publish(
             "imageTransferred",
             {
@@ -507,4 +525,6 @@ class SummitBuffer(Controller):
             "refused": self.refused,
             "reconciled": self.reconciled,
             "states": {k: v[0] for k, v in totals.items()},
+            "steps": self.steps.snapshot(),
+            "processCpuSeconds": time.process_time(),
         }

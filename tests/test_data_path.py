@@ -116,8 +116,9 @@ async def test_a_raw_corrupted_on_summit_storage_is_refused_at_the_base(
     """The one checksum, computed as the buffer read the camera's file and carried with the
     raw, is what the base verifies: a raw that rotted on summit storage after its checks is
     refused there (nothing stored), replaced from the camera's staged copy and sent again; one
-    whose staged copy is bad too is kept and said, and goes once that copy is good again."""
-    async with local_path(tmp_path, pg_dsn, schema) as path:
+    whose staged copy is bad too is kept and said, and goes once that copy is good again.
+    (Sent from their files: raws still held in memory go as they were verified.)"""
+    async with local_path(tmp_path, pg_dsn, schema, buffer={"send_from_memory_bytes": 0}) as path:
         await path.buffer.do_cutLink()
         readout = camera.readout(0)
         await path.buffer.on_event(readout.event())
@@ -139,6 +140,29 @@ async def test_a_raw_corrupted_on_summit_storage_is_refused_at_the_base(
         assert (await path.buffer.rpc_status())["backlogCount"] == 1
         staged.write_bytes(good)
         await path.wait_for(lambda: len(ingested(path)) == 4)
+    await registry_matches(pg_dsn, schema, [readout])
+
+
+async def test_a_raw_held_in_memory_is_sent_as_verified_without_reading_its_file(
+    tmp_path: Path, pg_dsn: str, schema: str, camera: Camera
+) -> None:
+    """The buffer keeps the raws it verified and wrote in memory until the base confirms them:
+    the send reads no file, so even a buffered file that rotted after its write goes to the
+    base intact, first time; the base stores exactly the camera's bytes."""
+    async with local_path(tmp_path, pg_dsn, schema) as path:
+        await path.buffer.do_cutLink()
+        readout = camera.readout(0)
+        await path.buffer.on_event(readout.event())
+        unsent = await path.buffer.store.unsent()
+        for entry in unsent:
+            _flip(Path(entry.path))
+        await path.buffer.do_restoreLink()
+        await path.wait_for(lambda: len(ingested(path)) == len(unsent))
+        assert path.ingest.counters["corrupt"] == 0
+        assert path.buffer.resent == 0
+        for entry in unsent:
+            stored = path.ingest.ledger.find(entry.visit, entry.detector)
+            assert stored is not None and stored.checksum == entry.checksum
     await registry_matches(pg_dsn, schema, [readout])
 
 

@@ -33,7 +33,7 @@ async def test_a_visits_raws_are_hashed_while_earlier_ones_are_written(
     lock = threading.Lock()
     hashing, writing = [0], [0]
     most_hashing, overlaps = [0], [0]
-    read, write = summit.buffer_store.read_checked_raw, summit.buffer_store.write_durably
+    read, write = summit.buffer_store.read_checked_raw, summit.buffer_store.write_array_direct
 
     def counted_read(*args: Any) -> Any:
         with lock:
@@ -59,7 +59,7 @@ async def test_a_visits_raws_are_hashed_while_earlier_ones_are_written(
                 writing[0] -= 1
 
     monkeypatch.setattr(summit.buffer_store, "read_checked_raw", counted_read)
-    monkeypatch.setattr(summit.buffer_store, "write_durably", slow_write)
+    monkeypatch.setattr(summit.buffer_store, "write_array_direct", slow_write)
     events: list[Event] = []
     buffer = make_buffer(
         tmp_path, events.append, LocalPeers(), max_in_flight=1, reconcile_interval=3600
