@@ -45,7 +45,7 @@ from commands.client import Client
 from commands.server import serve
 from config.system import SystemConfig
 from state.direct_io import write_array_direct
-from state.durable import map_file, sha256_hex, write_durably
+from state.durable import sha256_hex, write_durably
 from state.states import State
 from summit.raw_check import read_checked_raw
 
@@ -168,7 +168,7 @@ async def send_visit(client: Client, daq: Daq, seq: int) -> int:
 def raw_path_cpu(template: bytes, folder: Path) -> dict[str, Any]:
     """One raw through the path's own steps in this process, each timed (CPU of this process,
     best of 3, and wall): the summit's read + hash + header check and durable write, the send
-    (the buffered file mapped and put into Ray's object store), the base's zero-copy get and
+    (the array held since the read put into Ray's object store), the base's zero-copy get and
     verify-while-writing with a header merged."""
     import ray
 
@@ -192,7 +192,7 @@ def raw_path_cpu(template: bytes, folder: Path) -> dict[str, Any]:
     for _ in range(3):
         raw = step("summit_read_hash_check", read_checked_raw, staged, checksum, 1, detector)
         step("summit_durable_write", write_array_direct, buffered, raw)
-        ref = step("send_map_and_put", lambda: ray.put(map_file(buffered)))
+        ref = step("send_put_held_array", ray.put, raw)
         view = step("base_get", ray.get, ref)
         step("base_verify_merge_durable_write", store_raw, stored, memoryview(view), checksum,
              service)  # fmt: skip
