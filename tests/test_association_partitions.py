@@ -415,6 +415,16 @@ async def test_a_batch_stored_in_one_transaction_equals_one_ccd_at_a_time(
                 pytest.approx(dec, abs=1e-7),
                 n,
             )
+    # Two visits of one spot in one batch: the second matches what the first founded.
+    pair = [c for c in ccds if c.detector == 4][:2]
+    assert pair[0].visit != pair[1].visit
+    together = await apdbs("apdb_gc_pair", fresh=True)
+    first, second = await _run_batched(together, pair, 2, exclusive=True)
+    assert len(set((await _ledger_xmins(pg_dsn, "apdb_gc_pair")).values())) == 1
+    assert second.result.n_matched > 0 and first.result.n_matched == 0
+    alone = await apdbs("apdb_gc_pair_ref", fresh=True)
+    await _run(alone, pair, exclusive=False)
+    assert (await _links(pg_dsn, "apdb_gc_pair")) == (await _links(pg_dsn, "apdb_gc_pair_ref"))
     # A batch repeated stores nothing and says so, CCD by CCD.
     again = await _run_batched(batched, ccds[:5], 5, exclusive=False)
     assert [d.stored for d in again] == [False] * 5

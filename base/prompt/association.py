@@ -55,7 +55,7 @@ class Association(Controller):
         self._threshold: float | None = None
         self._lock = asyncio.Lock()
         #: CCDs waiting for the batch being stored to commit, with their outcomes' futures.
-        self._queue: list[tuple[CcdResults, asyncio.Future[Associated | DmcsError]]] = []
+        self._waiting: list[tuple[CcdResults, asyncio.Future[Associated | DmcsError]]] = []
         #: The APDB codecs' warm-up (a thread: it cannot be cancelled, and it is short).
         self._warming: asyncio.Future[float] | None = None
         self.counts = {"associated": 0, "duplicates": 0, "rejected": 0, "notAlerted": 0}
@@ -131,11 +131,11 @@ class Association(Controller):
         stored are stored together next, in one transaction (group commit, up to
         :data:`GROUP_COMMIT_MAX`), in arrival order."""
         done: asyncio.Future[Associated | DmcsError] = asyncio.get_running_loop().create_future()
-        self._queue.append((ccd, done))
+        self._waiting.append((ccd, done))
         async with self._lock:
             if not done.done():
-                batch = self._queue[:GROUP_COMMIT_MAX]
-                del self._queue[:GROUP_COMMIT_MAX]
+                batch = self._waiting[:GROUP_COMMIT_MAX]
+                del self._waiting[:GROUP_COMMIT_MAX]
                 try:
                     outcomes = await self._store_batch([c for c, _ in batch])
                     for (_, f), outcome in zip(batch, outcomes, strict=True):
