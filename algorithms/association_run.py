@@ -120,14 +120,53 @@ def associate(
 ) -> AssociationResult:
     """Associate one CCD's DIASources; see the module docstring for the order of passes.
 
+    The same as :func:`match` then :func:`summarize_matched` with the same history.
+    """
+    matched = match(
+        sources, objects, ss_predictions, radius_arcsec, ss_radius_arcsec, min_snr,
+        object_pixels, min_reliability,
+    )  # fmt: skip
+    return summarize_matched(matched, history, forced_history, processing_mjd)
+
+
+@dataclass(frozen=True)
+class Matched:
+    """The matching half of :func:`associate`: every source's object, before summaries.
+
+    ``known`` are the preloaded DIAObjects that matched a source: the only ones whose
+    history the summaries (and their alerts) need.
+    """
+
+    sources: Columns
+    ss_sources: Columns
+    known: np.ndarray
+    n_matched: int
+    n_new: int
+    n_moving: int
+    n_unassociated: int
+
+
+def match(
+    sources: Columns,
+    objects: Columns,
+    ss_predictions: Columns | None = None,
+    radius_arcsec: float = 1.0,
+    ss_radius_arcsec: float = 1.0,
+    min_snr: float = 5.0,
+    object_pixels: np.ndarray | None = None,
+    min_reliability: float | None = None,
+) -> Matched:
+    """Moving objects, DIAObjects and new objects for one CCD's DIASources, without history
+    (the arguments are :func:`associate`'s).
+
     With ``min_reliability`` an unmatched source founds a new DIAObject when its (trained)
     reliability reaches it, the same cut that decides its alert, so every source above the
     alert threshold has an object; without, the S/N and flag cuts of ``passes_quality`` decide.
 
     ``objects`` are the preloaded latest DIAObjects (diaObjectId, ra, dec, raErr, decErr);
-    ``history`` their preloaded DIASources; ``ss_predictions`` the moving objects predicted in
-    the footprint at this visit's epoch (ssObjectId, ra, dec, optional raErr/decErr in degrees,
-    designation, ephVmag, ephRateRa/ephRateDec in deg/day).
+    ``ss_predictions`` the moving objects predicted in the footprint at this visit's epoch
+    (ssObjectId, ra, dec, optional raErr/decErr in degrees, designation, ephVmag,
+    ephRateRa/ephRateDec in deg/day).
     """
     n = len(sources["ra"])
     src = {k: np.asarray(v).copy() for k, v in sources.items()}
@@ -168,6 +207,24 @@ def associate(
 
     src["diaObjectId"] = dia_id
     src["ssObjectId"] = ss_id
+    return Matched(
+        sources=src,
+        ss_sources=ss_rows,
+        known=np.unique(dia_id[matched]),
+        n_matched=len(matched),
+        n_new=len(new),
+        n_moving=n_moving,
+        n_unassociated=len(unmatched) - len(new),
+    )
+
+
+def summarize_matched(
+    matched: Matched, history: Columns, forced_history: Columns | None, processing_mjd: float
+) -> AssociationResult:
+    """New versions of every touched DIAObject from ``history`` (DIASources, and forced ones)
+    of at least the ``matched.known`` objects, plus this visit's sources."""
+    src = matched.sources
+    dia_id = np.asarray(src["diaObjectId"], dtype=np.int64)
     touched = np.unique(dia_id[dia_id != 0])
     combined = _concat(history, src, touched)
     summary = summarize(touched, combined, forced_history)
@@ -176,11 +233,11 @@ def associate(
     return AssociationResult(
         sources=src,
         objects=summary,
-        ss_sources=ss_rows,
-        n_matched=len(matched),
-        n_new=len(new),
-        n_moving=n_moving,
-        n_unassociated=len(unmatched) - len(new),
+        ss_sources=matched.ss_sources,
+        n_matched=matched.n_matched,
+        n_new=matched.n_new,
+        n_moving=matched.n_moving,
+        n_unassociated=matched.n_unassociated,
     )
 
 

@@ -297,3 +297,71 @@ async def test_a_preload_that_fails_raises_its_own_error(pg_dsn: str) -> None:
         await db.close()
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await conn.close()
+
+
+def _forced(src: dict[str, np.ndarray], visit: int, mjd: float) -> dict[str, np.ndarray]:
+    n = len(src["ra"])
+    return {
+        "diaForcedSourceId": src["diaSourceId"] + 7,
+        "diaObjectId": src["diaObjectId"],
+        "ra": src["ra"],
+        "dec": src["dec"],
+        "visit": np.full(n, visit),
+        "detector": src["detector"],
+        "psfFlux": src["psfFlux"] * 0.9,
+        "psfFluxErr": src["psfFluxErr"],
+        "midpointMjdTai": np.full(n, mjd),
+        "band": src["band"],
+        "timeProcessedMjdTai": np.full(n, mjd),
+    }
+
+
+async def test_history_of_matched_objects_gives_the_full_preloads_association(
+    apdb: Apdb,
+) -> None:
+    """Association against the objects alone, then the history of only the objects matched
+    (``read_history``), gives the same sources, objects and summaries as association against
+    a preload of every object's history, and that history is the matched objects' rows."""
+    from algorithms.association_run import associate, match, summarize_matched
+
+    rng = np.random.default_rng(61)
+    ra, dec = random_sky(rng, 400, 230.0, 20.0, 0.1)
+    ids = np.zeros(0, dtype=np.int64)
+    # The first visit is outside the 12-month window of the visit below.
+    for visit, mjd in ((61, MJD - 400.0), (62, MJD - 2.0), (63, MJD - 1.0)):
+        src = dia_sources(rng, ra, dec, visit, 2, mjd)
+        ids = ids if len(ids) else src["diaSourceId"].copy()
+        src["diaObjectId"] = ids
+        obj = dia_objects_from_sources(src, mjd)
+        forced = _forced(src, visit, mjd)
+        assert (await apdb.store(visit, 2, src, obj, forced_sources=forced)).stored
+    region = Region.box(230.0, 20.0, 0.1, pad_arcsec=10.0)
+    full = await apdb.preload(region, MJD)
+    lean = await apdb.preload(region, MJD, history=False)
+    for k, v in full.objects.items():
+        np.testing.assert_array_equal(lean.objects[k], v)
+    assert len(lean.sources["diaSourceId"]) == len(lean.forced_sources["diaObjectId"]) == 0
+    assert set(lean.sources) == set(full.sources)
+    # This visit: a third of the objects again, plus new sources away from them.
+    k = rng.choice(len(ra), 130, replace=False)
+    nra, ndec = random_sky(rng, 50, 230.0, 20.0, 0.1)
+    src = dia_sources(rng, np.r_[ra[k], nra], np.r_[dec[k], ndec], 64, 2, MJD)
+    want = associate(src, full.objects, full.sources, full.forced_sources, MJD)
+    matched = match(src, lean.objects)
+    assert 0 < len(matched.known) < len(full.objects["diaObjectId"]) // 2
+    history, forced = await apdb.read_history(matched.known, MJD)
+    on = np.isin(full.sources["diaObjectId"], matched.known)
+    assert sorted(history["diaSourceId"].tolist()) == sorted(
+        full.sources["diaSourceId"][on].tolist()
+    )
+    assert len(history["diaSourceId"]) == 2 * len(matched.known)  # the old visit is out
+    assert len(forced["diaObjectId"]) == 2 * len(matched.known)
+    got = summarize_matched(matched, history, forced, MJD)
+    for part in ("sources", "objects"):
+        a, b = getattr(want, part), getattr(got, part)
+        assert set(a) == set(b)
+        for name, v in a.items():
+            np.testing.assert_array_equal(b[name], v, err_msg=f"{part}.{name}")
+    assert (want.n_matched, want.n_new) == (got.n_matched, got.n_new)
+    empty = await apdb.read_history(np.zeros(0, dtype=np.int64), MJD)
+    assert all(len(t["diaObjectId"]) == 0 for t in empty)

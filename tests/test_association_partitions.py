@@ -18,7 +18,7 @@ from base.apdb import Apdb, Region
 from base.apdb.outbox import decode
 from base.apdb.region_lock import lock_keys, namespace
 from base.apdb.simulate import dia_sources
-from base.prompt.association_step import alert_handoff, associate_ccd
+from base.prompt.association_step import alert_handoff, associate_ccd, associate_ccds
 from base.prompt.partitions import association_peer
 from base.prompt.requests import CcdResults
 from base.prompt.settings import AssociationSettings
@@ -354,3 +354,101 @@ async def test_a_ccd_waits_for_the_region_a_neighbour_holds(apdbs) -> None:
     assert not await a.is_stored(VISITS[1], 0)
     again = ccd(VISITS[2], 0, 60.0, -20.0, *stars)
     await asyncio.wait_for(_run(b, [again], True), 30)
+
+
+# ------------------------------------------------------------------ group commit
+async def _run_batched(apdb: Apdb, ccds: list[CcdResults], size: int, exclusive: bool) -> list:
+    handoff = functools.partial(alert_handoff, min_reliability=None)
+    out = []
+    for k in range(0, len(ccds), size):
+        out += await associate_ccds(
+            apdb, ccds[k : k + size], AssociationSettings(), handoff=handoff, exclusive=exclusive
+        )
+    return out
+
+
+async def _ledger_xmins(pg_dsn: str, schema: str) -> dict[tuple[int, int], int]:
+    """The transaction that wrote each CCD's ledger row."""
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        rows = await conn.fetch(
+            f'SELECT visit, detector, xmin::text::bigint AS x FROM "{schema}".apdb_visit_detector'
+        )
+    finally:
+        await conn.close()
+    return {(r[0], r[1]): r[2] for r in rows}
+
+
+async def test_a_batch_stored_in_one_transaction_equals_one_ccd_at_a_time(
+    pg_dsn: str, apdbs
+) -> None:
+    """Group commit: the same CCDs stored in batches of 5 (one transaction each, region locks
+    of the transaction, each CCD's preload seeing the batch's earlier CCDs) and, partitioned
+    three ways, batched in every partition at once, give what one CCD at a time gives: the
+    same DiaObjects, links and alerts."""
+    ccds = night(border_ra())
+    single = await apdbs("apdb_gc_single", fresh=True)
+    await _run(single, ccds, exclusive=False)
+    batched = await apdbs("apdb_gc_batched", fresh=True)
+    done = await _run_batched(batched, ccds, 5, exclusive=False)
+    assert all(d.stored for d in done)
+    xmins = await _ledger_xmins(pg_dsn, "apdb_gc_batched")
+    first = [xmins[(c.visit, c.detector)] for c in ccds[:5]]
+    assert len(set(first)) == 1, "a batch is one transaction"
+    assert len(set(xmins.values())) == -(-len(ccds) // 5)
+    await apdbs("apdb_gc_multi", fresh=True)
+    routed = [partition_of(c.footprint_ra, c.footprint_dec, PARTITIONS) for c in ccds]
+    actors = [await apdbs("apdb_gc_multi") for _ in range(PARTITIONS)]
+    queues = [[c for c, k in zip(ccds, routed, strict=True) if k == p] for p in range(PARTITIONS)]
+    await asyncio.gather(
+        *(_run_batched(a, q, 4, True) for a, q in zip(actors, queues, strict=True))
+    )
+    one = await _links(pg_dsn, "apdb_gc_single")
+    for schema in ("apdb_gc_batched", "apdb_gc_multi"):
+        got = await _links(pg_dsn, schema)
+        assert got["nObjects"] == one["nObjects"] == len(one["groups"])
+        assert got["groups"] == one["groups"]
+        assert got["alerts"] == one["alerts"]
+        for group, (ra, dec, n) in one["objects"].items():
+            assert got["objects"][group] == (
+                pytest.approx(ra, abs=1e-7),
+                pytest.approx(dec, abs=1e-7),
+                n,
+            )
+    # Two visits of one spot in one batch: the second matches what the first founded.
+    pair = [c for c in ccds if c.detector == 4][:2]
+    assert pair[0].visit != pair[1].visit
+    together = await apdbs("apdb_gc_pair", fresh=True)
+    first, second = await _run_batched(together, pair, 2, exclusive=True)
+    assert len(set((await _ledger_xmins(pg_dsn, "apdb_gc_pair")).values())) == 1
+    assert second.result.n_matched > 0 and first.result.n_matched == 0
+    alone = await apdbs("apdb_gc_pair_ref", fresh=True)
+    await _run(alone, pair, exclusive=False)
+    assert (await _links(pg_dsn, "apdb_gc_pair")) == (await _links(pg_dsn, "apdb_gc_pair_ref"))
+    # A batch repeated stores nothing and says so, CCD by CCD.
+    again = await _run_batched(batched, ccds[:5], 5, exclusive=False)
+    assert [d.stored for d in again] == [False] * 5
+    assert (await _links(pg_dsn, "apdb_gc_batched"))["groups"] == one["groups"]
+
+
+async def test_a_failure_mid_batch_loses_and_duplicates_nothing(pg_dsn: str, apdbs) -> None:
+    """A malformed CCD in the middle of a batch: the batch's transaction is rolled back and
+    its CCDs are stored one at a time: the others once each (one ledger row, one outbox row,
+    no DIASource twice), the malformed one refused and not stored."""
+    ccds = night(border_ra())[:9]
+    bad = ccds[4]
+    bad.sources = {k: v for k, v in bad.sources.items() if k != "ra"}
+    apdb = await apdbs("apdb_gc_fail", fresh=True)
+    done = await _run_batched(apdb, ccds, 9, exclusive=True)
+    assert isinstance(done[4], InvalidInputError)
+    assert all(d.stored for i, d in enumerate(done) if i != 4)
+    xmins = await _ledger_xmins(pg_dsn, "apdb_gc_fail")
+    assert sorted(xmins) == sorted((c.visit, c.detector) for i, c in enumerate(ccds) if i != 4)
+    assert len(set(xmins.values())) == 8, "stored one at a time after the batch failed"
+    links = await _links(pg_dsn, "apdb_gc_fail")
+    n_src = sum(len(c.sources["diaSourceId"]) for i, c in enumerate(ccds) if i != 4)
+    assert sum(len(g) for g in links["groups"]) == n_src
+    assert sorted(links["alerts"]) == sorted(xmins)
+    good = await apdbs("apdb_gc_fail_ref", fresh=True)
+    await _run(good, [c for i, c in enumerate(ccds) if i != 4], exclusive=False)
+    assert links["groups"] == (await _links(pg_dsn, "apdb_gc_fail_ref"))["groups"]

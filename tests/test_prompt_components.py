@@ -301,6 +301,37 @@ async def test_a_ccd_becomes_alerts_once(association_and_publisher: RunningSyste
         await ocs.set_system_state(State.STANDBY)
 
 
+async def test_ccds_queued_behind_a_store_commit_together(
+    association_and_publisher: RunningSystem, pg_dsn: str
+) -> None:
+    """CCDs that arrive while one is being stored are stored next in one transaction (group
+    commit): each stored once, each answered with its own counts."""
+    running = association_and_publisher
+    association = running.system.handle("Association")
+    async with Client(running.ws_url, token=TOKENS["ocs"]) as ocs:
+        await ocs.set_system_state(State.ENABLED)
+        visit = VISIT + 10
+        replies = await asyncio.gather(
+            *(association.rpc.remote("associate", ccd_wire(visit, d)) for d in range(12))
+        )
+        await ocs.set_system_state(State.STANDBY)
+    assert all(r["stored"] and r["nDiaSources"] == 25 for r in replies)
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT detector, xmin::text::bigint FROM apdb_handoff.apdb_visit_detector"
+            " WHERE visit = $1",
+            visit,
+        )
+        n = await conn.fetchval(
+            'SELECT count(*) FROM apdb_handoff."DiaSource" WHERE visit = $1', visit
+        )
+    finally:
+        await conn.close()
+    assert sorted(r[0] for r in rows) == list(range(12)) and n == 12 * 25
+    assert len({r[1] for r in rows}) < 12, "the queued CCDs shared a transaction"
+
+
 # ------------------------------------------- the FAULT fixes, on the plain classes (no Ray)
 def ingested(visit: int, detector: int) -> Event:
     data = {"visit": visit, "detector": detector, "statusCode": 0}

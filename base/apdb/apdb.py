@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -30,9 +30,9 @@ from state.errors import ConfigurationError
 from . import outbox as outbox_mod
 from . import schema as sch
 from . import store as store_mod
-from .copyread import fetch_columns, int_array
+from .copyread import decode_copy, fetch_columns, int_array
 from .copywrite import copy_payload
-from .region_lock import region_lock
+from .region_lock import lock_keys, namespace, region_lock
 from .rows import columns_from_row, records
 from .schema import q
 from .spatial import ORDER, Region, pixel_ids
@@ -41,6 +41,9 @@ LEDGER = "apdb_visit_detector"
 #: Extra margin of the history read: a source may lie this far outside its object's region.
 HISTORY_PAD_ARCSEC = 5.0
 
+
+#: A binary COPY stream of no rows.
+_EMPTY_COPY = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8 + b"\xff\xff"
 
 #: The apdb.yaml version the frozen DDL of :data:`STORE` was generated from.
 FROZEN_YAML_VERSION = "10.0.0"
@@ -163,8 +166,15 @@ class Apdb:
         return int(v or 0)
 
     # ---------------------------------------------------------------- reads
-    async def preload(self, region: Region, mjd: float, history_days: float = 365.0) -> Preload:
+    async def preload(
+        self, region: Region, mjd: float, history_days: float = 365.0, *, history: bool = True
+    ) -> Preload:
         """Latest DiaObjects in ``region`` and their ``history_days`` of sources before ``mjd``.
+
+        With ``history=False`` only the objects are read (the sources and forced sources come
+        back empty): association matches against the objects alone, and the history of the few
+        it matched is then read by :meth:`read_history` (a full focal plane matches ~7 % of the
+        objects it preloads).
 
         Every table is read by ``pixelId`` ranges (index range scans, sequential once the
         tables are clustered, see :meth:`cluster`); the history by the ranges of the region
@@ -173,18 +183,38 @@ class Apdb:
         below), so the covering ranges are computed once. The three tables are read at once,
         each on its own connection, and large streams are decoded off the event loop.
         """
-        since = float(mjd - history_days)
-        wider = Region(region.ra, region.dec, region.pad_arcsec + HISTORY_PAD_ARCSEC)
-        ranges = wider.pixel_ranges()
-        when = f' AND o."midpointMjdTai" > {since!r}'
-        reads = (("DiaObjectLast", ranges, ""), ("DiaSource", ranges, when),
-                 ("DiaForcedSource", ranges, when))  # fmt: skip
+        reads = self._preload_reads(region, mjd, history_days, history)
         try:
             async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(self._read(*read)) for read in reads]
+                tasks = [tg.create_task(self._read(name, sql)) for name, sql in reads]
         except ExceptionGroup as eg:
             raise eg.exceptions[0] from eg
-        objects, sources, forced = (t.result() for t in tasks)
+        return self._preloaded(region, [t.result() for t in tasks])
+
+    def _preload_reads(
+        self, region: Region, mjd: float, history_days: float, history: bool
+    ) -> list[tuple[str, str]]:
+        """(table, query) of each read of a preload."""
+        since = float(mjd - history_days)
+        wider = Region(region.ra, region.dec, region.pad_arcsec + HISTORY_PAD_ARCSEC)
+        lo, hi = wider.pixel_ranges()
+        when = f' AND o."midpointMjdTai" > {since!r}'
+        names = ("DiaObjectLast", "DiaSource", "DiaForcedSource")[: 3 if history else 1]
+        return [
+            (name,
+             f"SELECT o.* FROM unnest({int_array(lo)}, {int_array(hi)}) AS r(lo, hi)"
+             f" CROSS JOIN LATERAL (SELECT * FROM {self._t(name)} o"
+             f'  WHERE o."pixelId" >= r.lo AND o."pixelId" < r.hi'
+             f"{when if name != 'DiaObjectLast' else ''}) o")
+            for name in names
+        ]  # fmt: skip
+
+    def _preloaded(self, region: Region, read: list[Columns]) -> Preload:
+        """The preload from its reads: the objects cut by the exact padded polygon and sorted
+        by ``pixelId``, the history kept for those objects (empty where not read)."""
+        objects, sources, forced = read + [
+            self._empty(name) for name in ("DiaSource", "DiaForcedSource")[len(read) - 1 :]
+        ]
         inside = np.flatnonzero(region.contains(objects["ra"], objects["dec"]))
         inside = inside[np.argsort(objects["pixelId"][inside], kind="stable")]
         objects = {k: v[inside] for k, v in objects.items()}
@@ -195,27 +225,45 @@ class Apdb:
         forced = {k: v[keep] for k, v in forced.items()}
         return Preload(objects, sources, forced)
 
-    async def _read(self, name: str, ranges: tuple[np.ndarray, np.ndarray], where: str) -> Columns:
-        """One table's rows in ``pixelId`` ``ranges``, on a connection of its own (the three
-        reads of a preload run at once: the server produces one stream while another is
-        decoded)."""
-        async with mapped_errors("APDB preload"), self._pool.acquire() as conn:
-            return await self._in_ranges(conn, name, ranges, where)
+    async def read_history(
+        self, object_ids: np.ndarray, mjd: float, history_days: float = 365.0
+    ) -> tuple[Columns, Columns]:
+        """The DiaSources and DiaForcedSources of ``object_ids`` of the ``history_days`` before
+        ``mjd`` (the history :meth:`preload` gives, for just these objects), read by their
+        ``diaObjectId`` index, the two tables at once."""
+        reads = self._history_reads(object_ids, mjd, history_days)
+        if not reads:
+            return self._empty("DiaSource"), self._empty("DiaForcedSource")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(self._read(name, sql)) for name, sql in reads]
+        except ExceptionGroup as eg:
+            raise eg.exceptions[0] from eg
+        sources, forced = (t.result() for t in tasks)
+        return sources, forced
 
-    async def _in_ranges(
-        self,
-        conn: asyncpg.Connection,
-        name: str,
-        ranges: tuple[np.ndarray, np.ndarray],
-        where: str,
-    ) -> Columns:
-        lo, hi = ranges
-        return await fetch_columns(
-            conn, self._tables[name],
-            f"SELECT o.* FROM unnest({int_array(lo)}, {int_array(hi)}) AS r(lo, hi)"
-            f" CROSS JOIN LATERAL (SELECT * FROM {self._t(name)} o"
-            f'  WHERE o."pixelId" >= r.lo AND o."pixelId" < r.hi{where}) o',
-        )  # fmt: skip
+    def _history_reads(
+        self, object_ids: np.ndarray, mjd: float, history_days: float
+    ) -> list[tuple[str, str]]:
+        ids = np.unique(np.asarray(object_ids, dtype=np.int64))
+        if len(ids) == 0:
+            return []
+        since = float(mjd - history_days)
+        where = f' WHERE o."diaObjectId" = ANY({int_array(ids)}) AND o."midpointMjdTai" > {since!r}'
+        return [
+            (name, f"SELECT o.* FROM {self._t(name)} o{where}")
+            for name in ("DiaSource", "DiaForcedSource")
+        ]
+
+    def _empty(self, name: str) -> Columns:
+        """No rows of table ``name``: every column, empty, as a read of nothing decodes."""
+        return decode_copy(_EMPTY_COPY, self._tables[name])
+
+    async def _read(self, name: str, sql: str) -> Columns:
+        """One table's rows selected by ``sql``, on a connection of its own (the reads of a
+        preload run at once: the server produces one stream while another is decoded)."""
+        async with mapped_errors("APDB preload"), self._pool.acquire() as conn:
+            return await fetch_columns(conn, self._tables[name], sql)
 
     async def cluster(self) -> None:
         """Daytime maintenance: order the spatial tables physically by ``pixelId`` (CLUSTER) and
@@ -306,6 +354,22 @@ class Apdb:
         Concurrent stores touching the same DiaObjects are serialized per object and leave
         exactly one open version of each (see :mod:`base.apdb.store`).
         """
+        write = self._prepare_store(sources, objects, forced_sources, ss_sources)
+        async with (
+            mapped_errors(f"APDB store {visit}/{detector}"),
+            self._pool.acquire() as conn,
+            conn.transaction(),
+        ):
+            return await self._store_on(conn, visit, detector, objects, write, handoff)
+
+    def _prepare_store(
+        self,
+        sources: Columns,
+        objects: Columns,
+        forced_sources: Columns | None,
+        ss_sources: Columns | None,
+    ) -> _Write:
+        """A store's COPY streams and counts, built before its transaction."""
         tables = self._tables
         n_src = len(sources["ra"])
         n_obj = len(objects.get("ra", ()))
@@ -326,38 +390,123 @@ class Apdb:
             names, payload = copy_payload(tables[name], cols, n)
             prepared.append((name, names, payload))
         versions = store_mod.object_records(objects) if n_obj else ([], b"")
-        obj_ids = np.asarray(objects.get("diaObjectId", []), dtype=np.int64).tolist()
         counts = {"DiaSource": n_src, "DiaObject": n_obj, "DiaForcedSource": n_fs, "SSSource": n_ss}
+        return _Write(prepared, versions, counts)
+
+    async def _store_on(
+        self,
+        conn: asyncpg.Connection,
+        visit: int,
+        detector: int,
+        objects: Columns,
+        write: _Write,
+        handoff: outbox_mod.HandoffBuilder | None,
+    ) -> StoreResult:
+        """:meth:`store`'s statements, inside the caller's transaction on ``conn``."""
+        counts = dict(write.counts)
+        versions = write.versions
+        obj_ids = np.asarray(objects.get("diaObjectId", []), dtype=np.int64).tolist()
+        claimed = await conn.fetchval(
+                f"INSERT INTO {self._t(LEDGER)} (visit, detector, n_dia_sources,"
+                " n_dia_objects, n_forced_sources, n_ss_sources) VALUES ($1,$2,$3,$4,$5,$6)"
+                " ON CONFLICT (visit, detector) DO NOTHING RETURNING 1",
+                visit, detector, counts["DiaSource"], counts["DiaObject"],
+                counts["DiaForcedSource"], counts["SSSource"],
+            )  # fmt: skip
+        if not claimed:
+            return StoreResult(visit, detector, stored=False)
+        if handoff is not None:
+            await outbox_mod.put(conn, self.schema, visit, detector, handoff())
+        current = (
+            await store_mod.lock_current(conn, self._t("DiaObjectLast"), obj_ids) if obj_ids else {}
+        )
+        for name, names, payload in write.prepared:
+            await conn.copy_to_table(
+                name, source=io.BytesIO(payload), schema_name=self.schema, columns=names,
+                format="binary",
+            )  # fmt: skip
+        if obj_ids:
+            late = store_mod.contended(objects, current)
+            if late.any():
+                objects = await store_mod.recompute(conn, self.schema, objects, late, current)
+                versions = store_mod.object_records(objects)
+                counts["contended"] = int(late.sum())
+            await store_mod.write_versions(conn, self.schema, objects, versions, late)
+        return StoreResult(visit, detector, stored=True, counts=counts)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[ApdbTransaction]:
+        """One transaction for several CCDs (group commit): what its :class:`ApdbTransaction`
+        reads sees what it stored before; all of it commits at the end of the block, or none
+        of it if the block raises."""
         async with (
-            mapped_errors(f"APDB store {visit}/{detector}"),
+            mapped_errors("APDB transaction"),
             self._pool.acquire() as conn,
             conn.transaction(),
         ):
-            claimed = await conn.fetchval(
-                    f"INSERT INTO {self._t(LEDGER)} (visit, detector, n_dia_sources,"
-                    " n_dia_objects, n_forced_sources, n_ss_sources) VALUES ($1,$2,$3,$4,$5,$6)"
-                    " ON CONFLICT (visit, detector) DO NOTHING RETURNING 1",
-                    visit, detector, n_src, n_obj, n_fs, n_ss,
-                )  # fmt: skip
-            if not claimed:
-                return StoreResult(visit, detector, stored=False)
-            if handoff is not None:
-                await outbox_mod.put(conn, self.schema, visit, detector, handoff())
-            current = (
-                await store_mod.lock_current(conn, self._t("DiaObjectLast"), obj_ids)
-                if obj_ids
-                else {}
+            yield ApdbTransaction(self, conn)
+
+
+@dataclass(frozen=True)
+class _Write:
+    prepared: list[tuple[str, list[str], bytes]]  # (table, columns, binary COPY)
+    versions: tuple[list[str], bytes]  # the new DiaObject versions' COPY
+    counts: dict[str, int]
+
+
+class ApdbTransaction:
+    """An :class:`Apdb`'s preload, history and store on the one connection of an open
+    transaction (``Apdb.transaction``), with the region locks as transaction-level advisory
+    locks: held until it ends, released by its commit or rollback."""
+
+    def __init__(self, apdb: Apdb, conn: asyncpg.Connection) -> None:
+        self._apdb = apdb
+        self._conn = conn
+
+    async def lock_regions(self, regions: Sequence[Region]) -> None:
+        """Wait for and hold the region locks (:mod:`.region_lock`) of all ``regions``, in one
+        statement, keys ascending (no cycle with another holder), until the transaction ends."""
+        keys = sorted({k for r in regions for k in lock_keys(r)})
+        async with mapped_errors("APDB region lock"):
+            await self._conn.fetchval(
+                "SELECT count(pg_advisory_xact_lock($1, k)) FROM unnest($2::integer[]) AS k",
+                namespace(self._apdb.schema),
+                keys,
             )
-            for name, names, payload in prepared:
-                await conn.copy_to_table(
-                    name, source=io.BytesIO(payload), schema_name=self.schema, columns=names,
-                    format="binary",
-                )  # fmt: skip
-            if obj_ids:
-                late = store_mod.contended(objects, current)
-                if late.any():
-                    objects = await store_mod.recompute(conn, self.schema, objects, late, current)
-                    versions = store_mod.object_records(objects)
-                    counts["contended"] = int(late.sum())
-                await store_mod.write_versions(conn, self.schema, objects, versions, late)
-        return StoreResult(visit, detector, stored=True, counts=counts)
+
+    async def _read_all(self, reads: list[tuple[str, str]]) -> list[Columns]:
+        tables = self._apdb._tables
+        async with mapped_errors("APDB preload"):
+            return [await fetch_columns(self._conn, tables[n], sql) for n, sql in reads]
+
+    async def preload(
+        self, region: Region, mjd: float, history_days: float = 365.0, *, history: bool = True
+    ) -> Preload:
+        """:meth:`Apdb.preload`, one table after the other on this transaction's connection."""
+        reads = self._apdb._preload_reads(region, mjd, history_days, history)
+        return self._apdb._preloaded(region, await self._read_all(reads))
+
+    async def read_history(
+        self, object_ids: np.ndarray, mjd: float, history_days: float = 365.0
+    ) -> tuple[Columns, Columns]:
+        """:meth:`Apdb.read_history` on this transaction's connection."""
+        reads = self._apdb._history_reads(object_ids, mjd, history_days)
+        if not reads:
+            return self._apdb._empty("DiaSource"), self._apdb._empty("DiaForcedSource")
+        sources, forced = await self._read_all(reads)
+        return sources, forced
+
+    async def store(
+        self,
+        visit: int,
+        detector: int,
+        sources: Columns,
+        objects: Columns,
+        forced_sources: Columns | None = None,
+        ss_sources: Columns | None = None,
+        handoff: outbox_mod.HandoffBuilder | None = None,
+    ) -> StoreResult:
+        """:meth:`Apdb.store` inside this transaction (committed with it)."""
+        write = self._apdb._prepare_store(sources, objects, forced_sources, ss_sources)
+        async with mapped_errors(f"APDB store {visit}/{detector}"):
+            return await self._apdb._store_on(self._conn, visit, detector, objects, write, handoff)

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 from algorithms.reliability import ReliabilityModel
 from base.apdb import Apdb
 from base.apdb.warm import warm_up_codecs
-from base.prompt.association_step import Associated, alert_handoff, associate_ccd
+from base.prompt.association_step import Associated, alert_handoff, associate_ccds
 from base.prompt.requests import CcdResults
 from base.prompt.settings import AssociationSettings
 from base.reliability import alert_threshold, load_reliability_model
@@ -38,6 +38,8 @@ from state.states import State
 
 #: errorCode of a FAULT caused by an APDB that cannot be written (not a transient outage).
 APDB_FAILED = 601
+#: The most CCDs stored in one transaction (group commit).
+GROUP_COMMIT_MAX = 32
 
 
 class Association(Controller):
@@ -53,6 +55,8 @@ class Association(Controller):
         self._model: ReliabilityModel | None = None
         self._threshold: float | None = None
         self._lock = asyncio.Lock()
+        #: CCDs waiting for the batch being stored to commit, with their outcomes' futures.
+        self._waiting: list[tuple[CcdResults, asyncio.Future[Associated | DmcsError]]] = []
         #: The APDB codecs' warm-up (a thread: it cannot be cancelled, and it is short).
         self._warming: asyncio.Future[float] | None = None
         self.counts = {"associated": 0, "duplicates": 0, "rejected": 0, "notAlerted": 0}
@@ -90,8 +94,7 @@ class Association(Controller):
         except InvalidInputError as e:
             self._refuse(wire, e)
             raise
-        async with self._lock:
-            done = await self._associate_and_store(ccd)
+        done = await self._associate_and_store(ccd)
         result = done.result
         if not done.stored:
             self.counts["duplicates"] += 1
@@ -125,30 +128,56 @@ class Association(Controller):
         return {"partition": self.config.partition, **self.counts}
 
     async def _associate_and_store(self, ccd: CcdResults) -> Associated:
+        """Queue ``ccd`` and wait for its outcome. The CCDs that queue while a batch is being
+        stored are stored together next, in one transaction (group commit, up to
+        :data:`GROUP_COMMIT_MAX`), in arrival order."""
+        done: asyncio.Future[Associated | DmcsError] = asyncio.get_running_loop().create_future()
+        self._waiting.append((ccd, done))
+        async with self._lock:
+            if not done.done():
+                batch = self._waiting[:GROUP_COMMIT_MAX]
+                del self._waiting[:GROUP_COMMIT_MAX]
+                try:
+                    outcomes = await self._store_batch([c for c, _ in batch])
+                    for (_, f), outcome in zip(batch, outcomes, strict=True):
+                        f.set_result(outcome)
+                finally:
+                    for _, f in batch:
+                        if not f.done():
+                            f.set_exception(RetriableError("the CCD's batch was interrupted"))
+        outcome = await done
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def _store_batch(self, ccds: list[CcdResults]) -> list[Associated | DmcsError]:
         apdb = self._apdb
         if apdb is None:
             raise NotReadyError(f"{self.name} has no APDB connection")
-        try:
-            done = await associate_ccd(
-                apdb,
-                ccd,
-                self.config,
-                self._model,
-                self._threshold,
-                handoff=functools.partial(alert_handoff, min_reliability=self._threshold),
-                exclusive=self.config.partitions > 1,
-            )
-        except RetriableError:
-            raise
-        except InvalidInputError as e:
-            self._refuse({"visit": ccd.visit, "detector": ccd.detector}, e)
-            raise
-        except DmcsError as e:
-            await self.fault(APDB_FAILED, f"visit {ccd.visit} detector {ccd.detector}: {e}")
-            raise
-        if done.stored:
-            self.counts["notAlerted"] += done.not_alerted
-        return done
+        outcomes = await associate_ccds(
+            apdb,
+            ccds,
+            self.config,
+            self._model,
+            self._threshold,
+            handoff=functools.partial(alert_handoff, min_reliability=self._threshold),
+            exclusive=self.config.partitions > 1,
+        )
+        faulted = False
+        for ccd, done in zip(ccds, outcomes, strict=True):
+            if isinstance(done, RetriableError):
+                continue
+            if isinstance(done, InvalidInputError):
+                self._refuse({"visit": ccd.visit, "detector": ccd.detector}, done)
+            elif isinstance(done, DmcsError):
+                if not faulted:
+                    faulted = True
+                    await self.fault(
+                        APDB_FAILED, f"visit {ccd.visit} detector {ccd.detector}: {done}"
+                    )
+            elif done.stored:
+                self.counts["notAlerted"] += done.not_alerted
+        return outcomes
 
     def _refuse(self, wire: Any, error: InvalidInputError) -> None:
         """Count and log one CCD's malformed results; the sender gets the error."""

@@ -1,26 +1,34 @@
 """One CCD through association into an APDB: the step prompt and batch processing share.
 
-Padded-footprint preload, ``algorithms.association_run.associate`` (moving objects first, then
-DIAObjects, then new objects), and the APDB's atomic store keyed by (visit, detector).
+Padded-footprint preload of the DiaObjects, ``algorithms.association_run.match`` (moving
+objects first, then DIAObjects, then new objects), the history of only the objects matched
+(what the summaries and the alerts use), the summaries, and the APDB's atomic store keyed by
+(visit, detector).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from algorithms.association_run import AssociationResult, alert_selection, associate
+from algorithms.association_run import (
+    AssociationResult,
+    alert_selection,
+    match,
+    summarize_matched,
+)
 from algorithms.reliability import ReliabilityModel
 from base.apdb import Apdb, Region
-from base.apdb.apdb import Preload
+from base.apdb.apdb import Preload, StoreResult
 from base.prompt.requests import CcdResults
 from state.clock import tai_now
-from state.errors import InvalidInputError
+from state.errors import DmcsError, InvalidInputError
 
 #: CCDs with at most this many DIASources (and preloaded DIAObjects) are scored and associated
 #: on the event loop (a millisecond or two): a thread hand-off would cost more than the work.
@@ -137,12 +145,21 @@ async def associate_ccd(
     the store hold the padded footprint's region lock (``base.apdb.region_lock``).
     Malformed DIASources raise ``InvalidInputError``; APDB errors propagate as they are.
     """
+    await _score(ccd, model)
+    return await _one(apdb, ccd, params, model, min_reliability, handoff, exclusive)
+
+
+async def _one(
+    apdb: Apdb,
+    ccd: CcdResults,
+    params: AssociationParams,
+    model: ReliabilityModel | None,
+    min_reliability: float | None,
+    handoff: HandoffOf | None,
+    exclusive: bool,
+) -> Associated:
+    """One scored CCD in a transaction of its own, under its region lock if ``exclusive``."""
     region = Region(ccd.footprint_ra, ccd.footprint_dec, params.pad_arcsec)
-    if model is not None:
-        try:
-            await _run(_n_sources(ccd), score_reliability, ccd, model)
-        except (ValueError, TypeError, KeyError) as e:
-            raise InvalidInputError(f"visit {ccd.visit} detector {ccd.detector}: {e}") from e
     lock = apdb.region_lock(region) if exclusive else contextlib.nullcontext()
     async with lock:
         return await _associate_and_store(
@@ -150,8 +167,90 @@ async def associate_ccd(
         )
 
 
-async def _associate_and_store(
+async def associate_ccds(
     apdb: Apdb,
+    ccds: Sequence[CcdResults],
+    params: AssociationParams,
+    model: ReliabilityModel | None = None,
+    min_reliability: float | None = None,
+    *,
+    handoff: HandoffOf | None = None,
+    exclusive: bool = False,
+) -> list[Associated | DmcsError]:
+    """:func:`associate_ccd` for several CCDs in order, stored in one transaction (group
+    commit: one commit, one WAL flush, and with ``exclusive`` the region locks of all their
+    footprints taken at once as locks of that transaction, no unlock).
+
+    Each CCD's preload is read inside the transaction, so it sees the objects the CCDs before
+    it in the batch founded or updated, exactly as if they had been stored one at a time. If
+    any CCD of the batch fails, nothing of the batch is kept and the CCDs are associated again
+    one at a time (:func:`associate_ccd`), so each gets its own outcome: the result, or the
+    ``DmcsError`` it raised (``InvalidInputError`` for malformed DIASources).
+    """
+    out: list[Associated | DmcsError | None] = [None] * len(ccds)
+    scored: list[int] = []
+    for i, ccd in enumerate(ccds):
+        try:
+            await _score(ccd, model)
+            scored.append(i)
+        except InvalidInputError as e:
+            out[i] = e
+    regions = {i: Region(ccds[i].footprint_ra, ccds[i].footprint_dec, params.pad_arcsec)
+               for i in scored}  # fmt: skip
+    if len(scored) > 1:
+        try:
+            async with apdb.transaction() as tx:
+                if exclusive:
+                    await tx.lock_regions(list(regions.values()))
+                for i in scored:
+                    out[i] = await _associate_and_store(
+                        tx, ccds[i], params, regions[i], model, min_reliability, handoff
+                    )
+            return [o for o in out if o is not None]
+        except DmcsError:
+            pass  # nothing of the batch was kept: each CCD again, on its own
+    for i in scored:
+        try:
+            out[i] = await _one(apdb, ccds[i], params, model, min_reliability, handoff, exclusive)
+        except DmcsError as e:
+            out[i] = e
+    return [o for o in out if o is not None]
+
+
+async def _score(ccd: CcdResults, model: ReliabilityModel | None) -> None:
+    if model is not None:
+        try:
+            await _run(_n_sources(ccd), score_reliability, ccd, model)
+        except (ValueError, TypeError, KeyError) as e:
+            raise InvalidInputError(f"visit {ccd.visit} detector {ccd.detector}: {e}") from e
+
+
+class _Reads(Protocol):
+    """What one CCD's association uses of the APDB: an ``Apdb`` or an open
+    ``ApdbTransaction`` (group commit)."""
+
+    async def preload(
+        self, region: Region, mjd: float, history_days: float = ..., *, history: bool = ...
+    ) -> Preload: ...
+
+    async def read_history(
+        self, object_ids: np.ndarray, mjd: float, history_days: float = ...
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]: ...
+
+    async def store(
+        self,
+        visit: int,
+        detector: int,
+        sources: dict[str, np.ndarray],
+        objects: dict[str, np.ndarray],
+        forced_sources: dict[str, np.ndarray] | None = ...,
+        ss_sources: dict[str, np.ndarray] | None = ...,
+        handoff: Callable[[], dict[str, Any]] | None = ...,
+    ) -> StoreResult: ...
+
+
+async def _associate_and_store(
+    apdb: _Reads,
     ccd: CcdResults,
     params: AssociationParams,
     region: Region,
@@ -160,18 +259,21 @@ async def _associate_and_store(
     handoff: HandoffOf | None,
 ) -> Associated:
     try:
-        preload = await apdb.preload(region, ccd.midpoint_mjd, params.history_days)
-        result = await _run(
-            _n_sources(ccd) + len(preload.objects["diaObjectId"]),
-            associate,
+        preload = await apdb.preload(region, ccd.midpoint_mjd, params.history_days, history=False)
+        n_work = _n_sources(ccd) + len(preload.objects["diaObjectId"])
+        matched = await _run(
+            n_work,
+            match,
             ccd.sources,
             preload.objects,
-            preload.sources,
-            preload.forced_sources,
-            ccd.midpoint_mjd,
             radius_arcsec=params.radius_arcsec,
             min_reliability=min_reliability if model is not None else None,
         )
+        history, forced = await apdb.read_history(
+            matched.known, ccd.midpoint_mjd, params.history_days
+        )
+        preload = dataclasses.replace(preload, sources=history, forced_sources=forced)
+        result = await _run(n_work, summarize_matched, matched, history, forced, ccd.midpoint_mjd)
         ccd.stages["associated"] = tai_now()
         build: Callable[[], dict[str, Any]] | None = None
         built: list[dict[str, Any]] = []
