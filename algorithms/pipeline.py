@@ -85,6 +85,11 @@ class Template:
 class PipelineConfig:
     detection_threshold: float = 5.0
     dia_threshold: float = 5.0
+    #: Noise peaks of either sign a difference image may give, by the Gaussian-field count
+    #: (``detection.false_alarm_threshold``, an upper bound): on a 4k×4k comcam CCD the
+    #: DIA threshold becomes ~5.5σ (5σ let through ~1.5 noise peaks per CCD, a third of its
+    #: DIASources); small CCDs keep ``dia_threshold``. None: ``dia_threshold`` everywhere.
+    dia_max_false_peaks: float | None = 0.3
     background_cell: int = 256
     initial_psf_sigma: float = 2.0
     psf_star_snr: float = 25.0
@@ -450,8 +455,10 @@ def _run(
         ddet = detect_sources(
             zr.image, zr.variance, zr.mask, dsig, cfg.dia_threshold, negative=True,
             exclude_bits=mk.NO_DATA | mk.SAT | mk.BAD, normalize_noise=True,
+            max_false_peaks=cfg.dia_max_false_peaks,
         )  # fmt: skip
         res.summary["dia_significance_scale"] = ddet.noise_scale
+        res.summary["dia_threshold"] = ddet.threshold
         eps_psf = psf_flux_model_error(
             zr.image, pixel_var, zr.mask, dpsf, stars["x"], stars["y"], stars["flux"],
             ddet.noise_scale, cfg.max_model_error,

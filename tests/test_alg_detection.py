@@ -7,7 +7,7 @@ import numpy as np
 from algorithms import mask as mk
 from algorithms.background import fit_background
 from algorithms.cosmicray import find_cosmic_rays
-from algorithms.detection import detect_sources
+from algorithms.detection import detect_sources, false_alarm_threshold
 from algorithms.measure import aperture_flux, psf_fit
 from algorithms.moments import adaptive_moments
 from algorithms.psf import KernelPsf, fit_psf, gaussian_kernel
@@ -125,3 +125,32 @@ def test_psf_model_and_photometry_pulls() -> None:
     stamp, x0, y0 = kp.realize(10.3, 12.7)
     assert stamp.sum() == np.float64(stamp.sum()) and abs(stamp.sum() - 1.0) < 1e-6
     assert (x0, y0) == (0, 3)
+
+
+def test_false_alarm_threshold_bounds_the_noise_peaks_of_a_large_difference() -> None:
+    """A fixed 5σ matched-filter threshold lets a 4k×4k difference give ~1.5 noise peaks per
+    comcam CCD (a third of its DIASources, issue 14): the threshold that the Gaussian-field
+    count gives for ``max_false_peaks`` keeps the peaks of pure, correlated noise at or below
+    that number, follows the image's area, and never goes below the configured threshold."""
+    rng = np.random.default_rng(7)
+    n, runs, allowed = 1024, 3, 4.0
+    found, found_5 = 0, 0
+    for _ in range(runs):
+        noise = np.fft.irfft2(np.fft.rfft2(rng.standard_normal((n, n))) * np.fft.rfft2(
+            gaussian_kernel(1.0, 9), (n, n)), (n, n)).astype(np.float32)  # fmt: skip
+        var = np.full_like(noise, float(noise.var()))
+        m = np.zeros(noise.shape, mk.MASK_DTYPE)
+        d = detect_sources(noise, var, m, 2.0, 3.5, negative=True, normalize_noise=True,
+                           max_false_peaks=allowed)  # fmt: skip
+        found += len(d.peaks)
+        found_5 += len(detect_sources(noise, var, m, 2.0, 3.5, negative=True,
+                                      normalize_noise=True).peaks)  # fmt: skip
+        assert 4.0 < d.threshold < 5.0
+    assert found_5 > 3 * allowed * runs  # the floor alone lets noise through on this area
+    assert found <= allowed * runs
+    sig = np.tile(noise / noise.std(), (4, 4))  # a comcam-sized (4k×4k) field of that noise
+    big = np.zeros(sig.shape, mk.MASK_DTYPE)
+    u_big = false_alarm_threshold(sig, big, mk.NO_DATA, 0.3, 5.0)
+    big[:, 512:] = big[512:, :] = mk.NO_DATA  # a mini-sized (512×512) one
+    u_small = false_alarm_threshold(sig, big, mk.NO_DATA, 0.3, 5.0)
+    assert 5.3 < u_big < 6.0 and u_small == 5.0
