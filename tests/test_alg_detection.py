@@ -129,12 +129,12 @@ def test_psf_model_and_photometry_pulls() -> None:
 
 def test_false_alarm_threshold_bounds_the_noise_peaks_of_a_large_difference() -> None:
     """A fixed 5σ matched-filter threshold lets a 4k×4k difference give ~1.5 noise peaks per
-    comcam CCD (a third of its DIASources, issue 14): the threshold that the Gaussian-field
+    comcam CCD (a third of the false DIASources, issue 14): the threshold that the Gaussian-field
     count gives for ``max_false_peaks`` keeps the peaks of pure, correlated noise at or below
     that number, follows the image's area, and never goes below the configured threshold."""
     rng = np.random.default_rng(7)
     n, runs, allowed = 1024, 3, 4.0
-    found, found_5 = 0, 0
+    found, found_floor = 0, 0
     for _ in range(runs):
         noise = np.fft.irfft2(np.fft.rfft2(rng.standard_normal((n, n))) * np.fft.rfft2(
             gaussian_kernel(1.0, 9), (n, n)), (n, n)).astype(np.float32)  # fmt: skip
@@ -143,10 +143,10 @@ def test_false_alarm_threshold_bounds_the_noise_peaks_of_a_large_difference() ->
         d = detect_sources(noise, var, m, 2.0, 3.5, negative=True, normalize_noise=True,
                            max_false_peaks=allowed)  # fmt: skip
         found += len(d.peaks)
-        found_5 += len(detect_sources(noise, var, m, 2.0, 3.5, negative=True,
+        found_floor += len(detect_sources(noise, var, m, 2.0, 3.5, negative=True,
                                       normalize_noise=True).peaks)  # fmt: skip
         assert 4.0 < d.threshold < 5.0
-    assert found_5 > 3 * allowed * runs  # the floor alone lets noise through on this area
+    assert found_floor > 3 * allowed * runs  # the floor alone lets noise through on this area
     assert found <= allowed * runs
     sig = np.tile(noise / noise.std(), (4, 4))  # a comcam-sized (4k×4k) field of that noise
     big = np.zeros(sig.shape, mk.MASK_DTYPE)
