@@ -40,7 +40,6 @@ class Detections:
     labels: np.ndarray
     significance: np.ndarray
     noise_scale: float = 1.0
-    threshold: float = 5.0
 
 
 def false_alarm_threshold(
@@ -79,6 +78,36 @@ def false_alarm_threshold(
             break
         u = float(np.sqrt(2.0 * np.log(k * u)))
     return max(u, floor)
+
+
+def drop_noise_peaks(
+    det: Detections,
+    mask: np.ndarray,
+    exclude_bits: int,
+    max_false: float,
+    floor: float,
+    star_x: np.ndarray,
+    star_y: np.ndarray,
+    radius: float,
+) -> float:
+    """Drop, in place, the peaks of ``det`` below the false-alarm threshold u
+    (``false_alarm_threshold``) that lie farther than ``radius`` from every star.
+
+    A peak on a known star is a change of a star (a variable) with far higher prior odds than
+    one on blank sky, and stars cover ~1 % of a CCD: noise peaks there are few. Returns u.
+    """
+    u = false_alarm_threshold(det.significance, mask, exclude_bits, max_false, floor)
+    pk = det.peaks
+    faint = np.abs(pk["significance"]) < u
+    if not faint.any():
+        return u
+    on_star = np.zeros(len(pk), bool)
+    if len(star_x):
+        tree = cKDTree(np.stack([star_x, star_y], axis=1).astype(np.float64))
+        d, _ = tree.query(np.stack([pk["x"][faint], pk["y"][faint]], axis=1).astype(np.float64))
+        on_star[faint] = d <= radius
+    det.peaks = pk[~faint | on_star]
+    return u
 
 
 def significance_image(image: np.ndarray, variance: np.ndarray, psf_sigma: float) -> np.ndarray:
@@ -227,7 +256,6 @@ def detect_sources(
     min_pixels: int = 3,
     exclude_bits: int = mk.NO_DATA,
     normalize_noise: bool = False,
-    max_false_peaks: float | None = None,
 ) -> Detections:
     """Detect at ``threshold`` σ (matched filter) on a background-subtracted image.
 
@@ -237,9 +265,6 @@ def detect_sources(
     ``normalize_noise`` the significance image is divided by its measured robust σ: noise
     correlated by warping or PSF matching makes var ⊗ G² underestimate the smoothed noise
     (by ~6 % in a ZOGY difference), which would otherwise lower the effective threshold.
-    ``max_false_peaks``: raise the threshold where the image is large enough for noise alone
-    to give more peaks than that (``false_alarm_threshold``); ``Detections.threshold`` is the
-    one used.
     """
     if image.shape != mask.shape:
         raise ValueError("image and mask shapes differ")
@@ -248,8 +273,6 @@ def detect_sources(
     scale = _robust_sigma(sig, mask, exclude_bits) if normalize_noise else 1.0
     if normalize_noise:
         sig /= np.float32(scale)
-    if max_false_peaks is not None:
-        threshold = false_alarm_threshold(sig, mask, exclude_bits, max_false_peaks, threshold)
     sep = 2.0 * 2.3548 * psf_sigma
     rows, labels = _peaks_for_polarity(sig, image, threshold, min_pixels, sep, False)
     mask[labels > 0] |= mk.DETECTED
@@ -260,9 +283,7 @@ def detect_sources(
         rows += _merge_close(nrows, sep)
         labels = labels - nlabels
     peaks = np.array(rows, dtype=PEAK_DTYPE) if rows else np.zeros(0, dtype=PEAK_DTYPE)
-    return Detections(
-        peaks=peaks, labels=labels, significance=sig, noise_scale=scale, threshold=threshold
-    )
+    return Detections(peaks=peaks, labels=labels, significance=sig, noise_scale=scale)
 
 
 def _robust_sigma(sig: np.ndarray, mask: np.ndarray, exclude_bits: int) -> float:
