@@ -15,7 +15,7 @@ from algorithms.astrometry import AstrometryResult, fit_astrometry
 from algorithms.background import BackgroundModel, fit_background
 from algorithms.cosmicray import find_cosmic_rays
 from algorithms.cutouts import Cutout, Plane, make_cutouts
-from algorithms.detection import PEAK_DTYPE, detect_sources
+from algorithms.detection import PEAK_DTYPE, detect_sources, drop_noise_peaks
 from algorithms.diasource import DIASOURCE_DTYPE, DiaImages, measure_diasources
 from algorithms.dipole import drop_registration_dipoles
 from algorithms.geometry import CcdGeometry
@@ -86,6 +86,12 @@ class Template:
 class PipelineConfig:
     detection_threshold: float = 5.0
     dia_threshold: float = 5.0
+    #: Noise peaks of either sign a difference image may give, by the Gaussian-field count
+    #: (``detection.false_alarm_threshold``, an upper bound): on a 4k×4k comcam CCD peaks
+    #: off stars need ~5.5σ (5σ let through ~1.5 noise peaks per CCD, a third of the false
+    #: DIASources; ``detection.drop_noise_peaks``); small CCDs keep ``dia_threshold``.
+    #: None: ``dia_threshold`` everywhere.
+    dia_max_false_peaks: float | None = 0.3
     background_cell: int = 256
     initial_psf_sigma: float = 2.0
     psf_star_snr: float = 25.0
@@ -453,6 +459,11 @@ def _run(
             exclude_bits=mk.NO_DATA | mk.SAT | mk.BAD, normalize_noise=True,
         )  # fmt: skip
         res.summary["dia_significance_scale"] = ddet.noise_scale
+        if cfg.dia_max_false_peaks is not None and len(ddet.peaks):
+            res.summary["dia_threshold"] = drop_noise_peaks(
+                ddet, zr.mask, mk.NO_DATA | mk.SAT | mk.BAD, cfg.dia_max_false_peaks,
+                cfg.dia_threshold, stars["x"], stars["y"], 2.3548 * dsig,
+            )  # fmt: skip
         eps_psf = psf_flux_model_error(
             zr.image, pixel_var, zr.mask, dpsf, stars["x"], stars["y"], stars["flux"],
             ddet.noise_scale, cfg.max_model_error,

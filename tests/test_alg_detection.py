@@ -7,7 +7,7 @@ import numpy as np
 from algorithms import mask as mk
 from algorithms.background import fit_background
 from algorithms.cosmicray import find_cosmic_rays
-from algorithms.detection import detect_sources
+from algorithms.detection import detect_sources, drop_noise_peaks, false_alarm_threshold
 from algorithms.measure import aperture_flux, psf_fit
 from algorithms.moments import adaptive_moments
 from algorithms.psf import KernelPsf, fit_psf, gaussian_kernel
@@ -125,3 +125,62 @@ def test_psf_model_and_photometry_pulls() -> None:
     stamp, x0, y0 = kp.realize(10.3, 12.7)
     assert stamp.sum() == np.float64(stamp.sum()) and abs(stamp.sum() - 1.0) < 1e-6
     assert (x0, y0) == (0, 3)
+
+
+def test_noise_peaks_of_a_large_difference_are_bounded_and_changes_of_stars_kept() -> None:
+    """A fixed 5σ matched-filter threshold lets a 4k×4k difference give ~1.5 noise peaks per
+    comcam CCD (a third of the false DIASources, issue 14): above the threshold that the
+    Gaussian-field count gives for ``max_false``, pure correlated noise leaves at most that
+    many peaks; a faint source between the floor and that threshold is kept on a known star
+    (a variable) and dropped on blank sky. The threshold follows the image's area and never
+    goes below the floor."""
+    rng = np.random.default_rng(7)
+    n, runs, allowed, floor = 1024, 3, 4.0, 3.5
+    found, found_floor = 0, 0
+    psf = gaussian_kernel(2.0, 13)
+    for _ in range(runs):
+        noise = np.fft.irfft2(np.fft.rfft2(rng.standard_normal((n, n))) * np.fft.rfft2(
+            gaussian_kernel(1.0, 9), (n, n)), (n, n)).astype(np.float32)  # fmt: skip
+        var = np.full_like(noise, float(noise.var()))
+        m = np.zeros(noise.shape, mk.MASK_DTYPE)
+        d = detect_sources(noise, var, m, 2.0, floor, negative=True, normalize_noise=True)
+        found_floor += len(d.peaks)
+        u = drop_noise_peaks(d, m, mk.NO_DATA, allowed, floor, np.zeros(0), np.zeros(0), 5.0)
+        found += len(d.peaks)
+        assert 4.0 < u < 5.0
+    assert found_floor > 3 * allowed * runs  # the floor alone lets noise through on this area
+    assert found <= allowed * runs
+
+    # two faint sources (matched-filter S/N between the floor and u) on that noise: one on a
+    # known star, one on blank sky
+    def stamp(amps: tuple[float, float]) -> np.ndarray:
+        img = noise.copy()
+        for (x, y), a in zip(((300, 300), (700, 700)), amps, strict=True):
+            img[y - 6 : y + 7, x - 6 : x + 7] += (a * psf / psf.sum()).astype(np.float32)
+        return img
+
+    def significance(img: np.ndarray) -> np.ndarray:
+        return detect_sources(img, var, np.zeros(img.shape, mk.MASK_DTYPE), 2.0, floor,
+                              normalize_noise=True).significance  # fmt: skip
+
+    s0, s1 = significance(noise), significance(stamp((100.0, 100.0)))
+    target = (floor + u) / 2
+    amps = tuple(
+        100.0 * (target - s0[y, x]) / (s1[y, x] - s0[y, x]) for x, y in ((300, 300), (700, 700))
+    )
+    img = stamp(amps)  # type: ignore[arg-type]
+    d = detect_sources(img, var, np.zeros(img.shape, mk.MASK_DTYPE), 2.0, floor,
+                       negative=True, normalize_noise=True)  # fmt: skip
+    for x, y in ((300, 300), (700, 700)):
+        assert np.hypot(d.peaks["x"] - x, d.peaks["y"] - y).min() <= 2
+    drop_noise_peaks(d, np.zeros(img.shape, mk.MASK_DTYPE), mk.NO_DATA, allowed, floor,
+                     np.array([300.5]), np.array([299.5]), 5.0)  # fmt: skip
+    kept = np.hypot(d.peaks["x"] - 300, d.peaks["y"] - 300).min()
+    lost = np.hypot(d.peaks["x"] - 700, d.peaks["y"] - 700).min()
+    assert kept <= 2 and lost > 2
+    sig = np.tile(noise / noise.std(), (4, 4))  # a comcam-sized (4k×4k) field of that noise
+    big = np.zeros(sig.shape, mk.MASK_DTYPE)
+    u_big = false_alarm_threshold(sig, big, mk.NO_DATA, 0.3, 5.0)
+    big[:, 512:] = big[512:, :] = mk.NO_DATA  # a mini-sized (512×512) one
+    u_small = false_alarm_threshold(sig, big, mk.NO_DATA, 0.3, 5.0)
+    assert 5.3 < u_big < 6.0 and u_small == 5.0
