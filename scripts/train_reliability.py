@@ -13,8 +13,9 @@ sources on the CCDs (out-of-fold predictions on the training nights; association
 object for every source at or above the threshold, so the cut alone decides). Held-out nights
 of other seeds are then scored with that model and threshold; the figures go into the model's
 metadata and are printed as JSON. On 2 nearly idle cores the whole run (three comcam and six
-mini training nights, three held out) took 322 s for gbt-4 (628 s for gbt-3 on the slower machine of session 9). ``--drop-features`` trains
-without some features (an ablation: what the star-residual columns add).
+mini training nights, three held out) took 322 s for gbt-4 (628 s for gbt-3, on a slower
+machine). ``--drop-features`` trains without some features (an ablation: what the
+star-residual columns add).
 """
 
 from __future__ import annotations
