@@ -224,6 +224,13 @@ async def test_cli_refuses_a_malformed_gateway_url(pg_dsn: str, night: Path) -> 
     assert rc == 2 and "--url" in out and "not a gateway URL" in out
 
 
+def _interruptible() -> None:
+    """In the child: Ctrl-C's default, even where the suite was started in the background by
+    a shell without job control, which ignores SIGINT for its children (Python then installs no
+    KeyboardInterrupt handler and the run would not notice the signal)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def _in_the_ledger(dsn: str, release: str) -> None:
     """Until the ledger holds the run (it is then interrupted, not refused or not begun),
     polled on one connection: on a quick machine the night's eight CCDs are done within a
@@ -256,6 +263,7 @@ async def test_an_interrupted_run_says_so_on_the_dashboard_and_in_the_ledger(
             *args,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
+            preexec_fn=_interruptible,
         )
         try:
             await _in_the_ledger(pg_dsn, "halted")
