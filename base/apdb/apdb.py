@@ -184,12 +184,7 @@ class Apdb:
         each on its own connection, and large streams are decoded off the event loop.
         """
         reads = self._preload_reads(region, mjd, history_days, history)
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(self._read(name, sql)) for name, sql in reads]
-        except ExceptionGroup as eg:
-            raise eg.exceptions[0] from eg
-        return self._preloaded(region, [t.result() for t in tasks])
+        return self._preloaded(region, await self._read_all(reads))
 
     def _preload_reads(
         self, region: Region, mjd: float, history_days: float, history: bool
@@ -234,12 +229,7 @@ class Apdb:
         reads = self._history_reads(object_ids, mjd, history_days)
         if not reads:
             return self._empty("DiaSource"), self._empty("DiaForcedSource")
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(self._read(name, sql)) for name, sql in reads]
-        except ExceptionGroup as eg:
-            raise eg.exceptions[0] from eg
-        sources, forced = (t.result() for t in tasks)
+        sources, forced = await self._read_all(reads)
         return sources, forced
 
     def _history_reads(
@@ -258,6 +248,15 @@ class Apdb:
     def _empty(self, name: str) -> Columns:
         """No rows of table ``name``: every column, empty, as a read of nothing decodes."""
         return decode_copy(_EMPTY_COPY, self._tables[name])
+
+    async def _read_all(self, reads: list[tuple[str, str]]) -> list[Columns]:
+        """Each (table, query) of ``reads`` at once, each on a connection of its own."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(self._read(name, sql)) for name, sql in reads]
+        except ExceptionGroup as eg:
+            raise eg.exceptions[0] from eg
+        return [t.result() for t in tasks]
 
     async def _read(self, name: str, sql: str) -> Columns:
         """One table's rows selected by ``sql``, on a connection of its own (the reads of a
