@@ -8,12 +8,14 @@ against a real Ray, a real gateway on loopback and the real client.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar
 
+import asyncpg
 import pytest
 
 from commands.client import Client
@@ -48,6 +50,22 @@ async def until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
             if result:
                 return result
             await asyncio.sleep(0.05)
+
+
+async def until_row(dsn: str, query: str, *args: Any, timeout: float = 60.0) -> None:
+    """Until ``query`` returns something truthy, polled every 10 ms on one connection (a
+    table not created yet counts as no row): for moments too short for ``until``'s 50 ms and
+    a connection each, or for events that arrive late by design."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                with contextlib.suppress(asyncpg.UndefinedTableError):
+                    if await conn.fetchval(query, *args):
+                        return
+                await asyncio.sleep(0.01)
+    finally:
+        await conn.close()
 
 
 class StandardComponentTests:

@@ -8,7 +8,6 @@ and every CCD stored still has exactly its DIASources as archived alerts.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import os
 import signal
@@ -29,7 +28,7 @@ from state.errors import InvalidInputError, StorageError
 from state.events import Event
 from state.states import State
 from tests.conftest import TOKENS, component_spec
-from tests.standard import until, wait_for_event
+from tests.standard import until, until_row, wait_for_event
 from tests.test_prompt_components import ASSOCIATION, PUBLISHER, VISIT, ccd_wire
 
 FITS = b"SIMPLE  =                    T" + bytes(50)
@@ -302,22 +301,6 @@ async def test_association_killed_with_alerts_owed_loses_none(
     await alerts_match_sources(pg_dsn, f"apdb_{tag}", f"alerts_{tag}", 5)
 
 
-async def _first_published(dsn: str, schema: str) -> None:
-    """Until the outbox's first row is marked published, polled on one connection: the
-    ``alertsPublished`` event rides with the publisher's next send (up to 0.5 s later), by
-    when a quick drain has published every row."""
-    conn = await asyncpg.connect(dsn)
-    query = f'SELECT count(*) FROM "{schema}".alert_outbox WHERE published_at IS NOT NULL'
-    try:
-        async with asyncio.timeout(60):
-            while True:
-                if await conn.fetchval(query):
-                    return
-                await asyncio.sleep(0.01)
-    finally:
-        await conn.close()
-
-
 async def test_publisher_killed_while_draining_loses_and_repeats_none(
     outbox_system: RunningSystem, pg_dsn: str
 ) -> None:
@@ -327,7 +310,10 @@ async def test_publisher_killed_while_draining_loses_and_repeats_none(
     async with Client(running.ws_url, token=TOKENS["ocs"]) as ocs:
         events = await _store_while_not_publishing(ocs, association, ccds=10, n=100)
         await ocs.set_state("AlertPublisher", State.ENABLED)
-        await _first_published(pg_dsn, f"apdb_{tag}")
+        # Polled in PostgreSQL: alertsPublished rides with the publisher's next send (up to
+        # 0.5 s later), by when a quick drain has published every row.
+        published = f'SELECT count(*) FROM "apdb_{tag}".alert_outbox WHERE published_at IS NOT NULL'
+        await until_row(pg_dsn, published)
         await kill(running, "AlertPublisher")
         await restarted(events, "AlertPublisher")
         mid = await outbox_rows(pg_dsn, f"apdb_{tag}")

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from base.reprocess.ledger import LEDGER_SCHEMA
@@ -23,7 +22,7 @@ from commands.reprocess_telemetry import RunTelemetry, http_base
 from commands.server import RunningSystem
 from state.events import REPROCESS_SOURCE, Event
 from tests.conftest import TOKENS, component_spec
-from tests.standard import until
+from tests.standard import until, until_row
 from tests.test_reprocess import DAY_OBS, dmcs, register_raws
 
 REGISTRY = "rt_registry"
@@ -231,23 +230,6 @@ def _interruptible() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-async def _in_the_ledger(dsn: str, release: str) -> None:
-    """Until the ledger holds the run (it is then interrupted, not refused or not begun),
-    polled on one connection: on a quick machine the night's eight CCDs are done within a
-    second, before its first progress after the start would even be sent."""
-    query = f"SELECT count(*) FROM {LEDGER_SCHEMA}.release WHERE name = $1"
-    conn = await asyncpg.connect(dsn)
-    try:
-        async with asyncio.timeout(120):
-            while True:
-                with contextlib.suppress(asyncpg.UndefinedTableError):
-                    if await conn.fetchval(query, release):
-                        return
-                await asyncio.sleep(0.02)
-    finally:
-        await conn.close()
-
-
 async def test_an_interrupted_run_says_so_on_the_dashboard_and_in_the_ledger(
     running: RunningSystem, pg_dsn: str, night: Path
 ) -> None:
@@ -266,7 +248,10 @@ async def test_an_interrupted_run_says_so_on_the_dashboard_and_in_the_ledger(
             preexec_fn=_interruptible,
         )
         try:
-            await _in_the_ledger(pg_dsn, "halted")
+            # Once the ledger holds the run (it is then interrupted, not refused or not begun):
+            # on a quick machine the night's CCDs are done before its next progress is sent.
+            in_ledger = f"SELECT count(*) FROM {LEDGER_SCHEMA}.release WHERE name = $1"
+            await until_row(pg_dsn, in_ledger, "halted", timeout=120)
             proc.send_signal(signal.SIGINT)
             assert await asyncio.wait_for(proc.wait(), 60) != 0
         finally:
