@@ -18,6 +18,7 @@ from actors.ordered_sender import OrderedSender
 from base.prompt.alert_publisher import AlertPublisher
 from base.prompt.ccd_processor import CcdProcessor
 from config.system import load_system_config
+from state.errors import ConfigurationError
 from state.fanout import DetectorShare, TopicFilter
 from tests.standard import until
 
@@ -127,10 +128,10 @@ def test_a_processor_asks_only_for_its_own_detectors_per_ccd_events(
     next_visit = {"component": "Camera", "topic": "nextVisit", "data": {"visit": 7}}
     assert wanted.wants_wire(next_visit)
     settings["index"] = 2
-    outside = CcdProcessor(
-        "CcdProcessor2", sink=lambda _event: None, settings=settings, data_dir=tmp_path / "2"
-    )
-    assert outside.listen_filter().share is None, "a processor outside the pool owns none"
+    with pytest.raises(ConfigurationError, match="processor 2 of a pool of 2 does not exist"):
+        CcdProcessor(
+            "CcdProcessor2", sink=lambda _event: None, settings=settings, data_dir=tmp_path / "2"
+        )
 
 
 async def test_periodic_events_share_a_send_and_ride_with_the_next_urgent_one() -> None:

@@ -143,8 +143,6 @@ class CcdProcessor(CcdRecording, PoolMember, Controller):
         """Only this processor's own detectors' ``imageInBuffer`` (and, with fixed scheduling,
         ``imageIngested``): the others' are no use to it (see :meth:`_on_event`)."""
         c = self.config
-        if not 0 <= c.index < c.pool_size:  # it owns no detector: everything, as it always had
-            return super().listen_filter()
         topics = {"imageInBuffer"} if self.scheduler.by_availability else PER_CCD_TOPICS
         share = DetectorShare(c.pool_size, c.index, frozenset(topics))
         return TopicFilter.of(self.listen_components, self.listen_topics, share)

@@ -67,6 +67,12 @@ class CcdProcessorSettings(_Settings):
     registry_schema: str = "registry"
     records_schema: str = "prompt"
 
+    @model_validator(mode="after")
+    def _index_in_pool(self) -> Self:
+        if self.index >= self.pool_size:
+            raise ValueError(f"processor {self.index} of a pool of {self.pool_size} does not exist")
+        return self
+
 
 class AssociationSettings(_Settings):
     apdb_schema: str = "apdb"
