@@ -32,16 +32,17 @@ from tests.standard import until
 async def test_a_ccd_whose_ingest_event_was_lost_is_still_processed(
     tmp_path: Path, pg_dsn: str, mini_night: Path
 ) -> None:
+    """The registry is the record: a raw whose ``imageIngested`` never came is queued by a
+    look at the registry; one whose event is merely on its way is left to it (Ingest
+    registers a raw before it publishes the event)."""
     schema = "reg_proc_reconcile"
     v = read_schedule(mini_night / "schedule.sqlite")[0]
-    raw = NightDirectoryRepository(mini_night).get_raw(v.visit_id, 2)
-    assert raw is not None
     events: list[Event] = []
     settings = {
         "dsn": pg_dsn,
         "registry_schema": schema,
         "records_schema": "pr_proc_reconcile",
-        "reconcile_interval": 0.3,
+        "reconcile_interval": 1.0,
         "association_wait": 0.5,
     }
     processor = CcdProcessor(
@@ -49,6 +50,29 @@ async def test_a_ccd_whose_ingest_event_was_lost_is_still_processed(
     )
     await processor.start()
     repo = await Repository.connect(pg_dsn, schema)
+
+    async def register(detector: int) -> None:
+        raw = NightDirectoryRepository(mini_night).get_raw(v.visit_id, detector)
+        assert raw is not None
+        await repo.register_raw(
+            RawRecord(
+                v.visit_id, detector, "mini", f"MC_O_{v.visit_id}", str(raw), "0" * 64,
+                "0" * 64, raw.stat().st_size, 64, 64, 4, True,
+            ),
+            ExposureRecord(
+                v.visit_id, f"MC_O_{v.visit_id}", "mini", 20260101, 1, v.band, v.exptime,
+                v.mjd_start, v.ra, v.dec, v.field_id,
+            ),
+            DetectorRecord("mini", detector, f"R00_S0{detector}", None, 64, 64),
+        )  # fmt: skip
+
+    def ingested(detector: int) -> Event:
+        data = {"visit": v.visit_id, "detector": detector}
+        return Event("Ingest", "imageIngested", 1, tai_now(), data)
+
+    def processed(detector: int) -> list[Event]:
+        return [e for e in events if e.topic == "ccdProcessed" and e.data["detector"] == detector]
+
     try:
         await register_night(repo, mini_night)
         await processor.do_start()
@@ -60,48 +84,19 @@ async def test_a_ccd_whose_ingest_event_was_lost_is_still_processed(
         }  # fmt: skip
         await processor.on_event(Event("Camera", "nextVisit", 1, tai_now(), next_visit))
         assert processor.queue.counts() == {}, "nothing ingested, nothing queued"
-        await repo.register_raw(
-            RawRecord(
-                v.visit_id,
-                2,
-                "mini",
-                f"MC_O_{v.visit_id}",
-                str(raw),
-                "0" * 64,
-                "0" * 64,
-                raw.stat().st_size,
-                64,
-                64,
-                4,
-                True,
-            ),
-            ExposureRecord(
-                v.visit_id,
-                f"MC_O_{v.visit_id}",
-                "mini",
-                20260101,
-                1,
-                v.band,
-                v.exptime,
-                v.mjd_start,
-                v.ra,
-                v.dec,
-                v.field_id,
-            ),
-            DetectorRecord("mini", 2, "R00_S02", None, 64, 64),
-        )  # fmt: skip  -- the raw is in the registry; its imageIngested event is lost
-        done = await until(
-            lambda: [e for e in events if e.topic == "ccdProcessed" and e.data["detector"] == 2],
-            timeout=60,
-        )
+        await register(1)
+        assert await processor._reconcile(full=False) == 0, "its event is on its way"
+        await processor.on_event(ingested(1))
+        await register(2)  # the raw is in the registry; its imageIngested event is lost
+        done = await until(lambda: processed(2), timeout=60)
         assert done[0].data["visit"] == v.visit_id
+        await until(lambda: processed(1), timeout=60)
         assert processor.counts["reconciled"] == 1
         logged = [e.data["message"] for e in events if e.topic == "logMessage"]
-        assert any("without their imageIngested event" in m for m in logged), logged
-        await processor.on_event(
-            Event("Ingest", "imageIngested", 1, tai_now(), {"visit": v.visit_id, "detector": 2})
-        )
-        assert len([e for e in events if e.topic == "ccdProcessed"]) == 1, "not processed twice"
+        missed = [m for m in logged if "without their imageIngested event" in m]
+        assert len(missed) == 1 and f"{v.visit_id}/2" in missed[0], logged
+        await processor.on_event(ingested(2))
+        assert [len(processed(d)) for d in (1, 2)] == [1, 1], "none processed twice"
     finally:
         await repo.close()
         await processor.close()

@@ -230,7 +230,9 @@ class CcdProcessor(CcdRecording, PoolMember, Controller):
         lost). ``full``: every raw since the first visit heard of; else those ingested since
         the previous look (less a margin for transactions that committed late). A processor
         that has heard of no visit yet (its nextVisit events lost too) looks at the raws
-        ingested since it started."""
+        ingested since it started. A raw is left to its event for one ``reconcile_interval``
+        (the next look takes it): Ingest registers it before it publishes ``imageIngested``,
+        and a look in between took a raw whose event was merely on its way for a lost one."""
         if self._repository is None:
             return 0
         first = await self._q(self.queue.first_visit)
@@ -244,7 +246,9 @@ class CcdProcessor(CcdRecording, PoolMember, Controller):
             if since is None or since < self._started_at - RECONCILE_MARGIN:
                 since = self._started_at - RECONCILE_MARGIN
         try:
-            raws, latest = await self._repository.raws_ingested_since(first, since)
+            raws, latest = await self._repository.raws_ingested_since(
+                first, since, timedelta(seconds=self.config.reconcile_interval)
+            )
         except DmcsError as e:
             self.log_message(logging.WARNING, f"could not look for missed raws: {e}")
             return 0

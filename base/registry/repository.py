@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import asdict, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import asyncpg
@@ -161,16 +161,19 @@ class Repository:
         return [_record(RawRecord, r) for r in rows]
 
     async def raws_ingested_since(
-        self, first_visit: int, since: datetime | None
+        self, first_visit: int, since: datetime | None, settled: timedelta = timedelta(0)
     ) -> tuple[list[RawRecord], datetime | None]:
-        """Raws of ``first_visit`` and later ingested at or after ``since`` (None: all), and
-        the latest ingestion time among them (the next call's ``since``, less a margin)."""
+        """Raws of ``first_visit`` and later ingested at or after ``since`` (None: all) and at
+        least ``settled`` ago by the database's clock, and the latest ingestion time among
+        them (the next call's ``since``, less a margin)."""
         rows = await self._fetch(
             "listing recent raws",
             "SELECT * FROM raws WHERE visit >= $1"
-            " AND ($2::timestamptz IS NULL OR ingested_at >= $2) ORDER BY visit, detector",
+            " AND ($2::timestamptz IS NULL OR ingested_at >= $2)"
+            " AND ingested_at <= now() - $3::interval ORDER BY visit, detector",
             first_visit,
             since,
+            settled,
         )
         latest = max((r["ingested_at"] for r in rows), default=None)
         return [_record(RawRecord, r) for r in rows], latest
