@@ -178,12 +178,13 @@ async def run(dsn: str) -> dict[str, Any]:
 
     url = dsn.replace("postgresql://", "postgresql+psycopg2://", 1)
     conn = await asyncpg.connect(dsn)
-    exists = await conn.fetchval(
-        "SELECT 1 FROM information_schema.tables WHERE table_schema = $1", DAX_SCHEMA
-    )
-    await conn.close()
+    try:  # a run starts from empty schemas, also on a DMCS_BENCH_DSN used before
+        for schema in (DAX_SCHEMA, DMCS_SCHEMA):
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
     config = ApdbSql.init_database(
-        url, namespace=DAX_SCHEMA, dia_object_index="last_object_table", drop=not exists
+        url, namespace=DAX_SCHEMA, dia_object_index="last_object_table", drop=False
     )
     dax = DaxApdb.from_config(config)
     apdb = await Apdb.connect(dsn, schema=DMCS_SCHEMA, max_size=2)
