@@ -612,3 +612,22 @@ def test_pulls_are_binned_by_true_snr_without_eddington_bias() -> None:
         assert abs(b["median"]) < 0.1 and 0.9 < b["robustSigma"] < 1.1, b
     by_measured = pull_table(np.abs(meas), pull, np.asarray(PULL_SNR_EDGES))
     assert max(b["median"] for b in by_measured) > 0.2
+
+
+def test_each_bin_of_pulls_carries_the_bootstrap_range_of_its_robust_sigma() -> None:
+    """A night's bin of ~30 pulls cannot tell σ = 1 from 1.2; the table says how well each
+    bin knows its σ: over many such bins of unit-normal pulls the 68 % range holds 1 about
+    68 % of the time, and it narrows as a bin fills."""
+    rng = np.random.default_rng(3)
+    pulls = rng.normal(0.0, 1.0, 200 * 30 + 3000)
+    snr = np.r_[np.repeat(np.arange(200.0), 30), np.full(3000, 500.0)]
+    table = pull_table(snr, pulls, np.r_[np.arange(201.0), np.inf])
+    small, large = table[:-1], table[-1]
+    assert len(small) == 200 and {b["n"] for b in small} == {30} and large["n"] == 3000
+    ranges = np.array([b["robustSigmaRange68"] for b in small])
+    assert all(lo < b["robustSigma"] < hi for (lo, hi), b in zip(ranges, small, strict=True))
+    covered = float(np.mean((ranges[:, 0] < 1.0) & (1.0 < ranges[:, 1])))
+    assert 0.55 < covered < 0.85, covered
+    assert np.median(np.diff(ranges, axis=1)) > 0.2
+    lo, hi = large["robustSigmaRange68"]
+    assert lo < 1.0 < hi and hi - lo < 0.06, large

@@ -203,16 +203,26 @@ def flux_pulls(
     return np.asarray(snr, np.float64)[keep][ok], (flux[ok] - truth[ok]) / err[ok]
 
 
+#: Resamples of each bin for the bootstrap range of its robust σ.
+BOOTSTRAP_RESAMPLES = 400
+
+
 def pull_table(
     snr: NDArray[np.float64], pull: NDArray[np.float64], edges: NDArray[np.float64]
 ) -> list[dict[str, Any]]:
-    """Median, robust σ and standard deviation of the pulls per (true) S/N bin."""
+    """Median, robust σ and standard deviation of the pulls per (true) S/N bin, each robust σ
+    with its bootstrap 68 % range: from the 20–40 pulls a night's bin holds, a robust σ of
+    unit-normal pulls falls outside 0.9–1.1 more often than not."""
     out = []
+    rng = np.random.default_rng(0)
     for lo, hi in itertools.pairwise(edges):
         p = pull[(snr >= lo) & (snr < hi)]
         if not len(p):
             continue
         med = float(np.median(p))
+        boot = rng.choice(p, (BOOTSTRAP_RESAMPLES, len(p)))
+        boot_med = np.median(boot, axis=1, keepdims=True)
+        boot_sigma = 1.4826 * np.median(np.abs(boot - boot_med), axis=1)
         out.append(
             {
                 "lo": float(lo),
@@ -220,6 +230,7 @@ def pull_table(
                 "n": len(p),
                 "median": med,
                 "robustSigma": 1.4826 * float(np.median(np.abs(p - med))),
+                "robustSigmaRange68": [float(q) for q in np.percentile(boot_sigma, [16, 84])],
                 "std": float(np.std(p)),
             }
         )
