@@ -626,7 +626,7 @@ def test_each_bin_of_pulls_carries_the_bootstrap_range_of_its_robust_sigma() -> 
     assert len(small) == 200 and {b["n"] for b in small} == {30} and large["n"] == 3000
     ranges = np.array([b["robustSigmaRange68"] for b in small])
     assert all(lo < b["robustSigma"] < hi for (lo, hi), b in zip(ranges, small, strict=True))
-    covered = float(np.mean((ranges[:, 0] < 1.0) & (1.0 < ranges[:, 1])))
+    covered = float(np.mean((ranges[:, 0] < 1.0) & (ranges[:, 1] > 1.0)))
     assert 0.55 < covered < 0.85, covered
     assert np.median(np.diff(ranges, axis=1)) > 0.2
     lo, hi = large["robustSigmaRange68"]
