@@ -130,7 +130,7 @@ def saturated_star_peaks(
     star). Its centre is the centroid of the saturated region (charge bleeds up and down the
     column alike); the forced PSF flux there on the unsaturated pixels, with ``variance``
     (the model term included: the wings are where it was measured), decides. When significant
-    the peaks of its polarity within the region's SUSPECT box (``flag_saturation_surroundings``)
+    the peaks of its polarity within the region's box widened by 2 FWHM and its width
     are its fragments: their indices in ``existing`` come back to be replaced by the one peak.
     A star without a detected fragment gets none (the forced flux only places what the
     detection found; the ε of the wings is not measured on saturated stars).
@@ -182,7 +182,8 @@ def saturated_star_peaks(
 
 
 def saturation_residuals(peaks: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Indices of the ``peaks`` centred on a saturated core or its SUSPECT surroundings.
+    """Indices of the ``peaks`` centred on a saturated core or its SUSPECT surroundings
+    (within 3 FWHM of a saturated pixel, ``mask.flag_saturation_surroundings``).
 
     What subtraction leaves there is the charge the clipped core and bleed trail lost, spread
     by the kernels, in both polarities and at any S/N (12–28 on mini); the PSF flux of a
