@@ -351,3 +351,22 @@ def test_psf_fluxes_get_the_model_error_measured_at_the_stars_centres() -> None:
         _, r = _bright_field(seed)
         eps, eps_psf = r.summary["diff_model_error"], r.summary["diff_psf_flux_model_error"]
         assert 0.0 <= eps_psf < eps
+
+
+def test_no_diasource_on_the_outermost_pixel_row_or_column() -> None:
+    """Stars of 15-22 mag strewn beyond the CCD's edges as well as on it: the difference's
+    convolutions (mirror-padded) leave the residual of a bright star just outside the CCD on
+    its outermost row or column, where it peaked as a DIASource matching nothing (3 in this
+    scene; on mini nights 104 false and 2 real peaks there, one of them centred off the
+    CCD). None is left there, and every transient found before is still found."""
+    cfg = SimConfig(beta=3.0, mag_range=(15.0, 22.0), star_density=1e-3, n_transients=10,
+                    bright_star=False, seed=6)  # fmt: skip
+    v = make_visit(cfg)
+    d = _run(v).diasources
+    x, y = np.round(d["x"]), np.round(d["y"])
+    assert not ((x <= 0) | (y <= 0) | (x >= cfg.nx - 1) | (y >= cfg.ny - 1)).any()
+    tx, ty = v.truth_transients["x"], v.truth_transients["y"]
+    found = [
+        bool((np.hypot(d["x"] - a, d["y"] - b) < 5).any()) for a, b in zip(tx, ty, strict=True)
+    ]
+    assert sum(found) == 10
