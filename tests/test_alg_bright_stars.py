@@ -225,9 +225,9 @@ def test_transients_beside_a_saturated_star_and_its_bleed_trail_are_kept() -> No
     """On mini-s201/s202, 6 of 9 missed transients at true S/N >= 7 were dropped as saturation
     residuals; 4 lay 3.2-9.3 FWHM from the nearest saturated pixel, inside the SUSPECT box
     (the saturated region's bounding box widened by 2 FWHM + its width), while the residuals
-    of clipped cores peak 1.0-2.6 FWHM from it (mini 101-106, 201-202). A saturated core with a 60 px bleed trail, its residual
-    ring 2 FWHM out, a transient 4 FWHM beside the trail and one 3.5 FWHM from the core:
-    the ring is dropped, both transients are kept."""
+    of clipped cores peak 1.0-2.6 FWHM from it (mini 101-106, 201-202). A saturated core
+    with a 60 px bleed trail, its residual ring 2 FWHM out, a transient 4 FWHM beside the
+    trail and one 3.5 FWHM from the core: the ring is dropped, both transients are kept."""
     rng = np.random.default_rng(11)
     n, fwhm = 180, 4.0
     sigma = fwhm / 2.3548
