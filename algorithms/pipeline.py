@@ -13,6 +13,7 @@ from algorithms import mask as mk
 from algorithms.alard_lupton import alard_lupton_subtract
 from algorithms.astrometry import AstrometryResult, fit_astrometry
 from algorithms.background import BackgroundModel, fit_background
+from algorithms.ccd_border import border_peaks
 from algorithms.cosmicray import find_cosmic_rays
 from algorithms.cutouts import Cutout, Plane, make_cutouts
 from algorithms.detection import PEAK_DTYPE, detect_sources, drop_noise_peaks
@@ -114,6 +115,9 @@ class PipelineConfig:
     #: Drop detections centred on saturated cores, bleed trails and their SUSPECT
     #: surroundings (``star_changes.saturation_residuals``): subtraction cannot model them.
     drop_saturation_residuals: bool = True
+    #: Drop detections peaking on the CCD's outermost row or column
+    #: (``ccd_border.border_peaks``): their source is centred beyond the edge.
+    drop_border_peaks: bool = True
     #: Drop DIASources the dipole fit calls registration artefacts (``isDipole``).
     drop_registration_dipoles: bool = True
     al_kernel_size: int = 21
@@ -482,6 +486,8 @@ def _run(
             ddet.peaks = np.delete(ddet.peaks, fragments)
         if cfg.drop_saturation_residuals:
             ddet.peaks = np.delete(ddet.peaks, saturation_residuals(ddet.peaks, zr.mask))
+        if cfg.drop_border_peaks:
+            ddet.peaks = np.delete(ddet.peaks, border_peaks(ddet.peaks, zr.image.shape))
         ddet.peaks = np.concatenate([ddet.peaks, at_stars, at_sat])
         res.summary["n_star_changes"] = len(at_stars) + len(at_sat)
     with t.stage("dia_measurement"):

@@ -7,8 +7,15 @@ unsaturated misses at true S/N ≥ 7 were variable stars of 17–19.6 mag changi
 At a star's centre a PSF flux sees far less of that error (ε_psf,
 ``model_noise.psf_flux_model_error``). Each star bright enough for the detection's term to
 matter is forced-photometered on the difference at its science-image position, and its
-significance is the flux over √((s·σ_pix)² + (ε_psf·F_static)²); the stars that reach the
+significance is the flux over √((s·σ_pix)² + (ε·F_static)²); the stars that reach the
 detection threshold become peaks, measured as DIASources like any other.
+
+ε is the CCD's ε_psf kept within ``STAR_EPS_BOUNDS``. ε_psf comes from a CCD's ten-odd
+brightest stars, variables and transients among them: on mini it ranged 0.000–0.015 (the
+cap), while the bright static stars' own residuals are 0.2–2 % of their flux. At 0.000 a
+2.3 % residual of an 840 000 e⁻ star was a 17σ "change"; at the cap a 5 % change of an
+18.7 mag variable was 2.7σ (or not tried at all, as the test was skipped when ε_psf was not
+below the detection's ε).
 """
 
 from __future__ import annotations
@@ -28,6 +35,13 @@ from algorithms.wcs import TanSipWcs
 _BAD = mk.NO_DATA | mk.SAT | mk.BAD | mk.CR | mk.INTRP | mk.EDGE
 _BAD_CENTRE = _BAD | mk.SUSPECT
 
+#: Bounds of the ε of a star's PSF flux on the difference, from the bright (F > 5·10⁴ e⁻)
+#: static stars of the mini training nights (101–106, 872 star-visits): 0.0050 is ε_psf's own
+#: estimator on all of them at once (pixel noise counted), 0.0065 the robust σ of their
+#: |f|/F (pixel noise included, an upper bound). With them no static star of mini 101–106,
+#: 201–202 reaches 5σ (at most 4.3σ) and changes of 4–6 % of 16–19 mag stars do (6.4–7.5σ).
+STAR_EPS_BOUNDS = (0.0050, 0.0065)
+
 
 def star_change_peaks(
     diff: np.ndarray,
@@ -43,6 +57,7 @@ def star_change_peaks(
     eps_detection: float,
     threshold: float = 5.0,
     min_separation: float = 10.0,
+    eps_bounds: tuple[float, float] = STAR_EPS_BOUNDS,
 ) -> np.ndarray:
     """Peaks (``PEAK_DTYPE``, footprint 0) of significant PSF-flux changes at known stars.
 
@@ -50,15 +65,17 @@ def star_change_peaks(
     difference's units); ``pixel_variance``: the difference variance without the model term;
     ``existing``: the peaks already detected (a star within ``min_separation`` pixels of one
     is left to it). Only stars whose flux error grows by ≥ 10 % with the detection's ε are
-    tried (elsewhere the detection already sees what the forced flux would); none at all when
-    ``eps_psf`` is not below ``eps_detection``.
+    tried (elsewhere the detection already sees what the forced flux would). The model error
+    is ``eps_psf`` within ``eps_bounds`` (the upper bound where it was not measured: NaN).
     """
     if not (diff.shape == pixel_variance.shape == mask.shape):
         raise ValueError("diff, pixel_variance and mask shapes differ")
     if not (len(star_x) == len(star_y) == len(star_flux)):
         raise ValueError("star_x, star_y and star_flux lengths differ")
-    if not (np.isfinite(eps_psf) and eps_psf < eps_detection) or len(star_x) == 0:
+    if len(star_x) == 0:
         return np.zeros(0, PEAK_DTYPE)
+    lo, hi = eps_bounds
+    eps = float(np.clip(eps_psf, lo, hi)) if np.isfinite(eps_psf) else hi
     s = noise_scale_or_one(noise_scale)
     ny, nx = diff.shape
     xs, ys = np.asarray(star_x, np.float64), np.asarray(star_y, np.float64)
@@ -93,7 +110,7 @@ def star_change_peaks(
     tried = (a > 0) & (eps_detection * f_star >= 0.46 * pix)
     static = np.maximum(f_star - f, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        z = f / np.hypot(pix, eps_psf * static)
+        z = f / np.hypot(pix, eps * static)
     hit = tried & np.isfinite(z) & (np.abs(z) >= 0.8 * threshold)
     for k in np.flatnonzero(hit).tolist():  # the few candidates: the PSF at their sub-pixel centre
         j = idx[k]
@@ -101,7 +118,7 @@ def star_change_peaks(
         if nd == 0 or not (np.isfinite(fk) and ek > 0):
             hit[k] = False
             continue
-        z[k] = fk / np.hypot(s * ek, eps_psf * max(f_star[k] - fk, 0.0))
+        z[k] = fk / np.hypot(s * ek, eps * max(f_star[k] - fk, 0.0))
         hit[k] = abs(z[k]) >= threshold
     half = int(np.ceil(min_separation))
     rows = [
@@ -130,7 +147,7 @@ def saturated_star_peaks(
     star). Its centre is the centroid of the saturated region (charge bleeds up and down the
     column alike); the forced PSF flux there on the unsaturated pixels, with ``variance``
     (the model term included: the wings are where it was measured), decides. When significant
-    the peaks of its polarity within the region's SUSPECT box (``flag_saturation_surroundings``)
+    the peaks of its polarity within the region's box widened by 2 FWHM and its width
     are its fragments: their indices in ``existing`` come back to be replaced by the one peak.
     A star without a detected fragment gets none (the forced flux only places what the
     detection found; the ε of the wings is not measured on saturated stars).
@@ -182,7 +199,8 @@ def saturated_star_peaks(
 
 
 def saturation_residuals(peaks: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Indices of the ``peaks`` centred on a saturated core or its SUSPECT surroundings.
+    """Indices of the ``peaks`` centred on a saturated core or its SUSPECT surroundings
+    (within 3 FWHM of a saturated pixel, ``mask.flag_saturation_surroundings``).
 
     What subtraction leaves there is the charge the clipped core and bleed trail lost, spread
     by the kernels, in both polarities and at any S/N (12–28 on mini); the PSF flux of a
