@@ -9,10 +9,9 @@ inputs preloaded anew before each run, then ``CcdProcessing.process``: the raw r
 checked, ``run_ccd``, the cutouts' FITS. Each CCD runs ``--repeats`` times; the run with the
 least ``run_ccd`` CPU is kept, and ``total_cpu_s`` is the mean of those over the CCDs; each
 CCD's figure is printed too, and ``adapter_cpu_s``, the whole ``process`` call (raw read,
-``run_ccd``, cutouts), with its user and system seconds and minor page faults (the mapped
-inputs fault in afresh for each CCD, as in the worker). CPU (process) seconds are the figure
-of merit, since wall-clock time on a shared machine measures the other tenants as much as
-the code.
+``run_ccd``, cutouts), with its user and system seconds and minor page faults (a night CCD
+pays ~38k a run, the synthetic one ~500). CPU (process) seconds are the figure of merit,
+since wall-clock time on a shared machine measures the other tenants as much as the code.
 
 ``synthetic`` is the figure this benchmark printed until issue 18: one LSSTCam-like 4k×4k CCD
 of ``algorithms.synthetic.make_visit`` (300 injected transients, so ~285 DIASources against
