@@ -8,6 +8,7 @@ and every CCD stored still has exactly its DIASources as archived alerts.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import signal
@@ -21,6 +22,7 @@ import pytest
 from base.apdb import Apdb
 from base.apdb import outbox as ob
 from base.apdb.simulate import dia_objects_from_sources
+from base.prompt import alert_publisher
 from base.prompt.alert_publisher import AlertPublisher
 from commands.client import Client
 from commands.server import RunningSystem
@@ -174,6 +176,92 @@ async def test_publisher_drains_the_outbox_and_sets_aside_an_unreadable_row(
         assert await publisher.drain() == 0, "a drained outbox publishes nothing again"
     finally:
         await publisher.close()
+
+
+async def _publisher_on_one_row(
+    tmp_path: Path, dsn: str, tag: str, events: list[Event]
+) -> AlertPublisher:
+    """An ENABLED publisher over an outbox of one stored CCD (not yet drained)."""
+    apdb = await Apdb.connect(dsn, f"apdb_{tag}")
+    good = handoff()
+    try:
+        await apdb.store(VISIT, 3, good["sources"], good["objects"], handoff=lambda: good)
+    finally:
+        await apdb.close()
+    settings = {"dsn": dsn, "apdb_schema": f"apdb_{tag}", "archive_schema": f"alerts_{tag}",
+                "records_schema": f"pr_{tag}", "outbox_poll": 0.2}  # fmt: skip
+    publisher = AlertPublisher("AlertPublisher", sink=events.append, settings=settings,
+                               data_dir=tmp_path)  # fmt: skip
+    await publisher.start()
+    await publisher.do_start()
+    return publisher
+
+
+def _hold_marking(publisher: AlertPublisher) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold the drain between archiving a row's alerts and marking the row done: (reached,
+    release)."""
+    box = publisher._outbox
+    assert box is not None
+    reached, release, mark = asyncio.Event(), asyncio.Event(), box.done
+
+    async def held(visit: int, detector: int, n_alerts: int) -> None:
+        reached.set()
+        await release.wait()
+        await mark(visit, detector, n_alerts)
+
+    box.done = held  # type: ignore[method-assign]
+    return reached, release
+
+
+async def test_standby_waits_for_the_drain_in_flight_before_closing_the_pool(
+    tmp_path: Path, pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Disabled and sent to STANDBY mid-row, the publisher lets the drain mark its row before
+    the pool closes: no "pool is closing" failure, no retry, the row not published twice."""
+    events: list[Event] = []
+    publisher = await _publisher_on_one_row(tmp_path, pg_dsn, "drain_stop", events)
+    try:
+        reached, release = _hold_marking(publisher)
+        await publisher.do_enable()
+        await asyncio.wait_for(reached.wait(), 20)
+        await publisher.do_disable()
+        standby = asyncio.create_task(publisher.do_standby())
+        await asyncio.sleep(0.3)
+        assert not standby.done(), "standby waits for the row in flight"
+        release.set()
+        await asyncio.wait_for(standby, 20)
+        assert publisher.summary_state == State.STANDBY
+    finally:
+        await publisher.close()
+    row = (await outbox_rows(pg_dsn, "apdb_drain_stop"))[(VISIT, 3)]
+    assert row["published_at"] is not None and row["n_alerts"] == 4
+    assert not [r for r in caplog.records if "not drained" in r.getMessage()]
+
+
+async def test_standby_cancels_a_drain_that_does_not_stop(
+    tmp_path: Path, pg_dsn: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A drain stuck on its row is cancelled after the bound; the row stays owed and the next
+    ENABLED publisher drains it, once."""
+    monkeypatch.setattr(alert_publisher, "DRAIN_STOP_WAIT_S", 0.3)
+    events: list[Event] = []
+    publisher = await _publisher_on_one_row(tmp_path, pg_dsn, "drain_cancel", events)
+    try:
+        reached, _ = _hold_marking(publisher)
+        await publisher.do_enable()
+        await asyncio.wait_for(reached.wait(), 20)
+        await publisher.do_disable()
+        await asyncio.wait_for(publisher.do_standby(), 10)
+        assert (await outbox_rows(pg_dsn, "apdb_drain_cancel"))[(VISIT, 3)]["published_at"] is None
+        await publisher.do_start()
+        await publisher.do_enable()
+        rows = await until(lambda: _settled(pg_dsn, "apdb_drain_cancel"), timeout=20)
+        assert rows[(VISIT, 3)]["n_alerts"] == 4, "archived before, so marked as a duplicate"
+        assert publisher.counts["duplicates"] == 1 and publisher.counts["published"] == 1
+    finally:
+        await publisher.close()
+    assert not [r for r in caplog.records if "not drained now" in r.getMessage()]
+    assert [r for r in caplog.records if "did not stop" in r.getMessage()]
 
 
 async def _settled(dsn: str, schema: str) -> dict | None:

@@ -32,10 +32,12 @@ from . import schema as sch
 from . import store as store_mod
 from .copyread import decode_copy, fetch_columns, int_array
 from .copywrite import copy_payload
-from .region_lock import lock_keys, namespace, region_lock
+from .history import history_reads
+from .region_lock import region_lock
 from .rows import columns_from_row, records
 from .schema import q
 from .spatial import ORDER, Region, pixel_ids
+from .transaction import ApdbTransaction
 
 LEDGER = "apdb_visit_detector"
 #: Extra margin of the history read: a source may lie this far outside its object's region.
@@ -226,24 +228,11 @@ class Apdb:
         """The DiaSources and DiaForcedSources of ``object_ids`` of the ``history_days`` before
         ``mjd`` (the history :meth:`preload` gives, for just these objects), read by their
         ``diaObjectId`` index, the two tables at once."""
-        reads = self._history_reads(object_ids, mjd, history_days)
+        reads = history_reads(self._t, object_ids, mjd, history_days)
         if not reads:
             return self._empty("DiaSource"), self._empty("DiaForcedSource")
         sources, forced = await self._read_all(reads)
         return sources, forced
-
-    def _history_reads(
-        self, object_ids: np.ndarray, mjd: float, history_days: float
-    ) -> list[tuple[str, str]]:
-        ids = np.unique(np.asarray(object_ids, dtype=np.int64))
-        if len(ids) == 0:
-            return []
-        since = float(mjd - history_days)
-        where = f' WHERE o."diaObjectId" = ANY({int_array(ids)}) AND o."midpointMjdTai" > {since!r}'
-        return [
-            (name, f"SELECT o.* FROM {self._t(name)} o{where}")
-            for name in ("DiaSource", "DiaForcedSource")
-        ]
 
     def _empty(self, name: str) -> Columns:
         """No rows of table ``name``: every column, empty, as a read of nothing decodes."""
@@ -451,61 +440,3 @@ class _Write:
     prepared: list[tuple[str, list[str], bytes]]  # (table, columns, binary COPY)
     versions: tuple[list[str], bytes]  # the new DiaObject versions' COPY
     counts: dict[str, int]
-
-
-class ApdbTransaction:
-    """An :class:`Apdb`'s preload, history and store on the one connection of an open
-    transaction (``Apdb.transaction``), with the region locks as transaction-level advisory
-    locks: held until it ends, released by its commit or rollback."""
-
-    def __init__(self, apdb: Apdb, conn: asyncpg.Connection) -> None:
-        self._apdb = apdb
-        self._conn = conn
-
-    async def lock_regions(self, regions: Sequence[Region]) -> None:
-        """Wait for and hold the region locks (:mod:`.region_lock`) of all ``regions``, in one
-        statement, keys ascending (no cycle with another holder), until the transaction ends."""
-        keys = sorted({k for r in regions for k in lock_keys(r)})
-        async with mapped_errors("APDB region lock"):
-            await self._conn.fetchval(
-                "SELECT count(pg_advisory_xact_lock($1, k)) FROM unnest($2::integer[]) AS k",
-                namespace(self._apdb.schema),
-                keys,
-            )
-
-    async def _read_all(self, reads: list[tuple[str, str]]) -> list[Columns]:
-        tables = self._apdb._tables
-        async with mapped_errors("APDB preload"):
-            return [await fetch_columns(self._conn, tables[n], sql) for n, sql in reads]
-
-    async def preload(
-        self, region: Region, mjd: float, history_days: float = 365.0, *, history: bool = True
-    ) -> Preload:
-        """:meth:`Apdb.preload`, one table after the other on this transaction's connection."""
-        reads = self._apdb._preload_reads(region, mjd, history_days, history)
-        return self._apdb._preloaded(region, await self._read_all(reads))
-
-    async def read_history(
-        self, object_ids: np.ndarray, mjd: float, history_days: float = 365.0
-    ) -> tuple[Columns, Columns]:
-        """:meth:`Apdb.read_history` on this transaction's connection."""
-        reads = self._apdb._history_reads(object_ids, mjd, history_days)
-        if not reads:
-            return self._apdb._empty("DiaSource"), self._apdb._empty("DiaForcedSource")
-        sources, forced = await self._read_all(reads)
-        return sources, forced
-
-    async def store(
-        self,
-        visit: int,
-        detector: int,
-        sources: Columns,
-        objects: Columns,
-        forced_sources: Columns | None = None,
-        ss_sources: Columns | None = None,
-        handoff: outbox_mod.HandoffBuilder | None = None,
-    ) -> StoreResult:
-        """:meth:`Apdb.store` inside this transaction (committed with it)."""
-        write = self._apdb._prepare_store(sources, objects, forced_sources, ss_sources)
-        async with mapped_errors(f"APDB store {visit}/{detector}"):
-            return await self._apdb._store_on(self._conn, visit, detector, objects, write, handoff)

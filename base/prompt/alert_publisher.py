@@ -49,6 +49,8 @@ from state.states import State
 MAX_POSITIONS = 50
 #: errorCode of a FAULT caused by an alert archive that cannot be written.
 ARCHIVE_FAILED = 500
+#: Seconds ``standby`` lets the outbox drain in flight finish its row before cancelling it.
+DRAIN_STOP_WAIT_S = 10.0
 
 
 class AlertPublisher(Controller, AlertStreamRpc):
@@ -73,6 +75,8 @@ class AlertPublisher(Controller, AlertStreamRpc):
         self._listener: asyncpg.Connection | None = None
         self._wake = asyncio.Event()
         self._publishing = asyncio.Lock()
+        #: The outbox drain in flight (owned by ``_drain_loop``, which awaits it).
+        self._drain_in_flight: asyncio.Task[float] | None = None
         #: The alert encoder's warm-up (a thread: it cannot be cancelled, and it is short).
         self._warming: asyncio.Future[float] | None = None
         #: The outbox's rows pending, published and failed, as of the last status.
@@ -124,6 +128,7 @@ class AlertPublisher(Controller, AlertStreamRpc):
         self._wake.set()
 
     async def end_standby(self) -> None:
+        await self._stop_drain()
         archive, self._archive = self._archive, None
         self.alert_archive = None
         if archive is not None:
@@ -158,7 +163,10 @@ class AlertPublisher(Controller, AlertStreamRpc):
 
     # ------------------------------------------------------------ the outbox
     async def _drain_loop(self) -> None:
-        """Drain the outbox whenever woken (NOTIFY, enable) or every ``outbox_poll`` seconds."""
+        """Drain the outbox whenever woken (NOTIFY, enable) or every ``outbox_poll`` seconds.
+
+        Each drain is a task of its own, so that ``standby`` can wait for it (or cancel it)
+        before it closes the pool the drain reads and marks rows with."""
         delay = self.config.outbox_poll
         while True:
             with contextlib.suppress(TimeoutError):
@@ -168,15 +176,44 @@ class AlertPublisher(Controller, AlertStreamRpc):
             delay = self.config.outbox_poll
             if self.summary_state != State.ENABLED:
                 continue
+            task = asyncio.create_task(self._drain_once(), name=f"{self.name}-drain")
+            self._drain_in_flight = task
             try:
-                self._recount = await self.drain() > 0 or self._recount
-                if self._listener is not None and self._listener.is_closed():
-                    self._listener = await self._listen()  # lost with a database restart
-            except RetriableError as e:
-                self.log.warning("alert outbox not drained now (%s); retrying", e)
-                delay = min(self.config.outbox_poll, 1.0)
-            except DmcsError as e:
-                self.log_message(logging.ERROR, f"alert outbox not drained: {e}")
+                await asyncio.wait({task})
+            finally:
+                if not task.done():  # this loop was cancelled: so is its drain
+                    task.cancel()
+                    await asyncio.wait({task})
+                self._drain_in_flight = None
+            if not task.cancelled():
+                delay = task.result()
+
+    async def _drain_once(self) -> float:
+        """One drain of the outbox; the seconds to wait before the next unless woken."""
+        try:
+            self._recount = await self.drain() > 0 or self._recount
+            if self._listener is not None and self._listener.is_closed():
+                self._listener = await self._listen()  # lost with a database restart
+        except RetriableError as e:
+            self.log.warning("alert outbox not drained now (%s); retrying", e)
+            return min(self.config.outbox_poll, 1.0)
+        except DmcsError as e:
+            self.log_message(logging.ERROR, f"alert outbox not drained: {e}")
+        return self.config.outbox_poll
+
+    async def _stop_drain(self) -> None:
+        """Let the drain in flight finish the row it is on (it stops there: the publisher is
+        no longer ENABLED), or cancel it after ``DRAIN_STOP_WAIT_S``; a cancelled row stays
+        pending and is drained again (publication is idempotent per CCD)."""
+        task = self._drain_in_flight
+        if task is None or task.done():
+            return
+        done, _ = await asyncio.wait({task}, timeout=DRAIN_STOP_WAIT_S)
+        if not done:
+            self.log.warning("the alert outbox drain did not stop within %s s; cancelled",
+                             DRAIN_STOP_WAIT_S)  # fmt: skip
+            task.cancel()
+            await asyncio.wait({task})
 
     async def drain(self) -> int:
         """Publish every pending outbox row, oldest first; the number of rows done."""
