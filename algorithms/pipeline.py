@@ -13,7 +13,7 @@ from algorithms import mask as mk
 from algorithms.alard_lupton import alard_lupton_subtract
 from algorithms.astrometry import AstrometryResult, fit_astrometry
 from algorithms.background import BackgroundModel, fit_background
-from algorithms.cosmicray import find_cosmic_rays
+from algorithms.cosmicray import drop_repaired_centres, find_cosmic_rays
 from algorithms.cutouts import Cutout, Plane, make_cutouts
 from algorithms.detection import PEAK_DTYPE, detect_sources, drop_noise_peaks
 from algorithms.diasource import DIASOURCE_DTYPE, DiaImages, measure_diasources
@@ -46,7 +46,7 @@ from algorithms.star_changes import (
     saturation_residuals,
     star_change_peaks,
 )
-from algorithms.star_residual import fill_star_columns
+from algorithms.star_residual import drop_star_residuals, fill_star_columns
 from algorithms.warp import warp_image
 from algorithms.wcs import TanSipWcs
 from algorithms.zogy import ZogyResult, scale_variance, zogy_subtract
@@ -116,6 +116,14 @@ class PipelineConfig:
     drop_saturation_residuals: bool = True
     #: Drop DIASources the dipole fit calls registration artefacts (``isDipole``).
     drop_registration_dipoles: bool = True
+    #: Drop DIASources within one FWHM of a measured star whose |psfFlux| is below this
+    #: fraction of the star's flux (``star_residual.drop_star_residuals``): what the PSF model
+    #: leaves of a static star (see docs/alert_quality.md for how it was measured).
+    #: None: keep them.
+    star_residual_fraction: float | None = 0.02
+    #: Drop DIASources centred on a repaired cosmic-ray pixel
+    #: (``cosmicray.drop_repaired_centres``): the difference there measures the repair.
+    drop_cosmic_ray_repairs: bool = True
     al_kernel_size: int = 21
     al_spatial_order: int = 1
     al_min_snr: float = 30.0
@@ -509,6 +517,10 @@ def _run(
             eps if eps_psf is None else min(eps, eps_psf), stars,
         )  # fmt: skip
         del pixel_var
+        if cfg.star_residual_fraction is not None:
+            res.diasources = drop_star_residuals(res.diasources, cfg.star_residual_fraction)
+        if cfg.drop_cosmic_ray_repairs:
+            res.diasources = drop_repaired_centres(res.diasources)
         if cfg.drop_registration_dipoles:
             res.diasources = drop_registration_dipoles(res.diasources)
     if cfg.make_cutouts:
