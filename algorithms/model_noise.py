@@ -43,14 +43,14 @@ def _smooth_binned(static: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def _tiles_near_stars(
-    s_binned: np.ndarray, var_binned: np.ndarray, limit: float, tile: int, max_tiles: int
+    s_sub: np.ndarray, var_sub: np.ndarray, limit: float, tile: int, max_tiles: int, step: int
 ) -> list[tuple[int, int]]:
-    """Origins (y, x) of the ``tile``² tiles where ``limit``·S reaches the pixel noise on the
-    2×2-binned grids (``limit`` = ε_max·√(4πσ²)), at most ``max_tiles`` of them spread
-    evenly over the candidates ranked by how many such pixels they hold."""
-    ok = np.isfinite(var_binned) & (var_binned > 0)
-    near = ok & (limit * s_binned > np.sqrt(np.where(ok, var_binned, 1.0)))
-    t = tile // 2
+    """Origins (y, x) of the ``tile``² tiles where ``limit``·S reaches the pixel noise on
+    grids subsampled by ``step`` (``limit`` = ε_max·√(4πσ²)), at most ``max_tiles`` of them
+    spread evenly over the candidates ranked by how many such pixels they hold."""
+    ok = np.isfinite(var_sub) & (var_sub > 0)
+    near = ok & (limit * s_sub > np.sqrt(np.where(ok, var_sub, 1.0)))
+    t = tile // step
     ny, nx = near.shape
     gy, gx = -(-ny // t), -(-nx // t)
     padded = np.zeros((gy * t, gx * t), bool)
@@ -162,8 +162,9 @@ def add_model_error(
     z_box, *near = _samples(image, variance, mask, s, psf_sigma, eps_max, [box], 0)
     eps = _solve_eps(z_box, *near, eps_max, min_pixels)
     if eps == 0.0:
+        st = 4  # a bright star's near pixels span several of these cells
         origins = _tiles_near_stars(
-            s[::2, ::2], variance[::2, ::2], eps_max * np.sqrt(n_eff), tile, max_tiles
+            s[::st, ::st], variance[::st, ::st], eps_max * np.sqrt(n_eff), tile, max_tiles, st
         )
         tiles = [(y, min(y + tile, ny), x, min(x + tile, nx)) for y, x in origins]
         if tiles:
