@@ -188,3 +188,30 @@ def fill_star_columns(
     )  # fmt: skip
     for name in STAR_COLUMNS:
         dia[name] = cols[name]
+
+
+def drop_star_residuals(
+    dia: np.ndarray, min_fraction: float, max_offset_sigma: float = 2.3548
+) -> np.ndarray:
+    """The DIASources that are not what subtraction left of a static star.
+
+    Dropped: those centred within ``max_offset_sigma`` PSF σ (one FWHM) of a measured star
+    whose own |psfFlux| and the forced PSF flux on the difference at the star are both below
+    ``min_fraction`` of the star's flux (``starOffset``, ``starFluxFraction``,
+    ``starFluxRatio``). A PSF-model or registration error leaves a fraction of every star's
+    flux in the difference that no pixel variance describes, so on a bright star a peak
+    (detected, kept below threshold for being on a star, or found by ``star_change_peaks``)
+    is significant against the pixel noise whatever its size; a change of the star is seen
+    at the star itself, a residual's fragments are not. Saturated centres are left alone
+    (their star's measured flux misses the clipped core), as are DIASources without a star.
+    """
+    if not len(dia) or not (min_fraction > 0):
+        return dia
+    off = np.asarray(dia["starOffset"], np.float64)
+    frac = np.asarray(dia["starFluxFraction"], np.float64)
+    at_star = frac * np.abs(np.asarray(dia["starFluxRatio"], np.float64))
+    sat = np.asarray(dia["pixelFlags_saturatedCenter"], bool)
+    with np.errstate(invalid="ignore"):
+        residual = (off <= max_offset_sigma) & (frac < min_fraction) & ~sat
+        residual &= np.nan_to_num(at_star, nan=np.inf) < min_fraction
+    return dia[~residual]
