@@ -42,9 +42,12 @@ from algorithms.psf import (
 )
 from algorithms.psf_wings import extend_kernel
 from algorithms.star_changes import (
+    SaturatedChange,
+    SaturationInputs,
     recentre_on_saturated_stars,
     saturated_star_peaks,
     saturation_residuals,
+    set_saturated_changes,
     star_change_peaks,
 )
 from algorithms.star_residual import drop_star_residuals, fill_star_columns
@@ -482,15 +485,19 @@ def _run(
             ddet.noise_scale, cfg.max_model_error,
         )  # fmt: skip
         at_stars = at_sat = np.zeros(0, PEAK_DTYPE)
+        sat_changes: list[SaturatedChange] = []
         if cfg.star_changes:
             at_stars = star_change_peaks(
                 zr.image, pixel_var, zr.mask, dpsf, stars["x"], stars["y"], stars["flux"],
                 ddet.peaks, ddet.noise_scale, np.nan if eps_psf is None else eps_psf, eps,
                 cfg.dia_threshold, 2.5 * 2.3548 * dsig,
             )  # fmt: skip
-            at_sat, fragments = saturated_star_peaks(
+            sat_in = SaturationInputs(
+                img, var, msk, psf, timg, tvar, KernelPsf(tpsf, fit_size=psf.fit_size)
+            )
+            at_sat, fragments, sat_changes = saturated_star_peaks(
                 zr.image, zr.variance, zr.mask, dpsf, ddet.peaks, pfit.fwhm, ddet.noise_scale,
-                cfg.dia_threshold,
+                cfg.dia_threshold, sat_in,
             )  # fmt: skip
             ddet.peaks = np.delete(ddet.peaks, fragments)
         if cfg.drop_saturation_residuals:
@@ -519,6 +526,7 @@ def _run(
             )  # fmt: skip
         if eps_psf is not None:
             add_flux_model_error(res.diasources, eps_psf)
+        set_saturated_changes(res.diasources, sat_changes, calib)
         fill_star_columns(
             res.diasources, zr.image, pixel_var, zr.mask, dpsf, calib, ddet.noise_scale,
             eps if eps_psf is None else min(eps, eps_psf), stars,

@@ -20,6 +20,8 @@ below the detection's ε).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy.spatial import cKDTree
 
@@ -41,6 +43,53 @@ _BAD_CENTRE = _BAD | mk.SUSPECT
 #: |f|/F (pixel noise included, an upper bound). With them no static star of mini 101–106,
 #: 201–202 reaches 5σ (at most 4.3σ) and changes of 4–6 % of 16–19 mag stars do (6.4–7.5σ).
 STAR_EPS_BOUNDS = (0.0050, 0.0065)
+
+#: The error of a saturated star's change (``saturated_star_change``) that the pixel noise
+#: does not hold, per unit of the star's flux: the science PSF model's wings (a Moffat fitted
+#: to its core) against the star's. On the static saturated stars of comcam 101–103 (47
+#: star-visits) ΔF/F had rms 0.0115 (robust σ 0.0087, at most 0.037), the pixel noise 0.001;
+#: the two changes of a saturated variable there (7.5 % true) measured 7.1 % and 8.1 %. On
+#: mini 101–106 (512² CCDs, crowded, fewer clean PSF stars) the rms was 0.039: see
+#: docs/alert_quality.md.
+EPS_SATURATED = 0.012
+#: The saturated pixels are grown by this many FWHM before the wings are fitted (0: the rms
+#: above grew to 0.020 at 0.5 FWHM and 0.030 at 1 FWHM, the model's wings farther out).
+SATURATION_MARGIN_FWHM = 0.0
+
+
+@dataclass(frozen=True)
+class SaturationInputs:
+    """What a saturated star's change is measured with: the science image and its PSF, the
+    warped template in science units and its PSF (the template is never saturated)."""
+
+    science: np.ndarray
+    science_var: np.ndarray
+    science_mask: np.ndarray
+    science_psf: Psf
+    template: np.ndarray
+    template_var: np.ndarray
+    template_psf: Psf
+
+
+@dataclass(frozen=True)
+class SaturatedChange:
+    """A saturated star's change (``saturated_star_change``): the star (x, y, its template
+    flux) and ``change`` ± ``change_err`` (the two fits' pixel noise)."""
+
+    x: float
+    y: float
+    flux_template: float
+    change: float
+    change_err: float
+    ok: bool
+
+    def significance(self, noise_scale: float, eps: float) -> float:
+        """change / √((s·σ_pix)² + (ε·F)²)."""
+        s = noise_scale_or_one(noise_scale)
+        return self.change / float(np.hypot(s * self.change_err, eps * abs(self.flux_template)))
+
+
+_NO_CHANGE = SaturatedChange(np.nan, np.nan, np.nan, np.nan, np.nan, False)
 
 
 def star_change_peaks(
@@ -139,23 +188,30 @@ def saturated_star_peaks(
     fwhm: float,
     noise_scale: float,
     threshold: float = 5.0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One peak at each saturated star whose wings changed; and the fragments it replaces.
+    inputs: SaturationInputs | None = None,
+    eps: float = EPS_SATURATED,
+) -> tuple[np.ndarray, np.ndarray, list[SaturatedChange]]:
+    """One peak at each saturated star that changed; the fragments it replaces; its change.
 
     A saturated core is zeroed before subtraction, so a variable saturated star leaves its
     change only in its wings, as fragments on a ring 1–2″ out (each more than 1″ from the
     star). Its centre is the centroid of the saturated region (charge bleeds up and down the
-    column alike); the forced PSF flux there on the unsaturated pixels, with ``variance``
-    (the model term included: the wings are where it was measured), decides. When significant
-    the peaks of its polarity within the region's box widened by 2 FWHM and its width
-    are its fragments: their indices in ``existing`` come back to be replaced by the one peak.
-    A star without a detected fragment gets none (the forced flux only places what the
-    detection found; the ε of the wings is not measured on saturated stars).
+    column alike). Regions with a detected peak in their box (widened by 2 FWHM and its
+    width) are tried. With ``inputs`` the change is measured on the two images
+    (``saturated_star_change``) and is significant at ``threshold`` against its fits' noise
+    and ``eps`` of the star's flux: a forced flux on the difference (the fallback, and the
+    only test without ``inputs``) measures what the zeroed cores lost, 3–36 % of a static
+    star's flux. The peaks of the change's polarity in the box are its fragments: their
+    indices in ``existing`` come back to be replaced by the one peak.
     Regions touching the CCD edge are left alone (their centroid is not the star's).
     """
     from scipy import ndimage
 
-    none = (np.zeros(0, PEAK_DTYPE), np.zeros(0, np.int64))
+    none: tuple[np.ndarray, np.ndarray, list[SaturatedChange]] = (
+        np.zeros(0, PEAK_DTYPE),
+        np.zeros(0, np.int64),
+        [],
+    )
     sat = (mask & mk.SAT) != 0
     if not sat.any():
         return none
@@ -165,6 +221,7 @@ def saturated_star_peaks(
     labels, _ = ndimage.label(_blocks_any(sat, b), structure=np.ones((3, 3), bool))
     rows: list[tuple] = []
     replaced: list[int] = []
+    changes: list[SaturatedChange] = []
     for box in ndimage.find_objects(labels):
         y0, y1 = box[0].start * b, min(box[0].stop * b, ny)
         x0, x1 = box[1].start * b, min(box[1].stop * b, nx)
@@ -173,20 +230,29 @@ def saturated_star_peaks(
         if y0 == 0 or x0 == 0 or y1 == ny or x1 == nx:
             continue
         x, y = x0 + float((xx - xx.min()).mean()), y0 + float((yy - yy.min()).mean())
-        f, err, _, nd, _ = forced_psf_flux(diff, variance, mask, psf, x, y, _BAD)
-        if nd == 0 or not (np.isfinite(f) and np.isfinite(err) and err > 0):
-            continue
-        z = f / (s * err)
-        if abs(z) < threshold:
-            continue
         r = int(np.ceil(2.0 * fwhm + min(np.sqrt(yy.size), y1 - y0, x1 - x0)))
-        near = (
-            (existing["negative"] == (z < 0))
-            & (existing["x"] >= x0 - r) & (existing["x"] < x1 + r)
+        in_box = (
+            (existing["x"] >= x0 - r) & (existing["x"] < x1 + r)
             & (existing["y"] >= y0 - r) & (existing["y"] < y1 + r)
         )  # fmt: skip
-        if not near.any():
+        if not in_box.any():
             continue
+        sc = _NO_CHANGE
+        if inputs is not None:
+            sc = saturated_star_change(inputs, mask, x, y, SATURATION_MARGIN_FWHM * fwhm)
+        if sc.ok:
+            z = sc.significance(noise_scale, eps)
+        else:
+            f, err, _, nd, _ = forced_psf_flux(diff, variance, mask, psf, x, y, _BAD)
+            if nd == 0 or not (np.isfinite(f) and np.isfinite(err) and err > 0):
+                continue
+            z = f / (s * err)
+        if abs(z) < threshold:
+            continue
+        near = in_box & (existing["negative"] == (z < 0))
+        if not (sc.ok or near.any()):
+            continue
+        changes.append(sc)
         replaced += np.flatnonzero(near).tolist()
         ix, iy = round(x), round(y)
         rows.append(
@@ -195,7 +261,7 @@ def saturated_star_peaks(
         )  # fmt: skip
     if not rows:
         return none
-    return np.array(rows, PEAK_DTYPE), np.unique(np.array(replaced, np.int64))
+    return np.array(rows, PEAK_DTYPE), np.unique(np.array(replaced, np.int64)), changes
 
 
 def saturation_residuals(peaks: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -250,11 +316,103 @@ def recentre_on_saturated_stars(
         j = int(np.argmin(dist))
         if dist[j] > max_shift:
             continue
+        row = dia[j]
         fit = psf_fit(science, science_var, science_mask, science_psf, px, py, n_iter=4)
         if not fit.ok or np.hypot(fit.x - px, fit.y - py) > max_shift:
             continue
-        row = dia[j]
         row["x"], row["y"], row["xErr"], row["yErr"] = fit.x, fit.y, fit.x_err, fit.y_err
         ra, dec = wcs.pixel_to_sky(np.array([fit.x]), np.array([fit.y]))
         row["ra"], row["dec"] = float(ra[0]), float(dec[0])
         row["trailRa"], row["trailDec"] = float(ra[0]), float(dec[0])
+
+
+def set_saturated_changes(
+    dia: np.ndarray, changes: list[SaturatedChange], calibration: float,
+    eps: float = EPS_SATURATED, max_offset: float = 1.0,
+) -> None:  # fmt: skip
+    """Give the DIASources of saturated stars (``pixelFlags_saturatedCenter``, placed at their
+    star) the star's measured change as PSF flux, in place: the forced flux on the difference
+    holds what the zeroed cores lost. The error is the fits' ⊕ ε·F_R."""
+    if not len(dia) or not changes:
+        return
+    at_sat = np.flatnonzero(dia["pixelFlags_saturatedCenter"])
+    for c in changes:
+        if not c.ok or not at_sat.size:
+            continue
+        d = np.hypot(dia["x"][at_sat] - c.x, dia["y"][at_sat] - c.y)
+        j = int(at_sat[np.argmin(d)])
+        if d.min() > max_offset:
+            continue
+        dia["psfFlux"][j] = c.change * calibration
+        dia["psfFluxErr"][j] = np.hypot(c.change_err, eps * c.flux_template) * calibration
+
+
+def saturated_star_change(
+    inputs: SaturationInputs, union_mask: np.ndarray, x: float, y: float, margin: float
+) -> SaturatedChange:
+    """The change of the saturated star near (x, y), from its two images, not the difference.
+
+    Subtraction cannot measure it: the saturated pixels (SAT in the science image) are zeroed
+    in both images before ZOGY, each image loses a different share of the star (different
+    PSFs), and the kernels spread the difference into the wings, where a forced flux at a
+    static saturated star found 3–36 % of its flux (comcam 101–103), while real changes of
+    saturated variables are 4.5–16 %. The template is never saturated: its PSF flux F_R is
+    as good as any star's. The science flux F_N is fitted on the star's unsaturated pixels
+    (outside the saturated ones grown by ``margin``) with the whole science PSF, wings
+    included, at the position fitted on those wings. ΔF = F_N − F_R; its error here is the
+    two fits' pixel noise (the wing model's error is ``EPS_SATURATED``).
+    """
+    from scipy import ndimage
+
+    im = inputs
+    fit = psf_fit(im.science, im.science_var, im.science_mask, im.science_psf, x, y, 4,
+                  _BAD | mk.SAT)  # fmt: skip
+    if not (fit.ok and np.hypot(fit.x - x, fit.y - y) <= 3.0):
+        return _NO_CHANGE
+    x, y = fit.x, fit.y
+    f_r, e_r, _, nd, _ = forced_psf_flux(im.template, im.template_var, None, im.template_psf, x, y)
+    if nd == 0 or not np.isfinite(f_r):
+        return _NO_CHANGE
+    k = im.science_psf.kernel_at(x, y).astype(np.float64)
+    h = k.shape[0] // 2
+    ny, nx = union_mask.shape
+    ix, iy = round(x), round(y)
+    if not (h <= ix < nx - h and h <= iy < ny - h):
+        return _NO_CHANGE
+    box = np.s_[iy - h : iy + h + 1, ix - h : ix + h + 1]
+    keep = (union_mask[box] & mk.SAT) == 0
+    g = int(np.ceil(margin))
+    if g > 0:
+        disk = np.hypot(*np.mgrid[-g : g + 1, -g : g + 1]) <= margin
+        keep = ~ndimage.binary_dilation(~keep, disk)
+    use = keep & _usable(im.science[box], im.science_var[box], im.science_mask[box])
+    f_n, e_n = _linear_flux(im.science[box], im.science_var[box], _spline_shifted(k, x, y), use)
+    if not (np.isfinite(f_n) and e_n > 0):
+        return _NO_CHANGE
+    return SaturatedChange(x, y, float(f_r), f_n - float(f_r), float(np.hypot(e_n, e_r)), True)
+
+
+def _usable(img: np.ndarray, var: np.ndarray, msk: np.ndarray) -> np.ndarray:
+    return ((msk & _BAD) == 0) & np.isfinite(var) & (var > 0) & np.isfinite(img)
+
+
+def _linear_flux(
+    d: np.ndarray, v: np.ndarray, p: np.ndarray, use: np.ndarray
+) -> tuple[float, float]:
+    w = np.where(use, 1.0 / np.where(use, v, 1.0), 0.0)
+    a = float((p * p * w).sum())
+    if a <= 0:
+        return np.nan, np.nan
+    return float((p * d * w).sum()) / a, 1.0 / np.sqrt(a)
+
+
+def _spline_shifted(k: np.ndarray, x: float, y: float) -> np.ndarray:
+    """``k`` (odd, centred) moved by the sub-pixel part of (x, y). A cubic spline, not
+    ``fourier_shift``: the sinc shift of a peaked core rings at ~10⁻⁵ of the peak across the
+    stamp, as large as the wings some FWHM out."""
+    from scipy import ndimage
+
+    dx, dy = x - round(x), y - round(y)
+    if abs(dx) < 1e-3 and abs(dy) < 1e-3:
+        return k
+    return ndimage.shift(k, (dy, dx), order=3, mode="constant")

@@ -10,6 +10,7 @@ from functools import cache
 import numpy as np
 import pytest
 
+from algorithms import mask as mk
 from algorithms.detection import PEAK_DTYPE
 from algorithms.pipeline import (
     CcdResult,
@@ -20,12 +21,13 @@ from algorithms.pipeline import (
     run_ccd,
 )
 from algorithms.psf import KernelPsf
-from algorithms.star_changes import star_change_peaks
+from algorithms.star_changes import SaturationInputs, saturated_star_change, star_change_peaks
 from algorithms.synthetic import SimConfig, SimVisit, make_visit, moffat_kernel, render_moffat
 from algorithms.synthetic_run import run_visit
 
 CHANGE = 0.04  # of the star's flux: the detection (ε ≈ 0.009-0.011 here) sees at most ~4σ of it
 MIN_TRUE_SNR = 7.0
+SATURATED_CHANGE = 0.08  # of the saturated star's flux
 
 
 def _run(v: SimVisit) -> CcdResult:
@@ -170,11 +172,15 @@ def test_a_few_per_cent_change_of_a_bright_star_is_found_whatever_the_ccds_eps_p
         assert got == [(50, 50), (150, 50), (250, 50)], eps_psf
 
 
-def _saturated_variable(change: float, star_changes: bool = True) -> tuple[SimVisit, CcdResult]:
-    """The 12.5 mag star of the saturation scene (a saturated core and a bleed trail), its
-    template flux set so that the science image sees it ``change`` × its flux brighter."""
-    cfg = SimConfig(beta=3.0, mag_range=(14.0, 24.0), star_density=5e-4, n_transients=10,
-                    seed=3)  # fmt: skip
+def _saturated_variable(
+    change: float, star_changes: bool = True, seed: int = 3
+) -> tuple[SimVisit, CcdResult]:
+    """A 12.5 mag star (a saturated core and a bleed trail down its column) among the 16.8-22
+    mag stars of the bright field, its template flux set so that the science image sees it
+    ``change`` × its flux brighter. (The bright field gives the PSF model 46-61 stars; on a
+    field of 14-24 mag stars it had 18 and its wings were 11-16 % off.)"""
+    cfg = SimConfig(beta=3.0, mag_range=(16.8, 22.0), star_density=5e-4, n_transients=10,
+                    seed=seed)  # fmt: skip
     v = make_visit(cfg)
     s = v.truth_stars
     tx, ty = v.template_wcs.sky_to_pixel(s["ra"][:1], s["dec"][:1])
@@ -193,9 +199,8 @@ def _saturated_variable(change: float, star_changes: bool = True) -> tuple[SimVi
 def test_a_saturated_star_that_changed_gives_one_diasource_at_the_star() -> None:
     """Its core is zeroed before subtraction, so the change shows only in the wings, as
     fragments 10-15 px (2-3″) out that match nothing within 1″; now one DIASource at the star
-    (flagged saturated) whose flux follows the change."""
-    flux = {}
-    for change in (-0.08, 0.0, 0.08):
+    (flagged saturated) whose flux is the change measured on the two images."""
+    for change in (-SATURATED_CHANGE, SATURATED_CHANGE):
         v, r = _saturated_variable(change)
         d = r.diasources
         sx, sy = v.truth_stars["x"][0], v.truth_stars["y"][0]
@@ -203,11 +208,84 @@ def test_a_saturated_star_that_changed_gives_one_diasource_at_the_star() -> None
         # one DIASource, at the star (its centroid on the difference's wings was 1.4-1.8 px off)
         assert (dist < 40).sum() == 1 and dist.min() < 0.6
         row = d[np.argmin(dist)]
-        assert row["pixelFlags_saturated"] and row["pixelFlags_suspect"]
-        flux[change] = (float(row["psfFlux"]), float(row["psfFluxErr"]))
-    (lo, e_lo), (mid, _), (hi, e_hi) = flux[-0.08], flux[0.0], flux[0.08]
-    assert lo < mid < hi and hi - lo > 5.0 * np.hypot(e_lo, e_hi)
-    v, r = _saturated_variable(0.08, star_changes=False)
+        assert row["pixelFlags_saturated"] and row["pixelFlags_saturatedCenter"]
+        true = change * float(v.truth_stars["flux"][0])  # nJy
+        assert np.sign(row["psfFlux"]) == np.sign(change)
+        assert abs(row["psfFlux"] - true) < 3.0 * row["psfFluxErr"]
+    v, r = _saturated_variable(SATURATED_CHANGE, star_changes=False)
     d = r.diasources
     dist = np.hypot(d["x"] - v.truth_stars["x"][0], d["y"] - v.truth_stars["y"][0])
-    assert dist.min() > 5.0 and (dist < 40).sum() >= 2  # before: fragments only
+    assert dist.min() > 5.0 and (dist < 40).sum() >= 1  # before: fragments only
+
+
+def test_a_static_saturated_star_with_a_bleed_trail_gives_no_diasource() -> None:
+    """A static saturated star's two images lose different shares of its flux to the zeroed
+    core, which a forced flux on the difference took for a change of 40-50 % of the star
+    (one false DIASource at the star on every seed here; on comcam 101-103 the largest cause
+    of false DIASources, 95 of 214); measured on its two images it did not change."""
+    for seed in (3, 5):
+        v, r = _saturated_variable(0.0, seed=seed)
+        d = r.diasources
+        dist = np.hypot(d["x"] - v.truth_stars["x"][0], d["y"] - v.truth_stars["y"][0])
+        assert r.summary["n_saturated_regions"] > 0
+        assert not np.any(dist < 40), d[dist < 40][["x", "y", "psfFlux", "snr"]]
+
+
+def _clipped_star(change: float, seed: int) -> tuple[SaturationInputs, np.ndarray, float]:
+    """A 12.5 mag star (7·10⁷ e⁻) in a science image that saturates its core and bleeds its
+    excess up and down its column, and in a template (never saturated, a broader PSF) whose
+    flux is the science's over 1 + ``change``; the PSFs are the true ones. Returns the
+    inputs, the SAT mask and the star's science flux."""
+    rng = np.random.default_rng(seed)
+    n, flux, sky, full_well = 161, 7.0e7, 1000.0, 7.0e4
+    x, y = 80.3 + rng.uniform(-0.5, 0.5), 79.8 + rng.uniform(-0.5, 0.5)
+    sci, tmp = np.zeros((n, n)), np.zeros((n, n))
+    render_moffat(sci, np.array([x]), np.array([y]), np.array([flux]), np.array([4.0]), 3.0, 8.0)
+    render_moffat(tmp, np.array([x]), np.array([y]), np.array([flux / (1.0 + change)]),
+                  np.array([3.5]), 3.0, 8.0)  # fmt: skip
+    sci += sky + np.sqrt(sci + sky) * rng.standard_normal((n, n))
+    sat_level = 0.9 * full_well
+    mask = np.zeros((n, n), mk.MASK_DTYPE)
+    for col in range(n):  # bleed: the excess moves along the column, charge conserved
+        c = sci[:, col]
+        excess = float(np.clip(c - full_well, 0.0, None).sum())
+        if excess <= 0:
+            continue
+        c[:] = np.minimum(c, full_well)
+        above = np.flatnonzero(c >= full_well)
+        lo, hi = above.min(), above.max()
+        while excess > 0 and (lo > 0 or hi < n - 1):
+            for j in (lo - 1, hi + 1):
+                if 0 <= j < n and excess > 0:
+                    take = min(full_well - c[j], excess)
+                    c[j] += take
+                    excess -= take
+            lo, hi = max(lo - 1, 0), min(hi + 1, n - 1)
+    mask[sci >= sat_level] |= mk.SAT
+    sci_var = np.maximum(sci, sky)
+    sci -= sky
+    tvar = np.full((n, n), sky / 9.0)
+    tmp += np.sqrt(tvar) * rng.standard_normal((n, n))
+    psf_s = KernelPsf(moffat_kernel(4.0, 3.0, 49), fit_size=29)
+    psf_t = KernelPsf(moffat_kernel(3.5, 3.0, 41), fit_size=29)
+    f32 = np.float32
+    inputs = SaturationInputs(
+        sci.astype(f32), sci_var.astype(f32), mask, psf_s, tmp.astype(f32), tvar.astype(f32), psf_t
+    )
+    return inputs, mask, flux
+
+
+def test_a_saturated_stars_change_is_measured_from_its_two_images() -> None:
+    """The forced flux on the difference at a static saturated star measured 3-36 % of its
+    flux (comcam 101-103: the zeroed cores of the two images lose different shares of it);
+    the wing fit on the science image against the template's PSF flux finds the change, and
+    no change where there is none (here with the true PSFs: no wing-model error)."""
+    for seed, change in enumerate((-0.08, -0.03, 0.0, 0.03, 0.08)):
+        inputs, mask, flux = _clipped_star(change, seed)
+        assert (mask & mk.SAT).sum() > 150  # a saturated core and a bleed trail
+        ys, xs = np.nonzero(mask & mk.SAT)
+        got = saturated_star_change(inputs, mask, float(xs.mean()), float(ys.mean()), 2.0)
+        assert got.ok
+        true_change = flux - flux / (1.0 + change)
+        assert abs(got.change - true_change) < 0.003 * flux + 3 * got.change_err, (change, got)
+        assert got.change_err < 0.002 * flux
