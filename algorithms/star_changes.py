@@ -46,14 +46,14 @@ STAR_EPS_BOUNDS = (0.0050, 0.0065)
 
 #: The error of a saturated star's change (``saturated_star_change``) that the pixel noise
 #: does not hold, per unit of the star's flux: the science PSF model's wings (a Moffat fitted
-#: to its core) against the star's. On the static saturated stars of comcam 101–103 (47
-#: star-visits) ΔF/F had rms 0.0115 (robust σ 0.0087, at most 0.037), the pixel noise 0.001;
+#: to its core) against the star's. On the static saturated stars of comcam 101–103 (91
+#: star-visits) ΔF/F had rms 0.0108 (robust σ 0.0064, at most 0.037), the pixel noise 0.001;
 #: the two changes of a saturated variable there (7.5 % true) measured 7.1 % and 8.1 %. On
 #: mini 101–106 (512² CCDs, crowded, fewer clean PSF stars) the rms was 0.039: see
 #: docs/alert_quality.md.
 EPS_SATURATED = 0.012
 #: The saturated pixels are grown by this many FWHM before the wings are fitted (0: the rms
-#: above grew to 0.020 at 0.5 FWHM and 0.030 at 1 FWHM, the model's wings farther out).
+#: above grew to 0.018 at 0.5 FWHM and 0.027 at 1 FWHM, the model's wings farther out).
 SATURATION_MARGIN_FWHM = 0.0
 
 
