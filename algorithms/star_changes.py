@@ -377,16 +377,19 @@ def saturated_star_change(
     h = k.shape[0] // 2
     ny, nx = union_mask.shape
     ix, iy = round(x), round(y)
-    if not (h <= ix < nx - h and h <= iy < ny - h):
+    # the part of the PSF stamp on the CCD (a star near its edge keeps its inner wings)
+    ya, yb, xa, xb = max(iy - h, 0), min(iy + h + 1, ny), max(ix - h, 0), min(ix + h + 1, nx)
+    if yb - ya <= h or xb - xa <= h:
         return _NO_CHANGE
-    box = np.s_[iy - h : iy + h + 1, ix - h : ix + h + 1]
+    box = np.s_[ya:yb, xa:xb]
     keep = (union_mask[box] & mk.SAT) == 0
     g = int(np.ceil(margin))
     if g > 0:
         disk = np.hypot(*np.mgrid[-g : g + 1, -g : g + 1]) <= margin
         keep = ~ndimage.binary_dilation(~keep, disk)
     use = keep & _usable(im.science[box], im.science_var[box], im.science_mask[box])
-    f_n, e_n = _linear_flux(im.science[box], im.science_var[box], _spline_shifted(k, x, y), use)
+    p = _spline_shifted(k, x, y)[ya - iy + h : yb - iy + h, xa - ix + h : xb - ix + h]
+    f_n, e_n = _linear_flux(im.science[box], im.science_var[box], p, use)
     if not (np.isfinite(f_n) and e_n > 0):
         return _NO_CHANGE
     return SaturatedChange(x, y, float(f_r), f_n - float(f_r), float(np.hypot(e_n, e_r)), True)
