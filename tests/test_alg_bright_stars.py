@@ -173,6 +173,40 @@ def test_saturated_stars_and_bleed_trails_flag_what_they_leave_and_drop_nothing(
         assert r.summary["n_saturated_regions"] > 0
 
 
+def _saturated_scene(
+    seed: int,
+    n: int,
+    fwhm: float,
+    core: tuple[slice, slice],
+    trail: tuple[slice, slice],
+    blobs: list[tuple[float, float, float]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """A difference (noise of σ 10 plus Gaussian ``blobs`` (x, y, flux)) and its mask
+    with a saturated ``core`` and bleed ``trail`` whose surroundings are flagged; its peaks."""
+    rng = np.random.default_rng(seed)
+    sigma = fwhm / 2.3548
+    diff = rng.normal(0.0, 10.0, (n, n)).astype(np.float32)
+    var = np.full((n, n), 100.0, np.float32)
+    mask = np.zeros((n, n), mk.MASK_DTYPE)
+    mask[core] |= mk.SAT
+    mask[trail] |= mk.SAT
+    yy, xx = np.mgrid[:n, :n]
+    for x, y, flux in blobs:
+        diff += (
+            flux
+            * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+            / (2 * np.pi * sigma**2)
+        )
+    assert mk.flag_saturation_surroundings(mask, fwhm) == 1
+    det = detect_sources(diff, var, mask, sigma, 5.0, negative=True,
+                         exclude_bits=mk.NO_DATA | mk.SAT | mk.BAD)  # fmt: skip
+    return mask, det.peaks
+
+
+def _found(peaks: np.ndarray, x: float, y: float) -> bool:
+    return bool((np.hypot(peaks["x"] - x, peaks["y"] - y) < 3).any())
+
+
 def test_what_a_saturated_core_leaves_is_dropped_and_a_transient_beside_it_kept() -> None:
     """On mini, a 12.1-12.3 mag star's clipped core left 2-4 DIASources of either sign 12-17
     px out (S/N 11-28, flagged suspect, all false): a difference holding such a ring of
@@ -180,41 +214,15 @@ def test_what_a_saturated_core_leaves_is_dropped_and_a_transient_beside_it_kept(
     and on the trail's far side. The ring's peaks are dropped; the transients and the peak
     of the saturated star's own change (``saturated_star_peaks``, centred on the core) are
     not part of the drop."""
-    rng = np.random.default_rng(7)
-    n, fwhm = 160, 4.0
-    sigma = fwhm / 2.3548
-    diff = rng.normal(0.0, 10.0, (n, n)).astype(np.float32)
-    var = np.full((n, n), 100.0, np.float32)
-    mask = np.zeros((n, n), mk.MASK_DTYPE)
-    mask[75:86, 75:86] |= mk.SAT  # the core
-    mask[86:120, 79:82] |= mk.SAT  # its bleed trail
-    yy, xx = np.mgrid[:n, :n]
-
-    def blob(x: float, y: float, flux: float) -> None:
-        diff[:] += (
-            flux
-            * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
-            / (2 * np.pi * sigma**2)
-        )
-
     ring = [(80 + 14 * np.cos(a), 80 + 14 * np.sin(a), f)
             for a, f in ((0.3, 3000.0), (2.0, -2500.0), (3.5, 2000.0), (5.0, -3000.0))]  # fmt: skip
     transients = [(20.0, 20.0, 2500.0), (140.0, 40.0, 2500.0), (30.0, 140.0, 2500.0)]
-    for x, y, f in ring + transients:
-        blob(x, y, f)
-    assert mk.flag_saturation_surroundings(mask, fwhm) == 1
-    det = detect_sources(diff, var, mask, sigma, 5.0, negative=True,
-                         exclude_bits=mk.NO_DATA | mk.SAT | mk.BAD)  # fmt: skip
-    pk = det.peaks
-
-    def found(peaks: np.ndarray, x: float, y: float) -> bool:
-        return bool((np.hypot(peaks["x"] - x, peaks["y"] - y) < 3).any())
-
-    assert all(found(pk, x, y) for x, y, _ in ring + transients)
-    drop = saturation_residuals(pk, mask)
-    kept = np.delete(pk, drop)
-    assert not any(found(kept, x, y) for x, y, _ in ring)
-    assert all(found(kept, x, y) for x, y, _ in transients)
+    core, trail = np.s_[75:86, 75:86], np.s_[86:120, 79:82]
+    mask, pk = _saturated_scene(7, 160, 4.0, core, trail, ring + transients)
+    assert all(_found(pk, x, y) for x, y, _ in ring + transients)
+    kept = np.delete(pk, saturation_residuals(pk, mask))
+    assert not any(_found(kept, x, y) for x, y, _ in ring)
+    assert all(_found(kept, x, y) for x, y, _ in transients)
     core = np.zeros(1, pk.dtype)
     core["x"], core["y"] = 80, 80
     assert len(saturation_residuals(core, mask)) == 1  # centred on SAT: the pipeline adds
@@ -228,40 +236,16 @@ def test_transients_beside_a_saturated_star_and_its_bleed_trail_are_kept() -> No
     of clipped cores peak 1.0-2.6 FWHM from it (mini 101-106, 201-202). A saturated core
     with a 60 px bleed trail, its residual ring 2 FWHM out, a transient 4 FWHM beside the
     trail and one 3.5 FWHM from the core: the ring is dropped, both transients are kept."""
-    rng = np.random.default_rng(11)
-    n, fwhm = 180, 4.0
-    sigma = fwhm / 2.3548
-    diff = rng.normal(0.0, 10.0, (n, n)).astype(np.float32)
-    var = np.full((n, n), 100.0, np.float32)
-    mask = np.zeros((n, n), mk.MASK_DTYPE)
-    mask[55:66, 55:66] |= mk.SAT  # the core, centre (60, 60)
-    mask[66:126, 59:62] |= mk.SAT  # its bleed trail
-    yy, xx = np.mgrid[:n, :n]
-
-    def blob(x: float, y: float, flux: float) -> None:
-        diff[:] += (
-            flux
-            * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
-            / (2 * np.pi * sigma**2)
-        )
-
+    fwhm = 4.0
     ring = [(60 + 13.5 * np.cos(a), 60 + 13.5 * np.sin(a), f)
             for a, f in ((2.2, 3000.0), (3.5, 2000.0), (5.0, -3000.0))]  # fmt: skip
     transients = [(78.0, 110.0, 2500.0), (79.5, 60.0, 2500.0)]
-    for x, y, f in ring + transients:
-        blob(x, y, f)
-    assert mk.flag_saturation_surroundings(mask, fwhm) == 1
-    det = detect_sources(diff, var, mask, sigma, 5.0, negative=True,
-                         exclude_bits=mk.NO_DATA | mk.SAT | mk.BAD)  # fmt: skip
-    pk = det.peaks
-
-    def found(peaks: np.ndarray, x: float, y: float) -> bool:
-        return bool((np.hypot(peaks["x"] - x, peaks["y"] - y) < 3).any())
-
-    assert all(found(pk, x, y) for x, y, _ in ring + transients)
+    core, trail = np.s_[55:66, 55:66], np.s_[66:126, 59:62]  # the core centred on (60, 60)
+    mask, pk = _saturated_scene(11, 180, fwhm, core, trail, ring + transients)
+    assert all(_found(pk, x, y) for x, y, _ in ring + transients)
     kept = np.delete(pk, saturation_residuals(pk, mask))
-    assert not any(found(kept, x, y) for x, y, _ in ring)
-    assert all(found(kept, x, y) for x, y, _ in transients)
+    assert not any(_found(kept, x, y) for x, y, _ in ring)
+    assert all(_found(kept, x, y) for x, y, _ in transients)
     sat = (mask & mk.SAT) != 0
     suspect = (mask & mk.SUSPECT) != 0
     from scipy import ndimage
