@@ -108,7 +108,7 @@ def test_features_of_missing_columns_and_failed_fits() -> None:
 
 def test_the_shipped_model_loads_and_scores() -> None:
     model = load_reliability_model()
-    assert model.version == "gbt-4" and list(model.features) == list(FEATURES)
+    assert model.version == "gbt-5" and list(model.features) == list(FEATURES)
     assert 0.0 <= alert_threshold(model, None) < 1.0
     assert model.metadata["nTrainReal"] > 0 and model.metadata["heldOut"]
     cols = sources(40)
