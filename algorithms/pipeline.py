@@ -438,6 +438,7 @@ def _run(
     with t.stage("subtraction"):
         spsf = psf.kernel_at(img.shape[1] / 2, img.shape[0] / 2)
         tpsf = extend_kernel(template.psf)
+        template_psf = KernelPsf(tpsf, fit_size=psf.fit_size)
         if cfg.subtraction == "alard_lupton":
             snr = stars["flux"] / stars["fluxErr"]
             ks = stars[snr >= cfg.al_min_snr]
@@ -492,9 +493,7 @@ def _run(
                 ddet.peaks, ddet.noise_scale, np.nan if eps_psf is None else eps_psf, eps,
                 cfg.dia_threshold, 2.5 * 2.3548 * dsig,
             )  # fmt: skip
-            sat_in = SaturationInputs(
-                img, var, msk, psf, timg, tvar, KernelPsf(tpsf, fit_size=psf.fit_size)
-            )
+            sat_in = SaturationInputs(img, var, msk, psf, timg, tvar, template_psf)
             at_sat, fragments, sat_changes = saturated_star_peaks(
                 zr.image, zr.variance, zr.mask, dpsf, ddet.peaks, pfit.fwhm, ddet.noise_scale,
                 cfg.dia_threshold, sat_in,
@@ -510,7 +509,7 @@ def _run(
         imgs = DiaImages(
             diff=zr.image, diff_var=zr.variance, diff_mask=zr.mask, diff_psf=dpsf,
             science=img, science_var=var, science_psf=psf, template=timg, template_var=tvar,
-            template_psf=KernelPsf(tpsf, fit_size=psf.fit_size), template_background=None, wcs=wcs,
+            template_psf=template_psf, template_background=None, wcs=wcs,
             calibration=calib,
         )  # fmt: skip
         res.diasources = measure_diasources(
