@@ -242,7 +242,10 @@ async def test_claims_admit_one_holder_and_refuse_bad_input(pg_dsn: str) -> None
         assert await store.expired() == [(8, 1)]
         assert await store.claim(8, 1, "B", 30.0) == 2, "an expired claim is taken over"
         assert not await store.holds(8, 1, "A", 30.0)
-        assert await store.renew("B", 30.0) == {(8, 1)}
+        assert await store.renew("B", 30.0, [(8, 1), (7, 1)]) == {(8, 1)}, "7/1 is settled"
+        assert await store.renew("B", 30.0, []) == set()
+        assert await store.orphaned("B", []) == [(8, 1)]
+        assert await store.orphaned("B", [(8, 1)]) == []
         with pytest.raises(InvalidInputError):
             await store.claim(9, 1, "", 30.0)
         with pytest.raises(InvalidInputError):
@@ -324,6 +327,45 @@ async def test_the_claims_of_a_processor_that_stopped_renewing_are_taken_over(
         assert (item.visit, item.detector, item.attempts) == (6, 0, 2), "at once, attempt 2"
         assert not await a.holds(held), "a, were it alive, learns it lost the CCD"
         assert await b.holds(item)
+    finally:
+        await pg.close()
+
+
+async def test_a_restarted_processor_takes_up_its_dead_incarnations_claims_at_once(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """Claims are renewed by what this incarnation works on, not by its name: a processor
+    restarted under the same name (its work list reopened) neither keeps its dead
+    incarnation's claims alive unworked, nor waits out their lease: it queues them again at
+    once, and settles the one its work list finished but whose settle never reached the
+    database."""
+    pg = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2)
+    try:
+        store = await ClaimStore.connect(pg, "pr_pool_restart")
+        (a, b), _ = _schedulers(tmp_path, store, claim_grace=600.0, claim_lease=60.0)
+        for d in (0, 2):
+            a.queue.enqueue(9, d)
+        b.queue.enqueue(9, 0)
+        first, _ = await a.next()
+        second, _ = await a.next()
+        assert {first.detector, second.detector} == {0, 2}
+        a.queue.finish(second, "failed", "bad input")  # ... and died before settling it
+        assert await b.next() == (None, pytest.approx(600.0, abs=5.0)), "a holds it: b waits"
+        a.queue.reopen()
+        a.queue.recover()  # the restart: the running CCD is queued again
+        (tmp_path / "fresh").mkdir()
+        (restarted, _), _ = _schedulers(tmp_path / "fresh", store)
+        restarted.queue, restarted.owner = a.queue, a.owner
+        assert restarted.held == set()
+        assert await restarted.maintain() == 1, "its own orphan queued again at once"
+        assert (await store.get(9, second.detector)).state == "done", "the finished one settled"
+        item, _ = await restarted.next()
+        assert (item.visit, item.detector, item.attempts) == (9, first.detector, 2)
+        assert restarted.held == {(9, first.detector)}
+        assert await restarted.maintain() == 0
+        await restarted.settle(item)
+        assert restarted.held == set()
+        assert (await store.get(9, first.detector)).state == "done"
     finally:
         await pg.close()
 

@@ -8,8 +8,11 @@ claim in PostgreSQL (:mod:`base.prompt_records.claims`), so a CCD is processed b
 at a time. An idle processor takes, oldest visit first, its own detectors' CCDs at once (it
 preloaded their inputs at ``nextVisit``) and another's once that one has left it unclaimed for
 ``claim_grace`` seconds: the fast path keeps the preload's locality, a busy or slow
-processor's backlog goes to idle ones. Claims are renewed while held; the claims of a processor
-that died or stopped expire after ``claim_lease`` and are taken over (the attempt counts).
+processor's backlog goes to idle ones. The claims this processor took are renewed until it
+settles them; the claims of a processor that died or stopped expire after ``claim_lease`` and
+are taken over (the attempt counts). A processor restarted under the same name renews none of
+its dead incarnation's claims: it takes them up again at once (or settles those its work list
+says are done), so no CCD waits on a claim that nobody works on.
 
 Either way the order of the pending CCDs, and which of them are deferred to the daytime
 catch-up when the pool is behind, is the overload policy's (:mod:`base.prompt.overload`).
@@ -27,7 +30,7 @@ from typing import Any, TypeVar
 
 from base.prompt.overload import plan
 from base.prompt.settings import CcdProcessorSettings
-from base.prompt.work_queue import ELSEWHERE, WorkItem, WorkQueue
+from base.prompt.work_queue import ELSEWHERE, FINAL_STATES, WorkItem, WorkQueue
 from base.prompt_records.claims import ClaimStore
 from state.errors import DmcsError, NotReadyError
 
@@ -54,6 +57,8 @@ class PoolScheduler:
         self._config = config
         self._passed = passed
         self.claims: ClaimStore | None = None
+        #: The CCDs this incarnation claimed and has not settled: the only claims it renews.
+        self.held: set[tuple[int, int]] = set()
         #: Started (and claimed) CCDs the overload policy defers: the processor ends them.
         self.deferred: list[tuple[WorkItem, str]] = []
         #: Recent seconds per CCD of this processor (for the projected backlog).
@@ -138,6 +143,7 @@ class PoolScheduler:
         if attempt is None:
             await self._elsewhere(item)
             return None
+        self.held.add(key)
         started = await self._run(self.queue.start, item)
         return dataclasses.replace(started, attempts=attempt)
 
@@ -155,19 +161,35 @@ class PoolScheduler:
         if not self.by_availability:
             return True
         lease = self._config().claim_lease
-        return await self._claims(lambda s: s.holds(item.visit, item.detector, self.owner, lease))
+        key = (item.visit, item.detector)
+        held = await self._claims(lambda s: s.holds(*key, self.owner, lease))
+        if not held:
+            self.held.discard(key)
+        return held
 
     async def settle(self, item: WorkItem) -> None:
         """The CCD is done (whatever its outcome): nobody takes it again."""
         if self.by_availability and self.claims is not None:  # none: it held no claim
+            # Not renewed from now on, settled or not: an unsettled one is an orphan to settle.
+            self.held.discard((item.visit, item.detector))
             await self._claims(lambda s: s.settle(item.visit, item.detector, self.owner))
 
     async def maintain(self) -> int:
-        """Renew this processor's claims and queue the CCDs whose claims expired; how many
-        were queued."""
+        """Renew the claims this processor works on, and queue the CCDs whose claims expired
+        and those its earlier incarnation left claimed; how many were queued."""
         if not self.by_availability:
             return 0
         lease = self._config().claim_lease
-        await self._claims(lambda s: s.renew(self.owner, lease))
-        expired = await self._claims(lambda s: s.expired())
-        return sum([await self._run(self.queue.requeue, v, d) for v, d in expired])
+        mine = sorted(self.held)
+        kept = await self._claims(lambda s: s.renew(self.owner, lease, mine))
+        self.held -= set(mine) - kept  # taken over while this one's lease had lapsed
+        expired = set(await self._claims(lambda s: s.expired()))
+        orphans = set(await self._claims(lambda s: s.orphaned(self.owner, sorted(self.held))))
+        orphans -= self.held  # claimed meanwhile by this incarnation's work loop
+        queued = 0
+        for v, d in sorted(expired | orphans):
+            if (v, d) in orphans and await self._run(self.queue.state_of, v, d) in FINAL_STATES:
+                await self._claims(lambda s, v=v, d=d: s.settle(v, d, self.owner))
+            else:
+                queued += await self._run(self.queue.requeue, v, d)
+        return queued

@@ -185,6 +185,12 @@ class WorkQueue:
         )
         return [WorkItem(*row) for row in rows]
 
+    def state_of(self, visit: int, detector: int) -> str | None:
+        rows = self._read(
+            "SELECT state FROM work WHERE visit = ? AND detector = ?", visit, detector
+        )
+        return str(rows[0][0]) if rows else None
+
     def known(self, visit: int, detector: int) -> bool:
         return bool(
             self._read("SELECT 1 FROM work WHERE visit = ? AND detector = ?", visit, detector)

@@ -9,8 +9,11 @@ state, lease expiry.
   the caller already holds (its own retry, or its restart under the same name: attempt + 1).
   PostgreSQL locks the conflicting row and re-checks the condition on its newest version, so
   of two processors claiming at once exactly one wins: a CCD is never held by two.
-* A holder renews the leases of all its claims in one statement (:meth:`ClaimStore.renew`);
-  one that died or stopped stops renewing, and its claims expire.
+* A holder renews the leases of the claims it is working on in one statement
+  (:meth:`ClaimStore.renew`); one that died or stopped stops renewing, and its claims expire.
+  Only the claims the holder names are renewed: a processor restarted under the same name does
+  not keep alive, by its name, the claims of its dead incarnation; it finds them with
+  :meth:`ClaimStore.orphaned` and takes them up again or settles them.
 * :meth:`ClaimStore.settle` marks the CCD done (processed, failed or abandoned); a settled
   claim is never taken again.
 
@@ -83,17 +86,44 @@ class ClaimStore:
             )
         return None if attempt is None else int(attempt)
 
-    async def renew(self, owner: str, lease: float) -> set[tuple[int, int]]:
-        """Extend every running claim of ``owner``; the (visit, detector) it still holds."""
+    async def renew(
+        self, owner: str, lease: float, keys: list[tuple[int, int]]
+    ) -> set[tuple[int, int]]:
+        """Extend the running claims of ``owner`` on ``keys``; those it still holds."""
         self._check(owner, lease)
+        if not keys:
+            return set()
         async with mapped_errors("renew claims"), self._pool.acquire() as conn:
             rows = await conn.fetch(
-                f"UPDATE {self._table} SET lease_until = now() + make_interval(secs => $2)"
-                " WHERE owner = $1 AND state = 'running' RETURNING visit, detector",
+                f"UPDATE {self._table} c SET lease_until = now() + make_interval(secs => $2)"
+                " FROM unnest($3::bigint[], $4::integer[]) AS k(visit, detector)"
+                " WHERE c.visit = k.visit AND c.detector = k.detector"
+                " AND c.owner = $1 AND c.state = 'running' RETURNING c.visit, c.detector",
                 owner,
                 float(lease),
+                [k[0] for k in keys],
+                [k[1] for k in keys],
             )
         return {(int(r["visit"]), int(r["detector"])) for r in rows}
+
+    async def orphaned(
+        self, owner: str, held: list[tuple[int, int]], limit: int = 256
+    ) -> list[tuple[int, int]]:
+        """Running claims under ``owner``'s name other than ``held``: an earlier incarnation's
+        (it died holding them, or its settle never reached the database)."""
+        async with mapped_errors("orphaned claims"), self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                f"SELECT visit, detector FROM {self._table}"
+                " WHERE owner = $1 AND state = 'running'"
+                " AND (visit, detector) NOT IN"
+                " (SELECT * FROM unnest($2::bigint[], $3::integer[]))"
+                " ORDER BY visit, detector LIMIT $4",
+                owner,
+                [k[0] for k in held],
+                [k[1] for k in held],
+                limit,
+            )
+        return [(int(r["visit"]), int(r["detector"])) for r in rows]
 
     async def holds(self, visit: int, detector: int, owner: str, lease: float) -> bool:
         """Renew one claim; False when ``owner`` no longer holds it (it was taken over)."""
