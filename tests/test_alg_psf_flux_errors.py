@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from algorithms.dia_errors import psf_flux_with_model_error
 from algorithms.diasource import DIASOURCE_DTYPE
 from algorithms.measure import forced_psf_flux
 from algorithms.model_noise import add_model_error, flux_positions_at_stars, psf_flux_model_error
-from algorithms.pipeline import psf_flux_with_model_error
 from algorithms.psf import KernelPsf
 from algorithms.synthetic import moffat_kernel
 
