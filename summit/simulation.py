@@ -50,6 +50,13 @@ def _check_out(out: Path) -> None:
         raise InvalidInputError(f"output directory {out} is not writable: {e}") from e
 
 
+def check_visits(visits: int) -> int:
+    """``visits``, or ``InvalidInputError`` when a generated night cannot have that many."""
+    if visits < 2:
+        raise InvalidInputError(f"--visits must be at least 2 (fields come in pairs), not {visits}")
+    return visits
+
+
 def plan_night(
     camera: str,
     visits: int,
@@ -63,10 +70,7 @@ def plan_night(
     if schedule is not None:
         vis = read_schedule(schedule, limit=visits if visits > 0 else None)
     else:
-        if visits < 2:
-            raise InvalidInputError(
-                f"--visits must be at least 2 (fields come in pairs), not {visits}"
-            )
+        check_visits(visits)
         vis = tuple(generate_schedule(cam, visits, seed, night_mjd))
     _check_out(out)
     return NightPlan(cam, vis, seed, out)
