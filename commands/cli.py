@@ -295,7 +295,7 @@ def replay(
 @connection_options
 @click.option("--component", "components", multiple=True, help="Only this component (repeat).")
 @click.option("--topic", "topics", multiple=True, help="Only this topic (repeat).")
-@click.option("--count", type=int, help="Stop after this many events.")
+@click.option("--count", type=click.IntRange(min=1), help="Stop after this many events.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def events(
     url: str,

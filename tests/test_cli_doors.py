@@ -1,0 +1,59 @@
+"""The ``dmcs`` command line refuses bad values at its door: one clear line, a non-zero exit,
+before it connects to anything or waits for anything."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from click.testing import CliRunner
+
+from commands.alert_stream import setup_alert_routes
+from commands.auth import Authenticator
+from commands.cli import main
+
+NOWHERE = "postgresql://nobody@127.0.0.1:1/none"
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["reprocess", "--night", "20250505", "--release", "dr1", "--release-id", "1",
+          "--dsn", NOWHERE, "--workers", "0"], "--workers"),
+        (["reprocess", "--night", "20250505", "--release", "dr1", "--release-id", "1",
+          "--dsn", NOWHERE, "--local", "--workers", "-2"], "--workers"),
+        (["reprocess", "--catch-up", "--night", "20250505", "--archive-dir", "a",
+          "--dsn", NOWHERE, "--max-attempts", "0"], "--max-attempts"),
+        (["events", "--count", "0", "--url", "ws://127.0.0.1:1/ws"], "--count"),
+        (["alerts", "stream", "--full", "--count", "-1", "--token", "t",
+          "--url", "ws://127.0.0.1:1/ws"], "--count"),
+    ],
+)  # fmt: skip
+def test_counts_below_one_are_usage_errors(argv: list[str], option: str) -> None:
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output
+
+
+@pytest_asyncio.fixture
+async def alert_gateway() -> AsyncIterator[str]:
+    app = web.Application()
+    setup_alert_routes(app, Authenticator({"broker-token": "broker"}), None)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"ws://127.0.0.1:{runner.addresses[0][1]}/ws"
+    await runner.cleanup()
+
+
+async def test_a_refused_token_is_said_as_such_not_as_an_unreachable_gateway(
+    alert_gateway: str,
+) -> None:
+    argv = ["alerts", "stream", "--full", "--count", "1", "--url", alert_gateway]
+    result = await asyncio.to_thread(CliRunner().invoke, main, [*argv, "--token", "wrong"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: the gateway refused the token (HTTP 401)"
