@@ -57,6 +57,21 @@ def check_visits(visits: int) -> int:
     return visits
 
 
+#: Nights a simulation may observe: from 2020-01-01, the epoch of the packed visit ids
+#: (``base/apdb/ids.py``), to MJD 99999 (2132), whose visits still fit their 32 bits.
+NIGHT_MJD_RANGE = (58849, 99999)
+
+
+def check_night_mjd(night_mjd: int) -> int:
+    """``night_mjd``, or ``InvalidInputError`` for a night whose visits ids cannot number."""
+    low, high = NIGHT_MJD_RANGE
+    if not low <= night_mjd <= high:
+        raise InvalidInputError(
+            f"--night-mjd must be between {low} (2020-01-01) and {high} (2132), not {night_mjd}"
+        )
+    return night_mjd
+
+
 def plan_night(
     camera: str,
     visits: int,
@@ -67,6 +82,7 @@ def plan_night(
 ) -> NightPlan:
     """Validate everything and build the visit list; raises before anything is written."""
     cam = load_camera(camera)
+    check_night_mjd(night_mjd)
     if schedule is not None:
         vis = read_schedule(schedule, limit=visits if visits > 0 else None)
     else:

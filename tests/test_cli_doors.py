@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -57,3 +58,16 @@ async def test_a_refused_token_is_said_as_such_not_as_an_unreachable_gateway(
     result = await asyncio.to_thread(CliRunner().invoke, main, [*argv, "--token", "wrong"])
     assert result.exit_code == 1
     assert result.output.strip() == "Error: the gateway refused the token (HTTP 401)"
+
+
+@pytest.mark.parametrize("mjd", ["-99999999", "58848", "100000"])
+def test_a_night_whose_visits_cannot_be_numbered_is_refused_before_it_is_written(
+    tmp_path: Path, mjd: str
+) -> None:
+    out = tmp_path / "night"
+    argv = ["simulate", "night", "--camera", "mini", "--visits", "2", "--out", str(out)]
+    result = CliRunner().invoke(main, [*argv, "--night-mjd", mjd])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: --night-mjd must be between 58849"), result.output
+    assert len(result.output.splitlines()) == 1
+    assert not out.exists()
