@@ -55,7 +55,9 @@ def main() -> None:
     "--log-format", type=click.Choice(["console", "json"]), default="console", show_default=True
 )
 @click.option(
-    "--duration", type=float, help="Stop after this many seconds (default: run until interrupted)."
+    "--duration",
+    type=click.FloatRange(min=0.0, min_open=True),
+    help="Stop after this many seconds (default: run until interrupted).",
 )
 def run(
     config_path: Path | None,
@@ -70,7 +72,7 @@ def run(
 
     configure_logging(log_format)  # type: ignore[arg-type]
     log = structlog.get_logger("dmcs.run")
-    config = _run_config(load_system_config, config_path)
+    config = _run_config(lambda p: load_system_config(p, gateway_port=port), config_path)
 
     async def main_loop() -> None:
         stop = asyncio.Event()

@@ -212,11 +212,19 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigurationError(f"configuration file {path} is not valid TOML: {e}") from e
 
 
-def load_system_config(path: Path | None = None, **overrides: Any) -> SystemConfig:
-    """Read and validate a system file; relative paths in it are taken from its folder."""
+def load_system_config(
+    path: Path | None = None, *, gateway_port: int | None = None, **overrides: Any
+) -> SystemConfig:
+    """Read and validate a system file; relative paths in it are taken from its folder.
+
+    ``gateway_port`` (``dmcs run --port``) is validated with the file, by the same field.
+    """
     path = (path or DEFAULT_SYSTEM_FILE).resolve()
     raw = read_toml(path)
     raw.update({k: v for k, v in overrides.items() if v is not None})
+    if gateway_port is not None:
+        gateway = raw.get("gateway")
+        raw["gateway"] = {**(gateway if isinstance(gateway, dict) else {}), "port": gateway_port}
     try:
         config = SystemConfig.model_validate(raw)
     except ValidationError as e:

@@ -71,3 +71,18 @@ def test_a_night_whose_visits_cannot_be_numbered_is_refused_before_it_is_written
     assert result.output.startswith("Error: --night-mjd must be between 58849"), result.output
     assert len(result.output.splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_a_gateway_port_out_of_range_is_refused_with_the_configuration(port: str) -> None:
+    """Checked by the configuration's own field before anything starts (it was a bind()
+    OverflowError traceback once PostgreSQL, Ray and every component were up)."""
+    from config.system import load_system_config
+    from state.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"gateway\.port"):
+        load_system_config(gateway_port=int(port))
+    result = CliRunner().invoke(main, ["run", "--port", port, "--duration", "1"])
+    assert result.exit_code == 1 and "gateway.port" in result.output, result.output
+    result = CliRunner().invoke(main, ["run", "--duration", "-5"])
+    assert result.exit_code == 2 and "Invalid value for '--duration'" in result.output
