@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from config.cameras import Camera, load_camera
-from state.durable import writable_dir
+from state.durable import writable_dir, write_durably
 from state.errors import InvalidInputError, StorageError
 from summit.calibs import write_master_calibs
 from summit.camera import CameraSimulator, Truth, raw_path
@@ -161,6 +161,13 @@ def run_night(
 ) -> dict[str, object]:
     """Write everything for the night; returns the manifest (also written as manifest.json)."""
     out, cam = plan.out, plan.camera
+    # The manifest says the night is whole: gone while it is rewritten, back (atomically) last,
+    # so a simulation killed mid-way never leaves an older night's manifest over a mix of files.
+    manifest_path = out / "manifest.json"
+    try:
+        manifest_path.unlink(missing_ok=True)
+    except OSError as e:
+        raise StorageError(f"cannot remove the previous {manifest_path}: {e}") from e
     sky = plan.sky()
     sim = CameraSimulator(cam, sky, plan.seed)
     write_schedule(plan.visits, out / SCHEDULE_FILE)
@@ -211,7 +218,7 @@ def run_night(
         "raws": "raws/<day_obs>/<visit>/raw_<visit>_<NNN>.fits" if raws else None,
     }
     try:
-        (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        write_durably(manifest_path, json.dumps(manifest, indent=1).encode())
     except OSError as e:
-        raise StorageError(f"cannot write {out / 'manifest.json'}: {e}") from e
+        raise StorageError(f"cannot write {manifest_path}: {e}") from e
     return manifest
