@@ -38,8 +38,8 @@ from rich.text import Text
 
 from base.db import connect_pool
 from base.reprocess.observer import Observers, RunObserver
-from config.system import DSN_ENV
-from state.errors import DmcsError
+from config.system import DSN_ENV, check_dsn
+from state.errors import ConfigurationError, DmcsError
 
 console = Console()
 
@@ -91,7 +91,10 @@ def _progress() -> Progress:
 def _dsn(dsn: str | None) -> str:
     if not dsn:
         raise click.UsageError("give --dsn (or set $DMCS_DATABASE_DSN)")
-    return dsn
+    try:
+        return check_dsn(dsn)
+    except ConfigurationError as e:
+        raise click.UsageError(f"--dsn: {e}") from e
 
 
 def _fail(e: DmcsError) -> click.ClickException:

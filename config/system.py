@@ -124,9 +124,39 @@ class GatewayConfig(_Frozen):
 DSN_ENV = "DMCS_DATABASE_DSN"
 
 
+def check_dsn(dsn: str) -> str:
+    """``dsn``, or ``ConfigurationError`` unless it is a PostgreSQL URL whose ports are numbers
+    (``postgresql://user:pw@host:port/db``, several ``host:port`` or a socket ``?host=/dir``).
+
+    A DSN that cannot name a server is refused here, at once; one that names a server not
+    (yet) up is waited for by whoever connects.
+    """
+    scheme, sep, rest = dsn.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        raise ConfigurationError(
+            "the database DSN must be a postgresql://user:password@host:port/dbname URL"
+        )
+    hosts = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
+    for host in filter(None, hosts.split(",")):
+        port = host.rpartition("]")[2].rpartition(":")[2] if ":" in host else ""
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigurationError(f"the database DSN's port {port!r} is not 1..65535")
+    return dsn
+
+
 class DatabaseConfig(_Frozen):
     #: Empty: dmcs starts its own embedded PostgreSQL under ``data_dir``.
     dsn: str = ""
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn(cls, value: str) -> str:
+        if value:
+            try:
+                check_dsn(value)
+            except ConfigurationError as e:
+                raise ValueError(str(e)) from e
+        return value
 
 
 class SystemConfig(_Frozen):

@@ -86,3 +86,42 @@ def test_a_gateway_port_out_of_range_is_refused_with_the_configuration(port: str
     assert result.exit_code == 1 and "gateway.port" in result.output, result.output
     result = CliRunner().invoke(main, ["run", "--duration", "-5"])
     assert result.exit_code == 2 and "Invalid value for '--duration'" in result.output
+
+
+GOOD_DSNS = [
+    "postgresql://postgres:@/postgres?host=/var/run/pg",  # the embedded server's socket
+    "postgresql://u:p@h1:5432,h2:5433/db",
+    "postgres://u@[::1]:5432/db",
+    "postgresql://u@host/db",
+]
+BAD_DSNS = ["garbage", "postgresql://u@host:notaport/db", "postgresql://u@127.0.0.1:99999/db"]
+
+
+def test_dsns_are_checked_by_one_definition(tmp_path: Path) -> None:
+    from config.system import check_dsn, load_system_config
+    from state.errors import ConfigurationError
+
+    assert [check_dsn(d) for d in GOOD_DSNS] == GOOD_DSNS
+    for dsn in BAD_DSNS:
+        with pytest.raises(ConfigurationError, match="the database DSN"):
+            check_dsn(dsn)
+    system = tmp_path / "system.toml"
+    system.write_text('[database]\ndsn = "garbage"\n')
+    with pytest.raises(ConfigurationError, match=r"database\.dsn"):
+        load_system_config(system)
+
+
+@pytest.mark.parametrize("dsn", BAD_DSNS)
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["reprocess", "--night", "20250505", "--release", "dr1", "--release-id", "1", "--local"],
+        ["reprocess", "status"],
+        ["simulate", "register", "."],
+    ],
+)
+def test_a_dsn_that_cannot_name_a_server_is_a_usage_error(argv: list[str], dsn: str) -> None:
+    """Refused at once, not retried as an unavailable database."""
+    result = CliRunner().invoke(main, [*argv, "--dsn", dsn])
+    assert result.exit_code == 2, result.output
+    assert "--dsn: the database DSN" in result.output

@@ -182,6 +182,7 @@ def _a_completed_replay(out: Path) -> dict[str, str]:
         (["--night", "{corrupt}"], "cannot read .*manifest.json"),
         (["--night", "{file}"], "is not a directory"),
         (["--opsim", "{file}"], "is not a readable SQLite file"),
+        (["--dsn", "garbage"], "the database DSN must be a postgresql://"),
     ],
 )
 def test_bad_replay_options_are_refused_before_the_previous_replay_is_cleaned(

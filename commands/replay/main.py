@@ -57,7 +57,7 @@ from commands.replay.tracker import DEFAULT_STALL_SECONDS
 from commands.replay.watch import NightWatcher
 from commands.server import serve
 from config.cameras import load_camera
-from config.system import SystemConfig, load_system_config
+from config.system import SystemConfig, check_dsn, load_system_config
 from state.durable import writable_dir
 from state.errors import ConfigurationError, DmcsError, RetriableError
 from state.patience import call_patiently
@@ -114,6 +114,8 @@ class ReplayOptions:
         manifest), so a typo cannot clean a previous replay's results and then fail.
         """
         check_speed(self.speed)
+        if self.dsn:
+            check_dsn(self.dsn)
         check_processors(self.processors)
         if not self.drain_seconds >= 0:
             raise ConfigurationError(f"--drain must be >= 0 seconds, not {self.drain_seconds}")
