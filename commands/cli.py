@@ -287,7 +287,16 @@ def replay(
         drain_seconds=drain, progress=not no_progress, fresh=fresh, stall_seconds=stall,
         startup_timeout=startup_timeout, nodes=nodes, kill_node_at=kill_node_at,
     )  # fmt: skip
-    summary = _run(run_replay(options, console))
+    try:
+        summary = _run(run_replay(options, console))
+    except KeyboardInterrupt:
+        console.print(
+            f"interrupted; the same command resumes the night in {out} "
+            f"(what happened so far: {out / 'summary.json'})",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise SystemExit(130) from None
     print_summary(summary, console)
     if not summary["complete"]:
         raise click.ClickException("the night did not complete; see the summary above")

@@ -217,3 +217,39 @@ def test_an_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["replay", "--out", str(tmp_path / "out")])
     assert result.exit_code == 1
     assert result.output.strip().endswith("exists and is not a directory"), result.output
+
+
+def test_ctrl_c_says_the_night_resumes_and_exits_130(tmp_path: Path) -> None:
+    """SIGINT while the night is being simulated: the replay records the interruption and
+    says how to go on (it printed only click's 'Aborted!' and exited 1)."""
+    import json
+    import signal
+
+    out = tmp_path / "replay"
+    argv = ["replay", "--camera", "mini", "--visits", "2", "--out", str(out), "--no-progress"]
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "commands.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=root,
+    )
+    try:
+        assert proc.stdout is not None
+        said = []
+        for line in proc.stdout:
+            said.append(line)
+            if line.startswith("simulating"):
+                proc.send_signal(signal.SIGINT)
+                break
+        said.extend(proc.stdout)
+        assert proc.wait(timeout=120) == 130, "".join(said)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert said[-1].startswith(f"interrupted; the same command resumes the night in {out}")
+    assert json.loads((out / "summary.json").read_text())["failure"].startswith("interrupted")
+    assert session.read_run(out).status == "interrupted"  # type: ignore[union-attr]
