@@ -38,9 +38,10 @@ class ActorPeer:
         try:
             return await handle.rpc.remote(method, *args, **kwargs)
         except RayTaskError as e:
-            cause = e.as_instanceof_cause()
-            if isinstance(cause, DmcsError):
-                raise cause from e
+            # The remote error itself, not ``as_instanceof_cause()``: that one's text is the
+            # whole remote traceback, which would reach whoever is told why (a broker's 503).
+            if isinstance(e.cause, DmcsError):
+                raise e.cause from e
             raise PeerFailedError(f"{self._name}.{method} failed: {e.cause!r}") from e
         except (ActorDiedError, ActorUnavailableError, RayActorError) as e:
             if self._on_lost is not None:

@@ -54,6 +54,10 @@ def summary(alert: dict[str, Any]) -> dict[str, Any]:
 def _run(coro: Any) -> Any:
     try:
         return asyncio.run(coro)
+    except aiohttp.WSServerHandshakeError as e:
+        if e.status in (401, 403):
+            raise click.ClickException(f"the gateway refused the token (HTTP {e.status})") from e
+        raise click.ClickException(f"the gateway refused the stream: HTTP {e.status}") from e
     except (aiohttp.ClientError, OSError) as e:
         raise click.ClickException(f"cannot reach the gateway: {e}") from e
     except DmcsError as e:
@@ -99,7 +103,7 @@ def get(url: str, token: str | None, dia_source_id: int, out: Path | None, as_js
 @click.option("--filter", "filter_name", help="A predefined filter by name.")
 @click.option("--expression", help="A filter in the filter language (quote it).")
 @click.option("--full", is_flag=True, help="The whole stream (broker identities only).")
-@click.option("--count", type=int, help="Stop after this many alerts.")
+@click.option("--count", type=click.IntRange(min=1), help="Stop after this many alerts.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Save packets here.")
 def stream(
     url: str,

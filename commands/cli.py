@@ -55,7 +55,9 @@ def main() -> None:
     "--log-format", type=click.Choice(["console", "json"]), default="console", show_default=True
 )
 @click.option(
-    "--duration", type=float, help="Stop after this many seconds (default: run until interrupted)."
+    "--duration",
+    type=click.FloatRange(min=0.0, min_open=True),
+    help="Stop after this many seconds (default: run until interrupted).",
 )
 def run(
     config_path: Path | None,
@@ -70,7 +72,7 @@ def run(
 
     configure_logging(log_format)  # type: ignore[arg-type]
     log = structlog.get_logger("dmcs.run")
-    config = _run_config(load_system_config, config_path)
+    config = _run_config(lambda p: load_system_config(p, gateway_port=port), config_path)
 
     async def main_loop() -> None:
         stop = asyncio.Event()
@@ -285,7 +287,16 @@ def replay(
         drain_seconds=drain, progress=not no_progress, fresh=fresh, stall_seconds=stall,
         startup_timeout=startup_timeout, nodes=nodes, kill_node_at=kill_node_at,
     )  # fmt: skip
-    summary = _run(run_replay(options, console))
+    try:
+        summary = _run(run_replay(options, console))
+    except KeyboardInterrupt:
+        console.print(
+            f"interrupted; the same command resumes the night in {out} "
+            f"(what happened so far: {out / 'summary.json'})",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise SystemExit(130) from None
     print_summary(summary, console)
     if not summary["complete"]:
         raise click.ClickException("the night did not complete; see the summary above")
@@ -295,7 +306,7 @@ def replay(
 @connection_options
 @click.option("--component", "components", multiple=True, help="Only this component (repeat).")
 @click.option("--topic", "topics", multiple=True, help="Only this topic (repeat).")
-@click.option("--count", type=int, help="Stop after this many events.")
+@click.option("--count", type=click.IntRange(min=1), help="Stop after this many events.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def events(
     url: str,

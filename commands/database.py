@@ -14,7 +14,8 @@ from collections.abc import Iterator
 
 from actors.component_actor import load_component_class
 from base.postgres import postgres_dsn
-from config.system import DSN_ENV, SystemConfig
+from config.system import DSN_ENV, SystemConfig, check_dsn
+from state.errors import ConfigurationError
 
 
 def database_users(config: SystemConfig) -> list[str]:
@@ -27,6 +28,17 @@ def database_users(config: SystemConfig) -> list[str]:
     ]
 
 
+def check_dsn_env() -> str:
+    """``$DMCS_DATABASE_DSN`` (checked), or empty when it is not set."""
+    dsn = os.environ.get(DSN_ENV, "")
+    if dsn:
+        try:
+            check_dsn(dsn)
+        except ConfigurationError as e:
+            raise ConfigurationError(f"${DSN_ENV}: {e}") from e
+    return dsn
+
+
 @contextlib.contextmanager
 def system_database(config: SystemConfig) -> Iterator[SystemConfig]:
     """Yield ``config`` with the DSN filled in where needed (starting PostgreSQL if must be)."""
@@ -34,7 +46,7 @@ def system_database(config: SystemConfig) -> Iterator[SystemConfig]:
     if not users:
         yield config
         return
-    configured = config.database.dsn or os.environ.get(DSN_ENV, "")
+    configured = config.database.dsn or check_dsn_env()
     with postgres_dsn(
         configured, config.data_dir.resolve() / "postgres", start_timeout=config.startup_timeout
     ) as dsn:

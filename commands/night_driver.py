@@ -18,6 +18,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -101,6 +102,13 @@ class _Delivery:
     problems: list[str] = field(default_factory=list)
 
 
+def check_speed(speed: float) -> float:
+    """``speed``, or ``InvalidInputError`` unless it is a finite time compression > 0."""
+    if not 0 < speed < math.inf:
+        raise InvalidInputError(f"speed must be > 0 (1 = real time), not {speed}")
+    return speed
+
+
 class NightDriver:
     """Drives one night; everything is checked on construction, before anything is sent."""
 
@@ -119,8 +127,7 @@ class NightDriver:
         on_progress: Callable[[DriveProgress], None] | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
-        if not speed > 0:
-            raise InvalidInputError(f"speed must be > 0 (1 = real time), not {speed}")
+        check_speed(speed)
         if isinstance(night, NightSource) and (visits, camera, seed) != (None, None, None):
             raise InvalidInputError("visits, camera and seed go to open_night, not with a source")
         self.client = client

@@ -38,8 +38,8 @@ from rich.text import Text
 
 from base.db import connect_pool
 from base.reprocess.observer import Observers, RunObserver
-from config.system import DSN_ENV
-from state.errors import DmcsError
+from config.system import DSN_ENV, check_dsn
+from state.errors import ConfigurationError, DmcsError
 
 console = Console()
 
@@ -91,7 +91,10 @@ def _progress() -> Progress:
 def _dsn(dsn: str | None) -> str:
     if not dsn:
         raise click.UsageError("give --dsn (or set $DMCS_DATABASE_DSN)")
-    return dsn
+    try:
+        return check_dsn(dsn)
+    except ConfigurationError as e:
+        raise click.UsageError(f"--dsn: {e}") from e
 
 
 def _fail(e: DmcsError) -> click.ClickException:
@@ -115,11 +118,23 @@ def _fail(e: DmcsError) -> click.ClickException:
     is_flag=True,
     help="Process the night's failed, abandoned and deferred prompt CCDs instead.",
 )
-@click.option("--workers", default=1, show_default=True, help="CCDs processed at once.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="CCDs processed at once.",
+)
 @click.option("--address", help="An existing Ray cluster (default: an embedded local Ray).")
 @click.option("--local", is_flag=True, help="Run in this process (threads), without Ray.")
 @click.option("--clobber", is_flag=True, help="Recompute the release from scratch.")
-@click.option("--max-attempts", default=3, show_default=True, help="Tries per CCD.")
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Tries per CCD.",
+)
 @click.option("--registry-schema", default="registry", show_default=True)
 @click.option("--apdb-schema", default="apdb", show_default=True, help="Prompt APDB (catch-up).")
 @click.option("--records-schema", default="prompt", show_default=True)

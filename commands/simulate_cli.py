@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from config.system import DSN_ENV
-from state.errors import DmcsError
+from config.system import DSN_ENV, check_dsn
+from state.errors import ConfigurationError, DmcsError
 
 DEFAULT_URL = "ws://127.0.0.1:8765/ws"
 
@@ -163,6 +163,10 @@ def register(night_dir: Path, dsn: str | None, registry_schema: str) -> None:
 
     if not dsn:
         raise click.UsageError("give --dsn (or set $DMCS_DATABASE_DSN)")
+    try:
+        check_dsn(dsn)
+    except ConfigurationError as e:
+        raise click.UsageError(f"--dsn: {e}") from e
 
     async def go() -> dict[str, int]:
         repo = await Repository.connect(dsn, registry_schema)

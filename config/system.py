@@ -124,9 +124,39 @@ class GatewayConfig(_Frozen):
 DSN_ENV = "DMCS_DATABASE_DSN"
 
 
+def check_dsn(dsn: str) -> str:
+    """``dsn``, or ``ConfigurationError`` unless it is a PostgreSQL URL whose ports are numbers
+    (``postgresql://user:pw@host:port/db``, several ``host:port`` or a socket ``?host=/dir``).
+
+    A DSN that cannot name a server is refused here, at once; one that names a server not
+    (yet) up is waited for by whoever connects.
+    """
+    scheme, sep, rest = dsn.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        raise ConfigurationError(
+            "the database DSN must be a postgresql://user:password@host:port/dbname URL"
+        )
+    hosts = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
+    for host in filter(None, hosts.split(",")):
+        port = host.rpartition("]")[2].rpartition(":")[2] if ":" in host else ""
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigurationError(f"the database DSN's port {port!r} is not 1..65535")
+    return dsn
+
+
 class DatabaseConfig(_Frozen):
     #: Empty: dmcs starts its own embedded PostgreSQL under ``data_dir``.
     dsn: str = ""
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn(cls, value: str) -> str:
+        if value:
+            try:
+                check_dsn(value)
+            except ConfigurationError as e:
+                raise ValueError(str(e)) from e
+        return value
 
 
 class SystemConfig(_Frozen):
@@ -212,11 +242,19 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigurationError(f"configuration file {path} is not valid TOML: {e}") from e
 
 
-def load_system_config(path: Path | None = None, **overrides: Any) -> SystemConfig:
-    """Read and validate a system file; relative paths in it are taken from its folder."""
+def load_system_config(
+    path: Path | None = None, *, gateway_port: int | None = None, **overrides: Any
+) -> SystemConfig:
+    """Read and validate a system file; relative paths in it are taken from its folder.
+
+    ``gateway_port`` (``dmcs run --port``) is validated with the file, by the same field.
+    """
     path = (path or DEFAULT_SYSTEM_FILE).resolve()
     raw = read_toml(path)
     raw.update({k: v for k, v in overrides.items() if v is not None})
+    if gateway_port is not None:
+        gateway = raw.get("gateway")
+        raw["gateway"] = {**(gateway if isinstance(gateway, dict) else {}), "port": gateway_port}
     try:
         config = SystemConfig.model_validate(raw)
     except ValidationError as e:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from config.cameras import Camera, load_camera
-from state.durable import writable_dir
+from state.durable import writable_dir, write_durably
 from state.errors import InvalidInputError, StorageError
 from summit.calibs import write_master_calibs
 from summit.camera import CameraSimulator, Truth, raw_path
@@ -50,6 +50,28 @@ def _check_out(out: Path) -> None:
         raise InvalidInputError(f"output directory {out} is not writable: {e}") from e
 
 
+def check_visits(visits: int) -> int:
+    """``visits``, or ``InvalidInputError`` when a generated night cannot have that many."""
+    if visits < 2:
+        raise InvalidInputError(f"--visits must be at least 2 (fields come in pairs), not {visits}")
+    return visits
+
+
+#: Nights a simulation may observe: from 2020-01-01, the epoch of the packed visit ids
+#: (``base/apdb/ids.py``), to MJD 99999 (2132), whose visits still fit their 32 bits.
+NIGHT_MJD_RANGE = (58849, 99999)
+
+
+def check_night_mjd(night_mjd: int) -> int:
+    """``night_mjd``, or ``InvalidInputError`` for a night whose visits ids cannot number."""
+    low, high = NIGHT_MJD_RANGE
+    if not low <= night_mjd <= high:
+        raise InvalidInputError(
+            f"--night-mjd must be between {low} (2020-01-01) and {high} (2132), not {night_mjd}"
+        )
+    return night_mjd
+
+
 def plan_night(
     camera: str,
     visits: int,
@@ -60,13 +82,11 @@ def plan_night(
 ) -> NightPlan:
     """Validate everything and build the visit list; raises before anything is written."""
     cam = load_camera(camera)
+    check_night_mjd(night_mjd)
     if schedule is not None:
         vis = read_schedule(schedule, limit=visits if visits > 0 else None)
     else:
-        if visits < 2:
-            raise InvalidInputError(
-                f"--visits must be at least 2 (fields come in pairs), not {visits}"
-            )
+        check_visits(visits)
         vis = tuple(generate_schedule(cam, visits, seed, night_mjd))
     _check_out(out)
     return NightPlan(cam, vis, seed, out)
@@ -141,6 +161,13 @@ def run_night(
 ) -> dict[str, object]:
     """Write everything for the night; returns the manifest (also written as manifest.json)."""
     out, cam = plan.out, plan.camera
+    # The manifest says the night is whole: gone while it is rewritten, back (atomically) last,
+    # so a simulation killed mid-way never leaves an older night's manifest over a mix of files.
+    manifest_path = out / "manifest.json"
+    try:
+        manifest_path.unlink(missing_ok=True)
+    except OSError as e:
+        raise StorageError(f"cannot remove the previous {manifest_path}: {e}") from e
     sky = plan.sky()
     sim = CameraSimulator(cam, sky, plan.seed)
     write_schedule(plan.visits, out / SCHEDULE_FILE)
@@ -191,7 +218,7 @@ def run_night(
         "raws": "raws/<day_obs>/<visit>/raw_<visit>_<NNN>.fits" if raws else None,
     }
     try:
-        (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        write_durably(manifest_path, json.dumps(manifest, indent=1).encode())
     except OSError as e:
-        raise StorageError(f"cannot write {out / 'manifest.json'}: {e}") from e
+        raise StorageError(f"cannot write {manifest_path}: {e}") from e
     return manifest

@@ -60,7 +60,13 @@ SEVERITIES = ("NONE", "WARNING", "SERIOUS", "CRITICAL")
 
 
 class SummitBuffer(Controller):
-    event_topics = ("imageInBuffer", "imageTransferred", "bufferAlarm", "bufferStatus")
+    event_topics = (
+        "imageInBuffer",
+        "imageRefused",
+        "imageTransferred",
+        "bufferAlarm",
+        "bufferStatus",
+    )
     listen_components = ("Camera",)
     listen_topics = ("endReadout",)
     held_topics = ("imageTransferred",)
@@ -92,6 +98,8 @@ class SummitBuffer(Controller):
         self._settled: set[str] = set()
         #: Records or raws already reported as not taken (reported once, retried quietly).
         self._reported: set[str] = set()
+        #: CCDs whose raw was refused for good and said so (``imageRefused``, once each).
+        self._refused_ccds: set[tuple[int, int]] = set()
 
     async def configure(self, override: str) -> dict[str, Any]:
         applied = await super().configure(override)
@@ -194,6 +202,9 @@ class SummitBuffer(Controller):
         except StorageError as e:
             await self.fault(BUFFER_WRITE_FAILED, str(e))
             raise
+        except InvalidInputError as e:
+            await self._refused(offer, e)
+            raise
         if new:
             self.publish(
                 "imageInBuffer",
@@ -209,6 +220,23 @@ class SummitBuffer(Controller):
             self._alarm()
             self._wake.set()
         return entry, new
+
+    async def _refused(self, offer: Offer, error: InvalidInputError) -> None:
+        """Say once that a raw this buffer does not hold was refused for good (its CCD will
+        never be ingested), so that whoever waits for that CCD can count it failed."""
+        key = (offer.visit, offer.detector)
+        if key in self._refused_ccds or await self.store.find(*key) is not None:
+            return
+        self._refused_ccds.add(key)
+        self.publish(
+            "imageRefused",
+            {
+                "imageName": offer.image_name,
+                "visit": offer.visit,
+                "detector": offer.detector,
+                "reason": str(error)[:1000],
+            },
+        )
 
     # ------------------------------------------------------------ fault injection
     async def do_cutLink(self) -> None:

@@ -6,6 +6,7 @@ Every scenario ends with the count: images taken = images in the registry, check
 from __future__ import annotations
 
 import itertools
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -430,3 +431,48 @@ async def test_malformed_raw_transfers_are_refused_and_store_nothing(
         await path.buffer.on_event(readout.event())
         await path.wait_for(lambda: len(ingested(path)) == 4)
     await registry_matches(pg_dsn, schema, [readout])
+
+
+async def test_a_truncated_raw_is_refused_once_and_its_ccd_counted_failed(
+    tmp_path: Path, camera: Camera
+) -> None:
+    """A raw the camera staged truncated (its checksum that of the truncated file) can never be
+    buffered: the buffer says so once (``imageRefused``, with the reason), and the replay's
+    watcher counts that CCD failed, so the night ends instead of waiting for it."""
+    from commands.replay.watch import NightWatcher
+    from state.peers import LocalPeers
+    from tests.data_path_helpers import make_buffer
+
+    events: list[Event] = []
+    buffer = make_buffer(tmp_path, events.append, LocalPeers())
+    await enable(buffer)
+    readout = camera.readout(0)
+    staged = Path(readout.images[0]["url"].removeprefix("file://"))
+    staged.write_bytes(staged.read_bytes()[:20000])
+    readout.payload["images"][0]["checksum"] = sha256_hex(staged.read_bytes())
+    visit, bad = readout.payload["visit"], readout.images[0]["detector"]
+    try:
+        await buffer.on_event(readout.event())
+        await buffer.on_event(readout.event())  # the camera's retry: said once
+        await buffer.reconcile()  # and its readout record: said once
+    finally:
+        await buffer.close()
+    refused = [e.data for e in events if e.topic == "imageRefused"]
+    assert [(r["visit"], r["detector"]) for r in refused] == [(visit, bad)]
+    assert "truncated" in refused[0]["reason"]
+    assert len([e for e in events if e.topic == "imageInBuffer"]) == 3
+
+    async def stream() -> AsyncIterator[Event]:
+        for event in events:
+            yield event
+
+    watcher = NightWatcher(client=None)  # type: ignore[arg-type]
+    watcher.expect(visit, [i["detector"] for i in readout.images])
+    for image in readout.images[1:]:
+        watcher.progress.processed.add((visit, image["detector"]))
+        watcher.progress.alerts_by_ccd[(visit, image["detector"])] = 0
+    assert not watcher.progress.complete
+    await watcher.run(stream())  # type: ignore[arg-type]
+    assert watcher.progress.failed[(visit, bad)].startswith("rawRefused: ")
+    assert "truncated" in watcher.progress.failed[(visit, bad)]
+    assert watcher.progress.complete

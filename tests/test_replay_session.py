@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -156,3 +157,99 @@ async def test_multi_node_options_that_cannot_work_are_refused_before_anything_s
     with pytest.raises(ConfigurationError, match=message):
         await run_replay(ReplayOptions(out=out, **options))  # type: ignore[arg-type]
     assert not out.exists()  # refused before the directory, the night or Ray
+
+
+def _a_completed_replay(out: Path) -> dict[str, str]:
+    """``out`` as a completed replay leaves it: its record and results, by path → content."""
+    session.write_run(out, _record("complete"))
+    files = {"data/f": "data", "reports/performance.json": "{}", "summary.json": "{}"}
+    for name, text in files.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
+    return files
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--speed", "0"], "speed must be > 0"),
+        (["--speed", "nan"], "speed must be > 0"),
+        (["--visits", "0"], "--visits must be at least 2"),
+        (["--camera", "nope"], "unknown camera 'nope'"),
+        (["--processors", "0"], "need at least one CCD processor"),
+        (["--drain", "-1"], "--drain must be >= 0"),
+        (["--night", "{empty}"], "is not a simulated night: no manifest.json"),
+        (["--night", "{corrupt}"], "cannot read .*manifest.json"),
+        (["--night", "{file}"], "is not a directory"),
+        (["--opsim", "{file}"], "is not a readable SQLite file"),
+        (["--dsn", "garbage"], "the database DSN must be a postgresql://"),
+    ],
+)
+def test_bad_replay_options_are_refused_before_the_previous_replay_is_cleaned(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    from click.testing import CliRunner
+
+    from commands.cli import main
+
+    out = tmp_path / "replay"
+    kept = _a_completed_replay(out)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "manifest.json").write_text('{"camera": "mi')
+    (tmp_path / "file").write_text("not a night")
+    paths = {name: str(tmp_path / name) for name in ("empty", "corrupt", "file")}
+    argv = ["replay", "--out", str(out), *(a.format(**paths) for a in args)]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 1, result.output
+    assert re.search(message, result.output), result.output
+    assert "Traceback" not in result.output and len(result.output.splitlines()) == 1
+    assert {name: (out / name).read_text() for name in kept} == kept
+    assert session.read_run(out) == _record("complete")
+
+
+def test_an_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from commands.cli import main
+
+    (tmp_path / "out").write_text("x")
+    result = CliRunner().invoke(main, ["replay", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert result.output.strip().endswith("exists and is not a directory"), result.output
+
+
+def test_ctrl_c_says_the_night_resumes_and_exits_130(tmp_path: Path) -> None:
+    """SIGINT while the night is being simulated: the replay records the interruption and
+    says how to go on (it printed only click's 'Aborted!' and exited 1)."""
+    import json
+    import signal
+
+    out = tmp_path / "replay"
+    argv = ["replay", "--camera", "mini", "--visits", "2", "--out", str(out), "--no-progress"]
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "commands.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=root,
+    )
+    try:
+        assert proc.stdout is not None
+        said = []
+        for line in proc.stdout:
+            said.append(line)
+            if line.startswith("simulating"):
+                proc.send_signal(signal.SIGINT)
+                break
+        said.extend(proc.stdout)
+        assert proc.wait(timeout=120) == 130, "".join(said)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert said[-1].startswith(f"interrupted; the same command resumes the night in {out}")
+    assert json.loads((out / "summary.json").read_text())["failure"].startswith("interrupted")
+    assert session.read_run(out).status == "interrupted"  # type: ignore[union-attr]

@@ -106,3 +106,12 @@ async def test_missing_unregistered_or_changed_products_fail_their_ccds_with_the
     assert all("det002.fits is corrupt" in r for r in by_detector[2]), by_detector[2]
     assert by_detector[3] == {"no_template"}
     assert {(u, f) for u, _, _, f in seen.failures} == {(k, True) for k in summary.failed}
+
+
+async def test_a_night_without_raws_is_named_in_the_refusal(pg_dsn: str, moved: Path) -> None:
+    config = ReprocessConfig(
+        dsn=pg_dsn, release="rpreg_none", release_id=30, first_night=20990101,
+        registry_schema=REGISTRY,
+    )  # fmt: skip
+    with pytest.raises(InvalidInputError, match=r"^no raws of night 20990101 in the registry$"):
+        await reprocess(config, InlineExecutor())

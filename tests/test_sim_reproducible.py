@@ -38,3 +38,18 @@ def test_same_seed_gives_identical_bytes(tmp_path: Path, monkeypatch: pytest.Mon
     assert any(name.startswith("raws/") for name in a)
     assert a.keys() == b.keys()
     assert [name for name in a if a[name] != b[name]] == []
+
+
+def test_a_night_rewritten_and_stopped_midway_has_no_manifest(tmp_path: Path) -> None:
+    """A night simulated again into the same folder and stopped part-way (here its calibrations
+    cannot be written) is no night at all, not the older night's manifest over a mix of files
+    that ``dmcs replay`` would reuse."""
+    out = tmp_path / "night"
+    args = ["simulate", "night", "--camera", "mini", "--visits", "2", "--no-templates"]
+    first = CliRunner().invoke(main, [*args, "--seed", "1", "--no-calibs", "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    assert (out / "manifest.json").is_file()
+    (out / "calibs").write_text("not a folder")
+    again = CliRunner().invoke(main, [*args, "--seed", "2", "--out", str(out)])
+    assert again.exit_code != 0
+    assert not (out / "manifest.json").exists()

@@ -247,7 +247,12 @@ async def _run(
         config.dsn, config.registry_schema, config.night_dir, config.first_night, config.last_night
     )
     if not units:
-        raise InvalidInputError(f"no raws of nights {config.first_night}..{config.last_night}")
+        nights = (
+            f"night {config.first_night}"
+            if config.last_night in (None, config.first_night)
+            else f"nights {config.first_night}..{config.last_night}"
+        )
+        raise InvalidInputError(f"no raws of {nights} in the registry")
     chash = config_hash(config.release_id, config.association, {"inputs": inputs_digest(units)})
     if config.clobber:
         async with mapped_errors("reprocess clobber"), pool.acquire() as conn:

@@ -33,10 +33,11 @@ from actors.runtime import shutdown_ray
 from base.db import connect_pool
 from base.postgres import postgres_dsn, wait_for_database
 from commands.client import Client
-from commands.night_driver import DriveProgress
+from commands.night_driver import DriveProgress, check_speed
 from commands.replay import session
 from commands.replay.display import ReplayDisplay
 from commands.replay.night_system import (
+    check_processors,
     database_schemas,
     night_system_config,
     register_products,
@@ -55,12 +56,15 @@ from commands.replay.summary import (
 from commands.replay.tracker import DEFAULT_STALL_SECONDS
 from commands.replay.watch import NightWatcher
 from commands.server import serve
-from config.system import SystemConfig, load_system_config
+from config.cameras import load_camera
+from config.system import SystemConfig, check_dsn, load_system_config
+from state.durable import writable_dir
 from state.errors import ConfigurationError, DmcsError, RetriableError
 from state.patience import call_patiently
 from state.states import State
 from summit.night_files import open_night
-from summit.simulation import plan_night, run_night
+from summit.schedule import read_schedule
+from summit.simulation import check_visits, plan_night, run_night
 
 log = logging.getLogger("dmcs.replay")
 T = TypeVar("T")
@@ -103,7 +107,35 @@ class ReplayOptions:
     kill_node_at: int | None = None
 
     def check(self) -> None:
-        """ConfigurationError for options that cannot go together."""
+        """Refuse bad options before anything in ``out`` is touched or started.
+
+        Each value is checked against the definition its user applies later (the night
+        driver's speed, the simulation's visit count, the camera catalogue, the night's
+        manifest), so a typo cannot clean a previous replay's results and then fail.
+        """
+        check_speed(self.speed)
+        if self.dsn:
+            check_dsn(self.dsn)
+        check_processors(self.processors)
+        if not self.drain_seconds >= 0:
+            raise ConfigurationError(f"--drain must be >= 0 seconds, not {self.drain_seconds}")
+        if self.night is not None:
+            if self.opsim is not None:
+                raise ConfigurationError("--night and --opsim exclude each other")
+            if not self.night.is_dir():
+                raise ConfigurationError(
+                    f"--night {self.night} is not a directory (a simulated night; "
+                    "an OpSim schedule goes to --opsim)"
+                )
+            open_night(self.night)
+        else:
+            load_camera(self.camera)
+            if self.opsim is not None:
+                read_schedule(self.opsim, self.visits if self.visits > 0 else None)
+            else:
+                check_visits(self.visits)
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigurationError(f"--out {self.out} exists and is not a directory")
         if self.nodes < 1:
             raise ConfigurationError(f"--nodes must be at least 1, not {self.nodes}")
         if self.nodes > 1 and self.address:
@@ -157,9 +189,7 @@ def _night_is_ready(night: Path, opts: ReplayOptions) -> bool:
 async def prepare_night(opts: ReplayOptions, console: Console) -> Path:
     """The night to replay: given, reused when it matches, else simulated now."""
     if opts.night is not None:
-        if not (opts.night / "manifest.json").is_file():
-            raise ConfigurationError(f"{opts.night} is not a simulated night (no manifest.json)")
-        return opts.night
+        return opts.night  # checked by ReplayOptions.check
     night = opts.out / "night"
     if _night_is_ready(night, opts):
         console.print(f"reusing the simulated night in {night}")
@@ -205,7 +235,10 @@ async def run_replay(opts: ReplayOptions, console: Console | None = None) -> dic
         console.print(message, highlight=False)
 
     opts.check()
-    opts.out.mkdir(parents=True, exist_ok=True)
+    try:
+        writable_dir(opts.out)
+    except OSError as e:
+        raise ConfigurationError(f"--out {opts.out} is not a writable directory: {e}") from e
     base = load_system_config(opts.config)
     decision = session.decide(opts.out, opts.fingerprint(), opts.fresh)
     say(f"{MODE_TEXT[decision.mode]} ({decision.why})")

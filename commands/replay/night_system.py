@@ -94,6 +94,13 @@ def _database_settings(spec: ComponentConfig, dsn: str, schema_prefix: str) -> d
     return settings
 
 
+def check_processors(processors: int) -> int:
+    """``processors``, or ``ConfigurationError`` for a pool without a CCD processor."""
+    if processors < 1:
+        raise ConfigurationError(f"need at least one CCD processor, not {processors}")
+    return processors
+
+
 def night_system_config(
     config: SystemConfig,
     *,
@@ -109,8 +116,7 @@ def night_system_config(
     ``schema_prefix`` renames every PostgreSQL schema, so several nights can share a server.
     ``staging``: the camera's staging area, whose readout records the SummitBuffer reconciles.
     """
-    if processors < 1:
-        raise ConfigurationError(f"need at least one CCD processor, not {processors}")
+    check_processors(processors)
     templates = [c for c in config.components if c.cls == PROCESSOR_CLASS]
     if not templates:
         raise ConfigurationError(f"the system configuration has no {PROCESSOR_CLASS} component")

@@ -22,7 +22,14 @@ log = logging.getLogger("dmcs.replay")
 #: Seconds the watcher keeps trying to re-enable a restarted component.
 REENABLE_SECONDS = 120.0
 
-TOPICS = ("ccdProcessed", "alertsPublished", "visitLatency", "summaryState", "imageIngested")
+TOPICS = (
+    "ccdProcessed",
+    "alertsPublished",
+    "visitLatency",
+    "summaryState",
+    "imageIngested",
+    "imageRefused",
+)
 
 
 @dataclass
@@ -101,6 +108,9 @@ class NightWatcher:
         key = (int(d["visit"]), int(d["detector"]))
         if event.topic == "imageIngested" and int(d.get("statusCode", 0)) == 0:
             p.ingested.add(key)
+        elif event.topic == "imageRefused":
+            if key not in p.processed and key not in p.ingested:
+                p.failed[key] = f"rawRefused: {d.get('reason')}"
         elif event.topic == "ccdProcessed":
             if int(d.get("statusCode", 1)) == 0:
                 p.processed.add(key)

@@ -104,6 +104,16 @@ class ImageInBuffer(Contract):
     byteSize: NonNegInt | None = None
 
 
+class ImageRefused(Contract):
+    """A raw the buffer will never hold (unreadable, malformed): its CCD is lost at the summit."""
+
+    topic = "imageRefused"
+    imageName: Name | None = None
+    visit: NonNegInt | None = None
+    detector: Detector | None = None
+    reason: Text | None = None
+
+
 class ImageTransferred(Contract):
     topic = "imageTransferred"
     imageName: Name | None = None
@@ -253,6 +263,7 @@ GENERIC_CONTRACTS: tuple[type[Contract], ...] = (
 COMPONENT_CONTRACTS: tuple[type[Contract], ...] = (
     LargeFileObjectAvailable,
     ImageInBuffer,
+    ImageRefused,
     ImageTransferred,
     BufferAlarm,
     BufferStatus,

@@ -1,0 +1,127 @@
+"""The ``dmcs`` command line refuses bad values at its door: one clear line, a non-zero exit,
+before it connects to anything or waits for anything."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from click.testing import CliRunner
+
+from commands.alert_stream import setup_alert_routes
+from commands.auth import Authenticator
+from commands.cli import main
+
+NOWHERE = "postgresql://nobody@127.0.0.1:1/none"
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["reprocess", "--night", "20250505", "--release", "dr1", "--release-id", "1",
+          "--dsn", NOWHERE, "--workers", "0"], "--workers"),
+        (["reprocess", "--night", "20250505", "--release", "dr1", "--release-id", "1",
+          "--dsn", NOWHERE, "--local", "--workers", "-2"], "--workers"),
+        (["reprocess", "--catch-up", "--night", "20250505", "--archive-dir", "a",
+          "--dsn", NOWHERE, "--max-attempts", "0"], "--max-attempts"),
+        (["events", "--count", "0", "--url", "ws://127.0.0.1:1/ws"], "--count"),
+        (["alerts", "stream", "--full", "--count", "-1", "--token", "t",
+          "--url", "ws://127.0.0.1:1/ws"], "--count"),
+    ],
+)  # fmt: skip
+def test_counts_below_one_are_usage_errors(argv: list[str], option: str) -> None:
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output
+
+
+@pytest_asyncio.fixture
+async def alert_gateway() -> AsyncIterator[str]:
+    app = web.Application()
+    setup_alert_routes(app, Authenticator({"broker-token": "broker"}), None)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"ws://127.0.0.1:{runner.addresses[0][1]}/ws"
+    await runner.cleanup()
+
+
+async def test_a_refused_token_is_said_as_such_not_as_an_unreachable_gateway(
+    alert_gateway: str,
+) -> None:
+    argv = ["alerts", "stream", "--full", "--count", "1", "--url", alert_gateway]
+    result = await asyncio.to_thread(CliRunner().invoke, main, [*argv, "--token", "wrong"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: the gateway refused the token (HTTP 401)"
+
+
+@pytest.mark.parametrize("mjd", ["-99999999", "58848", "100000"])
+def test_a_night_whose_visits_cannot_be_numbered_is_refused_before_it_is_written(
+    tmp_path: Path, mjd: str
+) -> None:
+    out = tmp_path / "night"
+    argv = ["simulate", "night", "--camera", "mini", "--visits", "2", "--out", str(out)]
+    result = CliRunner().invoke(main, [*argv, "--night-mjd", mjd])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: --night-mjd must be between 58849"), result.output
+    assert len(result.output.splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_a_gateway_port_out_of_range_is_refused_with_the_configuration(port: str) -> None:
+    """Checked by the configuration's own field before anything starts (it was a bind()
+    OverflowError traceback once PostgreSQL, Ray and every component were up)."""
+    from config.system import load_system_config
+    from state.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"gateway\.port"):
+        load_system_config(gateway_port=int(port))
+    result = CliRunner().invoke(main, ["run", "--port", port, "--duration", "1"])
+    assert result.exit_code == 1 and "gateway.port" in result.output, result.output
+    result = CliRunner().invoke(main, ["run", "--duration", "-5"])
+    assert result.exit_code == 2 and "Invalid value for '--duration'" in result.output
+
+
+GOOD_DSNS = [
+    "postgresql://postgres:@/postgres?host=/var/run/pg",  # the embedded server's socket
+    "postgresql://u:p@h1:5432,h2:5433/db",
+    "postgres://u@[::1]:5432/db",
+    "postgresql://u@host/db",
+]
+BAD_DSNS = ["garbage", "postgresql://u@host:notaport/db", "postgresql://u@127.0.0.1:99999/db"]
+
+
+def test_dsns_are_checked_by_one_definition(tmp_path: Path) -> None:
+    from config.system import check_dsn, load_system_config
+    from state.errors import ConfigurationError
+
+    assert [check_dsn(d) for d in GOOD_DSNS] == GOOD_DSNS
+    for dsn in BAD_DSNS:
+        with pytest.raises(ConfigurationError, match="the database DSN"):
+            check_dsn(dsn)
+    system = tmp_path / "system.toml"
+    system.write_text('[database]\ndsn = "garbage"\n')
+    with pytest.raises(ConfigurationError, match=r"database\.dsn"):
+        load_system_config(system)
+
+
+@pytest.mark.parametrize("dsn", BAD_DSNS)
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["reprocess", "--night", "20250505", "--release", "dr1", "--release-id", "1", "--local"],
+        ["reprocess", "status"],
+        ["simulate", "register", "."],
+    ],
+)
+def test_a_dsn_that_cannot_name_a_server_is_a_usage_error(argv: list[str], dsn: str) -> None:
+    """Refused at once, not retried as an unavailable database."""
+    result = CliRunner().invoke(main, [*argv, "--dsn", dsn])
+    assert result.exit_code == 2, result.output
+    assert "--dsn: the database DSN" in result.output
