@@ -219,6 +219,15 @@ def test_an_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
     assert result.output.strip().endswith("exists and is not a directory"), result.output
 
 
+#: ``dmcs ARGS`` as a terminal's Ctrl-C finds it: a shell that started this suite in the
+#: background left SIGINT ignored, and an ignored SIGINT is inherited (Python then neither
+#: raises KeyboardInterrupt nor lets asyncio cancel the replay).
+_WITH_CTRL_C = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
+    " sys.argv[0] = 'dmcs'; runpy.run_module('commands.cli', run_name='__main__')"
+)
+
+
 def test_ctrl_c_says_the_night_resumes_and_exits_130(tmp_path: Path) -> None:
     """SIGINT while the night is being simulated: the replay records the interruption and
     says how to go on (it printed only click's 'Aborted!' and exited 1)."""
@@ -230,7 +239,7 @@ def test_ctrl_c_says_the_night_resumes_and_exits_130(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(root)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "commands.cli", *argv],
+        [sys.executable, "-c", _WITH_CTRL_C, *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
