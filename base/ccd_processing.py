@@ -92,6 +92,9 @@ class CcdOutputs:
     stages: dict[str, float] = field(default_factory=dict)
     background: dict[str, object] | None = None
     wcs: dict[str, object] | None = None
+    #: CPU seconds of the adapter's own work beside ``run_ccd``: ``raw`` (read and checksum
+    #: verification), ``outputs`` (cutout FITS and summary).
+    adapter_cpu: dict[str, float] = field(default_factory=dict)
 
 
 class CcdProcessing:
@@ -188,7 +191,9 @@ class CcdProcessing:
         raw_sha256: str | None,
     ) -> CcdOutputs:
         det = pre.camera.detector(pre.detector)
+        c0 = time.process_time()
         rc = read_raw(raw, det, raw_sha256)
+        raw_cpu = time.process_time() - c0
         hdr = rc.header
         for key, want in (("VISIT", pre.visit), ("DETECTOR", pre.detector)):
             if key in hdr and int(hdr[key]) != want:  # type: ignore[call-overload]
@@ -219,7 +224,10 @@ class CcdProcessing:
             cfg = _replace(cfg, make_cutouts=self.make_cutouts)
         res = run_ccd(rc.amps, ccd_geometry(det), pre.calibs, exp, pre.refcat, pre.template,
                       cfg, on_stage=milestone)  # fmt: skip
-        return _outputs(pre, res, rc.flags, stages)
+        c1 = time.process_time()
+        out = _outputs(pre, res, rc.flags, stages)
+        out.adapter_cpu.update(raw=raw_cpu, outputs=time.process_time() - c1)
+        return out
 
 
 def _replace(cfg: PipelineConfig, **changes: Any) -> PipelineConfig:

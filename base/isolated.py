@@ -12,6 +12,7 @@ import asyncio
 import importlib
 import multiprocessing as mp
 import threading
+import time
 import traceback
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -38,18 +39,37 @@ def _resolve(target: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+#: CPU seconds this child spent outside its jobs (receiving and unpickling requests, pickling
+#: and sending answers) since :func:`take_outside_cpu` last read it.
+_outside_cpu_s = [0.0]
+
+
+def take_outside_cpu() -> float:
+    """CPU seconds of this child outside its jobs since the last call (the hand-off through the
+    pipe), then zeroed; a job reads it to carry the hand-off's cost in its own answer."""
+    taken, _outside_cpu_s[0] = _outside_cpu_s[0], 0.0
+    return taken
+
+
 def _serve(conn: Connection) -> None:
     keep_freed_memory()
+    mark = time.process_time()
     while True:
         try:
             target, args, kwargs = conn.recv()
         except EOFError:
             return
+        _outside_cpu_s[0] += time.process_time() - mark
         try:
-            conn.send(("ok", _resolve(target)(*args, **kwargs)))
+            reply: tuple[str, Any] = ("ok", _resolve(target)(*args, **kwargs))
         except DmcsError as e:
-            conn.send(("dmcs", e))
+            reply = ("dmcs", e)
         except Exception as e:  # noqa: BLE001 -- reported to the caller with its traceback
+            reply = ("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+        mark = time.process_time()
+        try:
+            conn.send(reply)
+        except Exception as e:  # noqa: BLE001 -- an answer that cannot be pickled
             conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
 
 

@@ -16,6 +16,8 @@ since wall-clock time on a shared machine measures the other tenants as much as 
 ``synthetic`` is the figure this benchmark printed until issue 18: one LSSTCam-like 4k×4k CCD
 of ``algorithms.synthetic.make_visit`` (300 injected transients, so ~285 DIASources against
 the night's handful), in its own fresh process, kept for continuity with the older rows.
+``--concurrent N`` also times the same CCDs in N such processes at once, as the replay's CCD
+workers run side by side (``concurrent``: beside the headline, which stays one process).
 
     python benchmarks/ccd.py [--night DIR] [--detectors 0,4,8,2] [--repeats 3] [--no-synthetic]
 """
@@ -199,18 +201,60 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float:
     return round(statistics.fmean(float(r[key]) for r in rows), 3)
 
 
-def night_figures(
-    night: Path, ccds: list[tuple[int, int]], repeats: int, workdir: Path, input_cache: bool
-) -> dict[str, Any]:
-    """The night's CCDs in a fresh process (see the module's docstring), as one JSON object."""
+def _night_children(
+    night: Path,
+    ccds: list[tuple[int, int]],
+    repeats: int,
+    workdir: Path,
+    input_cache: bool,
+    processes: int = 1,
+) -> list[dict[str, Any]]:
+    """``processes`` fresh processes at once, each timing the same CCDs (one shared cache)."""
     cache = Path(tempfile.mkdtemp(prefix="input-cache-", dir=workdir))
     try:
         spec = ",".join(f"{i}:{d}" for i, d in ccds)
         where = str(cache) if input_cache else "-"
         cmd = [sys.executable, __file__, "--run-night", str(night), spec, str(repeats), where]
-        child = _last_json(subprocess.run(cmd, check=True, stdout=subprocess.PIPE).stdout)
+        children = [subprocess.Popen(cmd, stdout=subprocess.PIPE) for _ in range(processes)]
+        outs = [child.communicate()[0] for child in children]
+        for child in children:
+            if child.returncode:
+                raise subprocess.CalledProcessError(child.returncode, cmd)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
+    return [_last_json(out) for out in outs]
+
+
+def concurrent_figures(
+    night: Path,
+    ccds: list[tuple[int, int]],
+    repeats: int,
+    workdir: Path,
+    input_cache: bool,
+    processes: int,
+) -> dict[str, Any]:
+    """The same CCDs timed by ``processes`` processes at once, as the replay's CCD workers run
+    side by side on the node's cores (their caches and memory bandwidth shared): the mean of
+    every process's figures, not the headline (one process at a time)."""
+    children = _night_children(night, ccds, repeats, workdir, input_cache, processes)
+    rows = [r for child in children for r in child["ccds"]]
+    keys = ("total_cpu_s", "adapter_cpu_s", "adapter_user_s", "adapter_system_s")
+    return {
+        "processes": processes,
+        **{k: _mean(rows, k) for k in keys},
+        "adapter_minor_faults": round(statistics.fmean(r["adapter_minor_faults"] for r in rows)),
+        "mean_of_all_runs_cpu_s": round(
+            statistics.fmean(x for r in rows for x in r["total_cpu_s_all_runs"]), 3
+        ),
+        "per_process_total_cpu_s": [_mean(c["ccds"], "total_cpu_s") for c in children],
+    }
+
+
+def night_figures(
+    night: Path, ccds: list[tuple[int, int]], repeats: int, workdir: Path, input_cache: bool
+) -> dict[str, Any]:
+    """The night's CCDs in a fresh process (see the module's docstring), as one JSON object."""
+    child = _night_children(night, ccds, repeats, workdir, input_cache)[0]
     rows = child["ccds"]
     stages = rows[0]["stages_cpu_s"].keys()
     cpu = _mean(rows, "total_cpu_s")
@@ -237,6 +281,9 @@ def night_figures(
         "warmup_s": child["warmup_s"],
         "ok": all(r["ok"] for r in rows),
         "n_diasources": _mean(rows, "n_diasources"),
+        "mean_of_all_runs_cpu_s": round(
+            statistics.fmean(x for r in rows for x in r["total_cpu_s_all_runs"]), 3
+        ),
         "per_ccd": rows,
     }
 
@@ -277,6 +324,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         dets = [int(d) for d in args.detectors.split(",")]
         ccds = [(k % args.visits, d) for k, d in enumerate(dets)]
         sky = night_figures(night, ccds, args.repeats, workdir, not args.no_input_cache)
+        concurrent = None
+        if args.concurrent > 1:
+            concurrent = concurrent_figures(
+                night, ccds, args.repeats, workdir, not args.no_input_cache, args.concurrent
+            )
         synthetic = None if args.no_synthetic else synthetic_figures(workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -286,6 +338,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "camera": CAMERA,
         **{k: v for k, v in sky.items() if k != "per_ccd"},
         "per_ccd": sky["per_ccd"],
+        "concurrent": concurrent,
         "simulation_s": None if args.night else round(sim_s, 1),
         "synthetic": synthetic,
         "targets": TARGETS,
@@ -308,6 +361,10 @@ def _parser() -> argparse.ArgumentParser:
         help="inputs decoded into the heap (a processor with input_cache_gb = 0, reprocessing)",
     )  # fmt: skip
     p.add_argument("--workdir", type=Path, default=None, help="for the night (default: temp)")
+    p.add_argument(
+        "--concurrent", type=int, default=0,
+        help="also time the CCDs in this many processes at once (reported as 'concurrent')",
+    )  # fmt: skip
     return p
 
 

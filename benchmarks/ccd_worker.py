@@ -31,6 +31,7 @@ import psutil
 
 from base.ccd_inputs import NightDirectoryRepository, ResolvedInputs
 from base.isolated import IsolatedWorker
+from base.prompt.ccd_work import CPU_SPLIT
 from summit.night_files import open_night
 
 WORK = "base.prompt.ccd_work"
@@ -79,11 +80,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     f"{WORK}:process", inputs, info, det, raw, timeout=600, **extra
                 )
                 c2 = _cpu(worker.pid)
-                pixel = float(res.get("summary", {}).get("pixel_cpu_s") or 0.0)
+                summary = res.get("summary", {})
+                pixel = float(summary.get("pixel_cpu_s") or 0.0)
                 rows.append({"visit": i, "detector": det, "preload": c1 - c0,
                              "process": c2 - c1, "ok": bool(res["ok"]),
                              "diaSources": len(res["ccd"]["sources"]["ra"]) if res["ok"] else 0,
-                             "pixel": pixel})  # fmt: skip
+                             "pixel": pixel,
+                             **{k: summary.get(k) or 0 for k in CPU_SPLIT}})  # fmt: skip
                 print(json.dumps({k: round(x, 3) if isinstance(x, float) else x
                                   for k, x in rows[-1].items()}), flush=True)  # fmt: skip
     finally:
@@ -104,6 +107,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "pixel_core_s_per_ccd": round(statistics.fmean(pixel), 3),
             "overhead_core_s_per_ccd": round(statistics.fmean(total) - statistics.fmean(pixel), 3),
             "diaSources_per_ccd": round(statistics.fmean(r["diaSources"] for r in sel), 1),
+            "worker_split_per_ccd": {
+                k: round(statistics.fmean(r[k] for r in sel), 4) for k in CPU_SPLIT
+            },
         }
 
     return {

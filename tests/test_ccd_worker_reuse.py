@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 
 from base.ccd_inputs import (
@@ -82,8 +83,10 @@ async def test_second_ccd_reuses_the_child_and_its_shared_inputs(
     (first, info1, raw1), (second, info2, raw2) = _ccds(night)
     worker = IsolatedWorker("reuse")
     try:
-        await worker.run(f"{WORK}:preload", first, info1, DETECTOR, cache=cache, timeout=300)
+        await worker.run(f"{WORK}:stall", 0.0, timeout=300)  # the child's imports
         pid = worker.pid
+        began = _cpu(pid)
+        await worker.run(f"{WORK}:preload", first, info1, DETECTOR, cache=cache, timeout=300)
         one = await worker.run(f"{WORK}:process", first, info1, DETECTOR, raw1, cache=cache,
                                timeout=300)  # fmt: skip
         decoded = sorted(p.name for p in _entries(tmp_path / "cache"))
@@ -91,6 +94,7 @@ async def test_second_ccd_reuses_the_child_and_its_shared_inputs(
         two = await worker.run(f"{WORK}:process", second, info2, DETECTOR, raw2, cache=cache,
                                timeout=300)  # fmt: skip
         assert worker.pid == pid and worker.restarts == 0, "the same child took the second CCD"
+        child_s = _cpu(pid) - began
         assert sorted(p.name for p in _entries(tmp_path / "cache")) == decoded, (
             "the second visit mapped the first one's decoded calibrations and template"
         )
@@ -102,6 +106,20 @@ async def test_second_ccd_reuses_the_child_and_its_shared_inputs(
     for name in ("ra", "dec", "psfFlux"):
         np.testing.assert_array_equal(two["ccd"]["sources"][name], plain["ccd"]["sources"][name])
     assert two["ccd"]["cutouts"] == plain["ccd"]["cutouts"]
+    # The child's CPU, CCD by CCD: every part counted once, and all of it (/proc's figure; the
+    # last answer's pickling and the clock's 10 ms ticks aside).
+    split = [{k: r["summary"][k] for k in ccd_work.CPU_SPLIT} for r in (one, two)]
+    for s in split:
+        assert all(v >= 0 for v in s.values()), s
+        assert s["pixel_cpu_s"] > 0 and s["cpu_raw_s"] > 0 and s["minor_faults"] > 0, s
+        assert s["cpu_preload_s"] > 0, "preloaded at nextVisit (first) or in process (second)"
+    parts = sum(v for s in split for k, v in s.items() if k.endswith("_s") and k != "cpu_gc_s")
+    assert parts == pytest.approx(child_s, abs=0.05 + 0.03 * child_s), (split, child_s)
+
+
+def _cpu(pid: int | None) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 class _Stalls:

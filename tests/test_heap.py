@@ -46,3 +46,31 @@ def test_non_positive_trim_is_refused() -> None:
     from base.heap import keep_freed_memory
 
     assert keep_freed_memory(0) is False
+
+
+_CCD_PROBE = """
+import json, resource, sys
+import numpy as np
+sys.path.insert(0, {root!r})
+from base.heap import keep_freed_memory
+keep_freed_memory({args})
+def planes():
+    return [np.ones((4096, 4096), np.float32) for _ in range(18)]  # 1.2 GB, as a CCD's stages
+kept = planes()
+del kept  # all of it free at the heap's top, as at the end of a CCD
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+again = planes()
+print(json.dumps({{"faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0}}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_a_ccds_worth_of_freed_planes_is_kept_for_the_next_ccd() -> None:
+    def faults(args: str) -> int:
+        code = _CCD_PROBE.format(root=str(ROOT), args=args)
+        done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+        return int(json.loads(done.stdout)["faults"])
+
+    # 1.2 GB is 295k pages of 4 kB (576 huge pages): a 1 GB bound trimmed it all away.
+    assert faults("1 << 30") >= 500
+    assert faults("") < 100

@@ -11,6 +11,7 @@ import pytest
 import pytest_asyncio
 
 from base.apdb import DatabaseUnavailableError
+from base.prompt.outcomes import success
 from base.prompt_records import (
     STAGES,
     STORE,
@@ -21,6 +22,7 @@ from base.prompt_records import (
     VisitRecord,
     latency_summary,
     stage_array,
+    worker_cpu_per_ccd,
 )
 from state.errors import InvalidInputError
 
@@ -161,6 +163,8 @@ async def test_bad_rows_write_nothing(records: PromptRecords) -> None:
         ({"zeropoint": math.inf}, "finite"),
         ({"n_alerts": -1}, ">= 0"),
         ({"flags": "edge"}, "flags"),
+        ({"cpu_raw_s": math.inf}, "cpu_raw_s"),
+        ({"minor_faults": -3}, "minor_faults"),
     ],
 )
 def test_bad_outcomes_are_rejected(kwargs: dict[str, object], match: str) -> None:
@@ -200,6 +204,31 @@ async def test_outcome_upsert_keeps_latest_attempt(records: PromptRecords) -> No
         (1, "failed", "actor_died"),
         (2, "processed", None),
     ]
+
+
+async def test_worker_cpu_split_is_stored_and_averaged_over_processed_ccds(
+    records: PromptRecords,
+) -> None:
+    split = {"cpu_preload_s": 0.3, "cpu_handoff_s": 0.01, "cpu_raw_s": 0.05,
+             "pixel_cpu_s": 2.5, "cpu_outputs_s": 0.02, "cpu_rest_s": 0.02, "cpu_gc_s": 0.01,
+             "minor_faults": 20000, "preload_minor_faults": 2400}  # fmt: skip
+    result = {"summary": {"zeropoint": 31.0, **split, "preloadReady": 1.0}}
+    one = CcdOutcome(502, 0, 1, "processed", **success(result, 3, duplicate=False).metrics)
+    two = CcdOutcome(502, 1, 1, "processed", **{**split, "pixel_cpu_s": 3.5, "minor_faults": 0})
+    failed = CcdOutcome(502, 2, 1, "failed", "bad_input", **{**split, "pixel_cpu_s": 9.0})
+    for o in (one, two, failed):
+        await records.record_outcome(o)
+    night = await records.fetch_night(visits=[502])
+    assert night.outcomes == (one, two, failed)
+    assert one.pixel_cpu_s == 2.5 and one.minor_faults == 20000 and one.zeropoint == 31.0
+    mean = worker_cpu_per_ccd(night.outcomes)
+    assert mean["ccds"] == 2  # the failed CCD's split is not a processed CCD's
+    assert mean["pixel_cpu_s"] == pytest.approx(3.0)
+    assert mean["minor_faults"] == pytest.approx(10000)
+    # the collector's share lies inside the other parts: not counted twice
+    assert mean["worker_core_s"] == pytest.approx(0.3 + 0.01 + 0.05 + 3.0 + 0.02 + 0.02)
+    assert mean["overhead_core_s"] == pytest.approx(0.4)
+    assert worker_cpu_per_ccd((CcdOutcome(502, 3, 1, "processed"),)) == {}
 
 
 async def test_nan_metric_is_stored_as_null(records: PromptRecords) -> None:

@@ -9,17 +9,21 @@ in bytes): calibrations and templates are then decoded once and memory-mapped af
 Results go back as plain dicts and numpy arrays (pickled through the pipe).
 ``warm_up`` runs the chain once on a small simulated CCD when the processor starts, so that
 the first visit of a night finds its numba kernels compiled and its modules loaded.
+Each processed CCD's ``summary`` carries the child's CPU split (:data:`CPU_SPLIT`), so that
+the CPU of the whole child is accounted for CCD by CCD (``benchmarks/latency.py`` sums it).
 """
 
 from __future__ import annotations
 
 import fcntl
+import gc
+import resource
 import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
@@ -32,6 +36,7 @@ from base.ccd_inputs import ResolvedInputs, ResolvedRepository
 from base.ccd_processing import CcdOutputs, CcdProcessing, Preloaded
 from base.cutouts import cutout_to_fits
 from base.input_cache import InputCache
+from base.isolated import take_outside_cpu
 from base.prompt.requests import CcdResults
 from state.clock import tai_mjd, tai_now
 from state.contracts.data_plane import CcdVisit
@@ -47,12 +52,68 @@ MAX_PRELOADED_BYTES = 2 << 30
 #: (detection, PSF, astrometry, difference imaging, DIASources, cutouts) runs.
 WARM_UP_CCD = SimConfig(seed=99, n_transients=5)
 
+#: The child's CPU split of one CCD, as ``summary`` keys (core-seconds; faults, a count):
+#: ``cpu_preload_s`` the preloads run since the previous CCD (at ``nextVisit``, or here when
+#: the CCD was not preloaded), ``cpu_handoff_s`` the child's CPU outside its jobs since then
+#: (requests unpickled, answers pickled through the pipe), ``cpu_raw_s`` the raw read and its
+#: checksum, ``pixel_cpu_s`` ``run_ccd``'s own timer, ``cpu_outputs_s`` the cutouts' FITS and
+#: summary, ``cpu_rest_s`` the rest of ``process`` (the DIASource columns, footprint and
+#: validation of the answer), ``cpu_gc_s`` the garbage collector's share of ``process``,
+#: ``minor_faults`` the page faults of ``process`` and ``preload_minor_faults`` the preloads'.
+CPU_SPLIT = ("cpu_preload_s", "cpu_handoff_s", "cpu_raw_s", "pixel_cpu_s", "cpu_outputs_s",
+             "cpu_rest_s", "cpu_gc_s", "minor_faults", "preload_minor_faults")  # fmt: skip
+
 _preloaded: OrderedDict[tuple[int, int], tuple[Preloaded, int]] = OrderedDict()
 _ids = IdPacker(release=0)
 _caches: dict[tuple[str, int], InputCache] = {}
 
 #: A cache's directory and its bound in bytes, as the processor hands them over.
 CacheSpec = tuple[str, int]
+
+
+class _CpuAccount:
+    """The child's preload CPU and faults since the last CCD, and the collector's CPU."""
+
+    def __init__(self) -> None:
+        self.preload_s = 0.0
+        self.preload_faults = 0
+        self.gc_s = 0.0
+        self._gc_began: float | None = None
+        self._watching = False
+
+    def take_preloads(self) -> tuple[float, int]:
+        taken = (self.preload_s, self.preload_faults)
+        self.preload_s, self.preload_faults = 0.0, 0
+        return taken
+
+    def watch_gc(self) -> None:
+        if not self._watching:
+            gc.callbacks.append(self._on_gc)
+            self._watching = True
+
+    def _on_gc(self, phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_began = time.process_time()
+        elif self._gc_began is not None:
+            self.gc_s += time.process_time() - self._gc_began
+            self._gc_began = None
+
+
+_account = _CpuAccount()
+
+
+def _usage() -> tuple[float, int]:
+    """This process's CPU seconds (all threads, as ``run_ccd``'s timer) and minor faults."""
+    return time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _preload(adapter: CcdProcessing, visit_info: dict[str, Any], detector: int) -> Preloaded:
+    c0, f0 = _usage()
+    pre = adapter.preload(visit_info, detector)
+    c1, f1 = _usage()
+    _account.preload_s += c1 - c0
+    _account.preload_faults += f1 - f0
+    return pre
 
 
 def input_cache(spec: CacheSpec | None) -> InputCache | None:
@@ -131,7 +192,7 @@ def preload(
 ) -> list[str]:
     """Read everything but the raw for (visit, detector); returns the preload's flags."""
     CcdVisit.parse(visit_info)
-    pre = _adapter(source, cache).preload(visit_info, detector)
+    pre = _preload(_adapter(source, cache), visit_info, detector)
     _preloaded[(pre.visit, detector)] = (pre, heap_bytes(pre))
     held = sum(n for _, n in _preloaded.values())
     while len(_preloaded) > 1 and (len(_preloaded) > MAX_PRELOADED or held > MAX_PRELOADED_BYTES):
@@ -172,16 +233,19 @@ def process(
     """Process one raw; ``{"ok", "reason", "stages", "summary", "ccd"}`` (``ccd`` when ok),
     a :class:`~state.contracts.data_plane.CcdWorkResult`; a visit that does not fit
     :class:`~state.contracts.data_plane.CcdVisit` raises ContractError before any work."""
+    _account.watch_gc()
+    began = _Began(*_usage(), _account.gc_s, take_outside_cpu(), *_account.take_preloads())
     visit = CcdVisit.parse(visit_info)
     adapter = _adapter(source, cache)
     key = (visit.visit, detector)
     kept = _preloaded.pop(key, None)
-    pre = kept[0] if kept is not None else adapter.preload(visit_info, detector)
+    pre = kept[0] if kept is not None else _preload(adapter, visit_info, detector)
     registered = source.raw_checksum if source.raw == Path(raw_path) else None
     out = adapter.process(raw_path, pre, registered or None)
     stages = {"preloadReady": pre.preload_tai, **out.stages}
     summary = quality(out)
     if not out.ok:
+        summary.update(cpu_split(out, began))
         return {"ok": False, "reason": out.reason or "failed", "stages": stages, "summary": summary}
     ccd = CcdResults(
         visit=pre.visit,
@@ -197,7 +261,40 @@ def process(
     ccd.sources = dia_columns(out, ccd)
     ccd.footprint_ra, ccd.footprint_dec = footprint(out, pre)
     ccd.validate()
-    return {"ok": True, "reason": "", "stages": stages, "summary": summary, "ccd": ccd.to_wire()}
+    wire = ccd.to_wire()
+    summary.update(cpu_split(out, began))
+    return {"ok": True, "reason": "", "stages": stages, "summary": summary, "ccd": wire}
+
+
+class _Began(NamedTuple):
+    """Where the child's accounts stood when ``process`` began."""
+
+    cpu_s: float
+    faults: int
+    gc_s: float
+    handoff_s: float  # the hand-off since the previous CCD
+    preload_s: float  # the preloads run since the previous CCD (at nextVisit)
+    preload_faults: int
+
+
+def cpu_split(out: CcdOutputs, began: _Began) -> dict[str, float | int]:
+    """The CPU split (:data:`CPU_SPLIT`) of the CCD whose ``process`` began at ``began``."""
+    cpu, faults = _usage()
+    inline_s, inline_faults = _account.take_preloads()  # the CCD was not preloaded
+    raw = out.adapter_cpu.get("raw", 0.0)
+    outputs = out.adapter_cpu.get("outputs", 0.0)
+    pixel = out.cpu_timings.get("total", 0.0)
+    return {
+        "cpu_preload_s": began.preload_s + inline_s,
+        "cpu_handoff_s": began.handoff_s,
+        "cpu_raw_s": raw,
+        "pixel_cpu_s": pixel,
+        "cpu_outputs_s": outputs,
+        "cpu_rest_s": max(0.0, cpu - began.cpu_s - inline_s - raw - pixel - outputs),
+        "cpu_gc_s": _account.gc_s - began.gc_s,
+        "minor_faults": faults - began.faults - inline_faults,
+        "preload_minor_faults": began.preload_faults + inline_faults,
+    }
 
 
 def dia_columns(out: CcdOutputs, ccd: CcdResults) -> dict[str, np.ndarray]:
@@ -239,5 +336,4 @@ def quality(out: CcdOutputs) -> dict[str, Any]:
         "psf_fwhm_px": s.get("psf_fwhm_pixels"),
         "astrom_rms_mas": s.get("astrometric_scatter_mas"),
         "n_sources": s.get("n_sources"),
-        "pixel_cpu_s": out.cpu_timings.get("total"),  # run_ccd's own CPU timer
     }

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from base.prompt_records.model import WORKER_CPU
+
 #: Flag of a CCD whose raw was ingested without the header service's header (the service
 #: was down or late): its exposure metadata are the camera's own, not DMS-REQ-0068's.
 NO_HEADER = "no_header"
@@ -25,8 +27,9 @@ class Outcome:
 
 
 def _quality(result: dict[str, Any] | None) -> dict[str, Any]:
+    """The data quality and the worker's CPU split of the CCD, as ``CcdOutcome`` fields."""
     summary = (result or {}).get("summary") or {}
-    return {k: summary[k] for k in QUALITY if summary.get(k) is not None}
+    return {k: summary[k] for k in (*QUALITY, *WORKER_CPU) if summary.get(k) is not None}
 
 
 def failure(

@@ -7,6 +7,7 @@ from .model import (
     STATUSES,
     VISIT_DETECTOR,
     VISIT_STAGES,
+    WORKER_CPU,
     Attempt,
     CcdOutcome,
     CcdTimes,
@@ -14,6 +15,7 @@ from .model import (
     StageTime,
     VisitRecord,
     stage_array,
+    worker_cpu_per_ccd,
 )
 from .store import STORE, PromptRecords
 
@@ -25,6 +27,7 @@ __all__ = [
     "STORE",
     "VISIT_DETECTOR",
     "VISIT_STAGES",
+    "WORKER_CPU",
     "Attempt",
     "CcdOutcome",
     "CcdTimes",
@@ -37,4 +40,5 @@ __all__ = [
     "VisitRecord",
     "latency_summary",
     "stage_array",
+    "worker_cpu_per_ccd",
 ]

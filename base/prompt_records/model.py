@@ -150,6 +150,16 @@ class CcdOutcome:
     astrom_rms_mas: float | None = None
     n_sources: int | None = None
     flags: tuple[str, ...] = ()
+    # The CCD worker child's CPU split of this CCD (``base.prompt.ccd_work.CPU_SPLIT``).
+    cpu_preload_s: float | None = None
+    cpu_handoff_s: float | None = None
+    cpu_raw_s: float | None = None
+    pixel_cpu_s: float | None = None
+    cpu_outputs_s: float | None = None
+    cpu_rest_s: float | None = None
+    cpu_gc_s: float | None = None
+    minor_faults: int | None = None
+    preload_minor_faults: int | None = None
 
     def __post_init__(self) -> None:
         _set(self, "visit", _nonneg_int("visit", self.visit))
@@ -163,8 +173,11 @@ class CcdOutcome:
         _set(self, "n_alerts", _nonneg_int("n_alerts", self.n_alerts))
         if self.n_sources is not None:
             _set(self, "n_sources", _nonneg_int("n_sources", self.n_sources))
-        for name in METRICS:
+        for name in (*METRICS, *WORKER_CPU_S):
             _set(self, name, _metric(name, getattr(self, name)))
+        for name in WORKER_FAULTS:
+            if getattr(self, name) is not None:
+                _set(self, name, _nonneg_int(name, getattr(self, name)))
         if self.failure_type is not None and not isinstance(self.failure_type, str):
             raise InvalidInputError(f"failure_type must be text, not {self.failure_type!r}")
         for name in ("reason", "recovery"):
@@ -176,6 +189,28 @@ class CcdOutcome:
 
 
 METRICS = ("zeropoint", "sky_level", "seeing_arcsec", "psf_fwhm_px", "astrom_rms_mas")
+#: The worker's CPU split of a CCD (core-seconds) and its page faults, as ``CcdOutcome`` holds.
+WORKER_CPU_S = ("cpu_preload_s", "cpu_handoff_s", "cpu_raw_s", "pixel_cpu_s", "cpu_outputs_s",
+                "cpu_rest_s", "cpu_gc_s")  # fmt: skip
+WORKER_FAULTS = ("minor_faults", "preload_minor_faults")
+WORKER_CPU = (*WORKER_CPU_S, *WORKER_FAULTS)
+
+
+def worker_cpu_per_ccd(outcomes: Sequence[CcdOutcome]) -> dict[str, float]:
+    """The worker's CPU split per processed CCD (the mean of each part over the CCDs that
+    carry one), ``worker_core_s`` its sum (the collector's share is inside the parts) and
+    ``overhead_core_s`` all of it but ``run_ccd``; empty when no CCD carries a split."""
+    rows = [o for o in outcomes if o.status == "processed" and o.pixel_cpu_s is not None]
+    if not rows:
+        return {}
+    mean = {k: sum(float(getattr(o, k) or 0) for o in rows) / len(rows) for k in WORKER_CPU}
+    whole = sum(v for k, v in mean.items() if k in WORKER_CPU_S and k != "cpu_gc_s")
+    return {
+        "ccds": len(rows),
+        "worker_core_s": whole,
+        "overhead_core_s": whole - mean["pixel_cpu_s"],
+        **mean,
+    }
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ Tables (in schema ``prompt`` by default; created by the frozen migrations of
   written by the alert publisher with its ``alertsPublished`` stage (``record_alerts``).
 * ``ccd_outcome``/``ccd_attempt`` statuses gained ``deferred`` (migration 4): a CCD the
   overload policy left to the daytime catch-up.
+* ``ccd_outcome`` gained the CCD worker's CPU split of the CCD (migration 5).
 * ``ccd_claim`` -- which processor of the pool holds a CCD (:mod:`.claims`).
 
 Database errors are mapped as in the APDB: unreachable -> ``DatabaseUnavailableError``
@@ -36,6 +37,7 @@ from .model import (
     STAGE_DTYPE,
     STAGE_INDEX,
     STAGES,
+    WORKER_CPU,
     Attempt,
     CcdOutcome,
     NightRecords,
@@ -58,6 +60,7 @@ _OUTCOME_COLS = (
     "astrom_rms_mas",
     "n_sources",
     "flags",
+    *WORKER_CPU,
 )
 
 
@@ -128,6 +131,18 @@ ALTER TABLE {schema}.ccd_outcome ADD CONSTRAINT ccd_outcome_status_check CHECK
 ALTER TABLE {schema}.ccd_attempt DROP CONSTRAINT IF EXISTS ccd_attempt_status_check;
 ALTER TABLE {schema}.ccd_attempt ADD CONSTRAINT ccd_attempt_status_check CHECK
     (status IN ('processed', 'failed', 'abandoned', 'skipped', 'deferred'));
+""",
+        ),
+        Migration(
+            5,
+            "ccd_outcome: the CCD worker's CPU split of the CCD (base.prompt.ccd_work.CPU_SPLIT)",
+            """
+ALTER TABLE {schema}.ccd_outcome ADD COLUMN IF NOT EXISTS cpu_preload_s float8,
+    ADD COLUMN IF NOT EXISTS cpu_handoff_s float8, ADD COLUMN IF NOT EXISTS cpu_raw_s float8,
+    ADD COLUMN IF NOT EXISTS pixel_cpu_s float8, ADD COLUMN IF NOT EXISTS cpu_outputs_s float8,
+    ADD COLUMN IF NOT EXISTS cpu_rest_s float8, ADD COLUMN IF NOT EXISTS cpu_gc_s float8,
+    ADD COLUMN IF NOT EXISTS minor_faults bigint,
+    ADD COLUMN IF NOT EXISTS preload_minor_faults bigint;
 """,
         ),
     ),

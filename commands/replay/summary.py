@@ -12,7 +12,7 @@ import numpy as np
 
 from base.prompt.overload import OVERLOAD
 from base.prompt.settings import AssociationSettings, CcdProcessorSettings
-from base.prompt_records import NightRecords, PromptRecords, latency_summary
+from base.prompt_records import NightRecords, PromptRecords, latency_summary, worker_cpu_per_ccd
 from base.reliability import alert_threshold, load_reliability_model
 from base.reports.documents import write_night_reports
 from base.reports.truth import load_truth
@@ -143,6 +143,9 @@ def night_summary(records: NightRecords | None, outcome: ReplayOutcome) -> dict[
         latency = latency_summary(records)
         summary["visitShareWithin60s"] = latency.visit_share_within_budget
         summary["latencySummary"] = latency.to_dict()
+        summary["workerCpuPerCcd"] = {
+            k: round(v, 4) for k, v in worker_cpu_per_ccd(records.outcomes).items()
+        }
     return summary
 
 
