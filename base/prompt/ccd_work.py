@@ -38,6 +38,7 @@ from base.cutouts import cutout_to_fits
 from base.input_cache import InputCache
 from base.isolated import take_outside_cpu
 from base.prompt.requests import CcdResults
+from base.prompt_records.model import WORKER_CPU
 from state.clock import tai_mjd, tai_now
 from state.contracts.data_plane import CcdVisit
 from state.errors import InvalidInputError, StartupError
@@ -52,16 +53,16 @@ MAX_PRELOADED_BYTES = 2 << 30
 #: (detection, PSF, astrometry, difference imaging, DIASources, cutouts) runs.
 WARM_UP_CCD = SimConfig(seed=99, n_transients=5)
 
-#: The child's CPU split of one CCD, as ``summary`` keys (core-seconds; faults, a count):
-#: ``cpu_preload_s`` the preloads run since the previous CCD (at ``nextVisit``, or here when
-#: the CCD was not preloaded), ``cpu_handoff_s`` the child's CPU outside its jobs since then
-#: (requests unpickled, answers pickled through the pipe), ``cpu_raw_s`` the raw read and its
-#: checksum, ``pixel_cpu_s`` ``run_ccd``'s own timer, ``cpu_outputs_s`` the cutouts' FITS and
-#: summary, ``cpu_rest_s`` the rest of ``process`` (the DIASource columns, footprint and
-#: validation of the answer), ``cpu_gc_s`` the garbage collector's share of ``process``,
-#: ``minor_faults`` the page faults of ``process`` and ``preload_minor_faults`` the preloads'.
-CPU_SPLIT = ("cpu_preload_s", "cpu_handoff_s", "cpu_raw_s", "pixel_cpu_s", "cpu_outputs_s",
-             "cpu_rest_s", "cpu_gc_s", "minor_faults", "preload_minor_faults")  # fmt: skip
+#: The child's CPU split of one CCD, as ``summary`` keys (core-seconds; faults, a count), the
+#: ``CcdOutcome`` fields that record it: ``cpu_preload_s`` the preloads run since the previous
+#: CCD (at ``nextVisit``, or here when the CCD was not preloaded), ``cpu_handoff_s`` the
+#: child's CPU outside its jobs since then (requests unpickled, answers pickled through the
+#: pipe), ``cpu_raw_s`` the raw read and its checksum, ``pixel_cpu_s`` ``run_ccd``'s own
+#: timer, ``cpu_outputs_s`` the cutouts' FITS and summary, ``cpu_rest_s`` the rest of
+#: ``process`` (the DIASource columns, footprint and validation of the answer), ``cpu_gc_s``
+#: the garbage collector's share of ``process``, ``minor_faults`` the page faults of
+#: ``process`` and ``preload_minor_faults`` the preloads'.
+CPU_SPLIT = WORKER_CPU
 
 _preloaded: OrderedDict[tuple[int, int], tuple[Preloaded, int]] = OrderedDict()
 _ids = IdPacker(release=0)
