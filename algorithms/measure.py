@@ -71,12 +71,20 @@ def forced_psf_flux(
     w = _weights(
         variance[iy, ix].astype(np.float64), None if mask is None else mask[iy, ix], bad_bits
     )
+    f, err = linear_flux(d, w, p)
+    if np.isnan(err):
+        return np.nan, np.nan, np.nan, 0, True
+    chi2 = float((((d - f * p) ** 2) * w).sum())
+    return f, err, chi2, int((w > 0).sum()), p.shape != k.shape
+
+
+def linear_flux(d: np.ndarray, w: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+    """The weighted least-squares amplitude of the profile ``p`` in ``d`` (weights ``w``,
+    0 where unused) and its error; NaN, NaN when no weight falls on the profile."""
     a = float((p * p * w).sum())
     if a <= 0:
-        return np.nan, np.nan, np.nan, 0, True
-    f = float((p * d * w).sum()) / a
-    chi2 = float((((d - f * p) ** 2) * w).sum())
-    return f, 1.0 / np.sqrt(a), chi2, int((w > 0).sum()), p.shape != k.shape
+        return np.nan, np.nan
+    return float((p * d * w).sum()) / a, 1.0 / np.sqrt(a)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -27,7 +27,7 @@ from scipy.spatial import cKDTree
 
 from algorithms import mask as mk
 from algorithms.detection import PEAK_DTYPE
-from algorithms.measure import forced_psf_flux, psf_fit
+from algorithms.measure import forced_psf_flux, linear_flux, psf_fit
 from algorithms.model_noise import noise_scale_or_one
 from algorithms.psf import Psf
 from algorithms.wcs import TanSipWcs
@@ -402,11 +402,7 @@ def _usable(img: np.ndarray, var: np.ndarray, msk: np.ndarray) -> np.ndarray:
 def _linear_flux(
     d: np.ndarray, v: np.ndarray, p: np.ndarray, use: np.ndarray
 ) -> tuple[float, float]:
-    w = np.where(use, 1.0 / np.where(use, v, 1.0), 0.0)
-    a = float((p * p * w).sum())
-    if a <= 0:
-        return np.nan, np.nan
-    return float((p * d * w).sum()) / a, 1.0 / np.sqrt(a)
+    return linear_flux(d, np.where(use, 1.0 / np.where(use, v, 1.0), 0.0), p)
 
 
 def _spline_shifted(k: np.ndarray, x: float, y: float) -> np.ndarray:
