@@ -38,8 +38,9 @@ from rich.text import Text
 
 from base.db import connect_pool
 from base.reprocess.observer import Observers, RunObserver
-from config.system import DSN_ENV, check_dsn
-from state.errors import ConfigurationError, DmcsError
+from commands.cli_options import required_dsn
+from config.system import DSN_ENV
+from state.errors import DmcsError
 
 console = Console()
 
@@ -86,15 +87,6 @@ def _progress() -> Progress:
         TimeRemainingColumn(),
         console=console,
     )
-
-
-def _dsn(dsn: str | None) -> str:
-    if not dsn:
-        raise click.UsageError("give --dsn (or set $DMCS_DATABASE_DSN)")
-    try:
-        return check_dsn(dsn)
-    except ConfigurationError as e:
-        raise click.UsageError(f"--dsn: {e}") from e
 
 
 def _fail(e: DmcsError) -> click.ClickException:
@@ -172,7 +164,7 @@ def reprocess(ctx: click.Context, **opts: Any) -> None:
             http_base(opts["url"])
         except ValueError as e:
             raise click.UsageError(f"--url: {e}") from e
-    dsn = _dsn(opts["dsn"])
+    dsn = required_dsn(opts["dsn"])
     from base.reprocess.catchup import CatchUpConfig
     from base.reprocess.runner import ReprocessConfig
 
@@ -273,7 +265,7 @@ async def _job(job: Any, executor: Any, observer: RunObserver) -> dict[str, Any]
 def status(obj: dict[str, Any], release: str | None, dsn: str | None, as_json: bool) -> None:
     """Releases and catch-ups in the ledger; with RELEASE, its units."""
     try:
-        rows = asyncio.run(_status(_dsn(dsn or obj.get("dsn")), release))
+        rows = asyncio.run(_status(required_dsn(dsn or obj.get("dsn")), release))
     except DmcsError as e:
         raise _fail(e) from e
     if as_json:

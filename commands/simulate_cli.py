@@ -9,8 +9,9 @@ from pathlib import Path
 
 import click
 
-from config.system import DSN_ENV, check_dsn
-from state.errors import ConfigurationError, DmcsError
+from commands.cli_options import required_dsn
+from config.system import DSN_ENV
+from state.errors import DmcsError
 
 DEFAULT_URL = "ws://127.0.0.1:8765/ws"
 
@@ -161,12 +162,7 @@ def register(night_dir: Path, dsn: str | None, registry_schema: str) -> None:
     from base.registry.products import register_night
     from base.registry.repository import Repository
 
-    if not dsn:
-        raise click.UsageError("give --dsn (or set $DMCS_DATABASE_DSN)")
-    try:
-        check_dsn(dsn)
-    except ConfigurationError as e:
-        raise click.UsageError(f"--dsn: {e}") from e
+    dsn = required_dsn(dsn)
 
     async def go() -> dict[str, int]:
         repo = await Repository.connect(dsn, registry_schema)
