@@ -33,7 +33,7 @@ TARGET_FIRST_OVER_MEDIAN = 1.5
 
 
 def _options(args: argparse.Namespace) -> Any:
-    from commands.replay.main import ReplayOptions
+    from commands.replay.options import ReplayOptions
 
     return ReplayOptions(
         out=args.out,

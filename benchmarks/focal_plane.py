@@ -46,7 +46,8 @@ from rich.console import Console
 from base.ccd_inputs import NightDirectoryRepository
 from base.ccd_processing import CcdProcessing
 from base.heap import keep_freed_memory
-from commands.replay.main import ReplayOptions, prepare_night, run_replay
+from commands.replay.main import prepare_night, run_replay
+from commands.replay.options import ReplayOptions
 from commands.replay.session import RUN_ENV
 from summit.night_files import open_night
 

@@ -42,7 +42,8 @@ from typing import Any
 
 from focal_plane import SAMPLE_S, CpuSampler, MarkingConsole, pixel_cpu_per_ccd
 
-from commands.replay.main import ReplayOptions, prepare_night, run_replay
+from commands.replay.main import prepare_night, run_replay
+from commands.replay.options import ReplayOptions
 
 TARGET_P95_S = 30.0
 #: The processors' core-seconds per CCD may exceed ``benchmarks/ccd.py``'s by this much.

@@ -28,7 +28,8 @@ from typing import Any
 
 from rich.console import Console
 
-from commands.replay.main import ReplayOptions, prepare_night, run_replay
+from commands.replay.main import prepare_night, run_replay
+from commands.replay.options import ReplayOptions
 from config.system import DEFAULT_SYSTEM_FILE
 
 MODES = ("fixed", "availability")

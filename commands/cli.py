@@ -277,7 +277,8 @@ def replay(
     state if that one completed (or with --fresh), else resumes it; it says which. The exit
     status is 0 only if the night completed.
     """
-    from commands.replay.main import ReplayOptions, run_replay
+    from commands.replay.main import run_replay
+    from commands.replay.options import ReplayOptions
     from commands.replay.report_cli import print_summary
 
     configure_logging("console")

@@ -151,7 +151,8 @@ async def test_a_clean_replay_on_a_given_database_drops_only_its_schemas(pg_dsn:
 async def test_multi_node_options_that_cannot_work_are_refused_before_anything_starts(
     tmp_path: Path, options: dict[str, object], message: str
 ) -> None:
-    from commands.replay.main import ReplayOptions, run_replay
+    from commands.replay.main import run_replay
+    from commands.replay.options import ReplayOptions
 
     out = tmp_path / "replay"
     with pytest.raises(ConfigurationError, match=message):

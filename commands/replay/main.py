@@ -14,14 +14,12 @@ traceback of an unexpected error goes to ``<out>/replay-error.log``, not the ter
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import secrets
 import time
 import traceback
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,16 +31,16 @@ from actors.runtime import shutdown_ray
 from base.db import connect_pool
 from base.postgres import postgres_dsn, wait_for_database
 from commands.client import Client
-from commands.night_driver import DriveProgress, check_speed
+from commands.night_driver import DriveProgress
 from commands.replay import session
 from commands.replay.display import ReplayDisplay
 from commands.replay.night_system import (
-    check_processors,
     database_schemas,
     night_system_config,
     register_products,
 )
 from commands.replay.nodes import NodeKiller, placement_of
+from commands.replay.options import ReplayOptions
 from commands.replay.record import NightRecordReader
 from commands.replay.runner import ReplayOutcome, replay_night
 from commands.replay.summary import (
@@ -53,18 +51,15 @@ from commands.replay.summary import (
     record_counts,
     write_reports,
 )
-from commands.replay.tracker import DEFAULT_STALL_SECONDS
 from commands.replay.watch import NightWatcher
 from commands.server import serve
-from config.cameras import load_camera
-from config.system import SystemConfig, check_dsn, load_system_config
+from config.system import SystemConfig, load_system_config
 from state.durable import writable_dir
 from state.errors import ConfigurationError, DmcsError, RetriableError
 from state.patience import call_patiently
 from state.states import State
 from summit.night_files import open_night
-from summit.schedule import read_schedule
-from summit.simulation import check_visits, plan_night, run_night
+from summit.simulation import plan_night, run_night
 
 log = logging.getLogger("dmcs.replay")
 T = TypeVar("T")
@@ -78,95 +73,6 @@ MODE_TEXT = {
     "again": "replaying the night again from a clean state",
     "resume": "resuming the night",
 }
-
-
-@dataclass(frozen=True)
-class ReplayOptions:
-    out: Path = Path("var/replay")
-    camera: str = "mini"
-    visits: int = 4
-    seed: int = 1
-    speed: float = 10.0
-    night: Path | None = None
-    opsim: Path | None = None
-    processors: int = 2
-    dsn: str | None = None
-    address: str | None = None
-    config: Path | None = None
-    drain_seconds: float = 300.0
-    progress: bool = True
-    #: Clean the directory first even if the previous replay there could be resumed.
-    fresh: bool = False
-    #: Seconds without progress before the replay says what it is waiting for.
-    stall_seconds: float = DEFAULT_STALL_SECONDS
-    #: Seconds start-up waits for PostgreSQL, Ray and the components.
-    startup_timeout: float = 120.0
-    #: Ray nodes on this machine (``> 1``: a local cluster placed by role, see actors/cluster.py).
-    nodes: int = 1
-    #: Kill a base node when this visit (1-based) starts integrating.
-    kill_node_at: int | None = None
-
-    def check(self) -> None:
-        """Refuse bad options before anything in ``out`` is touched or started.
-
-        Each value is checked against the definition its user applies later (the night
-        driver's speed, the simulation's visit count, the camera catalogue, the night's
-        manifest), so a typo cannot clean a previous replay's results and then fail.
-        """
-        check_speed(self.speed)
-        if self.dsn:
-            check_dsn(self.dsn)
-        check_processors(self.processors)
-        if not self.drain_seconds >= 0:
-            raise ConfigurationError(f"--drain must be >= 0 seconds, not {self.drain_seconds}")
-        if self.night is not None:
-            if self.opsim is not None:
-                raise ConfigurationError("--night and --opsim exclude each other")
-            if not self.night.is_dir():
-                raise ConfigurationError(
-                    f"--night {self.night} is not a directory (a simulated night; "
-                    "an OpSim schedule goes to --opsim)"
-                )
-            open_night(self.night)
-        else:
-            load_camera(self.camera)
-            if self.opsim is not None:
-                read_schedule(self.opsim, self.visits if self.visits > 0 else None)
-            else:
-                check_visits(self.visits)
-        if self.out.exists() and not self.out.is_dir():
-            raise ConfigurationError(f"--out {self.out} exists and is not a directory")
-        if self.nodes < 1:
-            raise ConfigurationError(f"--nodes must be at least 1, not {self.nodes}")
-        if self.nodes > 1 and self.address:
-            raise ConfigurationError("--nodes starts its own cluster; it excludes --address")
-        if self.kill_node_at is not None:
-            if self.nodes < 3:
-                raise ConfigurationError(
-                    "--kill-node-at needs --nodes 3 or more (two base nodes, one to survive)"
-                )
-            if not 1 <= self.kill_node_at <= self.visits:
-                raise ConfigurationError(
-                    f"--kill-node-at {self.kill_node_at} is not a visit of the night "
-                    f"(1 to {self.visits})"
-                )
-
-    def fingerprint(self) -> dict[str, Any]:
-        """The options that decide what the night's data are (resume only with the same)."""
-        dsn = self.dsn or ""
-        return {
-            "camera": self.camera,
-            "visits": self.visits,
-            "seed": self.seed,
-            "night": str(self.night.resolve()) if self.night else None,
-            "opsim": str(self.opsim.resolve()) if self.opsim else None,
-            "processors": self.processors,
-            "dsn": hashlib.sha256(dsn.encode()).hexdigest()[:16] if dsn else None,
-            "address": self.address,
-            "config": str(self.config.resolve()) if self.config else None,
-            "nodes": self.nodes,
-            "killNodeAt": self.kill_node_at,
-        }
 
 
 def _night_is_ready(night: Path, opts: ReplayOptions) -> bool:
