@@ -9,8 +9,9 @@ CcdProcessor and the batch reprocessing ask the registry, then hand the plain
 recorded, so a product that went missing or changed after registration is refused.
 The readers turn those files into the in-memory inputs of ``algorithms.pipeline.run_ccd``;
 they raise ``InvalidInputError`` on unreadable or inconsistent files. Given an
-:class:`~base.input_cache.InputCache`, calibrations and templates are decoded once per node and
-memory-mapped by every worker after that (read-only arrays), and a checksum is verified once.
+:class:`~base.input_cache.InputCache`, calibrations are decoded once per node and memory-mapped
+by every worker after that (read-only arrays), and a checksum is verified once; a template is
+decoded at each use (see ``read_template``).
 """
 
 from __future__ import annotations
@@ -258,11 +259,20 @@ def read_calibrations(
     return cal, flags
 
 
-def read_template(path: Path, cache: InputCache | None = None) -> Template:
-    """A template coadd in nJy (IMAGE, VARIANCE, PSF HDUs, TAN-SIP WCS in the IMAGE header)."""
-    if cache is None:
-        return _template(*_decode_template(path))
-    return _template(*cache.load(path, "template", None, lambda: _decode_template(path)))
+def read_template(path: Path) -> Template:
+    """A template coadd in nJy (IMAGE, VARIANCE, PSF HDUs, TAN-SIP WCS in the IMAGE header),
+    its arrays read-only as the input cache's calibrations are (one compiled type of each
+    kernel).
+
+    Decoded at each preload, not kept in the input cache: a field comes back tens of minutes
+    and hundreds of other CCDs' templates later, past what a node's cache holds (the 20-visit
+    ComCam night: no template found again in a 6 GB cache), and writing a 4k×4k template there
+    cost more CPU than decoding it (~0.3 against ~0.23 core-s).
+    """
+    arrays, meta = _decode_template(path)
+    for a in arrays.values():
+        a.flags.writeable = False
+    return _template(arrays, meta)
 
 
 def _template(arrays: dict[str, np.ndarray], meta: dict[str, object]) -> Template:

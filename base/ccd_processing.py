@@ -147,7 +147,7 @@ class CcdProcessing:
             if tpath is None:
                 flags.append("no_template")
             else:
-                template = read_template(tpath, self.cache)
+                template = read_template(tpath)
         except DmcsError as e:
             flags.append(f"template_unreadable:{e}")
         refcat = ReferenceCatalog(np.zeros(0), np.zeros(0), np.zeros(0))
