@@ -33,6 +33,7 @@ from algorithms.isr import Calibrations
 from algorithms.pipeline import ReferenceCatalog, Template
 from algorithms.wcs import TanSipWcs
 from base.input_cache import InputCache
+from base.tiled_fits import read_compressed_images
 from config.cameras import Amplifier, Detector
 from state.errors import InvalidInputError
 
@@ -286,9 +287,10 @@ def _decode_template(path: Path) -> tuple[dict[str, np.ndarray], dict[str, objec
         with fits.open(path, memmap=False) as h:
             cards = {k: v for k, v in h["IMAGE"].header.items() if isinstance(v, (int, float, str))}
             TanSipWcs.from_header(cards)
-            img = np.asarray(h["IMAGE"].data, dtype=np.float32)
-            var = np.asarray(h["VARIANCE"].data, dtype=np.float32)
             psf = np.asarray(h["PSF"].data, dtype=np.float64)
+        planes = read_compressed_images(path, ("IMAGE", "VARIANCE"))
+        img = np.asarray(planes["IMAGE"], dtype=np.float32)
+        var = np.asarray(planes["VARIANCE"], dtype=np.float32)
     except _READ_ERRORS as e:
         raise InvalidInputError(f"cannot read template {path}: {e}") from e
     if img.shape != var.shape or psf.ndim != 2 or psf.shape[0] % 2 == 0:

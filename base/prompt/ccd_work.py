@@ -39,6 +39,7 @@ from base.input_cache import InputCache
 from base.isolated import take_outside_cpu
 from base.prompt.requests import CcdResults
 from base.prompt_records.model import WORKER_CPU
+from base.tiled_fits import warm_up_decoder
 from state.clock import tai_mjd, tai_now
 from state.contracts.data_plane import CcdVisit
 from state.errors import InvalidInputError, StartupError
@@ -150,6 +151,7 @@ def warm_up() -> dict[str, Any]:
         waited = time.perf_counter() - t0
         done = _process_simulated_ccd(read_only=True)
         _process_simulated_ccd(read_only=False)
+        warm_up_decoder()
     return {**done, "seconds": time.perf_counter() - t0, "waitedSeconds": waited}
 
 
