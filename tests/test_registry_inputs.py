@@ -166,7 +166,8 @@ def test_the_worker_keeps_preloads_by_the_memory_they_hold(
     mini_night: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A processor preloads all its detectors at nextVisit (95 of lsstcam-lite's 189): the
-    worker keeps them by the bytes they hold in its own memory, memory-mapped inputs aside."""
+    worker keeps them by the bytes they hold in its own memory: calibrations mapped from the
+    input cache aside, templates (decoded at each preload) counted."""
     night, v = NightDirectoryRepository(mini_night), _first_visit(mini_night)
 
     def source(det: int) -> ResolvedInputs:
@@ -178,16 +179,20 @@ def test_the_worker_keeps_preloads_by_the_memory_they_hold(
     ccd_work._preloaded.clear()
     try:
         cache = (str(tmp_path / "cache"), 1 << 30)
-        for det in DETECTORS:  # decoded into the cache, then kept as its mappings
+        for det in DETECTORS:  # calibrations decoded into the cache, then kept as its mappings
             ccd_work.preload(source(det), _info(v), det, cache=cache)
         mapped = [held for _, held in ccd_work._preloaded.values()]
         assert len(mapped) == len(DETECTORS)
+        assert all(2 * 512 * 512 * 4 < m < 4 * 512 * 512 * 4 for m in mapped), (
+            "the template's image and variance count, the mapped calibrations do not",
+            mapped,
+        )
         ccd_work.preload(source(0), {**_info(v), "visit": v.visit_id + 1}, 0)  # decoded here
         own = ccd_work._preloaded[(v.visit_id + 1, 0)][1]
-        assert own > 3 * 512 * 512 * 4 > 20 * max(mapped), (own, mapped)
-        # Over the byte bound the oldest go first; the mapped ones hardly count.
+        assert own - max(mapped) > 3 * 512 * 512 * 4, (own, mapped)  # bias, dark, flat
+        # Over the byte bound the oldest go first.
         later = {**_info(v), "visit": v.visit_id + 1}
-        monkeypatch.setattr(ccd_work, "MAX_PRELOADED_BYTES", int(1.5 * own))
+        monkeypatch.setattr(ccd_work, "MAX_PRELOADED_BYTES", int(1.7 * own))
         ccd_work.preload(source(1), later, 1)
         assert list(ccd_work._preloaded) == [(v.visit_id + 1, 1)]
         ccd_work.preload(source(3), later, 3, cache=cache)
