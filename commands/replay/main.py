@@ -229,7 +229,9 @@ async def _replay(
         start_timeout=opts.startup_timeout,
         on_restart=restarts.append,
     ) as dsn:
-        await wait_for_database(dsn, opts.startup_timeout)
+        await wait_for_database(
+            dsn, opts.startup_timeout, starting=not (opts.dsn or base.database.dsn)
+        )
         config = night_system_config(
             base,
             dsn=dsn,
