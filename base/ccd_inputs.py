@@ -163,7 +163,7 @@ class ResolvedRepository:
 
     def _checked(self, path: Path | None) -> Path | None:
         if path is not None and (reason := self._refused.get(str(path))) is not None:
-            raise InvalidInputError(f"registration refused {path}: {reason}")
+            raise InvalidInputError(f"registration refused: {reason}")
         if path is not None and (checksum := self._checksums.get(str(path))) is not None:
             verify_product(path, checksum, self.cache)
         return path
