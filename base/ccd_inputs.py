@@ -115,6 +115,8 @@ class ResolvedInputs:
     checksums: tuple[tuple[str, str], ...] = ()
     #: sha256 of the stored raw file as ingest wrote and registered it (None: not known).
     raw_checksum: str | None = None
+    #: (path, reason) of each product above that registration refused.
+    refused: tuple[tuple[str, str], ...] = ()
 
 
 #: Files whose checksum matched, by (path, size, mtime_ns): each is hashed once per process.
@@ -159,8 +161,11 @@ class ResolvedRepository:
         self.inputs = inputs
         self.cache = cache
         self._checksums = dict(inputs.checksums)
+        self._refused = dict(inputs.refused)
 
     def _checked(self, path: Path | None) -> Path | None:
+        if path is not None and (reason := self._refused.get(str(path))) is not None:
+            raise InvalidInputError(f"registration refused: {reason}")
         if path is not None and (checksum := self._checksums.get(str(path))) is not None:
             verify_product(path, checksum, self.cache)
         return path

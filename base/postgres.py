@@ -24,6 +24,7 @@ from typing import Any
 import asyncpg
 import psutil
 
+from base.db import redacted_dsn
 from state.errors import ConfigurationError, StorageError
 
 log = logging.getLogger("dmcs.postgres")
@@ -252,19 +253,39 @@ def postgres_dsn(
         yield embedded
 
 
-async def wait_for_database(dsn: str, timeout: float = DEFAULT_START_TIMEOUT) -> None:
-    """Return once PostgreSQL at ``dsn`` accepts a connection; StorageError after ``timeout``."""
+#: Answers of a server that may yet accept: starting up, full, slow.
+_NOT_YET = (
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    TimeoutError,
+    ConnectionResetError,
+)
+
+
+async def wait_for_database(
+    dsn: str, timeout: float = DEFAULT_START_TIMEOUT, *, starting: bool = False
+) -> None:
+    """Return once PostgreSQL at ``dsn`` accepts a connection, else raise ``StorageError``.
+
+    A server starting up, full or slow is waited for up to ``timeout`` seconds. Nothing
+    listening at the address (connection refused, no socket, unknown host) or a refusal of
+    the login (password, database) fails at once, unless ``starting``: a server this process
+    has just started (or restarted) may not listen yet.
+    """
     deadline = time.monotonic() + timeout
     delay = 0.2
+    where = f"PostgreSQL at {redacted_dsn(dsn)}"
     while True:
         try:
             conn = await asyncpg.connect(dsn, timeout=max(1.0, min(10.0, timeout)))
         except (OSError, asyncpg.PostgresError, TimeoutError) as e:
+            if not starting and not isinstance(e, _NOT_YET):
+                what = "is not reachable" if isinstance(e, OSError) else "refused the login"
+                raise StorageError(f"{where} {what}: {e}") from e
             left = deadline - time.monotonic()
             if left <= 0:
                 raise StorageError(
-                    f"PostgreSQL at {_redacted(dsn)} did not accept a connection within "
-                    f"{timeout:.0f} s: {e}"
+                    f"{where} did not accept a connection within {timeout:.0f} s: {e}"
                 ) from e
             log.warning("waiting for PostgreSQL (%s); %.0f s left", e, left)
             await asyncio.sleep(min(delay, left))
@@ -272,12 +293,3 @@ async def wait_for_database(dsn: str, timeout: float = DEFAULT_START_TIMEOUT) ->
             continue
         await conn.close()
         return
-
-
-def _redacted(dsn: str) -> str:
-    """``dsn`` without its password."""
-    head, at, tail = dsn.rpartition("@")
-    if not at or ":" not in head.split("//", 1)[-1]:
-        return dsn
-    scheme, _, user = head.partition("//")
-    return f"{scheme}//{user.split(':', 1)[0]}:***@{tail}"

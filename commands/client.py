@@ -222,8 +222,11 @@ class Client:
             case Op.ERROR:
                 pending = self._pending.pop(message.get("id"), None)  # type: ignore[arg-type]
                 error = InvalidInputError(f"{message.get('code')}: {message.get('message')}")
+                confirmed = self._confirming.get(message.get("id"))  # type: ignore[arg-type]
                 if pending is not None and not pending.final.done():
                     pending.final.set_exception(error)
+                elif confirmed is not None and not confirmed.done():
+                    confirmed.set_exception(error)
                 else:
                     log.warning("gateway error: %s", error)
             case Op.SUBSCRIBED:

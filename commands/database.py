@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 
 from actors.component_actor import load_component_class
-from base.postgres import postgres_dsn
+from base.postgres import postgres_dsn, wait_for_database
 from config.system import DSN_ENV, SystemConfig, check_dsn
 from state.errors import ConfigurationError
 
@@ -37,6 +37,14 @@ def check_dsn_env() -> str:
         except ConfigurationError as e:
             raise ConfigurationError(f"${DSN_ENV}: {e}") from e
     return dsn
+
+
+async def check_configured_database(config: SystemConfig) -> None:
+    """Fail at once (``StorageError``) when the system's components need a configured DSN at
+    which no PostgreSQL answers, rather than after every component waited ``startup_timeout``."""
+    configured = config.database.dsn or check_dsn_env()
+    if configured and database_users(config):
+        await wait_for_database(configured, config.startup_timeout)
 
 
 @contextlib.contextmanager

@@ -35,6 +35,7 @@ from state.contracts import ContractError, check_value
 from state.errors import InvalidInputError
 from state.events import (
     CAMERA_EVENTS,
+    EXTERNAL_SOURCES,
     OCS_TELEMETRY,
     REPROCESS_SOURCE,
     REPROCESS_TELEMETRY,
@@ -310,9 +311,9 @@ async def _handle_frame(
                 MAX_SUBSCRIPTIONS
             ):
                 raise _Overloaded(f"more than {MAX_SUBSCRIPTIONS} subscriptions on this connection")
-            channel.subscriptions[sub_id] = TopicFilter.of(
-                message.get("components"), message.get("topics")
-            )
+            wanted = TopicFilter.of(message.get("components"), message.get("topics"))
+            _check_sources(hub, wanted)
+            channel.subscriptions[sub_id] = wanted
             channel.send(frame(Op.SUBSCRIBED, id=sub_id))
             hub.snapshot_for(channel, sub_id)
         case Op.UNSUBSCRIBE:
@@ -321,6 +322,17 @@ async def _handle_frame(
             await _ocs_input(app, channel, op, message)
         case Op.PING:
             channel.send(frame(Op.PONG, id=message["id"]))
+
+
+def _check_sources(hub: Hub, wanted: TopicFilter) -> None:
+    """Refuse a subscription to a component no event can come from (it would wait for ever)."""
+    known = set(hub.components) | EXTERNAL_SOURCES
+    unknown = sorted((wanted.components or frozenset()) - known)
+    if unknown:
+        raise _UnknownComponent(
+            f"unknown component{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))};"
+            f" known components: {', '.join(sorted(known))}"
+        )
 
 
 async def _ocs_input(
@@ -361,3 +373,7 @@ class _NotOcs(InvalidInputError):
 
 class _UnknownTopic(InvalidInputError):
     code = ErrorCode.UNKNOWN_TOPIC
+
+
+class _UnknownComponent(InvalidInputError):
+    code = ErrorCode.UNKNOWN_COMPONENT

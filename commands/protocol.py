@@ -56,6 +56,7 @@ class ErrorCode(StrEnum):
     BAD_FIELD = "bad_field"
     NOT_PERMITTED = "not_permitted"
     UNKNOWN_TOPIC = "unknown_topic"
+    UNKNOWN_COMPONENT = "unknown_component"
     OVERLOADED = "overloaded"
 
 

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from actors.launcher import System, launch
 from actors.runtime import init_ray
-from commands.database import system_database
+from commands.database import check_configured_database, system_database
 from commands.gateway import make_app
 from config.system import SystemConfig, load_tokens
 
@@ -42,6 +42,7 @@ async def serve(
     ``port=0`` picks a free port (tests); ``None`` takes the configured one. Components
     that use the database get its DSN (an embedded PostgreSQL when none is configured).
     """
+    await check_configured_database(config)
     with system_database(config) as wired:
         async with _serve(wired, address=address, port=port) as running:
             yield running

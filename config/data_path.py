@@ -45,6 +45,10 @@ class SummitBufferSettings(BaseModel):
     #: The camera's DAQ staging area, whose readout records the buffer reconciles with its
     #: manifest (``summit.readout_records``); empty: only the areas seen in ``endReadout``.
     staging_dir: str = ""
+    #: Folders the ``acceptImage`` command may read a raw from, besides ``staging_dir``: a URL
+    #: whose file (``..`` and symlinks resolved) lies elsewhere is refused. None: only
+    #: ``staging_dir``, and no command handoff at all when that is empty too.
+    accept_dirs: tuple[str, ...] = ()
     #: Seconds between reconciliations while ENABLED (also done at once on enable).
     reconcile_interval: float = Field(default=5.0, gt=0)
     link: LinkSettings = LinkSettings()

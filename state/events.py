@@ -33,6 +33,12 @@ OCS_SOURCES: frozenset[str] = frozenset({"OCS", "Camera"})
 #: ``dmcs reprocess`` and published as the source :data:`REPROCESS_SOURCE`.
 REPROCESS_TELEMETRY: frozenset[str] = frozenset({"reprocessProgress", "reprocessFailure"})
 REPROCESS_SOURCE = "Reprocess"
+#: The source of the replay's node-loss events (``dmcs replay --kill-node-at``).
+CLUSTER_SOURCE = "Cluster"
+#: The source of the dashboard's own events (alarms, the status board), as ts_watcher's.
+WATCHER_SOURCE = "Watcher"
+#: Every source of events that is not a configured component.
+EXTERNAL_SOURCES: frozenset[str] = OCS_SOURCES | {REPROCESS_SOURCE, CLUSTER_SOURCE, WATCHER_SOURCE}
 
 #: The stages of one CCD in prompt processing, in pipeline order (docs/events.md).
 PROMPT_STAGES: tuple[str, ...] = (

@@ -175,9 +175,27 @@ class SummitBuffer(Controller):
     ) -> dict[str, Any]:
         """Take one raw with an ack: CMD_COMPLETE once it is durable, CMD_FAILED otherwise."""
         self.assert_enabled("accept an image")
-        offer = Offer(imageName, visit, detector, camera, url, checksum, tai_now())
+        source = self._acceptable(url)
+        offer = Offer(imageName, visit, detector, camera, source.as_uri(), checksum, tai_now())
         entry, new = await self.accept(offer)
         return {"checksum": entry.checksum, "byteSize": entry.byte_size, "duplicate": not new}
+
+    def _acceptable(self, url: str) -> Path:
+        """The file of ``url`` with ``..`` and symlinks resolved, if it lies in a folder the
+        buffer is configured to take raws from; ``CommandRejected`` otherwise (a command must
+        not read any file on the summit)."""
+        try:
+            source = path_from_url(url).resolve()
+        except (InvalidInputError, OSError, RuntimeError) as e:
+            raise CommandRejected(f"acceptImage: {e}") from e
+        dirs = [d for d in (self.config.staging_dir, *self.config.accept_dirs) if d]
+        if not any(source.is_relative_to(Path(d).resolve()) for d in dirs):
+            where = ", ".join(dirs) if dirs else "nowhere (staging_dir and accept_dirs are empty)"
+            raise CommandRejected(
+                f"acceptImage: {url!r} is {source}, outside the folders this buffer takes raws"
+                f" from: {where}"
+            )
+        return source
 
     async def accept(self, offer: Offer, *, offered: bool = True) -> tuple[Entry, bool]:
         """Take one raw; ``offered=False``: a retry from a readout record, whose refusal for a
@@ -362,9 +380,12 @@ class SummitBuffer(Controller):
             self.log_message(logging.ERROR, message)
 
     async def _idle(self, seconds: float) -> None:
+        # Not asyncio.wait_for: on 3.11 a cancellation that lands as its timeout expires is
+        # lost, and close() then waits for ever on the transfer loop.
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
 
     async def _current_visit(self) -> list[Entry]:
         """The unsent raws of the oldest visit that has any (in flight ones included)."""

@@ -172,7 +172,11 @@ async def test_full_buffer_refuses_loudly_and_keeps_what_it_took(
 ) -> None:
     first = camera.readout(0)
     room = sum(i["byteSize"] for i in first.images[:2]) + 1000
-    settings = {"capacity_bytes": room, "reconcile_interval": 600.0}  # refusals, not retries
+    settings = {
+        "capacity_bytes": room,
+        "reconcile_interval": 600.0,  # refusals, not retries
+        "accept_dirs": [str(camera.staging)],
+    }
     async with local_path(tmp_path, pg_dsn, schema, buffer=settings) as path:
         await path.buffer.do_cutLink()
         await path.buffer.on_event(first.event())

@@ -19,6 +19,7 @@ from base.db import IncompatibleDatabaseError, Migration, Store, connect_pool, m
 from base.prompt_records import STORE as PROMPT_STORE
 from base.prompt_records import PromptRecords
 from base.registry import Repository
+from base.registry.schema import STORE as REGISTRY_STORE
 from base.reprocess import characterize
 
 TOY = Store(
@@ -172,7 +173,9 @@ async def test_the_registry_and_prompt_records_refuse_a_newer_schema(
     repo = await Repository.connect(pg_dsn, "db_reg")
     await repo.close()
     await conn.execute("UPDATE db_reg.dmcs_metadata SET value = '99' WHERE key = 'schema_version'")
-    expected = r"registry store.*schema_version is 99 but this code expects 2"
+    expected = (
+        rf"registry store.*schema_version is 99 but this code expects {REGISTRY_STORE.latest}"
+    )
     with pytest.raises(IncompatibleDatabaseError, match=expected):
         await Repository.connect(pg_dsn, "db_reg")
 

@@ -13,7 +13,9 @@ from typing import Any
 import aiohttp
 import msgpack
 import pytest
+from click.testing import CliRunner
 
+from commands.cli import main
 from commands.client import Client
 from commands.gateway import HUB
 from commands.protocol import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK
@@ -141,6 +143,22 @@ async def test_json_client_commands_and_events(running: RunningSystem) -> None:
         await client.set_state(NAME, State.DISABLED)
         await client.set_state(NAME, State.STANDBY)
         await events.aclose()
+
+
+async def test_a_subscription_to_an_unknown_component_is_refused(running: RunningSystem) -> None:
+    """It would wait for ever for events that never come: refused, naming the known ones."""
+    async with Client(running.ws_url) as client:
+        with pytest.raises(InvalidInputError, match="unknown_component") as info:
+            await client.open_subscription(["Nope", NAME], ["summaryState"], timeout=5)
+        assert "'Nope'" in str(info.value) and NAME in str(info.value)
+        assert "Camera" in str(info.value), "the external sources are known too"
+        async with await client.open_subscription([NAME, "Camera"], snapshot=False, timeout=5):
+            pass
+    cli = await asyncio.to_thread(
+        CliRunner().invoke, main, ["events", "--url", running.ws_url, "--component", "Nope"]
+    )
+    assert cli.exit_code == 1
+    assert "unknown component 'Nope'; known components:" in cli.output and NAME in cli.output
 
 
 async def test_http_endpoints(running: RunningSystem) -> None:

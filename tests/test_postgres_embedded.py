@@ -124,7 +124,7 @@ async def test_a_killed_server_is_restarted_while_held(tmp_path: Path) -> None:
         assert notes and "restarted" in notes[0]
         second = postmaster_pid(pgdata)
         assert second is not None and second != first
-        await wait_for_database(dsn, timeout=30)
+        await wait_for_database(dsn, timeout=30, starting=True)
         assert await _select_one(dsn) == 1
     assert _wait_gone(second)
 
@@ -185,6 +185,6 @@ async def test_an_unreachable_database_is_a_clear_error_within_the_timeout(tmp_p
     dsn = f"postgresql://postgres:secret@/postgres?host={tmp_path}"
     began = time.monotonic()
     with pytest.raises(StorageError, match=r"did not accept a connection within 2 s") as info:
-        await wait_for_database(dsn, timeout=2)
+        await wait_for_database(dsn, timeout=2, starting=True)
     assert time.monotonic() - began < 15
     assert "secret" not in str(info.value)

@@ -11,7 +11,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from base.ccd_inputs import ResolvedRepository
 from base.db import connect_pool, migrate
+from base.prompt.registry_inputs import resolve_inputs
 from base.registry import DetectorRecord, ExposureRecord, RawRecord, Repository
 from base.registry.products import register_night
 from base.registry.schema import STORE
@@ -65,10 +67,11 @@ async def test_migration_2_upgrades_a_version_1_schema(pg_dsn: str, night: Path)
         await old.close()
     repo = await Repository.connect(pg_dsn, "reg_upgrade")
     try:
-        assert await _versions(pg_dsn, "reg_upgrade") == [1, 2]
+        assert await _versions(pg_dsn, "reg_upgrade") == [1, 2, 3]
         assert (await repo.counts())["detectors"] == 1, "version 1 rows survive the upgrade"
         assert await register_night(repo, night) == {
             "detectors": 3, "calibrations": 4 * 5, "templates": 12, "refcats": 1, "replaced": 0,
+            "refused": 0,
         }  # fmt: skip
         assert await repo.get_refcat("mini") is not None
     finally:
@@ -93,7 +96,7 @@ async def test_a_registry_of_the_old_migration_table_is_adopted(pg_dsn: str) -> 
         assert await repo.get_refcat("mini") is None, "migration 2 was applied"
     finally:
         await repo.close()
-    assert await _versions(pg_dsn, "reg_legacy") == [1, 2]
+    assert await _versions(pg_dsn, "reg_legacy") == [1, 2, 3]
 
 
 async def test_night_products_registered_once_and_found(pg_dsn: str, night: Path) -> None:
@@ -102,9 +105,11 @@ async def test_night_products_registered_once_and_found(pg_dsn: str, night: Path
         added = await register_night(repo, night)
         assert added == {
             "detectors": 4, "calibrations": 4 * 5, "templates": 12, "refcats": 1, "replaced": 0,
+            "refused": 0,
         }  # fmt: skip
         assert await register_night(repo, night) == {
             "detectors": 0, "calibrations": 0, "templates": 0, "refcats": 0, "replaced": 0,
+            "refused": 0,
         }  # fmt: skip
         refcat = await repo.get_refcat("mini")
         assert refcat is not None and refcat.name == "truth"
@@ -150,7 +155,7 @@ async def test_a_night_moved_elsewhere_is_re_pointed_not_duplicated(
         again = await register_night(repo, moved)
         assert again == {
             "detectors": 0, "calibrations": 0, "templates": 0, "refcats": 0,
-            "replaced": 4 * 5 + 12 + 1,
+            "replaced": 4 * 5 + 12 + 1, "refused": 0,
         }  # fmt: skip
         assert await repo.counts() == before
         assert (await register_night(repo, moved))["replaced"] == 0
@@ -233,3 +238,48 @@ async def test_cli_registers_a_nights_products_once(pg_dsn: str, mini_night: Pat
     assert rc == 0 and set(json.loads(out.strip().splitlines()[-1])["registered"].values()) == {0}
     rc, out = await dmcs("simulate", "register", str(mini_night / "absent"), "--dsn", pg_dsn)
     assert rc == 2 and "does not exist" in out
+
+
+async def test_a_corrupt_or_unreadable_product_is_refused_and_the_rest_registered(
+    pg_dsn: str, night: Path, tmp_path: Path
+) -> None:
+    """One corrupt template and one unreadable bias used to fail the whole registration (and
+    so the whole replay). Each is refused with its reason, the rest is registered, and a CCD
+    that needs one is told why it cannot have it; a repaired file is taken at the next run."""
+    copy = tmp_path / "night"
+    shutil.copytree(night, copy, ignore=shutil.ignore_patterns("raws"))
+    bias = copy / "calibs" / "det001" / "bias.fits"
+    bias.unlink()
+    bias.mkdir()  # a path that cannot be read as a file
+    template = copy / "templates" / "r" / "field0001" / "det002.fits"
+    template.write_bytes(b"SIMPLE  = not a FITS file" * 10)
+    repo = await Repository.connect(pg_dsn, "reg_refused")
+    try:
+        added = await register_night(repo, copy)
+        assert added == {
+            "detectors": 4, "calibrations": 4 * 5 - 1, "templates": 12 - 1, "refcats": 1,
+            "replaced": 0, "refused": 2,
+        }  # fmt: skip
+        calibs = await repo.get_calibs(1, "r", 60800.9, camera="mini")
+        assert "cannot be read" in (calibs["bias"].refused or "")
+        assert calibs["flat"].refused is None
+        (record,) = await repo.get_template("r", field_id=1, detector=2)
+        assert "is not a readable FITS product" in (record.refused or "")
+        visit = {"visit": 1, "camera": "mini", "band": "r", "startMjd": 60800.9, "fieldId": 1}
+        bad_bias = ResolvedRepository(await resolve_inputs(repo, visit, 1))
+        with pytest.raises(
+            InvalidInputError, match=r"registration refused: .*bias\.fits cannot be read"
+        ):
+            bad_bias.get_calibs(1, "r", 60800.9)
+        bad_template = ResolvedRepository(await resolve_inputs(repo, visit, 2))
+        with pytest.raises(InvalidInputError, match=r"registration refused: .*not a readable FITS"):
+            bad_template.get_template(1, "r", 2)
+        assert bad_template.get_calibs(2, "r", 60800.9).bias is not None
+        bias.rmdir()
+        shutil.copyfile(night / "calibs" / "det001" / "bias.fits", bias)
+        repaired = await register_night(repo, copy)
+        assert (repaired["replaced"], repaired["refused"]) == (1, 1)
+        fixed = await repo.get_calibs(1, "r", 60800.9, camera="mini")
+        assert fixed["bias"].refused is None and fixed["bias"].nx is not None
+    finally:
+        await repo.close()

@@ -1,8 +1,10 @@
 """How the summit buffer takes the raws of one ``endReadout``: hashing bounded by the cores,
-and not held back by the durable writes of the raws before it."""
+and not held back by the durable writes of the raws before it; and from where the
+``acceptImage`` command may take one (its configured folders only)."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -11,6 +13,8 @@ from typing import Any
 import pytest
 
 import summit.buffer_store
+from state.acks import AckCode
+from state.command import Command
 from state.events import Event
 from state.peers import LocalPeers
 from tests.data_path_helpers import Camera, enable, make_buffer, mini_night_dir
@@ -77,5 +81,70 @@ async def test_a_visits_raws_are_hashed_while_earlier_ones_are_written(
         assert (await buffer.rpc_status())["states"] == {"buffered": len(readout.images)}
         assert most_hashing[0] <= buffer.store.hashing_slots
         assert overlaps[0] >= 1, "no raw was hashed while another one was being written"
+    finally:
+        await buffer.close()
+
+
+async def _accept_image(buffer: Any, payload: dict[str, Any], image: dict[str, Any], url: str):  # type: ignore[no-untyped-def]
+    params = {
+        "imageName": payload["imageName"],
+        "visit": payload["visit"],
+        "detector": image["detector"],
+        "url": url,
+        "checksum": image["checksum"],
+    }
+    acks = [
+        a async for a in buffer.handle(Command("SummitBuffer", "acceptImage", "ocs", 1, params))
+    ]
+    return acks[-1]
+
+
+@pytest.mark.parametrize("configured", ["accept_dirs", "staging_dir", None])
+async def test_accept_image_reads_only_inside_the_configured_folders(
+    tmp_path: Path, night: Path, configured: str | None
+) -> None:
+    """``acceptImage`` with a ``file://`` URL read any file the buffer could: /etc/passwd, a
+    ``..`` out of the staging area, a symlink in it to a file elsewhere. Each is refused
+    before anything is read (no ``imageRefused``: the raw was never the buffer's to take);
+    the staged raw itself is taken."""
+    daq = tmp_path / "daq"
+    readout = Camera(night, daq).readout(0)
+    for record in daq.rglob("endReadout.json"):
+        record.unlink()  # only the command hands these raws over
+    image = readout.images[0]
+    staged = Path(image["url"].removeprefix("file://"))
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copyfile(staged, outside / staged.name)
+    (daq / "link.fits").symlink_to(outside / staged.name)
+    settings: dict[str, Any] = {"reconcile_interval": 3600}
+    if configured == "accept_dirs":
+        settings["accept_dirs"] = [str(daq)]
+    elif configured == "staging_dir":
+        settings["staging_dir"] = str(daq)
+    events: list[Event] = []
+    buffer = make_buffer(tmp_path, events.append, LocalPeers(), **settings)
+    await buffer.start()
+    await enable(buffer)
+    try:
+        await buffer.do_cutLink()
+        refused = [
+            "file:///etc/passwd",
+            f"file://{daq}/../elsewhere/{staged.name}",
+            (daq / "link.fits").as_uri(),
+        ]
+        for url in refused:
+            ack = await _accept_image(buffer, readout.payload, image, url)
+            assert ack.code == AckCode.CMD_FAILED, url
+            assert "outside the folders this buffer takes raws from" in ack.result, url
+        ack = await _accept_image(buffer, readout.payload, image, image["url"])
+        if configured is None:
+            assert ack.code == AckCode.CMD_FAILED
+            assert "nowhere (staging_dir and accept_dirs are empty)" in ack.result
+            assert (await buffer.rpc_status())["states"] == {}
+        else:
+            assert ack.code == AckCode.CMD_COMPLETE, ack.result
+            assert (await buffer.rpc_status())["states"] == {"buffered": 1}
+        assert not [e for e in events if e.topic == "imageRefused"]
     finally:
         await buffer.close()

@@ -15,7 +15,7 @@ from state.errors import (
 
 from .errors import mapped_errors
 from .migrate import Migration, Store, migrate, q, recorded
-from .pool import connect_pool
+from .pool import connect_pool, redacted_dsn
 
 __all__ = [
     "DatabaseUnavailableError",
@@ -28,4 +28,5 @@ __all__ = [
     "migrate",
     "q",
     "recorded",
+    "redacted_dsn",
 ]

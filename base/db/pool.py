@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
 import asyncpg
 
 from .errors import mapped_errors
+
+
+def redacted_dsn(dsn: str) -> str:
+    """``dsn`` without its password (in the user part or a ``password=`` parameter)."""
+    head, at, tail = dsn.rpartition("@")
+    if at and ":" in head.split("//", 1)[-1]:
+        scheme, _, user = head.partition("//")
+        dsn = f"{scheme}//{user.split(':', 1)[0]}:***@{tail}"
+    return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", dsn)
 
 
 async def connect_pool(
@@ -25,7 +36,7 @@ async def connect_pool(
     transaction is still rolled back on release.
     """
     settings = {"search_path": search_path} if search_path else None
-    async with mapped_errors(f"{what}: connecting"):
+    async with mapped_errors(f"{what}: connecting to {redacted_dsn(dsn)}"):
         return await asyncpg.create_pool(
             dsn, min_size=min_size, max_size=max_size, server_settings=settings,
             reset=_keep_session if stateless else None,

@@ -3,7 +3,8 @@
 The answer is plain data (:class:`base.ccd_inputs.ResolvedInputs`) that pickles to the
 processor's worker process (or a batch worker), with the checksum the registry recorded for
 each product, which the worker verifies when it reads it. An input the registry lacks is
-left None: the adapter flags it, nothing here raises for it.
+left None: the adapter flags it, nothing here raises for it. One that registration refused is
+passed with its reason, which the worker gives as the CCD's (``calibs_unreadable``, ...).
 """
 
 from __future__ import annotations
@@ -55,5 +56,6 @@ async def resolve_inputs(
         ),
         template=Path(templates[0].path) if templates else None,
         refcat=None if refcat is None else Path(refcat.path),
-        checksums=tuple((p.path, p.checksum) for p in products),
+        checksums=tuple((p.path, p.checksum) for p in products if p.refused is None),
+        refused=tuple((p.path, p.refused) for p in products if p.refused is not None),
     )

@@ -61,6 +61,9 @@ class CalibRecord:
     byte_size: int
     nx: int | None
     ny: int | None
+    #: Why registration refused the file (unreadable, not the product it should be); the
+    #: record says so to whoever needs the product, instead of its absence passing for "none".
+    refused: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,9 @@ class TemplateRecord:
     byte_size: int
     nx: int | None
     ny: int | None
+    #: Why registration refused the file (unreadable, not the product it should be); the
+    #: record says so to whoever needs the product, instead of its absence passing for "none".
+    refused: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,3 +94,6 @@ class RefcatRecord:
     checksum: str
     byte_size: int
     n_objects: int | None
+    #: Why registration refused the file (unreadable, not the product it should be); the
+    #: record says so to whoever needs the product, instead of its absence passing for "none".
+    refused: str | None = None

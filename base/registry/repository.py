@@ -118,7 +118,8 @@ class Repository:
             f"INSERT INTO {table} AS t ({', '.join(cols)}) VALUES ({marks})"
             f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET "
             + ", ".join(f"{c} = EXCLUDED.{c}" for c in changed)
-            + " WHERE (t.path, t.checksum) IS DISTINCT FROM (EXCLUDED.path, EXCLUDED.checksum)"
+            + " WHERE (t.path, t.checksum, t.refused)"
+            " IS DISTINCT FROM (EXCLUDED.path, EXCLUDED.checksum, EXCLUDED.refused)"
             " RETURNING (xmax = 0) AS inserted"
         )
         async with _database(f"registering into {table}"):

@@ -101,10 +101,19 @@ _MIGRATIONS = (
         );
         """,
     ),
+    Migration(
+        3,
+        "products refused at registration",
+        """
+        ALTER TABLE {schema}.calibrations ADD COLUMN refused TEXT;
+        ALTER TABLE {schema}.templates ADD COLUMN refused TEXT;
+        ALTER TABLE {schema}.refcats ADD COLUMN refused TEXT;
+        """,
+    ),
 )
 
 #: The registry store (its own schema, ``registry`` by default).
-STORE = Store("registry", _MIGRATIONS, code_version="1.0")
+STORE = Store("registry", _MIGRATIONS, code_version="1.1")
 
 
 async def adopt_legacy(conn: asyncpg.Connection, schema: str) -> None:

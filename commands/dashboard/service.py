@@ -23,11 +23,11 @@ from commands.dashboard.schedule import Schedule, iso_tai, iso_utc
 from commands.status import StatusBoard
 from state.clock import tai_now
 from state.errors import InvalidInputError, NotPermittedError
-from state.events import REPROCESS_SOURCE, Event, EventKind
+from state.events import REPROCESS_SOURCE, WATCHER_SOURCE, Event, EventKind
 
 log = logging.getLogger("dmcs.dashboard")
 
-SOURCE = "Watcher"
+SOURCE = WATCHER_SOURCE
 #: What a page subscribes to: what it shows. Heartbeats stay out (``componentStatus`` carries
 #: their ages once a second), which spares every page one frame per component per second.
 PAGE_TOPICS: tuple[str, ...] = (

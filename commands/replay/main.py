@@ -110,7 +110,9 @@ async def prepare_night(opts: ReplayOptions, console: Console) -> Path:
 
 def _registered_text(counts: dict[str, int]) -> str:
     """What registering the night's products did, in words."""
-    done = [f"{n} {what}" for what, n in counts.items() if n and what != "replaced"]
+    done = [
+        f"{n} {what}" for what, n in counts.items() if n and what not in ("replaced", "refused")
+    ]
     text = (
         "registered the night's products: " + ", ".join(done)
         if done
@@ -118,7 +120,13 @@ def _registered_text(counts: dict[str, int]) -> str:
     )
     if counts.get("replaced"):
         text += f" ({counts['replaced']} re-pointed at the night's files)"
-    return text + "; the processors read them through the registry"
+    text += "; the processors read them through the registry"
+    if counts.get("refused"):
+        text += (
+            f"; {counts['refused']} refused (unreadable or not what they should be; the reasons"
+            " are logged, and a CCD that needs one fails with its reason)"
+        )
+    return text
 
 
 def _tokens_file(out: Path) -> tuple[Path, str]:
@@ -229,7 +237,9 @@ async def _replay(
         start_timeout=opts.startup_timeout,
         on_restart=restarts.append,
     ) as dsn:
-        await wait_for_database(dsn, opts.startup_timeout)
+        await wait_for_database(
+            dsn, opts.startup_timeout, starting=not (opts.dsn or base.database.dsn)
+        )
         config = night_system_config(
             base,
             dsn=dsn,
@@ -264,6 +274,8 @@ async def _replay(
         finally:
             await pool.close()
     summary.update(mode=decision.mode, why=decision.why)
+    if registered.get("refused"):
+        summary["productsRefused"] = registered["refused"]
     return summary
 
 

@@ -24,12 +24,12 @@ from actors.runtime import NAMESPACE
 from commands.night_driver import DriveProgress
 from commands.replay.watch import NightProgress
 from state.clock import tai_now
-from state.events import Event
+from state.events import CLUSTER_SOURCE, Event
 
 log = logging.getLogger("dmcs.replay")
 
 #: The component name node-loss events are published under.
-CLUSTER_COMPONENT = "Cluster"
+CLUSTER_COMPONENT = CLUSTER_SOURCE
 NODE_LOST_TOPIC = "nodeLost"
 
 
