@@ -127,7 +127,8 @@ class OrderedSender:
         task, self._task = self._task, None
         if task is not None and not task.done():
             try:
-                await asyncio.wait_for(asyncio.shield(task), 2.0)
+                async with asyncio.timeout(2.0):  # not wait_for: see state.waiting
+                    await asyncio.shield(task)
             except TimeoutError:
                 task.cancel()
                 if self._outbox:

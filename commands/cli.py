@@ -21,6 +21,7 @@ from commands.reprocess_cli import reprocess
 from commands.simulate_cli import simulate
 from state.acks import Ack
 from state.errors import AckError, DmcsError
+from state.waiting import wait_event
 
 console = Console()
 
@@ -91,9 +92,7 @@ def run(
                 database=running.dsn or None,
                 batch_slots=config.batch_slots,
             )
-            try:
-                await asyncio.wait_for(stop.wait(), duration)
-            except TimeoutError:
+            if not await wait_event(stop, duration):
                 log.info("duration reached; stopping", seconds=duration)
         log.info("dmcs stopped")
 

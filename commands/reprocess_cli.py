@@ -240,7 +240,8 @@ async def _run(job: Any, opts: dict[str, Any]) -> dict[str, Any]:
                 # Also when interrupted: the run's last word ("interrupted") still goes out.
                 await telemetry.close()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(sender, TELEMETRY_FLUSH_S)
+                    async with asyncio.timeout(TELEMETRY_FLUSH_S):  # see state.waiting
+                        await sender
             return {**summary, "telemetry": telemetry.stats()}
     finally:
         await executor.close()

@@ -11,7 +11,6 @@ last unsent state of a phase is kept and sent before the next phase's); failures
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
@@ -21,6 +20,7 @@ import aiohttp
 from base.reprocess.observer import RunObserver
 from state.clock import tai_now
 from state.fanout import DropOldestQueue
+from state.waiting import wait_event
 
 log = logging.getLogger("dmcs.reprocess.telemetry")
 
@@ -158,8 +158,7 @@ class RunTelemetry(RunObserver):
         return None
 
     async def _sleep(self, seconds: float | None) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+        await wait_event(self._wake, seconds)
 
     async def _send_due(self, session: aiohttp.ClientSession, force: bool) -> None:
         while not self._failures.empty():

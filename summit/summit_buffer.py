@@ -47,6 +47,7 @@ from state.errors import (
 )
 from state.events import Event
 from state.states import State
+from state.waiting import wait_event
 from summit.buffer_manifest import Entry
 from summit.buffer_store import BufferStore, Offer
 from summit.link import MB, Link
@@ -380,12 +381,8 @@ class SummitBuffer(Controller):
             self.log_message(logging.ERROR, message)
 
     async def _idle(self, seconds: float) -> None:
-        # Not asyncio.wait_for: on 3.11 a cancellation that lands as its timeout expires is
-        # lost, and close() then waits for ever on the transfer loop.
         self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._wake.wait()
+        await wait_event(self._wake, seconds)
 
     async def _current_visit(self) -> list[Entry]:
         """The unsent raws of the oldest visit that has any (in flight ones included)."""

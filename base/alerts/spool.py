@@ -12,7 +12,6 @@ passes without pickling the packets one by one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import numpy as np
 
 from state.clock import tai_now
 from state.errors import InvalidInputError
+from state.waiting import wait_event
 
 from .batch import AlertBatch
 
@@ -132,8 +132,7 @@ class AlertSpool:
         if reset:
             cursor = 0
         if cursor >= self._seq:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._new.wait(), timeout)
+            await wait_event(self._new, timeout)
         batches, missed = self.after(cursor, max_batches)
         last = batches[-1].seq if batches else cursor
         return {

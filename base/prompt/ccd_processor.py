@@ -70,6 +70,7 @@ from state.errors import (
 from state.events import Event
 from state.fanout import DetectorShare, TopicFilter
 from state.states import State
+from state.waiting import wait_event
 
 WORK = "base.prompt.ccd_work"
 #: The pool's decoded-input cache, beside the processors' data directories (by default).
@@ -374,8 +375,7 @@ class CcdProcessor(CcdRecording, PoolMember, Controller):
     async def _work_loop(self) -> None:
         wait: float | None = None
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), wait)
+            await wait_event(self._wakeup, wait)
             self._wakeup.clear()
             wait = None
             while self.summary_state == State.ENABLED:
