@@ -12,8 +12,9 @@ finds it again when it is enabled after its restart.
 Inputs come from the registry: calibrations, template and reference catalogue are looked up
 for each CCD (:mod:`base.prompt.registry_inputs`) and handed to the child as plain paths
 with their registered checksums, which the child verifies as it reads them. The child
-decodes calibrations and templates once per node into the pool's shared cache
-(:mod:`base.input_cache`) and memory-maps them after that; how each CCD is recorded is
+decodes calibrations once per node into the pool's shared cache (:mod:`base.input_cache`)
+and memory-maps them after that, and decodes a CCD's template at each preload
+(``base.ccd_inputs.read_template``); how each CCD is recorded is
 :mod:`base.prompt.ccd_recording`'s.
 
 Failure policy (Rubin's, DMTN-260): a CCD is retried only before its APDB write. A worker
