@@ -13,18 +13,14 @@ after the base answered with its checksum (then after ``retention_seconds``). Th
 survives a crash: a restarted buffer resends whatever was not confirmed (ingest is
 idempotent, so nothing is lost or duplicated).
 
-Reconciliation: an ``endReadout`` that went out while the buffer was down, restarting or not
-ENABLED is not needed: the camera's readout records in its staging area are the record
-(``summit.readout_records``), and the buffer takes in every raw they list that its manifest
-lacks, at once on enable and every ``reconcile_interval`` seconds. The staging areas it
-reconciles are ``staging_dir`` and every area an ``endReadout`` pointed at (remembered on disk).
+Reconciliation (:mod:`summit.buffer_reconcile`): an ``endReadout`` that went out while the
+buffer was down, restarting or not ENABLED is not needed; the buffer takes in every raw the
+camera's readout records list that its manifest lacks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -35,7 +31,7 @@ from state.clock import tai_now
 from state.contracts.data_plane import RawReceipt
 from state.contracts.values import ContractError
 from state.controller import Controller, SupervisedGroup
-from state.durable import map_file, write_durably
+from state.durable import map_file
 from state.errors import (
     BufferFullError,
     ChecksumMismatchError,
@@ -49,10 +45,10 @@ from state.events import Event
 from state.states import State
 from state.waiting import wait_event
 from summit.buffer_manifest import Entry
+from summit.buffer_reconcile import BufferReconciliation
 from summit.buffer_store import BufferStore, Offer
 from summit.link import MB, Link
 from summit.raw_check import path_from_url
-from summit.readout_records import ReadoutRecord, read_records, staging_root
 from summit.step_times import StepTimes
 
 #: errorCode published when the buffer cannot write to its own storage.
@@ -60,7 +56,7 @@ BUFFER_WRITE_FAILED = 200
 SEVERITIES = ("NONE", "WARNING", "SERIOUS", "CRITICAL")
 
 
-class SummitBuffer(Controller):
+class SummitBuffer(Controller, BufferReconciliation):
     event_topics = (
         "imageInBuffer",
         "imageRefused",
@@ -90,13 +86,8 @@ class SummitBuffer(Controller):
         self._severity = "NONE"
         self.resent = 0
         self.refused = 0
-        self.reconciled = 0
         self._receiving: dict[tuple[int, int], asyncio.Lock] = {}
-        self._reconcile_now = asyncio.Event()
-        self._roots_file = self.data_dir.absolute() / "staging_roots.json"
-        self._roots = self._load_roots()
-        #: Readout records whose every raw the manifest holds (not read again).
-        self._settled: set[str] = set()
+        self._init_reconciliation(self.data_dir.absolute() / "staging_roots.json")
         #: Records or raws already reported as not taken (reported once, retried quietly).
         self._reported: set[str] = set()
         #: CCDs whose raw was refused for good and said so (``imageRefused``, once each).
@@ -293,87 +284,6 @@ class SummitBuffer(Controller):
         tg.create_task(self._transfer_loop, name=f"{self.name}-transfer")
         tg.create_task(self._status_loop, name=f"{self.name}-status")
         tg.create_task(self._reconcile_loop, name=f"{self.name}-reconcile")
-
-    # ------------------------------------------------------------- reconciliation
-    def _load_roots(self) -> set[Path]:
-        roots = {Path(self.config.staging_dir).absolute()} if self.config.staging_dir else set()
-        try:
-            roots.update(Path(p) for p in json.loads(self._roots_file.read_text()))
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError, TypeError) as e:
-            self.log.warning("%s unreadable (%s); staging areas relearnt", self._roots_file, e)
-        return roots
-
-    def _learn_roots(self, images: list[Any]) -> None:
-        found = set()
-        for image in images:
-            with contextlib.suppress(InvalidInputError, KeyError, TypeError):
-                found.add(staging_root(path_from_url(str(image["url"]))))
-        if found <= self._roots:
-            return
-        self._roots |= found
-        try:
-            body = json.dumps(sorted(str(p) for p in self._roots)).encode()
-            self._roots_file.parent.mkdir(parents=True, exist_ok=True)
-            write_durably(self._roots_file, body)
-        except OSError as e:
-            self.log_message(logging.WARNING, f"staging areas not remembered: {e}")
-
-    async def _reconcile_loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.config.reconcile_interval):
-                    await self._reconcile_now.wait()
-            self._reconcile_now.clear()
-            if self.summary_state == State.ENABLED:
-                await self.reconcile()
-
-    async def reconcile(self) -> int:
-        """Take in every raw the camera's readout records list that the manifest lacks."""
-        taken = 0
-        for root in sorted(self._roots):
-            try:
-                records = await asyncio.to_thread(read_records, root, self._settled)
-            except StorageError as e:
-                self._report_once(str(root), f"staging area not reconciled: {e}")
-                continue
-            for record in records:
-                if isinstance(record, ReadoutRecord):
-                    taken += await self._reconcile_record(record)
-                else:
-                    path, why = record
-                    self._report_once(str(path), f"readout record {path} unreadable: {why}")
-        if taken:
-            self.reconciled += taken
-            self.log_message(
-                logging.WARNING,
-                f"took in {taken} raws from the camera's readout records whose endReadout "
-                "this buffer had not acted on (it was down, restarting or not ENABLED)",
-            )
-        return taken
-
-    async def _reconcile_record(self, record: ReadoutRecord) -> int:
-        taken, missing = 0, 0
-        event = Event("Camera", "endReadout", 0, record.tai, record.payload)
-        for image in record.payload.get("images") or []:
-            if self.summary_state != State.ENABLED:
-                return taken
-            try:
-                offer = self._offer(event, image)
-                if await self.store.find(offer.visit, offer.detector) is not None:
-                    continue
-                _, new = await self.accept(offer, offered=False)
-            except BufferFullError:
-                return taken  # the camera keeps it; retried when there is room
-            except DmcsError as e:
-                missing += 1
-                self._report_once(f"{record.path}:{image!r}", f"raw not reconciled: {e}")
-                continue
-            taken += new
-        if not missing:
-            self._settled.add(record.path.parent.name)
-        return taken
 
     def _report_once(self, key: str, message: str) -> None:
         if key not in self._reported:
