@@ -148,3 +148,10 @@ def test_a_truncated_file_raises(tmp_path: Path) -> None:
     path.write_bytes(data[: len(data) - 6000])
     with pytest.raises((OSError, ValueError)):
         read_compressed_images(path, ("IMAGE",))
+
+
+def test_an_uncompressed_image_is_read_as_astropy_reads_it(tmp_path: Path) -> None:
+    image = _sky((20, 30), np.random.default_rng(SEED))
+    path = tmp_path / "plain.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(image, name="IMAGE")]).writeto(path)
+    _same_bits(read_compressed_images(path, ("IMAGE",))["IMAGE"], _astropy(path))
