@@ -1,8 +1,8 @@
 """Decoded CCD inputs shared by the worker processes of a node, as memory-mapped files.
 
 Each preload used to read and decode its calibrations again (a detector's bias, dark, flat
-and defects are the same all night) and the template of a field seen before, in every worker
-process its own copy, and to hash each of them once per process. Here a product is decoded
+and defects are the same all night), in every worker process its own copy, and to hash each
+of them once per process. Here a product is decoded
 once into native-endian ``.npy`` files under ``root``, named after the source file's path,
 size, modification time and registered checksum; every worker maps them read-only
 (``np.load(mmap_mode="r")``): no read, no decode, one copy in the page cache for all.
@@ -36,7 +36,8 @@ import numpy as np
 
 from state.errors import InvalidInputError
 
-#: Default bound of a cache: a ComCam night's calibrations and a few fields' templates.
+#: Default bound of a cache: a ComCam night's calibrations with room to spare (templates are
+#: not kept: ``base.ccd_inputs.read_template``).
 DEFAULT_MAX_BYTES = 6 * 2**30
 TMP_PREFIX = ".tmp-"
 VERIFIED = "verified"

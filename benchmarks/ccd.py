@@ -1,17 +1,18 @@
 """Benchmark: the per-CCD CPU of the prompt chain on the product's own sky, on one core.
 
 CCDs of a ``comcam`` night simulated by the product (as ``dmcs simulate night --camera comcam
---raws`` writes it: its bright and saturated stars, variables and movers), processed as the
-CCD processor's worker child processes them: a fresh process that keeps its freed heap
-(``base/heap.py``), the chain warmed up first (``ccd_work.warm_up``), calibrations and
-template decoded once into an input cache and memory-mapped (``base/input_cache.py``), the
-inputs preloaded anew before each run, then ``CcdProcessing.process``: the raw read and
-checked, ``run_ccd``, the cutouts' FITS. Each CCD runs ``--repeats`` times; the run with the
-least ``run_ccd`` CPU is kept, and ``total_cpu_s`` is the mean of those over the CCDs; each
-CCD's figure is printed too, and ``adapter_cpu_s``, the whole ``process`` call (raw read,
-``run_ccd``, cutouts), with its user and system seconds and minor page faults (a night CCD
-pays ~38k a run, the synthetic one ~500). CPU (process) seconds are the figure of merit,
-since wall-clock time on a shared machine measures the other tenants as much as the code.
+--raws`` writes it: its bright and saturated stars, variables and movers), processed as the CCD
+processor's worker child processes them: a fresh process that keeps its freed heap
+(``base/heap.py``), the chain warmed up first (``ccd_work.warm_up``), calibrations decoded once
+into an input cache and memory-mapped (``base/input_cache.py``), the inputs preloaded anew
+before each run (the template decoded each time, as the worker does), then
+``CcdProcessing.process``: the raw read and checked, ``run_ccd``, the cutouts' FITS. Each CCD
+runs ``--repeats`` times; the run with the least ``run_ccd`` CPU is kept, and ``total_cpu_s``
+is the mean of those over the CCDs; each CCD's figure is printed too, and ``adapter_cpu_s``,
+the whole ``process`` call (raw read, ``run_ccd``, cutouts), with its user and system seconds
+and minor page faults (a night CCD pays ~38k a run, the synthetic one ~500). CPU (process)
+seconds are the figure of merit, since wall-clock time on a shared machine measures the other
+tenants as much as the code.
 
 ``synthetic`` is the figure this benchmark printed until issue 18: one LSSTCam-like 4k×4k CCD
 of ``algorithms.synthetic.make_visit`` (300 injected transients, so ~285 DIASources against
