@@ -1,8 +1,8 @@
 """Waiting for an event with a timeout, without losing a cancellation.
 
 On Python 3.11 ``asyncio.wait_for(event.wait(), t)`` can swallow a cancellation that arrives as
-the event is set or the timeout expires (CPython gh-86296, fixed in 3.12 by building
-``wait_for`` on ``asyncio.timeout``): a background loop then keeps running and the ``close()``
+the event is set or the timeout expires (gone in 3.12, where ``wait_for`` is built on
+``asyncio.timeout``): a background loop then keeps running and the ``close()``
 that cancelled it waits for ever. ``asyncio.timeout`` does not lose it.
 """
 
