@@ -275,23 +275,10 @@ def read_template(path: Path) -> Template:
     ComCam night: no template found again in a 6 GB cache), and writing a 4k×4k template there
     cost more CPU than decoding it (~0.3 against ~0.23 core-s).
     """
-    arrays, meta = _decode_template(path)
-    for a in arrays.values():
-        a.flags.writeable = False
-    return _template(arrays, meta)
-
-
-def _template(arrays: dict[str, np.ndarray], meta: dict[str, object]) -> Template:
-    return Template(image=arrays["image"], variance=arrays["variance"],
-                    wcs=TanSipWcs.from_header(meta["wcs"]),  # type: ignore[arg-type]
-                    psf=arrays["psf"], calibration=1.0, mask=arrays.get("mask"))  # fmt: skip
-
-
-def _decode_template(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
     try:
         with fits.open(path, memmap=False) as h:
             cards = {k: v for k, v in h["IMAGE"].header.items() if isinstance(v, (int, float, str))}
-            TanSipWcs.from_header(cards)
+            wcs = TanSipWcs.from_header(cards)
             psf = np.asarray(h["PSF"].data, dtype=np.float64)
         planes = read_compressed_images(path, ("IMAGE", "VARIANCE"))
         img = np.asarray(planes["IMAGE"], dtype=np.float32)
@@ -307,10 +294,11 @@ def _decode_template(path: Path) -> tuple[dict[str, np.ndarray], dict[str, objec
 
         mask = np.where(bad, mk.NO_DATA, 0).astype(mk.MASK_DTYPE)
         img[bad], var[bad] = 0.0, np.inf
-    arrays = {"image": img, "variance": var, "psf": psf / psf.sum()}
-    if mask is not None:
-        arrays["mask"] = mask
-    return arrays, {"wcs": cards}
+    psf /= psf.sum()
+    for a in (img, var, psf, mask):
+        if a is not None:
+            a.flags.writeable = False
+    return Template(image=img, variance=var, wcs=wcs, psf=psf, calibration=1.0, mask=mask)
 
 
 def read_reference_catalog(

@@ -176,7 +176,7 @@ def _night_child(
             "adapter_system_s": round(best["system"], 3),
             "adapter_minor_faults": best["faults"],
             "preload_cpu_s": round(min(r["preload"] for r in runs), 3),
-            "first_preload_cpu_s": round(runs[0]["preload"], 3),  # decoding into the cache
+            "first_preload_cpu_s": round(runs[0]["preload"], 3),  # + calibrations into the cache
             "stages_cpu_s": _rounded(out.cpu_timings),
             "total_s": round(out.timings["total"], 3),
             "ok": out.ok, "flags": out.flags,
