@@ -39,10 +39,15 @@ def check_dsn_env() -> str:
     return dsn
 
 
+def configured_dsn(config: SystemConfig) -> str:
+    """The DSN the system file or ``$DMCS_DATABASE_DSN`` gives (empty: embedded PostgreSQL)."""
+    return config.database.dsn or check_dsn_env()
+
+
 async def check_configured_database(config: SystemConfig) -> None:
     """Fail at once (``StorageError``) when the system's components need a configured DSN at
     which no PostgreSQL answers, rather than after every component waited ``startup_timeout``."""
-    configured = config.database.dsn or check_dsn_env()
+    configured = configured_dsn(config)
     if configured and database_users(config):
         await wait_for_database(configured, config.startup_timeout)
 
@@ -54,7 +59,7 @@ def system_database(config: SystemConfig) -> Iterator[SystemConfig]:
     if not users:
         yield config
         return
-    configured = config.database.dsn or check_dsn_env()
+    configured = configured_dsn(config)
     with postgres_dsn(
         configured, config.data_dir.resolve() / "postgres", start_timeout=config.startup_timeout
     ) as dsn:
