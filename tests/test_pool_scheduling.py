@@ -308,6 +308,33 @@ async def test_an_idle_processor_takes_its_own_ccds_at_once_and_others_after_the
         await pg.close()
 
 
+async def test_a_freed_processor_takes_its_own_ccd_of_a_visit_before_anothers_ripe_one(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """Each CCD another processor takes is preloaded twice; in detector order two busy
+    processors took each other's next CCD whenever both had one waiting."""
+    pg = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2)
+    try:
+        store = await ClaimStore.connect(pg, "pr_pool_own_first")
+        (a, b), passed = _schedulers(tmp_path, store, claim_grace=0.0)
+        for s in (a, b):
+            for d in range(4):
+                s.queue.enqueue(5, d)
+            s.queue.enqueue(6, 0)
+        first_a, _ = await a.next()
+        first_b, _ = await b.next()
+        assert (first_a.detector, first_b.detector) == (0, 1)
+        item, _ = await b.next()
+        assert (item.visit, item.detector) == (5, 3), "its own 3 before a's ripe 2"
+        item, _ = await a.next()
+        assert (item.visit, item.detector) == (5, 2)
+        item, _ = await b.next()
+        assert (item.visit, item.detector) == (6, 0), "nothing of its own left: a's, in order"
+        assert passed == [[], [(5, 0), (5, 2)]], "b passed over what a had taken"
+    finally:
+        await pg.close()
+
+
 async def test_the_claims_of_a_processor_that_stopped_renewing_are_taken_over(
     tmp_path: Path, pg_dsn: str
 ) -> None:

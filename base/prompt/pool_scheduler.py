@@ -117,7 +117,7 @@ class PoolScheduler:
         queued_at = {(item.visit, item.detector): at for item, at, _ in pending}
         ripe_in: float | None = None
         candidates: list[WorkItem] = []
-        for item in chosen.order:
+        for item in self._own_first(chosen.order):
             wait = queued_at[(item.visit, item.detector)] + c.claim_grace - now
             if self.owns(item.detector) or wait <= 0:
                 candidates.append(item)
@@ -133,6 +133,19 @@ class PoolScheduler:
             if started is not None:
                 return started, None
         return None, ripe_in
+
+    def _own_first(self, order: list[WorkItem]) -> list[WorkItem]:
+        """``order`` with, within each visit, this processor's own CCDs before the others'.
+
+        The owner preloaded a CCD's inputs at ``nextVisit``; one taken by another processor is
+        preloaded a second time (a ComCam template: ~0.09 core-s). In detector order, two busy
+        processors each took the other's next CCD as soon as they were free (88 of 180 CCDs of
+        the 20-visit ComCam replay); the visits keep their order, so no visit waits longer.
+        """
+        rank: dict[int, int] = {}
+        for item in order:
+            rank.setdefault(item.visit, len(rank))
+        return sorted(order, key=lambda i: (rank[i.visit], not self.owns(i.detector)))
 
     async def _take(self, item: WorkItem, lease: float) -> WorkItem | None:
         """Start ``item`` here (claiming it, by availability); None when another holds it."""
