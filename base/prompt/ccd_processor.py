@@ -32,7 +32,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, ParamSpec, TypeVar
 
@@ -48,6 +48,7 @@ from base.prompt.partitions import association_peer
 from base.prompt.pool_member import PoolMember
 from base.prompt.pool_scheduler import PoolScheduler
 from base.prompt.registry_inputs import resolve_inputs
+from base.prompt.registry_reconcile import RegistryReconciliation
 from base.prompt.settings import CcdProcessorSettings
 from base.prompt.stage_writer import StageWriter
 from base.prompt.work_queue import WorkItem, WorkQueue
@@ -76,8 +77,6 @@ from state.waiting import wait_event
 WORK = "base.prompt.ccd_work"
 #: The pool's decoded-input cache, beside the processors' data directories (by default).
 CACHE = "ccd-input-cache"
-#: How far back each periodic registry look reaches before the previous one's newest raw.
-RECONCILE_MARGIN = timedelta(seconds=60)
 #: errorCode of a FAULT caused by a durable work list that cannot be read or written.
 WORK_LIST_FAILED = 400
 #: Registry answers of preloaded CCDs kept for their processing (a few visits' worth).
@@ -90,7 +89,7 @@ T = TypeVar("T")
 PER_CCD_TOPICS = frozenset({"imageInBuffer", "imageIngested"})
 
 
-class CcdProcessor(CcdRecording, PoolMember, Controller):
+class CcdProcessor(CcdRecording, PoolMember, RegistryReconciliation, Controller):
     uses_database: ClassVar[bool] = True
     event_topics = ("ccdStage", "ccdProcessed", "processingStatus", "overloadAlarm")
     listen_components = ("Camera", "SummitBuffer", "Ingest")
@@ -225,80 +224,6 @@ class CcdProcessor(CcdRecording, PoolMember, Controller):
                 self.log_message(logging.WARNING, f"{len(recovered)} interrupted CCD(s) requeued")
             await self._reconcile()
             self._wakeup.set()
-
-    async def _reconcile(self, *, full: bool = True) -> int:
-        """Queue the raws of this processor's detectors that the registry holds and the work
-        list does not (ingested while it was not listening, or whose ``imageIngested`` was
-        lost). ``full``: every raw since the first visit heard of; else those ingested since
-        the previous look (less a margin for transactions that committed late). A processor
-        that has heard of no visit yet (its nextVisit events lost too) looks at the raws
-        ingested since it started. A raw is left to its event for one ``reconcile_interval``
-        (the next look takes it): Ingest registers it before it publishes ``imageIngested``,
-        and a look in between took a raw whose event was merely on its way for a lost one."""
-        if self._repository is None:
-            return 0
-        first = await self._q(self.queue.first_visit)
-        since = self._reconciled_to
-        if full or since is None:
-            since = None
-        else:
-            since -= RECONCILE_MARGIN
-        if first is None:
-            first = 0
-            if since is None or since < self._started_at - RECONCILE_MARGIN:
-                since = self._started_at - RECONCILE_MARGIN
-        try:
-            raws, latest = await self._repository.raws_ingested_since(
-                first, since, timedelta(seconds=self.config.reconcile_interval)
-            )
-        except DmcsError as e:
-            self.log_message(logging.WARNING, f"could not look for missed raws: {e}")
-            return 0
-        if latest is not None and (self._reconciled_to is None or latest > self._reconciled_to):
-            self._reconciled_to = latest
-        missed = [
-            r
-            for r in raws
-            if self.scheduler.serves(r.detector)
-            and await self._q(self.queue.enqueue, r.visit, r.detector)
-        ]
-        if missed:
-            self.counts["reconciled"] += len(missed)
-            self.log_message(
-                logging.WARNING,
-                f"{len(missed)} CCD(s) in the registry without their imageIngested event"
-                f" ({', '.join(f'{r.visit}/{r.detector}' for r in missed[:8])}); queued",
-            )
-            self._wakeup.set()
-        return len(missed)
-
-    async def _reconcile_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.reconcile_interval)
-            if self.summary_state == State.ENABLED:
-                await self._reconcile(full=False)
-
-    async def _visit_info(self, visit: int) -> dict[str, Any] | None:
-        """The visit as ``nextVisit`` described it, or as the registry has it (missed event)."""
-        info = await self._q(self.queue.visit_info, visit)
-        if info is not None or self._repository is None:
-            return info
-        exposure = await self._repository.get_exposure(visit)
-        if exposure is None or exposure.band is None or exposure.mjd_start is None:
-            return None
-        info = {
-            "visit": visit,
-            "camera": exposure.camera,
-            "dayObs": exposure.day_obs,
-            "band": exposure.band,
-            "ra": exposure.ra,
-            "dec": exposure.dec,
-            "fieldId": exposure.field_id,
-            "startMjd": exposure.mjd_start,
-            "exposureTime": exposure.exposure_time,
-        }
-        await self._q(self.queue.remember_visit, visit, info)
-        return info
 
     async def run_background(self, tg: SupervisedGroup) -> None:
         tg.create_task(lambda: self._keep_running(self._work_loop), name="work_loop")
