@@ -194,7 +194,9 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--camera", default="comcam")
-    parser.add_argument("--visits", type=int, default=20)
+    parser.add_argument(
+        "--visits", type=int, default=20, help="visits to simulate (a --night is replayed whole)"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--night", type=Path, default=None, help="an already simulated night")
     parser.add_argument("--speed", type=float, default=1.0)

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 import structlog
+from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
 
@@ -33,6 +34,12 @@ def _run(coro: Any) -> Any:
         raise click.ClickException(str(e)) from e
     except DmcsError as e:
         raise click.ClickException(f"{type(e).__name__}: {e}") from e
+
+
+def _given_on_command_line(*names: str) -> frozenset[str]:
+    """Which of the current command's options ``names`` its user typed (not defaults)."""
+    ctx = click.get_current_context()
+    return frozenset(n for n in names if ctx.get_parameter_source(n) is ParameterSource.COMMANDLINE)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -205,7 +212,9 @@ def system(
 
 @main.command()
 @click.option("--camera", default="mini", show_default=True, help="Focal plane to simulate.")
-@click.option("--visits", type=int, default=4, show_default=True, help="Visits in the night.")
+@click.option(
+    "--visits", type=int, default=4, show_default=True, help="Visits in the night to simulate."
+)
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--speed", type=float, default=10.0, show_default=True, help="1 = real time.")
 @click.option("--processors", type=int, default=2, show_default=True, help="CCD processors.")
@@ -286,6 +295,7 @@ def replay(
         processors=processors, dsn=dsn, address=address, config=config_path,
         drain_seconds=drain, progress=not no_progress, fresh=fresh, stall_seconds=stall,
         startup_timeout=startup_timeout, nodes=nodes, kill_node_at=kill_node_at,
+        given=_given_on_command_line("camera", "visits", "seed"),
     )  # fmt: skip
     try:
         summary = _run(run_replay(options, console))

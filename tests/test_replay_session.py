@@ -263,3 +263,37 @@ def test_ctrl_c_says_the_night_resumes_and_exits_130(tmp_path: Path) -> None:
     assert said[-1].startswith(f"interrupted; the same command resumes the night in {out}")
     assert json.loads((out / "summary.json").read_text())["failure"].startswith("interrupted")
     assert session.read_run(out).status == "interrupted"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--visits", "3"], r"\(2 visits of mini, seed 1\); --visits 3 would need another night"),
+        (["--camera", "comcam", "--seed", "2"], "--camera comcam and --seed 2 would need"),
+        (["--nodes", "3", "--kill-node-at", "3"], r"not a visit of the night \(1 to 2\)"),
+    ],
+)
+def test_options_that_contradict_the_given_night_are_refused(
+    tmp_path: Path, mini_night: Path, args: list[str], message: str
+) -> None:
+    """``--night`` replays that night as simulated: a typed ``--visits``/``--camera``/
+    ``--seed`` that differs was silently ignored, and ``--kill-node-at`` was checked against
+    the default ``--visits`` instead of the night's own visits."""
+    from click.testing import CliRunner
+
+    from commands.cli import main
+
+    out = tmp_path / "replay"
+    argv = ["replay", "--night", str(mini_night), "--out", str(out), *args]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 1, result.output
+    assert re.search(message, result.output), result.output
+    assert not out.exists()
+
+
+def test_options_that_agree_with_the_given_night_pass(mini_night: Path) -> None:
+    from commands.replay.options import ReplayOptions
+
+    ReplayOptions(night=mini_night, visits=2, seed=1, given=frozenset({"visits", "seed"})).check()
+    ReplayOptions(night=mini_night, visits=9, camera="comcam").check()  # defaults, not typed
+    ReplayOptions(night=mini_night, nodes=3, kill_node_at=2, visits=1).check()

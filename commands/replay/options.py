@@ -44,6 +44,9 @@ class ReplayOptions:
     nodes: int = 1
     #: Kill a base node when this visit (1-based) starts integrating.
     kill_node_at: int | None = None
+    #: The options among ``camera``, ``visits``, ``seed`` its user gave (not defaults): with
+    #: ``night`` they must agree with that night, which is replayed as it was simulated.
+    given: frozenset[str] = frozenset()
 
     def check(self) -> None:
         """Refuse bad options before anything in ``out`` is touched or started.
@@ -66,8 +69,11 @@ class ReplayOptions:
                     f"--night {self.night} is not a directory (a simulated night; "
                     "an OpSim schedule goes to --opsim)"
                 )
-            open_night(self.night)
+            source = open_night(self.night)
+            night_visits = len(source.visits)
+            self._agrees_with_night(source.camera.name, night_visits, source.seed)
         else:
+            night_visits = self.visits
             load_camera(self.camera)
             if self.opsim is not None:
                 read_schedule(self.opsim, self.visits if self.visits > 0 else None)
@@ -84,11 +90,24 @@ class ReplayOptions:
                 raise ConfigurationError(
                     "--kill-node-at needs --nodes 3 or more (two base nodes, one to survive)"
                 )
-            if not 1 <= self.kill_node_at <= self.visits:
+            if not 1 <= self.kill_node_at <= night_visits:
                 raise ConfigurationError(
                     f"--kill-node-at {self.kill_node_at} is not a visit of the night "
-                    f"(1 to {self.visits})"
+                    f"(1 to {night_visits})"
                 )
+
+    def _agrees_with_night(self, camera: str, visits: int, seed: int) -> None:
+        night = {"camera": camera, "visits": visits, "seed": seed}
+        mine = {"camera": self.camera, "visits": self.visits, "seed": self.seed}
+        wrong = [
+            f"--{k} {mine[k]}" for k in sorted(self.given & night.keys()) if mine[k] != night[k]
+        ]
+        if wrong:
+            raise ConfigurationError(
+                f"--night {self.night} is replayed as it was simulated ({visits} visits of"
+                f" {camera}, seed {seed}); {' and '.join(wrong)} would need another night"
+                " (leave out --night to simulate one)"
+            )
 
     def fingerprint(self) -> dict[str, Any]:
         """The options that decide what the night's data are (resume only with the same)."""
