@@ -126,6 +126,8 @@ def _pooled(per: list[dict[str, Any]]) -> dict[str, Any]:
         )
         if n_ast
         else None,
+        "nAstrometryFlagged": sum(q["astrometry"]["nFlagged"] for q in per),
+        "diaSourceRmsMasWithFlagged": _rms_with_flagged([q["astrometry"] for q in per]),
         "nBrightStarVisits": n_sv,
         "falsePerBrightStarVisit": sum(b["nFalseNear"] for b in stars) / n_sv if n_sv else None,
         "falsePerBrightStarVisitUnflagged": sum(b["nFalseNearUnflagged"] for b in stars) / n_sv
@@ -134,6 +136,13 @@ def _pooled(per: list[dict[str, Any]]) -> dict[str, Any]:
         "nFalseNearBrightAlerted": sum(b.get("nFalseNearAlerted", 0) for b in stars),
         "pullsBySnr": pull_table(snr, pull, np.asarray(PULL_SNR_EDGES)),
     }
+
+
+def _rms_with_flagged(ast: list[dict[str, Any]]) -> float | None:
+    """The nights' astrometry rms over all their S/N ≥ 20 matches, flagged centroids too."""
+    parts = [(a["diaSourceRmsMasWithFlagged"], a["n"] + a["nFlagged"]) for a in ast]
+    n = sum(k for r, k in parts if r is not None)
+    return float(np.sqrt(sum(r**2 * k for r, k in parts if r is not None) / n)) if n else None
 
 
 def meets(p: dict[str, Any]) -> dict[str, bool | None]:

@@ -485,6 +485,13 @@ def test_alert_quality_counts_against_a_hand_built_truth() -> None:
     ast = q["astrometry"]
     assert ast["n"] == 1, "only the S/N 30 match of A counts (B's is S/N 15)"
     assert ast["diaSourceRmsMas"] == pytest.approx(300.0, rel=1e-3)
+    assert ast["nFlagged"] == 0
+    at_edge = dict(dia, pixelFlags_edge=np.array([True, False, False, False, False]))
+    ast = alert_quality(every, scoped, snr, at_edge, threshold=0.5)["astrometry"]
+    assert (ast["n"], ast["nFlagged"], ast["diaSourceRmsMas"]) == (0, 1, None), (
+        "a centroid cut by the CCD's edge is not the astrometry's"
+    )
+    assert ast["diaSourceRmsMasWithFlagged"] == pytest.approx(300.0, rel=1e-3)
     pulls = {b["lo"]: b for b in q["pullsBySnr"]}
     assert sorted(pulls) == [20.0, 50.0], "by true S/N: A at 79, B at 48; C has no DIASource"
     assert pulls[50.0]["n"] == 1 and pulls[50.0]["median"] == pytest.approx(0.0, abs=1e-9)

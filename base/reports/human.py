@@ -301,7 +301,10 @@ def _alert_quality_blocks(aq: dict[str, Any]) -> list[Block]:
             f"pixels): {pct(aq['completenessSnrGe7'])} detected, "
             f"{pct(aq['completenessSnrGe7Alerted'])} alerted. DIASource astrometry against the "
             f"truth at S/N ≥ {ast['snrMin']:g}: {fmt(ast['diaSourceRmsMas'])} mas rms "
-            f"({ast['n']} sources); WCS fit at reference stars: "
+            f"({ast['n']} sources with a clean centroid; "
+            f"{fmt(ast.get('diaSourceRmsMasWithFlagged'))} mas with the "
+            f"{ast.get('nFlagged', 0)} at the CCD's edge or with a failed centroid); "
+            "WCS fit at reference stars: "
             f"{fmt(ast.get('wcsFitRmsMasMedian'))} mas (median over CCDs)."
         ),
         Table(
