@@ -8,11 +8,12 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from actors.launcher import System, launch
+from actors.launcher import System, check_components, launch
 from actors.runtime import init_ray
 from commands.database import check_configured_database, system_database
 from commands.gateway import make_app
 from config.system import SystemConfig, load_tokens
+from state.errors import ConfigurationError
 
 
 @dataclass(frozen=True)
@@ -41,18 +42,25 @@ async def serve(
 
     ``port=0`` picks a free port (tests); ``None`` takes the configured one. Components
     that use the database get its DSN (an embedded PostgreSQL when none is configured).
+    What can be checked without starting anything is checked first: the component classes and
+    settings, the tokens file, the data directory and a configured DSN.
     """
+    check_components(config)
+    tokens = load_tokens(config.gateway.tokens_file)
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigurationError(f"data_dir {config.data_dir} cannot be created: {e}") from e
     await check_configured_database(config)
     with system_database(config) as wired:
-        async with _serve(wired, address=address, port=port) as running:
+        async with _serve(wired, tokens, address=address, port=port) as running:
             yield running
 
 
 @contextlib.asynccontextmanager
 async def _serve(
-    config: SystemConfig, *, address: str | None, port: int | None
+    config: SystemConfig, tokens: dict[str, str], *, address: str | None, port: int | None
 ) -> AsyncIterator[RunningSystem]:
-    tokens = load_tokens(config.gateway.tokens_file)
     init_ray(address, batch_slots=config.batch_slots, timeout=config.startup_timeout)
     system = launch(config)
     runner: web.AppRunner | None = None

@@ -125,3 +125,54 @@ def test_a_dsn_that_cannot_name_a_server_is_a_usage_error(argv: list[str], dsn: 
     result = CliRunner().invoke(main, [*argv, "--dsn", dsn])
     assert result.exit_code == 2, result.output
     assert "--dsn: the database DSN" in result.output
+
+
+def _system_file(tmp_path: Path, replace: tuple[str, str]) -> Path:
+    """The packaged system file with one line changed, its data under ``tmp_path``."""
+    from config.system import DEFAULT_SYSTEM_FILE
+
+    text = DEFAULT_SYSTEM_FILE.read_text()
+    assert replace[0] in text
+    text = text.replace(replace[0], replace[1]).replace(
+        'data_dir = "var"', f'data_dir = "{tmp_path / "data"}"'
+    )
+    text = text.replace('tokens_file = "tokens.toml"', f'tokens_file = "{tmp_path / "t.toml"}"')
+    if not (tmp_path / "t.toml").exists():
+        (tmp_path / "t.toml").write_text('[tokens]\n"tok" = "ocs"\n')
+    path = tmp_path / "system.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("replace", "said"),
+    [
+        (("readout_timeout = 30.0", "readout_timeout = 30.0\nbogus = 1"),
+         "invalid settings for HeaderService:\n1 validation error for HeaderServiceSettings\n"
+         "bogus"),
+        (("readout_timeout = 30.0", 'readout_timeout = "soon"'),
+         "invalid settings for HeaderService:\n1 validation error for HeaderServiceSettings\n"
+         "readout_timeout"),
+        (("tokens_file", "tokens_file = 'bad.toml'\n#"), "bad.toml is not valid TOML: 'utf-8'"),
+        (('data_dir = "var"', 'data_dir = "FILE/data"'), "data_dir FILE/data cannot be created"),
+    ],
+)  # fmt: skip
+def test_a_system_file_that_cannot_run_is_refused_before_anything_starts(
+    tmp_path: Path, replace: tuple[str, str], said: str
+) -> None:
+    """Component settings, the tokens file and the data directory are checked before
+    PostgreSQL, Ray or any component starts (they were a component's traceback after all of
+    them came up, a UnicodeDecodeError once PostgreSQL was up, a FileNotFoundError)."""
+    import ray
+
+    (tmp_path / "bad.toml").write_bytes(b"\xff\xfe[tokens]\n")
+    (tmp_path / "FILE").write_text("a file, not a folder")
+    replace = (replace[0], replace[1].replace("FILE", str(tmp_path / "FILE")))
+    system = _system_file(tmp_path, replace)
+    result = CliRunner().invoke(main, ["run", "--config", str(system), "--duration", "1"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: ConfigurationError: "), result.output
+    assert said.replace("FILE", str(tmp_path / "FILE")) in result.output
+    assert "Traceback" not in result.output
+    assert not ray.is_initialized()
+    assert not (tmp_path / "data" / "postgres").exists()
