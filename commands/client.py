@@ -180,8 +180,10 @@ class Client:
                     self._receive(message.data)
                     backoff = 0.1
             self._connected.clear()
-            self._fail_pending(ConnectionLostError("connection to the gateway lost"))
+            lost = ConnectionLostError("connection to the gateway lost")
+            self._fail_pending(lost)
             if not self.reconnect:
+                self._end_subscriptions(lost)
                 return
             while True:
                 await asyncio.sleep(backoff)
@@ -191,6 +193,16 @@ class Client:
                     break
                 except ConnectionLostError as e:
                     log.warning("reconnect failed: %s; next try in %.1f s", e, backoff)
+                except InvalidInputError as e:  # the token refused: retrying cannot help
+                    log.error("reconnect refused: %s; this client stops", e)
+                    self._end_subscriptions(ConnectionLostError(f"cannot reconnect: {e}"))
+                    return
+
+    def _end_subscriptions(self, error: Exception) -> None:
+        """Every subscription raises ``error`` once its queued events are read, instead of
+        waiting for events from a gateway this client no longer talks to."""
+        for sub in self._subs.values():
+            sub.queue.end(error)
 
     def _receive(self, payload: bytes | str) -> None:
         """Handle one frame; one that cannot be decoded or handled is logged, counted, skipped."""
