@@ -209,6 +209,39 @@ def test_bad_replay_options_are_refused_before_the_previous_replay_is_cleaned(
     assert session.read_run(out) == _record("complete")
 
 
+def test_a_replay_that_holds_the_out_is_not_raced(tmp_path: Path) -> None:
+    """Two replays started at once in a completed ``--out``: the one that holds it is between
+    reading the record and writing its own (stopping leftovers, cleaning), so the record still
+    reads "complete, dead pid". Before, the second decided from it too and cleaned the first's
+    fresh start; now it is refused and nothing is touched. The holder here is a child process
+    taking the same lock; killing it (as SIGKILL would) frees the directory."""
+    from click.testing import CliRunner
+
+    from commands.cli import main
+
+    out = tmp_path / "replay"
+    kept = _a_completed_replay(out)
+    hold = (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT);"
+        " fcntl.lockf(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(out / "replay.lock")], stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        result = CliRunner().invoke(main, ["replay", "--out", str(out), "--visits", "2"])
+        assert result.exit_code == 1, result.output
+        assert f"another dmcs replay is running in {out}" in result.output, result.output
+        assert {name: (out / name).read_text() for name in kept} == kept
+        assert session.read_run(out) == _record("complete")
+    finally:
+        holder.kill()
+        holder.wait()
+    with session.claim(out):
+        assert session.decide(out, OPTIONS, fresh=False).mode == "again"
+
+
 def test_an_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
     from click.testing import CliRunner
 

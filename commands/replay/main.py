@@ -154,6 +154,14 @@ async def run_replay(opts: ReplayOptions, console: Console | None = None) -> dic
     except OSError as e:
         raise ConfigurationError(f"--out {opts.out} is not a writable directory: {e}") from e
     base = load_system_config(opts.config)
+    with session.claim(opts.out):
+        return await _claimed(opts, base, console, say)
+
+
+async def _claimed(
+    opts: ReplayOptions, base: SystemConfig, console: Console, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """The replay, with ``out`` held by this run (:func:`session.claim`)."""
     decision = session.decide(opts.out, opts.fingerprint(), opts.fresh)
     say(f"{MODE_TEXT[decision.mode]} ({decision.why})")
     embedded = not (opts.dsn or base.database.dsn)
