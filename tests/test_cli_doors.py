@@ -176,3 +176,24 @@ def test_a_system_file_that_cannot_run_is_refused_before_anything_starts(
     assert "Traceback" not in result.output
     assert not ray.is_initialized()
     assert not (tmp_path / "data" / "postgres").exists()
+
+
+def test_a_gateway_port_in_use_is_said_before_anything_starts(tmp_path: Path) -> None:
+    """Before: PostgreSQL, Ray and every component started (18 s here), then aiohttp's bind
+    failed with an OSError traceback. Now the gateway's socket is bound first."""
+    import socket
+
+    import ray
+
+    system = _system_file(tmp_path, ("by_role = false", "by_role = false"))
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        argv = ["run", "--config", str(system), "--port", str(port), "--duration", "1"]
+        result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == (
+        f"Error: StartupError: the gateway cannot listen on 127.0.0.1:{port}: Address already in"
+        " use (another dmcs run? give --port)"
+    ), result.output
+    assert not ray.is_initialized()
+    assert not (tmp_path / "data" / "postgres").exists()
