@@ -19,7 +19,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -66,6 +66,9 @@ class _Subscription:
     filter: TopicFilter
     snapshot: bool
     queue: DropOldestQueue[Event]
+    #: (component, topic) → (seq, tai) of the last event delivered, so that the snapshot a
+    #: resubscription starts with does not deliver again what was delivered before.
+    seen: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
 
     def wants(self, event: Event) -> bool:
         return self.filter.wants(event.component, event.topic)
@@ -228,9 +231,16 @@ class Client:
                 if not snapshot:
                     self.gaps.see(event)
                 target = message.get("sub")
+                key, mark = (event.component, event.topic), (event.seq, event.tai)
                 for sub_id, sub in self._subs.items():
-                    if sub.wants(event) and (not snapshot or (sub.snapshot and target == sub_id)):
-                        sub.queue.put(event)
+                    if not sub.wants(event):
+                        continue
+                    if snapshot and not (sub.snapshot and target == sub_id):
+                        continue
+                    if snapshot and sub.seen.get(key) == mark:
+                        continue  # delivered before the connection was lost
+                    sub.seen[key] = mark
+                    sub.queue.put(event)
             case Op.ERROR:
                 pending = self._pending.pop(message.get("id"), None)  # type: ignore[arg-type]
                 error = InvalidInputError(f"{message.get('code')}: {message.get('message')}")

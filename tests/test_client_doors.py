@@ -71,3 +71,48 @@ async def test_a_subscription_ends_when_the_gateway_is_gone_for_good(
                 async for event in client.subscribe():
                     received.append(event)
     assert received == EVENTS
+
+
+async def test_a_resubscription_does_not_deliver_again_what_was_delivered() -> None:
+    """A gateway that drops every connection after one live event: each reconnect starts with
+    the snapshot (the latest event of the topic, the one the client already has). Before, the
+    subscriber got it twice per reconnect (E1 E2 E2 E3 E3 E4); now each event once."""
+    events = [
+        Event("SummitBuffer", "summaryState", seq, 1.0e9 + seq, {"seq": seq}) for seq in range(1, 5)
+    ]
+    connections = 0
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        nonlocal connections
+        connections += 1
+        latest, live = events[connections - 1], events[connections]
+        ws = web.WebSocketResponse(protocols=(SUBPROTOCOL_JSON,))
+        await ws.prepare(request)
+        sub = json.loads((await ws.receive()).data)
+        await ws.send_str(json.dumps(frame(Op.SUBSCRIBED, id=sub["id"])))
+        snapshot = frame(Op.EVENT, event=latest.to_wire(), snapshot=True, sub=sub["id"])
+        await ws.send_str(json.dumps(snapshot))
+        await ws.send_str(json.dumps(frame(Op.EVENT, event=live.to_wire())))
+        await asyncio.sleep(0.1)
+        assert request.transport is not None
+        request.transport.abort()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"ws://127.0.0.1:{runner.addresses[0][1]}/ws"
+    received: list[Event] = []
+    try:
+        async with Client(url, use_json=True, max_backoff=0.1) as client:
+            async with asyncio.timeout(5):
+                async for event in client.subscribe():
+                    received.append(event)
+                    if connections == 3 and event == events[3]:
+                        break
+            assert client.gaps.missing == 0
+    finally:
+        await runner.cleanup()
+    assert [e.seq for e in received] == [1, 2, 3, 4]
