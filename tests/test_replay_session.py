@@ -242,6 +242,31 @@ def test_a_replay_that_holds_the_out_is_not_raced(tmp_path: Path) -> None:
         assert session.decide(out, OPTIONS, fresh=False).mode == "again"
 
 
+def test_a_previous_replay_that_cannot_be_removed_is_one_clear_error(tmp_path: Path) -> None:
+    """``<out>/data`` a symlink to another disk (or a folder the user may not change): the
+    clean start of ``--fresh`` cannot remove it. Before: shutil's traceback; now one line that
+    names what and where, and the record of the previous run is left as it was."""
+    from click.testing import CliRunner
+
+    from commands.cli import main
+
+    out = tmp_path / "replay"
+    _a_completed_replay(out)
+    (out / "data" / "f").rename(tmp_path / "f")
+    (out / "data").rmdir()
+    (tmp_path / "elsewhere").mkdir()
+    (out / "data").symlink_to(tmp_path / "elsewhere")
+    result = CliRunner().invoke(main, ["replay", "--out", str(out), "--visits", "2", "--fresh"])
+    assert result.exit_code == 1, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith(
+        f"Error: StorageError: cannot remove the previous replay's data in {out}: "
+    ), result.output
+    assert last.endswith("fix its permissions, or give another --out"), result.output
+    assert "Traceback" not in result.output
+    assert session.read_run(out) == _record("complete")
+
+
 def test_an_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
     from click.testing import CliRunner
 

@@ -42,7 +42,7 @@ import psutil
 from actors.cluster import LocalCluster
 from base.postgres import postmaster_pid
 from state.durable import write_durably
-from state.errors import ConfigurationError
+from state.errors import ConfigurationError, StorageError
 
 log = logging.getLogger("dmcs.replay")
 
@@ -227,15 +227,22 @@ def stop_leftovers(
 
 def clean(out: Path, say: Callable[[str], None]) -> None:
     """Remove what a clean replay starts without (see :data:`CLEAN_PATHS`)."""
-    removed = []
+    removed: list[str] = []
     for name in CLEAN_PATHS:
         path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-            removed.append(name + "/")
-        elif path.exists():
-            path.unlink()
-            removed.append(name)
+        try:
+            if path.is_dir():
+                shutil.rmtree(path)
+                removed.append(name + "/")
+            elif path.exists():
+                path.unlink()
+                removed.append(name)
+        except OSError as e:
+            done = f" (already removed: {', '.join(removed)})" if removed else ""
+            raise StorageError(
+                f"cannot remove the previous replay's {name} in {out}: {e}{done}; "
+                "fix its permissions, or give another --out"
+            ) from e
     if removed:
         say(f"removed the previous replay's {', '.join(removed)}")
 
