@@ -113,8 +113,11 @@ class Client:
         reconnect: bool = True,
         max_backoff: float = 5.0,
         subscription_queue: int = 10_000,
+        request_timeout: float = 30.0,
     ) -> None:
         self.url = url
+        #: Seconds the gateway gets to accept the connection and to answer an HTTP request.
+        self.request_timeout = request_timeout
         self.token = token
         self.reconnect = reconnect
         self.max_backoff = max_backoff
@@ -161,9 +164,14 @@ class Client:
     async def _connect(self) -> None:
         assert self._session is not None
         try:
-            self._ws = await self._session.ws_connect(
-                self.url, protocols=(self._subprotocol,), heartbeat=20.0, max_msg_size=0
-            )
+            async with asyncio.timeout(self.request_timeout):
+                self._ws = await self._session.ws_connect(
+                    self.url, protocols=(self._subprotocol,), heartbeat=20.0, max_msg_size=0
+                )
+        except TimeoutError as e:
+            raise ConnectionLostError(
+                f"{self.url} did not accept the connection within {self.request_timeout:g} s"
+            ) from e
         except aiohttp.WSServerHandshakeError as e:
             if e.status == 401:
                 raise InvalidInputError(f"the gateway refused the token: {e.message}") from e
@@ -326,11 +334,18 @@ class Client:
     async def _get_json(self, path: str) -> dict[str, Any]:
         assert self._session is not None
         try:
-            async with self._session.get(self._http_url(path)) as response:
+            async with (
+                asyncio.timeout(self.request_timeout),
+                self._session.get(self._http_url(path)) as response,
+            ):
                 if response.status == 404:
                     raise InvalidInputError(await response.text())
                 response.raise_for_status()
                 return dict(await response.json())
+        except TimeoutError as e:
+            raise ConnectionLostError(
+                f"the gateway did not answer {path} within {self.request_timeout:g} s"
+            ) from e
         except aiohttp.ClientError as e:
             raise ConnectionLostError(f"request {path} failed: {e}") from e
 
@@ -409,6 +424,11 @@ class Client:
             await self._send(self._subscribe_frame(sub_id, sub))
             async with asyncio.timeout(timeout):
                 await confirmed
+        except TimeoutError as e:
+            await stream.aclose()
+            raise ConnectionLostError(
+                f"the gateway did not confirm the subscription within {timeout:g} s"
+            ) from e
         except BaseException:
             await stream.aclose()
             raise

@@ -116,3 +116,42 @@ async def test_a_resubscription_does_not_deliver_again_what_was_delivered() -> N
     finally:
         await runner.cleanup()
     assert [e.seq for e in received] == [1, 2, 3, 4]
+
+
+async def test_a_gateway_that_does_not_answer_is_a_connection_error_in_bounded_time() -> None:
+    """A gateway that accepts and then says nothing (stopped, its loop stuck, or something
+    else on that port). Before: the subscription's wait was a bare TimeoutError (a traceback
+    from ``dmcs events``), ``status()`` waited aiohttp's 300 s, and a TCP server that never
+    answered the WebSocket handshake held the connect as long."""
+
+    async def silent_ws(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(protocols=(SUBPROTOCOL_JSON,))
+        await ws.prepare(request)
+        await asyncio.sleep(60)
+        return ws
+
+    async def silent_http(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(60)
+        raise web.HTTPServiceUnavailable()
+
+    app = web.Application()
+    app.router.add_get("/ws", silent_ws)
+    app.router.add_get("/api/v1/status", silent_http)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    mute = await asyncio.start_server(lambda r, w: asyncio.sleep(60), "127.0.0.1", 0)
+    try:
+        url = f"ws://127.0.0.1:{runner.addresses[0][1]}/ws"
+        async with asyncio.timeout(5), Client(url, use_json=True, request_timeout=0.5) as client:
+            with pytest.raises(ConnectionLostError, match="did not confirm the subscription"):
+                await client.open_subscription(timeout=0.5)
+            with pytest.raises(ConnectionLostError, match="did not answer /api/v1/status within"):
+                await client.status()
+        mute_url = f"ws://127.0.0.1:{mute.sockets[0].getsockname()[1]}/ws"
+        with pytest.raises(ConnectionLostError, match="did not accept the connection within"):
+            async with asyncio.timeout(5), Client(mute_url, request_timeout=0.5):
+                pass
+    finally:
+        mute.close()
+        await runner.cleanup()
