@@ -193,3 +193,35 @@ def test_a_gateway_port_in_use_is_said_before_anything_starts(tmp_path: Path) ->
     ), result.output
     assert "started component" not in result.output
     assert not (tmp_path / "data" / "postgres").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status"],
+        ["events", "--count", "1"],
+        ["command", "SummitBuffer", "cutLink"],
+        ["system", "enabled"],
+        ["alerts", "get", "5"],
+        ["alerts", "stream", "--full"],
+        ["simulate", "drive", "--night", "."],
+    ],
+)
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("foo", "expected ws://HOST:PORT/ws"),
+        ("ws://[::1", "Invalid IPv6 URL"),
+        ("ws://127.0.0.1:99999/ws", "Port out of range"),
+        ("ftp://host/ws", "expected ws://HOST:PORT/ws"),
+    ],
+)
+def test_a_url_that_cannot_name_a_gateway_is_a_usage_error(
+    argv: list[str], url: str, why: str
+) -> None:
+    """Before: 'cannot connect to foo: foo', a ValueError traceback ('alerts stream' with
+    'ws://[::1'), or 'cannot reach the gateway: http:///api/v1/alerts/5'."""
+    result = CliRunner().invoke(main, [*argv, "--url", url, "--token", "t"])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '--url': not a gateway URL: {url!r} (" in result.output
+    assert why in result.output
