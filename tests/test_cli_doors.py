@@ -225,3 +225,25 @@ def test_a_url_that_cannot_name_a_gateway_is_a_usage_error(
     assert result.exit_code == 2, result.output
     assert f"Invalid value for '--url': not a gateway URL: {url!r} (" in result.output
     assert why in result.output
+
+
+@pytest.mark.parametrize(
+    ("argv", "folder"),
+    [
+        (["alerts", "stream", "--full", "--out", "{file}/sub"], "{file}/sub"),
+        (["alerts", "get", "5", "--out", "{file}/alert.avro"], "{file}"),
+    ],
+)
+def test_an_alert_out_that_cannot_be_written_is_refused_before_the_gateway_is_asked(
+    tmp_path: Path, argv: list[str], folder: str
+) -> None:
+    """Before: 'alerts stream' raised NotADirectoryError's traceback; 'alerts get' fetched the
+    alert and then failed writing it."""
+    file = tmp_path / "a-file"
+    file.write_text("not a folder")
+    argv = [a.format(file=file) for a in argv]
+    result = CliRunner().invoke(main, [*argv, "--url", "ws://127.0.0.1:1/ws", "--token", "t"])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for --out: {folder.format(file=file)} is not a writable folder" in (
+        result.output
+    )
