@@ -267,6 +267,35 @@ def test_a_previous_replay_that_cannot_be_removed_is_one_clear_error(tmp_path: P
     assert session.read_run(out) == _record("complete")
 
 
+def test_an_unreachable_ray_address_costs_not_the_previous_replay(tmp_path: Path) -> None:
+    """Before: ``--address`` with nothing there (a typo) cleaned the completed replay in
+    ``--out`` (its reports gone), simulated the night and started PostgreSQL, then failed
+    after ``--startup-timeout``. Now it is waited for before anything is cleaned."""
+    import socket
+
+    from click.testing import CliRunner
+
+    from commands.cli import main
+
+    out = tmp_path / "replay"
+    kept = _a_completed_replay(out)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    argv = ["replay", "--out", str(out), "--address", address, "--startup-timeout", "1"]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 1, result.output
+    assert (
+        result.output.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"Error: StartupError: the Ray cluster at {address} is not reachable within 1 s"
+        )
+    ), result.output
+    assert {name: (out / name).read_text() for name in kept} == kept
+    assert session.read_run(out) == _record("complete")
+
+
 def test_an_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
