@@ -11,7 +11,7 @@ import ray
 from ray.actor import ActorHandle
 
 from actors.bus import EventBus
-from actors.component_actor import ComponentActor
+from actors.component_actor import ComponentActor, load_component_class
 from actors.runtime import (
     NAMESPACE,
     ROLE_CAPACITY,
@@ -22,6 +22,7 @@ from actors.runtime import (
 )
 from config.system import SystemConfig
 from state.errors import ConfigurationError, StartupError
+from state.settings import validate_settings
 
 log = logging.getLogger("dmcs.launcher")
 
@@ -127,6 +128,16 @@ def placement(config: SystemConfig, role: str) -> dict[str, Any]:
 #: CPU in every caller, every actor and the GCS, for views dmcs does not use (its own records,
 #: events and the Performance Report say what each CCD did). Off, as Ray Serve has them.
 TASK_EVENTS = False
+
+
+def check_components(config: SystemConfig) -> None:
+    """Every component's class loads and its settings validate (ConfigurationError naming the
+    component and the fields), before anything starts: an actor that cannot be built would
+    otherwise be found only after PostgreSQL, Ray and its peers came up."""
+    for spec in config.components:
+        model = load_component_class(spec.cls).settings_model
+        if model is not None:
+            validate_settings(model, spec.settings, spec.name)
 
 
 def launch(config: SystemConfig) -> System:

@@ -72,6 +72,12 @@ def init_ray(
             time.sleep(min(2.0, left / 2))
 
 
+def wait_reachable(address: str, timeout: float) -> None:
+    """Wait up to ``timeout`` s for the cluster at ``address`` to accept TCP; StartupError if
+    it does not (a caller checks this before it changes anything, as ``dmcs replay`` does)."""
+    _wait_reachable(address, time.monotonic() + timeout, timeout)
+
+
 def _wait_reachable(address: str, deadline: float, timeout: float) -> None:
     """Wait until the cluster's GCS port accepts TCP (``ray.init`` itself may hang minutes)."""
     host, _, port = address.removeprefix("ray://").rpartition(":")

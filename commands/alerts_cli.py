@@ -13,6 +13,7 @@ import click
 
 from base.alerts import decode
 from commands.cli_options import connection_options
+from state.durable import writable_dir
 from state.errors import DmcsError
 
 STREAM_PATH = "/alerts/v1/stream"
@@ -64,6 +65,16 @@ def _run(coro: Any) -> Any:
         raise click.ClickException(f"{type(e).__name__}: {e}") from e
 
 
+def _writable(folder: Path, option: str) -> None:
+    """A usage error, before the gateway is asked, when ``folder`` cannot be written."""
+    try:
+        writable_dir(folder)
+    except OSError as e:
+        raise click.BadParameter(
+            f"{folder} is not a writable folder: {e}", param_hint=option
+        ) from e
+
+
 @click.group()
 def alerts() -> None:
     """Fetch archived alerts and follow the alert stream."""
@@ -76,6 +87,8 @@ def alerts() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the whole alert (cutouts omitted).")
 def get(url: str, token: str | None, dia_source_id: int, out: Path | None, as_json: bool) -> None:
     """Fetch one archived alert by its diaSourceId."""
+    if out is not None:
+        _writable(out.parent, "--out")
 
     async def fetch() -> bytes:
         async with (
@@ -126,7 +139,7 @@ def stream(
     else:
         request["expression"] = expression
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        _writable(out, "--out")
 
     async def follow() -> None:
         seen = 0

@@ -19,7 +19,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -66,6 +66,9 @@ class _Subscription:
     filter: TopicFilter
     snapshot: bool
     queue: DropOldestQueue[Event]
+    #: (component, topic) → (seq, tai) of the last event delivered, so that the snapshot a
+    #: resubscription starts with does not deliver again what was delivered before.
+    seen: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
 
     def wants(self, event: Event) -> bool:
         return self.filter.wants(event.component, event.topic)
@@ -110,8 +113,11 @@ class Client:
         reconnect: bool = True,
         max_backoff: float = 5.0,
         subscription_queue: int = 10_000,
+        request_timeout: float = 30.0,
     ) -> None:
         self.url = url
+        #: Seconds the gateway gets to accept the connection and to answer an HTTP request.
+        self.request_timeout = request_timeout
         self.token = token
         self.reconnect = reconnect
         self.max_backoff = max_backoff
@@ -158,9 +164,14 @@ class Client:
     async def _connect(self) -> None:
         assert self._session is not None
         try:
-            self._ws = await self._session.ws_connect(
-                self.url, protocols=(self._subprotocol,), heartbeat=20.0, max_msg_size=0
-            )
+            async with asyncio.timeout(self.request_timeout):
+                self._ws = await self._session.ws_connect(
+                    self.url, protocols=(self._subprotocol,), heartbeat=20.0, max_msg_size=0
+                )
+        except TimeoutError as e:
+            raise ConnectionLostError(
+                f"{self.url} did not accept the connection within {self.request_timeout:g} s"
+            ) from e
         except aiohttp.WSServerHandshakeError as e:
             if e.status == 401:
                 raise InvalidInputError(f"the gateway refused the token: {e.message}") from e
@@ -180,8 +191,10 @@ class Client:
                     self._receive(message.data)
                     backoff = 0.1
             self._connected.clear()
-            self._fail_pending(ConnectionLostError("connection to the gateway lost"))
+            lost = ConnectionLostError("connection to the gateway lost")
+            self._fail_pending(lost)
             if not self.reconnect:
+                self._end_subscriptions(lost)
                 return
             while True:
                 await asyncio.sleep(backoff)
@@ -191,6 +204,16 @@ class Client:
                     break
                 except ConnectionLostError as e:
                     log.warning("reconnect failed: %s; next try in %.1f s", e, backoff)
+                except InvalidInputError as e:  # the token refused: retrying cannot help
+                    log.error("reconnect refused: %s; this client stops", e)
+                    self._end_subscriptions(ConnectionLostError(f"cannot reconnect: {e}"))
+                    return
+
+    def _end_subscriptions(self, error: Exception) -> None:
+        """Every subscription raises ``error`` once its queued events are read, instead of
+        waiting for events from a gateway this client no longer talks to."""
+        for sub in self._subs.values():
+            sub.queue.end(error)
 
     def _receive(self, payload: bytes | str) -> None:
         """Handle one frame; one that cannot be decoded or handled is logged, counted, skipped."""
@@ -216,9 +239,16 @@ class Client:
                 if not snapshot:
                     self.gaps.see(event)
                 target = message.get("sub")
+                key, mark = (event.component, event.topic), (event.seq, event.tai)
                 for sub_id, sub in self._subs.items():
-                    if sub.wants(event) and (not snapshot or (sub.snapshot and target == sub_id)):
-                        sub.queue.put(event)
+                    if not sub.wants(event):
+                        continue
+                    if snapshot and not (sub.snapshot and target == sub_id):
+                        continue
+                    if snapshot and sub.seen.get(key) == mark:
+                        continue  # delivered before the connection was lost
+                    sub.seen[key] = mark
+                    sub.queue.put(event)
             case Op.ERROR:
                 pending = self._pending.pop(message.get("id"), None)  # type: ignore[arg-type]
                 error = InvalidInputError(f"{message.get('code')}: {message.get('message')}")
@@ -304,11 +334,18 @@ class Client:
     async def _get_json(self, path: str) -> dict[str, Any]:
         assert self._session is not None
         try:
-            async with self._session.get(self._http_url(path)) as response:
+            async with (
+                asyncio.timeout(self.request_timeout),
+                self._session.get(self._http_url(path)) as response,
+            ):
                 if response.status == 404:
                     raise InvalidInputError(await response.text())
                 response.raise_for_status()
                 return dict(await response.json())
+        except TimeoutError as e:
+            raise ConnectionLostError(
+                f"the gateway did not answer {path} within {self.request_timeout:g} s"
+            ) from e
         except aiohttp.ClientError as e:
             raise ConnectionLostError(f"request {path} failed: {e}") from e
 
@@ -387,6 +424,11 @@ class Client:
             await self._send(self._subscribe_frame(sub_id, sub))
             async with asyncio.timeout(timeout):
                 await confirmed
+        except TimeoutError as e:
+            await stream.aclose()
+            raise ConnectionLostError(
+                f"the gateway did not confirm the subscription within {timeout:g} s"
+            ) from e
         except BaseException:
             await stream.aclose()
             raise

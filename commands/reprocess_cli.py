@@ -38,7 +38,7 @@ from rich.text import Text
 
 from base.db import connect_pool
 from base.reprocess.observer import Observers, RunObserver
-from commands.cli_options import required_dsn
+from commands.cli_options import gateway_url_callback, required_dsn
 from config.system import DSN_ENV
 from state.errors import DmcsError
 
@@ -136,6 +136,7 @@ def _fail(e: DmcsError) -> click.ClickException:
 @click.option(
     "--url",
     default=lambda: os.environ.get("DMCS_URL"),
+    callback=gateway_url_callback,
     help="A running gateway (ws://host:port/ws) to publish progress to ($DMCS_URL).",
 )
 @click.option("--token", default=lambda: os.environ.get("DMCS_TOKEN"), help="Its token.")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from commands.cli_options import required_dsn
+from commands.cli_options import gateway_url_callback, required_dsn
 from config.system import DSN_ENV
 from state.errors import DmcsError
 
@@ -97,6 +97,7 @@ def night(
     "--url",
     default=lambda: os.environ.get("DMCS_URL", DEFAULT_URL),
     show_default=DEFAULT_URL,
+    callback=gateway_url_callback,
     help="Gateway WebSocket URL (default: $DMCS_URL).",
 )
 @click.option(

@@ -238,8 +238,10 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except FileNotFoundError as e:
         raise ConfigurationError(f"configuration file {path} does not exist") from e
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigurationError(f"configuration file {path} is not valid TOML: {e}") from e
+    except OSError as e:
+        raise ConfigurationError(f"configuration file {path} cannot be read: {e}") from e
 
 
 def load_system_config(

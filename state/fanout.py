@@ -141,6 +141,7 @@ class DropOldestQueue(Generic[T]):
         self._ready = asyncio.Event()
         self.dropped = 0
         self._reported = 0
+        self._ended: BaseException | None = None
 
     @property
     def maxsize(self) -> int:
@@ -190,10 +191,19 @@ class DropOldestQueue(Generic[T]):
         return bool(self._items)
 
     async def get(self) -> T:
+        """The oldest item, waiting for one; once :meth:`end` was called and the queue is
+        drained, its error is raised instead of waiting for items that will never come."""
         while not self._items:
+            if self._ended is not None:
+                raise self._ended
             self._ready.clear()
             await self._ready.wait()
         return self._items.popleft()
+
+    def end(self, error: BaseException) -> None:
+        """No more items will come: :meth:`get` raises ``error`` once the queue is empty."""
+        self._ended = error
+        self._ready.set()
 
     def new_drops(self) -> int | None:
         """The running drop count if it grew since the last call, else None."""

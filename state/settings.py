@@ -47,7 +47,7 @@ def read_override(folder: Path | None, component: str, override: str) -> dict[st
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as e:
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigurationError(f"configuration {override!r} of {component}: {e}") from e
 
 

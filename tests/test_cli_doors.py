@@ -125,3 +125,125 @@ def test_a_dsn_that_cannot_name_a_server_is_a_usage_error(argv: list[str], dsn: 
     result = CliRunner().invoke(main, [*argv, "--dsn", dsn])
     assert result.exit_code == 2, result.output
     assert "--dsn: the database DSN" in result.output
+
+
+def _system_file(tmp_path: Path, replace: tuple[str, str]) -> Path:
+    """The packaged system file with one line changed, its data under ``tmp_path``."""
+    from config.system import DEFAULT_SYSTEM_FILE
+
+    text = DEFAULT_SYSTEM_FILE.read_text()
+    assert replace[0] in text
+    text = text.replace(replace[0], replace[1]).replace(
+        'data_dir = "var"', f'data_dir = "{tmp_path / "data"}"'
+    )
+    text = text.replace('tokens_file = "tokens.toml"', f'tokens_file = "{tmp_path / "t.toml"}"')
+    if not (tmp_path / "t.toml").exists():
+        (tmp_path / "t.toml").write_text('[tokens]\n"tok" = "ocs"\n')
+    path = tmp_path / "system.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("replace", "said"),
+    [
+        (("readout_timeout = 30.0", "readout_timeout = 30.0\nbogus = 1"),
+         "invalid settings for HeaderService:\n1 validation error for HeaderServiceSettings\n"
+         "bogus"),
+        (("readout_timeout = 30.0", 'readout_timeout = "soon"'),
+         "invalid settings for HeaderService:\n1 validation error for HeaderServiceSettings\n"
+         "readout_timeout"),
+        (("tokens_file", "tokens_file = 'bad.toml'\n#"), "bad.toml is not valid TOML: 'utf-8'"),
+        (('data_dir = "var"', 'data_dir = "FILE/data"'), "data_dir FILE/data cannot be created"),
+    ],
+)  # fmt: skip
+def test_a_system_file_that_cannot_run_is_refused_before_anything_starts(
+    tmp_path: Path, replace: tuple[str, str], said: str
+) -> None:
+    """Component settings, the tokens file and the data directory are checked before
+    PostgreSQL, Ray or any component starts (they were a component's traceback after all of
+    them came up, a UnicodeDecodeError once PostgreSQL was up, a FileNotFoundError)."""
+    (tmp_path / "bad.toml").write_bytes(b"\xff\xfe[tokens]\n")
+    (tmp_path / "FILE").write_text("a file, not a folder")
+    replace = (replace[0], replace[1].replace("FILE", str(tmp_path / "FILE")))
+    system = _system_file(tmp_path, replace)
+    result = CliRunner().invoke(main, ["run", "--config", str(system), "--duration", "1"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: ConfigurationError: "), result.output
+    assert said.replace("FILE", str(tmp_path / "FILE")) in result.output
+    assert "Traceback" not in result.output
+    assert "started component" not in result.output
+    assert not (tmp_path / "data" / "postgres").exists()
+
+
+def test_a_gateway_port_in_use_is_said_before_anything_starts(tmp_path: Path) -> None:
+    """Before: PostgreSQL, Ray and every component started (18 s here), then aiohttp's bind
+    failed with an OSError traceback. Now the gateway's socket is bound first."""
+    import socket
+
+    system = _system_file(tmp_path, ("by_role = false", "by_role = false"))
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        argv = ["run", "--config", str(system), "--port", str(port), "--duration", "1"]
+        result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == (
+        f"Error: StartupError: the gateway cannot listen on 127.0.0.1:{port}: Address already in"
+        " use (another dmcs run? give --port)"
+    ), result.output
+    assert "started component" not in result.output
+    assert not (tmp_path / "data" / "postgres").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status"],
+        ["events", "--count", "1"],
+        ["command", "SummitBuffer", "cutLink"],
+        ["system", "enabled"],
+        ["alerts", "get", "5"],
+        ["alerts", "stream", "--full"],
+        ["simulate", "drive", "--night", "."],
+    ],
+)
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("foo", "expected ws://HOST:PORT/ws"),
+        ("ws://[::1", "Invalid IPv6 URL"),
+        ("ws://127.0.0.1:99999/ws", "Port out of range"),
+        ("ftp://host/ws", "expected ws://HOST:PORT/ws"),
+    ],
+)
+def test_a_url_that_cannot_name_a_gateway_is_a_usage_error(
+    argv: list[str], url: str, why: str
+) -> None:
+    """Before: 'cannot connect to foo: foo', a ValueError traceback ('alerts stream' with
+    'ws://[::1'), or 'cannot reach the gateway: http:///api/v1/alerts/5'."""
+    result = CliRunner().invoke(main, [*argv, "--url", url, "--token", "t"])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '--url': not a gateway URL: {url!r} (" in result.output
+    assert why in result.output
+
+
+@pytest.mark.parametrize(
+    ("argv", "folder"),
+    [
+        (["alerts", "stream", "--full", "--out", "{file}/sub"], "{file}/sub"),
+        (["alerts", "get", "5", "--out", "{file}/alert.avro"], "{file}"),
+    ],
+)
+def test_an_alert_out_that_cannot_be_written_is_refused_before_the_gateway_is_asked(
+    tmp_path: Path, argv: list[str], folder: str
+) -> None:
+    """Before: 'alerts stream' raised NotADirectoryError's traceback; 'alerts get' fetched the
+    alert and then failed writing it."""
+    file = tmp_path / "a-file"
+    file.write_text("not a folder")
+    argv = [a.format(file=file) for a in argv]
+    result = CliRunner().invoke(main, [*argv, "--url", "ws://127.0.0.1:1/ws", "--token", "t"])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for --out: {folder.format(file=file)} is not a writable folder" in (
+        result.output
+    )

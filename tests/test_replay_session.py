@@ -209,6 +209,93 @@ def test_bad_replay_options_are_refused_before_the_previous_replay_is_cleaned(
     assert session.read_run(out) == _record("complete")
 
 
+def test_a_replay_that_holds_the_out_is_not_raced(tmp_path: Path) -> None:
+    """Two replays started at once in a completed ``--out``: the one that holds it is between
+    reading the record and writing its own (stopping leftovers, cleaning), so the record still
+    reads "complete, dead pid". Before, the second decided from it too and cleaned the first's
+    fresh start; now it is refused and nothing is touched. The holder here is a child process
+    taking the same lock; killing it (as SIGKILL would) frees the directory."""
+    from click.testing import CliRunner
+
+    from commands.cli import main
+
+    out = tmp_path / "replay"
+    kept = _a_completed_replay(out)
+    hold = (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT);"
+        " fcntl.lockf(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(out / "replay.lock")], stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        result = CliRunner().invoke(main, ["replay", "--out", str(out), "--visits", "2"])
+        assert result.exit_code == 1, result.output
+        assert f"another dmcs replay is running in {out}" in result.output, result.output
+        assert {name: (out / name).read_text() for name in kept} == kept
+        assert session.read_run(out) == _record("complete")
+    finally:
+        holder.kill()
+        holder.wait()
+    with session.claim(out):
+        assert session.decide(out, OPTIONS, fresh=False).mode == "again"
+
+
+def test_a_previous_replay_that_cannot_be_removed_is_one_clear_error(tmp_path: Path) -> None:
+    """``<out>/data`` a symlink to another disk (or a folder the user may not change): the
+    clean start of ``--fresh`` cannot remove it. Before: shutil's traceback; now one line that
+    names what and where, and the record of the previous run is left as it was."""
+    from click.testing import CliRunner
+
+    from commands.cli import main
+
+    out = tmp_path / "replay"
+    _a_completed_replay(out)
+    (out / "data" / "f").rename(tmp_path / "f")
+    (out / "data").rmdir()
+    (tmp_path / "elsewhere").mkdir()
+    (out / "data").symlink_to(tmp_path / "elsewhere")
+    result = CliRunner().invoke(main, ["replay", "--out", str(out), "--visits", "2", "--fresh"])
+    assert result.exit_code == 1, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith(
+        f"Error: StorageError: cannot remove the previous replay's data in {out}: "
+    ), result.output
+    assert last.endswith("fix its permissions, or give another --out"), result.output
+    assert "Traceback" not in result.output
+    assert session.read_run(out) == _record("complete")
+
+
+def test_an_unreachable_ray_address_costs_not_the_previous_replay(tmp_path: Path) -> None:
+    """Before: ``--address`` with nothing there (a typo) cleaned the completed replay in
+    ``--out`` (its reports gone), simulated the night and started PostgreSQL, then failed
+    after ``--startup-timeout``. Now it is waited for before anything is cleaned."""
+    import socket
+
+    from click.testing import CliRunner
+
+    from commands.cli import main
+
+    out = tmp_path / "replay"
+    kept = _a_completed_replay(out)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    argv = ["replay", "--out", str(out), "--address", address, "--startup-timeout", "1"]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 1, result.output
+    assert (
+        result.output.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"Error: StartupError: the Ray cluster at {address} is not reachable within 1 s"
+        )
+    ), result.output
+    assert {name: (out / name).read_text() for name in kept} == kept
+    assert session.read_run(out) == _record("complete")
+
+
 def test_an_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
     from click.testing import CliRunner
 

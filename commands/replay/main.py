@@ -27,7 +27,7 @@ import asyncpg
 from rich.console import Console
 
 from actors.cluster import LocalCluster, cpus_by_role
-from actors.runtime import shutdown_ray
+from actors.runtime import shutdown_ray, wait_reachable
 from base.db import connect_pool
 from base.postgres import postgres_dsn, wait_for_database
 from commands.client import Client
@@ -154,7 +154,17 @@ async def run_replay(opts: ReplayOptions, console: Console | None = None) -> dic
     except OSError as e:
         raise ConfigurationError(f"--out {opts.out} is not a writable directory: {e}") from e
     base = load_system_config(opts.config)
+    with session.claim(opts.out):
+        return await _claimed(opts, base, console, say)
+
+
+async def _claimed(
+    opts: ReplayOptions, base: SystemConfig, console: Console, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """The replay, with ``out`` held by this run (:func:`session.claim`)."""
     decision = session.decide(opts.out, opts.fingerprint(), opts.fresh)
+    if opts.address is not None:  # before the previous replay is cleaned: a typo costs nothing
+        await asyncio.to_thread(wait_reachable, opts.address, opts.startup_timeout)
     say(f"{MODE_TEXT[decision.mode]} ({decision.why})")
     embedded = not (opts.dsn or base.database.dsn)
     keep_postgres = embedded and decision.mode == "resume"

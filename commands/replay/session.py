@@ -10,7 +10,9 @@ PID). The next run in the same directory decides from it:
 * a previous run that was interrupted or ended incomplete: **resume** it (everything is
   kept; every layer ignores what it already did, and completion is judged from the record);
   one that failed with an error starts clean, so a broken state never blocks the next run;
-* another replay still running in the directory: refused.
+* another replay still running in the directory: refused. Each run holds ``<out>/replay.lock``
+  (:func:`claim`) from before it reads the record until it has written how it ended, so two
+  replays started at the same instant cannot both decide from the same record.
 
 With ``--nodes N`` a run starts a local N-node Ray cluster (:func:`start_cluster`) and stops
 every node of it at exit (:func:`stop_cluster`), also after an error or Ctrl-C.
@@ -22,13 +24,15 @@ killed run left, and how a run checks at exit that nothing of its own is left.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,11 +42,12 @@ import psutil
 from actors.cluster import LocalCluster
 from base.postgres import postmaster_pid
 from state.durable import write_durably
-from state.errors import ConfigurationError
+from state.errors import ConfigurationError, StorageError
 
 log = logging.getLogger("dmcs.replay")
 
 RUN_FILE = "replay.json"
+LOCK_FILE = "replay.lock"
 RUN_ENV = "DMCS_REPLAY_RUN"
 #: What a clean replay removes from ``<out>`` (the night is kept).
 CLEAN_PATHS = ("data", "staging", "reports", "summary.json", "pg")
@@ -95,6 +100,28 @@ def _replay_alive(pid: int) -> bool:
         return proc.status() != psutil.STATUS_ZOMBIE and "replay" in " ".join(proc.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
+
+
+@contextlib.contextmanager
+def claim(out: Path) -> Iterator[None]:
+    """Hold ``out`` for this run; ConfigurationError if another process holds it.
+
+    A POSIX record lock on ``<out>/replay.lock``: the kernel releases it when the process
+    ends, SIGKILL included, and a forked child does not inherit it, so a killed run never
+    blocks the next one.
+    """
+    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            raise ConfigurationError(
+                f"another dmcs replay is running in {out}; wait for it, stop it, or give"
+                " another --out"
+            ) from e
+        yield
+    finally:
+        os.close(fd)
 
 
 def decide(out: Path, options: dict[str, Any], fresh: bool) -> Decision:
@@ -200,15 +227,22 @@ def stop_leftovers(
 
 def clean(out: Path, say: Callable[[str], None]) -> None:
     """Remove what a clean replay starts without (see :data:`CLEAN_PATHS`)."""
-    removed = []
+    removed: list[str] = []
     for name in CLEAN_PATHS:
         path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-            removed.append(name + "/")
-        elif path.exists():
-            path.unlink()
-            removed.append(name)
+        try:
+            if path.is_dir():
+                shutil.rmtree(path)
+                removed.append(name + "/")
+            elif path.exists():
+                path.unlink()
+                removed.append(name)
+        except OSError as e:
+            done = f" (already removed: {', '.join(removed)})" if removed else ""
+            raise StorageError(
+                f"cannot remove the previous replay's {name} in {out}: {e}{done}; "
+                "fix its permissions, or give another --out"
+            ) from e
     if removed:
         say(f"removed the previous replay's {', '.join(removed)}")
 
