@@ -7,8 +7,9 @@ The gateway here is a minimal aiohttp WebSocket server speaking the real frames
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import pytest_asyncio
@@ -22,6 +23,24 @@ from state.events import Event
 EVENTS = [
     Event("AlertPublisher", "visitLatency", seq, 1.0e9 + seq, {"visit": seq}) for seq in (1, 2)
 ]
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@contextlib.asynccontextmanager
+async def _serving(routes: dict[str, Handler]) -> AsyncIterator[str]:
+    """An aiohttp server on a free port with GET ``routes``; yields its ``ws://…/ws`` URL."""
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_get(path, handler)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"ws://127.0.0.1:{runner.addresses[0][1]}/ws"
+    finally:
+        await runner.cleanup()
 
 
 @pytest_asyncio.fixture
@@ -46,13 +65,8 @@ async def gateway() -> AsyncIterator[Callable[[], str]]:
         request.transport.abort()
         return ws
 
-    app = web.Application()
-    app.router.add_get("/ws", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    yield lambda: f"ws://127.0.0.1:{runner.addresses[0][1]}/ws"
-    await runner.cleanup()
+    async with _serving({"/ws": handler}) as url:
+        yield lambda: url
 
 
 @pytest.mark.parametrize(
@@ -98,23 +112,17 @@ async def test_a_resubscription_does_not_deliver_again_what_was_delivered() -> N
         request.transport.abort()
         return ws
 
-    app = web.Application()
-    app.router.add_get("/ws", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"ws://127.0.0.1:{runner.addresses[0][1]}/ws"
     received: list[Event] = []
-    try:
-        async with Client(url, use_json=True, max_backoff=0.1) as client:
-            async with asyncio.timeout(5):
-                async for event in client.subscribe():
-                    received.append(event)
-                    if connections == 3 and event == events[3]:
-                        break
-            assert client.gaps.missing == 0
-    finally:
-        await runner.cleanup()
+    async with (
+        _serving({"/ws": handler}) as url,
+        Client(url, use_json=True, max_backoff=0.1) as client,
+    ):
+        async with asyncio.timeout(5):
+            async for event in client.subscribe():
+                received.append(event)
+                if connections == 3 and event == events[3]:
+                    break
+        assert client.gaps.missing == 0
     assert [e.seq for e in received] == [1, 2, 3, 4]
 
 
@@ -134,16 +142,13 @@ async def test_a_gateway_that_does_not_answer_is_a_connection_error_in_bounded_t
         await asyncio.sleep(60)
         raise web.HTTPServiceUnavailable()
 
-    app = web.Application()
-    app.router.add_get("/ws", silent_ws)
-    app.router.add_get("/api/v1/status", silent_http)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
     mute = await asyncio.start_server(lambda r, w: asyncio.sleep(60), "127.0.0.1", 0)
     try:
-        url = f"ws://127.0.0.1:{runner.addresses[0][1]}/ws"
-        async with asyncio.timeout(5), Client(url, use_json=True, request_timeout=0.5) as client:
+        async with (
+            _serving({"/ws": silent_ws, "/api/v1/status": silent_http}) as url,
+            asyncio.timeout(5),
+            Client(url, use_json=True, request_timeout=0.5) as client,
+        ):
             with pytest.raises(ConnectionLostError, match="did not confirm the subscription"):
                 await client.open_subscription(timeout=0.5)
             with pytest.raises(ConnectionLostError, match="did not answer /api/v1/status within"):
@@ -154,4 +159,3 @@ async def test_a_gateway_that_does_not_answer_is_a_connection_error_in_bounded_t
                 pass
     finally:
         mute.close()
-        await runner.cleanup()
