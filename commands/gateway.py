@@ -186,7 +186,10 @@ async def http_command(request: web.Request) -> web.Response:
         timeout=timeout_s,
         on_ack=lambda ack: acks.append(ack.to_wire()),
     )
-    return web.json_response({"acks": acks}, status=HTTP_STATUS.get(final.code, 500))
+    # The ack says why (as over the WebSocket); the status agrees with GET of that component.
+    known = request.match_info["name"] in hub.components
+    status = HTTP_STATUS.get(final.code, 500) if known else 404
+    return web.json_response({"acks": acks}, status=status)
 
 
 async def _http_input(request: web.Request, name: str, kind: EventKind) -> web.Response:

@@ -187,6 +187,10 @@ async def test_http_endpoints(running: RunningSystem) -> None:
             assert "unknown parameter 'bogus'" in (await r.json())["acks"][-1]["result"]
         async with session.post(f"{url}/start", data="{not json", headers=auth) as r:
             assert r.status == 400
+        nope = f"{base}/api/v1/components/Nope/commands/start"
+        async with session.post(nope, json={}, headers=auth) as r:
+            assert r.status == 404, "as GET of an unknown component (was 422)"
+            assert "unknown component 'Nope'" in (await r.json())["acks"][-1]["result"]
         async with session.post(f"{url}/start", json={}, headers=auth) as r:
             assert r.status == 200
             assert [a["code"] for a in (await r.json())["acks"]] == [300, 303]
