@@ -32,7 +32,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, ParamSpec, TypeVar
 
@@ -114,8 +113,7 @@ class CcdProcessor(CcdRecording, PoolMember, RegistryReconciliation, Controller)
         self.counts = {"processed": 0, "failed": 0, "abandoned": 0, "retried": 0, "reconciled": 0,
                        DEFERRED: 0}  # fmt: skip
         self._alarmed = False
-        self._reconciled_to: datetime | None = None
-        self._started_at = datetime.now(UTC)
+        self._init_reconciliation()
         self.stage_writer = StageWriter(self.log_message, self.log, self.config.retry_backoff)
         self._headerless: set[tuple[int, int]] = set()
         self._headerless_visits: set[int] = set()

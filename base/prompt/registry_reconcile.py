@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from base.prompt.pool_scheduler import PoolScheduler
@@ -33,11 +33,14 @@ class RegistryReconciliation:
     counts: dict[str, int]
     summary_state: State
     _repository: Repository | None
-    _reconciled_to: datetime | None
-    _started_at: datetime
     _wakeup: asyncio.Event
     _q: Callable[..., Awaitable[Any]]
     log_message: Callable[..., None]
+
+    def _init_reconciliation(self) -> None:
+        #: The newest ingest time the previous look at the registry saw (None: no look yet).
+        self._reconciled_to: datetime | None = None
+        self._started_at = datetime.now(UTC)
 
     async def _reconcile(self, *, full: bool = True) -> int:
         """Queue the raws of this processor's detectors that the registry holds and the work
