@@ -33,8 +33,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import argparse
 import json
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,22 +47,13 @@ from algorithms.background import fit_background
 from algorithms.detection import detect_sources
 from algorithms.psf import gaussian_kernel
 from base.reports.truth import true_snr
+from benchmarks.cpu_timing import best_cpu
 from benchmarks.sep_capture import CapturedCcd, capture
 
 REPEATS = 3
 DETECTORS = {"comcam": 4, "mini": 0}
 MATCH_PX = 2.0
 FALSE_PX = 3.0
-
-
-def best_cpu(fn: Callable[[], Any], repeats: int = REPEATS) -> tuple[float, Any]:
-    """Least CPU seconds of ``repeats`` runs of ``fn`` and its last result."""
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        c0 = time.process_time()
-        out = fn()
-        best = min(best, time.process_time() - c0)
-    return best, out
 
 
 def _block_median(r: np.ndarray, b: int = 64) -> np.ndarray:
@@ -81,10 +70,12 @@ def background_figures(c: CapturedCcd) -> list[dict[str, Any]]:
         t_hand, hand = best_cpu(
             lambda img=img, msk=msk, cell=cell: (
                 fit_background(img, msk, cell, method="clipped").evaluate().copy()
-            )
+            ),
+            REPEATS,
         )
         t_sep, sepm = best_cpu(
-            lambda img=img, msk=msk, cell=cell: fit_background(img, msk, cell).evaluate()
+            lambda img=img, msk=msk, cell=cell: fit_background(img, msk, cell).evaluate(),
+            REPEATS,
         )
         good = (msk & mk.UNUSABLE) == 0
         sigma = float(1.4826 * np.median(np.abs(img[good][::7] - np.median(img[good][::7]))))
@@ -167,7 +158,7 @@ def detection_figures(c: CapturedCcd) -> list[dict[str, Any]]:
 
         scale = detect_sources(img, var, msk.copy(), psf_sigma, thr, **call.kwargs).noise_scale
 
-        t_hand, pk = best_cpu(hand)
+        t_hand, pk = best_cpu(hand, REPEATS)
         hxy = np.column_stack([pk["x"], pk["y"]]).astype(float)
         if diff:
             t = c.diff_truth

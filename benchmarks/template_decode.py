@@ -17,7 +17,6 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +26,9 @@ from astropy.io import fits
 from base.ccd_inputs import read_template
 from base.heap import keep_freed_memory
 from base.tiled_fits import warm_up_decoder
+from benchmarks.cpu_timing import best_cpu
 
 CAMERA = "comcam"
-
-
-def _best_cpu(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t = time.process_time()
-        out = fn()
-        best = min(best, time.process_time() - t)
-    return best, out
 
 
 def _astropy_planes(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -54,8 +45,8 @@ def measure(templates: list[Path], repeats: int) -> dict[str, Any]:
     warm_up_decoder()
     ours, peer, identical = [], [], 0
     for path in templates:
-        t_ours, template = _best_cpu(lambda p=path: read_template(p), repeats)
-        t_peer, (image, variance) = _best_cpu(lambda p=path: _astropy_planes(p), repeats)
+        t_ours, template = best_cpu(lambda p=path: read_template(p), repeats)
+        t_peer, (image, variance) = best_cpu(lambda p=path: _astropy_planes(p), repeats)
         ours.append(t_ours)
         peer.append(t_peer)
         ok = np.isfinite(image) & np.isfinite(variance)
