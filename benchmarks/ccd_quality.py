@@ -110,8 +110,7 @@ def _pooled(per: list[dict[str, Any]]) -> dict[str, Any]:
     n_sv = sum(b["nStarVisits"] for b in stars)
     snr = np.concatenate([q["_pulls"][0] for q in per])
     pull = np.concatenate([q["_pulls"][1] for q in per])
-    ast = [q["astrometry"] for q in per if q["astrometry"]["diaSourceRmsMas"] is not None]
-    n_ast = sum(a["n"] for a in ast)
+    ast = [q["astrometry"] for q in per]
     return {
         "nDiaSources": sum(q["nDiaSources"] for q in per),
         "nAlerted": sum(q["nAlerted"] for q in per),
@@ -121,13 +120,11 @@ def _pooled(per: list[dict[str, Any]]) -> dict[str, Any]:
         "completenessSnrGe7": share("completenessSnrGe7", "nTruthSnrGe7"),
         "completenessSnrGe7Alerted": share("completenessSnrGe7Alerted", "nTruthSnrGe7"),
         "nReliableWithoutObject": sum(q["nReliableWithoutObject"] for q in per),
-        "diaSourceRmsMas": float(
-            np.sqrt(sum(a["diaSourceRmsMas"] ** 2 * a["n"] for a in ast) / n_ast)
-        )
-        if n_ast
-        else None,
-        "nAstrometryFlagged": sum(q["astrometry"]["nFlagged"] for q in per),
-        "diaSourceRmsMasWithFlagged": _rms_with_flagged([q["astrometry"] for q in per]),
+        "diaSourceRmsMas": _pooled_rms([(a["diaSourceRmsMas"], a["n"]) for a in ast]),
+        "nAstrometryFlagged": sum(a["nFlagged"] for a in ast),
+        "diaSourceRmsMasWithFlagged": _pooled_rms(
+            [(a["diaSourceRmsMasWithFlagged"], a["n"] + a["nFlagged"]) for a in ast]
+        ),
         "nBrightStarVisits": n_sv,
         "falsePerBrightStarVisit": sum(b["nFalseNear"] for b in stars) / n_sv if n_sv else None,
         "falsePerBrightStarVisitUnflagged": sum(b["nFalseNearUnflagged"] for b in stars) / n_sv
@@ -138,9 +135,8 @@ def _pooled(per: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _rms_with_flagged(ast: list[dict[str, Any]]) -> float | None:
-    """The nights' astrometry rms over all their S/N ≥ 20 matches, flagged centroids too."""
-    parts = [(a["diaSourceRmsMasWithFlagged"], a["n"] + a["nFlagged"]) for a in ast]
+def _pooled_rms(parts: list[tuple[float | None, int]]) -> float | None:
+    """The rms over the nights' matches from each night's (rms, count); None without any."""
     n = sum(k for r, k in parts if r is not None)
     return float(np.sqrt(sum(r**2 * k for r, k in parts if r is not None) / n)) if n else None
 
