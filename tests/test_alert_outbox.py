@@ -392,21 +392,30 @@ async def test_association_killed_with_alerts_owed_loses_none(
 async def test_publisher_killed_while_draining_loses_and_repeats_none(
     outbox_system: RunningSystem, pg_dsn: str
 ) -> None:
-    """The publisher killed as its first CCD is published, others archived or still owed."""
+    """The publisher killed while draining: some CCDs marked, the last archived or not but
+    certainly unmarked (a transaction of the test's holds its outbox row, so marking it waits;
+    without it a quick drain could mark every row before the kill lands)."""
     running, tag = outbox_system, tag_of(outbox_system)
     association = running.system.handle("Association")
+    box = f'"apdb_{tag}".alert_outbox'
     async with Client(running.ws_url, token=TOKENS["ocs"]) as ocs:
         events = await _store_while_not_publishing(ocs, association, ccds=10, n=100)
-        await ocs.set_state("AlertPublisher", State.ENABLED)
-        # Polled in PostgreSQL: alertsPublished rides with the publisher's next send (up to
-        # 0.5 s later), by when a quick drain has published every row.
-        published = f'SELECT count(*) FROM "apdb_{tag}".alert_outbox WHERE published_at IS NOT NULL'
-        await until_row(pg_dsn, published)
-        await kill(running, "AlertPublisher")
-        await restarted(events, "AlertPublisher")
-        mid = await outbox_rows(pg_dsn, f"apdb_{tag}")
-        owed = [k for k, r in mid.items() if r["published_at"] is None]
-        assert owed, "the kill left alerts owed (inside the hand-off window)"
+        holder = await asyncpg.connect(pg_dsn)
+        try:
+            hold = holder.transaction()
+            await hold.start()
+            await holder.execute(f"SELECT 1 FROM {box} WHERE detector = 9 FOR UPDATE")
+            await ocs.set_state("AlertPublisher", State.ENABLED)
+            # Polled in PostgreSQL: alertsPublished rides with the publisher's next send.
+            await until_row(pg_dsn, f"SELECT count(*) FROM {box} WHERE published_at IS NOT NULL")
+            await kill(running, "AlertPublisher")
+            await restarted(events, "AlertPublisher")
+            mid = await outbox_rows(pg_dsn, f"apdb_{tag}")
+            owed = [k for k, r in mid.items() if r["published_at"] is None]
+            assert (VISIT, 9) in owed, "the kill left the held CCD's alerts owed"
+            await hold.rollback()
+        finally:
+            await holder.close()
         await ocs.set_state("AlertPublisher", State.ENABLED)
         await until(lambda: _settled(pg_dsn, f"apdb_{tag}"), timeout=60)
         await events.aclose()
