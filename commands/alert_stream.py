@@ -9,6 +9,18 @@
   subscription gets the first 20 passing alerts of each visit. Text frames report
   ``{"op":"dropped","count":N}`` when the bounded queue overflowed; a subscriber that keeps
   overflowing is closed with code 4001 (too slow). ``{"op":"ping"}`` is answered with ``pong``.
+
+  Positions (additive, opt-in): every archived batch (one CCD) has a durable, increasing archive
+  ``position``. A subscribe frame with ``"positions": true`` gets, after each such batch's
+  alerts, ``{"op":"batch","position":N,"visit":V,"detector":D,"alerts":K}`` (K of the batch's
+  alerts were sent: 0 when none passed the filter), and ``subscribed`` says the ``position``
+  the subscription starts after. ``"from": N`` (a non-negative integer, at most the archive's
+  newest position; it implies ``positions``) resumes: the archived batches after N are sent
+  first, through the same filter and per-visit limit, then the live stream, with no batch
+  twice and none missing at the seam (the replay reads the archive until it has caught up
+  with what the pump offered, then joins the fan-out without yielding, skipping any batch at
+  or below what it replayed). Bad positions are ``bad_position`` errors; a replay that cannot
+  read the archive sends ``replay_failed`` and closes the connection (code 1011).
 * ``GET /api/v1/alerts/{diaSourceId}`` (token required): the archived alert, as the framed
   Avro bytes, or decoded JSON with ``?format=json`` (cutouts base64).
 * ``GET /api/v1/alert-stream``: subscribers and counters.
@@ -26,16 +38,18 @@ import contextlib
 import itertools
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from aiohttp import WSMsgType, web
 from ray.actor import ActorHandle
 
 from actors.peers import ActorPeer
 from base.alerts import AlertFanout, FilterError, compile_filter, decode, predefined
 from base.alerts.filters import filter_table
-from base.alerts.stream import Subscription
+from base.alerts.stream import BatchMark, Subscription
 from commands.auth import Authenticator
 from commands.background import background
 from commands.protocol import loads_json
@@ -49,6 +63,49 @@ log = logging.getLogger("dmcs.gateway.alerts")
 DEFAULT_BROKERS = frozenset({"broker"})
 PUBLISHER = "AlertPublisher"
 CLOSE_TOO_SLOW = 4001
+CLOSE_REPLAY_FAILED = 1011
+#: A replay read: batches and bytes per ``rpc_replay_alerts`` call.
+REPLAY_BATCHES = 16
+REPLAY_BYTES = 32 << 20
+
+
+@dataclass(frozen=True)
+class SubscribeRequest:
+    """A ``subscribe`` frame, checked once at the door."""
+
+    full: bool = False
+    filter: str | None = None
+    expression: str | None = None
+    positions: bool = False
+    #: Resume after this archive position (None: start live).
+    after: int | None = None
+
+    @classmethod
+    def parse(cls, frame: Mapping[str, Any]) -> SubscribeRequest:
+        full, name, expression = frame.get("full"), frame.get("filter"), frame.get("expression")
+        if not (full or isinstance(name, str) or isinstance(expression, str)):
+            raise _BadFrame("subscribe needs 'filter' (a name), 'expression', or 'full': true")
+        positions = frame.get("positions", False)
+        if not isinstance(positions, bool):
+            raise _BadFrame("'positions' must be true or false")
+        after = frame.get("from")
+        if after is not None and (
+            isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= INT64_MAX
+        ):
+            raise _BadPosition(
+                f"'from' must be a non-negative integer archive position, got {after!r}"
+            )
+        return cls(
+            full=bool(full),
+            filter=name if not full and isinstance(name, str) else None,
+            expression=(
+                expression
+                if not full and not isinstance(name, str) and isinstance(expression, str)
+                else None
+            ),
+            positions=positions or after is not None,
+            after=after,
+        )
 
 
 class AlertStream:
@@ -68,7 +125,9 @@ class AlertStream:
         self.poll_timeout = poll_timeout
         self.max_batches = max_batches
         self.cursor: int | None = None
-        self.batches = self.alerts = self.missed = 0
+        #: The archive position of the newest batch offered to the fan-out (0: none yet).
+        self.position = 0
+        self.batches = self.alerts = self.missed = self.replayed = 0
         self._kick: dict[str, asyncio.Event] = {}
         self._names = itertools.count(1)
         self.follower: Follower[Mapping[str, Any]] = Follower(
@@ -87,7 +146,12 @@ class AlertStream:
         offsets = batch["offsets"].tolist()
         packets = [view[a:b] for a, b in itertools.pairwise(offsets)]
         table = filter_table(batch["table"], len(packets))
-        self.fanout.publish_visit(batch["visit"], batch["ids"], packets, table)
+        position = batch.get("position")
+        self.fanout.publish_visit(
+            batch["visit"], batch["ids"], packets, table, position, batch.get("detector")
+        )
+        if position is not None:
+            self.position = max(self.position, int(position))
         self.batches += 1
         self.alerts += len(packets)
         for name, sub in self.fanout.subscribers.items():
@@ -105,6 +169,7 @@ class AlertStream:
         if self.cursor is None:
             answer = await self._call_poll(None)
             self.cursor = int(answer["cursor"])
+            self.position = max(self.position, int(answer.get("position", 0)))
         return []
 
     async def _poll(self) -> Batch[Mapping[str, Any]]:
@@ -118,21 +183,79 @@ class AlertStream:
             raise ConnectionLostError("no alert publisher in this system")
         return await self.peer.call("poll_alerts", cursor, self.max_batches, self.poll_timeout)
 
-    def subscribe(self, identity: str, request: Mapping[str, Any]) -> Subscription:
-        """A subscription from a client's ``subscribe`` frame; clear errors for bad ones."""
+    def subscribe(self, identity: str, request: SubscribeRequest) -> Subscription:
+        """A subscription from a client's ``subscribe`` frame; clear errors for bad ones.
+
+        A resuming one (``request.after``) is offered no archived live batch until its replay
+        has caught up (:meth:`join`)."""
         name = f"{identity}#{next(self._names)}"
-        if request.get("full"):
+        if request.full:
             if identity not in self.brokers:
                 raise _NotPermitted(f"identity {identity!r} is not authorized for the full stream")
             sub = self.fanout.subscribe(name, full_stream=True)
-        elif isinstance(request.get("filter"), str):
-            sub = self.fanout.subscribe(name, predefined(request["filter"]))
-        elif isinstance(request.get("expression"), str):
-            sub = self.fanout.subscribe(name, compile_filter(request["expression"]))
+        elif request.filter is not None:
+            sub = self.fanout.subscribe(name, predefined(request.filter))
+        elif request.expression is not None:
+            sub = self.fanout.subscribe(name, compile_filter(request.expression))
         else:
             raise _BadFrame("subscribe needs 'filter' (a name), 'expression', or 'full': true")
+        sub.marks = request.positions
+        if request.after is not None:
+            sub.after = INT64_MAX
         self._kick[name] = asyncio.Event()
         return sub
+
+    async def check_position(self, after: int) -> dict[str, int]:
+        """The archive's oldest and newest positions; ``_BadPosition`` if ``after`` is ahead
+        of the newest, ``_Unavailable`` without a readable archive."""
+        try:
+            span = await self._call("alert_positions")
+        except (ConnectionLostError, InvalidInputError) as e:
+            raise _Unavailable(f"the alert archive is not available to resume from: {e}") from e
+        newest = int(span["newest"])
+        if after > newest:
+            raise _BadPosition(
+                f"position {after} is ahead of the archive (newest position {newest})"
+            )
+        return {"oldest": int(span["oldest"]), "newest": newest}
+
+    async def replay(self, sub: Subscription, after: int) -> AsyncIterator[_Replayed]:
+        """The archived batches after ``after`` as ``sub`` gets them, until the archive has
+        nothing newer and the pump has offered nothing newer; then ``sub`` joins the live
+        fan-out (no await between the last read and the join: no batch is lost or doubled)."""
+        cursor = after
+        while True:
+            try:
+                answer = await self._call(
+                    "replay_alerts", cursor, REPLAY_BATCHES, REPLAY_BYTES, sub.filter is not None
+                )
+            except (ConnectionLostError, InvalidInputError) as e:
+                raise _ReplayFailed(f"the archive replay stopped after {cursor}: {e}") from e
+            batches = answer["batches"]
+            if not batches:
+                if cursor >= self.position:
+                    sub.after = cursor
+                    return
+                # the pump offered a batch committed after this read began: read again
+                await asyncio.sleep(0.02)
+                continue
+            for batch in batches:
+                view = memoryview(batch["data"])
+                packets = [view[a:b] for a, b in itertools.pairwise(batch["offsets"].tolist())]
+                ids = np.asarray(batch["ids"], dtype=np.int64).tolist()
+                table = filter_table(batch["table"], len(packets))
+                chosen = self.fanout.choose(sub, batch["visit"], ids, packets, table)
+                sent = list(chosen[1]) if chosen else []
+                self.replayed += len(sent)
+                cursor = int(batch["position"])
+                yield _Replayed(
+                    sent, BatchMark(cursor, batch["visit"], batch["detector"], len(sent))
+                )
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        if self.peer is None:
+            raise ConnectionLostError("no alert publisher in this system")
+        return await self.peer.call(method, *args)
 
     def unsubscribe(self, name: str) -> None:
         self.fanout.unsubscribe(name)
@@ -145,12 +268,13 @@ class AlertStream:
         return {
             "connected": self.peer is not None, "cursor": self.cursor, "batches": self.batches,
             "alerts": self.alerts, "missedBatches": self.missed, "pollErrors": self.poll_errors,
-            "skippedBatches": self.follower.failed,
+            "skippedBatches": self.follower.failed, "position": self.position,
+            "replayedAlerts": self.replayed,
             "subscribers": [
                 {"name": s.name, "full": s.filter is None,
                  "filter": s.filter.expression if s.filter else None, "delivered": s.delivered,
                  "dropped": s.dropped, "queued": s.queue.qsize(), "lagging": s.lagging,
-                 "filterFailures": s.failures}
+                 "filterFailures": s.failures, "replaying": s.after == INT64_MAX}
                 for s in self.fanout.subscribers.values()
             ],
         }  # fmt: skip
@@ -252,6 +376,19 @@ def _frame(op: str, **fields: Any) -> str:
     return json.dumps({"v": 1, "op": op, **fields})
 
 
+@dataclass(frozen=True)
+class _Replayed:
+    packets: list[memoryview]
+    mark: BatchMark
+
+
+def _mark(mark: BatchMark) -> str:
+    return _frame(
+        "batch", position=mark.position, visit=mark.visit, detector=mark.detector,
+        alerts=mark.count,
+    )  # fmt: skip
+
+
 async def stream_handler(request: web.Request) -> web.WebSocketResponse:
     identity = _identity(request)
     stream = request.app[ALERT_STREAM]
@@ -273,12 +410,17 @@ async def stream_handler(request: web.Request) -> web.WebSocketResponse:
                     continue
                 if sub is not None:
                     raise _BadFrame("this connection already has a subscription")
-                sub = stream.subscribe(identity, request_frame)
+                subscribe = SubscribeRequest.parse(request_frame)
+                span = None
+                if subscribe.after is not None:
+                    span = await stream.check_position(subscribe.after)
+                sub = stream.subscribe(identity, subscribe)
             except InvalidInputError as e:
                 await ws.send_str(_frame("error", code=_code(e), message=str(e)))
                 continue
-            await ws.send_str(_subscribed(sub))
-            writer = asyncio.create_task(_writer(ws, sub))
+            start = stream.position if subscribe.after is None else subscribe.after
+            await ws.send_str(_subscribed(sub, start if sub.marks else None, span))
+            writer = asyncio.create_task(_serve(ws, stream, sub, subscribe.after))
             evict = _evict(request, ws, stream.kicked(sub.name), writer)
             tasks += [writer, asyncio.create_task(evict)]
     finally:
@@ -292,25 +434,48 @@ async def stream_handler(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-def _subscribed(sub: Subscription) -> str:
+def _subscribed(sub: Subscription, position: int | None, span: dict[str, int] | None) -> str:
+    extra: dict[str, Any] = {} if position is None else {"position": position}
+    if span is not None:
+        extra.update(oldest=span["oldest"], newest=span["newest"])
     return _frame(
         "subscribed", name=sub.name, full=sub.filter is None,
         expression=sub.filter.expression if sub.filter else None,
-        perVisitLimit=sub.per_visit_limit,
+        perVisitLimit=sub.per_visit_limit, **extra,
     )  # fmt: skip
+
+
+async def _serve(
+    ws: web.WebSocketResponse, stream: AlertStream, sub: Subscription, after: int | None
+) -> None:
+    """The archive replay after ``after`` (if any), then the live queue."""
+    try:
+        if after is not None:
+            async for replayed in stream.replay(sub, after):
+                for packet in replayed.packets:
+                    await ws.send_bytes(packet)
+                await ws.send_str(_mark(replayed.mark))
+        await _writer(ws, sub)
+    except _ReplayFailed as e:
+        log.warning("alert subscriber %s: %s", sub.name, e)
+        with contextlib.suppress(ConnectionError):
+            await ws.send_str(_frame("error", code="replay_failed", message=str(e)))
+            await ws.close(code=CLOSE_REPLAY_FAILED, message=b"archive replay failed")
+    except ConnectionError as e:
+        log.info("alert subscriber %s went away: %s", sub.name, e)
 
 
 async def _writer(ws: web.WebSocketResponse, sub: Subscription) -> None:
     """Send this subscriber's queue, reporting drops; it may wait on a slow socket alone."""
-    try:
-        while not ws.closed:
-            message = await sub.queue.get()
-            dropped = sub.queue.new_drops()
-            if dropped is not None:
-                await ws.send_str(_frame("dropped", count=dropped))
+    while not ws.closed:
+        message = await sub.queue.get()
+        dropped = sub.queue.new_drops()
+        if dropped is not None:
+            await ws.send_str(_frame("dropped", count=dropped))
+        if isinstance(message, BatchMark):
+            await ws.send_str(_mark(message))
+        else:
             await ws.send_bytes(message.packet)
-    except ConnectionError as e:
-        log.info("alert subscriber %s went away: %s", sub.name, e)
 
 
 async def _evict(
@@ -344,6 +509,10 @@ def _code(e: InvalidInputError) -> str:
         return "bad_filter"
     if isinstance(e, _NotPermitted):
         return "not_permitted"
+    if isinstance(e, _BadPosition):
+        return "bad_position"
+    if isinstance(e, _Unavailable):
+        return "unavailable"
     return "bad_frame"
 
 
@@ -353,3 +522,15 @@ class _BadFrame(InvalidInputError):
 
 class _NotPermitted(InvalidInputError):
     """The full stream asked for by an identity that is not a broker."""
+
+
+class _BadPosition(InvalidInputError):
+    """A resume position that is not a non-negative integer, or is ahead of the archive."""
+
+
+class _Unavailable(InvalidInputError):
+    """A resume asked of a system whose alert archive cannot be read now."""
+
+
+class _ReplayFailed(DmcsError):
+    """The archive replay of a resuming subscriber could not go on."""

@@ -12,11 +12,10 @@ import aiohttp
 import click
 
 from base.alerts import decode
+from commands.alert_client import STREAM_PATH, AlertSubscription
 from commands.cli_options import connection_options
 from state.durable import writable_dir
-from state.errors import DmcsError
-
-STREAM_PATH = "/alerts/v1/stream"
+from state.errors import DmcsError, InvalidInputError
 
 
 def base_url(url: str, websocket: bool = False) -> str:
@@ -118,6 +117,12 @@ def get(url: str, token: str | None, dia_source_id: int, out: Path | None, as_js
 @click.option("--full", is_flag=True, help="The whole stream (broker identities only).")
 @click.option("--count", type=click.IntRange(min=1), help="Stop after this many alerts.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Save packets here.")
+@click.option(
+    "--from",
+    "after",
+    type=click.IntRange(min=0),
+    help="Resume after this batch position (the last 'batch' line printed on stderr).",
+)
 def stream(
     url: str,
     token: str | None,
@@ -126,45 +131,37 @@ def stream(
     full: bool,
     count: int | None,
     out: Path | None,
+    after: int | None,
 ) -> None:
-    """Follow the alert stream: one JSON line per alert."""
+    """Follow the alert stream: one JSON line per alert on stdout; the gateway's other frames
+    (``subscribed``, one ``batch`` line with its position per batch) on stderr. A lost
+    connection is resumed from the last batch position, with no alert twice."""
     chosen = [x for x in (filter_name, expression, full or None) if x]
     if len(chosen) != 1:
         raise click.UsageError("give exactly one of --filter, --expression, --full")
-    request: dict[str, Any] = {"v": 1, "op": "subscribe"}
-    if full:
-        request["full"] = True
-    elif filter_name:
-        request["filter"] = filter_name
-    else:
-        request["expression"] = expression
     if out is not None:
         _writable(out, "--out")
 
     async def follow() -> None:
         seen = 0
-        async with (
-            aiohttp.ClientSession(headers=_headers(token)) as session,
-            session.ws_connect(f"{base_url(url, websocket=True)}{STREAM_PATH}") as ws,
-        ):
-            await ws.send_str(json.dumps(request))
-            async for message in ws:
-                if message.type == aiohttp.WSMsgType.TEXT:
-                    frame = json.loads(message.data)
-                    if frame.get("op") == "error":
-                        raise click.ClickException(f"{frame['code']}: {frame['message']}")
-                    click.echo(json.dumps(frame), err=True)
-                    continue
-                if message.type != aiohttp.WSMsgType.BINARY:
-                    break
-                alert = decode(message.data)
-                if out is not None:
-                    (out / f"{alert['diaSourceId']}.avro").write_bytes(message.data)
-                click.echo(json.dumps(summary(alert)))
-                seen += 1
-                if count is not None and seen >= count:
-                    return
-            if ws.close_code not in (None, 1000):
-                raise click.ClickException(f"stream closed by the gateway ({ws.close_code})")
+        async with aiohttp.ClientSession(headers=_headers(token)) as session:
+            subscription = AlertSubscription(
+                session, f"{base_url(url, websocket=True)}{STREAM_PATH}", full=full,
+                filter=filter_name, expression=expression, after=after,
+                on_frame=lambda frame: click.echo(json.dumps(frame), err=True),
+            )  # fmt: skip
+            try:
+                async with subscription:
+                    click.echo(json.dumps(subscription.subscribed), err=True)
+                    async for packet in subscription:
+                        alert = decode(packet)
+                        if out is not None:
+                            (out / f"{alert['diaSourceId']}.avro").write_bytes(packet)
+                        click.echo(json.dumps(summary(alert)))
+                        seen += 1
+                        if count is not None and seen >= count:
+                            return
+            except InvalidInputError as e:
+                raise click.ClickException(str(e)) from e
 
     _run(follow())

@@ -6,6 +6,14 @@
         async for event in client.subscribe(components=["HeaderService"]):
             print(event.topic, event.data)
 
+Alerts (``GET /alerts/v1/stream``) come by :meth:`Client.alerts`, a subscription of its own
+that resumes from its last batch position after a lost connection
+(:mod:`commands.alert_client`):
+
+    async with client.alerts(expression="diaSource.snr > 10", after=last) as alerts:
+        async for packet in alerts:
+            ...
+
 A command returns its final :class:`~state.acks.Ack` when it succeeds and raises an
 :class:`~state.errors.AckError` subclass carrying the ack otherwise. The client reconnects with
 exponential backoff after a lost connection and resubscribes; commands in flight at that
@@ -24,6 +32,7 @@ from typing import Any
 
 import aiohttp
 
+from commands.alert_client import STREAM_PATH, AlertSubscription
 from commands.protocol import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK, Codec, Op, frame
 from state.acks import Ack, AckCode
 from state.contracts import check_payload
@@ -348,6 +357,26 @@ class Client:
             ) from e
         except aiohttp.ClientError as e:
             raise ConnectionLostError(f"request {path} failed: {e}") from e
+
+    def alerts(
+        self,
+        *,
+        full: bool = False,
+        filter: str | None = None,
+        expression: str | None = None,
+        after: int | None = None,
+    ) -> AlertSubscription:
+        """An alert subscription (one of ``full``, ``filter``, ``expression``): live, or
+        after the archive position ``after``; it resumes by itself after a lost connection
+        (``reconnect`` of this client). Use it as an async context manager."""
+        if self._session is None:
+            raise ConnectionLostError("the client is not open (use it in 'async with')")
+        url = self.url.rsplit("/ws", 1)[0] + STREAM_PATH
+        return AlertSubscription(
+            self._session, url, full=full, filter=filter, expression=expression, after=after,
+            reconnect=self.reconnect, max_backoff=self.max_backoff,
+            answer_timeout=self.request_timeout,
+        )  # fmt: skip
 
     async def status(self) -> list[dict[str, Any]]:
         """Every component's status as the gateway sees it (GET /api/v1/status)."""

@@ -292,7 +292,7 @@ async def test_spool_is_bounded_and_reports_what_a_reader_missed() -> None:
     packets = [b"\x00\x00\x00\x04\x4dab", b"\x00\x00\x00\x04\x4dcd"]
     table = {"diaSource.snr": np.array([1.0, 2.0])}
     start = await spool.poll(None)
-    assert start == {"cursor": 0, "missed": 0, "reset": False, "batches": []}
+    assert start == {"cursor": 0, "missed": 0, "reset": False, "batches": [], "position": 0}
     t0 = time.perf_counter()
     empty = await spool.poll(0, timeout=0.2)
     assert empty["batches"] == [] and time.perf_counter() - t0 >= 0.15

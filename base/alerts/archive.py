@@ -9,15 +9,23 @@ contiguous, so the index keeps (file, offset, length) per diaSourceId and a fetc
 Order of a write: append + fsync the block, then in one transaction insert the index rows and
 the (visit, detector) ledger row. A batch whose ledger row exists is skipped, so a retry adds
 nothing; a crash between the two steps leaves unindexed bytes that a retry supersedes.
+
+Each ledger row has a ``position`` (an identity column): the stream's resume cursor. Writers
+take a transaction-level advisory lock before they claim a position, so positions commit in
+the order they are drawn: whatever a reader sees of the ledger is a prefix in position order,
+and a reader that read up to position P never later finds a batch below P it did not see
+(positions may skip numbers: a claim that conflicts or rolls back draws one too).
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -61,8 +69,35 @@ CREATE TABLE IF NOT EXISTS {schema}.alert_archive_batch (
     PRIMARY KEY (visit, detector));
 """,
         ),
+        Migration(
+            2,
+            "batch positions (the stream's resume cursor)",
+            """
+ALTER TABLE {schema}.alert_archive_batch
+    ADD COLUMN IF NOT EXISTS position bigint GENERATED ALWAYS AS IDENTITY;
+CREATE UNIQUE INDEX IF NOT EXISTS alert_archive_batch_position
+    ON {schema}.alert_archive_batch (position);
+""",
+        ),
     ),
 )
+
+
+@dataclass(frozen=True)
+class ArchivedBatch:
+    """One archived (visit, detector) batch read back in stream order."""
+
+    position: int
+    night: int
+    visit: int
+    detector: int
+    ids: np.ndarray  # int64 diaSourceId per packet, in the order they were streamed
+    offsets: np.ndarray  # int64, n + 1, into data
+    data: np.ndarray  # uint8: the framed packets back to back, as the stream sent them
+
+    def packets(self) -> list[memoryview]:
+        view = memoryview(self.data)
+        return [view[a:b] for a, b in itertools.pairwise(self.offsets.tolist())]
 
 
 class AlertArchive:
@@ -148,12 +183,13 @@ class AlertArchive:
 
     async def archive(
         self, night: int, visit: int, detector: int, ids: Sequence[int], packets: Sequence[bytes]
-    ) -> bool:
-        """Archive one (visit, detector) batch of framed alerts; False if already archived."""
+    ) -> int | None:
+        """Archive one (visit, detector) batch of framed alerts: its position, or None if it
+        was archived already (or is empty)."""
         if len(ids) != len(packets):
             raise InvalidInputError(f"{len(ids)} ids for {len(packets)} packets")
         if not packets:
-            return False
+            return None
         framed = [unframe(p) for p in packets]
         schema_ids = {sid for sid, _ in framed}
         if schema_ids != {self.alert_schema.schema_id}:
@@ -165,7 +201,7 @@ class AlertArchive:
                 f"SELECT 1 FROM {tname} WHERE visit = $1 AND detector = $2", visit, detector
             )
             if done:
-                return False
+                return None
             async with self._lock:
                 offsets = await asyncio.to_thread(self._append, night, bodies)
             rows = [
@@ -174,13 +210,17 @@ class AlertArchive:
                 for i, off, b in zip(ids, offsets, bodies, strict=True)
             ]  # fmt: skip
             async with conn.transaction():
-                claimed = await conn.fetchval(
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext($1))",
+                    f"dmcs:alert-positions:{self.schema}",
+                )
+                position = await conn.fetchval(
                     f"INSERT INTO {tname} (visit, detector, night, n_alerts) VALUES ($1,$2,$3,$4)"
-                    " ON CONFLICT DO NOTHING RETURNING 1",
+                    " ON CONFLICT DO NOTHING RETURNING position",
                     visit, detector, night, len(rows),
                 )  # fmt: skip
-                if not claimed:
-                    return False
+                if position is None:
+                    return None
                 await conn.copy_records_to_table(
                     "alert_archive_index",
                     schema_name=self.schema,
@@ -188,7 +228,80 @@ class AlertArchive:
                     columns=["diaSourceId", "night", "file", "byte_offset", "length", "visit",
                              "detector", "schema_id"],
                 )  # fmt: skip
-        return True
+        return int(position)
+
+    async def positions(self) -> tuple[int, int]:
+        """(oldest, newest) position in the ledger; (0, 0) while it is empty."""
+        async with mapped_errors("alert archive positions"), self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT coalesce(min(position), 0) AS oldest, coalesce(max(position), 0) AS newest"
+                f" FROM {q(self.schema)}.alert_archive_batch"
+            )
+        return int(row["oldest"]), int(row["newest"])
+
+    async def batches_after(
+        self, position: int, max_batches: int = 16, max_bytes: int = 64 << 20
+    ) -> list[ArchivedBatch]:
+        """The archived batches with a position above ``position``, oldest first: at most
+        ``max_batches``, and no more than ``max_bytes`` of packets unless one batch is larger."""
+        if max_batches < 1:
+            raise InvalidInputError("max_batches must be at least 1")
+        s = q(self.schema)
+        async with mapped_errors("alert archive replay"), self._pool.acquire() as conn:
+            ledger = await conn.fetch(
+                f"SELECT position, visit, detector, night FROM {s}.alert_archive_batch"
+                " WHERE position > $1 ORDER BY position LIMIT $2",
+                position, max_batches,
+            )  # fmt: skip
+            if not ledger:
+                return []
+            index = await conn.fetch(
+                f'SELECT visit, detector, "diaSourceId", file, byte_offset, length, schema_id'
+                f" FROM {s}.alert_archive_index i JOIN unnest($1::bigint[], $2::int[]) AS b(v, d)"
+                " ON i.visit = b.v AND i.detector = b.d ORDER BY visit, detector, byte_offset",
+                [r["visit"] for r in ledger], [r["detector"] for r in ledger],
+            )  # fmt: skip
+        rows: dict[tuple[int, int], list[asyncpg.Record]] = {}
+        for r in index:
+            rows.setdefault((r["visit"], r["detector"]), []).append(r)
+        out: list[ArchivedBatch] = []
+        size = 0
+        for entry in ledger:
+            records = rows.get((entry["visit"], entry["detector"]), [])
+            batch = await asyncio.to_thread(self._read_batch, entry, records)
+            size += int(batch.offsets[-1])
+            if out and size > max_bytes:
+                break
+            out.append(batch)
+        return out
+
+    def _read_batch(self, entry: asyncpg.Record, records: list[asyncpg.Record]) -> ArchivedBatch:
+        """One batch's framed packets: its records are one contiguous block, read at once."""
+        ids = np.array([r["diaSourceId"] for r in records], dtype=np.int64)
+        lengths = np.array([r["length"] + 5 for r in records], dtype=np.int64)
+        offsets = np.zeros(len(records) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        data = np.zeros(int(offsets[-1]), dtype=np.uint8)
+        if records:
+            first, last = records[0], records[-1]
+            files = {r["file"] for r in records}
+            if len(files) != 1:
+                raise StorageError(f"batch {entry['visit']}/{entry['detector']} spans {files}")
+            start = int(first["byte_offset"])
+            block = self._read(
+                self.root / first["file"], start, int(last["byte_offset"] + last["length"]) - start
+            )
+            for r, at in zip(records, offsets[:-1].tolist(), strict=True):
+                a = int(r["byte_offset"]) - start
+                data[at] = 0
+                data[at + 1 : at + 5] = np.frombuffer(
+                    int(r["schema_id"]).to_bytes(4, "big"), np.uint8
+                )
+                data[at + 5 : at + 5 + r["length"]] = np.frombuffer(block, np.uint8, r["length"], a)
+        return ArchivedBatch(
+            int(entry["position"]), int(entry["night"]), int(entry["visit"]),
+            int(entry["detector"]), ids, offsets, data,
+        )  # fmt: skip
 
     async def fetch_packet(self, dia_source_id: int) -> bytes | None:
         """The framed alert of ``dia_source_id`` as it was streamed, or None if not archived."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import ast
 import difflib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -354,6 +354,39 @@ def alert_table(
                 col = np.where(hit, v[row], None)
             table[f"{rec}.{k}"] = col
     return _MissingAsNull(table, n)
+
+
+def decoded_table(
+    alerts: Sequence[Mapping[str, Any]], schema: AlertSchema | None = None
+) -> dict[str, np.ndarray]:
+    """Filter columns from decoded alerts (an archive replay), as :func:`alert_table` makes
+    them from the hand-off: an Avro null is NaN in a float column, 0 in an integer ``...Id``
+    (the in-memory "no association"), False in a boolean and None in a string column."""
+    schema = schema or latest_schema()
+    n = len(alerts)
+    table: dict[str, np.ndarray] = {}
+    for rec in RECORDS:
+        records = [a.get(rec) or {} for a in alerts]
+        if not any(records):
+            continue
+        for f in schema.fields(rec):
+            values = [r.get(f.name) for r in records]
+            table[f"{rec}.{f.name}"] = _column(values, f.type, f.name)
+    return _MissingAsNull(table, n)
+
+
+def _column(values: list[Any], avro_type: str, name: str) -> np.ndarray:
+    if avro_type in ("double", "float"):
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    if avro_type in ("long", "int"):
+        if None in values and not name.endswith("Id"):
+            return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+        return np.array([0 if v is None else v for v in values], dtype=np.int64)
+    if avro_type == "boolean":
+        return np.array([bool(v) for v in values], dtype=bool)
+    if avro_type == "string" and None not in values:
+        return np.array(values, dtype=str)
+    return np.array(values, dtype=object)
 
 
 def filter_table(columns: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:

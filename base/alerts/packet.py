@@ -183,6 +183,21 @@ def unframe(data: bytes) -> tuple[int, bytes]:
     return schema_id, data[_HEADER.size :]
 
 
+def alert_id(data: bytes | memoryview) -> int:
+    """The diaSourceId of a framed alert without decoding it: the body's first field, an Avro
+    long (a zigzag varint)."""
+    view = memoryview(data)[_HEADER.size :]
+    value = shift = 0
+    for i, byte in enumerate(view[:10]):
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (value >> 1) ^ -(value & 1)
+        shift += 7
+        if i == 9:
+            break
+    raise InvalidInputError("alert body does not start with a diaSourceId (a varint)")
+
+
 def decode(data: bytes, schema: AlertSchema | None = None) -> dict[str, Any]:
     """Decode one framed alert written with ``schema`` (the latest by default)."""
     schema = schema or latest_schema()

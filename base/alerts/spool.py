@@ -24,6 +24,8 @@ from state.errors import InvalidInputError
 from state.waiting import wait_event
 
 from .batch import AlertBatch
+from .filters import decoded_table
+from .packet import decode
 
 
 @dataclass(frozen=True)
@@ -36,11 +38,14 @@ class SpooledBatch:
     data: np.ndarray  # uint8: the framed packets back to back
     table: dict[str, np.ndarray]  # filter columns ("diaSource.snr", ...), one row per packet
     tai: float  # when it was published
+    #: The archive's position of the batch (the stream's resume cursor); None: not archived.
+    position: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
             "seq": self.seq, "visit": self.visit, "detector": self.detector, "ids": self.ids,
             "offsets": self.offsets, "data": self.data, "table": self.table, "tai": self.tai,
+            "position": self.position,
         }  # fmt: skip
 
 
@@ -67,6 +72,9 @@ class AlertSpool:
         self._batches: deque[SpooledBatch] = deque()
         self._bytes = 0
         self._seq = 0
+        #: The newest archive position published (or archived before this spool began): a
+        #: reader starting at the head has seen every batch up to it.
+        self.position = 0
         self.evicted = 0
         self._new = asyncio.Event()
 
@@ -82,8 +90,10 @@ class AlertSpool:
         ids: np.ndarray,
         packets: AlertBatch | Sequence[bytes | memoryview],
         table: Mapping[str, np.ndarray],
+        position: int | None = None,
     ) -> int:
-        """Append one CCD's alerts; never waits. Returns the batch's seq."""
+        """Append one CCD's alerts (``position``: the archive's, if archived); never waits.
+        Returns the batch's seq."""
         batch = _as_batch(ids, packets)
         n = len(batch.offsets) - 1
         sizes = (len(np.asarray(ids)), len(batch.ids), *(len(v) for v in table.values()))
@@ -92,9 +102,11 @@ class AlertSpool:
         self._seq += 1
         spooled = SpooledBatch(
             self._seq, int(visit), int(detector), batch.ids, batch.offsets, batch.data,
-            {k: np.asarray(v) for k, v in table.items()}, tai_now(),
+            {k: np.asarray(v) for k, v in table.items()}, tai_now(), position,
         )  # fmt: skip
         self._batches.append(spooled)
+        if position is not None:
+            self.position = max(self.position, int(position))
         self._bytes += int(batch.offsets[-1])
         while len(self._batches) > 1 and (
             len(self._batches) > self.max_batches or self._bytes > self.max_bytes
@@ -119,13 +131,17 @@ class AlertSpool:
     ) -> dict[str, Any]:
         """What follows ``cursor``, waiting up to ``timeout`` s for something new.
 
-        ``cursor=None`` starts a reader at the head (the live stream), at once. The answer:
+        ``cursor=None`` starts a reader at the head (the live stream), at once, and says the
+        archive ``position`` the head is at. The answer:
         ``{"cursor": last seq returned, "missed": batches evicted before they were read,
         "reset": the cursor was ahead of this spool (the publisher restarted) and reading
         restarted from its oldest batch, "batches": [SpooledBatch.to_wire(), ...]}``.
         """
         if cursor is None:
-            return {"cursor": self._seq, "missed": 0, "reset": False, "batches": []}
+            return {
+                "cursor": self._seq, "missed": 0, "reset": False, "batches": [],
+                "position": self.position,
+            }  # fmt: skip
         if max_batches < 1:
             raise InvalidInputError("max_batches must be at least 1")
         reset = cursor > self._seq
@@ -158,6 +174,40 @@ class AlertStreamRpc:
 
     async def rpc_fetch_alert(self, dia_source_id: int) -> bytes | None:
         """The archived framed alert of ``dia_source_id`` (None: not archived)."""
+        return await self._archive_open().fetch_packet(int(dia_source_id))
+
+    async def rpc_alert_positions(self) -> dict[str, int]:
+        """The archive's oldest and newest batch position (0 and 0 while it is empty)."""
+        oldest, newest = await self._archive_open().positions()
+        return {"oldest": oldest, "newest": newest}
+
+    async def rpc_replay_alerts(
+        self, after: int, max_batches: int = 16, max_bytes: int = 32 << 20, table: bool = True
+    ) -> dict[str, Any]:
+        """The archived batches after position ``after``, oldest first, in the wire form of
+        :meth:`SpooledBatch.to_wire` (``seq`` 0); ``table``: with their filter columns, made
+        from the decoded packets in a worker thread (a full-stream reader needs none)."""
+        archive = self._archive_open()
+        batches = await archive.batches_after(int(after), int(max_batches), int(max_bytes))
+        out = []
+        for b in batches:
+            columns = (
+                await asyncio.to_thread(_table_of, b.packets(), archive.alert_schema)
+                if table
+                else {}
+            )
+            out.append(
+                SpooledBatch(
+                    0, b.visit, b.detector, b.ids, b.offsets, b.data, columns, 0.0, b.position
+                ).to_wire()
+            )
+        return {"batches": out}
+
+    def _archive_open(self) -> Any:
         if self.alert_archive is None:
             raise InvalidInputError("this publisher has no alert archive open")
-        return await self.alert_archive.fetch_packet(int(dia_source_id))
+        return self.alert_archive
+
+
+def _table_of(packets: Sequence[memoryview], schema: Any) -> dict[str, np.ndarray]:
+    return dict(decoded_table([decode(bytes(p), schema) for p in packets], schema))

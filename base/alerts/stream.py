@@ -11,6 +11,11 @@ dropped and counted, and a subscriber whose drops pass ``max_drops`` is marked `
 the gateway can disconnect it. Each delivered message carries a per-subscriber sequence
 number, so a reader sees its gaps. A subscriber whose filter fails on a batch loses that batch
 alone (counted in ``failures``, logged); the others still get it.
+
+A batch the archive holds carries its archive ``position``. A subscriber that asked for
+positions (``marks``) gets a :class:`BatchMark` queued after each such batch's alerts (also
+when none of them passed its filter): its resume cursor. A subscriber's ``after`` skips the
+batches at or below a position (those an archive replay already sent it).
 """
 
 from __future__ import annotations
@@ -42,11 +47,21 @@ class StreamMessage:
     packet: bytes | memoryview  # Confluent-framed Avro
 
 
+@dataclass(frozen=True)
+class BatchMark:
+    """Queued after the alerts of one archived batch: all of them (that pass) were offered."""
+
+    position: int
+    visit: int
+    detector: int | None
+    count: int  # the batch's alerts offered to this subscriber
+
+
 @dataclass
 class Subscription:
     name: str
     filter: AlertFilter | None  # None = full stream
-    queue: DropOldestQueue[StreamMessage]
+    queue: DropOldestQueue[StreamMessage | BatchMark]
     per_visit_limit: int | None
     max_drops: int
     offered: int = 0
@@ -57,6 +72,10 @@ class Subscription:
     last_visit_matches: int = 0
     filter_seconds: float = 0.0
     visit_counts: OrderedDict[int, int] = field(default_factory=OrderedDict)
+    #: Queue a :class:`BatchMark` after each archived batch.
+    marks: bool = False
+    #: Batches at or below this archive position are not offered (a replay sent them).
+    after: int = 0
 
     @property
     def dropped(self) -> int:
@@ -89,6 +108,9 @@ class Subscription:
         self.offered += len(ids)
         if self.queue.dropped > self.max_drops:
             self.lagging = True
+
+    def mark(self, position: int, visit: int, detector: int | None, count: int) -> None:
+        self.queue.put(BatchMark(position, visit, detector, count))
 
 
 @dataclass(frozen=True)
@@ -149,28 +171,24 @@ class AlertFanout:
         dia_source_ids: np.ndarray,
         packets: Sequence[bytes | memoryview],
         table: Mapping[str, np.ndarray],
+        position: int | None = None,
+        detector: int | None = None,
     ) -> PublishStats:
         """Offer one batch (a CCD, or a whole visit) of ``visit``'s alerts; returns at once
-        (never waits for a subscriber)."""
+        (never waits for a subscriber). ``position``: the batch's archive position, if any."""
         n = len(packets)
         if len(dia_source_ids) != n:
             raise InvalidInputError(f"{len(dia_source_ids)} ids for {n} packets")
         ids = np.asarray(dia_source_ids, dtype=np.int64).tolist()
         t0 = time.perf_counter()
         for sub in list(self._subs.values()):
-            if sub.lagging:
+            if sub.lagging or (position is not None and position <= sub.after):
                 continue
-            if sub.filter is None:
-                sub.offer(visit, ids, packets)
-                continue
-            try:
-                self._offer_filtered(sub, sub.filter, visit, ids, packets, table)
-            except Exception as e:  # noqa: BLE001 -- one subscriber's filter, one batch
-                sub.failures += 1
-                log.warning(
-                    "alert subscriber %s lost a batch of visit %d: its filter %r raised %s: %s",
-                    sub.name, visit, sub.filter.expression, type(e).__name__, e,
-                )  # fmt: skip
+            chosen = self.choose(sub, visit, ids, packets, table)
+            if chosen is not None:
+                sub.offer(visit, *chosen)
+            if sub.marks and position is not None:
+                sub.mark(position, visit, detector, len(chosen[0]) if chosen else 0)
         return PublishStats(
             visit,
             n,
@@ -180,20 +198,31 @@ class AlertFanout:
         )
 
     @staticmethod
-    def _offer_filtered(
+    def choose(
         sub: Subscription,
-        alert_filter: AlertFilter,
         visit: int,
         ids: Sequence[int],
         packets: Sequence[bytes | memoryview],
         table: Mapping[str, np.ndarray],
-    ) -> None:
+    ) -> tuple[Sequence[int], Sequence[bytes | memoryview]] | None:
+        """The alerts of one batch ``sub`` gets (counted against its per-visit limit); None
+        when its filter raised on the batch (counted in ``failures``, logged)."""
+        if sub.filter is None:
+            return ids, packets
         room = sub.remaining(visit)
         if room is not None and room <= 0:
-            return
+            return [], []
         t = time.perf_counter()
-        hits = np.flatnonzero(alert_filter.mask(table, len(packets)))[:room]
+        try:
+            hits = np.flatnonzero(sub.filter.mask(table, len(packets)))[:room]
+        except Exception as e:  # noqa: BLE001 -- one subscriber's filter, one batch
+            sub.failures += 1
+            log.warning(
+                "alert subscriber %s lost a batch of visit %d: its filter %r raised %s: %s",
+                sub.name, visit, sub.filter.expression, type(e).__name__, e,
+            )  # fmt: skip
+            return None
         sub.filter_seconds += time.perf_counter() - t
         sub.last_visit_matches = len(hits)
         sub.count(visit, len(hits))
-        sub.offer(visit, [ids[i] for i in hits], [packets[i] for i in hits])
+        return [ids[i] for i in hits], [packets[i] for i in hits]

@@ -94,6 +94,9 @@ class AlertPublisher(Controller, AlertStreamRpc):
                 self._schema,
             )
             self.alert_archive = self._archive
+            # the stream's live head starts after what is archived already (resume positions)
+            _, newest = await self._archive.positions()
+            self.spool.position = max(self.spool.position, newest)
 
         if self._pool is None:
             self._pool = await connect_pool(
@@ -269,7 +272,7 @@ class AlertPublisher(Controller, AlertStreamRpc):
         batch = await asyncio.to_thread(self._encode, handoff, self._schema, self.buffers)
         n = len(batch)
         try:
-            fresh = await self._archive.archive(
+            position = await self._archive.archive(
                 checked.dayObs, visit, detector, batch.ids.tolist(), batch.packets()
             )
         except StorageError as e:
@@ -277,13 +280,13 @@ class AlertPublisher(Controller, AlertStreamRpc):
             raise NotReadyError(
                 f"{self.name} went to FAULT: its alert archive failed ({e}); not published"
             ) from e
-        if n and not fresh:
+        if n and position is None:
             self.counts["duplicates"] += 1
             # Archived by a publisher that died before recording it; the first record wins.
             await self._record_published(visit, detector, n, tai_now())
             return {"published": 0, "duplicate": True}
         table = alert_table(sources, handoff.get("objects"), handoff.get("ssSources"))
-        self.spool.publish(visit, detector, batch.ids, batch, table)
+        self.spool.publish(visit, detector, batch.ids, batch, table, position=position)
         now = tai_now()
         stages["alertsPublished"] = now
         latency = now - stages["endReadout"] if "endReadout" in stages else float("nan")
