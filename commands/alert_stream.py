@@ -205,33 +205,35 @@ class AlertStream:
         self._kick[name] = asyncio.Event()
         return sub
 
-    async def check_position(self, after: int) -> dict[str, int]:
-        """The archive's oldest and newest positions; ``_BadPosition`` if ``after`` is ahead
-        of the newest, ``_Unavailable`` without a readable archive."""
+    async def check_position(self, after: int) -> dict[str, Any]:
+        """The archive's ``oldest`` and ``newest`` positions and the ``visit`` of the batch at
+        ``after``; ``_BadPosition`` if ``after`` is ahead of the newest, ``_Unavailable``
+        without a readable archive."""
         try:
-            span = await self._call("alert_positions")
-        except (ConnectionLostError, InvalidInputError) as e:
+            span = await self._call("alert_positions", after)
+        except DmcsError as e:
             raise _Unavailable(f"the alert archive is not available to resume from: {e}") from e
         newest = int(span["newest"])
         if after > newest:
             raise _BadPosition(
                 f"position {after} is ahead of the archive (newest position {newest})"
             )
-        return {"oldest": int(span["oldest"]), "newest": newest}
+        return {"oldest": int(span["oldest"]), "newest": newest, "visit": span.get("visit")}
 
-    async def replay(self, sub: Subscription, after: int) -> AsyncIterator[_Replayed]:
+    async def replay(
+        self, sub: Subscription, after: int, visit: int | None = None
+    ) -> AsyncIterator[_Replayed]:
         """The archived batches after ``after`` as ``sub`` gets them, until the archive has
         nothing newer and the pump has offered nothing newer; then ``sub`` joins the live
-        fan-out (no await between the last read and the join: no batch is lost or doubled)."""
+        fan-out (no await between the last read and the join: no batch is lost or doubled).
+
+        ``visit``: the visit of the batch at ``after``; a filtered subscriber first counts
+        what it got of that visit's batches up to ``after`` against its per-visit limit."""
+        if visit is not None and sub.per_visit_limit is not None:
+            await self._count_visit(sub, visit, after)
         cursor = after
         while True:
-            try:
-                answer = await self._call(
-                    "replay_alerts", cursor, REPLAY_BATCHES, REPLAY_BYTES, sub.filter is not None
-                )
-            except (ConnectionLostError, InvalidInputError) as e:
-                raise _ReplayFailed(f"the archive replay stopped after {cursor}: {e}") from e
-            batches = answer["batches"]
+            batches = await self._read(cursor, sub.filter is not None)
             if not batches:
                 if cursor >= self.position:
                     sub.after = cursor
@@ -240,17 +242,33 @@ class AlertStream:
                 await asyncio.sleep(0.02)
                 continue
             for batch in batches:
-                view = memoryview(batch["data"])
-                packets = [view[a:b] for a, b in itertools.pairwise(batch["offsets"].tolist())]
-                ids = np.asarray(batch["ids"], dtype=np.int64).tolist()
-                table = filter_table(batch["table"], len(packets))
-                chosen = self.fanout.choose(sub, batch["visit"], ids, packets, table)
+                chosen = self.fanout.choose(sub, batch["visit"], *_unpack(batch))
                 sent = list(chosen[1]) if chosen else []
                 self.replayed += len(sent)
                 cursor = int(batch["position"])
                 yield _Replayed(
                     sent, BatchMark(cursor, batch["visit"], batch["detector"], len(sent))
                 )
+
+    async def _count_visit(self, sub: Subscription, visit: int, upto: int) -> None:
+        """Count, without sending, what ``sub`` got of ``visit`` up to position ``upto``."""
+        cursor = 0
+        while (sub.remaining(visit) or 0) > 0:
+            batches = await self._read(cursor, True, visit, upto)
+            if not batches:
+                return
+            for batch in batches:
+                self.fanout.choose(sub, visit, *_unpack(batch))
+                cursor = int(batch["position"])
+
+    async def _read(self, after: int, table: bool, *only: int) -> list[Mapping[str, Any]]:
+        try:
+            answer = await self._call(
+                "replay_alerts", after, REPLAY_BATCHES, REPLAY_BYTES, table, *only
+            )
+        except DmcsError as e:
+            raise _ReplayFailed(f"the archive replay stopped after {after}: {e}") from e
+        return list(answer["batches"])
 
     async def _call(self, method: str, *args: Any) -> Any:
         if self.peer is None:
@@ -382,6 +400,16 @@ class _Replayed:
     mark: BatchMark
 
 
+def _unpack(
+    batch: Mapping[str, Any],
+) -> tuple[list[int], list[memoryview], dict[str, np.ndarray]]:
+    """(ids, packets, filter table) of a batch in wire form."""
+    view = memoryview(batch["data"])
+    packets = [view[a:b] for a, b in itertools.pairwise(batch["offsets"].tolist())]
+    ids = np.asarray(batch["ids"], dtype=np.int64).tolist()
+    return ids, packets, filter_table(batch["table"], len(packets))
+
+
 def _mark(mark: BatchMark) -> str:
     return _frame(
         "batch", position=mark.position, visit=mark.visit, detector=mark.detector,
@@ -420,7 +448,8 @@ async def stream_handler(request: web.Request) -> web.WebSocketResponse:
                 continue
             start = stream.position if subscribe.after is None else subscribe.after
             await ws.send_str(_subscribed(sub, start if sub.marks else None, span))
-            writer = asyncio.create_task(_serve(ws, stream, sub, subscribe.after))
+            visit = span["visit"] if span else None
+            writer = asyncio.create_task(_serve(ws, stream, sub, subscribe.after, visit))
             evict = _evict(request, ws, stream.kicked(sub.name), writer)
             tasks += [writer, asyncio.create_task(evict)]
     finally:
@@ -434,7 +463,7 @@ async def stream_handler(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-def _subscribed(sub: Subscription, position: int | None, span: dict[str, int] | None) -> str:
+def _subscribed(sub: Subscription, position: int | None, span: dict[str, Any] | None) -> str:
     extra: dict[str, Any] = {} if position is None else {"position": position}
     if span is not None:
         extra.update(oldest=span["oldest"], newest=span["newest"])
@@ -446,12 +475,16 @@ def _subscribed(sub: Subscription, position: int | None, span: dict[str, int] | 
 
 
 async def _serve(
-    ws: web.WebSocketResponse, stream: AlertStream, sub: Subscription, after: int | None
+    ws: web.WebSocketResponse,
+    stream: AlertStream,
+    sub: Subscription,
+    after: int | None,
+    visit: int | None = None,
 ) -> None:
     """The archive replay after ``after`` (if any), then the live queue."""
     try:
         if after is not None:
-            async for replayed in stream.replay(sub, after):
+            async for replayed in stream.replay(sub, after, visit):
                 for packet in replayed.packets:
                     await ws.send_bytes(packet)
                 await ws.send_str(_mark(replayed.mark))

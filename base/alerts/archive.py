@@ -77,6 +77,8 @@ ALTER TABLE {schema}.alert_archive_batch
     ADD COLUMN IF NOT EXISTS position bigint GENERATED ALWAYS AS IDENTITY;
 CREATE UNIQUE INDEX IF NOT EXISTS alert_archive_batch_position
     ON {schema}.alert_archive_batch (position);
+CREATE INDEX IF NOT EXISTS alert_archive_index_batch
+    ON {schema}.alert_archive_index (visit, detector);
 """,
         ),
     ),
@@ -239,19 +241,36 @@ class AlertArchive:
             )
         return int(row["oldest"]), int(row["newest"])
 
+    async def visit_at(self, position: int) -> int | None:
+        """The visit of the batch at ``position`` (None: no batch there)."""
+        async with mapped_errors("alert archive positions"), self._pool.acquire() as conn:
+            visit = await conn.fetchval(
+                f"SELECT visit FROM {q(self.schema)}.alert_archive_batch WHERE position = $1",
+                position,
+            )
+        return None if visit is None else int(visit)
+
     async def batches_after(
-        self, position: int, max_batches: int = 16, max_bytes: int = 64 << 20
+        self,
+        position: int,
+        max_batches: int = 16,
+        max_bytes: int = 64 << 20,
+        visit: int | None = None,
+        upto: int | None = None,
     ) -> list[ArchivedBatch]:
         """The archived batches with a position above ``position``, oldest first: at most
-        ``max_batches``, and no more than ``max_bytes`` of packets unless one batch is larger."""
+        ``max_batches``, and no more than ``max_bytes`` of packets unless one batch is larger;
+        with ``visit`` and ``upto``, only that visit's batches at or below ``upto``."""
         if max_batches < 1:
             raise InvalidInputError("max_batches must be at least 1")
         s = q(self.schema)
+        only = "" if visit is None else " AND visit = $3 AND position <= $4"
+        args = () if visit is None else (visit, upto if upto is not None else position)
         async with mapped_errors("alert archive replay"), self._pool.acquire() as conn:
             ledger = await conn.fetch(
                 f"SELECT position, visit, detector, night FROM {s}.alert_archive_batch"
-                " WHERE position > $1 ORDER BY position LIMIT $2",
-                position, max_batches,
+                f" WHERE position > $1{only} ORDER BY position LIMIT $2",
+                position, max_batches, *args,
             )  # fmt: skip
             if not ledger:
                 return []
@@ -268,11 +287,10 @@ class AlertArchive:
         size = 0
         for entry in ledger:
             records = rows.get((entry["visit"], entry["detector"]), [])
-            batch = await asyncio.to_thread(self._read_batch, entry, records)
-            size += int(batch.offsets[-1])
+            size += sum(5 + r["length"] for r in records)
             if out and size > max_bytes:
                 break
-            out.append(batch)
+            out.append(await asyncio.to_thread(self._read_batch, entry, records))
         return out
 
     def _read_batch(self, entry: asyncpg.Record, records: list[asyncpg.Record]) -> ArchivedBatch:

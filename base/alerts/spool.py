@@ -176,19 +176,32 @@ class AlertStreamRpc:
         """The archived framed alert of ``dia_source_id`` (None: not archived)."""
         return await self._archive_open().fetch_packet(int(dia_source_id))
 
-    async def rpc_alert_positions(self) -> dict[str, int]:
-        """The archive's oldest and newest batch position (0 and 0 while it is empty)."""
-        oldest, newest = await self._archive_open().positions()
-        return {"oldest": oldest, "newest": newest}
+    async def rpc_alert_positions(self, at: int | None = None) -> dict[str, int | None]:
+        """The archive's oldest and newest batch position (0 and 0 while it is empty), and
+        the visit of the batch at position ``at`` (None: none there)."""
+        archive = self._archive_open()
+        oldest, newest = await archive.positions()
+        visit = None if at is None else await archive.visit_at(int(at))
+        return {"oldest": oldest, "newest": newest, "visit": visit}
 
     async def rpc_replay_alerts(
-        self, after: int, max_batches: int = 16, max_bytes: int = 32 << 20, table: bool = True
+        self,
+        after: int,
+        max_batches: int = 16,
+        max_bytes: int = 32 << 20,
+        table: bool = True,
+        visit: int | None = None,
+        upto: int | None = None,
     ) -> dict[str, Any]:
         """The archived batches after position ``after``, oldest first, in the wire form of
         :meth:`SpooledBatch.to_wire` (``seq`` 0); ``table``: with their filter columns, made
-        from the decoded packets in a worker thread (a full-stream reader needs none)."""
+        from the decoded packets in a worker thread (a full-stream reader needs none); with
+        ``visit`` and ``upto``, only that visit's batches at or below ``upto``."""
         archive = self._archive_open()
-        batches = await archive.batches_after(int(after), int(max_batches), int(max_bytes))
+        batches = await archive.batches_after(
+            int(after), int(max_batches), int(max_bytes),
+            None if visit is None else int(visit), None if upto is None else int(upto),
+        )  # fmt: skip
         out = []
         for b in batches:
             columns = (
