@@ -40,6 +40,7 @@ from commands.alert_client import AlertSubscription
 from commands.alert_stream import setup_alert_routes
 from commands.auth import Authenticator
 from commands.cli import main as cli
+from state.errors import StorageError
 from state.peers import LocalPeers
 
 TOKENS = {"broker-token": "broker", "user-token": "scientist"}
@@ -274,7 +275,7 @@ async def _collect(ws: aiohttp.ClientWebSocketResponse, n: int) -> list[bytes]:
 
 
 async def test_bad_resume_positions_are_clear_errors(
-    gateway: Gateway, archive: AlertArchive
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pub = gateway.publisher
     positions = await pub.publish_visit(301, n_ccds=2)
@@ -309,6 +310,19 @@ async def test_bad_resume_positions_are_clear_errors(
         # 20, counted at the resume although sent on another connection
         assert got.ids == [] and got.marks[0]["alerts"] == 0
         await ws.close()
+
+    # An archive that fails in the middle of a replay: said so, and closed for a resume.
+    async def failing_replay(*_: object) -> dict:
+        raise StorageError("cannot read the alert archive /x: gone")
+
+    monkeypatch.setattr(pub, "rpc_replay_alerts", failing_replay)
+    async with aiohttp.ClientSession(headers=BROKER) as session:
+        ws, answer = await subscribe(session, gateway.ws, full=True, **{"from": 0})
+        assert answer["op"] == "subscribed"
+        error = json.loads((await ws.receive(timeout=5)).data)
+        assert error["code"] == "replay_failed" and "stopped after 0" in error["message"]
+        assert (await ws.receive(timeout=5)).type == aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == alert_stream.CLOSE_REPLAY_FAILED
     # A publisher without an archive: resuming is unavailable, said so.
     bare = await start_gateway(Publisher(None))
     try:
