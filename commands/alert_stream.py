@@ -186,8 +186,8 @@ class AlertStream:
     def subscribe(self, identity: str, request: SubscribeRequest) -> Subscription:
         """A subscription from a client's ``subscribe`` frame; clear errors for bad ones.
 
-        A resuming one (``request.after``) is offered no archived live batch until its replay
-        has caught up (:meth:`join`)."""
+        A resuming one (``request.after``) is offered no live batch until its replay has
+        caught up (:meth:`replay`)."""
         name = f"{identity}#{next(self._names)}"
         if request.full:
             if identity not in self.brokers:
@@ -200,8 +200,7 @@ class AlertStream:
         else:
             raise _BadFrame("subscribe needs 'filter' (a name), 'expression', or 'full': true")
         sub.marks = request.positions
-        if request.after is not None:
-            sub.after = INT64_MAX
+        sub.replaying = request.after is not None
         self._kick[name] = asyncio.Event()
         return sub
 
@@ -236,7 +235,7 @@ class AlertStream:
             batches = await self._read(cursor, sub.filter is not None)
             if not batches:
                 if cursor >= self.position:
-                    sub.after = cursor
+                    sub.after, sub.replaying = cursor, False
                     return
                 # the pump offered a batch committed after this read began: read again
                 await asyncio.sleep(0.02)
@@ -292,7 +291,7 @@ class AlertStream:
                 {"name": s.name, "full": s.filter is None,
                  "filter": s.filter.expression if s.filter else None, "delivered": s.delivered,
                  "dropped": s.dropped, "queued": s.queue.qsize(), "lagging": s.lagging,
-                 "filterFailures": s.failures, "replaying": s.after == INT64_MAX}
+                 "filterFailures": s.failures, "replaying": s.replaying}
                 for s in self.fanout.subscribers.values()
             ],
         }  # fmt: skip

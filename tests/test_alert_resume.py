@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import socket
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -60,8 +62,10 @@ class Publisher(AlertStreamRpc):
         self.rng = np.random.default_rng(5)
         self.ids: dict[int, list[int]] = {}  # position -> diaSourceIds, as published
 
-    async def publish_ccd(self, visit: int, detector: int, pause: float = 0.0) -> int:
-        ra, dec = random_sky(self.rng, PER_CCD, 30.0 + detector * 0.3, -20.0, 0.1)
+    async def publish_ccd(
+        self, visit: int, detector: int, pause: float = 0.0, n: int = PER_CCD
+    ) -> int:
+        ra, dec = random_sky(self.rng, n, 30.0 + detector * 0.3, -20.0, 0.1)
         src = dia_sources(self.rng, ra, dec, visit, detector, 60950.0, packer=IdPacker(4))
         src["band"][::2] = "g"
         src["diaObjectId"] = src["diaSourceId"].copy()
@@ -481,6 +485,56 @@ def test_decoded_table_filters_as_the_hand_off_table() -> None:
         want = f.mask(live, len(batch))
         assert np.array_equal(f.mask(replay, len(batch)), want), f.expression
     assert any(f.mask(live, len(batch)).any() for f in filters)
+
+
+async def test_a_resumer_that_does_not_read_stalls_nobody(gateway: Gateway) -> None:
+    """Two brokers resume from 0 over 14 MB of archived alerts and read nothing (a 4 kB
+    receive buffer): their replays wait on their own sockets while a live subscriber gets a
+    new CCD at once, and archive reads in the publisher go one at a time."""
+    pub = gateway.publisher
+    for det in range(8):
+        await pub.publish_ccd(701, det, n=4000)
+    reads = {"now": 0, "most": 0}
+    replay = pub.alert_archive.batches_after
+
+    async def counted(*args: object) -> list:
+        reads["now"] += 1
+        reads["most"] = max(reads["most"], reads["now"])
+        try:
+            await asyncio.sleep(0.01)
+            return await replay(*args)
+        finally:
+            reads["now"] -= 1
+
+    def small_buffer(addr: Any) -> socket.socket:
+        sock = socket.socket(addr[0], addr[1], addr[2])
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        return sock
+
+    async with (
+        aiohttp.ClientSession(
+            headers=BROKER, connector=aiohttp.TCPConnector(socket_factory=small_buffer)
+        ) as stuck_session,
+        aiohttp.ClientSession(headers=USER) as session,
+    ):
+        stuck = [(await subscribe(stuck_session, gateway.ws, full=True, **{"from": 0}))[0]]
+        stuck.append((await subscribe(stuck_session, gateway.ws, full=True, **{"from": 0}))[0])
+        live, _ = await subscribe(session, gateway.ws, expression="diaSource.snr > 0",
+                                  positions=True)  # fmt: skip
+        pub.alert_archive.batches_after = counted
+        await asyncio.sleep(1.0)  # the stuck replays fill their sockets
+        t0 = time.perf_counter()
+        position = await pub.publish_ccd(702, 0)
+        got = await receive_until(live, position)
+        assert got.ids and time.perf_counter() - t0 < 2.0
+        async with session.get(gateway.ws.replace("ws://", "http://").replace(
+            "/alerts/v1/stream", "/api/v1/alert-stream")) as r:  # fmt: skip
+            status = await r.json()
+        replaying = [s for s in status["subscribers"] if s["replaying"]]
+        assert len(replaying) == 2, status["subscribers"]
+        assert reads["most"] == 1
+        for ws in [*stuck, live]:
+            await ws.close()
 
 
 async def test_a_client_whose_queue_overflowed_gets_the_dropped_alerts_from_the_archive(

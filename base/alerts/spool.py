@@ -166,6 +166,8 @@ class AlertStreamRpc:
 
     spool: AlertSpool
     alert_archive: Any = None
+    #: One archive replay read at a time: resumes share one worker thread of this process.
+    _replay_reads: asyncio.Semaphore | None = None
 
     async def rpc_poll_alerts(
         self, cursor: int | None, max_batches: int = 64, timeout: float = 10.0
@@ -198,6 +200,21 @@ class AlertStreamRpc:
         from the decoded packets in a worker thread (a full-stream reader needs none); with
         ``visit`` and ``upto``, only that visit's batches at or below ``upto``."""
         archive = self._archive_open()
+        if self._replay_reads is None:
+            self._replay_reads = asyncio.Semaphore(1)
+        async with self._replay_reads:
+            return await self._replay(archive, after, max_batches, max_bytes, table, visit, upto)
+
+    @staticmethod
+    async def _replay(
+        archive: Any,
+        after: int,
+        max_batches: int,
+        max_bytes: int,
+        table: bool,
+        visit: int | None,
+        upto: int | None,
+    ) -> dict[str, Any]:
         batches = await archive.batches_after(
             int(after), int(max_batches), int(max_bytes),
             None if visit is None else int(visit), None if upto is None else int(upto),

@@ -15,7 +15,8 @@ alone (counted in ``failures``, logged); the others still get it.
 A batch the archive holds carries its archive ``position``. A subscriber that asked for
 positions (``marks``) gets a :class:`BatchMark` queued after each such batch's alerts (also
 when none of them passed its filter): its resume cursor. A subscriber's ``after`` skips the
-batches at or below a position (those an archive replay already sent it).
+batches at or below a position (those an archive replay already sent it); one ``replaying``
+is offered nothing.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class Subscription:
     marks: bool = False
     #: Batches at or below this archive position are not offered (a replay sent them).
     after: int = 0
+    #: Offered nothing while an archive replay serves it.
+    replaying: bool = False
 
     @property
     def dropped(self) -> int:
@@ -182,7 +185,7 @@ class AlertFanout:
         ids = np.asarray(dia_source_ids, dtype=np.int64).tolist()
         t0 = time.perf_counter()
         for sub in list(self._subs.values()):
-            if sub.lagging or (position is not None and position <= sub.after):
+            if sub.lagging or sub.replaying or (position is not None and position <= sub.after):
                 continue
             chosen = self.choose(sub, visit, ids, packets, table)
             if chosen is not None:
