@@ -10,7 +10,9 @@ gateway restart), when the gateway closes it (too slow, a failed replay) or when
 reports dropped alerts, it reconnects with backoff and resumes after the last batch it
 received whole (``"from"``): the gateway replays the archive from there, then goes on live.
 The alerts of the unfinished batch it had already yielded are skipped when they come again,
-so each alert is yielded once. ``after`` starts from a remembered position instead of live.
+so each alert is yielded once. A resume answered ``unavailable`` (the archive not readable
+yet: a publisher still starting) is retried too. ``after`` starts from a remembered position
+instead of live.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from base.alerts.packet import alert_id
 from state.errors import ConnectionLostError, InvalidInputError
 
 STREAM_PATH = "/alerts/v1/stream"
-#: Gateway answers after which the subscription reconnects and resumes (others are raised).
-_RESUMABLE_ERRORS = frozenset({"replay_failed"})
+#: Gateway answers after which the subscription reconnects and resumes (others are raised):
+#: a replay that failed, an archive not readable yet (a publisher still starting).
+_RESUMABLE_ERRORS = frozenset({"replay_failed", "unavailable"})
 
 
 class AlertSubscription:
@@ -162,7 +165,10 @@ class AlertSubscription:
         frame = json.loads(answer.data)
         if frame.get("op") != "subscribed":
             await ws.close()
-            raise InvalidInputError(f"{frame.get('code')}: {frame.get('message')}")
+            why = f"{frame.get('code')}: {frame.get('message')}"
+            if frame.get("code") in _RESUMABLE_ERRORS:
+                raise ConnectionLostError(why)
+            raise InvalidInputError(why)
         self.subscribed = frame
         if self.position is None and frame.get("position") is not None:
             self.position = int(frame["position"])

@@ -437,8 +437,21 @@ async def test_client_and_cli_resume_across_a_gateway_restart(gateway: Gateway) 
             # a new gateway comes up on the same port.
             await gateway.runner.cleanup()
             third = await pub.publish_visit(503, n_ccds=2)
+            # the new gateway's publisher has no archive open for a while (still starting):
+            # the client's resumes are answered 'unavailable' and it keeps trying
+            archive, pub.alert_archive = pub.alert_archive, None
             restarted = await start_gateway(pub, gateway.port)
             gateway.runner = restarted.runner
+
+            async def collect(n: int) -> None:
+                while len(got) < n:
+                    got.append(alert_id(await anext(alerts)))
+
+            resumed = asyncio.ensure_future(collect(4 * PER_CCD))  # second and third
+            await asyncio.sleep(0.5)
+            assert not resumed.done()
+            pub.alert_archive = archive
+            await asyncio.wait_for(resumed, 10)
             fourth = [await pub.publish_ccd(504, 0)]
             while len(got) < 5 * PER_CCD:
                 got.append(alert_id(await asyncio.wait_for(anext(alerts), 10)))
