@@ -64,9 +64,10 @@ DEFAULT_BROKERS = frozenset({"broker"})
 PUBLISHER = "AlertPublisher"
 CLOSE_TOO_SLOW = 4001
 CLOSE_REPLAY_FAILED = 1011
-#: A replay read: batches and bytes per ``rpc_replay_alerts`` call.
+#: A replay read: batches and bytes per ``rpc_replay_alerts`` call (a resuming subscriber holds
+#: at most one read, or one larger batch, in the gateway while its socket takes it).
 REPLAY_BATCHES = 16
-REPLAY_BYTES = 32 << 20
+REPLAY_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
