@@ -26,7 +26,7 @@ NOWHERE = "postgresql://nobody@127.0.0.1:1/none"
           "--dsn", NOWHERE, "--workers", "0"], "--workers"),
         (["reprocess", "--night", "20250505", "--release", "dr1", "--release-id", "1",
           "--dsn", NOWHERE, "--local", "--workers", "-2"], "--workers"),
-        (["reprocess", "--catch-up", "--night", "20250505", "--archive-dir", "a",
+        (["reprocess", "--catch-up", "--night", "20250505", "--archive-dir", ".",
           "--dsn", NOWHERE, "--max-attempts", "0"], "--max-attempts"),
         (["events", "--count", "0", "--url", "ws://127.0.0.1:1/ws"], "--count"),
         (["alerts", "stream", "--full", "--count", "-1", "--token", "t",

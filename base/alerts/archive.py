@@ -65,6 +65,11 @@ CREATE TABLE IF NOT EXISTS {schema}.alert_archive_batch (
 )
 
 
+def night_file(root: Path, night: int) -> Path:
+    """The container file of ``night`` in the archive at ``root``."""
+    return root / f"alerts-{night}.avro"
+
+
 class AlertArchive:
     """Append alerts to nightly container files and fetch them back by diaSourceId."""
 
@@ -93,7 +98,7 @@ class AlertArchive:
         await self._pool.close()
 
     def path(self, night: int) -> Path:
-        return self.root / f"alerts-{night}.avro"
+        return night_file(self.root, night)
 
     def _header(self) -> tuple[bytes, bytes]:
         sync = os.urandom(16)
