@@ -2,8 +2,10 @@
 
 Camera handoff: the ``endReadout`` event (each ``images`` entry points at the camera's DAQ
 staging file) or the ``acceptImage`` command, which acks the handoff (CMD_FAILED and a
-``bufferAlarm`` when the buffer is full). A raw is verified (checksum, FITS layout), written
-with fsync and recorded in the manifest before ``imageInBuffer`` goes out.
+``bufferAlarm`` when the buffer is full). Either is read only inside the folders the buffer
+is configured to take raws from (:meth:`SummitBuffer.source`). A raw is verified (checksum,
+FITS layout), written with fsync and recorded in the manifest before ``imageInBuffer`` goes
+out.
 
 Transfer: one loop sends the unsent raws through the summit-base :class:`~summit.link.Link`
 to ingest's ``rpc_receive_raw``, visit by visit in acquisition order (up to
