@@ -296,6 +296,14 @@ async def _a_recorded_night(dsn: str, schema: str, day_obs: int, n_alerts: int) 
         await pool.close()
 
 
+async def _schema_exists(dsn: str, name: str) -> bool:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval("SELECT to_regnamespace($1)", name) is not None
+    finally:
+        await conn.close()
+
+
 def test_a_catch_up_that_names_no_night_is_refused_before_anything_starts(
     pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -321,6 +329,9 @@ def test_a_catch_up_that_names_no_night_is_refused_before_anything_starts(
         (["--night", "20250508", "--archive-dir", str(archive)], 1,
          "Error: InvalidInputError: no visit of night 20250508 in the prompt records (schema"
          " 'nn_prompt'): nothing to catch up"),
+        (["--night", str(day_obs), "--archive-dir", str(archive), "--records-schema", "nn_promt"],
+         1, "Error: InvalidInputError: no prompt records in schema 'nn_promt': nothing to catch"
+         " up"),
         (["--night", str(day_obs), "--archive-dir", str(archive)], 1,
          f"Error: InvalidInputError: the alert archive {archive} has no alerts-{day_obs}.avro,"
          f" though prompt processing archived 3 alerts of night {day_obs}"),
@@ -338,6 +349,7 @@ def test_a_catch_up_that_names_no_night_is_refused_before_anything_starts(
         assert "Traceback" not in result.output
         if code == 1:
             assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not asyncio.run(_schema_exists(pg_dsn, "nn_promt")), "the check created it"
     (archive / f"alerts-{day_obs}.avro").touch()  # the archive of that night: nothing missed
     result = CliRunner().invoke(main, [*common, "--night", str(day_obs), "--archive-dir",
                                        str(archive), "--local", "--json"])  # fmt: skip

@@ -26,10 +26,11 @@ from base.alerts import AlertArchive, build_alerts, serialize
 from base.alerts.archive import night_file
 from base.alerts.schema import AlertSchema, latest_schema
 from base.apdb import Apdb
-from base.db import connect_pool
+from base.db import connect_pool, mapped_errors, recorded
 from base.prompt.association_step import AlertSet, alert_set
 from base.prompt.requests import CcdResults
 from base.prompt_records import CcdOutcome, NightRecords, PromptRecords
+from base.prompt_records.store import STORE as RECORDS_STORE
 from base.registry.products import night_camera
 from base.reliability import alert_threshold, load_reliability_model
 from base.reprocess.associate import Associated, associate_ccd
@@ -106,6 +107,13 @@ async def check_catch_up(config: CatchUpConfig) -> None:
         await asyncio.to_thread(night_camera, config.night_dir)
     pool = await connect_pool(config.dsn, min_size=1, max_size=1, what="catch-up check")
     try:
+        async with mapped_errors("catch-up check"), pool.acquire() as conn:
+            found = await recorded(conn, config.records_schema, RECORDS_STORE.component)
+        if not found:  # a mistyped schema is not created by the check
+            raise InvalidInputError(
+                f"no prompt records in schema {config.records_schema!r}: nothing to catch up"
+                " (wrong --dsn or --records-schema?)"
+            )
         records = await PromptRecords.connect(pool, config.records_schema)
         _check_night(config, await records.fetch_night(config.day_obs))
     finally:
