@@ -52,6 +52,7 @@ class ReplayLoad:
                 dsn=dsn,
                 processors=2,
                 data_dir=self.out / "data",
+                staging=self.out / "staging",
             )
             self.dsn = dsn
             self._config = config
@@ -72,7 +73,7 @@ class ReplayLoad:
         self._next += 1
         async with Client(running.ws_url, token=self.token) as client:
             outcome = await replay_night(
-                client, part, self.out / f"staging{self._next}", speed=self.speed
+                client, part, self.out / "staging" / str(self._next), speed=self.speed
             )
         latencies = sorted(x for x in outcome.progress.latencies.values() if math.isfinite(x))
         p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))] if latencies else None

@@ -131,7 +131,11 @@ def _fail(e: DmcsError) -> click.ClickException:
 @click.option("--apdb-schema", default="apdb", show_default=True, help="Prompt APDB (catch-up).")
 @click.option("--records-schema", default="prompt", show_default=True)
 @click.option("--archive-schema", default="alerts", show_default=True)
-@click.option("--archive-dir", type=click.Path(path_type=Path), help="Alert archive (catch-up).")
+@click.option(
+    "--archive-dir",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="The AlertPublisher's alert archive (catch-up).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option(
     "--url",
@@ -215,8 +219,11 @@ def reprocess(ctx: click.Context, **opts: Any) -> None:
 
 
 async def _run(job: Any, opts: dict[str, Any]) -> dict[str, Any]:
+    from base.reprocess.catchup import CatchUpConfig, check_catch_up
     from base.reprocess.executor import Executor, InlineExecutor
 
+    if isinstance(job, CatchUpConfig):
+        await check_catch_up(job)  # before Ray: a night that is not there starts nothing
     started = False
     if opts["local"]:
         executor: Executor = InlineExecutor(opts["workers"])

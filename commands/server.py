@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -45,7 +46,8 @@ async def serve(
     that use the database get its DSN (an embedded PostgreSQL when none is configured).
     What can be checked without starting anything is checked first: the component classes and
     settings, the tokens file, the data directory and a configured DSN; and the gateway's
-    socket is bound first, so a port in use is said before anything starts.
+    sockets are bound first (every address of its host), so a port in use is said before
+    anything starts.
     """
     check_components(config)
     tokens = load_tokens(config.gateway.tokens_file)
@@ -56,41 +58,64 @@ async def serve(
     await check_configured_database(config)
     gateway_port = config.gateway.port if port is None else port
     with (
-        listening(config.gateway.host, gateway_port) as sock,
+        listening(config.gateway.host, gateway_port) as socks,
         system_database(config) as wired,
     ):
-        async with _serve(wired, tokens, sock, address=address) as running:
+        async with _serve(wired, tokens, socks, address=address) as running:
             yield running
 
 
+#: A resolved address this machine does not have (``localhost``'s ``::1`` without IPv6):
+#: skipped, as long as another address of the host name is bound.
+_ABSENT = (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
+
+
 @contextlib.contextmanager
-def listening(host: str, port: int) -> Iterator[socket.socket]:
-    """A listening socket for the gateway (closed on exit); StartupError if it cannot bind."""
+def listening(host: str, port: int) -> Iterator[list[socket.socket]]:
+    """Listening sockets for the gateway on every address ``host`` resolves to (as
+    ``asyncio.create_server`` binds a host name), closed on exit; StartupError if one cannot be
+    bound (a port in use) or none can. ``port=0``: one free port, the same on every address."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        sock = socket.socket(family, kind, proto)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except OSError as e:
         raise StartupError(f"the gateway cannot listen on {host}:{port}: {e}") from e
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(128)
-        sock.setblocking(False)
-    except OSError as e:
-        sock.close()
-        why = e.strerror or str(e)
-        raise StartupError(
-            f"the gateway cannot listen on {host}:{port}: {why} (another dmcs run? give --port)"
-        ) from e
-    with sock:
-        yield sock
+    with contextlib.ExitStack() as stack:
+        socks: list[socket.socket] = []
+        absent: OSError | None = None
+        for family, kind, proto, _, resolved in dict.fromkeys(infos):
+            address = resolved
+            if socks and port == 0:
+                address = (resolved[0], socks[0].getsockname()[1], *resolved[2:])
+            try:
+                sock = stack.enter_context(socket.socket(family, kind, proto))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:  # its own socket, as asyncio: no dual stack
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+                sock.listen(128)
+                sock.setblocking(False)
+            except OSError as e:
+                if e.errno in _ABSENT:
+                    absent = e
+                    continue
+                why = e.strerror or str(e)
+                raise StartupError(
+                    f"the gateway cannot listen on {host}:{port}: {why} (another dmcs run?"
+                    " give --port)"
+                ) from e
+            socks.append(sock)
+        if not socks:
+            raise StartupError(f"the gateway cannot listen on {host}:{port}: {absent}")
+        yield socks
 
 
 @contextlib.asynccontextmanager
 async def _serve(
-    config: SystemConfig, tokens: dict[str, str], sock: socket.socket, *, address: str | None
+    config: SystemConfig,
+    tokens: dict[str, str],
+    socks: list[socket.socket],
+    *,
+    address: str | None,
 ) -> AsyncIterator[RunningSystem]:
     init_ray(address, batch_slots=config.batch_slots, timeout=config.startup_timeout)
     system = launch(config)
@@ -107,7 +132,8 @@ async def _serve(
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         host = config.gateway.host
-        await web.SockSite(runner, sock).start()
+        for sock in socks:
+            await web.SockSite(runner, sock).start()
         bound = runner.addresses[0][1]
         yield RunningSystem(system, app, host, bound, config.database.dsn)
     finally:

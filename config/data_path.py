@@ -42,12 +42,13 @@ class SummitBufferSettings(BaseModel):
     status_interval: float = Field(default=1.0, gt=0)
     #: The component that receives raws (``rpc_receive_raw``).
     ingest: str = "Ingest"
-    #: The camera's DAQ staging area, whose readout records the buffer reconciles with its
-    #: manifest (``summit.readout_records``); empty: only the areas seen in ``endReadout``.
+    #: The camera's DAQ staging area: raws are taken from it, and its readout records are
+    #: reconciled with the manifest (``summit.readout_records``), with those of the areas
+    #: ``endReadout`` pointed at inside ``accept_dirs``.
     staging_dir: str = ""
-    #: Folders the ``acceptImage`` command may read a raw from, besides ``staging_dir``: a URL
-    #: whose file (``..`` and symlinks resolved) lies elsewhere is refused. None: only
-    #: ``staging_dir``, and no command handoff at all when that is empty too.
+    #: Folders a raw may be read from besides ``staging_dir`` (``endReadout``, ``acceptImage``,
+    #: readout records): a URL whose file (``..`` and symlinks resolved) lies elsewhere is
+    #: refused before anything is read. Both empty: every raw is refused.
     accept_dirs: tuple[str, ...] = ()
     #: Seconds between reconciliations while ENABLED (also done at once on enable).
     reconcile_interval: float = Field(default=5.0, gt=0)

@@ -4,8 +4,8 @@ An ``endReadout`` that went out while the buffer was down, restarting or not ENA
 needed: the camera's readout records in its staging area are the record
 (``summit.readout_records``), and the buffer takes in every raw they list that its manifest
 lacks, at once on enable and every ``reconcile_interval`` seconds. The staging areas it
-reconciles are ``staging_dir`` and every area an ``endReadout`` pointed at (remembered on disk,
-``staging_roots.json`` in its data directory).
+reconciles are ``staging_dir`` and every area an ``endReadout`` pointed at inside the folders the
+buffer takes raws from (remembered on disk, ``staging_roots.json`` in its data directory).
 
 A mixin of :class:`~summit.summit_buffer.SummitBuffer`, which supplies what is declared below
 (its settings, store, state and logging, and the ``accept``/``_offer``/``_report_once`` of its
@@ -47,6 +47,7 @@ class BufferReconciliation:
         accept: Callable[..., Awaitable[tuple[Entry, bool]]]
         _offer: Callable[[Event, dict[str, Any]], Offer]
         _report_once: Callable[[str, str], None]
+        source: Callable[[str], Path]
 
     def _init_reconciliation(self, roots_file: Path) -> None:
         self.reconciled = 0
@@ -59,18 +60,31 @@ class BufferReconciliation:
     def _load_roots(self) -> set[Path]:
         roots = {Path(self.config.staging_dir).absolute()} if self.config.staging_dir else set()
         try:
-            roots.update(Path(p) for p in json.loads(self._roots_file.read_text()))
+            remembered = [Path(p) for p in json.loads(self._roots_file.read_text())]
         except FileNotFoundError:
-            pass
+            remembered = []
         except (OSError, ValueError, TypeError) as e:
             self.log.warning("%s unreadable (%s); staging areas relearnt", self._roots_file, e)
-        return roots
+            remembered = []
+        return roots | {p for p in remembered if self._takes_from(p)}
+
+    def _takes_from(self, root: Path) -> bool:
+        """Whether ``root`` lies in a folder the buffer takes raws from (``source``)."""
+        try:
+            self.source(root.as_uri())
+        except InvalidInputError:
+            return False
+        return True
 
     def _learn_roots(self, images: list[Any]) -> None:
+        """Remember the staging areas of the raws an ``endReadout`` named, those that lie in
+        the folders the buffer takes raws from."""
         found = set()
         for image in images:
             with contextlib.suppress(InvalidInputError, KeyError, TypeError):
-                found.add(staging_root(path_from_url(str(image["url"]))))
+                root = staging_root(path_from_url(str(image["url"])))
+                if self._takes_from(root):
+                    found.add(root)
         if found <= self._roots:
             return
         self._roots |= found

@@ -7,6 +7,7 @@ declare, since the checksum already covers the pixels.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -30,6 +31,23 @@ def path_from_url(url: str) -> Path:
     if parsed.scheme != "file" or not parsed.path:
         raise InvalidInputError(f"expected a file:// URL, got {url!r}")
     return Path(unquote(parsed.path))
+
+
+def confined_path(url: str, folders: Sequence[str | Path]) -> Path:
+    """The file of the ``file://`` URL ``url``, with ``..`` and symlinks resolved, if it lies
+    in one of ``folders``; ``InvalidInputError`` otherwise, before anything is read (a message
+    naming a file must not make the buffer read any file of the summit)."""
+    try:
+        source = path_from_url(url).resolve()
+    except (OSError, RuntimeError) as e:
+        raise InvalidInputError(f"{url!r} cannot be resolved: {e}") from e
+    dirs = [str(d) for d in folders if str(d)]
+    if not any(source.is_relative_to(Path(d).resolve()) for d in dirs):
+        where = ", ".join(dirs) if dirs else "nowhere (staging_dir and accept_dirs are empty)"
+        raise InvalidInputError(
+            f"{url!r} is {source}, outside the folders this buffer takes raws from: {where}"
+        )
+    return source
 
 
 def read_checked_raw(path: Path, checksum: str, visit: int, detector: int) -> np.ndarray:

@@ -2,8 +2,10 @@
 
 Camera handoff: the ``endReadout`` event (each ``images`` entry points at the camera's DAQ
 staging file) or the ``acceptImage`` command, which acks the handoff (CMD_FAILED and a
-``bufferAlarm`` when the buffer is full). A raw is verified (checksum, FITS layout), written
-with fsync and recorded in the manifest before ``imageInBuffer`` goes out.
+``bufferAlarm`` when the buffer is full). Either is read only inside the folders the buffer
+is configured to take raws from (:meth:`SummitBuffer.source`). A raw is verified (checksum,
+FITS layout), written with fsync and recorded in the manifest before ``imageInBuffer`` goes
+out.
 
 Transfer: one loop sends the unsent raws through the summit-base :class:`~summit.link.Link`
 to ingest's ``rpc_receive_raw``, visit by visit in acquisition order (up to
@@ -21,6 +23,7 @@ camera's readout records list that its manifest lacks.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -48,7 +51,7 @@ from summit.buffer_manifest import Entry
 from summit.buffer_reconcile import BufferReconciliation
 from summit.buffer_store import BufferStore, Offer
 from summit.link import MB, Link
-from summit.raw_check import path_from_url
+from summit.raw_check import confined_path
 from summit.step_times import StepTimes
 
 #: errorCode published when the buffer cannot write to its own storage.
@@ -139,11 +142,12 @@ class SummitBuffer(Controller, BufferReconciliation):
 
         await asyncio.gather(*(take(i) for i in images if isinstance(i, dict)))
 
-    @staticmethod
-    def _offer(event: Event, image: dict[str, Any]) -> Offer:
+    def _offer(self, event: Event, image: dict[str, Any]) -> Offer:
+        """The raw an ``endReadout`` image entry hands over; its URL confined as
+        ``acceptImage``'s is (InvalidInputError)."""
         data = event.data
         try:
-            return Offer(
+            offer = Offer(
                 image_name=str(data["imageName"]),
                 visit=int(data["visit"]),
                 detector=int(image["detector"]),
@@ -154,6 +158,7 @@ class SummitBuffer(Controller, BufferReconciliation):
             )
         except (KeyError, TypeError, ValueError) as e:
             raise CommandRejected(f"malformed endReadout image entry {image!r}: {e}") from e
+        return dataclasses.replace(offer, url=self.source(offer.url).as_uri())
 
     async def do_acceptImage(
         self,
@@ -167,27 +172,19 @@ class SummitBuffer(Controller, BufferReconciliation):
     ) -> dict[str, Any]:
         """Take one raw with an ack: CMD_COMPLETE once it is durable, CMD_FAILED otherwise."""
         self.assert_enabled("accept an image")
-        source = self._acceptable(url)
+        try:
+            source = self.source(url)
+        except InvalidInputError as e:
+            raise CommandRejected(f"acceptImage: {e}") from e
         offer = Offer(imageName, visit, detector, camera, source.as_uri(), checksum, tai_now())
         entry, new = await self.accept(offer)
         return {"checksum": entry.checksum, "byteSize": entry.byte_size, "duplicate": not new}
 
-    def _acceptable(self, url: str) -> Path:
-        """The file of ``url`` with ``..`` and symlinks resolved, if it lies in a folder the
-        buffer is configured to take raws from; ``CommandRejected`` otherwise (a command must
-        not read any file on the summit)."""
-        try:
-            source = path_from_url(url).resolve()
-        except (InvalidInputError, OSError, RuntimeError) as e:
-            raise CommandRejected(f"acceptImage: {e}") from e
-        dirs = [d for d in (self.config.staging_dir, *self.config.accept_dirs) if d]
-        if not any(source.is_relative_to(Path(d).resolve()) for d in dirs):
-            where = ", ".join(dirs) if dirs else "nowhere (staging_dir and accept_dirs are empty)"
-            raise CommandRejected(
-                f"acceptImage: {url!r} is {source}, outside the folders this buffer takes raws"
-                f" from: {where}"
-            )
-        return source
+    def source(self, url: str) -> Path:
+        """The file of a raw's URL (``endReadout``, ``acceptImage``, a readout record), if it
+        lies in a folder the buffer is configured to take raws from (``staging_dir``,
+        ``accept_dirs``); see :func:`~summit.raw_check.confined_path`."""
+        return confined_path(url, [self.config.staging_dir, *self.config.accept_dirs])
 
     async def accept(self, offer: Offer, *, offered: bool = True) -> tuple[Entry, bool]:
         """Take one raw; ``offered=False``: a retry from a readout record, whose refusal for a
@@ -278,6 +275,12 @@ class SummitBuffer(Controller, BufferReconciliation):
 
     # ------------------------------------------------------------------- transfer
     async def run_background(self, tg: SupervisedGroup) -> None:
+        if not (self.config.staging_dir or self.config.accept_dirs):
+            self.log_message(
+                logging.WARNING,
+                "staging_dir and accept_dirs are empty: every raw handed over (endReadout,"
+                " acceptImage) is refused; set staging_dir to the camera's staging area",
+            )
         recovered = await self.store.recover()
         if recovered:
             self.log.warning("recovered %d raws caught mid-receipt by a crash", len(recovered))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,3 +216,31 @@ def cluster_replay(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Cl
         return done[args]
 
     return run
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture
+def localhost_addresses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The addresses ``localhost`` resolves to: 127.0.0.1 and, where this machine has an IPv6
+    loopback, ::1 (resolved as where /etc/hosts lists both, when this one lists only the
+    first); the ::1 half is left out, for the test to skip, without an IPv6 loopback."""
+    resolve = socket.getaddrinfo
+    if not _ipv6_loopback():
+        return ["127.0.0.1"]
+
+    def both(host: Any, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        found = resolve(host, port, *args, **kwargs)
+        if host == "localhost" and not any(f[0] == socket.AF_INET6 for f in found):
+            found += resolve("::1", port, *args, **kwargs)
+        return found
+
+    monkeypatch.setattr(socket, "getaddrinfo", both)
+    return ["127.0.0.1", "::1"]

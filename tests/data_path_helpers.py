@@ -119,7 +119,13 @@ def make_buffer(
         "SummitBuffer",
         sink=sink,
         authorized={"ocs"},
-        settings={"status_interval": 0.2, "retry_initial": 0.05, "retry_max": 0.5, **settings},
+        settings={
+            "status_interval": 0.2,
+            "retry_initial": 0.05,
+            "retry_max": 0.5,
+            "accept_dirs": [str(root)],  # the tests' staging areas lie under their tmp_path
+            **settings,
+        },
         data_dir=root / "summit",
         peers=peers,
     )

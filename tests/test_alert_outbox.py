@@ -113,7 +113,8 @@ async def test_the_outbox_row_commits_with_the_store_or_not_at_all(pg_dsn: str) 
         again = await apdb.store(VISIT, 3, h["sources"], h["objects"], handoff=lambda: h)
         assert not again.stored, "a repeat stores nothing and owes no second batch of alerts"
         earlier = await apdb.earlier_store(VISIT, 3)
-        assert earlier == {"nDiaSources": 4, "stages": {"associated": 1.0e9 + 5}}
+        stages = {"associated": 1.0e9 + 5, "apdbStored": stored.stored_tai}  # at its commit
+        assert earlier == {"nDiaSources": 4, "stages": stages}
         assert await apdb.earlier_store(VISIT, 99) == {}
         # The same diaSourceIds under another detector: the COPY fails after the outbox row.
         with pytest.raises(StorageError, match="UniqueViolation"):

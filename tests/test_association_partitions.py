@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -452,3 +453,40 @@ async def test_a_failure_mid_batch_loses_and_duplicates_nothing(pg_dsn: str, apd
     good = await apdbs("apdb_gc_fail_ref", fresh=True)
     await _run(good, [c for i, c in enumerate(ccds) if i != 4], exclusive=False)
     assert links["groups"] == (await _links(pg_dsn, "apdb_gc_fail_ref"))["groups"]
+
+
+async def test_apdb_stored_is_the_commit_after_every_write(
+    pg_dsn: str, apdbs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``apdbStored`` was stamped as the alert outbox row was written: before the CCD's
+    DiaObject versions were written, and in a batch before the later CCDs were associated
+    and the batch committed, so the stage could precede the data being visible. Now it is
+    taken after the transaction's last write (one time for a batch), and the outbox row the
+    AlertPublisher reads carries that same time."""
+    import base.apdb.store
+    from state.clock import tai_now
+
+    written: list[float] = []
+    write = base.apdb.store.write_versions
+
+    async def timed(*args: object, **kwargs: object) -> None:
+        await write(*args, **kwargs)
+        written.append(tai_now())
+
+    monkeypatch.setattr(base.apdb.store, "write_versions", timed)
+    ccds = night(border_ra())[:4]
+    apdb = await apdbs("apdb_stamp", fresh=True)
+    await _run(apdb, ccds[:1], exclusive=False)  # its own transaction
+    assert len(written) == 1 and ccds[0].stages["apdbStored"] >= written[0]
+    assert all(d.stored for d in await _run_batched(apdb, ccds[1:], 3, exclusive=False))
+    assert len(written) == 4
+    batch = {c.stages["apdbStored"] for c in ccds[1:]}
+    assert len(batch) == 1, "one commit, one apdbStored"
+    assert batch.pop() >= written[-1] > max(c.stages["associated"] for c in ccds[1:])
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        rows = await conn.fetch('SELECT visit, detector, meta FROM "apdb_stamp".alert_outbox')
+    finally:
+        await conn.close()
+    carried = {(r["visit"], r["detector"]): json.loads(r["meta"])["stages"] for r in rows}
+    assert carried == {(c.visit, c.detector): c.stages for c in ccds}

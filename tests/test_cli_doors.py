@@ -26,7 +26,7 @@ NOWHERE = "postgresql://nobody@127.0.0.1:1/none"
           "--dsn", NOWHERE, "--workers", "0"], "--workers"),
         (["reprocess", "--night", "20250505", "--release", "dr1", "--release-id", "1",
           "--dsn", NOWHERE, "--local", "--workers", "-2"], "--workers"),
-        (["reprocess", "--catch-up", "--night", "20250505", "--archive-dir", "a",
+        (["reprocess", "--catch-up", "--night", "20250505", "--archive-dir", ".",
           "--dsn", NOWHERE, "--max-attempts", "0"], "--max-attempts"),
         (["events", "--count", "0", "--url", "ws://127.0.0.1:1/ws"], "--count"),
         (["alerts", "stream", "--full", "--count", "-1", "--token", "t",
@@ -247,3 +247,27 @@ def test_an_alert_out_that_cannot_be_written_is_refused_before_the_gateway_is_as
     assert f"Invalid value for --out: {folder.format(file=file)} is not a writable folder" in (
         result.output
     )
+
+
+@pytest.mark.parametrize("family", ["127.0.0.1", "::1"])
+async def test_the_gateway_listens_on_every_address_of_its_host(
+    family: str, localhost_addresses: list[str]
+) -> None:
+    """``host = "localhost"`` listened on its first address only (127.0.0.1, not ::1) once
+    the socket was bound early; now every address it resolves to answers, on one port, and a
+    port in use on any of them is still said at once."""
+    from commands.server import listening
+    from state.errors import StartupError
+
+    if family not in localhost_addresses:
+        pytest.skip("no IPv6 loopback on this machine")
+    with listening("localhost", 0) as socks:
+        port = socks[0].getsockname()[1]
+        assert sorted(s.getsockname()[0] for s in socks) == sorted(localhost_addresses)
+        assert {s.getsockname()[1] for s in socks} == {port}
+        _, writer = await asyncio.open_connection(family, port)
+        writer.close()
+        await writer.wait_closed()
+        in_use = f"localhost:{port}: Address already in use"
+        with pytest.raises(StartupError, match=in_use), listening("localhost", port):
+            pass

@@ -355,14 +355,14 @@ async def test_bad_handoffs_are_refused_with_reasons(
         bad = dict(readout.payload)
         bad["images"] = [
             {**readout.images[0], "checksum": "0" * 64},
-            {**readout.images[1], "url": "file:///nonexistent/raw.fits"},
+            {**readout.images[1], "url": (camera.staging / "nonexistent.fits").as_uri()},
             {**readout.images[2], "detector": 3},
             {"detector": 1},
         ]
         await path.buffer.on_event(Event("Camera", "endReadout", 1, tai_now(), bad))
         said = " | ".join(e.data["message"] for e in path.topic("logMessage"))
         assert "differs from the camera's" in said
-        assert "cannot read the staged raw" in said
+        assert "cannot read the staged raw" in said  # a missing raw in the staging area
         assert "camera said" in said
         assert "malformed endReadout" in said
         assert not path.topic("imageInBuffer")

@@ -293,3 +293,17 @@ async def test_client_reconnects_and_resubscribes(running: RunningSystem) -> Non
         await client.wait_connected()
         assert await client.get_state(NAME) in set(State)
         await beats.aclose()
+
+
+async def test_a_gateway_on_localhost_answers_on_each_of_its_addresses(
+    system_factory: Any, localhost_addresses: list[str]
+) -> None:
+    """Both 127.0.0.1 and ::1 (where the machine has it) reach the gateway of ``host =
+    "localhost"`` (before: only the first address localhost resolved to)."""
+    spec = component_spec("HeaderService", "summit.header_service:HeaderService")
+    running = await system_factory(spec, host="localhost")
+    async with aiohttp.ClientSession() as http:
+        for host in localhost_addresses:
+            url = f"http://{host if ':' not in host else f'[{host}]'}:{running.port}/healthz"
+            async with http.get(url) as r:
+                assert (r.status, await r.json()) == (200, {"status": "ok"}), host

@@ -102,7 +102,11 @@ async def test_whole_path_with_the_header_service(
     schema = "reg_whole"
     running = await system_factory(
         component_spec("HeaderService", "summit.header_service:HeaderService"),
-        component_spec("SummitBuffer", "summit.summit_buffer:SummitBuffer", settings=FAST),
+        component_spec(
+            "SummitBuffer",
+            "summit.summit_buffer:SummitBuffer",
+            settings={**FAST, "accept_dirs": [str(tmp_path / "daq")]},
+        ),
         component_spec(
             "Ingest",
             INGEST,

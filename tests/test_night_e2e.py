@@ -48,6 +48,8 @@ async def night_system(
     prefix: str,
     processors: int = 2,
     association: AssociationConfig | None = None,
+    *,
+    staging: Path,
 ) -> RunningSystem:
     base = load_system_config()
     if association is not None:
@@ -58,6 +60,7 @@ async def night_system(
         processors=processors,
         processor_cpus=0,
         schema_prefix=prefix,
+        staging=staging,
     )
     await register_products(config, night)
     specs = [c.model_dump(by_alias=True) for c in config.components]
@@ -119,10 +122,10 @@ def staged_checksums(outcome: ReplayOutcome, staging: Path) -> dict[tuple[int, i
 async def clean_night(
     system_factory: Any, pg_dsn: str, mini_night: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[ReplayOutcome, dict[str, Any], Path]:
-    running = await night_system(
-        system_factory, pg_dsn, mini_night, "e2e_", association=PARTITIONED
-    )
     staging = tmp_path_factory.mktemp("staging")
+    running = await night_system(
+        system_factory, pg_dsn, mini_night, "e2e_", association=PARTITIONED, staging=staging
+    )
     async with Client(running.ws_url, token=TOKENS["ocs"]) as client:
         outcome = await replay_night(client, mini_night, staging, speed=SPEED, drain_seconds=180)
         await client.set_system_state(State.STANDBY)
@@ -256,7 +259,7 @@ async def faulty_night(
     log = FaultLog()
     with private_postgres(pgdata) as dsn:
         try:
-            running = await night_system(system_factory, dsn, night, "")
+            running = await night_system(system_factory, dsn, night, "", staging=staging)
             async with Client(running.ws_url, token=TOKENS["ocs"]) as client:
                 outcome = await replay_night(
                     client,

@@ -244,8 +244,14 @@ async def test_processors_read_a_night_through_the_registry(
     prefix = "reginp_e2e_"
     copy = tmp_path_factory.mktemp("reginp_products") / "night"
     shutil.copytree(mini_night, copy, ignore=shutil.ignore_patterns("raws"))
+    staging = tmp_path_factory.mktemp("reginp_staging")
     config = night_system_config(
-        load_system_config(), dsn=pg_dsn, processors=2, processor_cpus=0, schema_prefix=prefix
+        load_system_config(),
+        dsn=pg_dsn,
+        processors=2,
+        processor_cpus=0,
+        schema_prefix=prefix,
+        staging=staging,
     )
     pool = [c for c in config.components if c.cls == PROCESSOR_CLASS]
     assert pool and all("night_dir" not in c.settings for c in pool)
@@ -263,7 +269,6 @@ async def test_processors_read_a_night_through_the_registry(
     finally:
         await conn.close()
     running = await system_factory(*(c.model_dump(by_alias=True) for c in config.components))
-    staging = tmp_path_factory.mktemp("reginp_staging")
     async with Client(running.ws_url, token=TOKENS["ocs"]) as client:
         outcome = await replay_night(client, mini_night, staging, speed=20.0, drain_seconds=180)
         await client.set_system_state(State.STANDBY)

@@ -16,6 +16,7 @@ import pytest
 
 from base.apdb.ids import IdPacker
 from base.prompt import ccd_work
+from base.prompt_records import CcdOutcome, PromptRecords, VisitRecord
 from base.registry import Repository
 from base.registry.products import register_night
 from base.reprocess.executor import InlineExecutor
@@ -196,7 +197,6 @@ async def test_catch_up_fills_the_gaps_of_injected_prompt_failures(
     from base.alerts import AlertArchive
     from base.apdb import Apdb
     from base.prompt.requests import CcdResults
-    from base.prompt_records import CcdOutcome, PromptRecords, VisitRecord
     from base.reliability import alert_threshold, load_reliability_model
     from base.reprocess.associate import associate_ccd
     from base.reprocess.catchup import LATE, CatchUpConfig, catch_up
@@ -281,6 +281,81 @@ async def test_catch_up_fills_the_gaps_of_injected_prompt_failures(
     finally:
         await apdb.close()
         await pool.close()
+
+
+async def _a_recorded_night(dsn: str, schema: str, day_obs: int, n_alerts: int) -> None:
+    """One visit of ``day_obs`` in the prompt records, its CCD processed, ``n_alerts`` alerts."""
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        records = await PromptRecords.connect(pool, schema)
+        visit = VisitRecord(7, day_obs, "mini", "r", 10.0, -5.0, 60800.1, 30.0, 1)
+        await records.record_visit(visit)
+        await records.record_outcome(CcdOutcome(7, 0, 1, "processed"))
+        await records.record_alerts(7, 0, n_alerts, 60800.2)
+    finally:
+        await pool.close()
+
+
+async def _schema_exists(dsn: str, name: str) -> bool:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval("SELECT to_regnamespace($1)", name) is not None
+    finally:
+        await conn.close()
+
+
+def test_a_catch_up_that_names_no_night_is_refused_before_anything_starts(
+    pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a night the records lack, a mistyped or wrong --archive-dir, a --night-dir
+    without a night each exited 0 having processed 0 CCDs, after starting Ray."""
+    from click.testing import CliRunner
+
+    import actors.reprocess
+    from commands.cli import main
+
+    def no_ray(*args: object) -> bool:
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(actors.reprocess, "start_ray", no_ray)
+    day_obs = 20250507  # its own catch-up in the ledger
+    asyncio.run(_a_recorded_night(pg_dsn, "nn_prompt", day_obs, 3))
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    common = ["reprocess", "--dsn", pg_dsn, "--catch-up", "--records-schema", "nn_prompt"]
+    common += ["--registry-schema", "nn_registry", "--apdb-schema", "nn_apdb"]
+    common += ["--archive-schema", "nn_alerts", "--niceness", "0"]  # in this process
+    cases = [
+        (["--night", "20250508", "--archive-dir", str(archive)], 1,
+         "Error: InvalidInputError: no visit of night 20250508 in the prompt records (schema"
+         " 'nn_prompt'): nothing to catch up"),
+        (["--night", str(day_obs), "--archive-dir", str(archive), "--records-schema", "nn_promt"],
+         1, "Error: InvalidInputError: no prompt records in schema 'nn_promt': nothing to catch"
+         " up"),
+        (["--night", str(day_obs), "--archive-dir", str(archive)], 1,
+         f"Error: InvalidInputError: the alert archive {archive} has no alerts-{day_obs}.avro,"
+         f" though prompt processing archived 3 alerts of night {day_obs}"),
+        (["--night", str(day_obs), "--archive-dir", str(archive), "--night-dir", str(tmp_path)],
+         1, f"Error: InvalidInputError: {tmp_path / 'manifest.json'} is not a simulated-night"
+         " manifest"),
+        (["--night", str(day_obs), "--archive-dir", str(tmp_path / "archiv")], 2,
+         "Invalid value for '--archive-dir'"),
+        (["--night", str(day_obs)], 2, "--catch-up needs --archive-dir"),
+    ]  # fmt: skip
+    for argv, code, said in cases:
+        result = CliRunner().invoke(main, [*common, *argv])  # Ray, were it started: no_ray
+        assert result.exit_code == code, result.output
+        assert said in result.output, result.output
+        assert "Traceback" not in result.output
+        if code == 1:
+            assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not asyncio.run(_schema_exists(pg_dsn, "nn_promt")), "the check created it"
+    (archive / f"alerts-{day_obs}.avro").touch()  # the archive of that night: nothing missed
+    result = CliRunner().invoke(main, [*common, "--night", str(day_obs), "--archive-dir",
+                                       str(archive), "--local", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert (summary["missed"], summary["recovered"], summary["failed"]) == (0, 0, {})
 
 
 async def dmcs(*args: str) -> tuple[int, str]:

@@ -14,6 +14,7 @@ import pytest
 
 import summit.buffer_store
 from state.acks import AckCode
+from state.clock import tai_now
 from state.command import Command
 from state.events import Event
 from state.peers import LocalPeers
@@ -117,7 +118,7 @@ async def test_accept_image_reads_only_inside_the_configured_folders(
     outside.mkdir()
     shutil.copyfile(staged, outside / staged.name)
     (daq / "link.fits").symlink_to(outside / staged.name)
-    settings: dict[str, Any] = {"reconcile_interval": 3600}
+    settings: dict[str, Any] = {"reconcile_interval": 3600, "accept_dirs": []}
     if configured == "accept_dirs":
         settings["accept_dirs"] = [str(daq)]
     elif configured == "staging_dir":
@@ -146,5 +147,66 @@ async def test_accept_image_reads_only_inside_the_configured_folders(
             assert ack.code == AckCode.CMD_COMPLETE, ack.result
             assert (await buffer.rpc_status())["states"] == {"buffered": 1}
         assert not [e for e in events if e.topic == "imageRefused"]
+    finally:
+        await buffer.close()
+
+
+async def test_end_readout_reads_only_inside_the_configured_folders(
+    tmp_path: Path, night: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``endReadout`` read any ``file://`` URL it named (``acceptImage`` was confined): a good
+    raw outside the configured folders was taken, ``/etc/passwd`` read and hashed. Now the
+    same check refuses each (an ERROR log naming the folders) before anything is read, and
+    no staging area outside is learnt for reconciliation; the staged raw itself is taken."""
+    reads: list[Path] = []
+    read = summit.buffer_store.read_checked_raw
+
+    def counted_read(path: Path, *args: Any) -> Any:
+        reads.append(path)
+        return read(path, *args)
+
+    monkeypatch.setattr(summit.buffer_store, "read_checked_raw", counted_read)
+    daq = tmp_path / "daq"
+    readout = Camera(night, daq).readout(0)
+    for record in daq.rglob("endReadout.json"):
+        record.unlink()  # only the events hand these raws over
+    image = readout.images[0]
+    staged = Path(image["url"].removeprefix("file://"))
+    outside = tmp_path / "elsewhere" / staged.parent.name
+    outside.mkdir(parents=True)
+    shutil.copyfile(staged, outside / staged.name)  # a good raw, the checksum its own
+    (daq / "link.fits").symlink_to(outside / staged.name)
+    events: list[Event] = []
+    buffer = make_buffer(
+        tmp_path, events.append, LocalPeers(), accept_dirs=[str(daq)], reconcile_interval=3600
+    )
+    await buffer.start()
+    await enable(buffer)
+    try:
+        await buffer.do_cutLink()
+        refused = [
+            (outside / staged.name).as_uri(),
+            f"file://{daq}/../elsewhere/{staged.parent.name}/{staged.name}",
+            (daq / "link.fits").as_uri(),
+            "file:///etc/passwd",
+            f"http://camera/{staged.name}",
+        ]
+        for url in refused:
+            data = {**readout.payload, "images": [{**image, "url": url}]}
+            await buffer.on_event(Event("Camera", "endReadout", 0, tai_now(), data))
+        assert reads == []
+        assert (await buffer.rpc_status())["states"] == {}
+        said = [e.data["message"] for e in events if e.topic == "logMessage"]
+        outside_said = [m for m in said if "outside the folders this buffer takes raws from" in m]
+        assert len(outside_said) == 4, said
+        assert all(f"from: {daq}" in m for m in outside_said), outside_said
+        assert any("expected a file:// URL" in m for m in said), said
+        assert not [e for e in events if e.topic == "imageRefused"]
+        assert buffer._roots == set(), "a staging area outside the folders was learnt"
+        await buffer.on_event(readout.event())
+        assert (await buffer.rpc_status())["states"] == {"buffered": len(readout.images)}
+        took = [Path(i["url"].removeprefix("file://")).resolve() for i in readout.images]
+        assert sorted(reads) == sorted(took)
+        assert buffer._roots == {daq.resolve()}
     finally:
         await buffer.close()

@@ -38,10 +38,15 @@ class TestSummitBuffer(StandardComponentTests):
     settings = FAST
 
     @pytest.fixture(scope="class")
-    async def running(self, system_factory: Any, pg_dsn: str) -> RunningSystem:
-        """With its peer: an Ingest (left in STANDBY, so raws wait in the buffer)."""
+    async def running(
+        self, system_factory: Any, pg_dsn: str, tmp_path_factory: pytest.TempPathFactory
+    ) -> RunningSystem:
+        """With its peer: an Ingest (left in STANDBY, so raws wait in the buffer). The camera
+        stages under the system's data folder, in the session's temporary folder."""
         ingest = component_spec("Ingest", INGEST, settings={"dsn": pg_dsn, **FAST})
-        return await system_factory(self.spec(), ingest)
+        daq = str(tmp_path_factory.getbasetemp())
+        spec = component_spec(self.name, BUFFER, settings={**FAST, "accept_dirs": [daq]})
+        return await system_factory(spec, ingest)
 
     def raws_dir(self, running: RunningSystem) -> Path:
         return running.system.config.data_dir / self.name / "raws"
@@ -88,7 +93,11 @@ async def test_killed_mid_transfer_resumes_from_manifest(
 ) -> None:
     schema = "reg_kill"
     running = await system_factory(
-        component_spec("SummitBuffer", BUFFER, settings={**FAST, "max_in_flight": 1}),
+        component_spec(
+            "SummitBuffer",
+            BUFFER,
+            settings={**FAST, "max_in_flight": 1, "accept_dirs": [str(camera.staging)]},
+        ),
         component_spec(
             "Ingest",
             INGEST,

@@ -85,6 +85,11 @@ CREATE INDEX IF NOT EXISTS alert_archive_index_batch
 )
 
 
+def night_file(root: Path, night: int) -> Path:
+    """The container file of ``night`` in the archive at ``root``."""
+    return root / f"alerts-{night}.avro"
+
+
 @dataclass(frozen=True)
 class ArchivedBatch:
     """One archived (visit, detector) batch read back in stream order."""
@@ -130,7 +135,7 @@ class AlertArchive:
         await self._pool.close()
 
     def path(self, night: int) -> Path:
-        return self.root / f"alerts-{night}.avro"
+        return night_file(self.root, night)
 
     def _header(self) -> tuple[bytes, bytes]:
         sync = os.urandom(16)

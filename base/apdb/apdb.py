@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
 from collections.abc import AsyncIterator, Sequence
@@ -25,6 +26,7 @@ import numpy as np
 
 from algorithms.association import Columns
 from base.db import Migration, Store, connect_pool, mapped_errors, migrate
+from state.clock import tai_now
 from state.errors import ConfigurationError
 
 from . import outbox as outbox_mod
@@ -116,6 +118,9 @@ class StoreResult:
     detector: int
     stored: bool  # False when this (visit, detector) had already been stored: nothing added
     counts: dict[str, int] = field(default_factory=dict)
+    #: When it was stored (TAI): stamped by its transaction's last statement, just before the
+    #: COMMIT (:meth:`Apdb._seal`); None in an open ``ApdbTransaction`` (see its ``stored_tai``).
+    stored_tai: float | None = None
 
 
 class Apdb:
@@ -348,7 +353,20 @@ class Apdb:
             self._pool.acquire() as conn,
             conn.transaction(),
         ):
-            return await self._store_on(conn, visit, detector, objects, write, handoff)
+            result = await self._store_on(conn, visit, detector, objects, write, handoff)
+            if not result.stored:
+                return result
+            tai = await self._seal(conn, [(visit, detector)] if handoff is not None else [])
+        return dataclasses.replace(result, stored_tai=tai)
+
+    async def _seal(self, conn: asyncpg.Connection, outboxed: list[tuple[int, int]]) -> float:
+        """The ``apdbStored`` time of what a store transaction stored: taken after its last
+        write, just before its COMMIT, and written into the ``outboxed`` CCDs' outbox rows by
+        its last statement (so the alert hand-off carries it; docs/apdb.md)."""
+        tai = tai_now()
+        if outboxed:
+            await outbox_mod.stamp_stored(conn, self.schema, outboxed, tai)
+        return tai
 
     def _prepare_store(
         self,
@@ -432,7 +450,9 @@ class Apdb:
             self._pool.acquire() as conn,
             conn.transaction(),
         ):
-            yield ApdbTransaction(self, conn)
+            tx = ApdbTransaction(self, conn)
+            yield tx
+            tx.stored_tai = await self._seal(conn, tx.outboxed)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import json
 import math
 import struct
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -234,6 +234,22 @@ async def put(
         payload,
         channel(schema),
         f"{visit}/{detector}",
+    )
+
+
+async def stamp_stored(
+    conn: asyncpg.Connection, schema: str, keys: Sequence[tuple[int, int]], tai: float
+) -> None:
+    """Set the ``apdbStored`` stage of the outbox rows of ``keys`` (visit, detector) to ``tai``,
+    as the last statement of the transaction that wrote them: the stage is its commit's."""
+    visits, detectors = zip(*keys, strict=True)
+    await conn.execute(
+        f"UPDATE {q(schema)}.{TABLE} SET meta = jsonb_set(meta, '{{stages,apdbStored}}',"
+        " $3::jsonb) WHERE (visit, detector) IN"
+        " (SELECT * FROM unnest($1::bigint[], $2::integer[]))",
+        list(visits),
+        list(detectors),
+        json.dumps(float(tai)),  # every digit (a float8 cast to jsonb keeps 15)
     )
 
 

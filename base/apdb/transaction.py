@@ -29,6 +29,10 @@ class ApdbTransaction:
     def __init__(self, apdb: Apdb, conn: asyncpg.Connection) -> None:
         self._apdb = apdb
         self._conn = conn
+        #: The (visit, detector) whose alert outbox rows this transaction wrote.
+        self.outboxed: list[tuple[int, int]] = []
+        #: When what it stored was stored (TAI), set at its commit (``Apdb._seal``).
+        self.stored_tai: float | None = None
 
     async def lock_regions(self, regions: Sequence[Region]) -> None:
         """Wait for and hold the region locks (:mod:`.region_lock`) of all ``regions``, in one
@@ -76,4 +80,9 @@ class ApdbTransaction:
         """:meth:`Apdb.store` inside this transaction (committed with it)."""
         write = self._apdb._prepare_store(sources, objects, forced_sources, ss_sources)
         async with mapped_errors(f"APDB store {visit}/{detector}"):
-            return await self._apdb._store_on(self._conn, visit, detector, objects, write, handoff)
+            result = await self._apdb._store_on(
+                self._conn, visit, detector, objects, write, handoff
+            )
+        if result.stored and handoff is not None:
+            self.outboxed.append((visit, detector))
+        return result

@@ -137,7 +137,8 @@ async def associate_ccd(
     """Associate and store one CCD; stamps ``associated`` and ``apdbStored`` in its stages.
 
     With ``handoff``, the CCD's alert hand-off is written to the APDB's alert outbox in the
-    store's own transaction (its ``apdbStored`` stamped as it is written). With a ``model``
+    store's own transaction. ``apdbStored`` is the store's commit (``StoreResult.stored_tai``),
+    written into the outbox row too, by the transaction's last statement. With a ``model``
     the DIASources' reliability is its score (stored in the APDB and in the alerts); with
     ``min_reliability`` too, that score decides which unmatched sources found new DIAObjects
     (``associate``), so every source that reaches the alert threshold has one.
@@ -162,9 +163,11 @@ async def _one(
     region = Region(ccd.footprint_ra, ccd.footprint_dec, params.pad_arcsec)
     lock = apdb.region_lock(region) if exclusive else contextlib.nullcontext()
     async with lock:
-        return await _associate_and_store(
+        done = await _associate_and_store(
             apdb, ccd, params, region, model, min_reliability, handoff
         )
+    ccd.stages.setdefault("apdbStored", tai_now())  # a duplicate: stored before
+    return done
 
 
 async def associate_ccds(
@@ -206,6 +209,8 @@ async def associate_ccds(
                     out[i] = await _associate_and_store(
                         tx, ccds[i], params, regions[i], model, min_reliability, handoff
                     )
+            for i in scored:  # committed: every CCD's apdbStored is the commit's
+                ccds[i].stages["apdbStored"] = tx.stored_tai or tai_now()
             return [o for o in out if o is not None]
         except DmcsError:
             pass  # nothing of the batch was kept: each CCD again, on its own
@@ -281,7 +286,6 @@ async def _associate_and_store(
             of = handoff
 
             def build() -> dict[str, Any]:
-                ccd.stages["apdbStored"] = tai_now()
                 built.append(of(ccd, result, preload))
                 return built[-1]
 
@@ -297,7 +301,8 @@ async def _associate_and_store(
         )
     except (ValueError, TypeError, KeyError) as e:
         raise InvalidInputError(f"visit {ccd.visit} detector {ccd.detector}: {e}") from e
-    ccd.stages.setdefault("apdbStored", tai_now())
+    if store.stored_tai is not None:
+        ccd.stages["apdbStored"] = store.stored_tai
     not_alerted = int(built[-1].get("notAlerted", 0)) if built else 0
     return Associated(result, preload, store.stored, not_alerted)
 

@@ -31,7 +31,7 @@ from astropy.io import fits
 
 from base.registry.records import CalibRecord, DetectorRecord, RefcatRecord, TemplateRecord
 from base.registry.repository import Repository
-from config.cameras import load_camera
+from config.cameras import Camera, load_camera
 from state.durable import sha256_hex
 from state.errors import InvalidInputError
 
@@ -95,15 +95,21 @@ def _field_centres(schedule: Path) -> dict[int, tuple[float, float]]:
     return centres
 
 
-async def register_night(repo: Repository, directory: Path) -> dict[str, int]:
-    """Register detectors, calibrations, templates and the refcat of a night; rows added,
-    products ``replaced``, and products ``refused`` (each logged with its reason)."""
+def night_camera(directory: Path) -> Camera:
+    """The camera a simulated night's ``manifest.json`` names; a directory without one holds
+    no night (InvalidInputError)."""
     manifest_path = directory / "manifest.json"
     try:
         manifest = json.loads(manifest_path.read_text())
-        camera = load_camera(str(manifest["camera"]))
+        return load_camera(str(manifest["camera"]))
     except (OSError, ValueError, KeyError) as e:
         raise InvalidInputError(f"{manifest_path} is not a simulated-night manifest: {e}") from e
+
+
+async def register_night(repo: Repository, directory: Path) -> dict[str, int]:
+    """Register detectors, calibrations, templates and the refcat of a night; rows added,
+    products ``replaced``, and products ``refused`` (each logged with its reason)."""
+    camera = night_camera(directory)
     added = {
         "detectors": 0, "calibrations": 0, "templates": 0, "refcats": 0, "replaced": 0,
         "refused": 0,

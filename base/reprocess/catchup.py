@@ -23,11 +23,15 @@ import asyncpg
 import numpy as np
 
 from base.alerts import AlertArchive, build_alerts, serialize
+from base.alerts.archive import night_file
 from base.alerts.schema import AlertSchema, latest_schema
 from base.apdb import Apdb
+from base.db import connect_pool, mapped_errors, recorded
 from base.prompt.association_step import AlertSet, alert_set
 from base.prompt.requests import CcdResults
-from base.prompt_records import CcdOutcome, PromptRecords
+from base.prompt_records import CcdOutcome, NightRecords, PromptRecords
+from base.prompt_records.store import STORE as RECORDS_STORE
+from base.registry.products import night_camera
 from base.reliability import alert_threshold, load_reliability_model
 from base.reprocess.associate import Associated, associate_ccd
 from base.reprocess.executor import Executor
@@ -37,7 +41,7 @@ from base.reprocess.plan import AssociationParams, config_hash, inputs_digest
 from base.reprocess.runner import give_up, registered_units, run_locked, run_units
 from base.reprocess.work import CcdUnit, columns_checksum
 from state.clock import tai_now
-from state.errors import DmcsError
+from state.errors import DmcsError, InvalidInputError
 
 #: ``observation_reason`` of an alert published by the catch-up (the alert schema's field).
 LATE = "late:catch-up"
@@ -94,6 +98,45 @@ async def catch_up(
     return summary
 
 
+async def check_catch_up(config: CatchUpConfig) -> None:
+    """Refuse a catch-up that names no night, before any worker starts: ``night_dir`` without
+    a simulated night, a night the prompt records do not hold, or an archive without the
+    alerts prompt processing archived that night (InvalidInputError, naming what is missing).
+    """
+    if config.night_dir is not None:
+        await asyncio.to_thread(night_camera, config.night_dir)
+    pool = await connect_pool(config.dsn, min_size=1, max_size=1, what="catch-up check")
+    try:
+        async with mapped_errors("catch-up check"), pool.acquire() as conn:
+            found = await recorded(conn, config.records_schema, RECORDS_STORE.component)
+        if not found:  # a mistyped schema is not created by the check
+            raise InvalidInputError(
+                f"no prompt records in schema {config.records_schema!r}: nothing to catch up"
+                " (wrong --dsn or --records-schema?)"
+            )
+        records = await PromptRecords.connect(pool, config.records_schema)
+        _check_night(config, await records.fetch_night(config.day_obs))
+    finally:
+        await pool.close()
+
+
+def _check_night(config: CatchUpConfig, night: NightRecords) -> None:
+    if not night.visits:
+        raise InvalidInputError(
+            f"no visit of night {config.day_obs} in the prompt records (schema"
+            f" {config.records_schema!r}): nothing to catch up (wrong --night, --dsn or"
+            " --records-schema?)"
+        )
+    archived = sum(o.n_alerts for o in night.outcomes)
+    path = night_file(config.archive_dir, config.day_obs)
+    if archived and not path.is_file():
+        raise InvalidInputError(
+            f"the alert archive {config.archive_dir} has no {path.name}, though prompt"
+            f" processing archived {archived} alerts of night {config.day_obs} (not the"
+            " AlertPublisher's archive?)"
+        )
+
+
 async def _catch_up(
     config: CatchUpConfig,
     executor: Executor,
@@ -104,6 +147,7 @@ async def _catch_up(
 ) -> None:
     records = await PromptRecords.connect(pool, config.records_schema)
     night = await records.fetch_night(config.day_obs)
+    _check_night(config, night)
     missed = {(o.visit, o.detector): o for o in night.outcomes if o.status in MISSED}
     summary.missed = len(missed)
     summary.deferred = sum(o.status == "deferred" for o in missed.values())
