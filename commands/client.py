@@ -382,9 +382,13 @@ class Client:
         """Every component's status as the gateway sees it (GET /api/v1/status)."""
         return list((await self._get_json("/api/v1/status"))["components"])
 
+    async def component_detail(self, component: str) -> dict[str, Any]:
+        """The component's own snapshot (``unreachable`` says why when it cannot answer)."""
+        return dict((await self._get_json(f"/api/v1/components/{component}"))["detail"])
+
     async def get_state(self, component: str) -> State:
         """The component's summary state, asked of the component itself."""
-        detail = (await self._get_json(f"/api/v1/components/{component}"))["detail"]
+        detail = await self.component_detail(component)
         if "summaryState" not in detail:
             raise ConnectionLostError(f"{component} is unreachable: {detail.get('unreachable')}")
         return parse_state(detail["summaryState"])

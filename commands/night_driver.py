@@ -102,6 +102,43 @@ class _Delivery:
     problems: list[str] = field(default_factory=list)
 
 
+BUFFER = "SummitBuffer"
+
+
+async def buffer_raw_folders(client: Any, buffer: str = BUFFER) -> tuple[Path, list[Path]] | None:
+    """The running SummitBuffer's staging area and every folder it takes raws from (None: it
+    does not say, e.g. it is unreachable or not part of the system)."""
+    try:
+        detail = await client.component_detail(buffer)
+    except DmcsError:
+        return None
+    if "stagingDir" not in detail:
+        return None
+    return Path(detail["stagingDir"]), [Path(f) for f in detail.get("rawFolders", [])]
+
+
+def staging_for_buffer(
+    staging: Path | None, folders: tuple[Path, list[Path]] | None, fallback: Path
+) -> Path:
+    """Where to stage raws: ``staging`` if given, else the buffer's staging area (``fallback``
+    in a system without a SummitBuffer). A staging area outside every folder the buffer takes
+    raws from is refused: each raw would be."""
+    if folders is None:
+        return staging or fallback
+    own, allowed = folders
+    if staging is None:
+        return own
+    resolved = staging.resolve()
+    if not any(resolved.is_relative_to(f.resolve()) for f in allowed):
+        raise InvalidInputError(
+            f"staging area {staging} is outside the folders the {BUFFER} takes raws from"
+            f" ({', '.join(map(str, allowed))}): every raw would be refused; leave out"
+            " --staging to stage into the buffer's own area, or add the folder to its"
+            " accept_dirs"
+        )
+    return staging
+
+
 def check_speed(speed: float) -> float:
     """``speed``, or ``InvalidInputError`` unless it is a finite time compression > 0."""
     if not 0 < speed < math.inf:

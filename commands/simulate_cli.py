@@ -89,7 +89,10 @@ def night(
     "--staging",
     type=click.Path(path_type=Path),
     default=None,
-    help="the camera's DAQ staging area (default: NIGHT/staging, or beside an OpSim file)",
+    help=(
+        "the camera's DAQ staging area (default: the running SummitBuffer's own, or"
+        " NIGHT/staging without one; one outside the buffer's folders is refused)"
+    ),
 )
 @click.option("--camera", default=None, help="camera of an OpSim file (default comcam)")
 @click.option("--seed", type=int, default=None, help="sky seed of an OpSim file (default 1)")
@@ -117,15 +120,20 @@ def drive(
 ) -> None:
     """Replay a night against a running system (dmcs run) as the OCS and the camera."""
     from commands.client import Client
-    from commands.night_driver import DriveProgress, NightDriver
+    from commands.night_driver import (
+        DriveProgress,
+        NightDriver,
+        buffer_raw_folders,
+        staging_for_buffer,
+    )
     from summit.night_files import open_night
 
     try:
         source = open_night(night_path, visits=visits, camera=camera, seed=seed)
     except DmcsError as e:
         raise click.ClickException(f"{type(e).__name__}: {e}") from e
-    if staging is None:
-        staging = (night_path if night_path.is_dir() else night_path.parent) / "staging"
+
+    fallback = (night_path if night_path.is_dir() else night_path.parent) / "staging"
 
     def show(p: DriveProgress) -> None:
         if p.topic == "endReadout":
@@ -137,7 +145,8 @@ def drive(
 
     async def go() -> dict[str, object]:
         async with Client(url, token=token, reconnect=False) as client:
-            driver = NightDriver(client, source, staging, speed=speed, on_progress=show)
+            area = staging_for_buffer(staging, await buffer_raw_folders(client), fallback)
+            driver = NightDriver(client, source, area, speed=speed, on_progress=show)
             return (await driver.run()).as_dict()
 
     try:

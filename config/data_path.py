@@ -42,13 +42,14 @@ class SummitBufferSettings(BaseModel):
     status_interval: float = Field(default=1.0, gt=0)
     #: The component that receives raws (``rpc_receive_raw``).
     ingest: str = "Ingest"
-    #: The camera's DAQ staging area: raws are taken from it, and its readout records are
+    #: The camera's DAQ staging area (empty: ``<data_dir>/staging``, which ``dmcs simulate
+    #: drive`` stages into by default): raws are taken from it, and its readout records are
     #: reconciled with the manifest (``summit.readout_records``), with those of the areas
     #: ``endReadout`` pointed at inside ``accept_dirs``.
     staging_dir: str = ""
-    #: Folders a raw may be read from besides ``staging_dir`` (``endReadout``, ``acceptImage``,
+    #: Folders a raw may be read from besides the staging area (``endReadout``, ``acceptImage``,
     #: readout records): a URL whose file (``..`` and symlinks resolved) lies elsewhere is
-    #: refused before anything is read. Both empty: every raw is refused.
+    #: refused before anything is read.
     accept_dirs: tuple[str, ...] = ()
     #: Seconds between reconciliations while ENABLED (also done at once on enable).
     reconcile_interval: float = Field(default=5.0, gt=0)

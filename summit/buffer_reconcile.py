@@ -4,8 +4,9 @@ An ``endReadout`` that went out while the buffer was down, restarting or not ENA
 needed: the camera's readout records in its staging area are the record
 (``summit.readout_records``), and the buffer takes in every raw they list that its manifest
 lacks, at once on enable and every ``reconcile_interval`` seconds. The staging areas it
-reconciles are ``staging_dir`` and every area an ``endReadout`` pointed at inside the folders the
-buffer takes raws from (remembered on disk, ``staging_roots.json`` in its data directory).
+reconciles are its own (``staging_dir``, by default ``<data_dir>/staging``) and every area an
+``endReadout`` pointed at inside the folders the buffer takes raws from (remembered on disk,
+``staging_roots.json`` in its data directory).
 
 A mixin of :class:`~summit.summit_buffer.SummitBuffer`, which supplies what is declared below
 (its settings, store, state and logging, and the ``accept``/``_offer``/``_report_once`` of its
@@ -48,6 +49,7 @@ class BufferReconciliation:
         _offer: Callable[[Event, dict[str, Any]], Offer]
         _report_once: Callable[[str, str], None]
         source: Callable[[str], Path]
+        staging_dir: Path
 
     def _init_reconciliation(self, roots_file: Path) -> None:
         self.reconciled = 0
@@ -58,7 +60,7 @@ class BufferReconciliation:
         self._settled: set[str] = set()
 
     def _load_roots(self) -> set[Path]:
-        roots = {Path(self.config.staging_dir).absolute()} if self.config.staging_dir else set()
+        roots = {self.staging_dir}
         try:
             remembered = [Path(p) for p in json.loads(self._roots_file.read_text())]
         except FileNotFoundError:

@@ -180,11 +180,31 @@ class SummitBuffer(Controller, BufferReconciliation):
         entry, new = await self.accept(offer)
         return {"checksum": entry.checksum, "byteSize": entry.byte_size, "duplicate": not new}
 
+    @property
+    def staging_dir(self) -> Path:
+        """The camera's staging area: ``staging_dir``, or ``<data_dir>/staging`` when unset."""
+        configured = self.config.staging_dir
+        return Path(configured).absolute() if configured else self.data_dir.absolute() / "staging"
+
+    @property
+    def raw_folders(self) -> list[Path]:
+        """The folders the buffer takes raws from: the staging area and ``accept_dirs``."""
+        return [self.staging_dir, *(Path(d).absolute() for d in self.config.accept_dirs if d)]
+
     def source(self, url: str) -> Path:
         """The file of a raw's URL (``endReadout``, ``acceptImage``, a readout record), if it
-        lies in a folder the buffer is configured to take raws from (``staging_dir``,
-        ``accept_dirs``); see :func:`~summit.raw_check.confined_path`."""
-        return confined_path(url, [self.config.staging_dir, *self.config.accept_dirs])
+        lies in a folder the buffer takes raws from (:attr:`raw_folders`); see
+        :func:`~summit.raw_check.confined_path`."""
+        return confined_path(url, self.raw_folders)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The controller's snapshot plus where the camera must stage raws for this buffer
+        (``dmcs simulate drive`` reads it to stage where the buffer takes raws from)."""
+        return {
+            **super().snapshot(),
+            "stagingDir": str(self.staging_dir),
+            "rawFolders": [str(f) for f in self.raw_folders],
+        }
 
     async def accept(self, offer: Offer, *, offered: bool = True) -> tuple[Entry, bool]:
         """Take one raw; ``offered=False``: a retry from a readout record, whose refusal for a
@@ -275,12 +295,6 @@ class SummitBuffer(Controller, BufferReconciliation):
 
     # ------------------------------------------------------------------- transfer
     async def run_background(self, tg: SupervisedGroup) -> None:
-        if not (self.config.staging_dir or self.config.accept_dirs):
-            self.log_message(
-                logging.WARNING,
-                "staging_dir and accept_dirs are empty: every raw handed over (endReadout,"
-                " acceptImage) is refused; set staging_dir to the camera's staging area",
-            )
         recovered = await self.store.recover()
         if recovered:
             self.log.warning("recovered %d raws caught mid-receipt by a crash", len(recovered))

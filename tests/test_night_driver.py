@@ -26,6 +26,7 @@ from state.states import State
 from summit.night_files import open_night
 from summit.simulation import plan_night, run_night
 from tests.conftest import TOKENS, component_spec
+from tests.standard import until
 from tests.test_sim_night import CAMERA_FIELDS, TELEMETRY_FIELDS
 
 SPEED = 25.0
@@ -256,3 +257,47 @@ async def test_cli_drive(system: RunningSystem, mini_night: Path, tmp_path: Path
     )
     _, err = await asyncio.wait_for(bad.communicate(), 60)
     assert bad.returncode == 2 and "--speed" in err.decode()
+
+
+async def test_cli_drive_stages_where_the_running_buffer_takes_raws(
+    system_factory: Any, mini_night: Path, tmp_path: Path
+) -> None:
+    """Against a SummitBuffer with no ``staging_dir`` set (as ``dmcs run`` ships it), the
+    drive once staged into NIGHT/staging, which the buffer refuses to read from: every raw
+    lost. Now it stages into the buffer's own area, and a ``--staging`` outside the buffer's
+    folders is refused before anything is sent."""
+    running = await system_factory(
+        component_spec("SummitBuffer", "summit.summit_buffer:SummitBuffer", settings=_FAST)
+    )
+    dmcs = Path(sys.executable).with_name("dmcs")
+    env = {**os.environ, "DMCS_URL": running.ws_url, "DMCS_TOKEN": TOKENS["ocs"]}
+    args = ["simulate", "drive", "--night", str(mini_night), "--speed", "50", "--visits", "1"]
+    async with Client(running.ws_url, token=TOKENS["ocs"]) as ocs:
+        await ocs.set_state("SummitBuffer", State.ENABLED)
+        own = Path((await ocs.component_detail("SummitBuffer"))["stagingDir"])
+        assert own.is_relative_to(Path(running.system.config.data_dir))
+        outside = await asyncio.create_subprocess_exec(
+            str(dmcs), *args, "--staging", str(tmp_path / "daq"), env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(outside.communicate(), 120)
+        assert outside.returncode == 1 and "outside the folders the SummitBuffer" in err.decode()
+        assert not (tmp_path / "daq").exists(), "nothing staged"
+        proc = await asyncio.create_subprocess_exec(
+            str(dmcs), *args, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 0, err.decode()
+        summary = json.loads(out)
+        assert summary["ok"] and summary["ccds_staged"] == 4
+        assert Path(summary["staging"]) == own
+        buffer = running.system.handle("SummitBuffer")
+
+        async def taken() -> bool:
+            return sum((await buffer.rpc.remote("status"))["states"].values()) == 4
+
+        await until(taken, timeout=30)
+
+
+_FAST = {"status_interval": 0.5, "retry_initial": 0.05, "retry_max": 0.5}

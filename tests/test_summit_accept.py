@@ -139,9 +139,9 @@ async def test_accept_image_reads_only_inside_the_configured_folders(
             assert ack.code == AckCode.CMD_FAILED, url
             assert "outside the folders this buffer takes raws from" in ack.result, url
         ack = await _accept_image(buffer, readout.payload, image, image["url"])
-        if configured is None:
+        if configured is None:  # the buffer's own staging area, <data_dir>/staging
             assert ack.code == AckCode.CMD_FAILED
-            assert "nowhere (staging_dir and accept_dirs are empty)" in ack.result
+            assert f"takes raws from: {buffer.staging_dir}" in ack.result
             assert (await buffer.rpc_status())["states"] == {}
         else:
             assert ack.code == AckCode.CMD_COMPLETE, ack.result
@@ -199,14 +199,15 @@ async def test_end_readout_reads_only_inside_the_configured_folders(
         said = [e.data["message"] for e in events if e.topic == "logMessage"]
         outside_said = [m for m in said if "outside the folders this buffer takes raws from" in m]
         assert len(outside_said) == 4, said
-        assert all(f"from: {daq}" in m for m in outside_said), outside_said
+        assert all(f"from: {buffer.staging_dir}, {daq}" in m for m in outside_said), said
         assert any("expected a file:// URL" in m for m in said), said
         assert not [e for e in events if e.topic == "imageRefused"]
-        assert buffer._roots == set(), "a staging area outside the folders was learnt"
+        own = {buffer.staging_dir}
+        assert buffer._roots == own, "a staging area outside the folders was learnt"
         await buffer.on_event(readout.event())
         assert (await buffer.rpc_status())["states"] == {"buffered": len(readout.images)}
         took = [Path(i["url"].removeprefix("file://")).resolve() for i in readout.images]
         assert sorted(reads) == sorted(took)
-        assert buffer._roots == {daq.resolve()}
+        assert buffer._roots == own | {daq.resolve()}
     finally:
         await buffer.close()
