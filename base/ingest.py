@@ -44,6 +44,7 @@ from state.errors import (
 )
 from state.events import Event
 from state.states import State
+from summit.raw_check import confined_path
 from summit.step_times import StepTimes
 
 #: errorCode published when ingest cannot write to base storage.
@@ -119,6 +120,7 @@ class Ingest(Controller):
         name = str(event.data.get("id", ""))
         url, checksum = str(event.data.get("url", "")), str(event.data.get("checksum", ""))
         try:
+            confined_path(url, [self._header_dir], "Ingest reads headers from")
             header = await asyncio.to_thread(_read_header, url, checksum)
             await self._l(self.ledger.add_header, name, url, checksum)
         except DmcsError as e:

@@ -72,8 +72,9 @@ class IngestSettings(BaseModel):
     registry_schema: str = Field(default="registry", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     #: Seconds after a raw arrives to wait for its header before ingesting raw headers only.
     header_timeout: float = Field(default=10.0, gt=0)
-    #: The header service's folder of written headers, looked in for a header whose
-    #: announcement never arrived; empty: ``<data_dir>/HeaderService/headers``, beside Ingest's.
+    #: The header service's folder of written headers: the only folder an announced header
+    #: is read from, and looked in for a header whose announcement never arrived; empty:
+    #: ``<data_dir>/HeaderService/headers``, beside Ingest's.
     header_dir: str = ""
     #: Registry retry backoff while PostgreSQL is unreachable: first delay and cap, seconds.
     retry_initial: float = Field(default=0.2, gt=0)

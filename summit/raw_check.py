@@ -33,10 +33,12 @@ def path_from_url(url: str) -> Path:
     return Path(unquote(parsed.path))
 
 
-def confined_path(url: str, folders: Sequence[str | Path]) -> Path:
+def confined_path(
+    url: str, folders: Sequence[str | Path], reader: str = "this buffer takes raws from"
+) -> Path:
     """The file of the ``file://`` URL ``url``, with ``..`` and symlinks resolved, if it lies
     in one of ``folders``; ``InvalidInputError`` otherwise, before anything is read (a message
-    naming a file must not make the buffer read any file of the summit)."""
+    naming a file must not make a component read any file of its machine)."""
     try:
         source = path_from_url(url).resolve()
     except (OSError, RuntimeError) as e:
@@ -44,9 +46,7 @@ def confined_path(url: str, folders: Sequence[str | Path]) -> Path:
     dirs = [str(d) for d in folders if str(d)]
     if not any(source.is_relative_to(Path(d).resolve()) for d in dirs):
         where = ", ".join(dirs) if dirs else "nowhere (staging_dir and accept_dirs are empty)"
-        raise InvalidInputError(
-            f"{url!r} is {source}, outside the folders this buffer takes raws from: {where}"
-        )
+        raise InvalidInputError(f"{url!r} is {source}, outside the folders {reader}: {where}")
     return source
 
 

@@ -310,7 +310,9 @@ async def test_header_is_merged_by_the_documented_rule(
         header["SEEING"] = 0.61
         header["AIRTEMP"] = 9.5
         header["SHUTTIME"] = 30.02
-        file = tmp_path / "hdr.fits"
+        folder = tmp_path / "HeaderService" / "headers"  # Ingest's header_dir by default
+        folder.mkdir(parents=True)
+        file = folder / "hdr.fits"
         fits.PrimaryHDU(header=header).writeto(file)
         data = file.read_bytes()
         lfo = {"url": file.as_uri(), "checksum": sha256_hex(data), "id": header["OBSID"]}
@@ -332,6 +334,38 @@ async def test_header_is_merged_by_the_documented_rule(
     assert merged["HDRSRC"] == "camera+headerService"
     with fits.open(first.path, checksum=True) as hdul:
         assert len(hdul) == 1 + camera_header["NAMPS"]
+
+
+async def test_a_header_announced_outside_the_header_folder_is_not_read(
+    tmp_path: Path, pg_dsn: str, schema: str, camera: Camera
+) -> None:
+    """Ingest read any ``file://`` URL a largeFileObjectAvailable named; now only inside its
+    ``header_dir`` (a good header elsewhere, ``..`` out of the folder, /etc/passwd: each is a
+    WARNING, nothing read or recorded)."""
+    folder = tmp_path / "HeaderService" / "headers"
+    folder.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    header = fits.Header()
+    header["OBSID"] = camera.readout(0).payload["imageName"]
+    fits.PrimaryHDU(header=header).writeto(elsewhere / "hdr.fits")
+    data = (elsewhere / "hdr.fits").read_bytes()
+    async with local_path(tmp_path, pg_dsn, schema) as path:
+        urls = [
+            (elsewhere / "hdr.fits").as_uri(),
+            f"file://{folder}/../../elsewhere/hdr.fits",
+            "file:///etc/passwd",
+        ]
+        for url in urls:
+            lfo = {"url": url, "checksum": sha256_hex(data), "id": header["OBSID"]}
+            await path.ingest.on_event(
+                Event("HeaderService", "largeFileObjectAvailable", 1, tai_now(), lfo)
+            )
+        said = [e.data["message"] for e in path.topic("logMessage")]
+        refused = [m for m in said if "outside the folders Ingest reads headers from" in m]
+        assert len(refused) == 3, said
+        assert header["OBSID"] not in path.ingest._headers
+        assert await path.ingest._l(path.ingest.ledger.header, header["OBSID"]) is None
 
 
 async def test_missing_header_times_out_and_says_so(
