@@ -18,32 +18,20 @@ from pathlib import Path
 import numpy as np
 
 from base.alerts import AlertArchive
-from base.alerts.avro_columnar import CutoutPlanes, encode_alert_batch
-from base.alerts.fits import CutoutTemplate, tan_wcs
+from base.alerts.simulate import cutout_template, simulated_ccd
 from base.alerts.spool import AlertSpool, AlertStreamRpc
-from base.apdb import IdPacker
-from base.apdb.simulate import dia_objects_from_sources, dia_sources, random_sky
 from base.postgres import postgres_dsn
 
-SCALE = 0.2 / 3600
 Batch = tuple[int, int, list[int], list[bytes]]
 
 
 def make_batches(n_batches: int, per: int) -> list[Batch]:
     rng = np.random.default_rng(17)
-    template = CutoutTemplate.build((30, 30), tan_wcs(0, 0, 15.5, 15.5, (-SCALE, 0, 0, SCALE)))
+    template = cutout_template()
     out = []
     for k in range(n_batches):
         visit, det = 5000 + k // 8, k % 8
-        ra, dec = random_sky(rng, per, 120.0 + det * 0.3, -5.0, 0.1)
-        src = dia_sources(rng, ra, dec, visit, det, 60950.0, packer=IdPacker(4))
-        src["diaObjectId"] = src["diaSourceId"].copy()
-        objects = dia_objects_from_sources(src, 60950.0)
-        img = rng.normal(0, 30, (per, 30, 30)).astype(np.float32)
-        planes = template.render(
-            img, np.abs(img) + 9, np.zeros(img.shape, np.int32), {"CRVAL1": ra, "CRVAL2": dec}
-        )
-        batch = encode_alert_batch(src, objects, cutouts=CutoutPlanes(planes, planes, planes))
+        batch = simulated_ccd(rng, per, visit, det, template).batch
         out.append((visit, det, batch.ids.tolist(), [bytes(p) for p in batch.packets()]))
     return out
 

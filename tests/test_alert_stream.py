@@ -18,12 +18,9 @@ from aiohttp import web
 from click.testing import CliRunner
 
 from base.alerts import AlertArchive, AlertFanout, alert_table, compile_filter, decode, predefined
-from base.alerts.avro_columnar import CutoutPlanes, encode_alert_batch
 from base.alerts.filters import filter_table
-from base.alerts.fits import CutoutTemplate, tan_wcs
+from base.alerts.simulate import SimulatedCcd, cutout_template, simulated_ccd
 from base.alerts.spool import AlertSpool, AlertStreamRpc
-from base.apdb import IdPacker
-from base.apdb.simulate import dia_objects_from_sources, dia_sources, random_sky
 from commands.alert_stream import CLOSE_TOO_SLOW, setup_alert_routes
 from commands.auth import Authenticator
 from commands.cli import main as cli
@@ -32,7 +29,6 @@ from state.peers import LocalPeers
 
 TOKENS = {"broker-token": "broker", "user-token": "scientist"}
 N_CCD, PER_CCD, VISIT = 4, 250, 9001
-SCALE = 0.2 / 3600
 
 
 class Publisher(AlertStreamRpc):
@@ -43,31 +39,16 @@ class Publisher(AlertStreamRpc):
         self.alert_archive = archive
 
 
-@dataclass
-class Ccd:
-    detector: int
-    sources: dict
-    objects: dict
-    batch: object
+Ccd = SimulatedCcd
 
 
 def make_ccds() -> list[Ccd]:
     rng = np.random.default_rng(17)
-    template = CutoutTemplate.build((30, 30), tan_wcs(0, 0, 15.5, 15.5, (-SCALE, 0, 0, SCALE)))
-    out = []
-    for det in range(N_CCD):
-        ra, dec = random_sky(rng, PER_CCD, 120.0 + det * 0.3, -5.0, 0.1)
-        src = dia_sources(rng, ra, dec, VISIT, det, 60950.0, packer=IdPacker(4))
-        src["band"][::2] = "g"
-        src["diaObjectId"] = src["diaSourceId"].copy()
-        objects = dia_objects_from_sources(src, 60950.0)
-        img = rng.normal(0, 30, (PER_CCD, 30, 30)).astype(np.float32)
-        planes = template.render(
-            img, np.abs(img) + 9, np.zeros(img.shape, np.int32), {"CRVAL1": ra, "CRVAL2": dec}
-        )
-        batch = encode_alert_batch(src, objects, cutouts=CutoutPlanes(planes, None, None))
-        out.append(Ccd(det, src, objects, batch))
-    return out
+    template = cutout_template()
+    return [
+        simulated_ccd(rng, PER_CCD, VISIT, det, template, every_cutout=False, second_band="g")
+        for det in range(N_CCD)
+    ]
 
 
 @pytest.fixture(scope="module")

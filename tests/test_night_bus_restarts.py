@@ -16,13 +16,12 @@ import ray
 
 from commands.client import Client
 from commands.night_driver import DriveProgress
-from commands.replay.night_system import PROCESSOR_CLASS, night_system_config, register_products
+from commands.replay.night_system import PROCESSOR_CLASS, register_products
 from commands.replay.runner import replay_night
-from config.system import load_system_config
 from state.states import State
 from tests.conftest import TOKENS
 from tests.standard import until
-from tests.test_night_e2e import SPEED, counts
+from tests.test_night_e2e import SPEED, counts, night_test_config
 
 PREFIX = "bus_"
 FAST_RECONCILE = {PROCESSOR_CLASS: 2.0, "summit.summit_buffer:SummitBuffer": 2.0}
@@ -45,14 +44,7 @@ async def test_bus_killed_at_every_visit_leaves_every_ccd_processed(
     system_factory: Any, pg_dsn: str, mini_night: Path, tmp_path: Path
 ) -> None:
     staging = tmp_path / "staging"
-    config = night_system_config(
-        load_system_config(),
-        dsn=pg_dsn,
-        processors=2,
-        processor_cpus=0,
-        schema_prefix=PREFIX,
-        staging=staging,
-    )
+    config = night_test_config(pg_dsn, PREFIX, staging)
     await register_products(config, mini_night)
     specs = []
     for c in config.components:

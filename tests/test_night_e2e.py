@@ -26,7 +26,7 @@ from commands.replay.night_system import night_system_config, register_products
 from commands.replay.runner import ReplayOutcome, replay_night
 from commands.replay.watch import NightWatcher
 from commands.server import RunningSystem
-from config.system import AssociationConfig, load_system_config, partitioned
+from config.system import AssociationConfig, SystemConfig, load_system_config, partitioned
 from state.durable import sha256_hex
 from state.errors import InvalidInputError
 from state.states import State
@@ -39,6 +39,21 @@ SPEED = 20.0
 #: The clean night's Association: two partitions, tiles fine enough (51″) that mini's four
 #: CCDs are dealt to both.
 PARTITIONED = AssociationConfig(partitions=2, tile_order=12)
+
+
+def night_test_config(
+    dsn: str, prefix: str, staging: Path, processors: int = 2, base: SystemConfig | None = None
+) -> SystemConfig:
+    """The replay's system for a test night: its processors take no CPU of Ray's (the tests
+    run many components on two cores), its raws staged in ``staging``."""
+    return night_system_config(
+        base or load_system_config(),
+        dsn=dsn,
+        processors=processors,
+        processor_cpus=0,
+        schema_prefix=prefix,
+        staging=staging,
+    )
 
 
 async def night_system(
@@ -54,14 +69,7 @@ async def night_system(
     base = load_system_config()
     if association is not None:
         base = partitioned(base.model_copy(update={"association": association}))
-    config = night_system_config(
-        base,
-        dsn=dsn,
-        processors=processors,
-        processor_cpus=0,
-        schema_prefix=prefix,
-        staging=staging,
-    )
+    config = night_test_config(dsn, prefix, staging, processors, base)
     await register_products(config, night)
     specs = [c.model_dump(by_alias=True) for c in config.components]
     return await system_factory(*specs)

@@ -34,17 +34,15 @@ from base.registry.repository import Repository
 from commands.client import Client
 from commands.replay.night_system import (
     PROCESSOR_CLASS,
-    night_system_config,
     register_products,
 )
 from commands.replay.runner import replay_night
-from config.system import load_system_config
 from state.durable import sha256_hex
 from state.errors import InvalidInputError
 from state.states import State
 from summit.schedule import Visit, read_schedule
 from tests.conftest import TOKENS
-from tests.test_night_e2e import counts
+from tests.test_night_e2e import counts, night_test_config
 
 DETECTORS = (0, 1, 2, 3)
 
@@ -245,14 +243,7 @@ async def test_processors_read_a_night_through_the_registry(
     copy = tmp_path_factory.mktemp("reginp_products") / "night"
     shutil.copytree(mini_night, copy, ignore=shutil.ignore_patterns("raws"))
     staging = tmp_path_factory.mktemp("reginp_staging")
-    config = night_system_config(
-        load_system_config(),
-        dsn=pg_dsn,
-        processors=2,
-        processor_cpus=0,
-        schema_prefix=prefix,
-        staging=staging,
-    )
+    config = night_test_config(pg_dsn, prefix, staging)
     pool = [c for c in config.components if c.cls == PROCESSOR_CLASS]
     assert pool and all("night_dir" not in c.settings for c in pool)
     added = await register_products(config, copy)

@@ -100,6 +100,18 @@ async def _accept_image(buffer: Any, payload: dict[str, Any], image: dict[str, A
     return acks[-1]
 
 
+def _staged_without_records(tmp_path: Path, night: Path) -> tuple[Path, Any, dict, Path]:
+    """A visit's raws staged in ``tmp_path/daq`` without their readout records (so only the
+    hand-off under test brings them in): the staging area, the readout, its first image and
+    that image's file."""
+    daq = tmp_path / "daq"
+    readout = Camera(night, daq).readout(0)
+    for record in daq.rglob("endReadout.json"):
+        record.unlink()
+    image = readout.images[0]
+    return daq, readout, image, Path(image["url"].removeprefix("file://"))
+
+
 @pytest.mark.parametrize("configured", ["accept_dirs", "staging_dir", None])
 async def test_accept_image_reads_only_inside_the_configured_folders(
     tmp_path: Path, night: Path, configured: str | None
@@ -108,12 +120,7 @@ async def test_accept_image_reads_only_inside_the_configured_folders(
     ``..`` out of the staging area, a symlink in it to a file elsewhere. Each is refused
     before anything is read (no ``imageRefused``: the raw was never the buffer's to take);
     the staged raw itself is taken."""
-    daq = tmp_path / "daq"
-    readout = Camera(night, daq).readout(0)
-    for record in daq.rglob("endReadout.json"):
-        record.unlink()  # only the command hands these raws over
-    image = readout.images[0]
-    staged = Path(image["url"].removeprefix("file://"))
+    daq, readout, image, staged = _staged_without_records(tmp_path, night)  # the command's
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     shutil.copyfile(staged, outside / staged.name)
@@ -166,12 +173,7 @@ async def test_end_readout_reads_only_inside_the_configured_folders(
         return read(path, *args)
 
     monkeypatch.setattr(summit.buffer_store, "read_checked_raw", counted_read)
-    daq = tmp_path / "daq"
-    readout = Camera(night, daq).readout(0)
-    for record in daq.rglob("endReadout.json"):
-        record.unlink()  # only the events hand these raws over
-    image = readout.images[0]
-    staged = Path(image["url"].removeprefix("file://"))
+    daq, readout, image, staged = _staged_without_records(tmp_path, night)  # the events'
     outside = tmp_path / "elsewhere" / staged.parent.name
     outside.mkdir(parents=True)
     shutil.copyfile(staged, outside / staged.name)  # a good raw, the checksum its own
