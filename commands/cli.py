@@ -84,12 +84,13 @@ def run(
 
     async def main_loop() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        _stop_on_signals(stop)
         async with serve(config, address=address, port=port) as running:
             from actors.runtime import ray_address
 
+            # Ray's start-up puts its own SIGTERM handler first, which prints a stack and
+            # kills the process (no component stopped, nothing said): ours again, after it.
+            _stop_on_signals(stop)
             log.info(
                 "dmcs running",
                 gateway=running.ws_url,
@@ -104,6 +105,13 @@ def run(
         log.info("dmcs stopped")
 
     _run(main_loop())
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGINT and SIGTERM set ``stop`` (a graceful stop: components to STANDBY, then exit)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
 
 
 def _run_config(loader: Any, path: Path | None) -> Any:
@@ -299,7 +307,7 @@ def replay(
     )  # fmt: skip
     try:
         summary = _run(run_replay(options, console))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM (its main task)
         console.print(
             f"interrupted; the same command resumes the night in {out} "
             f"(what happened so far: {out / 'summary.json'})",

@@ -271,3 +271,64 @@ async def test_the_gateway_listens_on_every_address_of_its_host(
         in_use = f"localhost:{port}: Address already in use"
         with pytest.raises(StartupError, match=in_use), listening("localhost", port):
             pass
+
+
+async def _sigterm_once_said(argv: list[str], said_when_up: str) -> tuple[int, str]:
+    """Run ``dmcs argv`` until it prints ``said_when_up``, SIGTERM it; its code and output."""
+    import os
+    import signal
+    import sys
+
+    dmcs = Path(sys.executable).with_name("dmcs")
+    proc = await asyncio.create_subprocess_exec(
+        str(dmcs), *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "NO_COLOR": "1"},
+    )  # fmt: skip
+    said: list[str] = []
+    try:
+        async with asyncio.timeout(180):
+            assert proc.stdout is not None
+            while not any(said_when_up in line for line in said):
+                line = (await proc.stdout.readline()).decode()
+                assert line, "".join(said)
+                said.append(line)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, "".join(said) + out.decode()
+
+
+async def test_dmcs_run_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
+    """SIGTERM (systemd, docker stop, kill) reached Ray's handler, which printed a stack and
+    killed the process: no component stopped, no "dmcs stopped". Now it stops as Ctrl-C does,
+    and its embedded PostgreSQL with it."""
+    import socket
+
+    from base.postgres import postmaster_pid
+
+    system = _system_file(tmp_path, ("by_role = false", "by_role = false"))
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    argv = ["run", "--config", str(system), "--port", str(port)]
+    code, output = await _sigterm_once_said(argv, "dmcs running")
+    assert code == 0, output
+    assert "dmcs stopped" in output and "SIGTERM received" not in output, output
+    assert postmaster_pid(tmp_path / "data" / "postgres") is None
+
+
+async def test_a_replay_sigtermed_is_interrupted_as_by_ctrl_c(tmp_path: Path) -> None:
+    """A replay SIGTERMed died in Ray's handler with a stack and no summary; now it says it
+    was interrupted and that the same command resumes (exit 130), as after Ctrl-C."""
+    import json
+
+    out = tmp_path / "replay"
+    argv = ["replay", "--visits", "2", "--out", str(out), "--no-progress"]
+    code, output = await _sigterm_once_said(argv, "dmcs is up")
+    assert code == 130, output
+    assert "interrupted; the same command resumes" in output, output
+    assert "SIGTERM received" not in output, output
+    assert json.loads((out / "summary.json").read_text())["failure"].startswith("interrupted")

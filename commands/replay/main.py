@@ -53,6 +53,7 @@ from commands.replay.summary import (
 )
 from commands.replay.watch import NightWatcher
 from commands.server import serve
+from commands.signals import sigterm_cancels
 from config.system import SystemConfig, load_system_config
 from state.durable import writable_dir
 from state.errors import ConfigurationError, DmcsError, RetriableError
@@ -368,6 +369,7 @@ async def _run_system(
         serve(config, address=address, port=0) as running,
         Client(running.ws_url, token=token) as client,
     ):
+        sigterm_cancels(asyncio.current_task())  # the main task: _replay is awaited inline
         console.print(f"dmcs is up: {running.http_url} (dashboard at {running.http_url}/)")
         placed: dict[str, str] = {}
         roles: dict[str, str] = {}
