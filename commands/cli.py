@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +75,7 @@ def run(
 ) -> None:
     """Start the components and the gateway in the foreground."""
     from commands.server import serve
+    from commands.signals import stop_on_signals
     from config.system import load_system_config
 
     configure_logging(log_format)  # type: ignore[arg-type]
@@ -84,13 +84,13 @@ def run(
 
     async def main_loop() -> None:
         stop = asyncio.Event()
-        _stop_on_signals(stop)
+        stop_on_signals(stop)
         async with serve(config, address=address, port=port) as running:
             from actors.runtime import ray_address
 
             # Ray's start-up puts its own SIGTERM handler first, which prints a stack and
             # kills the process (no component stopped, nothing said): ours again, after it.
-            _stop_on_signals(stop)
+            stop_on_signals(stop)
             log.info(
                 "dmcs running",
                 gateway=running.ws_url,
@@ -105,13 +105,6 @@ def run(
         log.info("dmcs stopped")
 
     _run(main_loop())
-
-
-def _stop_on_signals(stop: asyncio.Event) -> None:
-    """SIGINT and SIGTERM set ``stop`` (a graceful stop: components to STANDBY, then exit)."""
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
 
 
 def _run_config(loader: Any, path: Path | None) -> Any:

@@ -37,6 +37,7 @@ from summit.night_files import (
     stage_raw,
     staged_path,
 )
+from summit.raw_check import confined_path
 from summit.readout_records import write_record
 from summit.schedule import Visit
 
@@ -128,14 +129,13 @@ def staging_for_buffer(
     own, allowed = folders
     if staging is None:
         return own
-    resolved = staging.resolve()
-    if not any(resolved.is_relative_to(f.resolve()) for f in allowed):
+    try:
+        confined_path(staging.absolute().as_uri(), allowed, f"the {BUFFER} takes raws from")
+    except InvalidInputError as e:
         raise InvalidInputError(
-            f"staging area {staging} is outside the folders the {BUFFER} takes raws from"
-            f" ({', '.join(map(str, allowed))}): every raw would be refused; leave out"
-            " --staging to stage into the buffer's own area, or add the folder to its"
-            " accept_dirs"
-        )
+            f"staging area {staging}: {e}; every raw would be refused: leave out --staging to"
+            " stage into the buffer's own area, or add the folder to its accept_dirs"
+        ) from e
     return staging
 
 

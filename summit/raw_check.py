@@ -45,8 +45,9 @@ def confined_path(
         raise InvalidInputError(f"{url!r} cannot be resolved: {e}") from e
     dirs = [str(d) for d in folders if str(d)]
     if not any(source.is_relative_to(Path(d).resolve()) for d in dirs):
-        where = ", ".join(dirs) if dirs else "nowhere (staging_dir and accept_dirs are empty)"
-        raise InvalidInputError(f"{url!r} is {source}, outside the folders {reader}: {where}")
+        raise InvalidInputError(
+            f"{url!r} is {source}, outside the folders {reader}: {', '.join(dirs) or 'none'}"
+        )
     return source
 
 

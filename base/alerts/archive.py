@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ import numpy as np
 from base.db import Migration, Store, connect_pool, mapped_errors, migrate, q
 from state.errors import InvalidInputError, StorageError
 
+from .batch import split_packets
 from .packet import unframe
 from .schema import AlertSchema, latest_schema
 
@@ -103,8 +103,7 @@ class ArchivedBatch:
     data: np.ndarray  # uint8: the framed packets back to back, as the stream sent them
 
     def packets(self) -> list[memoryview]:
-        view = memoryview(self.data)
-        return [view[a:b] for a, b in itertools.pairwise(self.offsets.tolist())]
+        return split_packets(self.data, self.offsets)
 
 
 class AlertArchive:

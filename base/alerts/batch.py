@@ -28,6 +28,12 @@ _POOLED_REFS = 3
 _READONLY_BYTES = numba.types.Array(numba.types.uint8, 1, "C", readonly=True)
 
 
+def split_packets(data: np.ndarray, offsets: np.ndarray) -> list[memoryview]:
+    """Packet k is ``data[offsets[k]:offsets[k + 1]]``, as a view (nothing copied)."""
+    view = memoryview(data)
+    return [view[a:b] for a, b in itertools.pairwise(offsets.tolist())]
+
+
 @dataclass(frozen=True)
 class AlertBatch:
     """Framed packets of one CCD: packet k is ``data[offsets[k]:offsets[k + 1]]``."""
@@ -43,12 +49,10 @@ class AlertBatch:
         return memoryview(self.data)[self.offsets[k] : self.offsets[k + 1]]
 
     def __iter__(self) -> Iterator[memoryview]:
-        view = memoryview(self.data)
-        for a, b in itertools.pairwise(self.offsets.tolist()):
-            yield view[a:b]
+        return iter(self.packets())
 
     def packets(self) -> list[memoryview]:
-        return list(self)
+        return split_packets(self.data, self.offsets)
 
     @property
     def nbytes(self) -> int:
