@@ -30,6 +30,7 @@ import pytest_asyncio
 from aiohttp import web
 from click.testing import CliRunner
 
+import commands.alert_feed as alert_feed
 import commands.alert_stream as alert_stream
 from base.alerts import AlertArchive, AlertFanout, alert_table, compile_filter, decode, predefined
 from base.alerts.avro_columnar import encode_alert_batch
@@ -92,7 +93,7 @@ class Gateway:
     ws: str
     runner: web.AppRunner
     port: int
-    stream: alert_stream.AlertStream
+    stream: alert_feed.AlertStream
 
     @property
     def cli_url(self) -> str:
@@ -345,7 +346,7 @@ async def test_resume_while_ccds_are_published_loses_and_doubles_nothing(
     archiving and spooling CCDs, with a random pause between the two as the publisher has:
     every resumed subscriber gets every batch after its position once, in order, across the
     replay/live seam."""
-    monkeypatch.setattr(alert_stream, "REPLAY_BATCHES", 2)
+    monkeypatch.setattr(alert_feed, "REPLAY_BATCHES", 2)
     pub = gateway.publisher
     before = [await pub.publish_ccd(401, det) for det in range(6)]
     n_live = 24
