@@ -42,6 +42,7 @@ from algorithms.pipeline_types import (
     Template,
 )
 from algorithms.psf import KernelPsf, Psf, PsfFitResult, fit_psf, gaussian_kernel, select_psf_stars
+from algorithms.psf_width import WidthMap, correct_psf_fluxes, fit_width_map
 from algorithms.psf_wings import extend_kernel
 from algorithms.star_changes import (
     SaturatedChange,
@@ -134,6 +135,7 @@ class _Science:
     stars: np.ndarray
     wcs: TanSipWcs
     calibration: float
+    width: WidthMap | None = None
 
 
 @dataclass
@@ -307,7 +309,20 @@ def _calibrate(
         if calib is None:
             res.flags.append("no_photometric_calibration")
             return None
-    return _Science(img, var, msk, psf, pfit, stars, wcs, calib)
+    width = None
+    if cfg.psf_width_correction:
+        with t.stage("psf_width"):
+            width = fit_width_map(img, psf, stars)
+            if width is not None and res.photocalib is not None and ast is not None:
+                cal = ast.matches[:, 0]
+                width = width.calibrated(astars["x"][cal], astars["y"][cal])
+            if width is not None:
+                res.summary.update(
+                    psf_width_n_stars=width.n_stars,
+                    psf_width_offset=float(width.coef[0]),
+                    psf_width_gradient=float(np.hypot(width.coef[1], width.coef[2])),
+                )
+    return _Science(img, var, msk, psf, pfit, stars, wcs, calib, width)
 
 
 def _difference(
@@ -461,6 +476,7 @@ def _measure_changes(
             res.diasources, zr.image, pixel_var, zr.mask, dpsf, calib, ddet.noise_scale,
             eps_psf, stars,
         )  # fmt: skip
+    correct_psf_fluxes(res.diasources, sci.width)
     if eps_psf is not None:
         add_flux_model_error(res.diasources, eps_psf)
     set_saturated_changes(res.diasources, sat_changes, calib)

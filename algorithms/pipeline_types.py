@@ -76,6 +76,9 @@ class PipelineConfig:
     aperture_radius: float = 12.0
     fft_workers: int = 1
     subtraction: str = "zogy"
+    #: Correct PSF fluxes for the PSF model's width error across the CCD
+    #: (``algorithms.psf_width``).
+    psf_width_correction: bool = True
     max_model_error: float = 0.015
     #: Forced PSF fluxes on the difference at the measured stars find changes of bright
     #: stars that the detection's model-error variance hides (``algorithms.star_changes``).

@@ -277,6 +277,8 @@ def _summary(pre: Preloaded, res: CcdResult) -> dict[str, Any]:
         "diff_variance_scale": s.get("diff_variance_scale"),
         "diff_model_error": s.get("diff_model_error"),
         "diff_psf_flux_model_error": s.get("diff_psf_flux_model_error"),
+        "psf_width_n_stars": s.get("psf_width_n_stars"),
+        "psf_width_gradient": s.get("psf_width_gradient"),
         "n_diasources": len(res.diasources),
         "n_star_changes": s.get("n_star_changes"),
         "n_reference_stars": len(pre.refcat.ra),

@@ -110,6 +110,7 @@ def test_processing_outputs_against_truth(
         assert s["astrometric_scatter_mas"] < 50.0 and s["n_sources"] >= 5
         assert s["sky_level_electrons"] > 100 and s["template_coverage"] > 0.99
         assert 0.0 <= s["diff_model_error"] < 0.1 and 0.0 <= s["diff_psf_flux_model_error"] < 0.1
+        assert s["psf_width_n_stars"] >= 8 and 0.0 <= s["psf_width_gradient"] < 0.1
         assert o.diasources.dtype == DIASOURCE_DTYPE and o.summary["n_diasources"] == len(
             o.diasources
         )
