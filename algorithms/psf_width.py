@@ -105,6 +105,7 @@ def fit_width_map(
     None when fewer than ``min_stars`` give a width."""
     snr = np.asarray(stars["flux"], np.float64) / np.asarray(stars["fluxErr"], np.float64)
     use = np.isfinite(snr) & (snr >= MIN_SNR)
+    use &= np.isfinite(stars["x"]) & np.isfinite(stars["y"])
     x = np.asarray(stars["x"], np.float64)[use]
     y = np.asarray(stars["y"], np.float64)[use]
     snr = snr[use]
@@ -143,16 +144,17 @@ def fit_width_map(
 def correct_psf_fluxes(dia: np.ndarray, width: WidthMap | None) -> None:
     """Correct the single-PSF ``psfFlux`` and every ``scienceFlux`` of DIASources for the PSF
     model's width at their position (in place); errors scale with them and gain the map's
-    own uncertainty. Dipole fits and failed fits keep their flux."""
+    own uncertainty. Dipole fits, failed fits and sources without a position keep their flux."""
     if width is None or not len(dia):
         return
     factor, ferr = width.flux_factor(dia["x"], dia["y"])
+    placed = np.isfinite(factor) & np.isfinite(ferr)
     one = ~dia["dipoleFitAttempted"] & ~dia["psfFlux_flag"] & np.isfinite(dia["psfFlux"])
     for flux, err, rows in (
         ("psfFlux", "psfFluxErr", one),
         ("scienceFlux", "scienceFluxErr", None),
     ):
-        sel = np.isfinite(dia[flux]) if rows is None else rows
+        sel = placed & (np.isfinite(dia[flux]) if rows is None else rows)
         f = dia[flux][sel].astype(np.float64) * factor[sel]
         e = np.hypot(dia[err][sel].astype(np.float64) * factor[sel], ferr[sel] * np.abs(f))
         dia[flux][sel] = f.astype(dia[flux].dtype)

@@ -102,15 +102,24 @@ def _star_light(stars: np.ndarray) -> np.ndarray:
     return img
 
 
-def test_dipoles_and_failed_fits_keep_their_flux() -> None:
+def test_dipoles_failed_fits_and_unplaced_sources_keep_their_flux() -> None:
     width = WidthMap(np.array([0.0, 0.05, 0.0]), np.zeros((3, 3)), (N, N), 20)
-    dia = np.zeros(2, DIASOURCE_DTYPE)
+    dia = np.zeros(4, DIASOURCE_DTYPE)
     dia["x"], dia["y"] = N - 1.0, 10.0
+    dia["x"][2] = np.nan
     dia["psfFlux"], dia["psfFluxErr"] = 1000.0, 10.0
     dia["dipoleFitAttempted"][0] = True
     dia["psfFlux_flag"][1] = True
     correct_psf_fluxes(dia, width)
-    assert np.all(dia["psfFlux"] == 1000.0) and np.all(dia["psfFluxErr"] == 10.0)
+    assert np.all(dia["psfFlux"][:3] == 1000.0) and np.all(dia["psfFluxErr"][:3] == 10.0)
+    assert dia["psfFlux"][3] == pytest.approx(1000.0 / 0.95, rel=1e-6)
+
+
+def test_stars_without_a_position_are_left_out_of_the_map() -> None:
+    img, stars = _scene(3)
+    stars["x"][0] = np.nan
+    width = fit_width_map(img, _model(), stars)
+    assert width is not None and width.n_stars == len(stars) - 1
 
 
 def test_too_few_or_faint_stars_give_no_map() -> None:
