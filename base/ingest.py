@@ -120,13 +120,18 @@ class Ingest(Controller):
         name = str(event.data.get("id", ""))
         url, checksum = str(event.data.get("url", "")), str(event.data.get("checksum", ""))
         try:
-            confined_path(url, [self._header_dir], "Ingest reads headers from")
+            url = self._confined(url)
             header = await asyncio.to_thread(_read_header, url, checksum)
             await self._l(self.ledger.add_header, name, url, checksum)
         except DmcsError as e:
             self.log_message(logging.WARNING, f"header of {name!r} unusable: {e}")
             return
         self._remember(name, header)
+
+    def _confined(self, url: str) -> str:
+        """The URL of the file ``url`` names once resolved, if it lies in ``header_dir``: that
+        file is read and recorded, so a link swapped after the check leads nowhere else."""
+        return confined_path(url, [self._header_dir], "Ingest reads headers from").as_uri()
 
     def _remember(self, name: str, header: fits.Header) -> None:
         self._headers[name] = header
@@ -143,8 +148,9 @@ class Ingest(Controller):
         known = await self._l(self.ledger.header, name)
         if known is None:
             return None
+        url, checksum = known
         try:
-            header = await asyncio.to_thread(_read_header, *known)
+            header = await asyncio.to_thread(_read_header, self._confined(url), checksum)
         except DmcsError as e:
             self.log.warning("header of %s no longer readable: %s", name, e)
             return None

@@ -368,6 +368,39 @@ async def test_a_header_announced_outside_the_header_folder_is_not_read(
         assert await path.ingest._l(path.ingest.ledger.header, header["OBSID"]) is None
 
 
+async def test_a_header_announced_through_a_link_is_read_and_recorded_where_it_lies(
+    tmp_path: Path, pg_dsn: str, schema: str, camera: Camera
+) -> None:
+    """Ingest checked the announced URL with links resolved, then read and recorded the URL as
+    announced: a link re-pointed after the check led a later read elsewhere. Now the resolved
+    file is read and recorded, and a re-read from the ledger is checked again."""
+    folder = tmp_path / "HeaderService" / "headers"
+    folder.mkdir(parents=True)
+    header = fits.Header()
+    header["OBSID"] = name = camera.readout(0).payload["imageName"]
+    fits.PrimaryHDU(header=header).writeto(folder / "real.fits")
+    data = (folder / "real.fits").read_bytes()
+    (folder / "link.fits").symlink_to(folder / "real.fits")
+    other = tmp_path / "other.fits"
+    fits.PrimaryHDU(header=fits.Header({"OBSID": "OTHER"})).writeto(other)
+    async with local_path(tmp_path, pg_dsn, schema) as path:
+        lfo = {"url": (folder / "link.fits").as_uri(), "checksum": sha256_hex(data), "id": name}
+        await path.ingest.on_event(
+            Event("HeaderService", "largeFileObjectAvailable", 1, tai_now(), lfo)
+        )
+        recorded = await path.ingest._l(path.ingest.ledger.header, name)
+        assert recorded is not None and recorded[0] == (folder / "real.fits").resolve().as_uri()
+        (folder / "link.fits").unlink()
+        (folder / "link.fits").symlink_to(other)
+        path.ingest._headers.clear()
+        again = await path.ingest._header(name)
+        assert again is not None and again["OBSID"] == name
+        outside = sha256_hex(other.read_bytes())
+        await path.ingest._l(path.ingest.ledger.add_header, name, lfo["url"], outside)
+        path.ingest._headers.clear()
+        assert await path.ingest._header(name) is None, "a ledger URL leading outside was read"
+
+
 async def test_missing_header_times_out_and_says_so(
     tmp_path: Path, pg_dsn: str, schema: str, camera: Camera
 ) -> None:
