@@ -319,7 +319,6 @@ def _calibrate(
             if width is not None:
                 res.summary.update(
                     psf_width_n_stars=width.n_stars,
-                    psf_width_offset=float(width.coef[0]),
                     psf_width_gradient=float(np.hypot(width.coef[1], width.coef[2])),
                 )
     return _Science(img, var, msk, psf, pfit, stars, wcs, calib, width)

@@ -114,9 +114,7 @@ class PixelPsf(Psf):
         self.size = self.basis.shape[1]
 
     def _terms(self, x: float, y: float) -> np.ndarray:
-        u = 2.0 * x / max(self.shape[1] - 1, 1) - 1.0
-        v = 2.0 * y / max(self.shape[0] - 1, 1) - 1.0
-        return _poly_terms(np.array([u]), np.array([v]), self.order)[0]
+        return ccd_poly_terms(np.array([x]), np.array([y]), self.shape, self.order)[0]
 
     def kernel_at(self, x: float, y: float) -> np.ndarray:
         k = np.tensordot(self._terms(x, y), self.basis, axes=1)
@@ -179,6 +177,15 @@ def _centre(psf: Psf) -> tuple[float, float]:
     if shape is None:
         return 0.0, 0.0
     return shape[1] / 2.0, shape[0] / 2.0
+
+
+def ccd_poly_terms(x: np.ndarray, y: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray:
+    """The polynomial terms (1; u, v; u², uv, v² up to ``order``) at pixel positions (x, y) of
+    a CCD of ``shape`` (ny, nx), u and v running from −1 to 1 across it; one row a position."""
+    ny, nx = shape
+    u = 2.0 * np.asarray(x, np.float64) / max(nx - 1, 1) - 1.0
+    v = 2.0 * np.asarray(y, np.float64) / max(ny - 1, 1) - 1.0
+    return _poly_terms(u, v, order)
 
 
 def _poly_terms(u: np.ndarray, v: np.ndarray, order: int) -> np.ndarray:
@@ -312,9 +319,7 @@ def fit_psf(
     okm = np.asarray(oks, dtype=float)
     order = 1 if nst >= 80 else 0
     ny, nx = image.shape
-    u = 2.0 * p_a[:, 0] / max(nx - 1, 1) - 1.0
-    v = 2.0 * p_a[:, 1] / max(ny - 1, 1) - 1.0
-    terms = _poly_terms(u, v, order)
+    terms = ccd_poly_terms(p_a[:, 0], p_a[:, 1], (ny, nx), order)
     used = np.ones(nst, dtype=bool)
     # Normalising by the noisy stamp sum and weighting by it biases the stack; instead each
     # star's flux is re-estimated by PSF photometry with the previous model (3 passes).

@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from algorithms.moments import adaptive_moments
-from algorithms.psf import Psf
+from algorithms.psf import Psf, ccd_poly_terms
 
 #: Stars below this S/N measure a width too noisily to help (σ_δ ≈ 1/S/N).
 MIN_SNR = 50.0
@@ -49,17 +49,11 @@ class WidthMap:
     n_stars: int
     reference: float = 0.0
 
-    def _terms(self, x: NDArray[np.float64], y: NDArray[np.float64]) -> NDArray[np.float64]:
-        ny, nx = self.shape
-        u = 2.0 * np.asarray(x, np.float64) / max(nx - 1, 1) - 1.0
-        v = 2.0 * np.asarray(y, np.float64) / max(ny - 1, 1) - 1.0
-        return np.stack([np.ones_like(u), u, v], axis=-1)
-
     def offset(
         self, x: NDArray[np.float64], y: NDArray[np.float64]
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """δ and its standard error at each (x, y)."""
-        t = self._terms(x, y)
+        t = ccd_poly_terms(x, y, self.shape, 1)
         delta = t @ self.coef
         err = np.sqrt(np.maximum(np.einsum("...i,ij,...j->...", t, self.cov, t), 0.0))
         return np.clip(delta, -MAX_OFFSET, MAX_OFFSET), err
@@ -115,9 +109,8 @@ def fit_width_map(
         return None
     x, y, delta, snr = x[ok], y[ok], delta[ok], snr[ok]
     sigma = np.hypot(1.0 / snr, WIDTH_FLOOR)
-    shape = image.shape
-    probe = WidthMap(np.zeros(3), np.zeros((3, 3)), (int(shape[0]), int(shape[1])), 0)
-    terms = probe._terms(x, y)
+    shape = (int(image.shape[0]), int(image.shape[1]))
+    terms = ccd_poly_terms(x, y, shape, 1)
     keep = np.ones(len(delta), bool)
     coef, cov = np.zeros(3), np.zeros((3, 3))
     for _ in range(5):
@@ -138,7 +131,7 @@ def fit_width_map(
             break
         keep = new
     cov = cov * max(chi2, 1.0)
-    return WidthMap(coef, cov, probe.shape, int(keep.sum()))
+    return WidthMap(coef, cov, shape, int(keep.sum()))
 
 
 def correct_psf_fluxes(dia: np.ndarray, width: WidthMap | None) -> None:
